@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the whole test suite (README: "Run the tests").
+# Installs the PostgreSQL server if missing (the tests start a private cluster with it),
+# creates .venv, installs the package with its dev extra, runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing the PostgreSQL server (Debian package) for the integration tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || echo "warning: could not install postgresql; PostgreSQL tests will fail" >&2
+  else
+    echo "warning: PostgreSQL server not installed; run as root or: sudo apt-get install postgresql" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+export MPLCONFIGDIR="${TMPDIR:-/tmp}/optima-mpl"
+exec .venv/bin/python -m pytest "$@"

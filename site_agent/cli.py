@@ -1,0 +1,161 @@
+"""``site-agent``: the command line a data partner runs next to its CDM.
+
+Every failure the user can cause (bad URL, missing table, malformed JSON…) ends as one
+line on stderr naming what is wrong and how to fix it, and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from site_agent import __version__
+from site_agent.errors import OptimaError
+
+log = logging.getLogger("site_agent")
+
+
+def _add_cdm_options(p: argparse.ArgumentParser, *, write: bool = True) -> None:
+    p.add_argument("--cdm", required=True, help="SQLAlchemy URL (duckdb:///x.duckdb, postgresql+psycopg2://…) or a .duckdb path")
+    p.add_argument("--cdm-schema", help="schema holding the CDM tables (default: main for DuckDB, public for PostgreSQL)")
+    p.add_argument("--vocab-schema", help="schema holding the vocabulary tables (default: the CDM schema)")
+    if write:
+        p.add_argument("--write-schema", help="schema the agent writes cohorts into (default: results)")
+
+
+def _open_cdm(args):
+    from site_agent.cdm import connect_cdm
+
+    return connect_cdm(args.cdm, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema,
+                       write_schema=getattr(args, "write_schema", None))
+
+
+def cmd_cdm_check(args) -> int:
+    from site_agent.cdm.check import describe_cdm
+
+    with _open_cdm(args) as cdm:
+        report = describe_cdm(cdm)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        for key, value in report.model_dump().items():
+            print(f"{key:22} {value}")
+        print("OK: all required CDM and vocabulary tables and columns are present")
+    return 0
+
+
+def cmd_cdm_eunomia(args) -> int:
+    from site_agent.cdm.eunomia import write_eunomia
+
+    counts = write_eunomia(args.out)
+    print(f"wrote Eunomia GiBleed CDM v5.3 to {args.out}: {counts.get('person', 0)} persons, "
+          f"{counts.get('observation_period', 0)} observation periods")
+    return 0
+
+
+def cmd_cdm_synth(args) -> int:
+    from site_agent.cdm.synth import generate_site
+
+    res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
+                        seed=args.seed, chunk_size=args.chunk_size)
+    if args.truth:
+        from pathlib import Path
+
+        Path(args.truth).write_text(res.model_dump_json(indent=2))
+    print(f"wrote synthetic CDM v5.4 for site {res.site} ({res.profile}, seed {res.seed}) to {args.out}: "
+          f"{res.persons} persons in {res.elapsed_seconds:.1f}s")
+    return 0
+
+
+def cmd_cdm_copy(args) -> int:
+    from site_agent.cdm.transfer import copy_duckdb_to_postgres
+
+    counts = copy_duckdb_to_postgres(args.source, args.to, args.schema, cdm_version=args.cdm_version)
+    print(f"copied {sum(counts.values())} rows in {len(counts)} tables into schema {args.schema}")
+    return 0
+
+
+def cmd_cohorts(args) -> int:
+    from site_agent.cohorts import build_cohorts, cohort_attrition, collect_definitions
+
+    definitions = collect_definitions(args.definitions)
+    with _open_cdm(args) as cdm:
+        counts = build_cohorts(cdm, definitions)
+        attrition = {d.cohort_definition_id: cohort_attrition(cdm, d) for d in definitions} if args.attrition else {}
+    if args.json:
+        print(json.dumps([c.model_dump() for c in counts], indent=2))
+        return 0
+    header = f"{'cohort_definition_id':>20}  {'cohort_name':<28} {'number_records':>14} {'number_subjects':>15}"
+    print(header)
+    for c in counts:
+        print(f"{c.cohort_definition_id:>20}  {c.cohort_name:<28} {c.number_records:>14} {c.number_subjects:>15}")
+    for cid, steps in attrition.items():
+        print(f"\nattrition of cohort {cid}:")
+        for s in steps:
+            print(f"  {s.reason_id:>2}. {s.reason:<50} records {s.number_records:>8}  subjects {s.number_subjects:>8}"
+                  f"  excluded {s.excluded_subjects:>7}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="site-agent", description="optima-federated site agent")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cdm = sub.add_parser("cdm", help="inspect or create OMOP CDMs").add_subparsers(dest="cdm_command", required=True)
+    p = cdm.add_parser("check", help="validate a CDM and report versions and sizes")
+    _add_cdm_options(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_cdm_check)
+
+    p = cdm.add_parser("eunomia", help="write a clean copy of the Eunomia GiBleed CDM")
+    p.add_argument("--out", required=True, help="DuckDB file to write")
+    p.set_defaults(func=cmd_cdm_eunomia)
+
+    p = cdm.add_parser("synth", help="generate a synthetic CDM v5.4 site (DuckDB)")
+    p.add_argument("--out", required=True, help="DuckDB file to write")
+    p.add_argument("--persons", type=int, default=20000)
+    p.add_argument("--site", default="site_a", help="site name (drives size/age/coding differences)")
+    p.add_argument("--profile", choices=["primary-care", "oncology"], default="oncology")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
+    p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")
+    p.set_defaults(func=cmd_cdm_synth)
+
+    p = cdm.add_parser("copy", help="copy a DuckDB CDM into a PostgreSQL schema")
+    p.add_argument("source", help="DuckDB CDM file")
+    p.add_argument("--to", required=True, help="postgresql+psycopg2:// URL")
+    p.add_argument("--schema", default="cdm", help="target schema (replaced)")
+    p.add_argument("--cdm-version", default="5.4", choices=["5.3", "5.4"])
+    p.set_defaults(func=cmd_cdm_copy)
+
+    p = sub.add_parser("cohorts", help="instantiate ATLAS cohort definitions and print counts")
+    _add_cdm_options(p)
+    p.add_argument("--definitions", nargs="+", required=True, help="cohort JSON files or folders")
+    p.add_argument("--json", action="store_true", help="stdout holds only a JSON list of counts")
+    p.add_argument("--attrition", action="store_true", help="also print inclusion-rule attrition")
+    p.set_defaults(func=cmd_cohorts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except OptimaError as exc:
+        print(f"site-agent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("site-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Instantiate cohorts on a CDM: one transaction per cohort, counts and attrition."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pydantic import BaseModel
+
+from site_agent.cdm.check import validate_cdm
+from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.ddl import results_ddl
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.cohorts.sql import cohort_sql
+from site_agent.errors import CohortBuildError
+
+log = logging.getLogger(__name__)
+
+
+class CohortCount(BaseModel):
+    cohort_definition_id: int
+    cohort_name: str
+    number_records: int
+    number_subjects: int
+
+
+def _sql_text(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def ensure_results_tables(cdm: CdmConnection) -> None:
+    with cdm.transaction() as script:
+        script.execute_all(results_ddl(cdm.write_schema))
+
+
+def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> list[CohortCount]:
+    """Build every definition into ``<write_schema>.cohort``; returns counts in the given order.
+
+    All SQL is generated before anything runs, so a bad definition fails the whole run
+    before the database is touched. Each cohort is replaced inside its own transaction:
+    if its SQL fails, the cohort keeps its previous rows (or none) and nothing partial stays.
+    """
+    validate_cdm(cdm)
+    plans = [
+        (d, cohort_sql(d, dialect=cdm.dialect, cdm_schema=cdm.cdm_schema,
+                       vocab_schema=cdm.vocab_schema, write_schema=cdm.write_schema))
+        for d in definitions
+    ]
+    ensure_results_tables(cdm)
+    ws = cdm.write_schema
+    for definition, statements in plans:
+        started = time.perf_counter()
+        cid = definition.cohort_definition_id
+        try:
+            with cdm.transaction() as script:
+                script.execute_all(statements)
+                script.execute(f"DELETE FROM {ws}.cohort_inclusion WHERE cohort_definition_id = {cid}")
+                for seq, name in enumerate(definition.inclusion_rule_names):
+                    script.execute(
+                        f"INSERT INTO {ws}.cohort_inclusion (cohort_definition_id, rule_sequence, name, description) "
+                        f"VALUES ({cid}, {seq}, {_sql_text(name)}, NULL)"
+                    )
+        except Exception as exc:
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise CohortBuildError(
+                f"cohort {cid} ({definition.cohort_name}, {definition.path.name}) failed on {cdm.display_url}: {first}"
+            ) from None
+        log.info("built cohort %s (%s) in %.2fs", cid, definition.cohort_name, time.perf_counter() - started)
+    return cohort_counts(cdm, definitions)
+
+
+def cohort_counts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> list[CohortCount]:
+    ids = ", ".join(str(d.cohort_definition_id) for d in definitions)
+    df = cdm.query_df(
+        f"SELECT cohort_definition_id, count(*) AS number_records, count(DISTINCT subject_id) AS number_subjects "
+        f"FROM {cdm.write_schema}.cohort WHERE cohort_definition_id IN ({ids}) GROUP BY cohort_definition_id"
+    )
+    by_id = {int(r.cohort_definition_id): r for r in df.itertuples()}
+    out = []
+    for d in definitions:
+        r = by_id.get(d.cohort_definition_id)
+        out.append(CohortCount(
+            cohort_definition_id=d.cohort_definition_id,
+            cohort_name=d.cohort_name,
+            number_records=int(r.number_records) if r is not None else 0,
+            number_subjects=int(r.number_subjects) if r is not None else 0,
+        ))
+    return out
