@@ -77,9 +77,14 @@ RESULTS_TABLES: dict[str, str] = {
 }
 
 
-def results_ddl(schema: str) -> list[str]:
-    """CREATE statements (idempotent) for the schema and tables the agent writes."""
-    stmts = [f"CREATE SCHEMA IF NOT EXISTS {schema}"]
+def results_ddl(schema: str, *, create_schema: bool = True) -> list[str]:
+    """CREATE statements (idempotent) for the schema and tables the agent writes.
+
+    ``create_schema=False`` when the schema exists: PostgreSQL checks the database-level
+    CREATE privilege even for ``CREATE SCHEMA IF NOT EXISTS``, which a least-privilege
+    agent role does not have.
+    """
+    stmts = [f"CREATE SCHEMA IF NOT EXISTS {schema}"] if create_schema else []
     for name, cols in RESULTS_TABLES.items():
         stmts.append(f"CREATE TABLE IF NOT EXISTS {schema}.{name} ({cols}\n)")
     return stmts

@@ -29,8 +29,15 @@ def _sql_text(s: str) -> str:
 
 
 def ensure_results_tables(cdm: CdmConnection) -> None:
-    with cdm.transaction() as script:
-        script.execute_all(results_ddl(cdm.write_schema))
+    try:
+        with cdm.transaction() as script:
+            script.execute_all(results_ddl(cdm.write_schema, create_schema=not cdm.schema_exists(cdm.write_schema)))
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise CohortBuildError(
+            f"cannot create the cohort tables in write schema '{cdm.write_schema}' on {cdm.display_url}: {first}",
+            hint="create the schema and grant the agent's role CREATE on it (deploy/postgres/site_agent_role.sql)",
+        ) from None
 
 
 def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> list[CohortCount]:

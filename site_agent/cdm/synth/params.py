@@ -1,0 +1,109 @@
+"""Site and profile parameters.
+
+Site parameters are drawn deterministically from a hash of the site name, so two sites with
+the same profile still differ in age structure, ethnicity mix, visit intensity and, above all,
+*coding habits* (which source vocabulary they code diagnoses in, how often a generic lung-cancer
+code precedes the histology, how cancer stage is recorded, how many local codes stay unmapped).
+
+Profile rates are rough orders of magnitude, not estimates:
+
+* primary-care: general population; lung cancer in ~0.5-1 % of persons (lifetime risk ~6 %,
+  but observation covers ~10 years), breast ~1.5 % of women, prostate ~1 % of men,
+  colon ~0.5 %, skin (BCC/SCC) ~3 %.
+* oncology: a cancer-centre population, ~15-25 % of persons have some non-skin cancer,
+  lung cancer ~7 %; a share of cancer patients are referred shortly before diagnosis
+  (short prior observation).
+* histology (SEER-like): SCLC ~15 % of lung cancers, adenocarcinoma ~45 %, squamous ~25 %,
+  NSCLC NOS ~15 %. Stage at diagnosis: SCLC I-II ~5 % (the seed study), NSCLC I ~25 %.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+PROFILES = ("primary-care", "oncology")
+STAGING_STYLES = ("combined", "clinical", "pathological", "tnm")
+
+
+@dataclass(frozen=True)
+class ProfileRates:
+    lung: float
+    lung_uncertain: float
+    breast_f: float
+    colon: float
+    prostate_m: float
+    skin: float
+    referral: float  # share of cancer patients whose observation starts shortly before diagnosis
+    prior_cancer_in_lung: float  # extra other-cancer history among lung cancer patients
+    prior_skin_in_lung: float
+    age_tilt: float  # shifts the age pyramid older
+
+
+RATES = {
+    "primary-care": ProfileRates(0.0075, 0.0008, 0.015, 0.005, 0.01, 0.03, 0.05, 0.04, 0.04, 0.0),
+    "oncology": ProfileRates(0.07, 0.004, 0.10, 0.03, 0.05, 0.06, 0.35, 0.10, 0.08, 0.6),
+}
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    site: str
+    profile: str
+    rates: ProfileRates
+    age_tilt: float
+    female_frac: float
+    race_p: tuple[float, float, float, float]  # white, black, asian, unknown
+    hispanic: float
+    smoker: float
+    visit_rate: float
+    two_periods: float
+    cond_vocab: str  # SNOMED | ICD10CM | ICD10: how diagnoses are coded at source
+    icdo3: float  # share of histology records coded in ICD-O-3
+    generic_first: float  # share of lung cancers first coded with a generic lung code
+    local_mapped: float
+    local_unmapped: float
+    staging: str
+    staging_alt: str
+    staging_alt_p: float
+    staging_missing: float
+    staging_out_window: float
+    chemo_ingredient: float  # share of chemo records coded at ingredient level
+    rt_weekly: bool  # radiotherapy recorded once a week instead of per fraction
+
+    @classmethod
+    def derive(cls, site: str, profile: str) -> SiteParams:
+        h = int.from_bytes(hashlib.sha256(site.encode("utf-8")).digest()[:8], "little")
+        r = np.random.default_rng(h)
+        rates = RATES[profile]
+        white = r.uniform(0.55, 0.85)
+        black = r.uniform(0.05, 0.2)
+        asian = r.uniform(0.02, 0.12)
+        unknown = max(0.02, 1 - white - black - asian)
+        staging = str(r.choice(STAGING_STYLES))
+        return cls(
+            site=site,
+            profile=profile,
+            rates=rates,
+            age_tilt=float(r.uniform(-0.4, 0.5) + rates.age_tilt),
+            female_frac=float(r.uniform(0.49, 0.53) + (0.03 if profile == "oncology" else 0)),
+            race_p=(white, black, asian, unknown),
+            hispanic=float(r.uniform(0.03, 0.2)),
+            smoker=float(r.uniform(0.12, 0.25)),
+            visit_rate=float(r.uniform(0.7, 1.4)),
+            two_periods=float(r.uniform(0.08, 0.2)),
+            cond_vocab=str(r.choice(["SNOMED", "ICD10CM", "ICD10"], p=[0.3, 0.45, 0.25])),
+            icdo3=float(r.uniform(0.0, 0.6)),
+            generic_first=float(r.uniform(0.1, 0.45)),
+            local_mapped=float(r.uniform(0.0, 0.12)),
+            local_unmapped=float(r.uniform(0.01, 0.06)),
+            staging=staging,
+            staging_alt=str(r.choice([s for s in STAGING_STYLES if s != staging])),
+            staging_alt_p=float(r.uniform(0.05, 0.3)),
+            staging_missing=float(r.uniform(0.1, 0.35)),
+            staging_out_window=float(r.uniform(0.04, 0.15)),
+            chemo_ingredient=float(r.uniform(0.05, 0.3)),
+            rt_weekly=bool(r.random() < 0.4),
+        )
