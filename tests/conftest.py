@@ -71,3 +71,20 @@ def eunomia_cdm(request, tmp_path):
     schema = request.getfixturevalue("eunomia_pg_schema")
     write = f"results_{abs(hash(request.node.nodeid)) % 10**8}"
     return url, schema, write
+
+
+@pytest.fixture(scope="session")
+def synth_site(tmp_path_factory):
+    """A small oncology site (DuckDB) and the generator's ground truth."""
+    from site_agent.cdm.synth import generate_site
+
+    out = tmp_path_factory.mktemp("synth") / "site_a.duckdb"
+    return generate_site(out=out, persons=20000, site="site_a", profile="oncology", seed=7)
+
+
+@pytest.fixture(scope="session")
+def synth_pg_schema(pg_url, synth_site) -> str:
+    from site_agent.cdm.transfer import copy_duckdb_to_postgres
+
+    copy_duckdb_to_postgres(synth_site.out, pg_url, "synth_cdm")
+    return "synth_cdm"

@@ -11,7 +11,7 @@ Profile rates are rough orders of magnitude, not estimates:
   but observation covers ~10 years), breast ~1.5 % of women, prostate ~1 % of men,
   colon ~0.5 %, skin (BCC/SCC) ~3 %.
 * oncology: a cancer-centre population, ~15-25 % of persons have some non-skin cancer,
-  lung cancer ~7 %; a share of cancer patients are referred shortly before diagnosis
+  lung cancer ~7-8 % (incident during observation); a share of cancer patients are referred shortly before diagnosis
   (short prior observation).
 * histology (SEER-like): SCLC ~15 % of lung cancers, adenocarcinoma ~45 %, squamous ~25 %,
   NSCLC NOS ~15 %. Stage at diagnosis: SCLC I-II ~5 % (the seed study), NSCLC I ~25 %.
@@ -44,7 +44,7 @@ class ProfileRates:
 
 RATES = {
     "primary-care": ProfileRates(0.0075, 0.0008, 0.015, 0.005, 0.01, 0.03, 0.05, 0.04, 0.04, 0.0),
-    "oncology": ProfileRates(0.07, 0.004, 0.10, 0.03, 0.05, 0.06, 0.35, 0.10, 0.08, 0.6),
+    "oncology": ProfileRates(0.085, 0.004, 0.15, 0.035, 0.07, 0.06, 0.35, 0.04, 0.08, 0.6),
 }
 
 

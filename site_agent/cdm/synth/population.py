@@ -99,11 +99,11 @@ def plan_periods(b: Block) -> None:
     r, n = b.rng, b.n
     start = uniform_days(r, np.full(n, day(2005)), np.full(n, day(2020, 12, 31)))
     young = b.birth > start
-    start[young] = b.birth[young] + r.integers(0, 60, young.sum())
+    start[young] = np.minimum(b.birth[young] + r.integers(0, 60, young.sum()), END_OF_DATA)
     b.op_start = start
     stays = r.random(n) < 0.6
     leave = uniform_days(r, start + 180, np.full(n, END_OF_DATA))
-    b.planned_end = np.minimum(np.where(stays, END_OF_DATA, leave), END_OF_DATA)
+    b.planned_end = np.maximum(np.minimum(np.where(stays, END_OF_DATA, leave), END_OF_DATA), start)
     # Gompertz background mortality from the start of observation
     a, g = 0.0003, 0.09
     age0 = np.maximum(b.age_at(start), 0)
@@ -169,9 +169,13 @@ def finish(b: Block) -> dict[str, dict[str, np.ndarray]]:
         d = {k: a[ok] for k, a in d.items()}
         d["visit"] = new_index[d["visit"]]
         out[t] = d
+    # Data-entry errors: ~0.5 % of birth years are recorded decades too late (a transposed
+    # or mistyped year), so a few adults with cancer look like minors to an age rule.
+    typo = b.rng.random(b.n) < 0.005
+    recorded_yob = np.where(typo, np.minimum(b.yob + b.rng.integers(40, 61, b.n), 2025), b.yob)
     out["person"] = {
         "female": b.female,
-        "yob": b.yob,
+        "yob": recorded_yob,
         "mob": b.mob,
         "dob": b.dob,
         "birth": b.birth,

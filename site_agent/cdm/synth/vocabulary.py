@@ -102,6 +102,10 @@ class Vocabulary:
             raise ValueError(f"vocab CSVs refer to unknown keys: {sorted(missing)}")
         return v
 
+    @cached_property
+    def standard_keys(self) -> set[str]:
+        return set(self.concepts.loc[self.concepts["standard_concept"] == "S", "key"])
+
     # ---- hierarchy -------------------------------------------------------------------------
     @cached_property
     def closure(self) -> dict[tuple[str, str], tuple[int, int]]:
