@@ -17,7 +17,8 @@ def cmd_demo(args) -> int:
         print("coordinator: error: --persons must be at least 100", file=sys.stderr)
         return 2
     try:
-        run_demo(Path(args.out), default_sites(args.persons, args.seed), [Path(d) for d in args.definitions])
+        run_demo(Path(args.out), default_sites(args.persons, args.seed), [Path(d) for d in args.definitions],
+                 min_cell_count=args.min_cell_count)
     except DemoError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr)
         return 1
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--definitions", nargs="+", default=["cohort_definitions/lung"],
                    help="cohort definition files or folders")
+    p.add_argument("--min-cell-count", type=int, default=5, help="sites suppress counts between 1 and N-1")
     p.set_defaults(func=cmd_demo)
     return parser
 

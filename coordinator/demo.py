@@ -1,8 +1,8 @@
 """The local demo network: synthetic sites, each building the lung study cohorts.
 
 Each site is driven through the ``site-agent`` command line in its own process, exactly
-as a data partner would run it; the coordinator only sees what the agent prints (the
-aggregate counts). The federation issue replaces the subprocess calls with Flower messages.
+as a data partner would run it; the coordinator only sees what the agent prints: aggregate
+counts with cells below the minimum cell count (default 5) suppressed at the site. The federation issue replaces the subprocess calls with Flower messages.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _agent(*args: str) -> str:
     return proc.stdout
 
 
-def run_demo(out: Path, sites: list[DemoSite], definitions: list[Path], *, echo=print) -> dict[str, list[dict]]:
+def run_demo(out: Path, sites: list[DemoSite], definitions: list[Path], *, min_cell_count: int = 5,
+             echo=print) -> dict[str, list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     for d in definitions:
         if not d.exists():
@@ -57,19 +58,22 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: list[Path], *, echo=
         _agent("cdm", "synth", "--out", str(cdm), "--persons", str(site.persons), "--site", site.name,
                "--profile", site.profile, "--seed", str(site.seed))
         t1 = time.perf_counter()
-        counts = json.loads(_agent("cohorts", "--cdm", str(cdm), "--definitions", *map(str, definitions), "--json"))
+        counts = json.loads(_agent("cohorts", "--cdm", str(cdm), "--definitions", *map(str, definitions), "--json",
+                                   "--min-cell-count", str(min_cell_count)))
         t2 = time.perf_counter()
         results[site.name] = counts
         echo(f"\n== {site.name} ({site.profile}, {site.persons} persons; generated in {t1 - t0:.1f}s, "
              f"cohorts built in {t2 - t1:.1f}s)")
-        echo(format_counts(counts))
+        echo(format_counts(counts, min_cell_count))
     (out / "cohort_counts.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def format_counts(counts: list[dict]) -> str:
+def format_counts(counts: list[dict], min_cell_count: int) -> str:
+    """Counts as the coordinator sees them: suppressed cells (null) shown as <min."""
+    shown = lambda v: f"<{min_cell_count}" if v is None else str(v)  # noqa: E731
     lines = [f"{'id':>3}  {'cohort_name':<26} {'records':>9} {'subjects':>9}"]
     for c in counts:
-        lines.append(f"{c['cohort_definition_id']:>3}  {c['cohort_name']:<26} {c['number_records']:>9} "
-                     f"{c['number_subjects']:>9}")
+        lines.append(f"{c['cohort_definition_id']:>3}  {c['cohort_name']:<26} {shown(c['number_records']):>9} "
+                     f"{shown(c['number_subjects']):>9}")
     return "\n".join(lines)

@@ -85,19 +85,31 @@ def cmd_cohorts(args) -> int:
     with _open_cdm(args) as cdm:
         counts = build_cohorts(cdm, definitions)
         attrition = {d.cohort_definition_id: cohort_attrition(cdm, d) for d in definitions} if args.attrition else {}
+    rows = [c.model_dump() for c in counts]
+    if args.min_cell_count > 1:
+        rows = [_suppress_count_row(r, args.min_cell_count) for r in rows]
     if args.json:
-        print(json.dumps([c.model_dump() for c in counts], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'cohort_definition_id':>20}  {'cohort_name':<28} {'number_records':>14} {'number_subjects':>15}"
-    print(header)
-    for c in counts:
-        print(f"{c.cohort_definition_id:>20}  {c.cohort_name:<28} {c.number_records:>14} {c.number_subjects:>15}")
+    shown = lambda v: f"<{args.min_cell_count}" if v is None else str(v)  # noqa: E731
+    print(f"{'cohort_definition_id':>20}  {'cohort_name':<28} {'number_records':>14} {'number_subjects':>15}")
+    for r in rows:
+        print(f"{r['cohort_definition_id']:>20}  {r['cohort_name']:<28} {shown(r['number_records']):>14} "
+              f"{shown(r['number_subjects']):>15}")
     for cid, steps in attrition.items():
         print(f"\nattrition of cohort {cid}:")
         for s in steps:
             print(f"  {s.reason_id:>2}. {s.reason:<50} records {s.number_records:>8}  subjects {s.number_subjects:>8}"
                   f"  excluded {s.excluded_subjects:>7}")
     return 0
+
+
+def _suppress_count_row(row: dict, minimum: int) -> dict:
+    """Blank a cohort's counts when its subjects are 1..minimum-1 (records would reveal them)."""
+    small = lambda v: 0 < v < minimum  # noqa: E731
+    if small(row["number_subjects"]) or small(row["number_records"]):
+        return {**row, "number_records": None, "number_subjects": None}
+    return row
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--definitions", nargs="+", required=True, help="cohort JSON files or folders")
     p.add_argument("--json", action="store_true", help="stdout holds only a JSON list of counts")
     p.add_argument("--attrition", action="store_true", help="also print inclusion-rule attrition")
+    p.add_argument("--min-cell-count", type=int, default=0,
+                   help="show counts between 1 and N-1 as suppressed (null in JSON); default 0 shows all, "
+                        "for the site operator's own eyes")
     p.set_defaults(func=cmd_cohorts)
     return parser
 
@@ -145,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.WARNING,
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except OptimaError as exc:
