@@ -236,8 +236,8 @@ class SummarisedResult:
         in_data, in_set = set(d["result_id"]), set(s["result_id"])
         if in_data - in_set:
             raise ResultFormatError(f"result_id(s) {sorted(in_data - in_set)} have no settings row")
-        if in_set - in_data:
-            raise ResultFormatError(f"settings for result_id(s) {sorted(in_set - in_data)} have no result rows")
+        # A settings row without data rows is allowed on purpose: it says "this analysis ran
+        # and found nothing", which a reader must be able to tell from "did not run".
 
     # ---------- helpers ----------
     def __len__(self) -> int:

@@ -63,7 +63,6 @@ def test_settings_defaults_and_types():
 
 @pytest.mark.parametrize("records, settings, msg", [
     ([rec()], [], "no settings"),
-    ([rec()], [SET, SET | {"result_id": 2}], "no result rows"),
     ([rec(), rec(estimate_value="11")], [SET], "duplicate estimate"),
     ([rec(strata_name="sex &&& age", strata_level="Male")], [SET], "' &&& ' parts"),
 ])
@@ -98,3 +97,13 @@ def test_validate_csv_rejects_missing_settings(tmp_path):
     path.write_text('"a","b"\n1,2\n')
     with pytest.raises(ResultFormatError, match="13"):
         validate_csv(path)
+
+
+def test_settings_without_rows_round_trip(tmp_path):
+    """A result type that ran and found nothing keeps its settings row through the CSV."""
+    from site_agent.results import SummarisedResult
+
+    res = SummarisedResult.from_records([], [{"result_id": 1, "result_type": "orphan_code_use",
+                                              "package_name": "optima-federated", "package_version": "0.1.0"}])
+    back = SummarisedResult.from_csv(res.to_csv(tmp_path / "empty.csv"))
+    assert list(back.settings["result_type"]) == ["orphan_code_use"] and len(back.data) == 0
