@@ -74,6 +74,11 @@ RESULTS_TABLES: dict[str, str] = {
     "cohort_censor_stats": """
         cohort_definition_id BIGINT NOT NULL,
         lost_count BIGINT NOT NULL""",
+    # ours: which definition each cohort id was built from (site_agent.cohorts.state)
+    "optima_cohort_state": """
+        cohort_definition_id BIGINT NOT NULL,
+        definition_sha256 VARCHAR(64) NOT NULL,
+        cdm_fingerprint VARCHAR(64) NOT NULL""",
 }
 
 

@@ -10,8 +10,10 @@ from pydantic import BaseModel
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.ddl import results_ddl
+from site_agent.cdm.fingerprint import cdm_fingerprint
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
+from site_agent.cohorts.state import state_statements
 from site_agent.errors import CohortBuildError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> li
         for d in definitions
     ]
     ensure_results_tables(cdm)
+    fingerprint = cdm_fingerprint(cdm)
     ws = cdm.write_schema
     for definition, statements in plans:
         started = time.perf_counter()
@@ -67,6 +70,7 @@ def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> li
                         f"INSERT INTO {ws}.cohort_inclusion (cohort_definition_id, rule_sequence, name, description) "
                         f"VALUES ({cid}, {seq}, {_sql_text(name)}, NULL)"
                     )
+                script.execute_all(state_statements(ws, definition, fingerprint))
         except Exception as exc:
             first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
             raise CohortBuildError(
