@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from site_agent import __version__
-from site_agent.errors import OptimaError
+from site_agent.errors import ConfigError, OptimaError
 
 log = logging.getLogger("site_agent")
 
@@ -112,6 +112,30 @@ def _suppress_count_row(row: dict, minimum: int) -> dict:
     return row
 
 
+def cmd_diagnostics(args) -> int:
+    from pathlib import Path
+
+    from site_agent.cohorts import collect_definitions
+    from site_agent.diagnostics.html import write_html
+    from site_agent.diagnostics.runner import run_diagnostics
+
+    if args.min_cell_count < 0:
+        raise ConfigError("--min-cell-count must be 0 or more")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}", hint="--out must be a file path in an existing folder")
+    definitions = collect_definitions(args.definitions)
+    with _open_cdm(args) as cdm:
+        summary = run_diagnostics(cdm, definitions, out=out, min_cell_count=args.min_cell_count,
+                                  cdm_name=args.cdm_name,
+                                  progress=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None))
+    if args.html:
+        write_html(summary.result, args.html, title=f"Cohort diagnostics: {summary.result.data['cdm_name'].iloc[0] if len(summary.result.data) else ''}",
+                   min_cell_count=args.min_cell_count)
+    print(summary.line, file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="site-agent", description="optima-federated site agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -154,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show counts between 1 and N-1 as suppressed (null in JSON); default 0 shows all, "
                         "for the site operator's own eyes")
     p.set_defaults(func=cmd_cohorts)
+
+    p = sub.add_parser("diagnostics", help="cohort diagnostics as a suppressed summarised_result CSV")
+    _add_cdm_options(p)
+    p.add_argument("--definitions", nargs="+", required=True, help="cohort JSON files or folders")
+    p.add_argument("--out", required=True, help="summarised_result CSV to write")
+    p.add_argument("--min-cell-count", type=int, default=5, help="counts 1..N-1 are suppressed (default 5)")
+    p.add_argument("--cdm-name", help="name of this database in the results (default: cdm_source abbreviation)")
+    p.add_argument("--html", help="also write an HTML view of what would be released")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_diagnostics)
     return parser
 
 

@@ -197,7 +197,8 @@ class SummarisedResult:
         if s["result_id"].duplicated().any():
             raise ResultFormatError("settings hold more than one row for a result_id")
         for col, name_col in (("group", "group_name"), ("strata", "strata_name"), ("additional", "additional_name")):
-            derived = s["result_id"].map(_derive_names(data, name_col)).fillna("")
+            derived = s["result_id"].map(_derive_names(data, name_col)).astype(object)
+            derived = derived.where(derived.notna(), "")
             s[col] = s[col].where(s[col].notna(), derived) if col in s.columns else derived
         if "min_cell_count" not in s.columns:
             s["min_cell_count"] = "0"

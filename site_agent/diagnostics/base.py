@@ -1,0 +1,77 @@
+"""What every diagnostic module provides, and what the runner gives it.
+
+A diagnostic is a pure function of the CDM, the instantiated cohorts and its parameters.
+It returns an *unsuppressed* :class:`SummarisedResult` (result ids from 1); the runner
+binds all results, applies min-cell suppression once, and writes the CSV. The runner also
+makes diagnostics incremental: each *unit* of work (the database, one cohort, or one
+pair of cohorts, by the diagnostic's ``scope``) is keyed by a hash of the diagnostic's
+name and parameters, the cohort definitions' sha256 and the CDM fingerprint, and its
+result is cached in the site's write schema. So a diagnostic must:
+
+* compute everything in SQL inside the database (aggregates only come back to Python;
+  never fetch person-level rows into Python for large tables);
+* depend only on its inputs (no clock, no randomness), and return rows in any order (the
+  runner sorts);
+* emit, for every result type it declares, a settings row even when it has no data rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from site_agent import __version__
+from site_agent.cdm.connection import CdmConnection
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.results import SummarisedResult
+
+PACKAGE_NAME = "optima-federated"
+PACKAGE_VERSION = __version__
+Scope = Literal["database", "cohort", "pair"]
+
+
+@dataclass(frozen=True)
+class DiagnosticContext:
+    """Everything a diagnostic may read. Cohorts are already built in ``cohort_table``."""
+
+    cdm: CdmConnection
+    cdm_name: str
+    cohorts: tuple[CohortDefinition, ...]
+
+    @property
+    def cohort_table(self) -> str:
+        return f"{self.cdm.write_schema}.cohort"
+
+    @property
+    def cdm_schema(self) -> str:
+        return self.cdm.cdm_schema
+
+    @property
+    def vocab_schema(self) -> str:
+        return self.cdm.vocab_schema
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A registered diagnostic.
+
+    ``run(ctx, unit)`` gets ``unit = ()`` for scope "database", ``(cohort,)`` for "cohort"
+    and ``(reference, comparator)`` for "pair" (each unordered pair once, in catalog order).
+    ``params`` are part of the cache key: change a parameter and the unit is recomputed.
+    """
+
+    name: str
+    scope: Scope
+    result_types: tuple[str, ...]
+    run: Callable[[DiagnosticContext, tuple[CohortDefinition, ...]], SummarisedResult]
+    params: dict = field(default_factory=dict)
+
+
+def settings_row(result_id: int, result_type: str, *, package_name: str = PACKAGE_NAME,
+                 package_version: str = PACKAGE_VERSION, **extra) -> dict:
+    """One settings row; ``group``/``strata``/``additional`` are derived from the data when omitted."""
+    row = {"result_id": result_id, "result_type": result_type, "package_name": package_name,
+           "package_version": package_version, "min_cell_count": "0"}
+    row.update({k: (None if v is None else str(v)) for k, v in extra.items()})
+    return row

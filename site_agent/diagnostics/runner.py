@@ -1,0 +1,141 @@
+"""Run the diagnostics suite: build stale cohorts, compute or reuse each unit, suppress, write.
+
+Data flow: definitions -> cohorts (rebuilt only if stale) -> units of work (database,
+cohort, pair) -> cache (write schema) -> bind -> merge identical settings -> suppress
+(min cell count, before anything is written) -> summarised_result CSV (+ optional HTML).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from site_agent.cdm.check import validate_cdm
+from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.fingerprint import cdm_fingerprint
+from site_agent.cohorts import build_cohorts
+from site_agent.cohorts.build import ensure_results_tables
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.cohorts.state import stale_cohorts
+from site_agent.diagnostics import cache
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
+from site_agent.results import SummarisedResult
+from site_agent.suppression import suppress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    computed: int
+    reused: int
+    cohorts_built: int
+    out: Path | None
+    result: SummarisedResult
+
+    @property
+    def line(self) -> str:
+        return f"diagnostics: {self.computed} computed, {self.reused} reused"
+
+
+def registry() -> list[Diagnostic]:
+    """Every diagnostic, in the order results are written."""
+    from site_agent.diagnostics import (characteristics, codelists, cohort_summary, database, large_scale,
+                                        population)
+
+    return [*database.DIAGNOSTICS, *cohort_summary.DIAGNOSTICS, *codelists.DIAGNOSTICS,
+            *characteristics.DIAGNOSTICS, *large_scale.DIAGNOSTICS, *population.DIAGNOSTICS]
+
+
+def units_of(diagnostic: Diagnostic, cohorts: list[CohortDefinition]) -> Iterable[tuple[CohortDefinition, ...]]:
+    if diagnostic.scope == "database":
+        return [()]
+    if diagnostic.scope == "cohort":
+        return [(c,) for c in cohorts]
+    return list(itertools.combinations(cohorts, 2))
+
+
+def default_cdm_name(cdm: CdmConnection) -> str:
+    df = cdm.query_df(f"SELECT * FROM {cdm.cdm_schema}.cdm_source")
+    for col in ("cdm_source_abbreviation", "cdm_source_name"):
+        if col in df.columns and len(df) and df[col].iloc[0]:
+            return str(df[col].iloc[0])
+    return "cdm"
+
+
+def merge_identical_settings(result: SummarisedResult) -> SummarisedResult:
+    """One result_id per distinct settings, as omopgenerics' bind does (first-seen order)."""
+    s = result.settings
+    if s.empty:
+        return result
+    cols = [c for c in s.columns if c != "result_id"]
+    key = s[cols].astype(str).agg("\x1f".join, axis=1)
+    first = {k: i + 1 for i, k in enumerate(dict.fromkeys(key))}
+    mapping = dict(zip(s["result_id"], key.map(first)))
+    new_s = s.assign(result_id=s["result_id"].map(mapping)).drop_duplicates("result_id")
+    new_d = result.data.assign(result_id=result.data["result_id"].map(mapping))
+    return SummarisedResult(new_d, new_s)
+
+
+def run_diagnostics(
+    cdm: CdmConnection,
+    definitions: list[CohortDefinition],
+    *,
+    out: Path | None,
+    min_cell_count: int = 5,
+    cdm_name: str | None = None,
+    diagnostics: list[Diagnostic] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunSummary:
+    progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    validate_cdm(cdm)
+    ensure_results_tables(cdm)
+    cache.ensure_tables(cdm)
+    fingerprint = cdm_fingerprint(cdm)
+    stale = stale_cohorts(cdm, definitions, fingerprint)
+    if stale:
+        progress(f"building {len(stale)} cohort(s): {', '.join(d.cohort_name for d in stale)}")
+        build_cohorts(cdm, stale)
+    ctx = DiagnosticContext(cdm=cdm, cdm_name=cdm_name or default_cdm_name(cdm), cohorts=tuple(definitions))
+    diagnostics = registry() if diagnostics is None else diagnostics
+    plan = [(d, u) for d in diagnostics for u in units_of(d, definitions)]
+    have = cache.cached_keys(cdm)
+    results: list[SummarisedResult] = []
+    computed = reused = 0
+    for i, (diag, unit) in enumerate(plan, start=1):
+        key = cache.unit_key(diag.name, {**diag.params, "cdm_name": ctx.cdm_name}, fingerprint, unit)
+        label = f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
+        if key in have:
+            results.append(cache.load(cdm, key))
+            reused += 1
+            continue
+        started = time.perf_counter()
+        res = diag.run(ctx, unit)
+        cache.store(cdm, key, diag.name, label, res)
+        results.append(res)
+        computed += 1
+        progress(f"[{i}/{len(plan)}] {label}: {time.perf_counter() - started:.1f}s")
+    bound = merge_identical_settings(SummarisedResult.bind(*results))
+    released = suppress(bound, min_cell_count)
+    if out is not None:
+        released.to_csv(out)
+    return RunSummary(computed, reused, len(stale), out, released)
+
+
+def result_types(result: SummarisedResult) -> set[str]:
+    return set(result.settings["result_type"])
+
+
+def count_small_cells(result: SummarisedResult, min_cell_count: int) -> int:
+    """Count estimates (names containing 'count') with a value between 1 and min-1."""
+    d = result.data
+    counts = d[d["estimate_name"].str.contains("count", case=False)]
+    values = pd.to_numeric(counts["estimate_value"], errors="coerce")
+    return int(((values > 0) & (values < min_cell_count)).sum())
