@@ -1,0 +1,128 @@
+"""Diagnostics suite at scale: wall time, peak RSS and the suite/scan ratio.
+
+    python benchmarks/bench_diagnostics.py                     # 100k and 1M persons, DuckDB
+    python benchmarks/bench_diagnostics.py --sizes 100000,1000000,3000000 --with-10m
+    python benchmarks/bench_diagnostics.py --sizes 1000000 --pg postgresql+psycopg2://…
+
+For each size it generates an oncology site (timed separately), then times one full scan
+of the clinical event tables (count, person_id sum, max date and concept sum of every row
+of condition_occurrence, drug_exposure, procedure_occurrence, measurement,
+visit_occurrence, observation) and the full diagnostics suite on the lung study's cohorts
+(cohort building included), from scratch, then a second run with nothing changed.
+Peak RSS is measured for the suite in a child process. A 10M-person site needs about
+4 GB of disk (checked before generating).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN = {
+    "condition_occurrence": ("condition_start_date", "condition_concept_id"),
+    "drug_exposure": ("drug_exposure_start_date", "drug_concept_id"),
+    "procedure_occurrence": ("procedure_date", "procedure_concept_id"),
+    "measurement": ("measurement_date", "measurement_concept_id"),
+    "visit_occurrence": ("visit_start_date", "visit_concept_id"),
+    "observation": ("observation_date", "observation_concept_id"),
+}
+BYTES_PER_PERSON = 400  # measured: ~364 MB per 1M oncology persons
+
+
+def child(args: list[str]) -> dict:
+    """Run one measured step in a fresh process; it prints a JSON line last."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"step {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def step_scan(url: str, schema: str | None) -> dict:
+    from site_agent.cdm import connect_cdm
+
+    with connect_cdm(url, cdm_schema=schema) as cdm:
+        t = time.perf_counter()
+        for table, (date, concept) in SCAN.items():
+            cdm.query_df(f"SELECT count(*), sum(person_id), max({date}), sum({concept}) FROM {cdm.cdm_schema}.{table}")
+        return {"seconds": time.perf_counter() - t}
+
+
+def step_suite(url: str, schema: str | None, out: str) -> dict:
+    from site_agent.cdm import connect_cdm
+    from site_agent.cohorts import collect_definitions
+    from site_agent.diagnostics.runner import run_diagnostics
+
+    defs = collect_definitions([REPO / "cohort_definitions" / "lung"])
+    with connect_cdm(url, cdm_schema=schema) as cdm:
+        t = time.perf_counter()
+        s = run_diagnostics(cdm, defs, out=Path(out), progress=lambda m: print(m, file=sys.stderr))
+        secs = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": secs, "computed": s.computed, "reused": s.reused, "peak_rss_mb": rss, "rows": len(s.result)}
+
+
+def step_generate(out: str, persons: int) -> dict:
+    from site_agent.cdm.synth import generate_site
+
+    t = time.perf_counter()
+    generate_site(out=out, persons=persons, site="bench", profile="oncology", seed=1)
+    return {"seconds": time.perf_counter() - t,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("scan", "suite", "generate"):
+        step, rest = sys.argv[1], sys.argv[2:]
+        schema = None if len(rest) < 2 or rest[1] == "-" else rest[1]
+        res = {"scan": lambda: step_scan(rest[0], schema),
+               "suite": lambda: step_suite(rest[0], schema, rest[2]),
+               "generate": lambda: step_generate(rest[0], int(rest[1]))}[step]()
+        print(json.dumps(res))
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--with-10m", action="store_true", help="also run 10,000,000 persons (~4 GB disk)")
+    ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced)")
+    ap.add_argument("--workdir", help="where to put the CDM files (default: a temp dir)")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="optima-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'scan_s':>7} {'suite_s':>8} {'rerun_s':>7} "
+          f"{'ratio':>6} {'suite_rss_mb':>12} {'rows':>7}")
+    for n in sizes:
+        need = n * BYTES_PER_PERSON * 1.5
+        free = shutil.disk_usage(work).free
+        if free < need:
+            print(f"{n:>10} skipped: needs ~{need / 1e9:.1f} GB free in {work}, {free / 1e9:.1f} GB available")
+            continue
+        path = work / f"bench_{n}.duckdb"
+        gen = child(["generate", str(path), str(n)])
+        targets = [("duckdb", str(path), "-")]
+        if args.pg:
+            from site_agent.cdm.transfer import copy_duckdb_to_postgres
+
+            copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
+            targets.append(("postgres", args.pg, "bench_cdm"))
+        for backend, url, schema in targets:
+            scan = child(["scan", url, schema])
+            suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
+            rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
+            print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {scan['seconds']:>7.2f} {suite['seconds']:>8.1f} "
+                  f"{rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>6.1f} {suite['peak_rss_mb']:>12.0f} "
+                  f"{suite['rows']:>7}", flush=True)
+        path.unlink(missing_ok=True)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
