@@ -1,0 +1,203 @@
+"""Cohort characteristics at index, mirroring ``CohortCharacteristics::summariseCharacteristics()``.
+
+Result type ``summarise_characteristics`` (package_name optima-federated), one result per
+cohort (scope "cohort"), laid out as the R package lays it out (docs/result_layouts.md §3.5),
+with the arguments PhenotypeR's ``cohortDiagnostics()`` passes:
+
+* ``counts = TRUE, demographics = TRUE``: ``Number records``, ``Number subjects``,
+  ``Cohort start date``/``Cohort end date`` (min, q25, median, q75, max), ``Age``,
+  ``Prior observation``, ``Future observation``, ``Days in cohort`` (min, q25, median,
+  q75, max, mean, sd) and ``Sex`` (``Female``/``Male``/``None``: count, percentage).
+* ``ageGroup = list(age_group = <0 to 17, 18 to 64, 65 to 150>,
+  age_group_5_years = <0 to 4, ..., 95 to 99, 100 to 150>)``: the R package names each
+  age-group variable after its list name through ``str_to_sentence(gsub("_", " ", x))``,
+  so the variables are ``Age group`` and ``Age group 5 years``; levels ``"<lo> to <hi>"``,
+  and ``None`` for a missing age or one outside every group (PatientProfiles'
+  ``missingAgeGroupValue``).
+* ``tableIntersectCount = list("Number visits prior year" = list(tableName =
+  "visit_occurrence", window = c(-365, -1)))`` (PhenotypeR) plus the matching
+  ``tableIntersectFlag`` named ``Any visit prior year``; these rows carry
+  ``additional_name = "table &&& window &&& value"`` and ``additional_level =
+  "visit_occurrence &&& -365 to -1 &&& count|flag"`` (``uniteAdditional`` in the R code).
+
+Definitions (PatientProfiles ``addDemographics``): age is whole years from the birth date
+built from ``year_of_birth`` with missing month/day imputed as 1; prior/future observation
+are the days from the start of / to the end of the observation period holding the index
+date (missing when the index is outside observation); days in cohort = end - start + 1.
+Categorical counts and percentages are over cohort *records*, as in R.
+
+Deviations: quantiles of numeric variables are continuous (``percentile_cont``, R's type 7)
+and typed ``numeric``; date quantiles are ``percentile_disc`` (an observed date). The visit
+intersect counts visits whose *start* date is in [index-365, index-1]; PatientProfiles
+counts visits overlapping the window and clips it to the observation period.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import Any
+
+import pandas as pd
+
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.results import RESULT_COLUMNS, SummarisedResult
+
+RESULT_TYPE = "summarise_characteristics"
+VISIT_WINDOW = (-365, -1)
+AGE_GROUPS: dict[str, list[tuple[int, int]]] = {
+    "Age group": [(0, 17), (18, 64), (65, 150)],
+    "Age group 5 years": [(lo, lo + 4) for lo in range(0, 100, 5)] + [(100, 150)],
+}
+NUMERIC_VARS: dict[str, str] = {  # column in the person-level CTE -> variable name
+    "age": "Age", "prior_obs": "Prior observation", "future_obs": "Future observation",
+    "days_in_cohort": "Days in cohort", "visits": "Number visits prior year",
+}
+DATE_VARS: dict[str, str] = {"s": "Cohort start date", "e": "Cohort end date"}
+SEX_LEVELS = ("Female", "Male", "None")
+QUANTILES = (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
+
+
+def fmt_value(x: Any) -> str | None:
+    """A value as R's ``as.character`` writes it (up to 15 significant digits); None for missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    if isinstance(x, pd.Timestamp):
+        return x.date().isoformat()
+    if isinstance(x, date):
+        return x.isoformat()
+    if isinstance(x, bool):
+        return "TRUE" if x else "FALSE"
+    if isinstance(x, int):
+        return str(x)
+    v = float(x)  # float, numpy or Decimal (PostgreSQL numeric)
+    if v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return format(v, ".15g")
+
+
+def pct(count: int, denominator: int) -> str | None:
+    return None if denominator == 0 else fmt_value(100.0 * count / denominator)
+
+
+def _feature_sql(ctx: DiagnosticContext, cohort_id: int) -> str:
+    """Person-level (record-level) features at index, then one row of aggregates."""
+    cdm = ctx.cdm_schema
+    lo, hi = VISIT_WINDOW
+    mob, dob = "COALESCE(p.month_of_birth, 1)", "COALESCE(p.day_of_birth, 1)"
+    m, d = "EXTRACT(MONTH FROM c.s)", "EXTRACT(DAY FROM c.s)"
+    aggs = ["COUNT(*) AS n_records", "COUNT(DISTINCT subject_id) AS n_subjects"]
+    for col in DATE_VARS:
+        aggs += [f"MIN({col}) AS {col}_min", f"MAX({col}) AS {col}_max"]
+        aggs += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {col}) AS {col}_{n}" for n, q in QUANTILES]
+    for col in NUMERIC_VARS:
+        aggs += [f"MIN({col}) AS {col}_min", f"MAX({col}) AS {col}_max",
+                 f"AVG(CAST({col} AS DOUBLE PRECISION)) AS {col}_mean",
+                 f"STDDEV_SAMP(CAST({col} AS DOUBLE PRECISION)) AS {col}_sd"]
+        aggs += [f"PERCENTILE_CONT({q}) WITHIN GROUP (ORDER BY {col}) AS {col}_{n}" for n, q in QUANTILES]
+    aggs += [f"SUM(CASE WHEN sex = '{s}' THEN 1 ELSE 0 END) AS sex_{s.lower()}" for s in SEX_LEVELS]
+    for gi, groups in enumerate(AGE_GROUPS.values()):
+        aggs += [f"SUM(CASE WHEN age BETWEEN {a} AND {b} THEN 1 ELSE 0 END) AS ag{gi}_{a}_{b}" for a, b in groups]
+    aggs.append("SUM(CASE WHEN visits > 0 THEN 1 ELSE 0 END) AS visit_flag")
+    agg_sql = ",\n  ".join(aggs)
+    return f"""
+WITH c AS (
+  SELECT ROW_NUMBER() OVER (ORDER BY subject_id, cohort_start_date, cohort_end_date) AS rid,
+         subject_id, cohort_start_date AS s, cohort_end_date AS e
+  FROM {ctx.cohort_table} WHERE cohort_definition_id = {int(cohort_id)}
+),
+vis AS (
+  SELECT c.rid, COUNT(*) AS n
+  FROM c JOIN {cdm}.visit_occurrence v ON v.person_id = c.subject_id
+   AND v.visit_start_date >= c.s + ({lo}) AND v.visit_start_date <= c.s + ({hi})
+  GROUP BY c.rid
+),
+f AS (
+  SELECT c.rid, c.subject_id, c.s, c.e,
+    CASE p.gender_concept_id WHEN 8532 THEN 'Female' WHEN 8507 THEN 'Male' ELSE 'None' END AS sex,
+    CAST(EXTRACT(YEAR FROM c.s) AS INTEGER) - p.year_of_birth
+      - CASE WHEN {m} < {mob} OR ({m} = {mob} AND {d} < {dob}) THEN 1 ELSE 0 END AS age,
+    c.s - op.observation_period_start_date AS prior_obs,
+    op.observation_period_end_date - c.s AS future_obs,
+    c.e - c.s + 1 AS days_in_cohort,
+    COALESCE(vis.n, 0) AS visits
+  FROM c
+  LEFT JOIN {cdm}.person p ON p.person_id = c.subject_id
+  LEFT JOIN {cdm}.observation_period op ON op.person_id = c.subject_id
+   AND c.s >= op.observation_period_start_date AND c.s <= op.observation_period_end_date
+  LEFT JOIN vis ON vis.rid = c.rid
+)
+SELECT
+  {agg_sql}
+FROM f"""
+
+
+def _rows_from_aggregates(r: dict[str, Any], cdm_name: str, cohort_name: str) -> list[dict]:
+    base = {"result_id": 1, "cdm_name": cdm_name, "group_name": "cohort_name", "group_level": cohort_name,
+            "strata_name": "overall", "strata_level": "overall",
+            "additional_name": "overall", "additional_level": "overall"}
+    rows: list[dict] = []
+
+    def add(var: str, level: str | None, est: str, typ: str, value: Any, **extra: str) -> None:
+        rows.append({**base, "variable_name": var, "variable_level": level, "estimate_name": est,
+                     "estimate_type": typ, "estimate_value": fmt_value(value), **extra})
+
+    n = int(r["n_records"] or 0)
+    add("Number records", None, "count", "integer", n)
+    add("Number subjects", None, "count", "integer", int(r["n_subjects"] or 0))
+    if n == 0:
+        return rows
+    for col, var in DATE_VARS.items():
+        for est in ("min", "q25", "median", "q75", "max"):
+            add(var, None, est, "date", r[f"{col}_{est}"])
+    visit_extra = {"additional_name": "table &&& window &&& value"}
+    window = f"{VISIT_WINDOW[0]} to {VISIT_WINDOW[1]}"
+    for col, var in NUMERIC_VARS.items():
+        extra = {}
+        if col == "visits":
+            extra = {**visit_extra, "additional_level": f"visit_occurrence &&& {window} &&& count"}
+        for est in ("min", "q25", "median", "q75", "max", "mean", "sd"):
+            typ = "integer" if est in ("min", "max") else "numeric"
+            add(var, None, est, typ, r[f"{col}_{est}"], **extra)
+    for s in SEX_LEVELS:
+        k = int(r[f"sex_{s.lower()}"] or 0)
+        if k > 0:
+            add("Sex", s, "count", "integer", k)
+            rows.append({**rows[-1], "estimate_name": "percentage", "estimate_type": "percentage",
+                         "estimate_value": pct(k, n)})
+    for gi, (var, groups) in enumerate(AGE_GROUPS.items()):
+        counts = {f"{a} to {b}": int(r[f"ag{gi}_{a}_{b}"] or 0) for a, b in groups}
+        counts["None"] = n - sum(counts.values())
+        for level, k in counts.items():
+            if k > 0:
+                add(var, level, "count", "integer", k)
+                rows.append({**rows[-1], "estimate_name": "percentage", "estimate_type": "percentage",
+                             "estimate_value": pct(k, n)})
+    flag = int(r["visit_flag"] or 0)
+    extra = {**visit_extra, "additional_level": f"visit_occurrence &&& {window} &&& flag"}
+    add("Any visit prior year", None, "count", "integer", flag, **extra)
+    add("Any visit prior year", None, "percentage", "percentage", pct(flag, n), **extra)
+    return rows
+
+
+def summarise_characteristics(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``summariseCharacteristics()`` of one cohort: one SQL query, aggregates only."""
+    (cohort,) = unit
+    df = ctx.cdm.query_df(_feature_sql(ctx, cohort.cohort_definition_id))
+    agg = {k: (None if pd.isna(v) else v) for k, v in df.iloc[0].to_dict().items()}
+    rows = _rows_from_aggregates(agg, ctx.cdm_name, cohort.cohort_name)
+    settings = pd.DataFrame([settings_row(1, RESULT_TYPE, table_name="cohort")])
+    return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), settings)
+
+
+DIAGNOSTICS: list[Diagnostic] = [
+    Diagnostic(
+        name="summarise_characteristics",
+        scope="cohort",
+        result_types=(RESULT_TYPE,),
+        run=summarise_characteristics,
+        params={"age_groups": {k: [list(g) for g in v] for k, v in AGE_GROUPS.items()},
+                "visit_window": list(VISIT_WINDOW), "version": 1},
+    ),
+]

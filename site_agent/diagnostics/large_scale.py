@@ -1,0 +1,121 @@
+"""Large-scale characteristics, mirroring ``CohortCharacteristics::summariseLargeScaleCharacteristics()``.
+
+Result type ``summarise_large_scale_characteristics`` (docs/result_layouts.md §3.6), scope
+"cohort", with PhenotypeR's windows ``-365 to -31``, ``-30 to -1``, ``0 to 0``, ``1 to 30``,
+``31 to 365`` and ``minimumFrequency = 0.01``:
+
+* one result id per (table_name, type, analysis): condition_occurrence, drug_exposure,
+  procedure_occurrence, measurement (in that order), each ``type = "event"`` (a record
+  counts in a window when its *start* date lies in it), ``analysis = "standard"``
+  (standard concept ids: ``<domain>_concept_id``; concept 0 excluded). Settings also record
+  ``windows`` and ``minimum_frequency``.
+* rows: group ``cohort_name``/<cohort>, ``variable_name`` = concept name (``UNKNOWN
+  CONCEPT`` when the concept is not in the vocabulary), ``variable_level`` = window name,
+  ``additional_name = "concept_id"``/<id>; estimates ``count`` (integer) and
+  ``percentage`` (``sprintf("%.2f")``), kept when count / denominator >= 0.01.
+
+Deviations from the R function: counts are distinct *subjects* and the denominator is the
+cohort's number of subjects (R counts cohort entries and uses, per window, the entries
+whose observation period covers the window, and ignores records outside observation);
+the ``episode`` type (R's default for drug_exposure in PhenotypeR: a record counts when
+its start..end overlaps the window) and the ``standard-source`` analysis are not computed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.results import RESULT_COLUMNS, SummarisedResult
+
+RESULT_TYPE = "summarise_large_scale_characteristics"
+WINDOWS: tuple[tuple[int, int], ...] = ((-365, -31), (-30, -1), (0, 0), (1, 30), (31, 365))
+MINIMUM_FREQUENCY = 0.01
+#: table -> (concept column, start date column); the order gives the result ids
+EVENT_TABLES: dict[str, tuple[str, str]] = {
+    "condition_occurrence": ("condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("drug_concept_id", "drug_exposure_start_date"),
+    "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
+    "measurement": ("measurement_concept_id", "measurement_date"),
+}
+
+
+def window_name(lo: int, hi: int) -> str:
+    return f"{lo} to {hi}"
+
+
+def _lsc_sql(ctx: DiagnosticContext, cohort_id: int) -> str:
+    """Counts of distinct subjects per (table, window, concept) at or above the threshold."""
+    cdm = ctx.cdm_schema
+    lo_all = min(w[0] for w in WINDOWS)
+    hi_all = max(w[1] for w in WINDOWS)
+    events = "\n  UNION ALL\n  ".join(
+        f"SELECT '{t}' AS table_name, person_id, {col} AS concept_id, {dcol} AS d "
+        f"FROM {cdm}.{t} WHERE {col} IS NOT NULL AND {col} <> 0"
+        for t, (col, dcol) in EVENT_TABLES.items())
+    windows = ", ".join(f"('{window_name(lo, hi)}', {lo}, {hi})" for lo, hi in WINDOWS)
+    # count / denominator >= f  <=>  count * 10000 >= f * 10000 * denominator (exact integers)
+    scaled = round(MINIMUM_FREQUENCY * 10000)
+    return f"""
+WITH c AS (
+  SELECT DISTINCT subject_id, cohort_start_date AS s
+  FROM {ctx.cohort_table} WHERE cohort_definition_id = {int(cohort_id)}
+),
+den AS (SELECT COUNT(DISTINCT subject_id) AS n FROM c),
+ev AS (
+  {events}
+),
+near AS (
+  SELECT ev.table_name, ev.concept_id, c.subject_id, ev.d - c.s AS dt
+  FROM c JOIN ev ON ev.person_id = c.subject_id
+   AND ev.d >= c.s + ({lo_all}) AND ev.d <= c.s + ({hi_all})
+),
+w (window_name, lo, hi) AS (VALUES {windows}),
+hits AS (
+  SELECT near.table_name, w.window_name, near.concept_id, COUNT(DISTINCT near.subject_id) AS n
+  FROM near JOIN w ON near.dt >= w.lo AND near.dt <= w.hi
+  GROUP BY near.table_name, w.window_name, near.concept_id
+)
+SELECT hits.table_name, hits.window_name, hits.concept_id, hits.n, den.n AS denominator,
+       COALESCE(co.concept_name, 'UNKNOWN CONCEPT') AS concept_name
+FROM hits CROSS JOIN den
+LEFT JOIN {ctx.vocab_schema}.concept co ON co.concept_id = hits.concept_id
+WHERE hits.n * 10000 >= {scaled} * den.n"""
+
+
+def summarise_large_scale_characteristics(ctx: DiagnosticContext,
+                                          unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``summariseLargeScaleCharacteristics()`` of one cohort, event type, standard concepts."""
+    (cohort,) = unit
+    ids = {t: i + 1 for i, t in enumerate(EVENT_TABLES)}
+    windows_setting = "; ".join(window_name(lo, hi) for lo, hi in WINDOWS)
+    settings = pd.DataFrame([
+        settings_row(ids[t], RESULT_TYPE, table_name=t, type="event", analysis="standard",
+                     windows=windows_setting, minimum_frequency=MINIMUM_FREQUENCY,
+                     group="cohort_name", strata="", additional="concept_id")
+        for t in EVENT_TABLES])
+    df = ctx.cdm.query_df(_lsc_sql(ctx, cohort.cohort_definition_id))
+    rows: list[dict] = []
+    for rec in df.itertuples(index=False):  # aggregates only: concepts above the threshold
+        n, den = int(rec.n), int(rec.denominator)
+        base = {"result_id": ids[rec.table_name], "cdm_name": ctx.cdm_name, "group_name": "cohort_name",
+                "group_level": cohort.cohort_name, "strata_name": "overall", "strata_level": "overall",
+                "variable_name": str(rec.concept_name), "variable_level": rec.window_name,
+                "additional_name": "concept_id", "additional_level": str(int(rec.concept_id))}
+        rows.append({**base, "estimate_name": "count", "estimate_type": "integer", "estimate_value": str(n)})
+        rows.append({**base, "estimate_name": "percentage", "estimate_type": "percentage",
+                     "estimate_value": f"{100.0 * n / den:.2f}"})
+    return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), settings)
+
+
+DIAGNOSTICS: list[Diagnostic] = [
+    Diagnostic(
+        name="summarise_large_scale_characteristics",
+        scope="cohort",
+        result_types=(RESULT_TYPE,),
+        run=summarise_large_scale_characteristics,
+        params={"windows": [list(w) for w in WINDOWS], "minimum_frequency": MINIMUM_FREQUENCY,
+                "tables": list(EVENT_TABLES), "type": "event", "analysis": "standard", "version": 1},
+    ),
+]
