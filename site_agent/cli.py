@@ -125,12 +125,13 @@ def cmd_diagnostics(args) -> int:
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}", hint="--out must be a file path in an existing folder")
     definitions = collect_definitions(args.definitions)
+    progress = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     with _open_cdm(args) as cdm:
         summary = run_diagnostics(cdm, definitions, out=out, min_cell_count=args.min_cell_count,
-                                  cdm_name=args.cdm_name,
-                                  progress=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None))
+                                  cdm_name=args.cdm_name, progress=progress)
     if args.html:
-        write_html(summary.result, args.html, title=f"Cohort diagnostics: {summary.result.data['cdm_name'].iloc[0] if len(summary.result.data) else ''}",
+        names = sorted(set(summary.result.data["cdm_name"].dropna()))
+        write_html(summary.result, args.html, title=f"Cohort diagnostics: {', '.join(names)}",
                    min_cell_count=args.min_cell_count)
     print(summary.line, file=sys.stderr)
     return 0
