@@ -76,7 +76,8 @@ def merge_identical_settings(result: SummarisedResult) -> SummarisedResult:
     if s.empty:
         return result
     cols = [c for c in s.columns if c != "result_id"]
-    key = s[cols].astype(str).agg("\x1f".join, axis=1)
+    filled = s[cols].astype(object).where(s[cols].notna(), "\x00").astype(str)  # NaN-safe under pandas 3
+    key = filled.agg("\x1f".join, axis=1)
     first = {k: i + 1 for i, k in enumerate(dict.fromkeys(key))}
     mapping = dict(zip(s["result_id"], key.map(first)))
     new_s = s.assign(result_id=s["result_id"].map(mapping)).drop_duplicates("result_id")

@@ -1,0 +1,313 @@
+"""Codelist diagnostics (PhenotypeR ``codelistDiagnostics``), in CodelistGenerator layouts.
+
+A cohort's codelists are its ATLAS concept sets (``expression["ConceptSets"]``), resolved in
+the database by :func:`resolve_concept_set_sql` with Circe's semantics; the codelist name is
+the concept set name. Every diagnostic here has scope ``"cohort"``.
+
+* ``code_use`` mirrors ``CodelistGenerator::summariseCodeUse(countBy = c("record", "person"),
+  byConcept = TRUE, byYear = TRUE)`` (settings ``date_range_start``/``date_range_end`` =
+  ``"none"``). We chose ``code_use`` rather than ``achilles_code_use`` because the counts come
+  from the clinical tables themselves (no Achilles tables needed) and carry the year strata
+  and the standard/source columns of ``summariseCodeUse``.
+* ``cohort_code_use`` mirrors ``summariseCohortCodeUse(timing = "entry")`` (index event
+  breakdown: codes recorded on the cohort start date of the cohort's subjects).
+* ``orphan_code_use`` and ``unmapped_codes`` live in :mod:`site_agent.diagnostics.orphans`.
+
+Records are searched, as CodelistGenerator does, in the table of each codelist concept's
+domain (Condition -> condition_occurrence, Drug -> drug_exposure, Procedure ->
+procedure_occurrence, Measurement -> measurement, Observation -> observation, Device ->
+device_exposure, Visit -> visit_occurrence) by its standard concept column; concepts of
+other domains are not counted. The year is that of the record's start date.
+
+Deviation: ``group_name`` is ``"cohort_name &&& codelist_name"`` for every result type (R
+uses ``"codelist_name"`` alone except in ``cohort_code_use``): our units are per cohort and
+two cohorts may hold different concept sets under one name (e.g. ``SCLC``), which would
+otherwise give clashing rows once the runner binds the units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.results import SEP, SummarisedResult
+
+PACKAGE = "CodelistGenerator"
+CODE_USE = "code_use"
+COHORT_CODE_USE = "cohort_code_use"
+GROUP_NAME = f"cohort_name{SEP}codelist_name"
+CODE_USE_ADDITIONAL = SEP.join(["source_concept_name", "source_concept_id", "source_concept_value",
+                                "type_concept_id", "type_concept_name", "domain_id", "table"])
+
+
+@dataclass(frozen=True)
+class DomainTable:
+    """Where records of one (lower-case) concept domain live."""
+
+    domain: str
+    table: str
+    prefix: str
+    date_col: str
+
+    def col(self, suffix: str) -> str:
+        return f"{self.prefix}_{suffix}"
+
+
+DOMAIN_TABLES: tuple[DomainTable, ...] = (
+    DomainTable("condition", "condition_occurrence", "condition", "condition_start_date"),
+    DomainTable("drug", "drug_exposure", "drug", "drug_exposure_start_date"),
+    DomainTable("procedure", "procedure_occurrence", "procedure", "procedure_date"),
+    DomainTable("measurement", "measurement", "measurement", "measurement_date"),
+    DomainTable("observation", "observation", "observation", "observation_date"),
+    DomainTable("device", "device_exposure", "device", "device_exposure_start_date"),
+    DomainTable("visit", "visit_occurrence", "visit", "visit_start_date"),
+)
+
+
+class _HasVocab(Protocol):
+    @property
+    def vocab_schema(self) -> str: ...
+
+
+# ---------------------------------------------------------------- concept sets
+def _ids(concepts: Iterable[int]) -> str:
+    return ", ".join(str(c) for c in sorted(set(concepts)))
+
+
+def _sub_query(v: str, concepts: list[int], descendants: list[int]) -> str:
+    """Circe's ``buildConceptSetSubQuery``: the concepts, plus valid descendants of some."""
+    parts = []
+    if concepts:
+        parts.append(f"SELECT concept_id FROM {v}.concept WHERE concept_id IN ({_ids(concepts)})")
+    if descendants:
+        parts.append(f"SELECT c.concept_id FROM {v}.concept c JOIN {v}.concept_ancestor ca "
+                     f"ON c.concept_id = ca.descendant_concept_id WHERE c.invalid_reason IS NULL "
+                     f"AND ca.ancestor_concept_id IN ({_ids(descendants)})")
+    return " UNION ".join(parts)
+
+
+def _set_query(v: str, concepts: list[int], desc: list[int], mapped: list[int], mapped_desc: list[int]) -> str:
+    """Circe's ``buildConceptSetQuery``: sub-query plus source concepts that 'Maps to' it."""
+    if not concepts:
+        return f"SELECT concept_id FROM {v}.concept WHERE 1 = 0"
+    q = _sub_query(v, concepts, desc)
+    if mapped:
+        q += (f" UNION SELECT DISTINCT cr.concept_id_1 AS concept_id FROM ({_sub_query(v, mapped, mapped_desc)}) m "
+              f"JOIN {v}.concept_relationship cr ON m.concept_id = cr.concept_id_2 "
+              "AND cr.relationship_id = 'Maps to' AND cr.invalid_reason IS NULL")
+    return q
+
+
+def resolve_concept_set_sql(ctx: _HasVocab, expression_items: Iterable[Mapping[str, Any]]) -> str:
+    """SQL (a query with one column ``concept_id``) resolving an ATLAS concept-set expression.
+
+    Same semantics as Circe's ``ConceptSetExpressionQueryBuilder`` (the ``#Codesets`` of a
+    cohort): included concepts (existing in ``concept``), plus valid descendants
+    (``concept_ancestor``) of those with ``includeDescendants``, plus source concepts that
+    ``'Maps to'`` (valid relationship) the ``includeMapped`` ones (and their descendants);
+    then the excluded items, resolved the same way, removed.
+    ``ctx`` is anything with a ``vocab_schema`` (a DiagnosticContext or a CdmConnection).
+    """
+    v = ctx.vocab_schema
+    inc: tuple[list[int], ...] = ([], [], [], [])
+    exc: tuple[list[int], ...] = ([], [], [], [])
+    for item in expression_items:
+        cid = (item.get("concept") or {}).get("CONCEPT_ID")
+        if cid is None:
+            continue
+        cid = int(cid)
+        target = exc if item.get("isExcluded") else inc
+        desc, mapped = bool(item.get("includeDescendants")), bool(item.get("includeMapped"))
+        target[0].append(cid)
+        if desc:
+            target[1].append(cid)
+        if mapped:
+            target[2].append(cid)
+            if desc:
+                target[3].append(cid)
+    sql = f"SELECT DISTINCT i.concept_id FROM ({_set_query(v, *inc)}) i"
+    if exc[0]:
+        sql += f" LEFT JOIN ({_set_query(v, *exc)}) e ON i.concept_id = e.concept_id WHERE e.concept_id IS NULL"
+    return sql
+
+
+def cohort_codelists(cohort: CohortDefinition) -> list[tuple[str, list[dict]]]:
+    """(codelist name, concept-set items) for each concept set of the cohort, names made unique."""
+    out: list[tuple[str, list[dict]]] = []
+    seen: set[str] = set()
+    for cs in cohort.expression.get("ConceptSets") or []:
+        name = str(cs.get("name") or f"concept_set_{cs.get('id')}")
+        if name in seen:
+            name = f"{name}_{cs.get('id')}"
+        seen.add(name)
+        out.append((name, list((cs.get("expression") or {}).get("items") or [])))
+    return out
+
+
+def codelist_ctes(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict]]]) -> str:
+    """CTEs ``codelist(codelist_id, concept_id)`` and ``cl(codelist_id, concept_id, domain_id,
+    domain_lc)`` (no leading WITH); ``codelist_id`` indexes ``codelists``."""
+    parts = [f"SELECT {i} AS codelist_id, q.concept_id FROM ({resolve_concept_set_sql(ctx, items)}) q"
+             for i, (_, items) in enumerate(codelists)]
+    v = ctx.vocab_schema
+    return (f"codelist AS ({' UNION ALL '.join(parts)}),\n"
+            f"cl AS (SELECT l.codelist_id, l.concept_id, c.domain_id, lower(c.domain_id) AS domain_lc "
+            f"FROM codelist l JOIN {v}.concept c ON c.concept_id = l.concept_id)")
+
+
+def present_tables(ctx: DiagnosticContext) -> list[DomainTable]:
+    """The domain tables that exist in the CDM schema."""
+    cols = ctx.cdm.table_columns(ctx.cdm_schema)
+    return [t for t in DOMAIN_TABLES if t.table in cols]
+
+
+def sql_text(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def text(value: Any) -> str:
+    """A value for a name/level column: missing -> the string ``"NA"`` (as R's paste does)."""
+    if value is None:
+        return "NA"
+    try:
+        if pd.isna(value):
+            return "NA"
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def settings_for(result_type: str, *, strata: str, additional: str, **extra: Any) -> list[dict]:
+    """The settings row, with ``group``/``strata``/``additional`` given explicitly so that a unit
+    without data rows has the same settings as one with (the runner merges identical ones)."""
+    return [settings_row(1, result_type, package_name=PACKAGE, group=GROUP_NAME, strata=strata,
+                         additional=additional, **extra)]
+
+
+# ---------------------------------------------------------------- code use
+def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], entry_of: int | None) -> str:
+    """CTE ``recs``: one row per (codelist, record) of a codelist concept in its domain table;
+    with ``entry_of`` only records on a cohort start date of that cohort's subjects."""
+    selects = []
+    for t in tables:
+        date = f"t.{t.date_col}"
+        entry = ""
+        if entry_of is not None:
+            entry = (f" JOIN (SELECT DISTINCT subject_id, cohort_start_date FROM {ctx.cohort_table} "
+                     f"WHERE cohort_definition_id = {int(entry_of)}) e "
+                     f"ON e.subject_id = t.person_id AND e.cohort_start_date = CAST({date} AS DATE)")
+        selects.append(
+            f"SELECT cl.codelist_id, t.person_id, t.{t.col('concept_id')} AS concept_id, "
+            f"t.{t.col('source_concept_id')} AS source_concept_id, "
+            f"COALESCE(CAST(t.{t.col('source_value')} AS VARCHAR), 'NA') AS source_value, "
+            f"t.{t.col('type_concept_id')} AS type_concept_id, '{t.domain}' AS domain_id, "
+            f"'{t.table}' AS table_name, CAST(EXTRACT(YEAR FROM {date}) AS INTEGER) AS year "
+            f"FROM {ctx.cdm_schema}.{t.table} t JOIN cl ON cl.concept_id = t.{t.col('concept_id')} "
+            f"AND cl.domain_lc = '{t.domain}'{entry}")
+    return "recs AS (" + " UNION ALL ".join(selects) + ")"
+
+
+_CONCEPT_KEYS = "concept_id, source_concept_id, source_value, type_concept_id, domain_id, table_name"
+_NO_CONCEPT = ("CAST(NULL AS INTEGER) AS concept_id, CAST(NULL AS INTEGER) AS source_concept_id, "
+               "CAST(NULL AS VARCHAR) AS source_value, CAST(NULL AS INTEGER) AS type_concept_id, "
+               "CAST(NULL AS VARCHAR) AS domain_id, CAST(NULL AS VARCHAR) AS table_name")
+
+
+def code_use_counts(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict]]], *,
+                    by_year: bool, entry_of: int | None = None) -> pd.DataFrame:
+    """Record and person counts per codelist: total and per concept (and per year).
+
+    Columns: codelist_id, level ('overall'|'concept'), year (None when not by year), the
+    concept keys, their names, record_count, person_count.
+    """
+    tables = present_tables(ctx)
+    if not codelists or not tables:
+        return pd.DataFrame()
+    counts = "COUNT(*) AS record_count, COUNT(DISTINCT person_id) AS person_count"
+    no_year = "CAST(NULL AS INTEGER) AS year"
+    aggs = [f"SELECT codelist_id, 'overall' AS level, {no_year}, {_NO_CONCEPT}, {counts} FROM recs "
+            "GROUP BY codelist_id",
+            f"SELECT codelist_id, 'concept' AS level, {no_year}, {_CONCEPT_KEYS}, {counts} FROM recs "
+            f"GROUP BY codelist_id, {_CONCEPT_KEYS}"]
+    if by_year:
+        aggs += [f"SELECT codelist_id, 'overall' AS level, year, {_NO_CONCEPT}, {counts} FROM recs "
+                 "GROUP BY codelist_id, year",
+                 f"SELECT codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM recs "
+                 f"GROUP BY codelist_id, year, {_CONCEPT_KEYS}"]
+    v = ctx.vocab_schema
+    sql = (f"WITH {codelist_ctes(ctx, codelists)},\n{_records_sql(ctx, tables, entry_of)},\n"
+           f"agg AS ({' UNION ALL '.join(aggs)})\n"
+           "SELECT a.*, sc.concept_name AS concept_name, so.concept_name AS source_concept_name, "
+           "ty.concept_name AS type_concept_name FROM agg a "
+           f"LEFT JOIN {v}.concept sc ON sc.concept_id = a.concept_id "
+           f"LEFT JOIN {v}.concept so ON so.concept_id = a.source_concept_id "
+           f"LEFT JOIN {v}.concept ty ON ty.concept_id = a.type_concept_id")
+    return ctx.cdm.query_df(sql)
+
+
+def code_use_records(df: pd.DataFrame, cdm_name: str, cohort_name: str,
+                     codelists: list[tuple[str, list[dict]]]) -> list[dict]:
+    """Rows in the ``summariseCodeUse`` layout from :func:`code_use_counts` output."""
+    records: list[dict] = []
+    for row in df.itertuples(index=False):  # aggregates only: one row per codelist/concept/year
+        base = {"result_id": 1, "cdm_name": cdm_name, "group_name": GROUP_NAME,
+                "group_level": f"{cohort_name}{SEP}{codelists[int(row.codelist_id)][0]}",
+                "estimate_type": "integer"}
+        if row.year is not None and not pd.isna(row.year):
+            base.update(strata_name="year", strata_level=text(row.year))
+        if row.level == "concept":
+            base.update(variable_name=text(row.concept_name), variable_level=text(row.concept_id),
+                        additional_name=CODE_USE_ADDITIONAL,
+                        additional_level=SEP.join(text(x) for x in (
+                            row.source_concept_name, row.source_concept_id, row.source_value,
+                            row.type_concept_id, row.type_concept_name, row.domain_id, row.table_name)))
+        else:
+            base.update(variable_name="overall", variable_level=None)
+        for est in ("record_count", "person_count"):
+            records.append({**base, "estimate_name": est, "estimate_value": str(int(getattr(row, est)))})
+    return records
+
+
+def run_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``summariseCodeUse()`` of the cohort's concept sets, overall and by year."""
+    (cohort,) = unit
+    codelists = cohort_codelists(cohort)
+    df = code_use_counts(ctx, codelists, by_year=True)
+    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, codelists)
+    settings = settings_for(CODE_USE, strata="year", additional=CODE_USE_ADDITIONAL,
+                            date_range_start="none", date_range_end="none")
+    return SummarisedResult.from_records(records, settings)
+
+
+def run_cohort_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``summariseCohortCodeUse(timing = "entry")``: codes on the cohort start date."""
+    (cohort,) = unit
+    codelists = cohort_codelists(cohort)
+    df = code_use_counts(ctx, codelists, by_year=False, entry_of=cohort.cohort_definition_id)
+    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, codelists)
+    settings = settings_for(COHORT_CODE_USE, strata="", additional=CODE_USE_ADDITIONAL, timing="entry")
+    return SummarisedResult.from_records(records, settings)
+
+
+_OWN_DIAGNOSTICS: list[Diagnostic] = [
+    Diagnostic("code_use", "cohort", (CODE_USE,), run_code_use, {"by_year": True, "version": 1}),
+    Diagnostic("cohort_code_use", "cohort", (COHORT_CODE_USE,), run_cohort_code_use,
+               {"timing": "entry", "version": 1}),
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``DIAGNOSTICS``: this module's diagnostics plus those of :mod:`orphans` (imported lazily,
+    since orphans imports the helpers above)."""
+    if name == "DIAGNOSTICS":
+        from site_agent.diagnostics import orphans
+
+        return [*_OWN_DIAGNOSTICS, *orphans.DIAGNOSTICS]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
