@@ -321,14 +321,14 @@ def test_settings_same_with_and_without_data(site):
     """A unit without data rows has the same settings (group/strata/additional) as one with."""
     _, ctx, defs, _ = site
     empty = collect_definitions([LUNG / "death.json"])[0]  # no concept sets
-    for diag in codelists.DIAGNOSTICS:
+    for diag in [*codelists.DIAGNOSTICS, *orphans.DIAGNOSTICS]:
         full, none = diag.run(ctx, (defs["nsclc"],)), diag.run(ctx, (empty,))
         assert len(full) > 0 and len(none) == 0, diag.name
         assert full.settings.equals(none.settings), diag.name
 
 
 def test_registry():
-    names = {d.name: d for d in codelists.DIAGNOSTICS}
+    names = {d.name: d for d in [*codelists.DIAGNOSTICS, *orphans.DIAGNOSTICS]}
     assert set(names) == {"code_use", "cohort_code_use", "orphan_code_use", "unmapped_codes"}
     assert all(d.scope == "cohort" and len(d.result_types) == 1 for d in names.values())
 

@@ -296,18 +296,8 @@ def run_cohort_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ..
     return SummarisedResult.from_records(records, settings)
 
 
-_OWN_DIAGNOSTICS: list[Diagnostic] = [
+DIAGNOSTICS: list[Diagnostic] = [
     Diagnostic("code_use", "cohort", (CODE_USE,), run_code_use, {"by_year": True, "version": 1}),
     Diagnostic("cohort_code_use", "cohort", (COHORT_CODE_USE,), run_cohort_code_use,
                {"timing": "entry", "version": 1}),
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """``DIAGNOSTICS``: this module's diagnostics plus those of :mod:`orphans` (imported lazily,
-    since orphans imports the helpers above)."""
-    if name == "DIAGNOSTICS":
-        from site_agent.diagnostics import orphans
-
-        return [*_OWN_DIAGNOSTICS, *orphans.DIAGNOSTICS]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
