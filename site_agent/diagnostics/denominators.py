@@ -1,0 +1,277 @@
+"""General-population denominator cohorts, built in SQL (IncidencePrevalence parity).
+
+Mirrors ``IncidencePrevalence::generateDenominatorCohortSet()`` (its internal
+``getDenominatorCohorts()``) for the PhenotypeR ``populationDiagnostics()`` grid: age groups
+``0 to 150``, ``0 to 17``, ``18 to 64``, ``65 to 150`` x sex ``Both``/``Male``/``Female`` x
+days of prior observation ``0``/``365`` = 24 denominator cohorts, named
+``denominator_cohort_1`` ... ``denominator_cohort_24`` in that nesting order (age outer,
+prior observation inner).
+
+Per person and observation period (each period is its own denominator interval):
+
+* date of birth = ``year_of_birth``/``month_of_birth``/``day_of_birth``, missing (or out of
+  range) month/day as 1; an impossible day rolls over (29 February 2025 = 1 March 2025),
+  where IncidencePrevalence's ``as.Date()`` would give NA;
+* entry = latest of (period start + prior days, date reaching the minimum age, study start);
+* exit = earliest of (period end, day before reaching maximum age + 1, study end);
+* the interval is kept when entry <= exit; sex comes from ``gender_concept_id`` 8507/8532.
+
+The study period defaults to the CDM's whole observation range (min start, max end).
+
+Attrition (``REASONS_*``, IncidencePrevalence wording and order): steps 1-5 are common to all
+strata, 6-8 are per age x prior-observation stratum, then ``Not Male``/``Not Female`` for the
+sex strata. ``number_records`` counts person x observation-period rows (a person without an
+observation period is one row), so from ``Starting population`` on records >= subjects.
+
+**Where it lives.** The denominator does not depend on the outcome, so it is built once per
+database connection as a TEMP table whose name carries a hash of the parameters and a cheap
+CDM fingerprint (``CREATE TEMP TABLE IF NOT EXISTS``): every cohort unit of a run then reuses
+it, nothing is written to the write schema (no clean-up, no clash between concurrent runs
+or diagnostics, no stale table after a crash), and a unit that runs alone simply builds it.
+Sex is not a column of the strata: the table holds the 8 age x prior-observation strata
+with the person's sex, and ``Both`` is obtained with ``GROUPING SETS`` (sex is fixed per
+person, so every count is additive over sex). ``prev_exit`` (the exit of the person's
+previous interval in the same stratum) lets the estimators count distinct persons with a
+plain ``SUM`` instead of ``COUNT(DISTINCT ...)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from site_agent.cdm.connection import CdmConnection
+
+AGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 150), (0, 17), (18, 64), (65, 150))
+SEXES: tuple[str, ...] = ("Both", "Male", "Female")
+PRIOR_DAYS: tuple[int, ...] = (0, 365)
+
+DEFAULT_PARAMS: dict = {
+    "age_groups": [list(a) for a in AGE_GROUPS],
+    "sexes": list(SEXES),
+    "days_prior_observation": list(PRIOR_DAYS),
+    "study_start": None,  # None: the CDM's first observation_period_start_date
+    "study_end": None,  # None: the CDM's last observation_period_end_date
+}
+
+#: denominator attrition reasons (IncidencePrevalence wording)
+REASONS_COMMON = ("Starting population", "Missing year of birth", "Missing sex",
+                  "Cannot satisfy age criteria during the study period based on year of birth",
+                  "No observation time available during study period")
+REASONS_STRATUM = ("Doesn't satisfy age criteria during the study period",
+                   "Prior history requirement not fulfilled during study period",
+                   "No observation time available after applying age and prior history criteria")
+REASON_SEX = {"Male": "Not Male", "Female": "Not Female"}
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One denominator cohort of the grid."""
+
+    cohort_id: int  # 1..24: denominator_cohort_<id>
+    stratum_id: int  # age x prior-observation stratum (1..8), the key in the SQL tables
+    min_age: int
+    max_age: int
+    sex: str
+    prior_days: int
+
+    @property
+    def name(self) -> str:
+        return f"denominator_cohort_{self.cohort_id}"
+
+    @property
+    def age_group(self) -> str:
+        return f"{self.min_age} to {self.max_age}"
+
+
+@dataclass(frozen=True)
+class Denominator:
+    """Handles of the denominator built for one connection and parameter set."""
+
+    table: str  # TEMP table: stratum_id, person_id, sex, entry_date, exit_date, prev_exit
+    attrition_table: str  # TEMP table: stratum_id, sex, reason_id, records, subjects
+    study_start: dt.date
+    study_end: dt.date
+    strata: tuple[Stratum, ...]
+    dialect: str
+
+    def settings(self, s: Stratum) -> dict[str, str]:
+        """The ``denominator_*`` settings of one denominator cohort."""
+        return {
+            "denominator_age_group": s.age_group, "denominator_sex": s.sex,
+            "denominator_days_prior_observation": str(s.prior_days),
+            "denominator_start_date": self.study_start.isoformat(),
+            "denominator_end_date": self.study_end.isoformat(),
+            "denominator_requirements_at_entry": "FALSE", "denominator_target_cohort_name": "None",
+            "denominator_time_at_risk": "0 to Inf",
+        }
+
+
+def make_strata(params: dict) -> tuple[Stratum, ...]:
+    ages = [tuple(a) for a in params["age_groups"]]
+    priors = list(params["days_prior_observation"])
+    out, cid = [], 0
+    for ai, (lo, hi) in enumerate(ages):
+        for sex in params["sexes"]:
+            for pi, prior in enumerate(priors):
+                cid += 1
+                out.append(Stratum(cid, ai * len(priors) + pi + 1, int(lo), int(hi), sex, int(prior)))
+    return tuple(out)
+
+
+def add_years(dialect: str, date_sql: str, years_sql: str) -> str:
+    """``date + n years`` as a DATE (29 February + 1 year = 28 February on both backends)."""
+    if dialect == "duckdb":
+        return f"CAST({date_sql} + to_years(CAST({years_sql} AS INTEGER)) AS DATE)"
+    return f"CAST({date_sql} + make_interval(years => CAST({years_sql} AS INTEGER)) AS DATE)"
+
+
+def date_lit(d: dt.date) -> str:
+    return f"DATE '{d.isoformat()}'"
+
+
+def years_sql(first: str, last: str) -> str:
+    """A table (yr, ystart, yend) of calendar years from SQL integer expressions, in SQL."""
+    return (f"(SELECT CAST(g AS INTEGER) AS yr, make_date(CAST(g AS INTEGER), 1, 1) AS ystart, "
+            f"make_date(CAST(g AS INTEGER), 12, 31) AS yend FROM generate_series({first}, {last}) AS t(g))")
+
+
+def _strata_values(strata: tuple[Stratum, ...]) -> str:
+    rows = sorted({(s.stratum_id, s.min_age, s.max_age, s.prior_days) for s in strata})
+    vals = ", ".join(f"({a}, {b}, {c}, {d})" for a, b, c, d in rows)
+    return f"(VALUES {vals}) AS s(stratum_id, min_age, max_age, prior_days)"
+
+
+def _to_date(v) -> dt.date:
+    return v if isinstance(v, dt.date) and not isinstance(v, dt.datetime) else pd.Timestamp(v).date()
+
+
+def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denominator:
+    """Build (once per connection and parameter set) the denominator and its attrition."""
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    cs, dia = cdm.cdm_schema, cdm.dialect
+    fp = cdm.query_df(
+        f"SELECT MIN(observation_period_start_date) AS s, MAX(observation_period_end_date) AS e, "
+        f"COUNT(*) AS n_op, (SELECT COUNT(*) FROM {cs}.person) AS n_p FROM {cs}.observation_period").iloc[0]
+    if fp["s"] is None or pd.isna(fp["s"]):
+        start = end = dt.date(1970, 1, 1)
+    else:
+        start, end = _to_date(fp["s"]), _to_date(fp["e"])
+    if params.get("study_start"):
+        start = dt.date.fromisoformat(params["study_start"])
+    if params.get("study_end"):
+        end = dt.date.fromisoformat(params["study_end"])
+    strata = make_strata(params)
+    key = json.dumps([params, cs, str(start), str(end), int(fp["n_op"]), int(fp["n_p"])],
+                     sort_keys=True, default=str)
+    h = hashlib.sha256(key.encode()).hexdigest()[:12]
+    den = Denominator(f"optima_denominator_{h}", f"optima_denominator_attrition_{h}", start, end, strata, dia)
+    max_age = max(s.max_age for s in strata)
+    min_age = min(s.min_age for s in strata)
+    s0, e0 = date_lit(start), date_lit(end)
+    person = f"""SELECT pe.person_id, pe.year_of_birth,
+               CASE pe.gender_concept_id WHEN 8507 THEN 'Male' WHEN 8532 THEN 'Female' END AS sex,
+               CASE WHEN pe.year_of_birth IS NOT NULL THEN make_date(CAST(pe.year_of_birth AS INTEGER),
+                    CASE WHEN pe.month_of_birth BETWEEN 1 AND 12 THEN CAST(pe.month_of_birth AS INTEGER) ELSE 1 END, 1)
+                    + CASE WHEN pe.day_of_birth BETWEEN 1 AND 31 THEN CAST(pe.day_of_birth AS INTEGER) - 1 ELSE 0 END
+               END AS dob,
+               o.observation_period_start_date AS op_start, o.observation_period_end_date AS op_end
+        FROM {cs}.person pe LEFT JOIN {cs}.observation_period o ON o.person_id = pe.person_id"""
+    c2 = "year_of_birth IS NOT NULL"
+    c3 = f"{c2} AND sex IS NOT NULL"
+    c4 = (f"{c3} AND {add_years(dia, 'dob', str(min_age))} <= {e0} "
+          f"AND {add_years(dia, 'dob', str(max_age))} >= {s0}")
+    c5 = f"{c4} AND op_start <= {e0} AND op_end >= {s0}"
+    age_start = add_years(dia, "op.dob", "s.min_age")
+    age_end = f"{add_years(dia, 'op.dob', 's.max_age + 1')} - 1"
+    entry = f"GREATEST(op.op_start + s.prior_days, {age_start}, {s0})"
+    exit_ = f"LEAST(op.op_end, {age_end}, {e0})"
+    c6 = f"GREATEST(op.op_start, {age_start}, {s0}) <= LEAST(op.op_end, {age_end}, {e0})"
+    c7 = f"{c6} AND op.op_start + s.prior_days <= LEAST(op.op_end, {e0})"
+    c8 = f"{c7} AND {entry} <= {exit_}"
+    op_cte = f"WITH base AS ({person}), op AS (SELECT * FROM base WHERE {c5})"
+    common = " UNION ALL ".join(
+        f"SELECT CAST(NULL AS INTEGER) AS stratum_id, CAST(NULL AS VARCHAR(6)) AS sex, {i + 1} AS reason_id, "
+        f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS records, "
+        f"COUNT(DISTINCT CASE WHEN {c} THEN person_id END) AS subjects FROM base"
+        for i, c in enumerate(["1 = 1", c2, c3, c4, c5]))
+    per_stratum = " UNION ALL ".join(
+        f"SELECT s.stratum_id, op.sex, {6 + i} AS reason_id, SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS records, "
+        f"COUNT(DISTINCT CASE WHEN {c} THEN op.person_id END) AS subjects "
+        f"FROM op CROSS JOIN {_strata_values(strata)} GROUP BY GROUPING SETS ((s.stratum_id), (s.stratum_id, op.sex))"
+        for i, c in enumerate([c6, c7, c8]))
+    statements = [
+        f"""CREATE TEMP TABLE IF NOT EXISTS {den.table} AS
+        {op_cte},
+        iv AS (SELECT s.stratum_id, op.person_id, op.sex, {entry} AS entry_date, {exit_} AS exit_date
+               FROM op CROSS JOIN {_strata_values(strata)})
+        SELECT stratum_id, person_id, sex, entry_date, exit_date,
+               LAG(exit_date) OVER (PARTITION BY stratum_id, person_id ORDER BY entry_date) AS prev_exit
+        FROM iv WHERE entry_date <= exit_date""",
+        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte} {common} UNION ALL {per_stratum}",
+    ]
+    cur = cdm.connection().connection.cursor()
+    try:
+        for st in statements:
+            cur.execute(st)
+    finally:
+        cur.close()
+    return den
+
+
+def denominator_attrition(cdm: CdmConnection, den: Denominator) -> dict[tuple[int, str], list[tuple[str, int, int]]]:
+    """(stratum_id, sex) -> [(reason, records, subjects), ...] for the denominator steps."""
+    df = cdm.query_df(f"SELECT stratum_id, sex, reason_id, records, subjects FROM {den.attrition_table}")
+    common: dict[int, tuple[int, int]] = {}
+    strat: dict[tuple[int, str, int], tuple[int, int]] = {}
+    for sid, sex, rid, rec, sub in df.itertuples(index=False):  # a few dozen rows
+        rec = 0 if rec is None or pd.isna(rec) else int(rec)
+        sub = 0 if sub is None or pd.isna(sub) else int(sub)
+        if sid is None or pd.isna(sid):
+            common[int(rid)] = (rec, sub)
+        else:
+            strat[(int(sid), "Both" if sex is None or pd.isna(sex) else str(sex), int(rid))] = (rec, sub)
+    out: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+    for s in den.strata:
+        steps = [(REASONS_COMMON[i - 1], *common.get(i, (0, 0))) for i in range(1, 6)]
+        steps += [(REASONS_STRATUM[i - 6], *strat.get((s.stratum_id, "Both", i), (0, 0))) for i in range(6, 9)]
+        if s.sex in REASON_SEX:
+            steps.append((REASON_SEX[s.sex], *strat.get((s.stratum_id, s.sex, 8), (0, 0))))
+        out[(s.stratum_id, s.sex)] = steps
+    return out
+
+
+# ---------- shared output helpers for incidence.py and prevalence.py ----------
+GROUP_NAME = "denominator_cohort_name &&& outcome_cohort_name"
+IP_PACKAGE = "IncidencePrevalence"
+
+
+def num(x: float | None, digits: int | None = None) -> str | None:
+    """A numeric estimate as text (R-like: integers without a decimal point, NaN as NA)."""
+    if x is None or x != x:
+        return None
+    if digits is not None:
+        x = round(float(x), digits)
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def attrition_records(cdm_name: str, result_id: int, group_level: str,
+                      steps: list[tuple[str, int, int]]) -> list[dict]:
+    """omopgenerics attrition rows: strata ``reason``, additional ``reason_id``, 4 counts per step."""
+    out: list[dict] = []
+    prev: tuple[int, int] | None = None
+    for i, (reason, rec, sub) in enumerate(steps, start=1):
+        ex_rec, ex_sub = (0, 0) if prev is None else (prev[0] - rec, prev[1] - sub)
+        for var, val in (("number_records", rec), ("number_subjects", sub),
+                         ("excluded_records", ex_rec), ("excluded_subjects", ex_sub)):
+            out.append({"result_id": result_id, "cdm_name": cdm_name, "group_name": GROUP_NAME,
+                        "group_level": group_level, "strata_name": "reason", "strata_level": reason,
+                        "variable_name": var, "variable_level": None, "estimate_name": "count",
+                        "estimate_type": "integer", "estimate_value": str(int(val)),
+                        "additional_name": "reason_id", "additional_level": str(i)})
+        prev = (rec, sub)
+    return out

@@ -1,0 +1,146 @@
+"""Incidence of each cohort (as outcome) in the general-population denominators.
+
+Mirrors ``IncidencePrevalence::estimateIncidence()`` as PhenotypeR's ``populationDiagnostics()``
+calls it: ``interval = c("years", "overall")``, ``outcomeWashout = Inf``,
+``repeatedEvents = FALSE``, ``completeDatabaseIntervals = FALSE``, no censoring cohort.
+
+Semantics, per denominator interval (person x observation period x stratum, see
+:mod:`denominators`) and the person's *first* outcome cohort entry ``o``:
+
+* ``o`` before the interval's entry: the interval is dropped (washout = all history), so a
+  person with an earlier outcome contributes no time in later observation periods;
+* entry <= ``o`` <= exit: one event, person time ends on ``o`` (inclusive);
+* otherwise the interval contributes its full time.
+
+Each interval's time is split over calendar years (clipped to the study period; the first
+and last years may be partial). ``person_days`` = days (both ends inclusive),
+``person_years`` = days / 365.25, IR = events / PY x 100,000, exact Poisson 95% CI
+``qchisq(.025, 2k)/2/PY`` and ``qchisq(.975, 2(k+1))/2/PY`` (x 1e5; 0 for k = 0). One SQL
+query per cohort computes all 24 strata x (years + overall) with ``GROUPING SETS``.
+
+Deviation: ``denominator_count`` counts persons (several observation periods of a person in
+one interval count once); ``analysis_interval`` is in ``additional`` only (not a setting),
+as in IncidencePrevalence v1; rows are only emitted for intervals with person time.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from scipy.stats import chi2
+
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.diagnostics.base import DiagnosticContext, settings_row
+from site_agent.diagnostics.denominators import (
+    GROUP_NAME, IP_PACKAGE, Denominator, attrition_records, denominator_attrition, ensure_denominator,
+    num, years_sql,
+)
+from site_agent.results import SummarisedResult
+
+ADDITIONAL = "incidence_start_date &&& incidence_end_date &&& analysis_interval"
+WASHOUT_REASON = "Excluded due to prior event (do not pass outcome washout during study period)"
+
+
+def poisson_ci(k: int, py: float) -> tuple[float, float]:
+    """Exact Poisson 95% CI of k events over py person-years, per 100,000 person-years."""
+    lo = 0.0 if k == 0 else chi2.ppf(0.025, 2 * k) / 2
+    hi = chi2.ppf(0.975, 2 * (k + 1)) / 2
+    return lo / py * 1e5, hi / py * 1e5
+
+
+def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> str:
+    """Per (stratum, sex | Both, year | overall): persons, person-days and first events."""
+    y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
+    return f"""
+    WITH o AS (SELECT subject_id AS person_id, MIN(cohort_start_date) AS first_out
+               FROM {ctx.cohort_table} WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),
+    d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+                 CASE WHEN o.first_out <= dn.exit_date THEN o.first_out ELSE dn.exit_date END AS end_date,
+                 CASE WHEN o.first_out <= dn.exit_date THEN 1 ELSE 0 END AS has_out
+          FROM {den.table} dn LEFT JOIN o ON o.person_id = dn.person_id
+          WHERE o.first_out IS NULL OR o.first_out >= dn.entry_date),
+    py AS (SELECT d.*, y.yr, y.ystart, y.yend,
+                  GREATEST(d.entry_date, y.ystart) AS s, LEAST(d.end_date, y.yend) AS e
+           FROM d JOIN {y} y ON y.ystart <= d.end_date AND y.yend >= d.entry_date)
+    SELECT stratum_id, sex, yr,
+           SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS n_year,
+           SUM(CASE WHEN prev_exit IS NULL AND entry_date >= ystart THEN 1 ELSE 0 END) AS n_overall,
+           SUM(e - s + 1) AS days,
+           SUM(CASE WHEN has_out = 1 AND end_date <= yend THEN 1 ELSE 0 END) AS k,
+           SUM(CASE WHEN entry_date >= ystart THEN 1 ELSE 0 END) AS n_records
+    FROM py
+    GROUP BY GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr), (stratum_id, sex), (stratum_id))"""
+
+
+def _year(d) -> int:
+    return int(d.year)
+
+
+def _key(v) -> object:
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
+
+
+def run_incidence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``incidence`` + ``incidence_attrition`` for one outcome cohort (result ids 1-24, 25-48)."""
+    (cohort,) = unit
+    den = ensure_denominator(ctx.cdm, INCIDENCE_PARAMS)
+    df = ctx.cdm.query_df(incidence_sql(ctx, den, cohort.cohort_definition_id))
+    rows: dict[tuple, tuple[int, int, int, int, int]] = {}
+    for sid, sex, yr, n_year, n_overall, days, k, n_rec in df.itertuples(index=False):  # <= 24 x years rows
+        sex, yr = _key(sex) or "Both", _key(yr)
+        vals = (int(n_year or 0), int(n_overall or 0), int(days or 0), int(k or 0), int(n_rec or 0))
+        rows[(int(sid), sex, None if yr is None else int(yr))] = vals
+    years = range(_year(den.study_start), _year(den.study_end) + 1)
+    n_strata = len(den.strata)
+    attr = denominator_attrition(ctx.cdm, den)
+    records: list[dict] = []
+    settings: list[dict] = []
+    for s in den.strata:
+        level = f"{s.name} &&& {cohort.cohort_name}"
+        extra = {**den.settings(s), "analysis_outcome_washout": "Inf", "analysis_repeated_events": "FALSE",
+                 "analysis_complete_database_intervals": "FALSE", "analysis_censor_cohort_name": "None",
+                 "package_name": IP_PACKAGE}
+        settings.append(settings_row(s.cohort_id, "incidence", **extra))
+        settings.append(settings_row(n_strata + s.cohort_id, "incidence_attrition", **extra))
+        for yr in [*years, None]:
+            got = rows.get((s.stratum_id, s.sex, yr))
+            if got is None or got[2] == 0:
+                continue
+            n_year, n_overall, days, k, _ = got
+            if yr is None:
+                start, end, interval, n = den.study_start, den.study_end, "overall", n_overall
+            else:
+                start = max(den.study_start, den.study_start.replace(year=yr, month=1, day=1))
+                end = min(den.study_end, den.study_end.replace(year=yr, month=12, day=31))
+                interval, n = "years", n_year
+            records += _estimates(ctx.cdm_name, s.cohort_id, level, f"{start} &&& {end} &&& {interval}",
+                                  n, k, days)
+        steps = list(attr[(s.stratum_id, s.sex)])
+        total = rows.get((s.stratum_id, s.sex, None))
+        base = steps[-1]
+        steps.append(("Starting analysis population", base[1], base[2]))
+        steps.append((WASHOUT_REASON, total[4] if total else 0, total[1] if total else 0))
+        records += attrition_records(ctx.cdm_name, n_strata + s.cohort_id, level, steps)
+    data = pd.DataFrame.from_records(records) if records else SummarisedResult.empty().data
+    return SummarisedResult(data, pd.DataFrame(settings))
+
+
+def _estimates(cdm_name: str, rid: int, level: str, additional: str, n: int, k: int, days: int) -> list[dict]:
+    py = days / 365.25
+    lo, hi = poisson_ci(k, py)
+    est = [("Denominator", "denominator_count", "integer", str(n)),
+           ("Outcome", "outcome_count", "integer", str(k)),
+           ("Denominator", "person_days", "numeric", str(days)),
+           ("Denominator", "person_years", "numeric", num(py, 3)),
+           ("Outcome", "incidence_100000_pys", "numeric", num(k / py * 1e5, 3)),
+           ("Outcome", "incidence_100000_pys_95CI_lower", "numeric", num(lo, 3)),
+           ("Outcome", "incidence_100000_pys_95CI_upper", "numeric", num(hi, 3))]
+    return [{"result_id": rid, "cdm_name": cdm_name, "group_name": GROUP_NAME, "group_level": level,
+             "strata_name": "overall", "strata_level": "overall", "variable_name": var, "variable_level": None,
+             "estimate_name": name, "estimate_type": typ, "estimate_value": val,
+             "additional_name": ADDITIONAL, "additional_level": additional} for var, name, typ, val in est]
+
+
+INCIDENCE_PARAMS: dict = {
+    "age_groups": [[0, 150], [0, 17], [18, 64], [65, 150]], "sexes": ["Both", "Male", "Female"],
+    "days_prior_observation": [0, 365], "study_start": None, "study_end": None,
+}

@@ -1,0 +1,163 @@
+"""Point and period prevalence of each cohort (as outcome) in the general-population denominators.
+
+Mirrors ``IncidencePrevalence::estimatePointPrevalence()`` (``timePoint = "start"``) and
+``estimatePeriodPrevalence()`` as PhenotypeR's ``populationDiagnostics()`` calls the latter:
+``interval = c("years", "overall")``, ``completeDatabaseIntervals = TRUE``,
+``fullContribution = FALSE``. Point prevalence is yearly (1 January of each complete year).
+
+* Calendar years count only when wholly inside the study period (complete database
+  intervals); ``overall`` is the whole study period.
+* Period prevalence, per interval: denominator = persons with any denominator time in it;
+  outcome = those of them with an outcome cohort entry overlapping that time
+  (``cohort_start <= min(exit, interval end)`` and ``cohort_end >= max(entry, interval start)``).
+* Point prevalence at ``t``: denominator = persons in a denominator interval on ``t``;
+  outcome = those of them with ``cohort_start <= t <= cohort_end``.
+* prevalence = outcome / denominator, Wilson score 95% interval.
+
+No washout: prior outcomes do not leave the denominator. Deviation: a person with several
+observation periods in one interval counts once (IncidencePrevalence counts persons too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pandas as pd
+from scipy.stats import norm
+
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.diagnostics.base import DiagnosticContext, settings_row
+from site_agent.diagnostics.denominators import (
+    GROUP_NAME, IP_PACKAGE, Denominator, attrition_records, date_lit, denominator_attrition,
+    ensure_denominator, num, years_sql,
+)
+from site_agent.results import SummarisedResult
+
+ADDITIONAL = "prevalence_start_date &&& prevalence_end_date &&& analysis_interval"
+COMPLETE_REASON = "Not observed during the complete database interval"
+PREVALENCE_PARAMS: dict = {
+    "age_groups": [[0, 150], [0, 17], [18, 64], [65, 150]], "sexes": ["Both", "Male", "Female"],
+    "days_prior_observation": [0, 365], "study_start": None, "study_end": None,
+    "types": ["point", "period"], "time_point": "start",
+}
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    z = norm.ppf(1 - (1 - level) / 2)
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def complete_years(den: Denominator) -> tuple[int, int]:
+    """First and last calendar year wholly inside the study period (first > last when none)."""
+    first = den.study_start.year + (0 if (den.study_start.month, den.study_start.day) == (1, 1) else 1)
+    last = den.study_end.year - (0 if (den.study_end.month, den.study_end.day) == (12, 31) else 1)
+    return first, last
+
+
+def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> tuple[str, str]:
+    """Two queries of (kind, stratum_id, sex, yr, value): denominators and outcomes."""
+    first, last = complete_years(den)
+    y = years_sql(str(first), str(last))
+    span_s, span_e = dt.date(first, 1, 1) if first <= last else None, dt.date(last, 12, 31) if first <= last else None
+    gs = "GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr))"
+    gs_all = "GROUPING SETS ((stratum_id, sex), (stratum_id))"
+    span_cond = (f"entry_date <= {date_lit(span_e)} AND exit_date >= {date_lit(span_s)}" if span_s else "1 = 0")
+    span_first = (f"prev_exit IS NULL OR prev_exit < {date_lit(span_s)}" if span_s else "1 = 0")
+    dens = f"""
+    WITH py AS (SELECT dn.*, y.yr, y.ystart, y.yend FROM {den.table} dn
+                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date)
+    SELECT 'period' AS kind, stratum_id, sex, yr,
+           SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v FROM py GROUP BY {gs}
+    UNION ALL
+    SELECT 'point', stratum_id, sex, yr, SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) FROM py GROUP BY {gs}
+    UNION ALL
+    SELECT 'period', stratum_id, sex, NULL, SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END)
+    FROM {den.table} GROUP BY {gs_all}
+    UNION ALL
+    SELECT 'span_records', stratum_id, sex, NULL, SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END)
+    FROM {den.table} GROUP BY {gs_all}
+    UNION ALL
+    SELECT 'span_subjects', stratum_id, sex, NULL, SUM(CASE WHEN ({span_cond}) AND ({span_first}) THEN 1 ELSE 0 END)
+    FROM {den.table} GROUP BY {gs_all}"""
+    outs = f"""
+    WITH c AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.exit_date,
+                      oc.cohort_start_date AS os, oc.cohort_end_date AS oe
+               FROM {den.table} dn JOIN {ctx.cohort_table} oc
+                 ON oc.subject_id = dn.person_id AND oc.cohort_definition_id = {cohort_id}
+                AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date),
+    py AS (SELECT c.*, y.yr, y.ystart, y.yend FROM c JOIN {y} y ON y.ystart <= c.exit_date AND y.yend >= c.entry_date)
+    SELECT 'period' AS kind, stratum_id, sex, yr, COUNT(DISTINCT person_id) AS v FROM py
+    WHERE GREATEST(entry_date, ystart, os) <= LEAST(exit_date, yend, oe) GROUP BY {gs}
+    UNION ALL
+    SELECT 'point', stratum_id, sex, yr, COUNT(DISTINCT person_id) FROM py
+    WHERE entry_date <= ystart AND os <= ystart AND oe >= ystart GROUP BY {gs}
+    UNION ALL
+    SELECT 'period', stratum_id, sex, NULL, COUNT(DISTINCT person_id) FROM c GROUP BY {gs_all}"""
+    return dens, outs
+
+
+def _collect(df: pd.DataFrame) -> dict[tuple, int]:
+    out: dict[tuple, int] = {}
+    for kind, sid, sex, yr, v in df.itertuples(index=False):  # <= a few hundred rows
+        sex = "Both" if sex is None or (not isinstance(sex, str) and pd.isna(sex)) else sex
+        yr = None if yr is None or pd.isna(yr) else int(yr)
+        out[(kind, int(sid), sex, yr)] = 0 if v is None or pd.isna(v) else int(v)
+    return out
+
+
+def run_prevalence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
+    """``prevalence`` + ``prevalence_attrition``: ids 1-24 point, 25-48 period, then attrition."""
+    (cohort,) = unit
+    den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")})
+    dens_sql, outs_sql = prevalence_sql(ctx, den, cohort.cohort_definition_id)
+    n = _collect(ctx.cdm.query_df(dens_sql))
+    k = _collect(ctx.cdm.query_df(outs_sql))
+    attr = denominator_attrition(ctx.cdm, den)
+    first, last = complete_years(den)
+    n_strata = len(den.strata)
+    records: list[dict] = []
+    settings: list[dict] = []
+    for ti, kind in enumerate(("point", "period")):
+        for s in den.strata:
+            rid = ti * n_strata + s.cohort_id
+            level = f"{s.name} &&& {cohort.cohort_name}"
+            extra = {"analysis_type": f"{kind} prevalence", "analysis_complete_database_intervals": "TRUE",
+                     "analysis_full_contribution": "FALSE", **den.settings(s), "package_name": IP_PACKAGE}
+            settings.append(settings_row(rid, "prevalence", **extra))
+            settings.append(settings_row(2 * n_strata + rid, "prevalence_attrition", **extra))
+            for yr in [*range(first, last + 1), *([None] if kind == "period" else [])]:
+                key = (kind, s.stratum_id, s.sex, yr)
+                if not n.get(key):
+                    continue
+                if yr is None:
+                    add = f"{den.study_start} &&& {den.study_end} &&& overall"
+                elif kind == "point":
+                    add = f"{yr}-01-01 &&& {yr}-01-01 &&& years"
+                else:
+                    add = f"{yr}-01-01 &&& {yr}-12-31 &&& years"
+                records += _estimates(ctx.cdm_name, rid, level, add, n[key], k.get(key, 0))
+            steps = list(attr[(s.stratum_id, s.sex)])
+            steps.append(("Starting analysis population", steps[-1][1], steps[-1][2]))
+            steps.append((COMPLETE_REASON, n.get(("span_records", s.stratum_id, s.sex, None), 0),
+                          n.get(("span_subjects", s.stratum_id, s.sex, None), 0)))
+            records += attrition_records(ctx.cdm_name, 2 * n_strata + rid, level, steps)
+    data = pd.DataFrame.from_records(records) if records else SummarisedResult.empty().data
+    return SummarisedResult(data, pd.DataFrame(settings))
+
+
+def _estimates(cdm_name: str, rid: int, level: str, additional: str, n: int, k: int) -> list[dict]:
+    lo, hi = wilson_ci(k, n)
+    est = [("Denominator", "denominator_count", "integer", str(n)),
+           ("Outcome", "outcome_count", "integer", str(k)),
+           ("Outcome", "prevalence", "numeric", num(k / n, 5)),
+           ("Outcome", "prevalence_95CI_lower", "numeric", num(lo, 5)),
+           ("Outcome", "prevalence_95CI_upper", "numeric", num(hi, 5))]
+    return [{"result_id": rid, "cdm_name": cdm_name, "group_name": GROUP_NAME, "group_level": level,
+             "strata_name": "overall", "strata_level": "overall", "variable_name": var, "variable_level": None,
+             "estimate_name": name, "estimate_type": typ, "estimate_value": val,
+             "additional_name": ADDITIONAL, "additional_level": additional} for var, name, typ, val in est]
