@@ -66,6 +66,7 @@ class Diagnostic:
     result_types: tuple[str, ...]
     run: Callable[[DiagnosticContext, tuple[CohortDefinition, ...]], SummarisedResult]
     params: dict = field(default_factory=dict)
+    package_name: str = PACKAGE_NAME  # for the settings-only rows when there is no unit (one cohort, no pair)
 
 
 def settings_row(result_id: int, result_type: str, *, package_name: str = PACKAGE_NAME,

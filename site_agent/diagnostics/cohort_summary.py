@@ -169,7 +169,7 @@ DIAGNOSTICS: list[Diagnostic] = [
     Diagnostic(name="cohort_count", scope="cohort", result_types=(COUNT,), run=summarise_cohort_count),
     Diagnostic(name="cohort_attrition", scope="cohort", result_types=(ATTRITION,), run=summarise_cohort_attrition),
     Diagnostic(name="cohort_overlap", scope="pair", result_types=(OVERLAP,), run=summarise_cohort_overlap,
-               params={"overlap_by": "subject_id"}),
+               params={"overlap_by": "subject_id"}, package_name=PACKAGE),
     Diagnostic(name="cohort_timing", scope="pair", result_types=(TIMING,), run=summarise_cohort_timing,
-               params={"restrict_to_first_entry": True, "density": False}),
+               params={"restrict_to_first_entry": True, "density": False}, package_name=PACKAGE),
 ]

@@ -25,7 +25,7 @@ from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics import cache
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 from site_agent.results import SummarisedResult
 from site_agent.suppression import suppress
 
@@ -110,6 +110,10 @@ def run_diagnostics(
     have = cache.cached_keys(cdm)
     results: list[SummarisedResult] = []
     computed = reused = 0
+    for diag in diagnostics:  # no unit (e.g. pairs of a single cohort): still say it ran, found nothing
+        if not units_of(diag, definitions):
+            results.append(SummarisedResult.from_records(
+                [], [settings_row(i, rt, package_name=diag.package_name) for i, rt in enumerate(diag.result_types, 1)]))
     for i, (diag, unit) in enumerate(plan, start=1):
         key = cache.unit_key(diag.name, {**diag.params, "cdm_name": ctx.cdm_name}, fingerprint, unit)
         label = f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
