@@ -26,6 +26,7 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics import cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.disclosure import blank_linked, withhold_nested_cohorts
 from site_agent.results import SummarisedResult
 from site_agent.suppression import suppress
 
@@ -128,7 +129,11 @@ def run_diagnostics(
         computed += 1
         progress(f"[{i}/{len(plan)}] {label}: {time.perf_counter() - started:.1f}s")
     bound = merge_identical_settings(SummarisedResult.bind(*results))
-    released = suppress(bound, min_cell_count)
+    bound, withheld = withhold_nested_cohorts(bound, min_cell_count)
+    for name in withheld:
+        progress(f"withheld every number about cohort {name}: it differs from a cohort containing it "
+                 f"by fewer than {min_cell_count} persons")
+    released = blank_linked(suppress(bound, min_cell_count))
     if out is not None:
         released.to_csv(out)
     return RunSummary(computed, reused, len(stale), out, released)

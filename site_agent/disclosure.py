@@ -1,0 +1,84 @@
+"""Disclosure control across result types: what cell suppression alone cannot see.
+
+:func:`site_agent.suppression.suppress` protects each table on its own. Released numbers
+from *different* tables can still be combined:
+
+* **Nested cohorts.** If cohort B lies inside cohort A and A has 1..min-1 persons more,
+  then A's count minus B's count is a small cell, and differencing any breakdown of A and
+  B (sex, age, codes) describes those few persons. :func:`withhold_nested_cohorts`
+  (before suppression, on the true overlap counts) withholds every number about B.
+* **Overlap and timing of a pair.** "In both" = count(A) - "only in A", and the timing
+  table's number of subjects is "in both" again. If any overlap count of a pair was
+  suppressed, :func:`blank_linked` blanks the pair's overlap and timing entirely.
+* **Attrition.** Excluded counts are differences of consecutive steps, and the final step
+  equals the released cohort count. If any attrition number of a cohort was suppressed,
+  :func:`blank_linked` blanks that cohort's whole attrition table.
+
+Residual risk stated plainly: combinations of several partially overlapping cohorts (no
+nesting) can still narrow down small differences; a full audit needs linear programming
+(tau-argus/sdcTable style) and is not done here.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from site_agent.results import SEP, SUPPRESSED, SummarisedResult
+
+COHORT_KEYS = frozenset({"cohort_name", "cohort_name_reference", "cohort_name_comparator",
+                         "outcome_cohort_name", "target_cohort_name"})
+OVERLAP = "summarise_cohort_overlap"
+TIMING = "summarise_cohort_timing"
+ATTRITION = "summarise_cohort_attrition"
+
+
+def _rows_of_type(result: SummarisedResult, result_type: str) -> pd.Series:
+    ids = result.settings.loc[result.settings["result_type"] == result_type, "result_id"]
+    return result.data["result_id"].isin(ids)
+
+
+def _cohorts_in_group(group_name: str, group_level: str) -> set[str]:
+    names, levels = group_name.split(SEP), group_level.split(SEP)
+    return {lvl for n, lvl in zip(names, levels) if n in COHORT_KEYS}
+
+
+def withhold_nested_cohorts(result: SummarisedResult, min_cell_count: int) -> tuple[SummarisedResult, list[str]]:
+    """Blank every estimate about a cohort nested in another with fewer than ``min`` persons more."""
+    if min_cell_count < 2:
+        return result, []
+    d = result.data
+    ov = d[_rows_of_type(result, OVERLAP) & (d["estimate_name"] == "count")]
+    withheld: set[str] = set()
+    for level, rows in ov.groupby("group_level", sort=True):
+        ref, comp = level.split(SEP)
+        values = dict(zip(rows["variable_name"], pd.to_numeric(rows["estimate_value"], errors="coerce")))
+        only_ref, only_comp = values.get("Only in reference cohort"), values.get("Only in comparator cohort")
+        if only_ref is None or only_comp is None:
+            continue
+        if only_comp == 0 and 0 < only_ref < min_cell_count:
+            withheld.add(comp)
+        elif only_ref == 0 and 0 < only_comp < min_cell_count:
+            withheld.add(ref)
+    if not withheld:
+        return result, []
+    hit = [bool(_cohorts_in_group(n, lv) & withheld) for n, lv in zip(d["group_name"], d["group_level"])]
+    data = d.copy()
+    data.loc[hit, "estimate_value"] = SUPPRESSED
+    return result.with_data(data), sorted(withheld)
+
+
+def blank_linked(result: SummarisedResult) -> SummarisedResult:
+    """After suppression: blank whole pairs (overlap+timing) and attrition tables that hold a suppressed cell."""
+    d = result.data.copy()
+    suppressed = d["estimate_value"] == SUPPRESSED
+    pair_key = d["group_level"].map(lambda lv: frozenset(lv.split(SEP)))
+    in_overlap = _rows_of_type(result, OVERLAP)
+    bad_pairs = set(pair_key[in_overlap & suppressed])
+    if bad_pairs:
+        linked = (in_overlap | _rows_of_type(result, TIMING)) & pair_key.isin(bad_pairs)
+        d.loc[linked, "estimate_value"] = SUPPRESSED
+    in_attrition = _rows_of_type(result, ATTRITION)
+    bad_cohorts = set(d.loc[in_attrition & suppressed, "group_level"])
+    if bad_cohorts:
+        d.loc[in_attrition & d["group_level"].isin(bad_cohorts), "estimate_value"] = SUPPRESSED
+    return result.with_data(d)

@@ -1,0 +1,107 @@
+"""Cross-result disclosure control, and an audit of a real release by subtraction."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+
+from site_agent.cdm import connect_cdm
+from site_agent.cohorts import collect_definitions
+from site_agent.diagnostics.runner import run_diagnostics
+from site_agent.disclosure import blank_linked, withhold_nested_cohorts
+from site_agent.results import SummarisedResult
+from site_agent.suppression import suppress
+from tests.conftest import DEFINITIONS
+
+PAIR = "cohort_name_reference &&& cohort_name_comparator"
+
+
+def row(rid, group_name, group_level, variable, value, estimate="count", strata=("overall", "overall"),
+        additional=("overall", "overall")):
+    return {"result_id": rid, "cdm_name": "x", "group_name": group_name, "group_level": group_level,
+            "strata_name": strata[0], "strata_level": strata[1], "variable_name": variable,
+            "estimate_name": estimate, "estimate_type": "integer", "estimate_value": str(value),
+            "additional_name": additional[0], "additional_level": additional[1]}
+
+
+def settings(rid, rt):
+    return {"result_id": rid, "result_type": rt, "package_name": "p", "package_version": "1"}
+
+
+def make(rows, types):
+    return SummarisedResult.from_records(rows, [settings(i, t) for i, t in types.items()])
+
+
+def overlap_rows(rid, a, b, only_a, both, only_b):
+    return [row(rid, PAIR, f"{a} &&& {b}", "Only in reference cohort", only_a),
+            row(rid, PAIR, f"{a} &&& {b}", "In both cohorts", both),
+            row(rid, PAIR, f"{a} &&& {b}", "Only in comparator cohort", only_b)]
+
+
+def test_nested_cohort_is_withheld_everywhere():
+    res = make([
+        *overlap_rows(1, "broad", "narrow", 3, 97, 0),
+        *overlap_rows(1, "broad", "other", 50, 50, 40),
+        row(2, "cohort_name", "broad", "Number subjects", 100),
+        row(2, "cohort_name", "narrow", "Number subjects", 97),
+        row(3, "cohort_name &&& codelist_name", "narrow &&& SCLC", "overall", 120, "record_count"),
+        row(4, "denominator_cohort_name &&& outcome_cohort_name", "denominator_cohort_1 &&& narrow", "Outcome", 40,
+            "outcome_count"),
+    ], {1: "summarise_cohort_overlap", 2: "summarise_cohort_count", 3: "code_use", 4: "incidence"})
+    out, withheld = withhold_nested_cohorts(res, 5)
+    assert withheld == ["narrow"]
+    d = out.data
+    about_narrow = d["group_level"].str.contains("narrow")
+    assert (d.loc[about_narrow, "estimate_value"] == "-").all()
+    assert (d.loc[~about_narrow, "estimate_value"] != "-").all()
+    # not nested (both sides have persons of their own): nothing withheld
+    _, none = withhold_nested_cohorts(make(overlap_rows(1, "a", "b", 3, 50, 2), {1: "summarise_cohort_overlap"}), 5)
+    assert none == []
+
+
+def test_pair_and_attrition_blanked_when_any_cell_suppressed():
+    att = [row(3, "cohort_name", "c1", v, n, strata=("reason", r), additional=("reason_id", i))
+           for i, r, v, n in [("1", "start", "number_subjects", 100), ("2", "age", "number_subjects", 97),
+                              ("2", "age", "excluded_subjects", 3)]]
+    res = make([
+        *overlap_rows(1, "a", "b", 2, 60, 30),
+        *overlap_rows(1, "a", "c", 40, 60, 30),
+        row(2, PAIR, "b &&& a", "number subjects", 60),
+        row(2, PAIR, "c &&& a", "number subjects", 60),
+        *att,
+    ], {1: "summarise_cohort_overlap", 2: "summarise_cohort_timing", 3: "summarise_cohort_attrition"})
+    out = blank_linked(suppress(res, 5)).data
+    ab = out["group_level"].isin(["a &&& b", "b &&& a"])
+    assert (out.loc[ab, "estimate_value"] == "-").all()
+    assert (out.loc[out["group_level"].isin(["a &&& c", "c &&& a"]), "estimate_value"] != "-").all()
+    assert (out.loc[out["group_level"] == "c1", "estimate_value"] == "-").all()
+
+
+def test_release_audit_by_subtraction(synth_site, tmp_path):
+    """Audit a real release: no difference of released numbers is a small count."""
+    path = tmp_path / "site.duckdb"
+    shutil.copy(synth_site.out, path)
+    with connect_cdm(str(path)) as cdm:
+        res = run_diagnostics(cdm, collect_definitions([DEFINITIONS / "lung"]), out=None, min_cell_count=5,
+                              progress=lambda m: None).result
+    d, s = res.data, res.settings
+    typ = d["result_id"].map(dict(zip(s["result_id"], s["result_type"])))
+    num = pd.to_numeric(d["estimate_value"], errors="coerce")
+    small = lambda v: 0 < v < 5  # noqa: E731
+    counts = {lvl: v for lvl, v, t, var in zip(d["group_level"], num, typ, d["variable_name"])
+              if t == "summarise_cohort_count" and var == "Number subjects" and pd.notna(v)}
+    # nested pairs: |A| - |B| must not be a small count when B lies inside A
+    ov = d[(typ == "summarise_cohort_overlap") & (d["estimate_name"] == "count")]
+    for level, rows in ov.groupby("group_level"):
+        a, b = level.split(" &&& ")
+        only = dict(zip(rows["variable_name"], pd.to_numeric(rows["estimate_value"], errors="coerce")))
+        if only.get("Only in comparator cohort") == 0 and a in counts and b in counts:
+            assert not small(counts[a] - counts[b]), level
+    # attrition: consecutive visible steps never differ by a small count
+    att = d[(typ == "summarise_cohort_attrition") & (d["variable_name"] == "number_subjects")].copy()
+    att["v"] = pd.to_numeric(att["estimate_value"], errors="coerce")
+    att["step"] = att["additional_level"].astype(int)
+    for _, g in att.sort_values("step").groupby("group_level"):
+        diffs = g["v"].diff().abs().dropna()
+        assert not any(small(x) for x in diffs), g
