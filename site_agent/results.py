@@ -115,7 +115,12 @@ class ResultSettings(BaseModel):
 def _str_col(s: pd.Series) -> pd.Series:
     """Strings with missing values as None in an object column (pandas 2 and 3 alike)."""
     out = s.astype(object)
-    return out.where(out.notna(), None).map(lambda v: v if v is None else str(v))
+    mask = out.notna()
+    if not mask.all():
+        out = out.where(mask, None)
+    if mask.any():
+        out.loc[mask] = out[mask].astype(str)
+    return out
 
 
 def _derive_names(data: pd.DataFrame, col: str) -> pd.Series:

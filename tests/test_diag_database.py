@@ -56,7 +56,7 @@ def test_ordinal_labels():
 
 def test_number_format_matches_r():
     assert database.fmt_number(3.0) == "3"
-    assert database.fmt_number(100 / 3) == "33.3333333333333"
+    assert database.fmt_number(100 / 3) == "33.33333333"  # 10 significant digits: see base.fmt_float
     assert database.fmt_number(0.0381900) == "0.03819"
     assert database.fmt_number(None) is None and database.fmt_number(float("nan")) is None
     assert database.fmt_number(-2) == "-2"

@@ -64,6 +64,8 @@ class CdmConnection:
     write_schema: str
     vocab_schema: str
     _conn: Connection | None = field(default=None, repr=False)
+    # per-connection memo for results that do not depend on cohorts (e.g. denominators)
+    memo: dict = field(default_factory=dict, repr=False)
 
     @property
     def display_url(self) -> str:

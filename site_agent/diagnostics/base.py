@@ -69,6 +69,18 @@ class Diagnostic:
     package_name: str = PACKAGE_NAME  # for the settings-only rows when there is no unit (one cohort, no pair)
 
 
+SIGNIFICANT_DIGITS = 10
+
+
+def fmt_float(x: float) -> str:
+    """A non-integer estimate as text, to 10 significant digits.
+
+    R writes 15, but sums over parallel aggregation (DuckDB, PostgreSQL) differ run to run
+    in the last few of those digits; 10 keeps the CSV byte-identical between runs.
+    """
+    return format(x, f".{SIGNIFICANT_DIGITS}g")
+
+
 def settings_row(result_id: int, result_type: str, *, package_name: str = PACKAGE_NAME,
                  package_version: str = PACKAGE_VERSION, **extra) -> dict:
     """One settings row; ``group``/``strata``/``additional`` are derived from the data when omitted."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pandas as pd
+
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.results import SummarisedResult
@@ -45,17 +47,15 @@ def cached_keys(cdm: CdmConnection) -> set[str]:
     return set(cdm.query_df(f"SELECT unit_key FROM {cdm.write_schema}.{CACHE_TABLE}")["unit_key"])
 
 
-def load(cdm: CdmConnection, key: str) -> SummarisedResult:
+def load(cdm: CdmConnection, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cached (data, settings) frames of a unit, as stored (already validated when stored)."""
     payload = cdm.scalar(f"SELECT payload FROM {cdm.write_schema}.{CACHE_TABLE} WHERE unit_key = {_sql_text(key)}")
     doc = json.loads(payload)
-    return SummarisedResult.from_records(doc["data"], doc["settings"])
+    return pd.DataFrame(doc["data"]), pd.DataFrame(doc["settings"])
 
 
 def store(cdm: CdmConnection, key: str, diagnostic: str, unit: str, result: SummarisedResult) -> None:
-    doc = {
-        "data": _records(result.data),
-        "settings": _records(result.settings),
-    }
+    doc = {"data": _columns(result.data), "settings": _columns(result.settings)}
     ws = cdm.write_schema
     with cdm.transaction() as script:
         script.execute(f"DELETE FROM {ws}.{CACHE_TABLE} WHERE unit_key = {_sql_text(key)}")
@@ -63,6 +63,10 @@ def store(cdm: CdmConnection, key: str, diagnostic: str, unit: str, result: Summ
                        f"{_sql_text(unit[:1000])}, {_sql_text(json.dumps(doc, sort_keys=True))})")
 
 
-def _records(df) -> list[dict]:
-    out = df.astype(object).where(df.notna(), None).to_dict("records")
-    return [{k: (int(v) if k == "result_id" else v) for k, v in r.items()} for r in out]
+def _columns(df: pd.DataFrame) -> dict[str, list]:
+    """Column-oriented, JSON-safe: missing values as null, result_id as int."""
+    out = {}
+    for col in df.columns:
+        values = df[col].astype(object).where(df[col].notna(), None).tolist()
+        out[col] = [int(v) for v in values] if col == "result_id" else values
+    return out

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_float, settings_row
 from site_agent.results import RESULT_COLUMNS, SummarisedResult
 
 RESULT_TYPE = "summarise_characteristics"
@@ -60,7 +60,7 @@ QUANTILES = (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
 
 
 def fmt_value(x: Any) -> str | None:
-    """A value as R's ``as.character`` writes it (up to 15 significant digits); None for missing."""
+    """A value as R's ``as.character`` writes it (10 significant digits: see base.fmt_float); None for missing."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     if isinstance(x, pd.Timestamp):
@@ -74,7 +74,7 @@ def fmt_value(x: Any) -> str | None:
     v = float(x)  # float, numpy or Decimal (PostgreSQL numeric)
     if v.is_integer() and abs(v) < 1e15:
         return str(int(v))
-    return format(v, ".15g")
+    return fmt_float(v)
 
 
 def pct(count: int, denominator: int) -> str | None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_float, settings_row
 from site_agent.results import SummarisedResult
 
 SNAPSHOT = "summarise_omop_snapshot"
@@ -47,7 +47,7 @@ DIST_ESTIMATES: tuple[str, ...] = ("mean", "sd", "min", "q05", "q25", "median", 
 
 # ---------------------------------------------------------------- helpers (shared)
 def fmt_number(value: Any) -> str | None:
-    """A number as R's ``as.character()`` writes it: 15 significant digits, no ``.0``."""
+    """A number as R's ``as.character()`` writes it: 10 significant digits (base.fmt_float), no ``.0``."""
     if value is None:
         return None
     try:
@@ -64,7 +64,7 @@ def fmt_number(value: Any) -> str | None:
         return "Inf" if x > 0 else "-Inf"
     if x == int(x) and abs(x) < 1e15:
         return str(int(x))
-    return format(x, ".15g")
+    return fmt_float(x)
 
 
 def fmt_text(value: Any) -> str | None:

@@ -47,17 +47,35 @@ def poisson_ci(k: int, py: float) -> tuple[float, float]:
     return lo / py * 1e5, hi / py * 1e5
 
 
-def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> str:
-    """Per (stratum, sex | Both, year | overall): persons, person-days and first events."""
+def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int, mode: str = "actual") -> str:
+    """Per (stratum, sex | Both, year | overall): persons, person-days and first events.
+
+    Every aggregate is a sum over denominator rows, so the result over all rows equals
+    ``base`` (all rows, outcome ignored: the same for every outcome, computed once per run)
+    minus ``base_outcome`` (the outcome persons' rows, outcome ignored) plus ``actual``
+    (the outcome persons' rows with washout and censoring at the first outcome). Only the
+    last two depend on the cohort, and they touch only its persons.
+    """
     y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
-    return f"""
-    WITH o AS (SELECT subject_id AS person_id, MIN(cohort_start_date) AS first_out
-               FROM {ctx.cohort_table} WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),
-    d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+    o = (f"o AS (SELECT subject_id AS person_id, MIN(cohort_start_date) AS first_out "
+         f"FROM {ctx.cohort_table} WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),")
+    if mode == "actual":
+        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
                  CASE WHEN o.first_out <= dn.exit_date THEN o.first_out ELSE dn.exit_date END AS end_date,
                  CASE WHEN o.first_out <= dn.exit_date THEN 1 ELSE 0 END AS has_out
-          FROM {den.table} dn LEFT JOIN o ON o.person_id = dn.person_id
-          WHERE o.first_out IS NULL OR o.first_out >= dn.entry_date),
+          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id
+          WHERE o.first_out >= dn.entry_date)"""
+    elif mode == "base_outcome":
+        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+                 dn.exit_date AS end_date, 0 AS has_out
+          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id)"""
+    else:  # base
+        o = ""
+        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+                 dn.exit_date AS end_date, 0 AS has_out FROM {den.table} dn)"""
+    return f"""
+    WITH {o}
+    {d},
     py AS (SELECT d.*, y.yr, y.ystart, y.yend,
                   GREATEST(d.entry_date, y.ystart) AS s, LEAST(d.end_date, y.yend) AS e
            FROM d JOIN {y} y ON y.ystart <= d.end_date AND y.yend >= d.entry_date)
@@ -71,24 +89,42 @@ def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> s
     GROUP BY GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr), (stratum_id, sex), (stratum_id))"""
 
 
+_SUMS = ["n_year", "n_overall", "days", "k", "n_records"]
+
+
+def _keyed(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["sex"] = df["sex"].astype(object).where(df["sex"].notna(), "Both")
+    df["yr"] = pd.to_numeric(df["yr"], errors="coerce").fillna(-1).astype("int64")
+    df["stratum_id"] = df["stratum_id"].astype("int64")
+    for c in _SUMS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype("int64")
+    return df.set_index(["stratum_id", "sex", "yr"])[_SUMS]
+
+
+def incidence_counts(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> pd.DataFrame:
+    """base - base_outcome + actual, keyed by (stratum_id, sex, yr) with yr -1 for overall."""
+    memo_key = ("incidence_base", den.table)
+    if memo_key not in ctx.cdm.memo:
+        ctx.cdm.memo[memo_key] = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "base")))
+    base = ctx.cdm.memo[memo_key]
+    minus = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "base_outcome")))
+    plus = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "actual")))
+    return base.sub(minus, fill_value=0).add(plus, fill_value=0).astype("int64")
+
+
 def _year(d) -> int:
     return int(d.year)
-
-
-def _key(v) -> object:
-    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
 
 def run_incidence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``incidence`` + ``incidence_attrition`` for one outcome cohort (result ids 1-24, 25-48)."""
     (cohort,) = unit
     den = ensure_denominator(ctx.cdm, INCIDENCE_PARAMS)
-    df = ctx.cdm.query_df(incidence_sql(ctx, den, cohort.cohort_definition_id))
-    rows: dict[tuple, tuple[int, int, int, int, int]] = {}
-    for sid, sex, yr, n_year, n_overall, days, k, n_rec in df.itertuples(index=False):  # <= 24 x years rows
-        sex, yr = _key(sex) or "Both", _key(yr)
-        vals = (int(n_year or 0), int(n_overall or 0), int(days or 0), int(k or 0), int(n_rec or 0))
-        rows[(int(sid), sex, None if yr is None else int(yr))] = vals
+    counts = incidence_counts(ctx, den, cohort.cohort_definition_id)
+    rows: dict[tuple, tuple[int, int, int, int, int]] = {
+        (int(sid), sex, None if yr == -1 else int(yr)): tuple(int(v) for v in vals)
+        for (sid, sex, yr), vals in zip(counts.index, counts.to_numpy())}  # <= 24 x years rows
     years = range(_year(den.study_start), _year(den.study_end) + 1)
     n_strata = len(den.strata)
     attr = denominator_attrition(ctx.cdm, den)

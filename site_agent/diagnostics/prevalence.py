@@ -115,7 +115,10 @@ def run_prevalence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -
     (cohort,) = unit
     den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")})
     dens_sql, outs_sql = prevalence_sql(ctx, den, cohort.cohort_definition_id)
-    n = _collect(ctx.cdm.query_df(dens_sql))
+    memo_key = ("prevalence_denominators", den.table)  # outcome-independent: once per run
+    if memo_key not in ctx.cdm.memo:
+        ctx.cdm.memo[memo_key] = _collect(ctx.cdm.query_df(dens_sql))
+    n = ctx.cdm.memo[memo_key]
     k = _collect(ctx.cdm.query_df(outs_sql))
     attr = denominator_attrition(ctx.cdm, den)
     first, last = complete_years(den)

@@ -71,6 +71,19 @@ def default_cdm_name(cdm: CdmConnection) -> str:
     return "cdm"
 
 
+def bind_frames(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> SummarisedResult:
+    """Bind (data, settings) frames into one result, renumbering result ids in order; one validation."""
+    datas, sets, offset = [], [], 0
+    for data, settings in parts:
+        mapping = {int(old): offset + i + 1 for i, old in enumerate(settings["result_id"])}
+        datas.append(data.assign(result_id=data["result_id"].astype("int64").map(mapping)) if len(data) else data)
+        sets.append(settings.assign(result_id=settings["result_id"].astype("int64").map(mapping)))
+        offset += len(mapping)
+    nonempty = [d for d in datas if len(d)]
+    data = pd.concat(nonempty, ignore_index=True) if nonempty else SummarisedResult.empty().data
+    return SummarisedResult(data, pd.concat(sets, ignore_index=True))
+
+
 def merge_identical_settings(result: SummarisedResult) -> SummarisedResult:
     """One result_id per distinct settings, as omopgenerics' bind does (first-seen order)."""
     s = result.settings
@@ -109,12 +122,13 @@ def run_diagnostics(
     diagnostics = registry() if diagnostics is None else diagnostics
     plan = [(d, u) for d in diagnostics for u in units_of(d, definitions)]
     have = cache.cached_keys(cdm)
-    results: list[SummarisedResult] = []
+    results: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     computed = reused = 0
     for diag in diagnostics:  # no unit (e.g. pairs of a single cohort): still say it ran, found nothing
         if not units_of(diag, definitions):
-            results.append(SummarisedResult.from_records(
-                [], [settings_row(i, rt, package_name=diag.package_name) for i, rt in enumerate(diag.result_types, 1)]))
+            empty = SummarisedResult.from_records(
+                [], [settings_row(i, rt, package_name=diag.package_name) for i, rt in enumerate(diag.result_types, 1)])
+            results.append((empty.data, empty.settings))
     for i, (diag, unit) in enumerate(plan, start=1):
         key = cache.unit_key(diag.name, {**diag.params, "cdm_name": ctx.cdm_name}, fingerprint, unit)
         label = f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
@@ -125,10 +139,10 @@ def run_diagnostics(
         started = time.perf_counter()
         res = diag.run(ctx, unit)
         cache.store(cdm, key, diag.name, label, res)
-        results.append(res)
+        results.append((res.data, res.settings))
         computed += 1
         progress(f"[{i}/{len(plan)}] {label}: {time.perf_counter() - started:.1f}s")
-    bound = merge_identical_settings(SummarisedResult.bind(*results))
+    bound = merge_identical_settings(bind_frames(results))
     bound, withheld = withhold_nested_cohorts(bound, min_cell_count)
     for name in withheld:
         progress(f"withheld every number about cohort {name}: it differs from a cohort containing it "
