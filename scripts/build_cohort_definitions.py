@@ -60,6 +60,7 @@ PLACEHOLDER_MIN_ID = 2_000_000_000
 
 D = {"desc": True}  # include descendants
 X = {"desc": True, "excl": True}  # exclude, with descendants
+N = {}  # the concept alone
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,17 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
             (("RADIOTHERAPY", D), ("RT_STEREOTACTIC", D), ("RT_CONFORMAL", D), ("RT_IMRT", D)),
         ),
         ConceptSetDef("Disease progression", "disease_progression", (("PROGRESSION", D),)),
+        # treatment events of the SCLC study's treatment patterns (used by the study spec)
+        ConceptSetDef("Lobectomy", "lobectomy", (("LOBECTOMY", D),)),
+        ConceptSetDef("Sleeve resection", "sleeve_resection", (("SLEEVE_RESECTION", D),)),
+        ConceptSetDef("Pneumonectomy", "pneumonectomy", (("PNEUMONECTOMY", D),)),
+        ConceptSetDef("Lung excision, other", "lung_excision_other", (("LUNG_EXCISION", N),)),
+        ConceptSetDef("Carboplatin", "carboplatin", (("CARBOPLATIN", D),)),
+        ConceptSetDef("Cisplatin", "cisplatin", (("CISPLATIN", D),)),
+        ConceptSetDef("Etoposide", "etoposide", (("ETOPOSIDE", D),)),
+        ConceptSetDef("Stereotactic radiotherapy", "stereotactic_radiotherapy", (("RT_STEREOTACTIC", D),)),
+        ConceptSetDef("Conformal radiotherapy", "conformal_radiotherapy", (("RT_CONFORMAL", D),)),
+        ConceptSetDef("Intensity modulated radiotherapy", "imrt", (("RT_IMRT", D),)),
         ConceptSetDef("Breast cancer", "breast_cancer", (("BREAST_MALIGNANT", D),)),
         ConceptSetDef(
             "Secondary malignancy",
@@ -126,6 +138,11 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
         ),
     ]
 }
+
+# Concept sets that no cohort uses but a study spec does (treatment events).
+STUDY_CONCEPT_SETS = ["Lobectomy", "Sleeve resection", "Pneumonectomy", "Lung excision, other", "Carboplatin",
+                      "Cisplatin", "Etoposide", "Stereotactic radiotherapy", "Conformal radiotherapy",
+                      "Intensity modulated radiotherapy"]
 
 # --------------------------------------------------------------------------------------
 # Criteria helpers.  They return small marker dicts; ``_Builder`` turns them into Circe JSON
@@ -505,6 +522,7 @@ def build(concepts: dict[str, dict] | None = None, warn=None) -> dict[str, bytes
             }
         )
         used_sets += [n for n in b.codeset_ids if n not in used_sets]
+    used_sets += [n for n in STUDY_CONCEPT_SETS if n not in used_sets]
     set_entries = []
     for name in used_sets:
         cs = CONCEPT_SETS[name]
