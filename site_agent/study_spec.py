@@ -1,0 +1,136 @@
+"""Study specs: what a network study runs, validated before anything touches a database.
+
+A spec names cohorts and concept sets *by catalog name*; the catalog pins each file by
+sha256, so a spec cannot silently run an altered definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from site_agent.cohorts.definitions import CohortDefinition, collect_definitions, file_sha256, load_catalog
+from site_agent.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudyCohorts(_Strict):
+    target: str
+    progression: str
+    death: str
+
+
+class TreatmentPatternsSpec(_Strict):
+    combination_window_days: int = Field(30, ge=0, le=365)
+    era_gap_days: int = Field(30, ge=0, le=365)
+    max_lines: int = Field(5, ge=1, le=10)
+
+
+class SurvivalSpec(_Strict):
+    grid_step_days: int = Field(30, ge=1, le=365)
+    max_days: int = Field(3653, ge=30, le=20 * 366)
+    summary_years: tuple[int, ...] = (1, 2, 5)
+
+    @property
+    def grid(self) -> list[int]:
+        return list(range(0, self.max_days + self.grid_step_days, self.grid_step_days))
+
+
+class CoxSpec(_Strict):
+    covariates: tuple[str, ...] = ("treatment_sequence", "age", "sex", "stage")
+    max_iterations: int = Field(25, ge=1, le=100)
+    min_events: int = Field(10, ge=1)
+
+
+class StudySpec(_Strict):
+    study_id: str = Field(pattern=r"^[a-z0-9_]+$")
+    version: str
+    title: str
+    description: str = ""
+    catalog: str = "../catalog.json"
+    min_cell_count: int = Field(5, ge=0)
+    cohorts: StudyCohorts
+    treatment_events: dict[str, str] = Field(min_length=1)
+    treatment_patterns: TreatmentPatternsSpec = TreatmentPatternsSpec()
+    outcome_horizons_days: dict[str, tuple[str, int]] = Field(min_length=1)
+    survival: SurvivalSpec = SurvivalSpec()
+    cox: CoxSpec = CoxSpec()
+
+    @field_validator("outcome_horizons_days")
+    @classmethod
+    def _horizons(cls, v: dict[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+        for label, (kind, days) in v.items():
+            if kind not in ("within", "after") or days <= 0:
+                raise ValueError(f"horizon {label!r}: expected ['within'|'after', positive days]")
+        return v
+
+    @model_validator(mode="after")
+    def _event_names(self) -> "StudySpec":
+        bad = [n for n in self.treatment_events if not n.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"treatment event names must be letters, digits and _: {bad}")
+        return self
+
+
+class LoadedStudy(BaseModel):
+    """A validated spec with its catalog resolved: definitions and concept-set expressions."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    spec: StudySpec
+    path: Path
+    sha256: str
+    target: CohortDefinition
+    progression: CohortDefinition
+    death: CohortDefinition
+    event_concept_sets: dict[str, list[dict]]  # event name -> ATLAS concept set items
+
+
+def load_study(path: str | Path) -> LoadedStudy:
+    path = Path(path).expanduser().resolve()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read study spec ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        spec = StudySpec.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: invalid study spec at {where}: {err['msg']}") from None
+    catalog_path = (path.parent / spec.catalog).resolve()
+    if not catalog_path.is_file():
+        raise ConfigError(f"{path}: catalog {catalog_path} not found")
+    entries = {e.name: e for e in load_catalog(catalog_path)}
+    by_name = {d.cohort_name: d for d in collect_definitions([e.path for e in entries.values()])}
+    missing = [n for n in spec.cohorts.model_dump().values() if n not in by_name]
+    if missing:
+        raise ConfigError(f"{path}: cohorts {missing} are not in the catalog {catalog_path}")
+    sets = _catalog_concept_sets(catalog_path)
+    unknown = sorted(set(spec.treatment_events.values()) - set(sets))
+    if unknown:
+        raise ConfigError(f"{path}: concept sets {unknown} are not in the catalog {catalog_path}")
+    return LoadedStudy(
+        spec=spec, path=path, sha256=file_sha256(path),
+        target=by_name[spec.cohorts.target], progression=by_name[spec.cohorts.progression],
+        death=by_name[spec.cohorts.death],
+        event_concept_sets={event: sets[name] for event, name in spec.treatment_events.items()},
+    )
+
+
+def _catalog_concept_sets(catalog_path: Path) -> dict[str, list[dict]]:
+    """Concept-set name -> items, each file checked against its catalog sha256."""
+    doc = json.loads(catalog_path.read_text(encoding="utf-8"))
+    out: dict[str, list[dict]] = {}
+    for entry in doc.get("concept_sets", []):
+        file = (catalog_path.parent / entry["path"]).resolve()
+        if file_sha256(file) != entry["sha256"]:
+            raise ConfigError(f"{file}: sha256 differs from the catalog", hint="restore the file or update the catalog")
+        out[entry["name"]] = json.loads(file.read_text(encoding="utf-8"))["items"]
+    return out
