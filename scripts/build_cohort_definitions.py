@@ -100,6 +100,7 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
         ),
         ConceptSetDef("TNM T1-T3", "tnm_t1_t3", (("T1", D), ("T2", D), ("T3", D))),
         ConceptSetDef("TNM T1-T2", "tnm_t1_t2", (("T1", D), ("T2", D))),
+        ConceptSetDef("TNM T3", "tnm_t3", (("T3", D),)),
         ConceptSetDef("TNM N0", "tnm_n0", (("N0", D),)),
         ConceptSetDef("TNM N1", "tnm_n1", (("N1", D),)),
         ConceptSetDef("TNM M0", "tnm_m0", (("M0", D),)),
@@ -119,7 +120,9 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
             (("RADIOTHERAPY", D), ("RT_STEREOTACTIC", D), ("RT_CONFORMAL", D), ("RT_IMRT", D)),
         ),
         ConceptSetDef("Disease progression", "disease_progression", (("PROGRESSION", D),)),
-        # treatment events of the SCLC study's treatment patterns (used by the study spec)
+        # stage split and treatment events of the SCLC study (used by the study spec)
+        ConceptSetDef("Stage I", "stage_i", (("STAGE_1", D), ("C_STAGE_1", D), ("P_STAGE_1", D))),
+        ConceptSetDef("Stage II", "stage_ii", (("STAGE_2", D), ("C_STAGE_2", D), ("P_STAGE_2", D))),
         ConceptSetDef("Lobectomy", "lobectomy", (("LOBECTOMY", D),)),
         ConceptSetDef("Sleeve resection", "sleeve_resection", (("SLEEVE_RESECTION", D),)),
         ConceptSetDef("Pneumonectomy", "pneumonectomy", (("PNEUMONECTOMY", D),)),
@@ -139,8 +142,8 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
     ]
 }
 
-# Concept sets that no cohort uses but a study spec does (treatment events).
-STUDY_CONCEPT_SETS = ["Lobectomy", "Sleeve resection", "Pneumonectomy", "Lung excision, other", "Carboplatin",
+# Concept sets that no cohort uses but a study spec does (treatment events, stage split).
+STUDY_CONCEPT_SETS = ["Stage I", "Stage II", "TNM T3", "Lobectomy", "Sleeve resection", "Pneumonectomy", "Lung excision, other", "Carboplatin",
                       "Cisplatin", "Etoposide", "Stereotactic radiotherapy", "Conformal radiotherapy",
                       "Intensity modulated radiotherapy"]
 

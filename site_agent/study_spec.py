@@ -55,6 +55,9 @@ class StudySpec(_Strict):
     catalog: str = "../catalog.json"
     min_cell_count: int = Field(5, ge=0)
     cohorts: StudyCohorts
+    # concept sets that split the target by stage: "I", "II", and TNM "T3"/"N1" (stage II when
+    # no stage group is recorded but T3 or N1 is)
+    stage_concept_sets: dict[str, str] = Field(default_factory=dict)
     treatment_events: dict[str, str] = Field(min_length=1)
     treatment_patterns: TreatmentPatternsSpec = TreatmentPatternsSpec()
     outcome_horizons_days: dict[str, tuple[str, int]] = Field(min_length=1)
@@ -88,6 +91,7 @@ class LoadedStudy(BaseModel):
     progression: CohortDefinition
     death: CohortDefinition
     event_concept_sets: dict[str, list[dict]]  # event name -> ATLAS concept set items
+    stage_concept_sets: dict[str, list[dict]]  # "I"/"II"/"T3"/"N1" -> items
 
 
 def load_study(path: str | Path) -> LoadedStudy:
@@ -113,7 +117,7 @@ def load_study(path: str | Path) -> LoadedStudy:
     if missing:
         raise ConfigError(f"{path}: cohorts {missing} are not in the catalog {catalog_path}")
     sets = _catalog_concept_sets(catalog_path)
-    unknown = sorted(set(spec.treatment_events.values()) - set(sets))
+    unknown = sorted((set(spec.treatment_events.values()) | set(spec.stage_concept_sets.values())) - set(sets))
     if unknown:
         raise ConfigError(f"{path}: concept sets {unknown} are not in the catalog {catalog_path}")
     return LoadedStudy(
@@ -121,6 +125,7 @@ def load_study(path: str | Path) -> LoadedStudy:
         target=by_name[spec.cohorts.target], progression=by_name[spec.cohorts.progression],
         death=by_name[spec.cohorts.death],
         event_concept_sets={event: sets[name] for event, name in spec.treatment_events.items()},
+        stage_concept_sets={label: sets[name] for label, name in spec.stage_concept_sets.items()},
     )
 
 

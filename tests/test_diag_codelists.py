@@ -21,7 +21,7 @@ from site_agent.cdm.synth.vocabulary import LOCAL_CONCEPTS
 from site_agent.cohorts import build_cohorts, collect_definitions
 from site_agent.diagnostics import codelists, orphans
 from site_agent.diagnostics.base import DiagnosticContext
-from site_agent.diagnostics.codelists import resolve_concept_set_sql
+from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.results import SEP
 from tests.conftest import DEFINITIONS, REPO
 
