@@ -1,0 +1,166 @@
+"""Exact pooling of grid risk tables released by several sites (KM and Aalen-Johansen CIF).
+
+Sites release, per stratum and grid time, ``n_risk_count``, ``n_events_count``,
+``n_censor_count`` (``survival_events``, CohortSurvival layout) and for competing risks also
+``n_competing_events_count`` (``cumulative_incidence_events``).  Times are discretised to
+the same study grid at every site (ceiling to the grid), so summing the counts per
+(target, stratum, outcome, time) and rebuilding the product-limit estimates gives exactly
+the estimate of the pooled patient-level data - a federated "union" analysis without rows.
+
+Suppressed cells (``"-"``) are never guessed: a pooled row whose counts include a
+suppressed value from any site has NaN counts, and that row and every later row of the
+same curve are ``affected`` (survival/CIF and CIs NaN), because the product-limit estimate
+at ``t_k`` depends on all earlier steps.  Medians and horizon survivals are reported only
+where they are determined by unaffected rows.
+
+The KM arithmetic is re-implemented here (the coordinator imports only
+``site_agent.results``): Greenwood variance of log S with survfit's default "log" CI,
+median by survfit's rule (first time S <= 0.5; CI from the bands), survival at a horizon =
+S at the last grid time <= horizon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from site_agent.results import SUPPRESSED, SummarisedResult
+
+KEY = ["group_name", "group_level", "strata_name", "strata_level", "variable_name", "variable_level"]
+Z95 = NormalDist().inv_cdf(0.975)
+DEFAULT_HORIZONS = (365, 730, 1826)
+SURVIVAL_COUNTS = {"n_risk_count": "n_risk", "n_events_count": "n_event", "n_censor_count": "n_censor"}
+CIF_COUNTS = {**SURVIVAL_COUNTS, "n_competing_events_count": "n_competing"}
+
+
+def _site_table(result: SummarisedResult, result_type: str, counts: dict[str, str]) -> pd.DataFrame:
+    """One site's risk table, wide: KEY + time + counts (float, NaN = suppressed) + suppressed flag."""
+    ids = set(result.settings.loc[result.settings["result_type"] == result_type, "result_id"])
+    d = result.data[result.data["result_id"].isin(ids) & result.data["estimate_name"].isin(list(counts))]
+    if d.empty:
+        return pd.DataFrame(columns=KEY + ["cdm_name", "time", *counts.values(), "suppressed"])
+    if (d["additional_name"] != "time").any():
+        raise ValueError(f"{result_type} rows must carry additional_name 'time'")
+    d = d.assign(time=pd.to_numeric(d["additional_level"]).astype("int64"),
+                 value=pd.to_numeric(d["estimate_value"].where(d["estimate_value"] != SUPPRESSED), errors="raise"),
+                 sup=(d["estimate_value"] == SUPPRESSED) | d["estimate_value"].isna())
+    keys = ["cdm_name", *KEY, "time"]
+    wide = d.groupby([*keys, "estimate_name"], dropna=False)["value"].first().unstack("estimate_name")
+    wide = wide.reindex(columns=list(counts)).rename(columns=counts)
+    sup = d.groupby(keys, dropna=False)["sup"].any()
+    wide["suppressed"] = sup.reindex(wide.index).to_numpy() | wide.isna().any(axis=1).to_numpy()
+    return wide.reset_index()
+
+
+def pool_tables(results: Sequence[SummarisedResult], result_type: str = "survival_events",
+                counts: dict[str, str] | None = None) -> pd.DataFrame:
+    """Sum the sites' risk tables per KEY and time.
+
+    Returns KEY + ``time`` + pooled counts (NaN where any site's cell is suppressed) +
+    ``n_sites`` + ``suppressed`` (this row) + ``affected`` (this row or an earlier one of the
+    curve is suppressed).  A site that lacks a curve contributes zeros; a site whose curve lacks
+    grid times that another site has is an error (different grids).
+    """
+    counts = counts or (CIF_COUNTS if result_type == "cumulative_incidence_events" else SURVIVAL_COUNTS)
+    tabs = [_site_table(r, result_type, counts) for r in results]
+    allt = pd.concat(tabs, ignore_index=True)
+    if allt.empty:
+        raise ValueError(f"no {result_type} rows in the results")
+    if allt.duplicated(["cdm_name", *KEY, "time"]).any():
+        raise ValueError("the same cdm_name/curve/time appears twice (a site given twice?)")
+    grids = allt.groupby(["cdm_name", *KEY], dropna=False)["time"].apply(lambda s: tuple(sorted(s)))
+    per_curve = grids.groupby(level=list(range(1, len(KEY) + 1)), dropna=False).nunique()
+    if (per_curve > 1).any():
+        raise ValueError("sites released different time grids for the same curve")
+    cols = list(counts.values())
+    g = allt.groupby([*KEY, "time"], dropna=False, sort=True)
+    pooled = g[cols].sum(min_count=1)
+    pooled["suppressed"] = g["suppressed"].any()
+    pooled["n_sites"] = g["cdm_name"].nunique()
+    pooled = pooled.reset_index()
+    pooled.loc[pooled["suppressed"], cols] = np.nan
+    pooled["affected"] = pooled.groupby(KEY, dropna=False, sort=False)["suppressed"].cummax().astype(bool)
+    return pooled
+
+
+def _km(t: pd.DataFrame, z: float) -> pd.DataFrame:
+    n, d = t["n_risk"].to_numpy(float), t["n_event"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        surv = np.cumprod(np.where(n > 0, 1.0 - d / n, 1.0))
+        se = np.sqrt(np.cumsum(np.where(n > 0, d / (n * (n - d)), 0.0)))
+        pos = surv > 0
+        lower = np.where(pos, surv * np.exp(-z * se), np.nan)
+        upper = np.where(pos, np.minimum(surv * np.exp(z * se), 1.0), np.nan)
+    aff = t["affected"].to_numpy(bool)
+    out = t.copy()
+    for name, v in (("survival", surv), ("se_log", np.where(pos, se, np.nan)), ("lower", lower), ("upper", upper)):
+        out[name] = np.where(aff, np.nan, v)
+    return out
+
+
+def pooled_km(results: Sequence[SummarisedResult], *, z: float = Z95) -> pd.DataFrame:
+    """Pooled KM with Greenwood "log" CIs per curve from the sites' ``survival_events``."""
+    pooled = pool_tables(results, "survival_events", SURVIVAL_COUNTS)
+    parts = [_km(t, z) for _, t in pooled.groupby(KEY, dropna=False, sort=True)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def pooled_cif(results: Sequence[SummarisedResult]) -> pd.DataFrame:
+    """Pooled Aalen-Johansen CIF (``cif``, ``cif_competing``, event-free ``survival``) per curve."""
+    pooled = pool_tables(results, "cumulative_incidence_events", CIF_COUNTS)
+    parts = []
+    for _, t in pooled.groupby(KEY, dropna=False, sort=True):
+        n = t["n_risk"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h1 = np.where(n > 0, t["n_event"].to_numpy(float) / n, 0.0)
+            h2 = np.where(n > 0, t["n_competing"].to_numpy(float) / n, 0.0)
+        surv = np.cumprod(1.0 - h1 - h2)
+        prev = np.concatenate([[1.0], surv[:-1]])
+        aff = t["affected"].to_numpy(bool)
+        t = t.copy()
+        for name, v in (("survival", surv), ("cif", np.cumsum(prev * h1)), ("cif_competing", np.cumsum(prev * h2))):
+            t[name] = np.where(aff, np.nan, v)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _first_at_or_below(time: np.ndarray, v: np.ndarray, aff: np.ndarray) -> float:
+    """First time with v <= 0.5 among the unaffected prefix; NaN if undetermined or not reached."""
+    for k in range(len(v)):
+        if aff[k]:
+            return float("nan")
+        if v[k] <= 0.5:
+            return float(time[k])
+    return float("nan")
+
+
+def pooled_summary(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS) -> pd.DataFrame:
+    """Per curve of :func:`pooled_km`: median (+ CI) and survival (+ CI) at the horizons.
+
+    ``median_determined`` is False when the answer lies behind a suppressed row (NaN then);
+    a median that is simply not reached is NaN with ``median_determined`` True.
+    """
+    out = []
+    for key, t in km.groupby(KEY, dropna=False, sort=True):
+        t = t.sort_values("time")
+        time, aff = t["time"].to_numpy(), t["affected"].to_numpy(bool)
+        s = t["survival"].to_numpy()
+        lo = np.where(np.isnan(t["lower"]) & (s == 0), 0.0, t["lower"].to_numpy())
+        up = np.where(np.isnan(t["upper"]) & (s == 0), 0.0, t["upper"].to_numpy())
+        reached = np.flatnonzero(np.nan_to_num(s, nan=1.0) <= 0.5)
+        row = dict(zip(KEY, key, strict=True))
+        row.update({"n": t["n_risk"].iloc[0], "median_survival": _first_at_or_below(time, s, aff),
+                    "median_survival_95CI_lower": _first_at_or_below(time, up, aff),
+                    "median_survival_95CI_higher": _first_at_or_below(time, lo, aff),
+                    "median_determined": bool(len(reached)) or not aff.any()})
+        n0 = t["n_risk"].iloc[0]
+        for h in horizons:
+            k = int(np.searchsorted(time, h, side="right")) - 1
+            seen = t["n_risk"].iloc[k] > 0 or t["n_event"].iloc[: k + 1].sum() == n0
+            vals = (s[k], t["lower"].iloc[k], t["upper"].iloc[k]) if seen else (np.nan,) * 3
+            row[f"survival_at_{h}"], row[f"survival_at_{h}_95CI_lower"], row[f"survival_at_{h}_95CI_upper"] = vals
+        out.append(row)
+    return pd.DataFrame(out)
