@@ -102,7 +102,8 @@ def fit_federated_cox(
     Starts at beta = 0. Each iteration solves I(beta) step = U(beta); if the log partial
     likelihood at beta + step is lower, the step is halved (up to 30 times). Converged when
     max |step| <= tol * (1 + max |beta|). Standard errors from the inverse pooled
-    information at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se).
+    information at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se). Columns without
+    information at any site (a level nobody has) are not estimable: coef/se NaN.
     """
     if p < 1:
         raise ValueError("p must be >= 1")
@@ -114,10 +115,16 @@ def fit_federated_cox(
     beta = np.zeros(p)
     loglik, score, info = _pooled(sites, beta, p)
     loglik_null = loglik
+    # A column that is zero in every site's risk sets (e.g. a treatment level no site has)
+    # carries no information: it is not estimable and stays at 0 (reported as NaN).
+    free = np.diag(info) > 1e-12 * max(1.0, float(np.abs(np.diag(info)).max()))
+    if not free.any():
+        raise ValueError("no covariate carries information (no events, or every column constant)")
     evaluations, iterations, converged = 1, 0, False
     while iterations < max_iter:
         iterations += 1
-        step = _newton_step(score, info)
+        step = np.zeros(p)
+        step[free] = _newton_step(score[free], info[np.ix_(free, free)])
         small = float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max()))
         for _ in range(MAX_HALVINGS + 1):
             cand = beta + step
@@ -133,8 +140,10 @@ def fit_federated_cox(
         if small:
             converged = True
             break
-    cov = np.linalg.inv(info)
+    cov = np.full((p, p), np.nan)
+    cov[np.ix_(free, free)] = np.linalg.inv(info[np.ix_(free, free)])
     se = np.sqrt(np.diag(cov))
+    beta = np.where(free, beta, np.nan)
     z = beta / se
     return CoxFit(
         names=names, coef=beta, se=se, covariance=cov, hr=np.exp(beta),

@@ -137,6 +137,24 @@ def cmd_diagnostics(args) -> int:
     return 0
 
 
+def cmd_run_study(args) -> int:
+    from pathlib import Path
+
+    from site_agent.analyses.study_run import run_study
+    from site_agent.study_spec import load_study
+
+    study = load_study(args.spec)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    with _open_cdm(args) as cdm:
+        run = run_study(cdm, study, out, cdm_name=args.cdm_name)
+    print(f"study {study.spec.study_id} {study.spec.version}: {run.patients} patients in the target cohort; "
+          f"wrote {run.results_csv} (min cell count {run.min_cell_count}) and {len(run.plots)} plots",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="site-agent", description="optima-federated site agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -189,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="also write an HTML view of what would be released")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_diagnostics)
+
+    p = sub.add_parser("run-study", help="run a network study spec at this site (aggregates only)")
+    p.add_argument("spec", help="study spec JSON, e.g. cohort_definitions/studies/sclc_stage_i_ii.json")
+    _add_cdm_options(p)
+    p.add_argument("--out", required=True, help="folder for results.csv and plots")
+    p.add_argument("--cdm-name", help="name of this database in the results")
+    p.set_defaults(func=cmd_run_study)
     return parser
 
 

@@ -82,3 +82,75 @@ def blank_linked(result: SummarisedResult) -> SummarisedResult:
     if bad_cohorts:
         d.loc[in_attrition & d["group_level"].isin(bad_cohorts), "estimate_value"] = SUPPRESSED
     return result.with_data(d)
+
+
+# ---------------------------------------------------------------- time tables
+# Risk tables chain: n_risk(k+1) = n_risk(k) - events(k) - censored(k), and a curve's steps
+# reveal events/at-risk. Blanking one small cell alone is undone by its neighbours, so a
+# curve is released only up to the first interval where a count, or the number left at risk
+# after it, is 1..min-1; from there on the table, the curve's estimates and its summary are
+# withheld. The pooled curve then marks those intervals as affected.
+TIME_TABLES = {"survival_events": ("survival_estimates", "survival_summary"),
+               "cumulative_incidence_events": ("cumulative_incidence", None)}
+CURVE_KEY = ["cdm_name", "group_name", "group_level", "strata_name", "strata_level"]
+
+
+def protect_time_tables(result: SummarisedResult, min_cell_count: int) -> SummarisedResult:
+    if min_cell_count < 2:
+        return result
+    d = result.data.copy()
+    small = lambda v: (v > 0) & (v < min_cell_count)  # noqa: E731
+    for events_type, (estimates_type, summary_type) in TIME_TABLES.items():
+        ev = d[_rows_of_type(result, events_type)]
+        if ev.empty:
+            continue
+        est = _rows_of_type(result, estimates_type)
+        summ = _rows_of_type(result, summary_type) if summary_type else pd.Series(False, index=d.index)
+        for key, curve in ev.groupby(CURVE_KEY + ["variable_level"], sort=False, dropna=False):
+            wide = curve.pivot_table(index=pd.to_numeric(curve["additional_level"]), columns="estimate_name",
+                                     values="estimate_value", aggfunc="first")
+            wide = wide.apply(pd.to_numeric, errors="coerce").sort_index()
+            others = [c for c in wide.columns if c != "n_risk_count"]
+            left = wide["n_risk_count"] - wide[others].sum(axis=1)
+            bad = small(wide[others]).any(axis=1) | small(wide["n_risk_count"]) | small(left)
+            if not bad.any():
+                continue
+            first = bad[bad].index[0]
+            same_curve = (d[CURVE_KEY] == pd.Series(key[:len(CURVE_KEY)], index=CURVE_KEY)).all(axis=1)
+            t = pd.to_numeric(d["additional_level"], errors="coerce")
+            tail = same_curve & (t >= first)
+            d.loc[tail & (d.index.isin(curve.index) | est), "estimate_value"] = SUPPRESSED
+            d.loc[same_curve & summ, "estimate_value"] = SUPPRESSED
+    return result.with_data(d)
+
+
+def protect_horizons(result: SummarisedResult, min_cell_count: int, result_type: str = "outcome_horizons"
+                     ) -> SummarisedResult:
+    """'Within X' counts are cumulative: withhold a horizon whose increase over the last released
+    one is 1..min-1 (the difference would be a small cell)."""
+    if min_cell_count < 2:
+        return result
+    d = result.data.copy()
+    rows = d[_rows_of_type(result, result_type) & d["variable_level"].astype(str).str.startswith("within")
+             & (d["estimate_name"] == "count")]
+    for _, g in rows.groupby(CURVE_KEY + ["variable_name"], sort=False):
+        days = g["variable_level"].map(_horizon_days)
+        last = 0.0
+        for idx in days.sort_values(kind="mergesort").index:
+            v = pd.to_numeric(d.at[idx, "estimate_value"], errors="coerce")
+            if pd.isna(v):
+                continue
+            if 0 < v - last < min_cell_count:
+                cell = (d[CURVE_KEY + ["variable_name", "variable_level"]] ==
+                        d.loc[idx, CURVE_KEY + ["variable_name", "variable_level"]]).all(axis=1)
+                d.loc[cell, "estimate_value"] = SUPPRESSED
+            else:
+                last = v
+    return result.with_data(d)
+
+
+def _horizon_days(label: str) -> float:
+    """'within 3 months' -> 91.3, 'within 5 years' -> 1826: for ordering only."""
+    parts = label.split()
+    n, unit = float(parts[1]), parts[2]
+    return n * (30.4375 if unit.startswith("month") else 365.25 if unit.startswith("year") else 1)

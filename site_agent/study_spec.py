@@ -32,18 +32,51 @@ class TreatmentPatternsSpec(_Strict):
 
 
 class SurvivalSpec(_Strict):
-    grid_step_days: int = Field(30, ge=1, le=365)
-    max_days: int = Field(3653, ge=30, le=20 * 366)
+    """The time grid every site uses for its risk tables (days, starting at 0).
+
+    Coarse on purpose: a site releases a curve only up to the first interval with a small
+    count, so intervals must be wide enough to hold several events at a typical site.
+    The default grid is half-yearly, then yearly, to 10 years.
+    """
+
+    grid_days: tuple[int, ...] = (0, 182, 365, 730, 1096, 1461, 1826, 2557, 3652)
     summary_years: tuple[int, ...] = (1, 2, 5)
+
+    @field_validator("grid_days")
+    @classmethod
+    def _grid(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or v[0] != 0 or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("grid_days must start at 0 and increase strictly")
+        return v
 
     @property
     def grid(self) -> list[int]:
-        return list(range(0, self.max_days + self.grid_step_days, self.grid_step_days))
+        return list(self.grid_days)
 
 
 class CoxSpec(_Strict):
-    covariates: tuple[str, ...] = ("treatment_sequence", "age", "sex", "stage")
-    max_iterations: int = Field(25, ge=1, le=100)
+    """Site-stratified Cox: hazard ratios of the first treatment line, adjusted for age, sex, stage.
+
+    The first line's events are mapped to a class; a line mixing classes is named by its
+    classes joined with '+' in the order given here (e.g. "chemotherapy+radiotherapy").
+    ``levels`` fixes every column of the design matrix, identical at all sites; the first
+    level is the reference.
+    """
+
+    treatment_classes: dict[str, tuple[str, ...]] = {
+        "surgery": ("lobectomy", "sleeve_resection", "pneumonectomy", "lung_excision"),
+        "chemotherapy": ("carboplatin", "cisplatin", "etoposide"),
+        "radiotherapy": ("stereotactic_rt", "conformal_rt", "imrt"),
+    }
+    levels: dict[str, tuple[str, ...]] = {
+        "first_line": ("chemotherapy", "surgery", "chemotherapy+radiotherapy", "radiotherapy",
+                       "surgery+chemotherapy", "other", "none"),
+        "sex": ("Female", "Male"),
+        "stage": ("I", "II"),
+    }
+    covariates: tuple[str, ...] = ("first_line", "age", "sex", "stage")
+    age_scale_years: float = 10.0
+    max_iterations: int = Field(40, ge=1, le=100)
     min_events: int = Field(10, ge=1)
 
 

@@ -21,7 +21,8 @@ def test_spec_loads_and_resolves_catalog():
     assert set(study.event_concept_sets) >= {"carboplatin", "etoposide", "lobectomy", "imrt"}
     assert all(items for items in study.event_concept_sets.values())
     grid = study.spec.survival.grid
-    assert grid[0] == 0 and all(b - a == 30 for a, b in zip(grid, grid[1:])) and grid[-1] >= 3652
+    assert grid[0] == 0 and all(b > a for a, b in zip(grid, grid[1:])) and grid[-1] >= 3652
+    assert {365, 730, 1826} <= set(grid)  # the 1/2/5-year summaries fall on grid points
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def _edit(root, **changes):
     ({"treatment_events": {"x": "No such set"}}, "concept sets"),
     ({"outcome_horizons_days": {"soon": ["before", 3]}}, "invalid study spec at outcome_horizons_days"),
     ({"min_cell_count": -1}, "invalid study spec at min_cell_count"),
+    ({"survival": {"grid_days": [0, 30, 30]}}, "invalid study spec at survival.grid_days"),
     ({"unexpected": 1}, "invalid study spec at unexpected"),
 ])
 def test_invalid_specs_one_line(copy_tree, changes, message):

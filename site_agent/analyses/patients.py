@@ -25,7 +25,8 @@ def _shift(dialect: str, date: str, days: int) -> str:
 
 def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progression_id: int,
                   stage_sets: dict[str, list[dict]]) -> pd.DataFrame:
-    """Columns: person_id, index_date, time_death, death, time_progression, progression, age, sex, stage."""
+    """Columns: person_id, index_date, time_followup, time_death, death, time_progression, progression,
+    age, sex, stage (times in days from index)."""
     ct, s, dia = f"{cdm.write_schema}.cohort", cdm.cdm_schema, cdm.dialect
 
     def in_set(label: str) -> str:
@@ -59,6 +60,7 @@ def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progress
            EXTRACT(YEAR FROM t.index_date) - p.year_of_birth AS age,
            CASE p.gender_concept_id WHEN 8507 THEN 'Male' WHEN 8532 THEN 'Female' ELSE 'None' END AS sex,
            CASE WHEN st.s2 = 1 THEN 'II' WHEN st.s1 = 1 THEN 'I' WHEN st.tnm2 = 1 THEN 'II' ELSE 'I' END AS stage,
+           {_days(dia, "fu.fu_end", "t.index_date")} AS time_followup,
            {_days(dia, "LEAST(COALESCE(ev.death_date, fu.fu_end), fu.fu_end)", "t.index_date")} AS time_death,
            CASE WHEN ev.death_date IS NOT NULL AND ev.death_date <= fu.fu_end THEN 1 ELSE 0 END AS death,
            {_days(dia, "LEAST(COALESCE(ev.prog_date, fu.fu_end), fu.fu_end)", "t.index_date")} AS time_progression,
@@ -69,6 +71,6 @@ def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progress
     LEFT JOIN st ON st.person_id = t.person_id
     ORDER BY t.person_id"""
     df = cdm.query_df(sql)
-    for col in ("time_death", "death", "time_progression", "progression", "age"):
+    for col in ("time_followup", "time_death", "death", "time_progression", "progression", "age"):
         df[col] = pd.to_numeric(df[col]).astype("int64")
     return df
