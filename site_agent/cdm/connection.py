@@ -8,6 +8,7 @@ statements, inside one transaction so that a failure leaves nothing half-written
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -157,6 +158,21 @@ class _Script:
             self.cursor.execute(s)
 
 
+def _tune_duckdb(cdm: "CdmConnection") -> None:
+    """Bound DuckDB's memory (it spills to disk beyond it) so a site's peak RSS stays predictable.
+
+    ``OPTIMA_DUCKDB_MEMORY_LIMIT`` (default ``2GB``) and ``OPTIMA_DUCKDB_THREADS`` (default:
+    DuckDB's own, the number of cores) override the settings.
+    """
+    cur = cdm.connection().connection.cursor()
+    try:
+        cur.execute(f"SET memory_limit = '{os.environ.get('OPTIMA_DUCKDB_MEMORY_LIMIT', '2GB')}'")
+        if os.environ.get("OPTIMA_DUCKDB_THREADS"):
+            cur.execute(f"SET threads = {int(os.environ['OPTIMA_DUCKDB_THREADS'])}")
+    finally:
+        cur.close()
+
+
 def connect_cdm(
     cdm: str,
     *,
@@ -199,6 +215,8 @@ def connect_cdm(
     except (DBAPIError, OSError, Exception) as exc:  # driver errors vary by backend
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CdmConnectionError(f"cannot connect to {safe_url(url)}: {first}") from None
+    if dialect == "duckdb":
+        _tune_duckdb(cdm_conn)
     if not cdm_conn.schema_exists(cdm_schema):
         cdm_conn.close()
         raise CdmConnectionError(
