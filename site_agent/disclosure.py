@@ -134,7 +134,7 @@ def protect_horizons(result: SummarisedResult, min_cell_count: int, result_type:
     rows = d[_rows_of_type(result, result_type) & d["variable_level"].astype(str).str.startswith("within")
              & (d["estimate_name"] == "count")]
     for _, g in rows.groupby(CURVE_KEY + ["variable_name"], sort=False):
-        days = g["variable_level"].map(_horizon_days)
+        days = g["variable_level"].map(horizon_days)
         last = 0.0
         for idx in days.sort_values(kind="mergesort").index:
             v = pd.to_numeric(d.at[idx, "estimate_value"], errors="coerce")
@@ -149,7 +149,7 @@ def protect_horizons(result: SummarisedResult, min_cell_count: int, result_type:
     return result.with_data(d)
 
 
-def _horizon_days(label: str) -> float:
+def horizon_days(label: str) -> float:
     """'within 3 months' -> 91.3, 'within 5 years' -> 1826: for ordering only."""
     parts = label.split()
     n, unit = float(parts[1]), parts[2]

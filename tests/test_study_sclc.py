@@ -111,7 +111,7 @@ def test_release_has_no_small_counts_and_plots(sites, tmp_path):
     assert {"treatment_pathways", "survival_events", "survival_estimates", "survival_summary",
             "outcome_horizons", "cumulative_incidence"} <= types
     assert set(res.settings["min_cell_count"]) == {"5"}
-    for png in ("km_by_sequence.png", "treatment_pathways.png"):
+    for png in ("km_by_sequence.png", "treatment_pathways.png", "outcome_horizons.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

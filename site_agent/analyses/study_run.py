@@ -28,7 +28,7 @@ from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics.runner import bind_frames, default_cdm_name
-from site_agent.disclosure import protect_horizons, protect_time_tables
+from site_agent.disclosure import horizon_days, protect_horizons, protect_time_tables
 from site_agent.results import OVERALL, SummarisedResult
 from site_agent.study_spec import LoadedStudy
 from site_agent.suppression import suppress
@@ -125,7 +125,8 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     released = suppress(bound, minimum)
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
-             plot_pathways(released, out_dir / "treatment_pathways.png"))
+             plot_pathways(released, out_dir / "treatment_pathways.png"),
+             plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
     log.info("study %s at %s: %d patients", spec.study_id, cdm_name, len(patients))
     return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released)
 
@@ -138,3 +139,30 @@ def _visible_curves(result: SummarisedResult) -> SummarisedResult:
     keep = set(zip(shown["strata_name"], shown["strata_level"]))
     mask = [(n, lv) in keep for n, lv in zip(d["strata_name"], d["strata_level"])]
     return result.with_data(d[mask])
+
+
+def plot_horizon_table(result: SummarisedResult, png: Path, min_cell_count: int) -> Path:
+    """The overall horizon table (count and % per outcome and horizon) as a PNG table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = result.settings.loc[result.settings["result_type"] == "outcome_horizons", "result_id"]
+    d = result.data[result.data["result_id"].isin(ids) & (result.data["strata_level"] == OVERALL)
+                    & result.data["estimate_name"].isin(["count", "percentage"])
+                    & (result.data["variable_name"] != "Number subjects")]
+    shown = d["estimate_value"].fillna("").replace("-", f"<{min_cell_count}")
+    table = d.assign(v=shown).pivot_table(index="variable_level", columns=["variable_name", "estimate_name"],
+                                          values="v", aggfunc="first").fillna("")
+    table = table.loc[sorted(table.index, key=lambda lbl: (lbl.split()[0], horizon_days(lbl)))]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * (len(table) + 3)))
+    ax.axis("off")
+    if len(table):
+        cells = [[str(v)[:8] for v in row] for row in table.to_numpy()]
+        cols = [f"{a} {'n' if b == 'count' else '%'}" for a, b in table.columns]
+        ax.table(cellText=cells, rowLabels=list(table.index), colLabels=cols, loc="center")
+    ax.set_title("Outcomes at the study horizons (overall)")
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return png
