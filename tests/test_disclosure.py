@@ -105,3 +105,44 @@ def test_release_audit_by_subtraction(synth_site, tmp_path):
     for _, g in att.sort_values("step").groupby("group_level"):
         diffs = g["v"].diff().abs().dropna()
         assert not any(small(x) for x in diffs), g
+
+
+def _time_rows(rid, stratum, table):
+    out = []
+    for t, n, d, c in table:
+        for est, v in (("n_risk_count", n), ("n_events_count", d), ("n_censor_count", c)):
+            out.append(row(rid, "target_cohort", "t", "outcome", v, est, strata=("seq", stratum),
+                           additional=("time", str(t))) | {"variable_level": "death", "estimate_type": "numeric"})
+    return out
+
+
+def test_risk_table_withheld_from_first_small_interval():
+    from site_agent.disclosure import protect_time_tables
+
+    table = [(0, 40, 0, 0), (182, 40, 10, 5), (365, 25, 3, 6), (730, 16, 8, 8)]  # 3 deaths at 365
+    est = [row(1, "target_cohort", "t", "outcome", "0.7", "estimate", strata=("seq", "a"), additional=("time", str(t)))
+           | {"variable_level": "death", "estimate_type": "numeric"} for t in (0, 182, 365, 730)]
+    summ = [row(3, "target_cohort", "t", "outcome", "500", "median_survival", strata=("seq", "a"))
+            | {"variable_level": "death", "estimate_type": "numeric"}]
+    res = make([*est, *_time_rows(2, "a", table), *summ],
+               {1: "survival_estimates", 2: "survival_events", 3: "survival_summary"})
+    out = protect_time_tables(res, 5).data
+    t = pd.to_numeric(out["additional_level"], errors="coerce")
+    assert (out.loc[t >= 365, "estimate_value"] == "-").all()
+    assert (out.loc[t < 365, "estimate_value"] != "-").all()
+    assert (out.loc[out["result_id"] == 3, "estimate_value"] == "-").all()
+    # the released rows never let a small count be recomputed: at-risk chain is consistent
+    visible = pd.DataFrame(table[:2], columns=["t", "n", "d", "c"])
+    assert all(x == 0 or x >= 5 for x in (visible["n"] - visible["d"] - visible["c"]))
+
+
+def test_cumulative_horizon_increments_protected():
+    from site_agent.disclosure import protect_horizons
+
+    rows_ = [row(1, "target_cohort", "t", "death", v, "count") | {"variable_level": lvl}
+             for lvl, v in [("within 3 months", 10), ("within 6 months", 12), ("within 9 months", 20),
+                            ("within 12 months", 21), ("within 5 years", 40)]]
+    out = protect_horizons(make(rows_, {1: "outcome_horizons"}), 5).data.set_index("variable_level")["estimate_value"]
+    assert out["within 3 months"] == "10" and out["within 6 months"] == "-"  # 12 - 10 = 2
+    assert out["within 9 months"] == "20" and out["within 12 months"] == "-"  # 21 - 20 = 1
+    assert out["within 5 years"] == "40"
