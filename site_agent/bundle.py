@@ -4,15 +4,58 @@ Shared by both sides (the coordinator imports only this module and ``results``).
 documents are JSON with a ``signature`` block over their *canonical* bytes (sorted keys,
 no whitespace, UTF-8): Ed25519 from ``cryptography``, no home-made primitives. A key is
 identified by the sha256 fingerprint of its raw public bytes.
+
+Canonical bytes of a document: ``json.dumps(doc.model_dump(mode="json", exclude={"signature"}),
+sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` encoded as
+UTF-8. The signature covers them, so key order in the input never matters.
+
+A bundle binds to the exact manifest it answers through ``manifest_sha256``: the sha256 of the
+manifest's canonical JSON *including* its signature block (see :func:`manifest_sha256`), so a
+re-signed or re-issued manifest, even with equal content, is a different manifest.
+
+On disk a document is one self-contained UTF-8 file, its full JSON pretty-printed with sorted
+keys (:func:`render`). Reading refuses a file that is not byte for byte that rendering, so any
+edit after writing, even one JSON would call insignificant (whitespace, escapes, duplicate
+keys), fails before the signature is even looked at. Key files: :mod:`site_agent.keys`, whose
+loaders are re-exported here for the coordinator.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from site_agent.errors import OptimaError
+from site_agent.keys import (generate_keypair, key_id, load_private_key, load_public_key, load_trust_dir,
+                             write_file_atomic)
+
+__all__ = [
+    "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "BundleError", "Signature", "ManifestCohort",
+    "StudyManifest", "SuppressionRecord", "Provenance", "ResultBundle", "canonical_bytes", "manifest_sha256",
+    "sign", "verify", "check_suppression", "render", "write_bundle", "read_bundle", "write_manifest",
+    "read_manifest", "key_id", "generate_keypair", "load_private_key", "load_public_key", "load_trust_dir",
+]
 
 SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+ALGORITHM = "ed25519"
+ABSOLUTE_MIN_CELL = 2  # below this a released count can be a single person
+
+
+class BundleError(OptimaError, ValueError):
+    """A manifest or result bundle is unreadable, unsigned, untrusted, altered or unsafe."""
+
+    exit_code = 7
 
 
 class _Doc(BaseModel):
@@ -80,3 +123,173 @@ class ResultBundle(_Doc):
     suppression: SuppressionRecord
     results_csv: str  # the summarised_result CSV text, already suppressed
     signature: Signature | None = None
+
+
+Doc = StudyManifest | ResultBundle
+D = TypeVar("D", StudyManifest, ResultBundle)
+_KINDS: dict[type[BaseModel], str] = {StudyManifest: "study_manifest", ResultBundle: "result_bundle"}
+_LABEL = {"study_manifest": "study manifest", "result_bundle": "result bundle"}
+
+
+def _json_bytes(obj: object, **kw: object) -> bytes:
+    try:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kw).encode("utf-8")
+    except (ValueError, TypeError) as exc:  # NaN/inf, lone surrogates, odd objects
+        raise BundleError(f"document cannot be serialised canonically: {exc}") from None
+
+
+def canonical_bytes(doc: Doc) -> bytes:
+    """The bytes a signature covers: compact sorted JSON of everything but ``signature``."""
+    return _json_bytes(doc.model_dump(mode="json", exclude={"signature"}), separators=(",", ":"))
+
+
+def manifest_sha256(manifest: StudyManifest) -> str:
+    """sha256 hex of the *signed* manifest's canonical JSON, signature block included.
+
+    Including the signature binds a bundle to one exact signed manifest; an unsigned
+    manifest has no identity yet and is refused.
+    """
+    if manifest.signature is None:
+        raise BundleError("manifest is unsigned; a bundle can only bind to a signed manifest")
+    return hashlib.sha256(_json_bytes(manifest.model_dump(mode="json"), separators=(",", ":"))).hexdigest()
+
+
+def sign(doc: D, private_key: Ed25519PrivateKey) -> D:
+    """A copy of ``doc`` carrying an Ed25519 signature over its canonical bytes (any old one replaced)."""
+    value = base64.b64encode(private_key.sign(canonical_bytes(doc))).decode("ascii")
+    signature = Signature(algorithm=ALGORITHM, key_id=key_id(private_key.public_key()), value=value)
+    return doc.model_copy(update={"signature": signature})
+
+
+def check_suppression(bundle: ResultBundle, *, allow_small_cells: bool = False) -> None:
+    """Refuse a bundle whose suppression record is missing or weaker than the rules allow."""
+    rec = getattr(bundle, "suppression", None)
+    where = f"result bundle from site {bundle.site!r}"
+    if not isinstance(rec, SuppressionRecord):
+        raise BundleError(f"{where} has no suppression record; refused")
+    if not rec.method.strip():
+        raise BundleError(f"{where}: suppression record names no method; refused")
+    if rec.min_cell_count < rec.site_floor:
+        raise BundleError(f"{where}: min_cell_count {rec.min_cell_count} is below the site's own floor "
+                          f"{rec.site_floor}; refused")
+    if rec.min_cell_count < ABSOLUTE_MIN_CELL and not allow_small_cells:
+        raise BundleError(f"{where}: min_cell_count {rec.min_cell_count} < {ABSOLUTE_MIN_CELL} can release "
+                          "single-person cells; refused", hint="allow_small_cells overrides")
+
+
+def verify(doc: Doc, trusted: Mapping[str, Ed25519PublicKey | tuple[str, Ed25519PublicKey]], *,
+           allow_small_cells: bool = False) -> None:
+    """Raise :class:`BundleError` unless ``doc`` is signed by a trusted key and safe to use.
+
+    ``trusted`` maps key id to public key, or to ``(name, public_key)`` as
+    :func:`load_trust_dir` returns. Checked in order: schema version, kind, signature present,
+    algorithm, signer known, signature valid; for a result bundle also its suppression record.
+    """
+    kind = _KINDS.get(type(doc))
+    if kind is None:
+        raise BundleError(f"not a study manifest or result bundle: {type(doc).__name__}")
+    label = _LABEL[kind]
+    if doc.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BundleError(f"{label} schema_version {doc.schema_version} is not supported "
+                          f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})", hint="upgrade optima-federated")
+    if doc.kind != kind:
+        raise BundleError(f"{label} has kind {doc.kind!r}, expected {kind!r}")
+    sig = doc.signature
+    if sig is None:
+        raise BundleError(f"{label} is unsigned; refused")
+    if sig.algorithm != ALGORITHM:
+        raise BundleError(f"{label} signed with algorithm {sig.algorithm!r}; only {ALGORITHM!r} is accepted")
+    entry = trusted.get(sig.key_id)
+    if entry is None:
+        raise BundleError(f"{label} signed by unknown key {sig.key_id}; refused",
+                          hint="not among the trusted public keys")
+    name, public_key = entry if isinstance(entry, tuple) else (sig.key_id[:12], entry)
+    try:
+        raw = base64.b64decode(sig.value, validate=True)
+        if len(raw) != 64 or base64.b64encode(raw).decode("ascii") != sig.value:
+            raise ValueError("not canonical base64 of 64 bytes")
+        public_key.verify(raw, canonical_bytes(doc))
+    except (ValueError, binascii.Error, InvalidSignature):
+        raise BundleError(f"bad signature on {label} (signer {name!r}): altered after signing, "
+                          "or not signed by that key") from None
+    if isinstance(doc, ResultBundle):
+        check_suppression(doc, allow_small_cells=allow_small_cells)
+
+
+def render(doc: Doc) -> bytes:
+    """The file form of a document: full JSON, 2-space indent, sorted keys, UTF-8, final newline."""
+    return _json_bytes(doc.model_dump(mode="json"), indent=2) + b"\n"
+
+
+def _write_doc(doc: Doc, path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        write_file_atomic(path, render(doc), 0o644)
+    except OSError as exc:
+        raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _validation_line(exc: ValidationError) -> str:
+    errs = exc.errors()
+    def loc(e: dict) -> str:  # keys come from the file: escape anything non-printable
+        text = ".".join(map(str, e["loc"])) or "(top)"
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+    parts = [f"{loc(e)}: {e['msg']}" for e in errs[:3]]
+    return "; ".join(parts) + (f"; and {len(errs) - 3} more" if len(errs) > 3 else "")
+
+
+def _read_doc(path: str | Path, model: type[D]) -> D:
+    path = Path(path)
+    kind = _KINDS[model]
+    label = _LABEL[kind]
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {label} {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 text (byte {exc.start}); not a {label}") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    found = data.get("kind") if isinstance(data, dict) else None
+    if found != kind:
+        what = _LABEL.get(found, f"kind {found!r}") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise BundleError(f"{path} is not a {label} (found {what})")
+    version = data.get("schema_version")
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise BundleError(f"{path}: {label} schema_version {version!r} is not supported "
+                          f"(supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})", hint="upgrade optima-federated")
+    try:
+        doc = model.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: not a valid {label}: {_validation_line(exc)}") from None
+    if render(doc) != raw:
+        raise BundleError(f"{path}: {label} file is not byte-identical to its canonical form "
+                          "(edited or reformatted after writing); refused")
+    return doc
+
+
+def write_bundle(bundle: ResultBundle, path: str | Path) -> Path:
+    """Write ``bundle`` as one self-contained JSON file, atomically (temp file + rename)."""
+    return _write_doc(bundle, path)
+
+
+def read_bundle(path: str | Path) -> ResultBundle:
+    """Parse a result bundle file; one-line :class:`BundleError` if unreadable, malformed or not a bundle.
+
+    Parsing is not trusting: call :func:`verify` next.
+    """
+    return _read_doc(path, ResultBundle)
+
+
+def write_manifest(manifest: StudyManifest, path: str | Path) -> Path:
+    """Write ``manifest`` as one self-contained JSON file, atomically (temp file + rename)."""
+    return _write_doc(manifest, path)
+
+
+def read_manifest(path: str | Path) -> StudyManifest:
+    """Parse a study manifest file (same rules as :func:`read_bundle`); call :func:`verify` next."""
+    return _read_doc(path, StudyManifest)

@@ -1,0 +1,247 @@
+"""Whether this site runs a study manifest: the site's side of the trust model.
+
+:meth:`ManifestPolicy.check` applies, in this order, and stops at the first failure:
+
+1. ``signature``  signed, by a coordinator key the site pinned;
+2. ``schema``     ``kind``/``schema_version`` are ones this agent understands; then
+   ``signature``  the signature verifies over the canonical bytes (``bundle.verify``);
+3. ``expired``    ``expires_at`` is in the future;
+   ``future``     ``issued_at`` is not later than now + ``clock_skew_seconds``;
+   ``too_old``    ``issued_at`` is no longer ago than ``max_manifest_age``;
+4. ``replay``     neither ``manifest_id`` nor ``nonce`` was seen before (:class:`NonceStore`,
+   SQLite in ``state_dir``, survives restarts). The id is *consumed* here, once signature and
+   freshness hold, whatever the later checks decide: a coordinator resends under a new id;
+5. ``cohort_hash`` each cohort's ``expression`` reproduces its ``sha256`` (see below);
+   ``cohort_not_approved`` each ``sha256`` is one the site approved;
+6. ``analysis``   every analysis is in ``allowed_analyses``;
+7. ``site``       this site is in ``target_sites``.
+
+Every decision is written to the audit log first; a refusal then raises
+:class:`PolicyRefusal`. The effective minimum cell count is
+``max(manifest.min_cell_count, site floor)``.
+
+**Cohort hashes.** Sites approve definition *files* by the sha256 of their bytes (the catalog).
+Those files are written by ``scripts/build_cohort_definitions.py`` as
+``json.dumps(expression, indent=2, ensure_ascii=False) + "\n"`` in UTF-8, which
+:func:`cohort_file_bytes` reproduces exactly from the parsed expression *if its key order is
+the file's* (an in-memory manifest built from the file; ``json``/pydantic keep order). A
+manifest *file* (``bundle.render``) sorts every key, so that order is lost; then the
+expression is accepted only when the site holds the approved file for that hash (approved via
+``approved_cohorts.catalogs`` or ``.files``) and the expression equals that file's content,
+compared as canonical JSON (so ``1``, ``1.0`` and ``true`` differ). A hash approved bare
+(``approved_cohorts.sha256``) therefore only admits order-preserving manifests. Anything
+else is refused: an altered expression cannot keep its approved hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from site_agent import bundle
+from site_agent.audit import MAX_STR, AuditLog, canonical_json
+from site_agent.bundle import ManifestCohort, StudyManifest
+from site_agent.config import SiteConfig
+from site_agent.errors import OptimaError
+
+AUDIT_FILE = "audit.jsonl"
+NONCE_FILE = "seen_manifests.sqlite3"
+
+
+class PolicyRefusal(OptimaError, PermissionError):
+    """The site will not run this manifest; ``check`` names the rule, ``reason`` says why."""
+
+    exit_code = 8
+
+    def __init__(self, check: str, reason: str):
+        self.check = check
+        self.reason = reason
+        super().__init__(f"manifest refused ({check}): {reason}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An accepted manifest: what to run and with which protection."""
+
+    manifest: StudyManifest
+    manifest_sha256: str
+    signer_key_id: str
+    effective_min_cell_count: int
+    cohorts: tuple[ManifestCohort, ...]
+    analyses: tuple[str, ...]
+
+
+def cohort_file_bytes(expression: dict[str, Any]) -> bytes:
+    """The bytes the catalog hashes (same serialiser as build_cohort_definitions.dumps)."""
+    return (json.dumps(expression, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class NonceStore:
+    """Persistent set of manifest ids and nonces already seen (SQLite; one row per claim)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS seen (manifest_id TEXT NOT NULL UNIQUE, "
+                        "nonce TEXT NOT NULL UNIQUE, study_id TEXT, seen_at TEXT NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def seen(self, manifest_id: str, nonce: str) -> bool:
+        """Whether the id or the nonce was claimed before."""
+        con = self._connect()
+        try:
+            row = con.execute("SELECT 1 FROM seen WHERE manifest_id = ? OR nonce = ?", (manifest_id, nonce)).fetchone()
+        finally:
+            con.close()
+        return row is not None
+
+    def claim(self, manifest_id: str, nonce: str, study_id: str | None = None) -> bool:
+        """Record the pair atomically; False if either was seen before (a replay)."""
+        con = self._connect()
+        try:
+            con.execute("INSERT INTO seen VALUES (?, ?, ?, ?)",
+                        (manifest_id, nonce, study_id, dt.datetime.now(dt.timezone.utc).isoformat()))
+            return True
+        except sqlite3.IntegrityError:
+            return False
+        finally:
+            con.close()
+
+
+def _short(s: Any) -> str | None:
+    """An unauthenticated string, cut so the audit guard accepts it."""
+    return None if s is None else str(s)[:100]
+
+
+class ManifestPolicy:
+    """Decides on manifests for one site and records each decision in the audit log."""
+
+    def __init__(self, config: SiteConfig, audit: AuditLog, nonce_store: NonceStore):
+        self.config = config
+        self.audit = audit
+        self.nonces = nonce_store
+        self.trusted = config.trusted_keys()
+        self.approved = config.approved_cohort_files()
+
+    @classmethod
+    def from_config(cls, config: SiteConfig) -> ManifestPolicy:
+        """Audit log and nonce store at their standard places in ``config.state_dir``."""
+        return cls(config, AuditLog(config.state_dir / AUDIT_FILE), NonceStore(config.state_dir / NONCE_FILE))
+
+    def check(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
+        """Accept (returns a :class:`Decision`) or refuse (raises :class:`PolicyRefusal`); audited."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        ids: dict[str, str | None] = {"manifest_id": None, "study_id": None}
+        try:
+            m = self._parse(manifest)
+            ids = {"manifest_id": _short(m.manifest_id), "study_id": _short(m.study_id)}
+            signer = self._check_signature(m)
+            self._check_times(m, now)
+            if not self.nonces.claim(m.manifest_id, m.nonce, m.study_id):
+                raise PolicyRefusal("replay", f"manifest id {ids['manifest_id']!r} or its nonce was seen before")
+            for c in m.cohorts:
+                self._check_cohort(c)
+            if not m.cohorts:
+                raise PolicyRefusal("cohort_not_approved", "the manifest lists no cohorts")
+            refused = [a for a in m.analyses if a not in self.config.allowed_analyses]
+            if refused:
+                names = ", ".join(map(str, refused))[:150]
+                raise PolicyRefusal("analysis", f"analyses not allowed at this site: {names}")
+            if self.config.site not in m.target_sites:
+                raise PolicyRefusal("site", f"site {self.config.site!r} is not among the target sites")
+        except PolicyRefusal as refusal:
+            self.audit.append("refused", **ids, detail={"check": refusal.check, "reason": refusal.reason[:MAX_STR]})
+            raise
+        decision = Decision(
+            manifest=m, manifest_sha256=bundle.manifest_sha256(m), signer_key_id=signer,
+            effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
+            cohorts=m.cohorts, analyses=m.analyses,
+        )
+        self.audit.append("accepted", **ids, detail={
+            "manifest_sha256": decision.manifest_sha256,
+            "signer_key_id": signer,
+            "study_version": _short(m.study_version),
+            "analyses": [_short(a) for a in m.analyses][:50],
+            "cohort_sha256": [c.sha256 for c in m.cohorts][:50],
+            "requested_min_cell_count": m.min_cell_count,
+            "effective_min_cell_count": decision.effective_min_cell_count,
+            "review_mode": self.config.review_mode,
+        })
+        return decision
+
+    # --- the individual rules -----------------------------------------------------------
+
+    @staticmethod
+    def _parse(manifest: StudyManifest | dict | str | bytes) -> StudyManifest:
+        if isinstance(manifest, StudyManifest):
+            return manifest
+        try:
+            if isinstance(manifest, (str, bytes)):
+                return StudyManifest.model_validate_json(manifest)
+            return StudyManifest.model_validate(manifest)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise PolicyRefusal("malformed", f"not a study manifest: {where}: {err['msg']}"[:MAX_STR]) from None
+
+    def _check_signature(self, m: StudyManifest) -> str:
+        if m.signature is None:
+            raise PolicyRefusal("signature", "the manifest is not signed")
+        if m.signature.key_id not in self.trusted:
+            raise PolicyRefusal("signature",
+                                f"signed by key {m.signature.key_id[:16]}…, not a pinned coordinator key")
+        self._check_schema(m)
+        try:
+            bundle.verify(m, self.trusted)
+        except bundle.BundleError as exc:
+            raise PolicyRefusal("signature", f"signature does not verify: {exc}"[:MAX_STR]) from None
+        return m.signature.key_id
+
+    @staticmethod
+    def _check_schema(m: StudyManifest) -> None:
+        if m.kind != "study_manifest" or m.schema_version not in bundle.SUPPORTED_SCHEMA_VERSIONS:
+            raise PolicyRefusal("schema", f"kind {_short(m.kind)!r} schema_version {m.schema_version} is not a "
+                                          f"supported study_manifest {sorted(bundle.SUPPORTED_SCHEMA_VERSIONS)}")
+
+    def _check_times(self, m: StudyManifest, now: dt.datetime) -> None:
+        if m.issued_at.tzinfo is None or m.expires_at.tzinfo is None:
+            raise PolicyRefusal("schema", "issued_at and expires_at must carry a time zone")
+        if m.expires_at <= now:
+            raise PolicyRefusal("expired", f"expired at {m.expires_at.isoformat()}")
+        if m.issued_at > now + dt.timedelta(seconds=self.config.clock_skew_seconds):
+            raise PolicyRefusal("future", f"issued at {m.issued_at.isoformat()}, in the future beyond the clock skew")
+        if now - m.issued_at > self.config.max_manifest_age:
+            raise PolicyRefusal("too_old", f"issued at {m.issued_at.isoformat()}, longer ago than "
+                                           f"max_manifest_age {self.config.max_manifest_age}")
+
+    def _check_cohort(self, c: ManifestCohort) -> None:
+        label = f"cohort {_short(c.name)!r} ({c.cohort_definition_id})"
+        if hashlib.sha256(cohort_file_bytes(c.expression)).hexdigest() != c.sha256:
+            local = self.approved.get(c.sha256)
+            if local is None or not self._equals_approved_file(c, local):
+                raise PolicyRefusal("cohort_hash", f"{label}: expression does not reproduce sha256 {c.sha256[:12]}…")
+        if c.sha256 not in self.approved:
+            raise PolicyRefusal("cohort_not_approved",
+                                f"{label}: sha256 {c.sha256[:12]}… is not approved at this site")
+
+    @staticmethod
+    def _equals_approved_file(c: ManifestCohort, path: Path) -> bool:
+        """Key order lost in transit: equal (canonical JSON) to the approved local file?"""
+        try:
+            data = path.read_bytes()
+            return (hashlib.sha256(data).hexdigest() == c.sha256
+                    and canonical_json(json.loads(data)) == canonical_json(c.expression))
+        except (OSError, ValueError):
+            return False
