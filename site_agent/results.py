@@ -274,19 +274,7 @@ class SummarisedResult:
         omopgenerics ``bind`` also renumbers, and in addition merges result_ids
         whose settings are identical; we keep every input's ids distinct.
         """
-        datas, sets, offset = [], [], 0
-        for res in results:
-            ids = res.result_ids
-            mapping = {old: offset + i + 1 for i, old in enumerate(ids)}
-            d, s = res.data.copy(), res.settings.copy()
-            d["result_id"] = d["result_id"].map(mapping)
-            s["result_id"] = s["result_id"].map(mapping)
-            datas.append(d)
-            sets.append(s)
-            offset += len(ids)
-        if not datas:
-            return cls.empty()
-        return cls(pd.concat(datas, ignore_index=True), pd.concat(sets, ignore_index=True))
+        return bind_frames([(r.data, r.settings) for r in results])
 
     # ---------- CSV ----------
     def to_long(self) -> pd.DataFrame:
@@ -361,6 +349,21 @@ def _atomic_write(path: Path, payload: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def bind_frames(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> SummarisedResult:
+    """Bind (data, settings) frames into one result, renumbering result ids in order; one validation."""
+    if not parts:
+        return SummarisedResult.empty()
+    datas, sets, offset = [], [], 0
+    for data, settings in parts:
+        mapping = {int(old): offset + i + 1 for i, old in enumerate(settings["result_id"])}
+        datas.append(data.assign(result_id=data["result_id"].astype("int64").map(mapping)) if len(data) else data)
+        sets.append(settings.assign(result_id=settings["result_id"].astype("int64").map(mapping)))
+        offset += len(mapping)
+    nonempty = [d for d in datas if len(d)]
+    data = pd.concat(nonempty, ignore_index=True) if nonempty else SummarisedResult.empty().data
+    return SummarisedResult(data, pd.concat(sets, ignore_index=True))
 
 
 def bind(*results: SummarisedResult) -> SummarisedResult:

@@ -27,9 +27,9 @@ from site_agent.cohorts import build_cohorts
 from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
-from site_agent.diagnostics.runner import bind_frames, default_cdm_name
+from site_agent.diagnostics.runner import default_cdm_name
 from site_agent.disclosure import horizon_days, protect_horizons, protect_time_tables
-from site_agent.results import OVERALL, SummarisedResult
+from site_agent.results import OVERALL, SummarisedResult, bind_frames
 from site_agent.study_spec import LoadedStudy
 from site_agent.suppression import suppress
 

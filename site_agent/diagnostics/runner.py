@@ -27,7 +27,7 @@ from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics import cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 from site_agent.disclosure import blank_linked, withhold_nested_cohorts
-from site_agent.results import SummarisedResult
+from site_agent.results import SummarisedResult, bind_frames
 from site_agent.suppression import suppress
 
 log = logging.getLogger(__name__)
@@ -69,19 +69,6 @@ def default_cdm_name(cdm: CdmConnection) -> str:
         if col in df.columns and len(df) and df[col].iloc[0]:
             return str(df[col].iloc[0])
     return "cdm"
-
-
-def bind_frames(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> SummarisedResult:
-    """Bind (data, settings) frames into one result, renumbering result ids in order; one validation."""
-    datas, sets, offset = [], [], 0
-    for data, settings in parts:
-        mapping = {int(old): offset + i + 1 for i, old in enumerate(settings["result_id"])}
-        datas.append(data.assign(result_id=data["result_id"].astype("int64").map(mapping)) if len(data) else data)
-        sets.append(settings.assign(result_id=settings["result_id"].astype("int64").map(mapping)))
-        offset += len(mapping)
-    nonempty = [d for d in datas if len(d)]
-    data = pd.concat(nonempty, ignore_index=True) if nonempty else SummarisedResult.empty().data
-    return SummarisedResult(data, pd.concat(sets, ignore_index=True))
 
 
 def merge_identical_settings(result: SummarisedResult) -> SummarisedResult:
@@ -151,10 +138,6 @@ def run_diagnostics(
     if out is not None:
         released.to_csv(out)
     return RunSummary(computed, reused, len(stale), out, released)
-
-
-def result_types(result: SummarisedResult) -> set[str]:
-    return set(result.settings["result_type"])
 
 
 def count_small_cells(result: SummarisedResult, min_cell_count: int) -> int:
