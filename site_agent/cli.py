@@ -155,6 +155,15 @@ def cmd_run_study(args) -> int:
     return 0
 
 
+def cmd_keys_generate(args) -> int:
+    from site_agent.keys import generate_keypair, key_id, load_public_key
+
+    private, public = generate_keypair(args.out, args.name, force=args.force)
+    print(f"wrote {private} (keep secret) and {public} (give it to the coordinator to pin); "
+          f"key id {key_id(load_public_key(public))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="site-agent", description="optima-federated site agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -214,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for results.csv and plots")
     p.add_argument("--cdm-name", help="name of this database in the results")
     p.set_defaults(func=cmd_run_study)
+
+    keys = sub.add_parser("keys", help="the site's signing key").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("generate", help="create the site's Ed25519 key pair (<name>.key, <name>.pub)")
+    p.add_argument("--out", required=True, help="folder for the key files")
+    p.add_argument("--name", required=True, help="the site name (the coordinator pins <site>.pub)")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keys_generate)
     return parser
 
 
