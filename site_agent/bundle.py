@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from site_agent.errors import OptimaError
-from site_agent.keys import (generate_keypair, key_id, load_private_key, load_public_key, load_trust_dir,
-                             write_file_atomic)
+from site_agent.fileio import write_atomic
+from site_agent.keys import generate_keypair, key_id, load_private_key, load_public_key, load_trust_dir
 
 __all__ = [
     "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "BundleError", "Signature", "ManifestCohort",
@@ -224,7 +224,7 @@ def render(doc: Doc) -> bytes:
 def _write_doc(doc: Doc, path: str | Path) -> Path:
     path = Path(path)
     try:
-        write_file_atomic(path, render(doc), 0o644)
+        write_atomic(path, render(doc), 0o644)
     except OSError as exc:
         raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from site_agent.errors import ConfigError
+from site_agent.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +36,6 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """The key's fingerprint: sha256 hex of its raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
-
-
-def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a temp file next to ``path`` with ``mode``, then rename it over."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def generate_keypair(directory: str | Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
@@ -77,8 +61,8 @@ def generate_keypair(directory: str | Path, name: str, *, force: bool = False) -
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
-        write_file_atomic(private_path, private_pem, 0o600)
-        write_file_atomic(public_path, public_pem, 0o644)
+        write_atomic(private_path, private_pem, 0o600)
+        write_atomic(public_path, public_pem, 0o644)
     except OSError as exc:
         raise ConfigError(f"cannot write key pair {name!r} in {folder}: {exc.strerror or exc}") from None
     return private_path, public_path

@@ -33,13 +33,14 @@ The file name carries no date: the caller chooses it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_validator
+
+from site_agent.fileio import write_atomic
 
 SEP = " &&& "
 OVERALL = "overall"
@@ -302,7 +303,7 @@ class SummarisedResult:
         lines = cols[0].str.cat(cols[1:], sep=",") if len(long) else pd.Series([], dtype=object)
         header = ",".join(f'"{c}"' for c in RESULT_COLUMNS)
         text = "\n".join([header, *lines.tolist()]) + "\n"
-        return _atomic_write(Path(path), text.encode("utf-8"))
+        return write_atomic(path, text.encode("utf-8"))
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> SummarisedResult:
@@ -334,21 +335,6 @@ def _read_raw(path: Path) -> pd.DataFrame:
     for col in raw.columns:
         raw[col] = _str_col(raw[col])
     return raw
-
-
-def _atomic_write(path: Path, payload: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def bind_frames(parts: list[tuple[pd.DataFrame, pd.DataFrame]]) -> SummarisedResult:

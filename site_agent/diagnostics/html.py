@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from site_agent.fileio import write_atomic
 from site_agent.results import SummarisedResult
 
 MAX_ROWS = 2000
@@ -62,7 +63,4 @@ def write_html(result: SummarisedResult, path: str | os.PathLike, *, title: str,
             f"<p class='meta'>What would leave the site: counts below {min_cell_count} are suppressed "
             f"(shown as &lt;{min_cell_count}) together with every number that would reveal them.</p>"
             f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, page.encode("utf-8"))
