@@ -38,7 +38,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from site_agent.errors import ConfigError, OptimaError
+from site_agent.errors import ConfigError, OptimaError, validation_summary
 from site_agent.keys import key_id, load_private_key, load_public_key
 
 class _Strict(BaseModel):
@@ -163,11 +163,7 @@ def load_config(path: str | Path) -> SiteConfig:
     try:
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {field}: {msg}{more}".replace("\n", " ")) from None
+        raise ConfigError(f"{path}: {validation_summary(exc)}") from None
     base = path.resolve().parent
     cfg = cfg.model_copy(update={
         "state_dir": _resolve(base, cfg.state_dir),

@@ -49,3 +49,12 @@ class CohortBuildError(OptimaError, RuntimeError):
     """Running a cohort's SQL on the CDM failed; nothing was written."""
 
     exit_code = 6
+
+
+def validation_summary(exc) -> str:
+    """One line from a pydantic ValidationError: ``field.path: message (+N more)``."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}{more}".replace("\n", " ")

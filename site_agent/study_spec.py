@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from site_agent.cohorts.definitions import CohortDefinition, collect_definitions, file_sha256, load_catalog
-from site_agent.errors import ConfigError
+from site_agent.errors import ConfigError, validation_summary
 
 
 class _Strict(BaseModel):
@@ -138,9 +138,7 @@ def load_study(path: str | Path) -> LoadedStudy:
     try:
         spec = StudySpec.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: invalid study spec at {where}: {err['msg']}") from None
+        raise ConfigError(f"{path}: invalid study spec at {validation_summary(exc)}") from None
     catalog_path = (path.parent / spec.catalog).resolve()
     if not catalog_path.is_file():
         raise ConfigError(f"{path}: catalog {catalog_path} not found")

@@ -29,6 +29,7 @@ def test_demo_network_counts_suppressed(tmp_path):
     # the same site generated again gives the same counts: the demo is reproducible
     again = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--out", str(tmp_path / "net2"),
                             "--persons", "1500"], capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "net2" / "cohort_counts.json").read_text()) == results
 
 

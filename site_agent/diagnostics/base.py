@@ -17,9 +17,12 @@ result is cached in the site's write schema. So a diagnostic must:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import pandas as pd
 
 from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
@@ -79,6 +82,27 @@ def fmt_float(x: float) -> str:
     in the last few of those digits; 10 keeps the CSV byte-identical between runs.
     """
     return format(x, f".{SIGNIFICANT_DIGITS}g")
+
+
+def fmt_number(value: Any) -> str | None:
+    """A number as R's ``as.character()`` writes it: 10 significant digits (fmt_float), no ``.0``."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    x = float(value)
+    if math.isinf(x):
+        return "Inf" if x > 0 else "-Inf"
+    if x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return fmt_float(x)
 
 
 def settings_row(result_id: int, result_type: str, *, package_name: str = PACKAGE_NAME,

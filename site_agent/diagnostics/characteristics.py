@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_float, settings_row
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
 from site_agent.results import RESULT_COLUMNS, SummarisedResult
 
 RESULT_TYPE = "summarise_characteristics"
@@ -69,12 +69,7 @@ def fmt_value(x: Any) -> str | None:
         return x.isoformat()
     if isinstance(x, bool):
         return "TRUE" if x else "FALSE"
-    if isinstance(x, int):
-        return str(x)
-    v = float(x)  # float, numpy or Decimal (PostgreSQL numeric)
-    if v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return fmt_float(v)
+    return fmt_number(x)  # int, float, numpy or Decimal (PostgreSQL numeric)
 
 
 def pct(count: int, denominator: int) -> str | None:

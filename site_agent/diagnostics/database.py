@@ -27,13 +27,12 @@ Deviations from the R packages (deliberate, or forced by our rules):
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 import pandas as pd
 
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_float, settings_row
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
 from site_agent.results import SummarisedResult
 
 SNAPSHOT = "summarise_omop_snapshot"
@@ -46,27 +45,6 @@ DIST_ESTIMATES: tuple[str, ...] = ("mean", "sd", "min", "q05", "q25", "median", 
 
 
 # ---------------------------------------------------------------- helpers (shared)
-def fmt_number(value: Any) -> str | None:
-    """A number as R's ``as.character()`` writes it: 10 significant digits (base.fmt_float), no ``.0``."""
-    if value is None:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    x = float(value)
-    if math.isinf(x):
-        return "Inf" if x > 0 else "-Inf"
-    if x == int(x) and abs(x) < 1e15:
-        return str(int(x))
-    return fmt_float(x)
-
-
 def fmt_text(value: Any) -> str | None:
     """A value as text; missing stays missing. Dates and timestamps as ``YYYY-MM-DD``."""
     if value is None:

@@ -259,6 +259,16 @@ def num(x: float | None, digits: int | None = None) -> str | None:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+def estimate_rows(cdm_name: str, rid: int, level: str, additional_name: str, additional_level: str,
+                  estimates: list[tuple[str, str, str, str | None]]) -> list[dict]:
+    """Rows of one (denominator, outcome) group: ``(variable, estimate_name, type, value)`` each."""
+    return [{"result_id": rid, "cdm_name": cdm_name, "group_name": GROUP_NAME, "group_level": level,
+             "strata_name": "overall", "strata_level": "overall", "variable_name": var, "variable_level": None,
+             "estimate_name": name, "estimate_type": typ, "estimate_value": val,
+             "additional_name": additional_name, "additional_level": additional_level}
+            for var, name, typ, val in estimates]
+
+
 def attrition_records(cdm_name: str, result_id: int, group_level: str,
                       steps: list[tuple[str, int, int]]) -> list[dict]:
     """omopgenerics attrition rows: strata ``reason``, additional ``reason_id``, 4 counts per step."""

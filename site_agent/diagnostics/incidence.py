@@ -31,8 +31,8 @@ from scipy.stats import chi2
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
-    GROUP_NAME, IP_PACKAGE, Denominator, attrition_records, denominator_attrition, ensure_denominator,
-    num, years_sql,
+    IP_PACKAGE, Denominator, attrition_records, denominator_attrition, ensure_denominator, estimate_rows, num,
+    years_sql,
 )
 from site_agent.results import SummarisedResult
 
@@ -170,10 +170,7 @@ def _estimates(cdm_name: str, rid: int, level: str, additional: str, n: int, k: 
            ("Outcome", "incidence_100000_pys", "numeric", num(k / py * 1e5, 3)),
            ("Outcome", "incidence_100000_pys_95CI_lower", "numeric", num(lo, 3)),
            ("Outcome", "incidence_100000_pys_95CI_upper", "numeric", num(hi, 3))]
-    return [{"result_id": rid, "cdm_name": cdm_name, "group_name": GROUP_NAME, "group_level": level,
-             "strata_name": "overall", "strata_level": "overall", "variable_name": var, "variable_level": None,
-             "estimate_name": name, "estimate_type": typ, "estimate_value": val,
-             "additional_name": ADDITIONAL, "additional_level": additional} for var, name, typ, val in est]
+    return estimate_rows(cdm_name, rid, level, ADDITIONAL, additional, est)
 
 
 INCIDENCE_PARAMS: dict = {

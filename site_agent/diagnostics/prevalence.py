@@ -29,8 +29,8 @@ from scipy.stats import norm
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
-    GROUP_NAME, IP_PACKAGE, Denominator, attrition_records, date_lit, denominator_attrition,
-    ensure_denominator, num, years_sql,
+    IP_PACKAGE, Denominator, attrition_records, date_lit, denominator_attrition, ensure_denominator, estimate_rows,
+    num, years_sql,
 )
 from site_agent.results import SummarisedResult
 
@@ -160,7 +160,4 @@ def _estimates(cdm_name: str, rid: int, level: str, additional: str, n: int, k: 
            ("Outcome", "prevalence", "numeric", num(k / n, 5)),
            ("Outcome", "prevalence_95CI_lower", "numeric", num(lo, 5)),
            ("Outcome", "prevalence_95CI_upper", "numeric", num(hi, 5))]
-    return [{"result_id": rid, "cdm_name": cdm_name, "group_name": GROUP_NAME, "group_level": level,
-             "strata_name": "overall", "strata_level": "overall", "variable_name": var, "variable_level": None,
-             "estimate_name": name, "estimate_type": typ, "estimate_value": val,
-             "additional_name": ADDITIONAL, "additional_level": additional} for var, name, typ, val in est]
+    return estimate_rows(cdm_name, rid, level, ADDITIONAL, additional, est)

@@ -155,7 +155,7 @@ def breast(b: Block) -> None:
 
 
 def others(b: Block) -> None:
-    r, V = b.rng, b.V
+    V = b.V
     cp, cdx = b.onc["colon"]
     _simple_cancer(b, cp, cdx, ["COLON_MALIGNANT"], [1.0])
     pp, pdx = b.onc["prostate"]
