@@ -7,6 +7,7 @@ line on stderr naming what is wrong and how to fix it, and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -16,6 +17,9 @@ from site_agent import __version__
 from site_agent.errors import ConfigError, OptimaError
 
 log = logging.getLogger("site_agent")
+
+# modules that add the `images synth TASK` and `train TASK` sub-commands (no torch import at load)
+IMAGE_TASK_CLI: tuple[str, ...] = ()
 
 
 def _add_cdm_options(p: argparse.ArgumentParser, *, write: bool = True) -> None:
@@ -230,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the site name (the coordinator pins <site>.pub)")
     p.add_argument("--force", action="store_true", help="replace an existing key pair")
     p.set_defaults(func=cmd_keys_generate)
+
+    images = sub.add_parser("images", help="local image archives (synthetic data for tests and the demo)")
+    synth = images.add_subparsers(dest="images_command", required=True).add_parser(
+        "synth", help="write a synthetic image archive").add_subparsers(dest="task", required=True)
+    train = sub.add_parser("train", help="train an image model locally on this site's data").add_subparsers(
+        dest="task", required=True)
+    for module in IMAGE_TASK_CLI:  # each task registers `images synth TASK` and `train TASK`
+        importlib.import_module(module).add_parsers(synth, train)
     return parser
 
 

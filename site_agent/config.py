@@ -83,6 +83,8 @@ class SiteConfig(_Strict):
     testing_allow_low_min_cell_count: bool = False
     allowed_analyses: list[str] = Field(default_factory=lambda: ["cohort_counts"])
     review_mode: bool = False
+    # local image archives the training tasks read, by task name ("pathology", "mammography")
+    image_roots: dict[str, Path] = Field(default_factory=dict)
     max_manifest_age: dt.timedelta = dt.timedelta(days=7)
     clock_skew_seconds: float = Field(300.0, ge=0)
 
@@ -169,6 +171,7 @@ def load_config(path: str | Path) -> SiteConfig:
         "state_dir": _resolve(base, cfg.state_dir),
         "site_key": _resolve(base, cfg.site_key),
         "coordinator_keys": [_resolve(base, p) for p in cfg.coordinator_keys],
+        "image_roots": {task: _resolve(base, p) for task, p in cfg.image_roots.items()},
         "approved_cohorts": cfg.approved_cohorts.model_copy(
             update={"catalogs": [_resolve(base, p) for p in cfg.approved_cohorts.catalogs],
                     "files": [_resolve(base, p) for p in cfg.approved_cohorts.files]}),
