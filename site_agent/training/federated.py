@@ -1,0 +1,152 @@
+"""Flower glue for image tasks: weights <-> ArrayRecord, a task registry, the train/evaluate handlers.
+
+The lead's ``site_agent/client_app.py`` routes ``@app.train()`` and ``@app.evaluate()`` to
+:func:`handle_train` and :func:`handle_evaluate`. A message's ``content["config"]`` (ConfigRecord)
+names the ``task``; everything else in it is the task's run config. The site's data folder comes
+from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and the demo) or
+``site-config`` (the site TOML, whose ``image_roots[task]`` is used).
+
+Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
+(``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+A train message with ``init = True`` and no arrays answers with the task's freshly initialised,
+seeded weights, so the coordinator never needs torch to build the starting model.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
+
+from site_agent.errors import ConfigError
+
+# task name -> module whose import registers it (tasks register themselves on import)
+TASK_MODULES: dict[str, str] = {"pathology": "site_agent.pathology.task",
+                                "mammography": "site_agent.imaging.task"}
+
+
+class TaskAdapter(Protocol):
+    def init_model(self, run_config: dict) -> nn.Module: ...
+
+    def local_train(self, model: nn.Module, site_data_dir: Path, run_config: dict,
+                    global_model: nn.Module) -> tuple[int, dict]: ...
+
+    def local_evaluate(self, model: nn.Module, site_data_dir: Path, run_config: dict) -> tuple[int, dict]: ...
+
+
+_TASKS: dict[str, TaskAdapter] = {}
+
+
+def register_task(name: str, adapter: TaskAdapter) -> None:
+    _TASKS[name] = adapter
+
+
+def get_task(name: str) -> TaskAdapter:
+    if name not in _TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ConfigError(f"unknown training task {name!r}", hint=f"known: {', '.join(sorted(set(_TASKS) | set(TASK_MODULES)))}")
+    return _TASKS[name]
+
+
+def model_to_arrays(model: nn.Module) -> ArrayRecord:
+    return ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def arrays_to_model(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
+    state = arrays.to_torch_state_dict()
+    mine = model.state_dict()
+    if set(state) != set(mine):
+        missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        raise ConfigError(f"received weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    model.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()})
+    return model
+
+
+def site_data_dir(context: Context, task: str) -> Path:
+    """The site's data folder for ``task`` from the SuperNode's node config."""
+    direct = context.node_config.get(f"image-root-{task}")
+    if direct:
+        path = Path(str(direct))
+    elif "site-config" in context.node_config:
+        from site_agent.config import load_config
+
+        cfg = load_config(str(context.node_config["site-config"]))
+        if task not in cfg.image_roots:
+            raise ConfigError(f"site config has no image_roots.{task}", hint=f"add [image_roots] {task} = \"DIR\"")
+        path = Path(cfg.image_roots[task])
+    else:
+        raise ConfigError(f"node config names neither image-root-{task} nor site-config")
+    if not path.is_dir():
+        raise ConfigError(f"{task} data folder not found: {path}")
+    return path
+
+
+def _run_config(msg: Message) -> tuple[str, dict]:
+    if "config" not in msg.content.config_records:
+        raise ConfigError("message carries no config record")
+    config = dict(msg.content.config_records["config"])
+    task = config.get("task")
+    if not isinstance(task, str):
+        raise ConfigError("message config names no task")
+    return task, config
+
+
+def _metrics(num_examples: int, metrics: dict) -> MetricRecord:
+    """Only scalar numbers go back (aggregates), plus num-examples."""
+    clean = {k: float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+    clean["num-examples"] = int(num_examples)
+    return MetricRecord(clean)
+
+
+def _arrays(msg: Message) -> ArrayRecord | None:
+    arrays = next(iter(msg.content.array_records.values()), None)
+    return arrays if arrays is not None and len(arrays) else None
+
+
+def _seed(config: dict) -> None:
+    from site_agent.training.loop import seed_everything
+
+    seed_everything(int(config.get("seed", 0)))
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    task, config = _run_config(msg)
+    adapter = get_task(task)
+    _seed(config)
+    model = adapter.init_model(config)
+    arrays = _arrays(msg)
+    if arrays is None:
+        if not config.get("init"):
+            raise ConfigError("train message carries no weights (set init = true to ask for the initial model)")
+        return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": _metrics(0, {})}), reply_to=msg)
+    arrays_to_model(model, arrays)
+    global_model = copy.deepcopy(model)
+    for p in global_model.parameters():
+        p.requires_grad_(False)
+    n, metrics = adapter.local_train(model, site_data_dir(context, task), config, global_model)
+    return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": _metrics(n, metrics)}), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    task, config = _run_config(msg)
+    adapter = get_task(task)
+    _seed(config)
+    model = adapter.init_model(config)
+    arrays = _arrays(msg)
+    if arrays is None:
+        raise ConfigError("evaluate message carries no weights")
+    arrays_to_model(model, arrays)
+    n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
+    return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)
+
+
+def config_record(task: str, run_config: dict, **extra) -> ConfigRecord:
+    """A ConfigRecord for a train/evaluate message (None values dropped)."""
+    values = {k: v for k, v in {**run_config, **extra, "task": task}.items() if v is not None}
+    return ConfigRecord(values)

