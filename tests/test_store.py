@@ -1,0 +1,142 @@
+"""The coordinator's results store on SQLite and on a real PostgreSQL; a v1 store is upgraded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.manifest import sign_manifest
+from coordinator.store import ResultsStore, StoreError
+from coordinator.store import migrate
+from site_agent.bundle import render, sign
+from tests.test_bundle import make_bundle, make_manifest
+
+T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+COORD, SITE_A, SITE_B = (Ed25519PrivateKey.generate() for _ in range(3))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "results.sqlite3")
+        return
+    base = sa.engine.make_url(request.getfixturevalue("pg_url"))
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def signed_pair(site="site_a", key=SITE_A, manifest=None):
+    manifest = manifest or sign_manifest(make_manifest(), COORD)
+    bundle = sign(make_bundle(manifest, site=site), key)
+    return manifest, bundle, render(bundle)
+
+
+def test_manifest_status_and_bundle_roundtrip(store_url):
+    manifest, bundle, raw = signed_pair()
+    with ResultsStore.open(store_url) as store:
+        assert store.revision == migrate.HEAD
+        store.add_manifest(manifest, spec_name="sclc_stage_i_ii", at=T0)
+        store.add_manifest(manifest, spec_name="sclc_stage_i_ii", at=T0)  # idempotent
+        assert store.manifest(manifest.manifest_id) == manifest
+        rows = store.manifests("sclc")
+        assert [r.manifest_id for r in rows] == [manifest.manifest_id] and rows[0].target_sites == ("site_a", "site_b")
+        assert store.manifests("other") == []
+        assert [(s.site, s.status) for s in store.site_statuses(manifest.manifest_id)] == \
+            [("site_a", "pending"), ("site_b", "pending")]
+
+        store.set_site_status(manifest.manifest_id, "site_a", "sent", at=T0 + dt.timedelta(minutes=1))
+        store.set_site_status(manifest.manifest_id, "site_b", "sent", at=T0 + dt.timedelta(minutes=1))
+        store.set_site_status(manifest.manifest_id, "site_a", "sent", at=T0 + dt.timedelta(minutes=5))  # re-send
+        store.set_site_status(manifest.manifest_id, "site_b", "refused", "cohort hash not approved",
+                              at=T0 + dt.timedelta(minutes=2))
+        assert store.add_bundle(bundle, raw, at=T0 + dt.timedelta(minutes=9)) is True
+        assert store.add_bundle(bundle, raw) is False  # the same answer again: no duplicate
+        store.set_site_status(manifest.manifest_id, "site_a", "done", at=T0 + dt.timedelta(minutes=9))
+
+    with ResultsStore.open(store_url) as store:  # reopened: everything persisted
+        a, b = store.site_statuses(manifest.manifest_id)
+        assert (a.status, a.has_bundle, a.first_sent_at, a.updated_at) == \
+            ("done", True, T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=9))
+        assert a.bundle_received_at == T0 + dt.timedelta(minutes=9)
+        assert (b.status, b.reason, b.has_bundle) == ("refused", "cohort hash not approved", False)
+        hist = store.status_history(manifest.manifest_id, "site_a")
+        assert [h.status for h in hist] == ["pending", "sent", "sent", "done"]
+        assert store.bundles(manifest.manifest_id) == [bundle]
+        assert store.bundles_raw(manifest.manifest_id)[0][1] == raw
+        assert store.manifests()[0].n_bundles == 1
+        assert store.sites_to_ask(manifest.manifest_id) == []  # a answered, b refused: nobody to re-ask
+
+
+def test_refusals(store_url):
+    manifest, bundle, raw = signed_pair()
+    with ResultsStore.open(store_url) as store:
+        with pytest.raises(StoreError, match="not in the results store"):
+            store.add_bundle(bundle, raw)
+        store.add_manifest(manifest)
+        other = sign_manifest(make_manifest(), COORD).model_copy(update={"manifest_id": manifest.manifest_id})
+        with pytest.raises(StoreError, match="different content"):
+            store.add_manifest(sign_manifest(other, COORD))
+        with pytest.raises(StoreError, match="unknown site status"):
+            store.set_site_status(manifest.manifest_id, "site_a", "finished")
+        with pytest.raises(StoreError, match="different bundle"):
+            store.add_bundle(bundle, render(sign(make_bundle(manifest, site="site_b"), SITE_B)))
+        assert store.add_bundle(bundle, raw)
+        changed = sign(bundle.model_copy(update={"results_csv": bundle.results_csv + "\n"}), SITE_A)
+        with pytest.raises(StoreError, match="already answered"):
+            store.add_bundle(changed, render(changed))
+        assert store.bundles(manifest.manifest_id) == [bundle]
+        assert store.sites_to_ask(manifest.manifest_id) == ["site_b"]
+        with pytest.raises(StoreError, match="not in the results store"):
+            store.manifest("nope")
+
+
+def test_bad_locations(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultsStore.open(tmp_path / "missing" / "results.sqlite3")
+    with pytest.raises(StoreError, match="is a folder"):
+        ResultsStore.open(tmp_path)
+    (tmp_path / "junk.sqlite3").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open results store"):
+        ResultsStore.open(tmp_path / "junk.sqlite3")
+
+
+def test_v1_store_is_upgraded(store_url):
+    """A store written by the first schema (no history, no first-sent time) opens and keeps its rows."""
+    manifest, bundle, raw = signed_pair()
+    url = store_url if "://" in store_url else f"sqlite:///{store_url}"
+    engine = sa.create_engine(url)
+    migrate.upgrade(engine, "0001")
+    assert migrate.current_revision(engine) == "0001"
+    with engine.begin() as conn:
+        assert "site_status_history" not in sa.inspect(conn).get_table_names()
+        conn.execute(sa.text(
+            "INSERT INTO manifests (manifest_id, study_id, study_version, spec_name, manifest_sha256, issued_at, "
+            "expires_at, min_sites, target_sites, document, added_at) VALUES (:id, 'sclc', '1.0', NULL, :sha, "
+            ":t, :t, 2, '[\"site_a\", \"site_b\"]', :doc, :t)"),
+            {"id": manifest.manifest_id, "sha": __import__("site_agent.bundle", fromlist=["x"]).manifest_sha256(
+                manifest), "t": T0.replace(tzinfo=None), "doc": render(manifest).decode()})
+        conn.execute(sa.text("INSERT INTO site_status (manifest_id, site, status, reason, updated_at) "
+                             "VALUES (:id, 'site_a', 'failed', 'timed out', :t)"),
+                     {"id": manifest.manifest_id, "t": T0.replace(tzinfo=None)})
+    engine.dispose()
+
+    with ResultsStore.open(store_url) as store:
+        assert store.revision == migrate.HEAD
+        (a,) = store.site_statuses(manifest.manifest_id)
+        assert (a.status, a.reason, a.first_sent_at, a.created_at) == ("failed", "timed out", T0, T0)
+        assert [(h.status, h.at) for h in store.status_history(manifest.manifest_id)] == [("failed", T0)]
+        assert store.manifest(manifest.manifest_id) == manifest
+        store.set_site_status(manifest.manifest_id, "site_a", "sent", at=T0 + dt.timedelta(hours=1))
+        assert store.add_bundle(bundle, raw)
+        assert store.sites_to_ask(manifest.manifest_id) == ["site_b"]
+        assert len(store.status_history(manifest.manifest_id)) == 2
