@@ -13,6 +13,10 @@ same curve are ``affected`` (survival/CIF and CIs NaN), because the product-limi
 at ``t_k`` depends on all earlier steps.  Medians and horizon survivals are reported only
 where they are determined by unaffected rows.
 
+Also here: the exact Poisson CI of a rate (as IncidencePrevalence), the Wilson CI of a
+proportion, and the DerSimonian-Laird random-effects meta-analysis (with Cochran's Q, its
+p-value, tau^2 and I^2) used where raw pooling is not valid.
+
 The KM arithmetic is re-implemented here (the coordinator imports only
 ``site_agent.results``): Greenwood variance of log S with survfit's default "log" CI,
 median by survfit's rule (first time S <= 0.5; CI from the bands), survival at a horizon =
@@ -22,10 +26,12 @@ S at the last grid time <= horizon.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2
 
 from site_agent.results import SUPPRESSED, SummarisedResult
 
@@ -164,3 +170,64 @@ def pooled_summary(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS)
             row[f"survival_at_{h}"], row[f"survival_at_{h}_95CI_lower"], row[f"survival_at_{h}_95CI_upper"] = vals
         out.append(row)
     return pd.DataFrame(out)
+
+
+# ---------- rates, proportions, meta-analysis ----------
+
+def poisson_rate_ci(events: float, person_years: float, *, per: float = 100_000.0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """Rate per ``per`` person-years with the exact (Garwood) Poisson CI, as IncidencePrevalence."""
+    if person_years <= 0:
+        return (float("nan"),) * 3
+    a = (1 - level) / 2
+    lower = chi2.ppf(a, 2 * events) / 2 if events > 0 else 0.0
+    upper = chi2.ppf(1 - a, 2 * (events + 1)) / 2
+    return events / person_years * per, lower / person_years * per, upper / person_years * per
+
+
+def wilson_ci(x: float, n: float, *, level: float = 0.95) -> tuple[float, float, float]:
+    """Proportion x/n with the Wilson score interval."""
+    if n <= 0:
+        return (float("nan"),) * 3
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = x / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class MetaResult:
+    """DerSimonian-Laird random-effects pooling of k estimates ``y`` with variances ``v``."""
+
+    k: int
+    estimate: float  # random effects, on the scale of y
+    se: float
+    lower: float
+    upper: float
+    fixed: float  # inverse-variance fixed effect
+    tau2: float
+    q: float
+    q_df: int
+    q_p: float
+    i2: float  # percent, 0-100
+
+
+def dersimonian_laird(y: Sequence[float], v: Sequence[float], *, level: float = 0.95) -> MetaResult:
+    """Random-effects meta-analysis (DerSimonian & Laird 1986) with Cochran's Q and Higgins' I^2."""
+    y, v = np.asarray(y, float), np.asarray(v, float)
+    if len(y) != len(v) or len(y) < 1 or (v <= 0).any() or not np.isfinite(np.r_[y, v]).all():
+        raise ValueError("meta-analysis needs k >= 1 finite estimates with positive variances")
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    w = 1.0 / v
+    fixed = float((w * y).sum() / w.sum())
+    q = float((w * (y - fixed) ** 2).sum())
+    df = len(y) - 1
+    c = float(w.sum() - (w * w).sum() / w.sum())
+    tau2 = max(0.0, (q - df) / c) if df > 0 else 0.0
+    ws = 1.0 / (v + tau2)
+    est = float((ws * y).sum() / ws.sum())
+    se = float(np.sqrt(1.0 / ws.sum()))
+    i2 = max(0.0, (q - df) / q) * 100 if q > 0 else 0.0
+    p = float(chi2.sf(q, df)) if df > 0 else float("nan")
+    return MetaResult(len(y), est, se, est - z * se, est + z * se, fixed, tau2, q, df, p, i2)
