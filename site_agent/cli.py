@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="task", required=True)
     for module in IMAGE_TASK_CLI:  # each task registers `images synth TASK` and `train TASK`
         importlib.import_module(module).add_parsers(synth, train)
+    importlib.import_module("site_agent.governance.cli").add_parsers(sub)  # review, approve, dry-run, audit, keys …
     return parser
 
 

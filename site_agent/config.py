@@ -12,6 +12,7 @@ the file and the field. Relative paths are relative to the TOML file's folder. E
     review_mode = false                      # (later) hold accepted manifests for a person to review
     max_manifest_age = 604800                # seconds, or an ISO 8601 duration such as "P7D"
     clock_skew_seconds = 300                 # tolerated for issued_at in the future
+    statement_timeout_seconds = 3600         # longest a single SQL statement may run on the CDM (0: no limit)
 
     [cdm]
     url = "duckdb:///site_a.duckdb"
@@ -87,6 +88,7 @@ class SiteConfig(_Strict):
     image_roots: dict[str, Path] = Field(default_factory=dict)
     max_manifest_age: dt.timedelta = dt.timedelta(days=7)
     clock_skew_seconds: float = Field(300.0, ge=0)
+    statement_timeout_seconds: float = Field(3600.0, ge=0)  # per SQL statement on the CDM; 0: no limit
 
     @model_validator(mode="after")
     def _floor(self) -> SiteConfig:
@@ -109,7 +111,10 @@ class SiteConfig(_Strict):
             raise ConfigError(f"site_key: {exc}") from None
 
     def trusted_keys(self) -> dict[str, tuple[str, Ed25519PublicKey]]:
-        """Pinned coordinator keys as ``{key_id: (file stem, key)}`` (what ``bundle.verify`` takes)."""
+        """Pinned coordinator keys as ``{key_id: (file stem, key)}`` (what ``bundle.verify`` takes).
+
+        The TOML's ``coordinator_keys`` plus keys pinned in ``state_dir/keyring``, minus revoked ids.
+        """
         keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
         for i, path in enumerate(self.coordinator_keys):
             try:
@@ -117,7 +122,19 @@ class SiteConfig(_Strict):
             except ConfigError as exc:
                 raise ConfigError(f"coordinator_keys[{i}]: {exc}") from None
             keys[key_id(pub)] = (path.stem, pub)
+        from site_agent.governance.keyring import Keyring
+
+        ring = Keyring(self.state_dir)  # pinned and revoked with `site-agent keys …`
+        keys.update(ring.pinned_coordinator_keys())
+        for kid in ring.revoked_ids():
+            keys.pop(kid, None)
         return keys
+
+    def revoked_key_ids(self) -> set[str]:
+        """Key ids revoked with ``site-agent keys revoke`` (never trusted, whatever the TOML pins)."""
+        from site_agent.governance.keyring import Keyring
+
+        return Keyring(self.state_dir).revoked_ids()
 
     def approved_cohort_files(self) -> dict[str, Path | None]:
         """Approved sha256 -> the local definition file when known (catalog), else None."""
@@ -139,6 +156,14 @@ class SiteConfig(_Strict):
             except OSError as exc:
                 raise ConfigError(f"approved_cohorts.files[{i}]: cannot read {path} ({exc.strerror})") from None
         return approved
+
+    def open_cdm(self):
+        """Connect to the site's CDM with its schemas and ``statement_timeout_seconds``."""
+        from site_agent.cdm import connect_cdm
+
+        return connect_cdm(self.cdm.url, cdm_schema=self.cdm.cdm_schema, vocab_schema=self.cdm.vocab_schema,
+                           write_schema=self.cdm.write_schema,
+                           statement_timeout_seconds=self.statement_timeout_seconds)
 
     def effective_min_cell_count(self, requested: int) -> int:
         """The stricter of what the manifest asks and the site's floor."""

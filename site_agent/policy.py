@@ -3,6 +3,7 @@
 :meth:`ManifestPolicy.check` applies, in this order, and stops at the first failure:
 
 1. ``signature``  signed, by a coordinator key the site pinned;
+   ``revoked``    not by a key the site revoked (``site-agent keys revoke``);
 2. ``schema``     ``kind``/``schema_version`` are ones this agent understands; then
    ``signature``  the signature verifies over the canonical bytes (``bundle.verify``);
 3. ``expired``    ``expires_at`` is in the future;
@@ -16,9 +17,10 @@
 6. ``analysis``   every analysis is in ``allowed_analyses``;
 7. ``site``       this site is in ``target_sites``.
 
-Every decision is written to the audit log first; a refusal then raises
-:class:`PolicyRefusal`. The effective minimum cell count is
-``max(manifest.min_cell_count, site floor)``.
+Every decision of :meth:`ManifestPolicy.check` is written to the audit log first; a refusal
+then raises :class:`PolicyRefusal`. :meth:`ManifestPolicy.evaluate` applies the same rules for
+a dry run: it only looks the nonce up (never claims it) and writes no audit entry. The
+effective minimum cell count is ``max(manifest.min_cell_count, site floor)``.
 
 **Cohort hashes.** Sites approve definition *files* by the sha256 of their bytes (the catalog).
 Those files are written by ``scripts/build_cohort_definitions.py`` as
@@ -133,6 +135,7 @@ class ManifestPolicy:
         self.audit = audit
         self.nonces = nonce_store
         self.trusted = config.trusted_keys()
+        self.revoked = config.revoked_key_ids()
         self.approved = config.approved_cohort_files()
 
     @classmethod
@@ -147,28 +150,11 @@ class ManifestPolicy:
         try:
             m = self._parse(manifest)
             ids = {"manifest_id": _short(m.manifest_id), "study_id": _short(m.study_id)}
-            signer = self._check_signature(m)
-            self._check_times(m, now)
-            if not self.nonces.claim(m.manifest_id, m.nonce, m.study_id):
-                raise PolicyRefusal("replay", f"manifest id {ids['manifest_id']!r} or its nonce was seen before")
-            for c in m.cohorts:
-                self._check_cohort(c)
-            if not m.cohorts:
-                raise PolicyRefusal("cohort_not_approved", "the manifest lists no cohorts")
-            refused = [a for a in m.analyses if a not in self.config.allowed_analyses]
-            if refused:
-                names = ", ".join(map(str, refused))[:150]
-                raise PolicyRefusal("analysis", f"analyses not allowed at this site: {names}")
-            if self.config.site not in m.target_sites:
-                raise PolicyRefusal("site", f"site {self.config.site!r} is not among the target sites")
+            decision = self._apply_rules(m, now, claim=True)
         except PolicyRefusal as refusal:
             self.audit.append("refused", **ids, detail={"check": refusal.check, "reason": refusal.reason[:MAX_STR]})
             raise
-        decision = Decision(
-            manifest=m, manifest_sha256=bundle.manifest_sha256(m), signer_key_id=signer,
-            effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
-            cohorts=m.cohorts, analyses=m.analyses,
-        )
+        signer = decision.signer_key_id
         self.audit.append("accepted", **ids, detail={
             "manifest_sha256": decision.manifest_sha256,
             "signer_key_id": signer,
@@ -180,6 +166,33 @@ class ManifestPolicy:
             "review_mode": self.config.review_mode,
         })
         return decision
+
+    def evaluate(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
+        """The rules of :meth:`check` for a dry run: the nonce is looked up, never claimed; nothing is audited."""
+        return self._apply_rules(self._parse(manifest), now or dt.datetime.now(dt.timezone.utc), claim=False)
+
+    def _apply_rules(self, m: StudyManifest, now: dt.datetime, *, claim: bool) -> Decision:
+        signer = self._check_signature(m)
+        self._check_times(m, now)
+        fresh = (self.nonces.claim(m.manifest_id, m.nonce, m.study_id) if claim
+                 else not self.nonces.seen(m.manifest_id, m.nonce))
+        if not fresh:
+            raise PolicyRefusal("replay", f"manifest id {_short(m.manifest_id)!r} or its nonce was seen before")
+        for c in m.cohorts:
+            self._check_cohort(c)
+        if not m.cohorts:
+            raise PolicyRefusal("cohort_not_approved", "the manifest lists no cohorts")
+        refused = [a for a in m.analyses if a not in self.config.allowed_analyses]
+        if refused:
+            names = ", ".join(map(str, refused))[:150]
+            raise PolicyRefusal("analysis", f"analyses not allowed at this site: {names}")
+        if self.config.site not in m.target_sites:
+            raise PolicyRefusal("site", f"site {self.config.site!r} is not among the target sites")
+        return Decision(
+            manifest=m, manifest_sha256=bundle.manifest_sha256(m), signer_key_id=signer,
+            effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
+            cohorts=m.cohorts, analyses=m.analyses,
+        )
 
     # --- the individual rules -----------------------------------------------------------
 
@@ -199,6 +212,8 @@ class ManifestPolicy:
     def _check_signature(self, m: StudyManifest) -> str:
         if m.signature is None:
             raise PolicyRefusal("signature", "the manifest is not signed")
+        if m.signature.key_id in self.revoked:
+            raise PolicyRefusal("revoked", f"signed by key {m.signature.key_id[:16]}…, which this site revoked")
         if m.signature.key_id not in self.trusted:
             raise PolicyRefusal("signature",
                                 f"signed by key {m.signature.key_id[:16]}…, not a pinned coordinator key")

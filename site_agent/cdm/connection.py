@@ -4,12 +4,17 @@ The CDM schema is read-only to the agent: everything it writes (cohorts, inclusi
 statistics, scratch tables) goes to the write schema, which must differ from the CDM
 schema. Statements run on one DBAPI connection so that Circe's temp tables live across
 statements, inside one transaction so that a failure leaves nothing half-written.
+
+``statement_timeout_seconds`` (> 0) bounds every statement: PostgreSQL enforces it itself
+(``statement_timeout`` set at connect); DuckDB has no such setting, so a timer interrupts the
+connection when a statement run through :class:`CdmConnection` outlives it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,12 +25,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from site_agent.errors import CdmConnectionError, ConfigError
+from site_agent.errors import CdmConnectionError, ConfigError, OptimaError
 
 SUPPORTED_DIALECTS = ("duckdb", "postgresql")
 DEFAULT_CDM_SCHEMA = {"duckdb": "main", "postgresql": "public"}
 DEFAULT_WRITE_SCHEMA = "results"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StatementTimeoutError(OptimaError, TimeoutError):
+    """A statement ran longer than the site's ``statement_timeout_seconds``; it was cancelled."""
+
+    exit_code = 6
 
 
 def resolve_cdm_url(cdm: str) -> str:
@@ -67,6 +78,7 @@ class CdmConnection:
     _conn: Connection | None = field(default=None, repr=False)
     # per-connection memo for results that do not depend on cohorts (e.g. denominators)
     memo: dict = field(default_factory=dict, repr=False)
+    statement_timeout: float = 0.0  # seconds per statement; 0: no limit
 
     @property
     def display_url(self) -> str:
@@ -81,9 +93,10 @@ class CdmConnection:
         """Run a read query and return a DataFrame (column names lower-cased)."""
         cur = self.connection().connection.cursor()
         try:
-            cur.execute(sql)
-            cols = [d[0].lower() for d in cur.description]
-            rows = cur.fetchall()
+            with self.deadline():
+                cur.execute(sql)
+                cols = [d[0].lower() for d in cur.description]
+                rows = cur.fetchall()
         finally:
             cur.close()
         return pd.DataFrame.from_records(rows, columns=cols)
@@ -91,8 +104,9 @@ class CdmConnection:
     def scalar(self, sql: str):
         cur = self.connection().connection.cursor()
         try:
-            cur.execute(sql)
-            row = cur.fetchone()
+            with self.deadline():
+                cur.execute(sql)
+                row = cur.fetchone()
         finally:
             cur.close()
         return None if row is None else row[0]
@@ -107,13 +121,40 @@ class CdmConnection:
         if self.dialect == "duckdb":
             cur.execute("BEGIN TRANSACTION")
         try:
-            yield _Script(cur)
+            yield _Script(cur, self.deadline)
             dbapi.commit()
         except BaseException:
             dbapi.rollback()
             raise
         finally:
             cur.close()
+
+    @contextmanager
+    def deadline(self) -> Iterator[None]:
+        """DuckDB: interrupt the statement run inside once ``statement_timeout`` has passed."""
+        if self.dialect != "duckdb" or not self.statement_timeout:
+            yield
+            return
+        fired = threading.Event()
+
+        def interrupt() -> None:
+            fired.set()
+            raw.interrupt()
+
+        raw = self.connection().connection.dbapi_connection
+        timer = threading.Timer(self.statement_timeout, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except Exception:
+            if fired.is_set():
+                raise StatementTimeoutError(f"a statement ran longer than the statement timeout of "
+                                            f"{self.statement_timeout:g} s and was cancelled",
+                                            hint="raise statement_timeout_seconds in the site config") from None
+            raise
+        finally:
+            timer.cancel()
 
     def table_columns(self, schema: str) -> dict[str, set[str]]:
         """Lower-cased table -> column names present in ``schema``."""
@@ -147,15 +188,22 @@ class CdmConnection:
 class _Script:
     """Executes statements on one DBAPI cursor (no parameter interpolation)."""
 
-    def __init__(self, cursor):
+    def __init__(self, cursor, deadline=None):
         self.cursor = cursor
+        self._deadline = deadline or _no_deadline
 
     def execute(self, statement: str) -> None:
-        self.cursor.execute(statement)
+        with self._deadline():
+            self.cursor.execute(statement)
 
     def execute_all(self, statements: Sequence[str]) -> None:
         for s in statements:
-            self.cursor.execute(s)
+            self.execute(s)
+
+
+@contextmanager
+def _no_deadline() -> Iterator[None]:
+    yield
 
 
 def _tune_duckdb(cdm: "CdmConnection") -> None:
@@ -180,8 +228,12 @@ def connect_cdm(
     write_schema: str | None = None,
     vocab_schema: str | None = None,
     must_exist: bool = True,
+    statement_timeout_seconds: float = 0.0,
 ) -> CdmConnection:
-    """Open the CDM at ``cdm`` (URL or .duckdb path) and check the schemas are usable."""
+    """Open the CDM at ``cdm`` (URL or .duckdb path) and check the schemas are usable.
+
+    ``statement_timeout_seconds > 0`` cancels any statement that runs longer (see the module doc).
+    """
     url = resolve_cdm_url(cdm)
     try:
         parsed = make_url(url)
@@ -207,8 +259,12 @@ def connect_cdm(
             hint="pass --write-schema with another schema, e.g. results",
         )
     try:
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        cdm_conn = CdmConnection(engine, url, dialect, cdm_schema, write_schema, vocab_schema)
+        connect_args = {}
+        if dialect == "postgresql" and statement_timeout_seconds > 0:
+            connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        cdm_conn = CdmConnection(engine, url, dialect, cdm_schema, write_schema, vocab_schema,
+                                 statement_timeout=float(statement_timeout_seconds))
         cdm_conn.connection()
     except NoSuchModuleError as exc:
         raise ConfigError(f"no driver for {safe_url(url)}: {exc}") from None
