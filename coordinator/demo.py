@@ -1,79 +1,81 @@
-"""The local demo network: synthetic sites, each building the lung study cohorts.
+"""``coordinator demo``: the lung study end to end over a local Flower network.
 
-Each site is driven through the ``site-agent`` command line in its own process, exactly
-as a data partner would run it; the coordinator only sees what the agent prints: aggregate
-counts with cells below the minimum cell count (default 5) suppressed at the site. The federation issue replaces the subprocess calls with Flower messages.
+1. Synthetic sites (different profiles and sizes), each with its own DuckDB CDM, signing key
+   and site TOML (:mod:`coordinator.demo_sites`); their public keys pinned in ``OUT/trust``.
+2. The coordinator key, and a manifest for the lung study (the lung cohorts' diagnostics and
+   the stage I-II SCLC treatment-sequence study) signed with it: ``OUT/manifest.json``.
+3. A SuperLink and one SuperNode per site as local processes, with TLS and SuperNode
+   authentication (:class:`coordinator.network.LocalNetwork`); ``flwr run`` starts the
+   ServerApp, which sends the manifest, verifies and stores each bundle, and writes the report.
+4. Everything is shut down; ``OUT`` holds ``report.html``, ``results.csv``,
+   ``bundles/<site>.bundle``, ``trust/``, ``store.sqlite3`` and the network's logs.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import datetime as dt
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.demo_sites import DemoSite, default_sites, prepare_site
+from coordinator.errors import CoordinatorError
+from coordinator.manifest import sign_manifest
+from coordinator.network import LocalNetwork, NodeSpec
+from coordinator.study import manifest_from_spec
+from site_agent.bundle import generate_keypair, load_private_key, write_manifest
 
-class DemoError(RuntimeError):
-    """A site step failed; carries the agent's own one-line error."""
-
-
-@dataclass(frozen=True)
-class DemoSite:
-    name: str
-    profile: str
-    persons: int
-    seed: int
+LUNG_DIAGNOSTIC_COHORTS = ("lung_cancer_broad", "lung_cancer_narrow", "nsclc", "sclc", "sclc_stage_i_ii")
+STUDY_SPEC = Path("studies") / "sclc_stage_i_ii.json"
 
 
-def default_sites(persons: int, seed: int) -> list[DemoSite]:
-    """Three sites that differ in size and kind (two oncology EMRs, one primary-care source)."""
-    return [
-        DemoSite("oncology_north", "oncology", persons, seed),
-        DemoSite("primary_care_south", "primary-care", persons * 2, seed + 1),
-        DemoSite("oncology_east", "oncology", max(persons // 2, 100), seed + 2),
-    ]
+def coordinator_key(out: Path) -> tuple[Path, Path]:
+    keys = out / "coordinator_keys"
+    private, public = keys / "coordinator.key", keys / "coordinator.pub"
+    if not private.exists():
+        generate_keypair(keys, "coordinator")
+    return private, public
 
 
-def _agent(*args: str) -> str:
-    cmd = [sys.executable, "-m", "site_agent", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise DemoError(f"site-agent {args[0]} {args[1] if len(args) > 1 else ''} failed: {last}")
-    return proc.stdout
-
-
-def run_demo(out: Path, sites: list[DemoSite], definitions: list[Path], *, min_cell_count: int = 5,
-             echo=print) -> dict[str, list[dict]]:
+def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_count: int = 5,
+             min_sites: int | None = None, reply_timeout: float = 600.0, analyses=("diagnostics", "sclc_study"),
+             train: str | None = None, train_epochs: int = 1, echo=print, network_hook=None) -> dict:
+    """Run the lung study over a fresh local network; returns the ServerApp's outcome."""
+    catalog = definitions / "catalog.json"
+    spec = definitions / STUDY_SPEC
+    for f in (catalog, spec):
+        if not f.is_file():
+            raise CoordinatorError(f"{f} not found (run from the repository root or pass --definitions)")
     out.mkdir(parents=True, exist_ok=True)
-    for d in definitions:
-        if not d.exists():
-            raise DemoError(f"cohort definitions not found at {d} (run from the repository root or pass --definitions)")
-    results: dict[str, list[dict]] = {}
-    for site in sites:
-        cdm = out / f"{site.name}.duckdb"
-        t0 = time.perf_counter()
-        _agent("cdm", "synth", "--out", str(cdm), "--persons", str(site.persons), "--site", site.name,
-               "--profile", site.profile, "--seed", str(site.seed))
-        t1 = time.perf_counter()
-        counts = json.loads(_agent("cohorts", "--cdm", str(cdm), "--definitions", *map(str, definitions), "--json",
-                                   "--min-cell-count", str(min_cell_count)))
-        t2 = time.perf_counter()
-        results[site.name] = counts
-        echo(f"\n== {site.name} ({site.profile}, {site.persons} persons; generated in {t1 - t0:.1f}s, "
-             f"cohorts built in {t2 - t1:.1f}s)")
-        echo(format_counts(counts, min_cell_count))
-    (out / "cohort_counts.json").write_text(json.dumps(results, indent=2))
-    return results
+    out = out.resolve()
+    private, public = coordinator_key(out)
+    t0 = time.perf_counter()
+    echo(f"preparing {len(sites)} synthetic sites in {out / 'sites'}")
+    prepared = [prepare_site(out / "sites", s, catalog=catalog.resolve(), coordinator_pub=public,
+                             trust=out / "trust", min_cell_count=min_cell_count, echo=echo) for s in sites]
+    manifest = manifest_from_spec(spec, target_sites=[s.name for s in sites],
+                                  min_sites=min_sites or max(1, len(sites) - 1), analyses=analyses,
+                                  extra_cohorts=LUNG_DIAGNOSTIC_COHORTS, min_cell_count=min_cell_count,
+                                  valid_for=dt.timedelta(hours=6))
+    manifest_path = write_manifest(sign_manifest(manifest, load_private_key(private)), out / "manifest.json")
+    t1 = time.perf_counter()
+    echo(f"sites ready in {t1 - t0:.1f}s; signed manifest {manifest.manifest_id} -> {manifest_path}")
+    job = {"manifest": str(manifest_path), "store": str(out / "store.sqlite3"), "trust": str(out / "trust"),
+           "out": str(out), "reply_timeout": reply_timeout, "node_wait": 60.0}
+    nodes = [NodeSpec(p.site.name, p.config) for p in prepared]
+    with LocalNetwork(out / "network", nodes) as network:
+        echo(f"SuperLink on 127.0.0.1:{network.port} (TLS, SuperNode authentication), {len(nodes)} SuperNodes")
+        if network_hook is not None:
+            network_hook(network)
+        outcome = network.run("study", job, timeout=reply_timeout + 180)
+    t2 = time.perf_counter()
+    echo(f"network study finished in {t2 - t1:.1f}s; every process stopped")
+    for s in (outcome.get("outcome") or {}).get("sites", []):
+        echo(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
+    if not outcome.get("ok"):
+        raise CoordinatorError(outcome.get("error") or "the study did not complete")
+    echo(f"report: {outcome.get('report')}\nnetwork results: {outcome.get('results')}\n"
+         f"bundles: {out / 'bundles'}  pinned site keys: {out / 'trust'}  store: {out / 'store.sqlite3'}")
+    return outcome
 
 
-def format_counts(counts: list[dict], min_cell_count: int) -> str:
-    """Counts as the coordinator sees them: suppressed cells (null) shown as <min."""
-    shown = lambda v: f"<{min_cell_count}" if v is None else str(v)  # noqa: E731
-    lines = [f"{'id':>3}  {'cohort_name':<26} {'records':>9} {'subjects':>9}"]
-    for c in counts:
-        lines.append(f"{c['cohort_definition_id']:>3}  {c['cohort_name']:<26} {shown(c['number_records']):>9} "
-                     f"{shown(c['number_subjects']):>9}")
-    return "\n".join(lines)
+__all__ = ["run_demo", "default_sites", "DemoSite"]

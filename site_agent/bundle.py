@@ -40,7 +40,8 @@ from site_agent.fileio import write_atomic
 from site_agent.keys import generate_keypair, key_id, load_private_key, load_public_key, load_trust_dir
 
 __all__ = [
-    "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "BundleError", "Signature", "ManifestCohort",
+    "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "REPLY_STATUSES", "BundleError", "Signature",
+    "ManifestCohort",
     "StudyManifest", "SuppressionRecord", "Provenance", "ResultBundle", "canonical_bytes", "manifest_sha256",
     "sign", "verify", "check_suppression", "render", "write_bundle", "read_bundle", "write_manifest",
     "read_manifest", "key_id", "generate_keypair", "load_private_key", "load_public_key", "load_trust_dir",
@@ -50,6 +51,8 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 ALGORITHM = "ed25519"
 ABSOLUTE_MIN_CELL = 2  # below this a released count can be a single person
+# what a site answers to a manifest over Flower (``content["reply"]["status"]``)
+REPLY_STATUSES = ("done", "refused", "failed", "awaiting_review", "rejected", "unknown")
 
 
 class BundleError(OptimaError, ValueError):

@@ -40,7 +40,9 @@ class InProcessGrid(Grid):
         self._states: dict[int, RecordDict] = {n: RecordDict() for n in self.node_configs}
         self._ids = itertools.count(1)
         self._pending: dict[str, cf.Future] = {}
-        self._pool = cf.ThreadPoolExecutor(max_workers=max(1, len(self.node_configs)))
+        # one worker: handlers run one after another (the OHDSI SQL translator is not thread-safe;
+        # real SuperNodes run each message in its own process)
+        self._pool = cf.ThreadPoolExecutor(max_workers=1)
         self.sent: list[Message] = []
 
     # --- Grid API -----------------------------------------------------------------------

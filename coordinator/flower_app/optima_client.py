@@ -1,0 +1,3 @@
+"""Flower ClientApp entry point: the site agent's code from the installed package."""
+
+from site_agent.client_app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""Flower ServerApp entry point: the coordinator's code from the installed package."""
+
+from coordinator.server_app import app  # noqa: F401

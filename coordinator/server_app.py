@@ -1,0 +1,94 @@
+"""The coordinator's Flower ServerApp: runs one job on the SuperLink's Grid and records the outcome.
+
+``flwr run`` starts it with two run-config values (``coordinator/flower_app/pyproject.toml``):
+``mode`` ("study", "collect" or "train") and ``job``, the path of a JSON job file that the
+coordinator command wrote (:class:`StudyJob` or a training job). The ServerApp runs on the
+coordinator host, next to the results store, so the job names local files. It always writes
+``<out>/outcome.json`` (atomically) so the command that started the run can tell what happened:
+``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from pydantic import BaseModel, Field
+
+from coordinator.errors import CoordinatorError
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+OUTCOME_FILE = "outcome.json"
+
+
+class StudyJob(BaseModel):
+    manifest: Path  # the signed manifest file
+    store: str  # results store path or SQLAlchemy URL
+    trust: Path  # pinned site public keys, <site>.pub
+    out: Path  # report.html, results.csv, bundles/, outcome.json
+    reply_timeout: float = Field(600.0, gt=0)
+    node_wait: float = Field(60.0, ge=0)
+    report: bool = True
+
+
+def write_outcome(out: Path, doc: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".outcome.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, default=str)
+    os.replace(tmp, out / OUTCOME_FILE)
+    return out / OUTCOME_FILE
+
+
+def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> dict:
+    from coordinator.report import write_report
+    from coordinator.store import ResultsStore
+    from coordinator.study import require_complete, send_study
+    from site_agent.bundle import read_manifest
+
+    manifest = read_manifest(job.manifest)
+    store = ResultsStore.open(job.store)
+    outcome = send_study(grid, manifest, store=store, trust_dir=job.trust, reply_timeout=job.reply_timeout,
+                         node_wait=job.node_wait, bundles_dir=job.out / "bundles", collect_only=collect_only)
+    doc = {"ok": outcome.complete, "outcome": outcome.model_dump()}
+    require_complete(outcome)
+    if job.report:
+        paths = write_report(store, manifest.manifest_id, job.out)
+        doc["report"] = str(paths.html)
+        doc["results"] = str(paths.csv)
+    return doc
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    mode = str(context.run_config.get("mode", "study"))
+    job_path = Path(str(context.run_config.get("job", "")))
+    try:
+        raw = json.loads(job_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CoordinatorError(f"cannot read the job file {job_path}: {exc}") from None
+    out = Path(raw.get("out", "."))
+    try:
+        if mode in ("study", "collect"):
+            doc = run_study_job(grid, StudyJob.model_validate(raw), collect_only=mode == "collect")
+        elif mode == "train":
+            from coordinator.training import run_training_job
+
+            doc = run_training_job(grid, raw)
+        else:
+            raise CoordinatorError(f"unknown mode {mode!r}; expected study, collect or train")
+    except Exception as exc:  # the starting command reads this; the ServerApp also logs it
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        write_outcome(out, {"ok": False, "error": first, "error_type": type(exc).__name__,
+                            "exit_code": getattr(exc, "exit_code", 1),
+                            **({"outcome": exc.outcome} if hasattr(exc, "outcome") else {})})
+        raise
+    write_outcome(out, doc)

@@ -1,0 +1,195 @@
+"""A network study at the coordinator: spec -> signed manifest -> Flower queries -> verified bundles.
+
+:func:`manifest_from_spec` turns a study spec (``cohort_definitions/studies/*.json``) and its
+catalog into an unsigned manifest: the cohorts' ATLAS JSON with their catalog sha256 and the
+spec's own sha256 (a site runs only a spec it has, byte for byte, in an approved catalog).
+
+:func:`send_study` runs on any Flower ``Grid`` (the SuperLink's in a deployment, an
+in-process one in tests): one ``query`` message per node, a bounded wait, then every answer
+is judged here. A ``done`` answer's bundle must verify against the pinned site keys and
+answer exactly this manifest; it is stored once (a site that answers twice, or is asked
+again after a restart, adds nothing). Every target site ends with a status and a reason
+(done, refused, failed, awaiting_review, rejected, missing), and the study fails with one
+line when fewer than ``min_sites`` are done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from pydantic import BaseModel
+
+from coordinator.errors import CoordinatorError, StudyIncomplete
+from coordinator.manifest import build_manifest, verify_bundle_file
+from site_agent.bundle import BundleError, StudyManifest, render
+
+log = logging.getLogger(__name__)
+
+
+class SiteOutcome(BaseModel):
+    site: str
+    status: str
+    reason: str = ""
+
+
+class StudyOutcome(BaseModel):
+    manifest_id: str
+    study_id: str
+    sites: list[SiteOutcome]
+    done: int
+    min_sites: int
+    complete: bool
+    elapsed_seconds: float
+
+
+def _catalog(spec_path: Path, spec: dict) -> tuple[Path, dict[str, dict]]:
+    catalog_path = (spec_path.parent / spec.get("catalog", "../catalog.json")).resolve()
+    try:
+        doc = json.loads(catalog_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CoordinatorError(f"{catalog_path}: cannot read the catalog ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise CoordinatorError(f"{catalog_path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    return catalog_path, {c["name"]: c for c in doc.get("cohorts", [])}
+
+
+def manifest_from_spec(spec_path: str | Path, *, target_sites: Iterable[str], min_sites: int,
+                       analyses: Iterable[str] = ("sclc_study",), extra_cohorts: Iterable[str] = (),
+                       min_cell_count: int | None = None,
+                       valid_for: dt.timedelta = dt.timedelta(days=2)) -> StudyManifest:
+    """An unsigned manifest for the spec's cohorts (plus ``extra_cohorts`` by catalog name)."""
+    spec_path = Path(spec_path)
+    try:
+        raw = spec_path.read_bytes()
+        spec = json.loads(raw)
+    except OSError as exc:
+        raise CoordinatorError(f"{spec_path}: cannot read the study spec ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise CoordinatorError(f"{spec_path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("cohorts"), dict) or "study_id" not in spec:
+        raise CoordinatorError(f"{spec_path}: not a study spec (needs study_id and cohorts)")
+    catalog_path, entries = _catalog(spec_path, spec)
+    names = list(dict.fromkeys([*extra_cohorts, *spec["cohorts"].values()]))
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise CoordinatorError(f"{spec_path}: cohorts {unknown} are not in the catalog {catalog_path}")
+    cohorts = []
+    for name in names:
+        e = entries[name]
+        path = (catalog_path.parent / e["path"]).resolve()
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != e["sha256"]:
+            raise CoordinatorError(f"{path}: sha256 differs from the catalog; restore the file or rebuild the catalog")
+        cohorts.append({"cohort_definition_id": e["cohort_definition_id"], "name": name, "sha256": e["sha256"],
+                        "expression": json.loads(data)})
+    return build_manifest(
+        study_id=spec["study_id"], study_version=str(spec.get("version", "1")), cohorts=cohorts,
+        analyses=analyses, parameters={"sclc_study": {"spec_sha256": hashlib.sha256(raw).hexdigest()}},
+        min_cell_count=int(min_cell_count if min_cell_count is not None else spec.get("min_cell_count", 5)),
+        target_sites=target_sites, min_sites=min_sites, valid_for=valid_for)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """Node ids once ``expected`` SuperNodes are connected, or whatever is there at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or time.monotonic() >= deadline:
+            return nodes
+        time.sleep(poll)
+
+
+def _messages(nodes: list[int], kind: str, record: ConfigRecord, group: str) -> list[Message]:
+    message_type = "query" if kind == "manifest" else "query.collect"
+    return [Message(RecordDict({kind: record}), dst_node_id=n, message_type=message_type, group_id=group)
+            for n in nodes]
+
+
+def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bundles_dir: Path | None
+           ) -> SiteOutcome | None:
+    if reply.has_error():
+        log.warning("node %s answered with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+        return None  # the site is unknown; it stays "missing" unless another reply names it
+    r = reply.content["reply"]
+    site, status, reason = str(r["site"]), str(r["status"]), str(r["reason"])
+    if site not in manifest.target_sites:
+        return None
+    if status != "done":
+        return SiteOutcome(site=site, status=status if status != "unknown" else "missing", reason=reason)
+    data = str(r["bundle"]).encode("utf-8")
+    with tempfile.TemporaryDirectory(prefix="optima-bundle-") as tmp:
+        path = Path(tmp) / f"{site}.bundle"
+        path.write_bytes(data)
+        try:
+            bundle = verify_bundle_file(path, trust_dir, manifest=manifest)
+        except BundleError as exc:
+            return SiteOutcome(site=site, status="failed", reason=f"bundle refused: {exc}")
+    if bundle.site != site:
+        return SiteOutcome(site=site, status="failed", reason=f"bundle names site {bundle.site!r}")
+    store.add_bundle(bundle, data)
+    if bundles_dir is not None:
+        bundles_dir.mkdir(parents=True, exist_ok=True)
+        tmp_path = bundles_dir / f".{site}.bundle.tmp"
+        tmp_path.write_bytes(data)
+        tmp_path.replace(bundles_dir / f"{site}.bundle")
+    return SiteOutcome(site=site, status="done")
+
+
+def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | Path, reply_timeout: float,
+               node_wait: float = 30.0, bundles_dir: Path | None = None, collect_only: bool = False) -> StudyOutcome:
+    """Send (or, with ``collect_only``, ask again for) a signed manifest; judge and record every answer."""
+    if manifest.signature is None:
+        raise CoordinatorError("the manifest is not signed; sign it with the coordinator key first")
+    started = time.monotonic()
+    trust_dir = Path(trust_dir)
+    store.add_manifest(manifest)
+    have = store.answered_sites(manifest.manifest_id)
+    nodes = wait_for_nodes(grid, len(manifest.target_sites), node_wait)
+    if collect_only:
+        record = ConfigRecord({"manifest_id": manifest.manifest_id})
+        messages = _messages(nodes, "collect", record, manifest.manifest_id)
+    else:
+        record = ConfigRecord({"json": render(manifest).decode("utf-8")})
+        messages = _messages(nodes, "manifest", record, manifest.manifest_id)
+    for site in manifest.target_sites:
+        if site not in have:
+            store.set_site_status(manifest.manifest_id, site, "sent")
+    replies = list(grid.send_and_receive(messages, timeout=reply_timeout)) if nodes else []
+    outcomes: dict[str, SiteOutcome] = {}
+    for reply in replies:
+        outcome = _judge(reply, manifest, trust_dir, store, bundles_dir)
+        if outcome is not None and (outcome.site not in outcomes or outcome.status == "done"):
+            outcomes[outcome.site] = outcome
+    for site in manifest.target_sites:
+        if site in have and outcomes.get(site, SiteOutcome(site=site, status="x")).status != "done":
+            outcomes[site] = SiteOutcome(site=site, status="done", reason="answered earlier")
+            continue
+        outcome = outcomes.setdefault(site, SiteOutcome(
+            site=site, status="missing", reason=f"no answer within {reply_timeout:g} s (SuperNode down, or slow)"))
+        store.set_site_status(manifest.manifest_id, site, outcome.status, outcome.reason or None)
+    done = sum(o.status == "done" for o in outcomes.values())
+    result = StudyOutcome(manifest_id=manifest.manifest_id, study_id=manifest.study_id,
+                          sites=[outcomes[s] for s in manifest.target_sites], done=done,
+                          min_sites=manifest.min_sites, complete=done >= manifest.min_sites,
+                          elapsed_seconds=round(time.monotonic() - started, 2))
+    log.info("study %s: %d of %d sites done", manifest.study_id, done, len(manifest.target_sites))
+    return result
+
+
+def require_complete(outcome: StudyOutcome) -> None:
+    if not outcome.complete:
+        missing = "; ".join(f"{s.site}: {s.status}" + (f" ({s.reason})" if s.reason else "")
+                            for s in outcome.sites if s.status != "done")
+        exc = StudyIncomplete(f"study {outcome.study_id}: only {outcome.done} of {len(outcome.sites)} sites "
+                              f"answered, the study needs {outcome.min_sites}: {missing}")
+        exc.outcome = outcome.model_dump()
+        raise exc

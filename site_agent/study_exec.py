@@ -1,0 +1,142 @@
+"""Run an accepted study manifest against the site's CDM and seal the result in a signed bundle.
+
+This is the one road from a manifest to a release, shared by the Flower query handler
+(:mod:`site_agent.client_app`) and the offline command ``site-agent run-manifest``:
+
+1. the policy has accepted the manifest (:class:`site_agent.policy.Decision`); nothing here
+   runs for a refused one;
+2. each requested analysis runs through the same code as the command line (cohorts and
+   diagnostics through :func:`run_diagnostics`, the SCLC study through :func:`run_study`),
+   with ``max(manifest minimum, site floor)`` as the minimum cell count, so every table is
+   suppressed before it is bound;
+3. the bound result becomes a :class:`ResultBundle` with the CDM's provenance and the
+   suppression record, signed with the site key.
+
+Analyses: ``cohort_counts`` (cohort count and attrition), ``diagnostics`` (the whole cohort
+diagnostics suite) and ``sclc_study`` (``parameters["sclc_study"]["spec_sha256"]`` names a
+study spec that must lie, byte for byte, in a ``studies/`` folder next to an approved catalog;
+its cohorts must be among the manifest's cohorts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+from site_agent import __version__, bundle
+from site_agent.cdm import connect_cdm
+from site_agent.cdm.connection import CdmConnection
+from site_agent.cohorts.definitions import CohortDefinition
+from site_agent.config import SiteConfig
+from site_agent.errors import ConfigError
+from site_agent.policy import Decision, PolicyRefusal, cohort_file_bytes
+from site_agent.results import SummarisedResult, bind_frames
+
+log = logging.getLogger(__name__)
+
+ANALYSES = ("cohort_counts", "diagnostics", "sclc_study")
+SUPPRESSION_METHOD = "optima-federated suppress + disclosure v1"
+
+
+def manifest_definitions(decision: Decision, config: SiteConfig) -> list[CohortDefinition]:
+    """The manifest's cohorts as definitions; the text is the approved file's when the site has it."""
+    approved = config.approved_cohort_files()
+    out = []
+    for c in decision.cohorts:
+        local = approved.get(c.sha256)
+        text = local.read_text(encoding="utf-8") if local is not None else cohort_file_bytes(c.expression).decode()
+        out.append(CohortDefinition(c.cohort_definition_id, c.name, local or Path(f"manifest:{c.name}"), c.sha256,
+                                    text))
+    return out
+
+
+def approved_study_spec(config: SiteConfig, spec_sha256: str) -> Path:
+    """The study spec with this sha256 from a ``studies/`` folder beside an approved catalog."""
+    for catalog in config.approved_cohorts.catalogs:
+        for path in sorted((catalog.parent / "studies").glob("*.json")):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == spec_sha256:
+                return path
+    raise PolicyRefusal("study_not_approved", f"study spec sha256 {spec_sha256[:12]}… is not in an approved catalog")
+
+
+def provenance(cdm: CdmConnection, cdm_name: str) -> bundle.Provenance:
+    from site_agent.cdm.check import describe_cdm
+
+    report = describe_cdm(cdm)
+    return bundle.Provenance(cdm_name=cdm_name, cdm_release_date=report.cdm_release_date,
+                             vocabulary_version=report.vocabulary_version, package_version=__version__)
+
+
+def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str) -> SummarisedResult:
+    """Every requested analysis, each suppressed at ``decision.effective_min_cell_count``, bound."""
+    from site_agent.diagnostics import cohort_summary
+    from site_agent.diagnostics.runner import run_diagnostics
+
+    minimum = decision.effective_min_cell_count
+    unknown = [a for a in decision.analyses if a not in ANALYSES]
+    if unknown:
+        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    definitions = manifest_definitions(decision, config)
+    parts: list[SummarisedResult] = []
+    quiet = lambda _msg: None  # noqa: E731
+    if "diagnostics" in decision.analyses:
+        parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
+                                     progress=quiet).result)
+    elif "cohort_counts" in decision.analyses:
+        parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
+                                     diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet).result)
+    if "sclc_study" in decision.analyses:
+        parts.append(_run_sclc(cdm, decision, config, cdm_name, minimum))
+    if not parts:
+        return SummarisedResult.empty()
+    return bind_frames([(p.data, p.settings) for p in parts])
+
+
+def _run_sclc(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str,
+              minimum: int) -> SummarisedResult:
+    from site_agent.analyses.study_run import run_study
+    from site_agent.study_spec import load_study
+
+    params = decision.manifest.parameters.get("sclc_study") or {}
+    sha = params.get("spec_sha256")
+    if not isinstance(sha, str):
+        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
+    study = load_study(approved_study_spec(config, sha))
+    have = {c.sha256 for c in decision.cohorts}
+    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
+    if missing:
+        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
+    with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # plots stay at the site, then go
+        return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum).result
+
+
+def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = None) -> bundle.ResultBundle:
+    """Run the accepted manifest and return the signed bundle (not yet released)."""
+    from site_agent.diagnostics.runner import default_cdm_name
+
+    cdm_cfg = config.cdm
+    try:
+        conn = connect_cdm(cdm_cfg.url, cdm_schema=cdm_cfg.cdm_schema, vocab_schema=cdm_cfg.vocab_schema,
+                           write_schema=cdm_cfg.write_schema)
+    except ConfigError as exc:
+        raise ConfigError(f"site {config.site}: cannot open its CDM: {exc}") from None
+    with conn as cdm:
+        name = cdm_name or default_cdm_name(cdm)
+        result = run_analyses(cdm, decision, config, name)
+        prov = provenance(cdm, name)
+    unsigned = bundle.ResultBundle(
+        site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
+        created_at=dt.datetime.now(dt.timezone.utc), provenance=prov,
+        suppression=bundle.SuppressionRecord(min_cell_count=decision.effective_min_cell_count,
+                                             site_floor=config.min_cell_count, method=SUPPRESSION_METHOD),
+        results_csv=result_csv_text(result))
+    return bundle.sign(unsigned, config.site_private_key())
+
+
+def result_csv_text(result: SummarisedResult) -> str:
+    with tempfile.TemporaryDirectory(prefix="optima-csv-") as tmp:
+        path = result.to_csv(Path(tmp) / "results.csv")
+        return path.read_text(encoding="utf-8")
