@@ -1,0 +1,362 @@
+"""Federated training of a site image model over any Flower ``Grid`` (numpy only, no torch).
+
+``run_federated_training(grid, task, ...)``: the starting weights come from one site (a train
+message with ``init = True``), then each round sends the global weights to every node, waits at
+most ``round_timeout`` seconds, requires ``min_replies`` good replies (else
+:class:`TrainingError`), averages them (FedAvg weighted by ``num-examples``; FedProx is the
+sites' proximal term, ``fedprox_mu`` in the config), checkpoints ``global_round_<r>.npz``
+atomically, sends evaluate messages and writes the weighted metrics of every round to
+``training_history.json``. A dead site only costs the timeout.
+
+Optional central differential privacy (:class:`DPConfig`): each site's update (its weights minus
+the global weights) is clipped to L2 norm ``clip_norm``, the clipped updates are averaged
+UNWEIGHTED (so one site's influence is bounded), and Gaussian noise of std
+``noise_multiplier * clip_norm / n_replies`` is added (as Flower's server-side fixed clipping).
+Epsilon is reported per round (site-level DP, add/remove one site, no sampling amplification).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A federated run cannot go on (no quorum, no starting model); one line for the user."""
+
+    exit_code = 3
+
+
+class DPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clip_norm: float = Field(gt=0)
+    noise_multiplier: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    seed: int = 0
+
+
+class RoundRecord(BaseModel):
+    round: int
+    replies: int
+    failed: list[str]
+    num_examples: int
+    train_metrics: dict[str, float]
+    eval_replies: int
+    eval_metrics: dict[str, float]
+    checkpoint: str
+    epsilon: float | None = None
+    seconds: float
+
+
+class TrainingSummary(BaseModel):
+    task: str
+    rounds: list[RoundRecord]
+    nodes: list[int]
+    final_checkpoint: str
+    dp: DPConfig | None = None
+    epsilon: float | None = None
+    accountant: str | None = None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- weights as numpy ---------------------------------------------------------------------
+def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def numpy_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def save_checkpoint(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _write_atomic(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
+    """Weighted mean of each array by the sites' example counts (integer arrays rounded back)."""
+    total = sum(n for _, n in updates)
+    if total <= 0:
+        weights = [1.0 / len(updates)] * len(updates)
+    else:
+        weights = [n / total for _, n in updates]
+    out = {}
+    for key, first in updates[0][0].items():
+        acc = sum(w * arrays[key].astype(np.float64) for (arrays, _), w in zip(updates, weights))
+        out[key] = np.rint(acc).astype(first.dtype) if np.issubdtype(first.dtype, np.integer) else acc.astype(first.dtype)
+    return out
+
+
+def dp_aggregate(global_arrays: dict[str, np.ndarray], replies: list[dict[str, np.ndarray]], dp: DPConfig,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Clip each site's float update to ``clip_norm`` (L2 over all float arrays), average
+    unweighted, add N(0, (noise_multiplier * clip_norm / n)^2); integer buffers: plain mean."""
+    keys = [k for k, v in global_arrays.items() if np.issubdtype(v.dtype, np.floating)]
+    n = len(replies)
+    mean_update = {k: np.zeros(global_arrays[k].shape, np.float64) for k in keys}
+    for arrays in replies:
+        delta = {k: arrays[k].astype(np.float64) - global_arrays[k] for k in keys}
+        norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
+        scale = min(1.0, dp.clip_norm / norm) if norm > 0 else 1.0
+        for k in keys:
+            mean_update[k] += delta[k] * scale / n
+    std = dp.noise_multiplier * dp.clip_norm / n
+    out = fedavg([(a, 1) for a in replies])  # integer buffers (batch counters)
+    for k in keys:
+        noisy = global_arrays[k] + mean_update[k] + rng.normal(0.0, std, size=mean_update[k].shape)
+        out[k] = noisy.astype(global_arrays[k].dtype)
+    return out
+
+
+def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` Gaussian releases of sensitivity 1 and noise ``noise_multiplier``
+    via Renyi DP (order a: rounds*a/(2 sigma^2)) converted at ``delta``; optimised in closed
+    form: rho + 2*sqrt(rho*ln(1/delta)) with rho = rounds/(2 sigma^2)."""
+    rho = rounds / (2.0 * noise_multiplier**2)
+    return rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
+
+
+def _epsilon(dp: DPConfig, rounds: int, population: int) -> tuple[float, str]:
+    """Flower's RDP accountant (needs ``flwr[dp]``) when importable, else the closed form."""
+    try:
+        from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
+        from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+        acc = RdpAccountant(PrivacyConfig(target_delta=dp.delta, population_size=population,
+                                          neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                          sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        acc.compose(GaussianPrivacyEvent(dp.noise_multiplier, population, population), count=rounds)
+        return float(acc.get_epsilon(dp.delta)), "flwr RdpAccountant"
+    except ImportError:
+        return gaussian_epsilon(dp.noise_multiplier, rounds, dp.delta), "closed-form Gaussian RDP"
+
+
+# --- messages ---------------------------------------------------------------------------
+def _config(task: str, run_config: dict, **extra) -> ConfigRecord:
+    values = {k: v for k, v in {**run_config, **extra, "task": task}.items() if v is not None}
+    return ConfigRecord(values)
+
+
+def _send(grid, nodes, content_for, message_type: str, timeout: float, group: str) -> tuple[list[Message], list[str]]:
+    msgs = [Message(content=content_for(node), dst_node_id=node, message_type=message_type, group_id=group)
+            for node in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    ok, failed = [], []
+    answered = set()
+    for rep in replies:
+        answered.add(rep.metadata.src_node_id)
+        if rep.has_error():
+            failed.append(f"node {rep.metadata.src_node_id}: {rep.error.reason}")
+        else:
+            ok.append(rep)
+    failed += [f"node {n}: no reply within {timeout:g}s" for n in nodes if n not in answered]
+    return ok, failed
+
+
+def _weighted_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
+    total, sums, weights = 0, {}, {}
+    for rep in replies:
+        m = dict(rep.content.metric_records["metrics"])
+        n = int(m.pop("num-examples", 0))
+        total += n
+        for k, v in m.items():
+            if isinstance(v, (int, float)):
+                sums[k] = sums.get(k, 0.0) + n * float(v)
+                weights[k] = weights.get(k, 0) + n
+    return total, {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+
+
+def initial_weights(grid, task: str, run_config: dict, nodes: list[int], timeout: float) -> dict[str, np.ndarray]:
+    """Ask the sites in turn for the task's seeded starting model until one answers."""
+    reasons = []
+    for node in nodes:
+        ok, failed = _send(grid, [node], lambda n: RecordDict({"config": _config(task, run_config, init=True)}),
+                           MessageType.TRAIN, timeout, "init")
+        if ok:
+            return record_to_numpy(ok[0].content.array_records["arrays"])
+        reasons += failed
+    raise TrainingError(f"no site returned a starting model for task {task!r}: {'; '.join(reasons)[:300]}")
+
+
+def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
+                           round_timeout: float, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
+                           nodes: list[int] | None = None) -> TrainingSummary:
+    out_dir = Path(out_dir)
+    nodes = sorted(nodes if nodes is not None else grid.get_node_ids())
+    if rounds < 1 or min_replies < 1:
+        raise TrainingError("rounds and min_replies must be at least 1")
+    if len(nodes) < min_replies:
+        raise TrainingError(f"only {len(nodes)} site(s) connected, the quorum is {min_replies}",
+                            ) from None
+    run_config = {**run_config, "fedprox_mu": float(fedprox_mu)}
+    global_arrays = initial_weights(grid, task, run_config, nodes, round_timeout)
+    rng = np.random.default_rng(dp.seed if dp else 0)
+    history: list[RoundRecord] = []
+    accountant = epsilon = None
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        record = numpy_to_record(global_arrays)
+        content = lambda n: RecordDict({"arrays": record, "config": _config(task, run_config, round=r)})  # noqa: E731
+        ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
+        if len(ok) < min_replies:
+            raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied, the quorum is {min_replies} "
+                                f"({'; '.join(failed)[:300]})")
+        arrays = [record_to_numpy(rep.content.array_records["arrays"]) for rep in ok]
+        n_train, train_metrics = _weighted_metrics(ok)
+        counts = [int(rep.content.metric_records["metrics"].get("num-examples", 0)) for rep in ok]
+        if dp is not None:
+            global_arrays = dp_aggregate(global_arrays, arrays, dp, rng)
+            epsilon, accountant = _epsilon(dp, r, len(nodes))
+        else:
+            global_arrays = fedavg(list(zip(arrays, counts)))
+        ckpt = save_checkpoint(global_arrays, out_dir / f"global_round_{r}.npz")
+        record = numpy_to_record(global_arrays)
+        ev_ok, ev_failed = _send(grid, nodes, lambda n: RecordDict({"arrays": record, "config": _config(
+            task, run_config, round=r)}), MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
+        _, eval_metrics = _weighted_metrics(ev_ok)
+        history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
+                                   train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
+                                   checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
+        summary = TrainingSummary(task=task, rounds=history, nodes=nodes, final_checkpoint=ckpt.name, dp=dp,
+                                  epsilon=epsilon, accountant=accountant)
+        _write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
+        log.info("round %d: %d replies, eval %s", r, len(ok), json.dumps(eval_metrics))
+    return summary
+
+
+# --- the `coordinator train TASK` command -------------------------------------------------
+TASKS = ("pathology", "mammography")
+
+
+class TrainRequest(BaseModel):
+    """What ``coordinator train`` asks for; travels to the ServerApp as a flat run config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    rounds: int = Field(3, ge=1)
+    min_replies: int = Field(2, ge=1)
+    round_timeout: float = Field(900.0, gt=0)
+    out: Path
+    fedprox_mu: float = Field(0.0, ge=0)
+    dp: DPConfig | None = None
+    run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    sites: list[Path] = Field(default_factory=list)
+
+    def flat(self) -> dict:
+        """Flower run config (flat scalars): ``train.*`` for the loop, the rest for the sites."""
+        flat = {"train.task": self.task, "train.rounds": self.rounds, "train.min-replies": self.min_replies,
+                "train.round-timeout": self.round_timeout, "train.out": str(self.out),
+                "train.fedprox-mu": self.fedprox_mu}
+        if self.dp:
+            flat |= {"train.dp-clip": self.dp.clip_norm, "train.dp-noise": self.dp.noise_multiplier,
+                     "train.dp-delta": self.dp.delta}
+        return flat | {f"site.{k}": v for k, v in self.run_config.items()}
+
+    @classmethod
+    def from_flat(cls, flat: dict) -> TrainRequest:
+        dp = None
+        if "train.dp-clip" in flat:
+            dp = DPConfig(clip_norm=flat["train.dp-clip"], noise_multiplier=flat["train.dp-noise"],
+                          delta=flat.get("train.dp-delta", 1e-5))
+        return cls(task=flat["train.task"], rounds=flat["train.rounds"], min_replies=flat["train.min-replies"],
+                   round_timeout=flat["train.round-timeout"], out=Path(flat["train.out"]),
+                   fedprox_mu=flat.get("train.fedprox-mu", 0.0), dp=dp,
+                   run_config={k[5:]: v for k, v in flat.items() if k.startswith("site.")})
+
+
+def run_request(grid, request: TrainRequest) -> TrainingSummary:
+    """What the ServerApp's main calls with ``TrainRequest.from_flat(context.run_config)``."""
+    return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
+                                  out_dir=request.out, min_replies=request.min_replies,
+                                  round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp)
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="federated training of a site image model (Flower FedAvg/FedProx)")
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--out", default="federated-training", help="folder for global_round_<r>.npz and the history")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-replies", type=int, default=2, help="quorum: fewer good replies in a round stops the run")
+    p.add_argument("--round-timeout", type=float, default=900.0, help="seconds a round waits for the sites")
+    p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight (0: plain FedAvg)")
+    p.add_argument("--dp-clip", type=float, help="central DP: clip each site's update to this L2 norm")
+    p.add_argument("--dp-noise", type=float, help="central DP: noise multiplier (std = multiplier x clip / sites)")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="delta at which epsilon is reported")
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round at each site")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--backbone", help="model backbone the sites build (task default when omitted)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sites", nargs="*", default=[], help="site TOML files for a local Flower network")
+    p.set_defaults(func=cli_train)
+
+
+def request_from_args(args) -> TrainRequest:
+    if (args.dp_clip is None) != (args.dp_noise is None):
+        raise TrainingError("give both --dp-clip and --dp-noise for differential privacy, or neither")
+    from pydantic import ValidationError
+
+    try:
+        dp = DPConfig(clip_norm=args.dp_clip, noise_multiplier=args.dp_noise, delta=args.dp_delta, seed=args.seed) \
+            if args.dp_clip is not None else None
+        run_config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
+                      "seed": args.seed}
+        if args.backbone:
+            run_config["backbone"] = args.backbone
+        return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
+                            round_timeout=args.round_timeout, out=Path(args.out), fedprox_mu=args.fedprox_mu,
+                            dp=dp, run_config=run_config, sites=[Path(s) for s in args.sites])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def cli_train(args) -> int:
+    request = request_from_args(args)
+    try:
+        from coordinator.network import run_training_job
+    except ImportError:
+        raise TrainingError("the local Flower network (coordinator.network.run_training_job) is not available "
+                            "in this install") from None
+    summary = run_training_job(request)
+    last = summary.rounds[-1]
+    eps = f", epsilon {summary.epsilon:.2f} at delta {request.dp.delta:g}" if summary.epsilon is not None else ""
+    print(f"{len(summary.rounds)} rounds of federated {request.task} training over {len(summary.nodes)} sites; "
+          f"last round: {last.replies} replies, evaluation {json.dumps({k: round(v, 4) for k, v in last.eval_metrics.items()})}"
+          f"{eps}; global model {Path(request.out) / summary.final_checkpoint}")
+    return 0

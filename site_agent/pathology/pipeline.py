@@ -1,0 +1,116 @@
+"""Local training at a site: tiles -> model -> metrics, figures, Grad-CAM, whole-slide maps.
+
+Writes into ``out``: ``model_best.pt``, ``metrics.json``, ``confusion_matrix.png``, ``roc.png``,
+``pr.png``, ``tsne.png``, ``gradcam_<n>_<class>.png``, ``slide_proportions.csv``,
+``overlay_<slide>.png`` and, with a probe encoder, ``probe_metrics.json``. Everything stays at
+the site; only ``metrics.json``'s aggregates are meant to be shared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from site_agent.fileio import write_atomic
+from site_agent.pathology import CLASSES
+from site_agent.pathology.dataset import SiteData, load_site
+from site_agent.pathology.options import PathologyOptions
+
+log = logging.getLogger(__name__)
+
+
+def build_model(opts: PathologyOptions):
+    from site_agent.training.models import build_classifier
+
+    return build_classifier(opts.backbone, len(CLASSES), weights=opts.weights)
+
+
+def _gradcams(model, ds, probs, out: Path, n: int) -> list[str]:
+    import torch
+
+    from site_agent.training.explain import gradcam, save_gradcam_overlay
+
+    labels = ds.labels()
+    picks, seen = [], set()
+    for i in np.argsort(-probs.max(1)):  # confident examples, one per class first
+        if labels[i] not in seen:
+            picks.append(int(i))
+            seen.add(labels[i])
+        if len(picks) >= n:
+            break
+    if not picks:
+        return []
+    model = model.cpu().float()
+    x = torch.stack([ds[i][0] for i in picks])
+    maps = gradcam(model, x)
+    written = []
+    for j, (i, heat) in enumerate(zip(picks, maps)):
+        true, pred = CLASSES[labels[i]], CLASSES[int(probs[i].argmax())]
+        name = f"gradcam_{j + 1}_{true.lower().replace(' ', '_')}.png"
+        save_gradcam_overlay(ds.image(i), heat, out / name, title=f"true {true}, predicted {pred}")
+        written.append(name)
+    return written
+
+
+def _whole_slides(model, site: SiteData, opts: PathologyOptions, cfg, out: Path) -> list[str]:
+    from site_agent.pathology.wsi import classify_slide, proportion_row, save_overlay, write_proportions
+
+    rows, written = [], []
+    params = opts.tiling()
+    for i, rec in enumerate(site.records):
+        patches, classes, _ = classify_slide(model, rec.slide, params, cfg, input_size=opts.input_size,
+                                             mask=site.masks.get(i))
+        rows.append(proportion_row(rec, site.split_of_patient[rec.patient_id], classes))
+        name = f"overlay_{rec.slide_id}.png"
+        save_overlay(rec.slide, patches, classes, params, out / name)
+        written.append(name)
+    write_proportions(rows, out / "slide_proportions.csv")
+    return written
+
+
+def run_local_training(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
+    """Train on the site's train split (early stopping on val), evaluate on its test split."""
+    from site_agent.training.loop import fit, predict
+    from site_agent.training.metrics import classification_metrics
+    from site_agent.training.plots import plot_confusion_matrix, plot_pr, plot_roc, plot_tsne
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    site = load_site(Path(data_dir), opts.tiling(), input_size=opts.input_size, seed=opts.seed,
+                     train_stride=opts.train_stride)
+    eval_split = "test" if len(site.datasets["test"]) else "val"
+    cfg = opts.train_config()
+    model = build_model(opts)
+    out.mkdir(parents=True, exist_ok=True)
+    res = fit(model, site.datasets["train"], site.datasets["val"], cfg, out / "model_best.pt")
+    ds = site.datasets[eval_split]
+    pred = predict(model, ds, cfg, embeddings=opts.tsne_max > 0)
+    metrics = classification_metrics(pred.labels, pred.probs, list(CLASSES))
+    names = list(CLASSES)
+    plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
+    plot_roc(pred.labels, pred.probs, names, out / "roc.png")
+    plot_pr(pred.labels, pred.probs, names, out / "pr.png")
+    if pred.embeddings is not None and len(pred.labels) >= 5:
+        sel = np.random.default_rng(opts.seed).permutation(len(pred.labels))[:opts.tsne_max]
+        plot_tsne(pred.embeddings[sel], pred.labels[sel], names, out / "tsne.png", seed=opts.seed)
+    gradcams = _gradcams(model, ds, pred.probs, out, opts.gradcam_samples)
+    overlays = _whole_slides(model, site, opts, cfg, out)
+    probe = None
+    if opts.probe_encoder is not None:
+        from site_agent.pathology.probe import linear_probe, load_encoder
+
+        probe, _, _ = linear_probe(load_encoder(opts.probe_encoder, opts.probe_backbone), site.datasets["train"],
+                                   ds, cfg, seed=opts.seed)
+        write_atomic(out / "probe_metrics.json", json.dumps(probe, indent=2).encode())
+    summary = {**metrics, "evaluated_on": eval_split, "backbone": opts.backbone,
+               "patches": {s: len(d) for s, d in site.datasets.items()},
+               "slides": {s: len(site.slides_in(s)) for s in ("train", "val", "test", "heldout")},
+               "fit": res.model_dump(), "seconds": round(time.perf_counter() - t0, 1),
+               "gradcam_files": gradcams, "overlay_files": overlays,
+               "linear_probe": {k: probe[k] for k in ("accuracy", "f1", "auroc")} if probe else None}
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=2).encode())
+    return summary

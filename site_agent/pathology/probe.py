@@ -1,0 +1,62 @@
+"""Linear probe: a linear classifier (multinomial logistic regression) on the frozen features of
+a pluggable encoder loaded from a local file — a TorchScript module mapping images (B, 3, H, W)
+in [0, 1] to features (B, D), or a state dict for one of our backbones (``probe_backbone``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from site_agent.errors import ConfigError
+from site_agent.pathology import CLASSES
+
+
+class _Frozen(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Linear(1, len(CLASSES))  # only for predict()'s class count
+
+    def embed(self, x):
+        return self.encoder(x).flatten(1)
+
+
+def load_encoder(path: Path, backbone: str) -> nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"probe encoder file not found: {path}")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:
+        pass  # not TorchScript: a state dict for one of our backbones
+    from site_agent.training.models import build_classifier, embedding_model
+
+    return embedding_model(build_classifier(backbone, len(CLASSES), weights=path))
+
+
+def features(encoder: nn.Module, ds, cfg) -> tuple[np.ndarray, np.ndarray]:
+    from site_agent.training.loop import predict
+
+    pred = predict(_Frozen(encoder), ds, cfg.model_copy(update={"channels_last": False}), embeddings=True)
+    return pred.embeddings, pred.labels
+
+
+def linear_probe(encoder: nn.Module, train_ds, test_ds, cfg, *, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(metrics on the test set, test labels, test probabilities)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from site_agent.training.metrics import classification_metrics
+
+    xtr, ytr = features(encoder, train_ds, cfg)
+    xte, yte = features(encoder, test_ds, cfg)
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegression(max_iter=2000, C=0.5, random_state=seed).fit(scaler.transform(xtr), ytr)
+    probs = np.zeros((len(yte), len(CLASSES)))
+    probs[:, clf.classes_] = clf.predict_proba(scaler.transform(xte))
+    return classification_metrics(yte, probs, list(CLASSES)), yte, probs
