@@ -15,7 +15,14 @@ from site_agent.config import load_config
 from site_agent.governance.outbox import Outbox
 from site_agent.governance.release_history import ReleaseHistory
 from site_agent.policy import ManifestPolicy, PolicyRefusal
-from tests.test_governance_support import clone_persons, make_bundle, make_keys, make_manifest, run_site, write_site_config
+from tests.test_governance_support import (
+    clone_persons,
+    make_bundle,
+    make_keys,
+    make_manifest,
+    run_site,
+    write_site_config,
+)
 
 OFFSET = 987_654_000  # every person_id becomes 987654001 … 987655500 (CDM ids are 32-bit integers)
 CANARY = re.compile(rb"(?<![0-9a-f])98765[45][0-9]{3}(?![0-9a-f])")  # any of them, as a number

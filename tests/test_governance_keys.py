@@ -12,7 +12,12 @@ from site_agent.governance.keyring import Keyring
 from site_agent.keys import key_id
 from site_agent.policy import ManifestPolicy, PolicyRefusal
 from site_agent.results import SummarisedResult
-from tests.test_governance_support import make_bundle, make_keys, make_manifest, write_site_config
+from tests.test_governance_support import (
+    make_bundle,
+    make_keys,
+    make_manifest,
+    write_site_config,
+)
 
 
 @pytest.fixture()

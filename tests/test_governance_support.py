@@ -15,8 +15,16 @@ from pathlib import Path
 import duckdb
 
 from site_agent import __version__
-from site_agent.bundle import (ManifestCohort, Provenance, ResultBundle, StudyManifest, SuppressionRecord,
-                               generate_keypair, load_private_key, sign)
+from site_agent.bundle import (
+    ManifestCohort,
+    Provenance,
+    ResultBundle,
+    StudyManifest,
+    SuppressionRecord,
+    generate_keypair,
+    load_private_key,
+    sign,
+)
 from site_agent.results import SummarisedResult
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,10 +48,9 @@ def test_duckdb_statement_timeout_interrupts(tmp_path):
         assert cdm.scalar("SELECT count(*) FROM person") == 50  # the connection is still usable
         with pytest.raises(StatementTimeoutError):
             cdm.query_df(SLOW_DUCKDB)
-        with pytest.raises(StatementTimeoutError):
-            with cdm.transaction() as script:
-                script.execute("CREATE TABLE results_scratch AS SELECT 1 AS x")
-                script.execute(SLOW_DUCKDB)
+        with pytest.raises(StatementTimeoutError), cdm.transaction() as script:
+            script.execute("CREATE TABLE results_scratch AS SELECT 1 AS x")
+            script.execute(SLOW_DUCKDB)
         assert cdm.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'results_scratch'") == 0
         time.sleep(0.7)  # a timer from a finished statement must not hit the next one
         assert cdm.scalar("SELECT 42") == 42

@@ -217,7 +217,7 @@ def cmd_keys_list(args) -> int:
 # --- wiring ---------------------------------------------------------------------------------
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _cfg_opt(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,7 +19,11 @@ from sqlalchemy.exc import ArgumentError
 
 from site_agent.audit import MAX_STR
 from site_agent.bundle import StudyManifest, read_manifest
-from site_agent.cdm.connection import DEFAULT_CDM_SCHEMA, DEFAULT_WRITE_SCHEMA, resolve_cdm_url
+from site_agent.cdm.connection import (
+    DEFAULT_CDM_SCHEMA,
+    DEFAULT_WRITE_SCHEMA,
+    resolve_cdm_url,
+)
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
 from site_agent.config import SiteConfig
@@ -79,7 +83,7 @@ def site_dialect(config: SiteConfig) -> tuple[str, str, str]:
 
 def _plan(policy: ManifestPolicy, c, dialect: str, cdm_schema: str, vocab_schema: str, write_schema: str) -> CohortPlan:
     try:
-        policy._check_cohort(c)  # noqa: SLF001 - the policy's own rule, not a copy of it
+        policy._check_cohort(c)
         problem = None
     except PolicyRefusal as refusal:
         problem = f"{refusal.check}: {refusal.reason}"
