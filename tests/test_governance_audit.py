@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -89,7 +90,7 @@ def test_no_patient_identifier_in_anything_the_agent_writes(canary_cdm, tmp_path
     con.close()
     assert len(ids) == 1500 and all(CANARY.fullmatch(i) for i in ids) and in_cohort > 0
     events = {e["event"] for e in audit.entries()}
-    assert {"dry_run", "accepted", "refused", "queued_for_review", "review_approved", "released"} <= events
+    assert {"dry_run", "accepted", "refused", "queued_for_review", "review_approved", "review_sent"} <= events
     written = [p for p in cfg.state_dir.rglob("*") if p.is_file()]
     assert len(written) >= 6  # audit log, nonce store, outbox item + bundle, release history, …
     assert _grep_state(cfg.state_dir) == []
@@ -138,3 +139,24 @@ def test_audit_show_filters(tmp_path, capsys):
     assert main(["audit", "show", "--event", "nothing", "--config", cfg]) == 0
     assert "no matching" in capsys.readouterr().out
     assert main(["audit", "show", "--limit", "0", "--config", cfg]) == 2
+
+
+def test_canary_through_the_client_app_in_review_mode(canary_cdm, tmp_path, capsys):
+    """The site's query handler end to end (policy -> diagnostics on the CDM -> outbox -> approve -> collect)."""
+    from site_agent.client_app import answer_manifest, collect
+
+    keys = make_keys(tmp_path / "keys")
+    cfg_path = write_site_config(tmp_path, keys, cdm_url=f"duckdb:///{canary_cdm}", extra="review_mode = true")
+    cfg = load_config(cfg_path)
+    m = make_manifest(keys, analyses=("cohort_counts",))
+    status, reason, text = answer_manifest(cfg, m.model_dump_json())
+    assert (status, text) == ("awaiting_review", "") and reason.startswith("queued for review")
+    assert collect(cfg, m.manifest_id)[0] == "awaiting_review"
+    [item] = Outbox(cfg.state_dir).pending()
+    assert main(["approve", item.id, "--sha256", item.sha256, "--reviewer", "dpo", "--config", str(cfg_path)]) == 0
+    status, _, text = collect(cfg, m.manifest_id)
+    assert status == "done" and hashlib.sha256(text.encode("utf-8")).hexdigest() == item.sha256
+    assert "Number subjects" in text
+    assert _grep_state(cfg.state_dir) == []
+    printed = capsys.readouterr()
+    assert not CANARY.search(printed.out.encode()) and not CANARY.search(printed.err.encode())

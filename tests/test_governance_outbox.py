@@ -65,7 +65,7 @@ def test_put_show_approve_send(site):
     box.mark_sent("manifest-1", audit=audit)
     box.mark_sent("manifest-1", audit=audit)  # idempotent
     assert box.items()[0].status == "sent" and box.pending() == []
-    assert _events(audit) == ["queued_for_review", "review_approved", "released"]
+    assert _events(audit) == ["queued_for_review", "review_approved", "review_sent"]
     approved = [e for e in audit.entries() if e["event"] == "review_approved"][0]
     assert approved["detail"]["bundle_sha256"] == sha and approved["manifest_id"] == "manifest-1"
     assert audit.verify()[0]

@@ -12,7 +12,7 @@ of the bytes it wrote; :meth:`Outbox.show` shows those bytes' tables and their s
 when the file's bytes now hash differently, or differ from what was queued; and
 :meth:`Outbox.decision_for` re-hashes the file before handing the bundle out for sending
 and refuses if it changed after approval. Every decision is audited (``queued_for_review``,
-``review_approved``, ``review_rejected``, ``review_refused``, ``released``).
+``review_approved``, ``review_rejected``, ``review_refused``, ``review_sent``).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class Outbox:
         return "approved", bundle
 
     def mark_sent(self, manifest_id: str, *, audit: AuditLog) -> None:
-        """Record that the approved bundle left the site (audited as ``released``); idempotent."""
+        """Record that the approved bundle left the site (audited as ``review_sent``); idempotent."""
         with self._locked():
             item = self._latest(manifest_id)
             if item is None or item.status not in ("approved", "sent"):
@@ -292,7 +292,7 @@ class Outbox:
             if item.status == "sent":
                 return
             item = self._save(item.model_copy(update={"status": "sent", "sent_at": _now()}))
-            audit.append("released", manifest_id=item.manifest_id[:MAX_STR], study_id=item.study_id,
+            audit.append("review_sent", manifest_id=item.manifest_id[:MAX_STR], study_id=item.study_id,
                          detail={"review_id": item.id, "bundle_sha256": item.sha256, "reviewed_by": item.reviewer})
 
 
