@@ -1,0 +1,137 @@
+"""Pathology data: GeoJSON parsing, labelling by overlap, patient-level splits, synthetic slides
+(read back through tiffslide, labels against the generator's own raster), tissue detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from shapely.geometry import Polygon, box
+
+from site_agent.pathology import CLASSES
+from site_agent.pathology.annotations import Annotation, load_geojson, parse_geojson
+from site_agent.pathology.errors import PathologyDataError
+from site_agent.pathology.splits import patient_splits, read_slide_table, split_counts
+from site_agent.pathology.tiling import TilingParams, class_overlaps, tile_slide
+
+
+def _feature(coords, cls):
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
+            "properties": {"objectType": "annotation", "classification": cls}}
+
+
+def test_geojson_qupath_forms_and_unknown_classes(tmp_path):
+    sq = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    data = {"type": "FeatureCollection", "features": [
+        _feature(sq, {"name": "Tumor", "color": [200, 0, 0]}),
+        _feature(sq, "Stroma"),  # older exports: classification as a string
+        _feature(sq, {"name": "Pen marking"}),  # not one of the 8 classes: skipped
+    ]}
+    anns, skipped = parse_geojson(data)
+    assert [a.label for a in anns] == ["Tumor", "Stroma"] and skipped == 1
+    assert anns[0].geometry.area == 100
+    (tmp_path / "a.geojson").write_text(json.dumps(data["features"]))  # bare list of features
+    assert len(load_geojson(tmp_path / "a.geojson")) == 2
+    (tmp_path / "bad.geojson").write_text("{not json")
+    with pytest.raises(PathologyDataError, match="not valid JSON"):
+        load_geojson(tmp_path / "bad.geojson")
+    with pytest.raises(PathologyDataError, match="no geometry"):
+        parse_geojson([{"type": "Feature", "properties": {}}])
+
+
+def test_overlap_fractions_and_labels():
+    anns = [Annotation("Tumor", box(0, 0, 154, 256)),  # 60% of the first patch
+            Annotation("Stroma", box(154, 0, 512, 256)),
+            Annotation("Stroma", box(300, 0, 400, 256))]  # overlaps the other Stroma: not counted twice
+    cover = class_overlaps((0, 0, 256, 256), anns)
+    assert cover[CLASSES.index("Tumor")] == pytest.approx(154 / 256)
+    assert cover[CLASSES.index("Stroma")] == pytest.approx(102 / 256)
+    cover2 = class_overlaps((256, 0, 512, 256), anns)
+    assert cover2[CLASSES.index("Stroma")] == pytest.approx(1.0)
+
+    class FakeSlide:  # the geometry only: tiling needs no pixels once the tissue mask is given
+        dimensions = (512, 256)
+
+    patches = tile_slide(FakeSlide(), anns, TilingParams(min_tissue=0.0), mask=(np.ones((64, 128), bool), 4.0))
+    assert [(p.x, CLASSES[p.label]) for p in patches] == [(0, "Tumor"), (256, "Stroma")]
+    strict = tile_slide(FakeSlide(), anns, TilingParams(min_overlap=0.7, min_tissue=0.0),
+                        mask=(np.ones((64, 128), bool), 4.0))
+    assert [p.x for p in strict] == [256]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 20, 100])
+def test_patient_splits_never_share_a_patient(n):
+    slides = [(f"s{i}", f"p{i % n}") for i in range(3 * n)]  # three slides per patient
+    for seed in range(5):
+        split = patient_splits([p for _, p in slides], seed=seed)
+        assert set(split) == {f"p{i}" for i in range(n)}
+        per_patient = {}
+        for _, p in slides:
+            per_patient.setdefault(p, set()).add(split[p])
+        assert all(len(v) == 1 for v in per_patient.values())
+        assert "train" in split.values()
+    if n == 100:
+        assert split_counts(100) == (70, 10, 15)
+        assert sorted(split.values()).count("heldout") == 5
+
+
+def test_slide_table_errors(tmp_path):
+    with pytest.raises(PathologyDataError, match="slides.csv"):
+        read_slide_table(tmp_path)
+    (tmp_path / "slides.csv").write_text("slide_id,patient_id,slide,annotations\ns1,p1,missing.tiff,\n")
+    with pytest.raises(PathologyDataError, match="slide file not found"):
+        read_slide_table(tmp_path)
+    (tmp_path / "slides.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(PathologyDataError, match="must have the columns"):
+        read_slide_table(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_site(tmp_path_factory):
+    from site_agent.pathology.synth import generate_site
+
+    out = tmp_path_factory.mktemp("site")
+    generate_site(out, "site_t", 5, slides=4, width=1024, height=768)
+    return out
+
+
+def _raster(anns, w, h):
+    """The generator's own rule: background everywhere, then each annotation painted in order."""
+    img = Image.new("L", (w, h), CLASSES.index("Background"))
+    draw = ImageDraw.Draw(img)
+    for a in anns:
+        for poly in getattr(a.geometry, "geoms", [a.geometry]):
+            if isinstance(poly, Polygon):
+                draw.polygon([(float(x), float(y)) for x, y in poly.exterior.coords], fill=CLASSES.index(a.label))
+    return np.asarray(img)
+
+
+def test_synthetic_site_reads_back_and_labels_match_the_raster(tiny_site):
+    from site_agent.pathology.slides import Slide
+    from site_agent.pathology.tissue import tissue_mask
+
+    records = read_slide_table(tiny_site)
+    assert len(records) == 4 and len({r.patient_id for r in records}) == 3
+    truth = json.loads((tiny_site / "synth_truth.json").read_text())
+    assert truth["profile"]["class_prior"] and abs(sum(truth["profile"]["class_prior"].values()) - 1) < 1e-3
+    agree = total = 0
+    for rec in records:
+        with Slide(rec.slide) as slide:
+            assert slide.dimensions == (1024, 768) and slide.level_downsamples == (1.0, 4.0, 16.0)
+            anns = load_geojson(rec.annotations)
+            raster = _raster(anns, 1024, 768)
+            thumb, scale = slide.thumbnail(512)
+            mask = tissue_mask(thumb)
+            tissue = np.asarray(Image.fromarray((raster != CLASSES.index("Background")).astype(np.uint8))
+                                .resize(mask.shape[::-1], Image.NEAREST)).astype(bool)
+            iou = (mask & tissue).sum() / (mask | tissue).sum()
+            assert iou > 0.85, f"tissue detection IoU {iou:.2f} on {rec.slide_id}"
+            for p in tile_slide(slide, anns, TilingParams(), mask=(mask, scale)):
+                window = raster[p.y:p.y + 256, p.x:p.x + 256]
+                agree += int(np.bincount(window.ravel(), minlength=8).argmax() == p.label)
+                total += 1
+            patch = slide.read(256, 256, 128, downsample=2.0)  # level 0 read and resampled
+            assert patch.shape == (128, 128, 3) and patch.dtype == np.uint8
+    assert total > 10 and agree / total > 0.97
