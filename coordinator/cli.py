@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from coordinator import __version__, network_cli
+from coordinator import __version__, network_cli, training
 
 
 def cmd_keys_generate(args) -> int:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     network_cli.add_parsers(sub)  # demo, certs, study send|collect
+    training.add_train_parser(sub)  # train pathology|mammography
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("generate", help="create an Ed25519 key pair (<name>.key, <name>.pub)")

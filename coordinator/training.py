@@ -262,7 +262,7 @@ TASKS = ("pathology", "mammography")
 
 
 class TrainRequest(BaseModel):
-    """What ``coordinator train`` asks for; travels to the ServerApp as a flat run config."""
+    """What ``coordinator train`` asks for: the JSON job file the ServerApp reads (mode "train")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -273,36 +273,27 @@ class TrainRequest(BaseModel):
     out: Path
     fedprox_mu: float = Field(0.0, ge=0)
     dp: DPConfig | None = None
-    run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)
-    sites: list[Path] = Field(default_factory=list)
-
-    def flat(self) -> dict:
-        """Flower run config (flat scalars): ``train.*`` for the loop, the rest for the sites."""
-        flat = {"train.task": self.task, "train.rounds": self.rounds, "train.min-replies": self.min_replies,
-                "train.round-timeout": self.round_timeout, "train.out": str(self.out),
-                "train.fedprox-mu": self.fedprox_mu}
-        if self.dp:
-            flat |= {"train.dp-clip": self.dp.clip_norm, "train.dp-noise": self.dp.noise_multiplier,
-                     "train.dp-delta": self.dp.delta}
-        return flat | {f"site.{k}": v for k, v in self.run_config.items()}
-
-    @classmethod
-    def from_flat(cls, flat: dict) -> TrainRequest:
-        dp = None
-        if "train.dp-clip" in flat:
-            dp = DPConfig(clip_norm=flat["train.dp-clip"], noise_multiplier=flat["train.dp-noise"],
-                          delta=flat.get("train.dp-delta", 1e-5))
-        return cls(task=flat["train.task"], rounds=flat["train.rounds"], min_replies=flat["train.min-replies"],
-                   round_timeout=flat["train.round-timeout"], out=Path(flat["train.out"]),
-                   fedprox_mu=flat.get("train.fedprox-mu", 0.0), dp=dp,
-                   run_config={k[5:]: v for k, v in flat.items() if k.startswith("site.")})
+    run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
 
 
 def run_request(grid, request: TrainRequest) -> TrainingSummary:
-    """What the ServerApp's main calls with ``TrainRequest.from_flat(context.run_config)``."""
     return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
                                   out_dir=request.out, min_replies=request.min_replies,
                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp)
+
+
+def run_training_job(grid, raw: dict) -> dict:
+    """The ServerApp's "train" mode: ``raw`` is the job file's JSON (a :class:`TrainRequest`);
+    returns the outcome document (``ok`` plus the summary)."""
+    from pydantic import ValidationError
+
+    try:
+        request = TrainRequest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise TrainingError(f"bad training job {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    summary = run_request(grid, request)
+    return {"ok": True, "summary": summary.model_dump(mode="json")}
 
 
 def add_train_parser(subparsers) -> None:
@@ -322,7 +313,8 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--backbone", help="model backbone the sites build (task default when omitted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sites", nargs="*", default=[], help="site TOML files for a local Flower network")
+    p.add_argument("--federation", default="optima", help="SuperLink connection name in $FLWR_HOME/config.toml")
+    p.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
     p.set_defaults(func=cli_train)
 
 
@@ -339,24 +331,31 @@ def request_from_args(args) -> TrainRequest:
         if args.backbone:
             run_config["backbone"] = args.backbone
         return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
-                            round_timeout=args.round_timeout, out=Path(args.out), fedprox_mu=args.fedprox_mu,
-                            dp=dp, run_config=run_config, sites=[Path(s) for s in args.sites])
+                            round_timeout=args.round_timeout, out=Path(args.out).resolve(),
+                            fedprox_mu=args.fedprox_mu, dp=dp, run_config=run_config)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def cli_train(args) -> int:
+    """Start the ServerApp's "train" mode on the SuperLink named by ``--federation``."""
+    from coordinator.network import flwr_run
+
     request = request_from_args(args)
-    try:
-        from coordinator.network import run_training_job
-    except ImportError:
-        raise TrainingError("the local Flower network (coordinator.network.run_training_job) is not available "
-                            "in this install") from None
-    summary = run_training_job(request)
-    last = summary.rounds[-1]
-    eps = f", epsilon {summary.epsilon:.2f} at delta {request.dp.delta:g}" if summary.epsilon is not None else ""
-    print(f"{len(summary.rounds)} rounds of federated {request.task} training over {len(summary.nodes)} sites; "
-          f"last round: {last.replies} replies, evaluation {json.dumps({k: round(v, 4) for k, v in last.eval_metrics.items()})}"
-          f"{eps}; global model {Path(request.out) / summary.final_checkpoint}")
+    outcome = flwr_run("train", request.model_dump(mode="json"), workdir=request.out / "run", env=dict(os.environ),
+                       federation=args.federation, timeout=args.timeout)
+    if not outcome.get("ok"):
+        raise TrainingError(f"federated training failed: {outcome.get('error', 'no error reported')}")
+    summary = TrainingSummary.model_validate(outcome["summary"])
+    print(describe(summary, request.out))
     return 0
+
+
+def describe(summary: TrainingSummary, out: Path) -> str:
+    last = summary.rounds[-1]
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last.eval_metrics.items()))
+    eps = f"; epsilon {summary.epsilon:.2f} at delta {summary.dp.delta:g}" if summary.epsilon is not None else ""
+    return (f"{len(summary.rounds)} rounds of federated {summary.task} training over {len(summary.nodes)} sites; "
+            f"last round {last.replies} replies, evaluation: {metrics or 'none'}{eps}; "
+            f"global model {Path(out) / summary.final_checkpoint}")
