@@ -49,7 +49,6 @@ def write_outcome(out: Path, doc: dict) -> Path:
 
 
 def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> dict:
-    from coordinator.report import write_report
     from coordinator.store import ResultsStore
     from coordinator.study import require_complete, send_study
     from site_agent.bundle import read_manifest
@@ -61,6 +60,8 @@ def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> d
     doc = {"ok": outcome.complete, "outcome": outcome.model_dump()}
     require_complete(outcome)
     if job.report:
+        from coordinator.report import write_report
+
         paths = write_report(store, manifest.manifest_id, job.out)
         doc["report"] = str(paths.html)
         doc["results"] = str(paths.csv)

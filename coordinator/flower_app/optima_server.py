@@ -1,3 +1,5 @@
 """Flower ServerApp entry point: the coordinator's code from the installed package."""
 
-from coordinator.server_app import app  # noqa: F401
+from coordinator.server_app import app as server_app
+
+app = server_app
