@@ -1,0 +1,248 @@
+"""One network ``summarised_result`` from a manifest's verified site bundles.
+
+Each site's rows keep their own ``cdm_name``; pooled rows get a ``cdm_name`` of their own
+(``"network"``). Result ids are aligned across sites by their settings (all settings but
+``result_id``, ``min_cell_count`` and the derived group/strata/additional), so one result id
+holds every site's rows and the pooled rows of the same analysis; its ``min_cell_count`` is
+the largest of the sites'.
+
+Pooled from the released (already suppressed) values only, so a pooled value is a function
+of what the sites released and can never reveal a suppressed site cell:
+
+* counts (``count``, ``*_count``, ``number_*``; incidence person-time) are summed. Where a
+  site's cell is suppressed the pooled value is the sum of the *visible* cells and the
+  pooled variable gets two extra estimates: ``lower_bound`` (logical ``TRUE``) and
+  ``suppressed_sites`` (integer). Where every site's cell is suppressed the pooled cell is
+  ``-`` too. Percentages are recomputed from pooled counts and their denominators.
+* incidence, prevalence, KM, CIF and survival at horizons: see :mod:`coordinator.network_rates`.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from coordinator.network_rates import pool_rates, pool_survival
+from site_agent.bundle import Provenance, ResultBundle, SuppressionRecord
+from site_agent.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
+
+POOLED_NAME = "network"
+COUNT_NAME = re.compile(r"^(count|.+_count|number_.+)$")
+SUMMED_EXTRA = {"person_days", "person_years"}
+ROW_KEY = ["result_id", "group_name", "group_level", "strata_name", "strata_level",
+           "variable_name", "variable_level", "additional_name", "additional_level"]
+CELL_KEY = [*ROW_KEY, "estimate_name"]
+_DERIVED = ("result_id", "min_cell_count", "group", "strata", "additional")
+#: settings a site derives from its own data when the study does not fix them (its observation span)
+_SPANS = {"denominator_start_date": min, "denominator_end_date": max, "study_period_start": min,
+          "study_period_end": max, "date_range_start": min, "date_range_end": max}
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    site: str
+    cdm_name: str
+    provenance: Provenance
+    suppression: SuppressionRecord
+
+
+@dataclass
+class NetworkResult:
+    result: SummarisedResult
+    sites: list[SiteInfo]
+    pooled_name: str = POOLED_NAME
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt(x: float) -> str:
+    """A number as text: integers bare, others with up to 10 significant digits."""
+    if x is None or not np.isfinite(x):
+        return SUPPRESSED if x is None else "NA"
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.10g}"
+
+
+def parse_bundle(bundle: ResultBundle) -> SummarisedResult:
+    """The bundle's ``results_csv`` as a validated result (omopgenerics CSV reader)."""
+    with tempfile.TemporaryDirectory(prefix="optima-bundle-") as tmp:
+        path = Path(tmp) / "results.csv"
+        path.write_text(bundle.results_csv, encoding="utf-8")
+        return SummarisedResult.from_csv(path)
+
+
+def _signature(row: pd.Series) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in row.items() if k not in _DERIVED and k not in _SPANS and pd.notna(v)))
+
+
+def align(results: Sequence[SummarisedResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All sites' rows with result ids shared by analyses of equal settings; merged settings."""
+    ids: dict[tuple, int] = {}
+    sets: dict[int, dict] = {}
+    datas = []
+    for res in results:
+        seen: dict[tuple, int] = {}
+        mapping = {}
+        for _, row in res.settings.iterrows():
+            sig = _signature(row)
+            seen[sig] = seen.get(sig, 0) + 1
+            key = (sig, seen[sig])
+            gid = ids.setdefault(key, len(ids) + 1)
+            mapping[int(row["result_id"])] = gid
+            mcc = int(row["min_cell_count"] or 0)
+            if gid in sets:
+                sets[gid]["min_cell_count"] = str(max(int(sets[gid]["min_cell_count"]), mcc))
+                for col, pick in _SPANS.items():
+                    old, new = sets[gid].get(col), row.get(col)
+                    if isinstance(old, str) and isinstance(new, str):
+                        sets[gid][col] = pick(old, new)
+            else:
+                sets[gid] = {**{k: v for k, v in row.items() if k not in ("group", "strata", "additional")},
+                             "result_id": gid, "min_cell_count": str(mcc)}
+        datas.append(res.data.assign(result_id=res.data["result_id"].map(mapping)))
+    data = pd.concat(datas, ignore_index=True) if datas else SummarisedResult.empty().data
+    settings = pd.DataFrame(list(sets.values())) if sets else SummarisedResult.empty().settings
+    return data, settings
+
+
+def pooling_view(data: pd.DataFrame) -> pd.DataFrame:
+    """The rows as pooled: calendar intervals (``years``/``overall``) of sites whose observation
+    spans differ are put together by calendar year (or as one overall interval), labelled with
+    the earliest start and latest end. Site rows themselves keep their own labels."""
+    name = data["additional_name"]
+    parts = data["additional_level"].str.split(" &&& ")
+    interval = parts.str[-1]
+    dated = name.isin([f"{k}_start_date &&& {k}_end_date &&& analysis_interval" for k in ("incidence", "prevalence")]) \
+        & interval.isin(["years", "overall"]) & (parts.str.len() == 3)
+    if not dated.any():
+        return data
+    d = data.loc[dated]
+    start, end = parts[dated].str[0], parts[dated].str[1]
+    bucket = np.where(interval[dated] == "years", start.str[:4], "all")
+    keys = [d["result_id"], d["additional_name"], interval[dated], pd.Series(bucket, index=d.index)]
+    first = start.groupby(keys).transform("min")
+    last = end.groupby(keys).transform("max")
+    out = data.copy()
+    out.loc[dated, "additional_level"] = first + " &&& " + last + " &&& " + interval[dated]
+    return out
+
+
+def _cell_sums(data: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    """Per cell key: sum of visible values, number of visible and of suppressed site cells."""
+    d = data.loc[mask, [*CELL_KEY, "estimate_type", "estimate_value"]].copy()
+    d["sup"] = d["estimate_value"] == SUPPRESSED
+    d["val"] = pd.to_numeric(d["estimate_value"].where(~d["sup"]), errors="coerce")
+    d["vis"] = d["val"].notna()
+    d["int"] = d["estimate_type"] == "integer"
+    g = d.groupby(CELL_KEY, dropna=False, sort=False)
+    out = pd.DataFrame({"value": g["val"].sum(min_count=1), "n_visible": g["vis"].sum(),
+                        "n_suppressed": g["sup"].sum(), "all_integer": g["int"].all()}).reset_index()
+    return out[(out["n_visible"] > 0) | (out["n_suppressed"] > 0)]
+
+
+def _rows(cells: pd.DataFrame, cdm_name: str, value: pd.Series, etype: pd.Series | str) -> pd.DataFrame:
+    out = cells[CELL_KEY].copy()
+    out["cdm_name"] = cdm_name
+    out["estimate_value"] = value.to_numpy()
+    out["estimate_type"] = etype if isinstance(etype, str) else etype.to_numpy()
+    return out[list(RESULT_COLUMNS)]
+
+
+def pooled_counts(data: pd.DataFrame, pooled_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Summed count rows and the per-row-key flag table (``n_suppressed`` > 0 means lower bound)."""
+    name = data["estimate_name"]
+    mask = (name.str.match(COUNT_NAME) | name.isin(SUMMED_EXTRA)) & data["estimate_type"].isin(["integer", "numeric"])
+    cells = _cell_sums(data, mask)
+    shown = cells["n_visible"] > 0
+    values = pd.Series([fmt(v) if s else SUPPRESSED for v, s in zip(cells["value"], shown, strict=True)],
+                       index=cells.index)
+    etype = np.where(cells["all_integer"], "integer", "numeric")
+    rows = _rows(cells, pooled_name, values, pd.Series(etype, index=cells.index))
+    flags = cells.assign(lb=(cells["n_suppressed"] > 0) & shown).groupby(ROW_KEY, dropna=False)
+    flags = pd.DataFrame({"lower_bound": flags["lb"].any(), "suppressed_sites": flags["n_suppressed"].max()})
+    return rows, flags.reset_index()
+
+
+def pooled_percentages(counts: pd.DataFrame, flags: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """100 * pooled count / pooled denominator where the sites released a percentage next to a count.
+
+    Denominator: ``population_count`` of the same variable, else the ``number subjects`` count
+    of the same group/strata/additional. Not given where the denominator is a lower bound.
+    """
+    want = data.loc[data["estimate_name"] == "percentage", ROW_KEY].drop_duplicates()
+    if want.empty:
+        return counts.iloc[0:0]
+    c = counts.assign(v=pd.to_numeric(counts["estimate_value"], errors="coerce"))
+    c = c.merge(flags, on=ROW_KEY, how="left")
+    num = want.merge(c.loc[c["estimate_name"] == "count", [*ROW_KEY, "v"]], on=ROW_KEY)
+    pop = c.loc[c["estimate_name"] == "population_count", [*ROW_KEY, "v", "lower_bound"]]
+    num = num.merge(pop.rename(columns={"v": "pop", "lower_bound": "pop_lb"}), on=ROW_KEY, how="left")
+    grp = [k for k in ROW_KEY if k not in ("variable_name", "variable_level")]
+    subj = c[(c["estimate_name"] == "count") & c["variable_name"].str.lower().str.replace("_", " ").eq(
+        "number subjects")][[*grp, "v", "lower_bound"]].drop_duplicates(grp)
+    num = num.merge(subj.rename(columns={"v": "subj", "lower_bound": "subj_lb"}), on=grp, how="left")
+    den = num["pop"].where(num["pop"].notna(), num["subj"])
+    den_lb = pd.Series(np.where(num["pop"].notna(), num["pop_lb"], num["subj_lb"]), index=num.index)
+    den_lb = den_lb.map(lambda x: True if pd.isna(x) else bool(x))
+    ok = den.notna() & (den > 0) & num["v"].notna() & ~den_lb
+    num = num.loc[ok].assign(estimate_name="percentage")
+    pct = (100 * num["v"] / den[ok]).map(fmt)
+    return _rows(num, counts["cdm_name"].iloc[0] if len(counts) else POOLED_NAME, pct, "percentage")
+
+
+def flag_rows(flags: pd.DataFrame, pooled_name: str) -> pd.DataFrame:
+    f = flags[flags["lower_bound"]]
+    parts = []
+    for est, etype, vals in (("lower_bound", "logical", pd.Series("TRUE", index=f.index)),
+                             ("suppressed_sites", "integer", f["suppressed_sites"].astype(int).astype(str))):
+        parts.append(_rows(f.assign(estimate_name=est), pooled_name, vals, etype))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _site_names(bundles: Sequence[ResultBundle], results: list[SummarisedResult],
+                pooled_name: str) -> list[SummarisedResult]:
+    """Keep each site's cdm_name unless two sites share one (then ``name [site]``) or it is the pooled name."""
+    names = [set(r.data["cdm_name"].dropna()) for r in results]
+    taken: dict[str, int] = {}
+    for ns in names:
+        for n in ns:
+            taken[n] = taken.get(n, 0) + 1
+    out = []
+    for b, r, ns in zip(bundles, results, names, strict=True):
+        clash = {n for n in ns if taken[n] > 1 or n == pooled_name}
+        if clash:
+            r = r.with_data(r.data.assign(cdm_name=r.data["cdm_name"].map(
+                lambda n, s=b.site: f"{n} [{s}]" if n in clash else n)))
+        out.append(r)
+    return out
+
+
+def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED_NAME) -> NetworkResult:
+    """Bind the sites' results and append the pooled rows (see the module doc)."""
+    if not bundles:
+        raise ValueError("no site bundles to pool")
+    bundles = sorted(bundles, key=lambda b: b.site)
+    if len({b.site for b in bundles}) != len(bundles):
+        raise ValueError("two bundles from the same site; give one bundle per site")
+    results = _site_names(bundles, [parse_bundle(b) for b in bundles], pooled_name)
+    data, settings = align(results)
+    notes: list[str] = []
+    view = pooling_view(data)
+    counts, flags = pooled_counts(view, pooled_name)
+    pct = pooled_percentages(counts, flags, view)
+    types = settings.set_index("result_id")["result_type"]
+    rates = pool_rates(view, types, pooled_name, notes)
+    surv, extra_settings = pool_survival(view, settings, pooled_name, notes)
+    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv]
+    merged = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    if len(extra_settings):
+        settings = pd.concat([settings, extra_settings], ignore_index=True)
+    sites = [SiteInfo(b.site, ", ".join(sorted(set(r.data["cdm_name"].dropna()))) or b.provenance.cdm_name,
+                      b.provenance, b.suppression) for b, r in zip(bundles, results, strict=True)]
+    return NetworkResult(SummarisedResult(merged, settings), sites, pooled_name, notes)
