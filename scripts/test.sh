@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the whole test suite (README: "Run the tests").
 # Installs the PostgreSQL server if missing (the tests start a private cluster with it),
-# creates .venv, installs the package with its dev extra, runs pytest.
+# creates .venv, installs the package with its dev and train extras, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +15,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   fi
 fi
 
+# systemd-analyze verifies the unit files in deploy/systemd (tests/test_deploy_static.py)
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
+    || echo "warning: could not install systemd (systemd-analyze); the unit-file test will fail" >&2
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,train]'
 export MPLCONFIGDIR="${TMPDIR:-/tmp}/optima-mpl"
 exec .venv/bin/python -m pytest "$@"

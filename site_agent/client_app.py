@@ -101,7 +101,7 @@ def answer_manifest(config: SiteConfig, manifest_json: str) -> tuple[str, str, s
     if config.review_mode:
         from site_agent.governance.outbox import Outbox
 
-        review_id = Outbox(config.state_dir).put(signed, audit=policy.audit)
+        review_id = Outbox(config.state_dir).put(signed, audit=policy.audit, study_id=m.study_id)
         return "awaiting_review", f"queued for review as {review_id}", ""
     return "done", "", release(config, policy.audit, signed, study_id=m.study_id)
 

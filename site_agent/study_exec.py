@@ -9,7 +9,10 @@ This is the one road from a manifest to a release, shared by the Flower query ha
    diagnostics through :func:`run_diagnostics`, the SCLC study through :func:`run_study`),
    with ``max(manifest minimum, site floor)`` as the minimum cell count, so every table is
    suppressed before it is bound;
-3. the bound result becomes a :class:`ResultBundle` with the CDM's provenance and the
+3. the release history withholds any count that an earlier release would reveal by
+   subtraction (:mod:`site_agent.governance.release_history`), and the site's statement
+   timeout bounds every query;
+4. the bound result becomes a :class:`ResultBundle` with the CDM's provenance and the
    suppression record, signed with the site key.
 
 Analyses: ``cohort_counts`` (cohort count and attrition), ``diagnostics`` (the whole cohort
@@ -27,7 +30,6 @@ import tempfile
 from pathlib import Path
 
 from site_agent import __version__, bundle
-from site_agent.cdm import connect_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
@@ -117,23 +119,31 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     """Run the accepted manifest and return the signed bundle (not yet released)."""
     from site_agent.diagnostics.runner import default_cdm_name
 
-    cdm_cfg = config.cdm
+    from site_agent.governance.release_history import ReleaseHistory
+
     try:
-        conn = connect_cdm(cdm_cfg.url, cdm_schema=cdm_cfg.cdm_schema, vocab_schema=cdm_cfg.vocab_schema,
-                           write_schema=cdm_cfg.write_schema)
+        conn = config.open_cdm()  # with the site's statement timeout
     except ConfigError as exc:
         raise ConfigError(f"site {config.site}: cannot open its CDM: {exc}") from None
     with conn as cdm:
         name = cdm_name or default_cdm_name(cdm)
         result = run_analyses(cdm, decision, config, name)
         prov = provenance(cdm, name)
+    # nothing released earlier may be subtracted from this release to reveal a small count
+    history = ReleaseHistory(config.state_dir)
+    result, guarded = history.guard(result, decision.effective_min_cell_count)
+    if guarded.changed:
+        log.info("release history withheld %d count(s) of manifest %s", len(guarded.blocked),
+                 decision.manifest.manifest_id)
     unsigned = bundle.ResultBundle(
         site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
         created_at=dt.datetime.now(dt.timezone.utc), provenance=prov,
         suppression=bundle.SuppressionRecord(min_cell_count=decision.effective_min_cell_count,
                                              site_floor=config.min_cell_count, method=SUPPRESSION_METHOD),
         results_csv=result_csv_text(result))
-    return bundle.sign(unsigned, config.site_private_key())
+    signed = bundle.sign(unsigned, config.site_private_key())
+    history.record(result, decision.manifest.manifest_id)  # queued for review counts as released
+    return signed
 
 
 def result_csv_text(result: SummarisedResult) -> str:
