@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,12 @@ def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float) -> floa
 def _epsilon(dp: DPConfig, rounds: int, population: int) -> tuple[float, str]:
     """Flower's RDP accountant (needs ``flwr[dp]``) when importable, else the closed form."""
     try:
-        from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, SamplingMethod
+        from flwr.serverapp import (
+            GaussianPrivacyEvent,
+            NeighboringRelation,
+            PrivacyConfig,
+            SamplingMethod,
+        )
         from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
         acc = RdpAccountant(PrivacyConfig(target_delta=dp.delta, population_size=population,
@@ -168,6 +174,10 @@ def _epsilon(dp: DPConfig, rounds: int, population: int) -> tuple[float, str]:
 def _config(task: str, run_config: dict, **extra) -> ConfigRecord:
     values = {k: v for k, v in {**run_config, **extra, "task": task}.items() if v is not None}
     return ConfigRecord(values)
+
+
+def _round_content(record: ArrayRecord, task: str, run_config: dict, rnd: int, node: int) -> RecordDict:
+    return RecordDict({"arrays": record, "config": _config(task, run_config, round=rnd)})
 
 
 def _send(grid, nodes, content_for, message_type: str, timeout: float, group: str) -> tuple[list[Message], list[str]]:
@@ -229,7 +239,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         record = numpy_to_record(global_arrays)
-        content = lambda n: RecordDict({"arrays": record, "config": _config(task, run_config, round=r)})  # noqa: E731
+        content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
         if len(ok) < min_replies:
             raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied, the quorum is {min_replies} "
@@ -244,8 +254,8 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
             global_arrays = fedavg(list(zip(arrays, counts)))
         ckpt = save_checkpoint(global_arrays, out_dir / f"global_round_{r}.npz")
         record = numpy_to_record(global_arrays)
-        ev_ok, ev_failed = _send(grid, nodes, lambda n: RecordDict({"arrays": record, "config": _config(
-            task, run_config, round=r)}), MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
+        content = partial(_round_content, record, task, run_config, r)
+        ev_ok, ev_failed = _send(grid, nodes, content, MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
         _, eval_metrics = _weighted_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,

@@ -14,8 +14,15 @@ import torch
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from coordinator.training import (DPConfig, TrainingError, dp_aggregate, fedavg, gaussian_epsilon, load_checkpoint,
-                                  run_federated_training)
+from coordinator.training import (
+    DPConfig,
+    TrainingError,
+    dp_aggregate,
+    fedavg,
+    gaussian_epsilon,
+    load_checkpoint,
+    run_federated_training,
+)
 from site_agent.training.federated import handle_evaluate, handle_train, register_task
 from tests.flower_inprocess import InProcessGrid
 

@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
     from site_agent.pathology.pipeline import run_local_training
 
     s = run_local_training(Path(args.data), out, opts)
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     print(f"trained {opts.backbone} on {s['patches']['train']} patches ({s['slides']['train']} slides), "
           f"best epoch {s['fit']['best_epoch']}; {s['evaluated_on']} set ({s['n']} patches): accuracy "
           f"{fmt(s['accuracy'])}, macro F1 {fmt(s['f1'])}, macro AUROC {fmt(s['auroc'])}; outputs in {out} "

@@ -57,7 +57,12 @@ def _gradcams(model, ds, probs, out: Path, n: int) -> list[str]:
 
 
 def _whole_slides(model, site: SiteData, opts: PathologyOptions, cfg, out: Path) -> list[str]:
-    from site_agent.pathology.wsi import classify_slide, proportion_row, save_overlay, write_proportions
+    from site_agent.pathology.wsi import (
+        classify_slide,
+        proportion_row,
+        save_overlay,
+        write_proportions,
+    )
 
     rows, written = [], []
     params = opts.tiling()
@@ -76,7 +81,12 @@ def run_local_training(data_dir: Path, out: Path, opts: PathologyOptions) -> dic
     """Train on the site's train split (early stopping on val), evaluate on its test split."""
     from site_agent.training.loop import fit, predict
     from site_agent.training.metrics import classification_metrics
-    from site_agent.training.plots import plot_confusion_matrix, plot_pr, plot_roc, plot_tsne
+    from site_agent.training.plots import (
+        plot_confusion_matrix,
+        plot_pr,
+        plot_roc,
+        plot_tsne,
+    )
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -21,7 +21,7 @@ class Slide:
         try:
             self._s = tiffslide.TiffSlide(str(self.path))
             self.dimensions: tuple[int, int] = tuple(self._s.dimensions)
-        except Exception as exc:  # tifffile/tiffslide raise many types for a broken file
+        except Exception as exc:  # noqa: BLE001 - tifffile/tiffslide raise many types for a broken file
             raise PathologyDataError(f"cannot open slide {self.path}: {type(exc).__name__}: {exc}".splitlines()[0],
                                      hint="give an SVS or tiled pyramidal TIFF") from None
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._s.level_downsamples)
@@ -43,11 +43,11 @@ class Slide:
     def read(self, x: int, y: int, size: int, downsample: float = 1.0) -> np.ndarray:
         """An RGB patch (size x size, uint8) covering ``size*downsample`` level-0 pixels at (x, y)."""
         level = self.best_level(downsample)
-        extent = int(round(size * downsample))
-        read = int(round(extent / self.level_downsamples[level]))
+        extent = round(size * downsample)
+        read = round(extent / self.level_downsamples[level])
         try:
             img = self._s.read_region((int(x), int(y)), level, (read, read), as_array=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above, for a truncated tile
             raise PathologyDataError(f"cannot read region of {self.path}: {type(exc).__name__}: {exc}") from None
         img = np.asarray(img)[..., :3]
         if read != size:
@@ -65,7 +65,7 @@ class Slide:
         img = np.asarray(self._s.read_region((0, 0), level, (lw, lh), as_array=True))[..., :3]
         from PIL import Image
 
-        tw, th = max(1, int(round(w / scale))), max(1, int(round(h / scale)))
+        tw, th = max(1, round(w / scale)), max(1, round(h / scale))
         if (lw, lh) != (tw, th):
             img = np.asarray(Image.fromarray(img).resize((tw, th), Image.BILINEAR))
         return img, w / tw

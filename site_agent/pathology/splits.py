@@ -61,11 +61,11 @@ def read_slide_table(data_dir: Path) -> list[SlideRecord]:
 
 
 def split_counts(n: int, fractions=(0.7, 0.1, 0.15)) -> tuple[int, int, int]:
-    n_val = int(round(fractions[1] * n))
-    n_test = int(round(fractions[2] * n))
+    n_val = round(fractions[1] * n)
+    n_test = round(fractions[2] * n)
     if n >= 4:
         n_val, n_test = max(1, n_val), max(1, n_test)
-    n_train = min(n - n_val - n_test, int(round(fractions[0] * n)))
+    n_train = min(n - n_val - n_test, round(fractions[0] * n))
     if n_train < 1:
         n_train, n_val, n_test = 1, min(n_val, max(0, n - 1)), min(n_test, max(0, n - 1 - min(n_val, max(0, n - 1))))
     return n_train, n_val, n_test

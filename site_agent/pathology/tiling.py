@@ -67,8 +67,8 @@ def tile_slide(slide: Slide, annotations: list[Annotation], params: TilingParams
         thumb, scale = slide.thumbnail()
         mask = (tissue_mask(thumb), scale)
     tmask, scale = mask
-    extent = int(round(params.size * params.downsample))
-    step = int(round((params.stride or params.size) * params.downsample))
+    extent = round(params.size * params.downsample)
+    step = round((params.stride or params.size) * params.downsample)
     w, h = slide.dimensions
     tree = STRtree([a.geometry for a in annotations]) if annotations else None
     bg = CLASSES.index("Background")

@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 from pathlib import Path
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from torch import nn
 
 from site_agent.errors import ConfigError
@@ -99,7 +107,7 @@ def _run_config(msg: Message) -> tuple[str, dict]:
 def _metrics(num_examples: int, metrics: dict) -> MetricRecord:
     """Only scalar numbers go back (aggregates), plus num-examples."""
     clean = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     clean["num-examples"] = int(num_examples)
     return MetricRecord(clean)
 

@@ -17,7 +17,11 @@ Conventions (documented because sites often lack some classes in a test split):
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def _check(y_true, probs, class_names) -> tuple[np.ndarray, np.ndarray]:
@@ -45,14 +49,14 @@ def classification_metrics(y_true, probs, class_names) -> dict:
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     aurocs = [_auroc(y, p, k) for k in labels]
     present = [k for k in labels if support[k] > 0]
-    macro = lambda values: float(np.mean([values[k] for k in present])) if present else None  # noqa: E731
+    macro = lambda values: float(np.mean([values[k] for k in present])) if present else None
     defined = [a for a in aurocs if a is not None]
     if n_classes == 2:
         auroc = aurocs[1]
     else:
         auroc = float(np.mean(defined)) if defined else None
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": float((pred == y).mean()) if len(y) else None,
         "precision": macro(prec),
         "recall": macro(rec),
