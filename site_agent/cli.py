@@ -19,7 +19,7 @@ from site_agent.errors import ConfigError, OptimaError
 log = logging.getLogger("site_agent")
 
 # modules that add the `images synth TASK` and `train TASK` sub-commands (no torch import at load)
-IMAGE_TASK_CLI: tuple[str, ...] = ("site_agent.pathology.cli",)
+IMAGE_TASK_CLI: tuple[str, ...] = ("site_agent.imaging.cli", "site_agent.pathology.cli")
 
 
 def _add_cdm_options(p: argparse.ArgumentParser, *, write: bool = True) -> None:

@@ -1,0 +1,134 @@
+"""Training, testing and explaining the two classification stages on ROI crops.
+
+Stage 2 is trained and tested on malignant breasts only (their subtype is known), as in
+the seed study. Plots: confusion matrices of both stages, the stage-1 ROC, t-SNE of each
+stage's ROI embeddings, and Grad-CAM overlays mapped back onto whole mammograms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from site_agent.imaging.classify import STAGE1_CLASSES, STAGE2_CLASSES, Roi, RoiDataset, TwoStage
+
+CLASSES = {1: STAGE1_CLASSES, 2: STAGE2_CLASSES}
+
+
+@dataclass
+class StageResult:
+    metrics: dict
+    labels: np.ndarray
+    probs: np.ndarray
+    embeddings: np.ndarray | None
+    rois: list[Roi]
+
+
+def _stage(model: TwoStage, stage: int):
+    return model.stage1 if stage == 1 else model.stage2
+
+
+def train_stages(site, cfg, models_dir: Path, *, epochs: int | None = None, model: TwoStage | None = None,
+                 global_model: TwoStage | None = None) -> tuple[TwoStage, dict]:
+    """Fit stage 1 (all ROIs) and stage 2 (malignant ROIs) on train, early-stopped on val.
+
+    A stage without training examples (e.g. a site with no malignant case) keeps its weights.
+    """
+    from site_agent.training.loop import fit
+
+    model = model or TwoStage(cfg.backbone)
+    tcfg = cfg.train_config(epochs)  # FedProx's mu, when used, comes with it
+    fits = {}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for stage in (1, 2):
+        train = RoiDataset(site.rois("train"), stage, cfg.roi_size, train=True, seed=cfg.seed)
+        val = RoiDataset(site.rois("val"), stage, cfg.roi_size)
+        if len(train) == 0:
+            continue
+        glob = _stage(global_model, stage) if global_model is not None else None
+        fits[stage] = fit(_stage(model, stage), train, val, tcfg, models_dir / f"stage{stage}.pt",
+                          global_params=glob)
+    return model, fits
+
+
+def evaluate_stage(model: TwoStage, rois: list[Roi], stage: int, cfg, *, embeddings: bool = False) -> StageResult:
+    from site_agent.training.loop import predict
+    from site_agent.training.metrics import classification_metrics
+
+    ds = RoiDataset(rois, stage, cfg.roi_size)
+    n = len(CLASSES[stage])
+    if len(ds) == 0:
+        return StageResult(classification_metrics([], np.zeros((0, n)), CLASSES[stage]), np.zeros(0, int),
+                           np.zeros((0, n)), None, [])
+    pred = predict(_stage(model, stage), ds, cfg.train_config(), embeddings=embeddings)
+    return StageResult(classification_metrics(pred.labels, pred.probs, CLASSES[stage]), pred.labels, pred.probs,
+                       pred.embeddings, ds.rois)
+
+
+def evaluate_stages(model: TwoStage, rois: list[Roi], cfg) -> dict[int, StageResult]:
+    return {s: evaluate_stage(model, rois, s, cfg, embeddings=True) for s in (1, 2)}
+
+
+def _tsne(result: StageResult, stage: int, path: Path, seed: int) -> None:
+    from site_agent.training.plots import _plt, _save, plot_tsne
+
+    if result.embeddings is not None and len(result.labels) >= 5:
+        plot_tsne(result.embeddings, result.labels, CLASSES[stage], path, seed=seed)
+        return
+    plt = _plt()  # too few ROIs for a t-SNE: say so in the figure rather than leave it out
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.text(0.5, 0.5, f"t-SNE needs 5 or more test ROIs\n(got {len(result.labels)})", ha="center", va="center")
+    ax.axis("off")
+    _save(fig, path)
+
+
+def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np.ndarray, np.ndarray, int]:
+    """(whole image 0..1, heatmap 0..1 at whole-image size, predicted class)."""
+    from site_agent.imaging.preprocess import crop_roi
+    from site_agent.training.explain import gradcam
+    from site_agent.training.loop import resolve_device
+
+    net = _stage(model, stage)
+    device = resolve_device(cfg.device)
+    net.to(device)
+    img = roi.image.astype(np.float32) / 255.0
+    crop = crop_roi(img, roi.box, cfg.roi_size)
+    x = torch.from_numpy(crop[None, None]).to(device)
+    with torch.no_grad():
+        pred = int(net.eval()(x).argmax(1).item())
+    heat = gradcam(net, x, [pred])[0]
+    # paste the ROI heatmap back where the crop came from (same geometry as crop_roi)
+    x0, y0, x1, y1 = roi.box
+    side = max(x1 - x0, y1 - y0, 24.0) * 1.6
+    a, b, s = int(round((x0 + x1) / 2 - side / 2)), int(round((y0 + y1) / 2 - side / 2)), max(1, int(round(side)))
+    big = cv2.resize(heat.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
+    full = np.zeros_like(img)
+    h, w = img.shape
+    sx0, sy0, sx1, sy1 = max(a, 0), max(b, 0), min(a + s, w), min(b + s, h)
+    if sx1 > sx0 and sy1 > sy0:
+        full[sy0:sy1, sx0:sx1] = big[sy0 - b: sy1 - b, sx0 - a: sx1 - a]
+    return img, full, pred
+
+
+def write_outputs(model: TwoStage, site, det_boxes: dict, results: dict[int, StageResult], cfg, out: Path) -> list[Path]:
+    from site_agent.training.explain import save_gradcam_overlay
+    from site_agent.training.plots import plot_confusion_matrix, plot_roc
+
+    written = []
+    for stage in (1, 2):
+        r = results[stage]
+        written.append(plot_confusion_matrix(r.metrics["confusion_matrix"], CLASSES[stage],
+                                             out / f"confusion_matrix_stage{stage}.png",
+                                             title=f"Stage {stage}: {'benign vs malignant' if stage == 1 else 'subtype'}"))
+        _tsne(r, stage, out / f"tsne_stage{stage}.png", cfg.seed)
+        written.append(out / f"tsne_stage{stage}.png")
+    written.append(plot_roc(results[1].labels, results[1].probs, STAGE1_CLASSES, out / "roc_stage1.png"))
+    for k, roi in enumerate(results[1].rois[: cfg.gradcam_images]):
+        img, heat, pred = gradcam_on_mammogram(model, roi, 1, cfg)
+        title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} (detected ROI)"
+        written.append(save_gradcam_overlay(img, heat, out / f"gradcam_{k + 1}.png", title=title))
+    return written

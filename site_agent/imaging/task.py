@@ -1,0 +1,96 @@
+"""Task "mammography" for the shared federated core (:mod:`site_agent.training.federated`).
+
+What travels: the weights of both classification stages in one ArrayRecord (keys
+``stage1.*`` and ``stage2.*``) and scalar aggregates. Detection stays site-local: each
+site trains its own YOLO model with ``site-agent train mammography`` (boxes depend on the
+site's scanner and its labelling; the classifier is where pooling helps most). Federated
+rounds train the stages on ground-truth ROI crops of the site's train split and evaluate
+on its held-out test split. Run config keys (all optional): ``epochs`` (local epochs per
+round), ``lr``, ``optimizer``, ``batch_size``, ``backbone``, ``roi_size``, ``device``,
+``seed``, ``fedprox_mu``, ``max_steps_per_epoch``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from site_agent.imaging.classify import TwoStage
+from site_agent.imaging.pipeline import MammoConfig, SiteImages, load_site
+from site_agent.imaging.stages import evaluate_stage, train_stages
+from site_agent.training.federated import register_task
+
+_SITES: dict[tuple, SiteImages] = {}  # preprocessed sites kept across rounds in one process
+
+
+def config_from_run(run_config: dict) -> MammoConfig:
+    device = str(run_config.get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = MammoConfig.for_device(device)
+    update = {k: run_config[k] for k in ("lr", "optimizer", "batch_size", "backbone", "roi_size", "seed")
+              if k in run_config}
+    cfg = MammoConfig.model_validate({**cfg.model_dump(), **update})
+    return cfg
+
+
+def _site(path: Path, cfg: MammoConfig) -> SiteImages:
+    key = (str(Path(path).resolve()), cfg.seed, cfg.preprocess.model_dump_json())
+    if key not in _SITES:
+        _SITES[key] = load_site(Path(path), cfg)
+    return _SITES[key]
+
+
+class MammographyTask:
+    def init_model(self, run_config: dict) -> nn.Module:
+        return TwoStage(str(run_config.get("backbone", "resnet50")))
+
+    def local_train(self, model: nn.Module, site_data_dir: Path, run_config: dict,
+                    global_model: nn.Module) -> tuple[int, dict]:
+        cfg = config_from_run(run_config)
+        site = _site(site_data_dir, cfg)
+        epochs = int(run_config.get("epochs", 1))
+        mu = float(run_config.get("fedprox_mu", 0.0))
+        tcfg_extra = {"fedprox_mu": mu, "max_steps_per_epoch": run_config.get("max_steps_per_epoch")}
+        with tempfile.TemporaryDirectory(prefix="mammo-fl-") as tmp:
+            _, fits = train_stages(site, _WithTrainExtras(cfg, tcfg_extra), Path(tmp), epochs=epochs, model=model,
+                                   global_model=global_model if mu > 0 else None)
+        metrics = {}
+        for stage, fit in fits.items():
+            last = fit.history[fit.best_epoch - 1] if fit.best_epoch else fit.history[-1]
+            metrics[f"stage{stage}_train_loss"] = last.train_loss
+            if last.val_loss is not None:
+                metrics[f"stage{stage}_val_loss"] = last.val_loss
+        return len(site.idx("train")), metrics
+
+    def local_evaluate(self, model: nn.Module, site_data_dir: Path, run_config: dict) -> tuple[int, dict]:
+        cfg = config_from_run(run_config)
+        site = _site(site_data_dir, cfg)
+        rois = site.rois("test")
+        metrics = {}
+        for stage in (1, 2):
+            m = evaluate_stage(model, rois, stage, cfg).metrics
+            for k in ("accuracy", "precision", "recall", "f1", "auroc"):
+                if m.get(k) is not None:
+                    metrics[f"stage{stage}_{k}"] = m[k]
+        return len(rois), metrics
+
+
+class _WithTrainExtras:
+    """A MammoConfig whose TrainConfig also carries FedProx's mu and a step cap."""
+
+    def __init__(self, cfg: MammoConfig, extra: dict):
+        self._cfg, self._extra = cfg, {k: v for k, v in extra.items() if v is not None}
+
+    def __getattr__(self, name):
+        return getattr(self._cfg, name)
+
+    def train_config(self, epochs: int | None = None):
+        return self._cfg.train_config(epochs).model_copy(update=self._extra)
+
+
+register_task("mammography", MammographyTask())
