@@ -97,14 +97,21 @@ def verify_bundle_file(
     The signer must be a key in ``trust_dir`` whose name (file stem) equals the bundle's
     ``site``, so one trusted site cannot release results in another's name. With
     ``manifest``, the bundle must also answer exactly that signed manifest, come from one of
-    its target sites and use at least its ``min_cell_count``.
+    its target sites and use at least its ``min_cell_count``. A site onboarded with
+    ``coordinator sites add`` must also meet its recorded minimum cell count; without
+    ``manifest``, an archived key of an offboarded site verifies bundles made before removal.
     """
+    from coordinator.site_registry import archived_keys_for, check_expected_min_cell
+
     bundle = read_bundle(path)
     trusted = load_trust_dir(trust_dir)
+    if manifest is None:  # a file check: keys of offboarded sites still verify what they signed before
+        trusted = {**archived_keys_for(trust_dir, bundle), **trusted}
     verify(bundle, trusted, allow_small_cells=allow_small_cells)
     signer = trusted[bundle.signature.key_id][0]  # type: ignore[union-attr]  # verify() checked it
     if signer != bundle.site:
         raise BundleError(f"{path}: bundle claims site {bundle.site!r} but is signed by key {signer!r}; refused")
+    check_expected_min_cell(trust_dir, bundle)  # the minimum the site was onboarded with (coordinator sites add)
     if manifest is not None:
         if bundle.manifest_id != manifest.manifest_id:
             raise BundleError(f"{path}: bundle answers manifest {bundle.manifest_id}, not {manifest.manifest_id}")

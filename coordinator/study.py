@@ -30,6 +30,8 @@ from pydantic import BaseModel
 
 from coordinator.errors import CoordinatorError, StudyIncomplete
 from coordinator.manifest import build_manifest, verify_bundle_file
+from coordinator.store.errors import StoreError
+from coordinator.store.repository import FINAL_STATUSES
 from site_agent.bundle import BundleError, StudyManifest, render
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,10 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
             return SiteOutcome(site=site, status="failed", reason=f"bundle refused: {exc}")
     if bundle.site != site:
         return SiteOutcome(site=site, status="failed", reason=f"bundle names site {bundle.site!r}")
-    store.add_bundle(bundle, data)
+    try:
+        store.add_bundle(bundle, data)
+    except StoreError as exc:  # e.g. the study was cancelled for this site while we waited
+        return SiteOutcome(site=site, status="cancelled" if "cancelled" in str(exc) else "failed", reason=str(exc))
     if bundles_dir is not None:
         bundles_dir.mkdir(parents=True, exist_ok=True)
         tmp_path = bundles_dir / f".{site}.bundle.tmp"
@@ -144,40 +149,83 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     return SiteOutcome(site=site, status="done")
 
 
+def _ask(grid: Grid, nodes: list[int], kind: str, manifest: StudyManifest, timeout: float) -> list[Message]:
+    if not nodes:
+        return []
+    if kind == "collect":
+        record = ConfigRecord({"manifest_id": manifest.manifest_id})
+    else:
+        record = ConfigRecord({"json": render(manifest).decode("utf-8")})
+    return list(grid.send_and_receive(_messages(nodes, kind, record, manifest.manifest_id), timeout=timeout))
+
+
+def _reply_site(reply: Message) -> tuple[str, str] | None:
+    if reply.has_error():
+        return None
+    r = reply.content["reply"]
+    return str(r["site"]), str(r["status"])
+
+
 def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | Path, reply_timeout: float,
                node_wait: float = 30.0, bundles_dir: Path | None = None, collect_only: bool = False) -> StudyOutcome:
-    """Send (or, with ``collect_only``, ask again for) a signed manifest; judge and record every answer."""
+    """Send (or, with ``collect_only``, ask again for) a signed manifest; judge and record every answer.
+
+    Resuming (a manifest already sent, e.g. after a coordinator restart): sites with a final
+    answer in the store (done, refused, rejected, cancelled) are not asked again where their
+    Flower node is known from an earlier reply; every other node gets ``query.collect``,
+    never the manifest a second time, except a site that never got it (still ``pending``),
+    which gets the manifest after answering ``unknown``. Cancelled sites' answers are not stored.
+    """
+    from coordinator.store import ops
+
     if manifest.signature is None:
         raise CoordinatorError("the manifest is not signed; sign it with the coordinator key first")
     started = time.monotonic()
     trust_dir = Path(trust_dir)
     store.add_manifest(manifest)
-    have = store.answered_sites(manifest.manifest_id)
-    nodes = wait_for_nodes(grid, len(manifest.target_sites), node_wait)
-    if collect_only:
-        record = ConfigRecord({"manifest_id": manifest.manifest_id})
-        messages = _messages(nodes, "collect", record, manifest.manifest_id)
-    else:
-        record = ConfigRecord({"json": render(manifest).decode("utf-8")})
-        messages = _messages(nodes, "manifest", record, manifest.manifest_id)
+    mid = manifest.manifest_id
+    before = {s.site: s for s in store.site_statuses(mid)}
+    final = {site: s for site, s in before.items() if s.has_bundle or s.status in FINAL_STATUSES}
+    never_sent = {site for site, s in before.items() if s.status == "pending"}
+    resume = collect_only or any(s.status != "pending" for s in before.values())
+    known = ops.node_sites(store, mid)
+    nodes = wait_for_nodes(grid, len(manifest.target_sites) - len(final), node_wait)
+    ask = [n for n in nodes if known.get(n) not in final]
     for site in manifest.target_sites:
-        if site not in have:
-            store.set_site_status(manifest.manifest_id, site, "sent")
-    replies = list(grid.send_and_receive(messages, timeout=reply_timeout)) if nodes else []
+        if site not in final:
+            store.set_site_status(mid, site, "sent")
+    replies = _ask(grid, ask, "collect" if resume else "manifest", manifest, reply_timeout)
+    if resume and not collect_only:  # sites that never received the manifest get it now
+        first: list[int] = []
+        for reply in replies:
+            who = _reply_site(reply)
+            if who and who[0] in never_sent and who[1] == "unknown":
+                first.append(reply.metadata.src_node_id)
+        replies += _ask(grid, first, "manifest", manifest, reply_timeout)
     outcomes: dict[str, SiteOutcome] = {}
     for reply in replies:
+        who = _reply_site(reply)
+        if who and who[0] in manifest.target_sites:
+            ops.note_node(store, mid, reply.metadata.src_node_id, who[0])
+        if who and who[0] in final:
+            continue  # a final answer is kept; a duplicate adds nothing
         outcome = _judge(reply, manifest, trust_dir, store, bundles_dir)
         if outcome is not None and (outcome.site not in outcomes or outcome.status == "done"):
             outcomes[outcome.site] = outcome
     for site in manifest.target_sites:
-        if site in have and outcomes.get(site, SiteOutcome(site=site, status="x")).status != "done":
-            outcomes[site] = SiteOutcome(site=site, status="done", reason="answered earlier")
+        if site in final:
+            old = final[site]
+            outcomes[site] = SiteOutcome(site=site, status="done" if old.has_bundle else old.status,
+                                         reason="answered earlier" if old.has_bundle else (old.reason or ""))
             continue
         outcome = outcomes.setdefault(site, SiteOutcome(
             site=site, status="missing", reason=f"no answer within {reply_timeout:g} s (SuperNode down, or slow)"))
-        store.set_site_status(manifest.manifest_id, site, outcome.status, outcome.reason or None)
+        if outcome.status != "done" and ops.is_cancelled(store, mid):  # cancelled while we waited
+            outcome = outcomes[site] = SiteOutcome(site=site, status="cancelled", reason="study cancelled")
+        store.set_site_status(mid, site, outcome.status, outcome.reason or None)
+        ops.propagate_to_parent(store, mid, site, outcome.status, outcome.reason or None)
     done = sum(o.status == "done" for o in outcomes.values())
-    result = StudyOutcome(manifest_id=manifest.manifest_id, study_id=manifest.study_id,
+    result = StudyOutcome(manifest_id=mid, study_id=manifest.study_id,
                           sites=[outcomes[s] for s in manifest.target_sites], done=done,
                           min_sites=manifest.min_sites, complete=done >= manifest.min_sites,
                           elapsed_seconds=round(time.monotonic() - started, 2))

@@ -276,6 +276,11 @@ class ResultsStore:
             if old is not None:
                 raise StoreError(f"site {bundle.site!r} already answered manifest {bundle.manifest_id} with a "
                                  "different bundle; refused (one answer per site and manifest)")
+            if conn.execute(select(site_status.c.status).where(  # coordinator study cancel
+                    site_status.c.manifest_id == bundle.manifest_id,
+                    site_status.c.site == bundle.site)).scalar_one_or_none() == "cancelled":
+                raise StoreError(f"manifest {bundle.manifest_id} was cancelled for site {bundle.site!r}; "
+                                 "its late answer is not stored")
             conn.execute(insert(bundles).values(
                 manifest_id=bundle.manifest_id, site=bundle.site, sha256=sha, cdm_name=bundle.provenance.cdm_name,
                 created_at=_db_time(bundle.created_at), received_at=_db_time(at or _now()), raw=raw))

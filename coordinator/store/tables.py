@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables of the results store at the newest migration (``0002``).
+"""SQLAlchemy Core tables of the results store at the newest migration (``0003``).
 
 Times are stored as naive UTC (``DateTime`` without zone works alike on SQLite and PostgreSQL)
 and handed out as aware UTC datetimes by the repository. The migrations in
@@ -69,4 +69,42 @@ bundles = Table(
     Column("received_at", DateTime, nullable=False),
     Column("raw", LargeBinary, nullable=False),  # the signed bundle exactly as received
     UniqueConstraint("manifest_id", "site", name="uq_bundles_manifest_site"),
+)
+
+# ---- 0003: network operations (coordinator/store/ops.py) ----
+manifest_links = Table(  # a re-sent manifest answers for its parent (the study's original send)
+    "manifest_links", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("parent_manifest_id", String(64), ForeignKey("manifests.manifest_id"), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),  # "resend"
+    Column("site", String(200)),
+    Column("created_at", DateTime, nullable=False),
+)
+
+manifest_nodes = Table(  # which Flower node answered for which site (node ids are not site names)
+    "manifest_nodes", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("node_id", String(40), primary_key=True),
+    Column("site", String(200), nullable=False),
+    Column("seen_at", DateTime, nullable=False),
+)
+
+manifest_cancellations = Table(
+    "manifest_cancellations", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("reason", Text),
+    Column("cancelled_at", DateTime, nullable=False),
+)
+
+study_runs = Table(  # one versioned result set per run of a (scheduled) study
+    "study_runs", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("study_id", String(200), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("schedule_name", String(200)),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("state", String(32), nullable=False),  # running, complete, incomplete, failed
+    Column("detail", Text),
+    UniqueConstraint("study_id", "version", name="uq_study_runs_version"),
 )
