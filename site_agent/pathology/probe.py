@@ -14,24 +14,16 @@ from site_agent.errors import ConfigError
 from site_agent.pathology import CLASSES
 
 
-class _Frozen(nn.Module):
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder.eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self.head = nn.Linear(1, len(CLASSES))  # only for predict()'s class count
-
-    def embed(self, x):
-        return self.encoder(x).flatten(1)
-
-
 def load_encoder(path: Path, backbone: str) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"probe encoder file not found: {path}")
+    import warnings
+
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
+            return torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:
         pass  # not TorchScript: a state dict for one of our backbones
     from site_agent.training.models import build_classifier, embedding_model
@@ -40,10 +32,17 @@ def load_encoder(path: Path, backbone: str) -> nn.Module:
 
 
 def features(encoder: nn.Module, ds, cfg) -> tuple[np.ndarray, np.ndarray]:
-    from site_agent.training.loop import predict
+    """Frozen features (N, D) and labels of a dataset, batched, no gradients."""
+    from site_agent.training.loop import _loader, resolve_device
 
-    pred = predict(_Frozen(encoder), ds, cfg.model_copy(update={"channels_last": False}), embeddings=True)
-    return pred.embeddings, pred.labels
+    device = resolve_device(cfg.device)
+    encoder = encoder.to(device).eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for x, y in _loader(ds, cfg, shuffle=False, device=device):
+            feats.append(encoder(x.to(device)).float().flatten(1).cpu().numpy())
+            labels.append(np.asarray(y))
+    return np.concatenate(feats), np.concatenate(labels).astype(int)
 
 
 def linear_probe(encoder: nn.Module, train_ds, test_ds, cfg, *, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
