@@ -112,7 +112,7 @@ def test_linear_probe_with_a_torchscript_encoder(tmp_path):
     x = torch.rand(120, 3, 8, 8, generator=g) * 0.5
     x[torch.arange(120), y] += 0.3  # class k: channel k brighter
     train, test = TensorDataset(x[:80], y[:80]), TensorDataset(x[80:], y[80:])
-    m, yte, probs = linear_probe(load_encoder(tmp_path / "enc.ts", "tiny"), train, test, TrainConfig(device="cpu"))
+    m, yte, _probs = linear_probe(load_encoder(tmp_path / "enc.ts", "tiny"), train, test, TrainConfig(device="cpu"))
     f = x.mean(dim=(2, 3)).numpy()
     sc = StandardScaler().fit(f[:80])
     ref = LogisticRegression(max_iter=2000, C=0.5, random_state=0).fit(sc.transform(f[:80]), y[:80].numpy())
