@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     network_cli.add_parsers(sub)  # demo, certs, study send|collect
     training.add_train_parser(sub)  # train pathology|mammography
+    __import__("coordinator.operations_cli", fromlist=["x"]).add_parsers(sub)  # status, sites, serve
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("generate", help="create an Ed25519 key pair (<name>.key, <name>.pub)")

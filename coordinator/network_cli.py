@@ -123,3 +123,4 @@ def add_parsers(sub) -> None:
     p.add_argument("manifest", help="the signed manifest file that was sent")
     _add_run_options(p)
     p.set_defaults(func=cmd_study_collect)
+    __import__("coordinator.operations_cli", fromlist=["x"]).add_study_parsers(ssub)  # resend, cancel

@@ -25,6 +25,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, Field, ValidationError
@@ -97,7 +98,7 @@ def _check_supernode_key(path: Path) -> bytes:
         raise CoordinatorError(f"{path} holds a PRIVATE key; give the SuperNode's public key (.pub)")
     try:
         key = serialization.load_ssh_public_key(data.strip())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CoordinatorError(f"{path} is not an OpenSSH public key; make one with "
                                "`coordinator certs` or `ssh-keygen -t ecdsa -b 384`") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
