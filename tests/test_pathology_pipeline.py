@@ -82,7 +82,7 @@ def test_bad_input_is_one_line(site, tmp_path, capsys, case):
                "--backbone", "tiny", "--input-size", "32"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and err.startswith("site-agent: error:"), err
-    assert not out.exists() or not (out / "metrics.json").exists()
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 def test_synth_refuses_to_overwrite(site, capsys):

@@ -78,7 +78,28 @@ def _whole_slides(model, site: SiteData, opts: PathologyOptions, cfg, out: Path)
 
 
 def run_local_training(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
-    """Train on the site's train split (early stopping on val), evaluate on its test split."""
+    """Train on the site's train split (early stopping on val), evaluate on its test split.
+
+    Everything is written into a staging folder next to ``out`` and moved into ``out`` only
+    when the whole run succeeded, so a failed run leaves no half set of outputs."""
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        summary = _run(Path(data_dir), stage, opts)
+        out.mkdir(exist_ok=True)
+        for f in stage.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
     from site_agent.training.loop import fit, predict
     from site_agent.training.metrics import classification_metrics
     from site_agent.training.plots import (
@@ -89,13 +110,11 @@ def run_local_training(data_dir: Path, out: Path, opts: PathologyOptions) -> dic
     )
 
     t0 = time.perf_counter()
-    out = Path(out)
-    site = load_site(Path(data_dir), opts.tiling(), input_size=opts.input_size, seed=opts.seed,
+    site = load_site(data_dir, opts.tiling(), input_size=opts.input_size, seed=opts.seed,
                      train_stride=opts.train_stride)
     eval_split = "test" if len(site.datasets["test"]) else "val"
     cfg = opts.train_config()
     model = build_model(opts)
-    out.mkdir(parents=True, exist_ok=True)
     res = fit(model, site.datasets["train"], site.datasets["val"], cfg, out / "model_best.pt")
     ds = site.datasets[eval_split]
     pred = predict(model, ds, cfg, embeddings=opts.tsne_max > 0)
