@@ -26,6 +26,26 @@ from site_agent.bundle import generate_keypair, load_private_key, write_manifest
 
 LUNG_DIAGNOSTIC_COHORTS = ("lung_cancer_broad", "lung_cancer_narrow", "nsclc", "sclc", "sclc_stage_i_ii")
 STUDY_SPEC = Path("studies") / "sclc_stage_i_ii.json"
+TRAIN_ROUNDS = 2
+# a short federated run on 2 CPU cores: small synthetic archives, capped steps per epoch
+SYNTH_ARGS = {"pathology": ["--slides", "6", "--width", "1536", "--height", "1280"],
+              "mammography": ["--patients", "40"]}
+TRAIN_RUN_CONFIG = {"pathology": {"max_steps_per_epoch": 15}, "mammography": {}}
+
+
+def prepare_images(out: Path, sites: list[DemoSite], task: str, echo) -> dict[str, dict[str, str]]:
+    """A synthetic image archive per site (``site-agent images synth TASK``); node configs naming it."""
+    from coordinator.demo_sites import agent
+
+    extra = {}
+    for s in sites:
+        folder = out / "sites" / s.name / task
+        if not folder.exists():
+            agent("images", "synth", task, "--out", str(folder), "--site", s.name, "--seed", str(s.seed),
+                  *SYNTH_ARGS.get(task, []))
+        extra[s.name] = {f"image-root-{task}": str(folder)}
+    echo(f"  synthetic {task} archives written for {len(sites)} sites")
+    return extra
 
 
 def coordinator_key(out: Path) -> tuple[Path, Path]:
@@ -59,20 +79,37 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     manifest_path = write_manifest(sign_manifest(manifest, load_private_key(private)), out / "manifest.json")
     t1 = time.perf_counter()
     echo(f"sites ready in {t1 - t0:.1f}s; signed manifest {manifest.manifest_id} -> {manifest_path}")
+    extra = prepare_images(out, sites, train, echo) if train else {}
     job = {"manifest": str(manifest_path), "store": str(out / "store.sqlite3"), "trust": str(out / "trust"),
            "out": str(out), "reply_timeout": reply_timeout, "node_wait": 60.0}
-    nodes = [NodeSpec(p.site.name, p.config) for p in prepared]
+    nodes = [NodeSpec(p.site.name, p.config, extra.get(p.site.name, {})) for p in prepared]
     with LocalNetwork(out / "network", nodes) as network:
         echo(f"SuperLink on 127.0.0.1:{network.port} (TLS, SuperNode authentication), {len(nodes)} SuperNodes")
         if network_hook is not None:
             network_hook(network)
         outcome = network.run("study", job, timeout=reply_timeout + 180)
+        training = None
+        if train and outcome.get("ok"):
+            t_train = time.perf_counter()
+            request = {"task": train, "rounds": TRAIN_ROUNDS, "min_replies": max(1, len(sites) - 1),
+                       "round_timeout": reply_timeout, "out": str(out / "training" / train),
+                       "run_config": {**TRAIN_RUN_CONFIG.get(train, {}), "epochs": train_epochs}}
+            training = network.run("train", request, timeout=reply_timeout * (TRAIN_ROUNDS + 1) + 120)
+            echo(f"federated {train} training: {TRAIN_ROUNDS} rounds in {time.perf_counter() - t_train:.1f}s")
     t2 = time.perf_counter()
     echo(f"network study finished in {t2 - t1:.1f}s; every process stopped")
     for s in (outcome.get("outcome") or {}).get("sites", []):
         echo(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
     if not outcome.get("ok"):
         raise CoordinatorError(outcome.get("error") or "the study did not complete")
+    if training is not None:
+        if not training.get("ok"):
+            raise CoordinatorError(f"federated {train} training failed: {training.get('error')}")
+        last = training["summary"]["rounds"][-1]
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last["eval_metrics"].items()))
+        echo(f"federated {train} model after round {last['round']}: {metrics}; checkpoints in "
+             f"{out / 'training' / train}")
+        outcome["training"] = training
     echo(f"report: {outcome.get('report')}\nnetwork results: {outcome.get('results')}\n"
          f"bundles: {out / 'bundles'}  pinned site keys: {out / 'trust'}  store: {out / 'store.sqlite3'}")
     return outcome

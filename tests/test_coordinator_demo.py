@@ -1,40 +1,57 @@
-"""The main job: a three-site synthetic network building the lung cohorts, via the CLIs."""
+"""The main job: ``coordinator demo`` runs the lung study over a real local Flower network."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+import pandas as pd
+import pytest
+
+from site_agent.bundle import read_bundle
 from tests.conftest import REPO
+from tests.e2e.test_flower_network import processes_mentioning
+
+pytestmark = pytest.mark.slow
 
 
-def test_demo_network_counts_suppressed(tmp_path):
+def test_demo_network_end_to_end(tmp_path):
     out = tmp_path / "net"
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--out", str(out), "--persons", "1500"],
-                          capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "cohort_counts.json").read_text())
-    assert sorted(results) == ["oncology_east", "oncology_north", "primary_care_south"]
-    for site, rows in results.items():
-        assert [r["cohort_name"] for r in rows][:5] == ["lung_cancer_broad", "lung_cancer_narrow", "nsclc", "sclc",
-                                                       "sclc_stage_i_ii"]
-        for r in rows:
-            for key in ("number_records", "number_subjects"):
-                assert r[key] is None or r[key] == 0 or r[key] >= 5, (site, r)
-        assert f"== {site}" in proc.stdout
-    # at this size some site has a cohort of 1..4 persons: it must arrive suppressed
-    assert any(r["number_subjects"] is None for rows in results.values() for r in rows)
-    assert "<5" in proc.stdout
-    # the same site generated again gives the same counts: the demo is reproducible
-    again = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--out", str(tmp_path / "net2"),
-                            "--persons", "1500"], capture_output=True, text=True, cwd=REPO)
-    assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "net2" / "cohort_counts.json").read_text()) == results
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--sites", "3", "--out", str(out),
+                           "--persons", "1200"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sites = ["oncology_north", "primary_care_south", "oncology_east"]
+    for s in sites:
+        assert f"{s:<22} done" in proc.stdout
+    results = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    assert set(results.loc[results["variable_name"] != "settings", "cdm_name"]) == {*sites, "network"}
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "http://" not in html and "https://" not in html  # offline: nothing fetched
+    for s in sites:
+        verify = subprocess.run([sys.executable, "-m", "coordinator.cli", "verify",
+                                 str(out / "bundles" / f"{s}.bundle"), "--trust", str(out / "trust")],
+                                capture_output=True, text=True, cwd=REPO)
+        assert verify.returncode == 0, verify.stderr
+        bundle = read_bundle(out / "bundles" / f"{s}.bundle")
+        released = pd.read_csv(io.StringIO(bundle.results_csv), dtype=str, keep_default_na=False)
+        counts = pd.to_numeric(released.loc[released["estimate_name"].str.contains("count"), "estimate_value"],
+                               errors="coerce").dropna()
+        assert not ((counts >= 1) & (counts < 5)).any(), s  # no small count left its site
+        # the site's own rows in the network CSV are exactly what it released
+        key = ["group_name", "group_level", "variable_name", "estimate_name", "estimate_value"]
+        subjects = released[released["variable_name"] == "Number subjects"][key]
+        mine = results[results["cdm_name"] == s][key]
+        assert len(subjects) > 5 and set(map(tuple, subjects.values)) <= set(map(tuple, mine.values))
+    outcome = json.loads((out / "outcome.json").read_text())
+    assert outcome["ok"] and outcome["outcome"]["done"] == 3
+    assert (out / "store.sqlite3").is_file() and sorted(p.stem for p in (out / "trust").glob("*.pub")) == sorted(sites)
+    assert processes_mentioning(str(out)) == []  # every SuperLink/SuperNode/app process is gone
 
 
 def test_demo_reports_missing_definitions(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--out", str(tmp_path),
                            "--definitions", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
