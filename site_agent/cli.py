@@ -159,6 +159,46 @@ def cmd_run_study(args) -> int:
     return 0
 
 
+def cmd_run_manifest(args) -> int:
+    """Offline mode: answer a manifest file without Flower; the signed bundle goes to a file."""
+    from site_agent.bundle import read_manifest, render
+    from site_agent.client_app import answer_manifest
+    from site_agent.config import load_config
+
+    config = load_config(args.config)
+    manifest = read_manifest(args.manifest)
+    status, reason, text = answer_manifest(config, render(manifest).decode("utf-8"))
+    return _write_answer(args.out, status, reason, text, manifest.manifest_id)
+
+
+def cmd_release(args) -> int:
+    """Offline mode after a review: write the approved (or already released) bundle to a file."""
+    from site_agent.client_app import collect
+    from site_agent.config import load_config
+
+    status, reason, text = collect(load_config(args.config), args.manifest_id)
+    return _write_answer(args.out, status, reason, text, args.manifest_id)
+
+
+def _write_answer(out: str, status: str, reason: str, text: str, manifest_id: str) -> int:
+    from site_agent.fileio import write_atomic
+    from site_agent.policy import PolicyRefusal
+
+    if status == "done":
+        path = write_atomic(out, text.encode("utf-8"))
+        print(f"wrote the signed bundle for manifest {manifest_id} to {path}; send it to the coordinator "
+              "(coordinator ingest FILE)", file=sys.stderr)
+        return 0
+    if status == "awaiting_review":
+        print(f"manifest {manifest_id}: {reason}; approve it (site-agent review), then run: "
+              f"site-agent release {manifest_id} --config … --out {out}", file=sys.stderr)
+        return 0
+    if status == "refused":
+        check, _, why = reason.partition(": ")
+        raise PolicyRefusal(check, why or reason)
+    raise OptimaError(f"manifest {manifest_id}: {status}: {reason}")
+
+
 def cmd_keys_generate(args) -> int:
     from site_agent.keys import generate_keypair, key_id, load_public_key
 
@@ -227,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for results.csv and plots")
     p.add_argument("--cdm-name", help="name of this database in the results")
     p.set_defaults(func=cmd_run_study)
+
+    p = sub.add_parser("run-manifest", help="offline mode: answer a signed manifest file, write the signed bundle")
+    p.add_argument("manifest", help="the signed manifest file from the coordinator")
+    p.add_argument("--config", required=True, help="the site's settings (site.toml)")
+    p.add_argument("--out", required=True, help="bundle file to write (give it to the coordinator)")
+    p.set_defaults(func=cmd_run_manifest)
+
+    p = sub.add_parser("release", help="offline mode: write an approved (or released) bundle to a file")
+    p.add_argument("manifest_id", help="the manifest id the bundle answers")
+    p.add_argument("--config", required=True, help="the site's settings (site.toml)")
+    p.add_argument("--out", required=True, help="bundle file to write")
+    p.set_defaults(func=cmd_release)
 
     keys = sub.add_parser("keys", help="the site's signing key").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("generate", help="create the site's Ed25519 key pair (<name>.key, <name>.pub)")
