@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="a .bundle file")
     p.add_argument("--trust", help="folder of pinned site public keys named <site>.pub (default: ./trust)")
     p.set_defaults(func=cmd_verify)
+    __import__("coordinator.ingest", fromlist=["add_parsers"]).add_parsers(sub)  # ingest, report
     return parser
 
 

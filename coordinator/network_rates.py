@@ -27,6 +27,7 @@ import pandas as pd
 from coordinator.pooling import (
     KEY,
     dersimonian_laird,
+    dersimonian_laird_groups,
     pooled_cif,
     pooled_km,
     pooled_summary,
@@ -77,42 +78,72 @@ def _meta_rows(key: dict, cdm: str, var: str, prefix: str, y: list[float], v: li
                  "integer")]
 
 
-def _pool_kind(data: pd.DataFrame, ids: list[int], kind: str, cdm: str) -> list[dict]:
+_RE_STATS = (("i_squared", "i2", "percentage"), ("tau_squared", "tau2", "numeric"), ("q_statistic", "q", "numeric"),
+             ("q_p_value", "q_p", "numeric"), ("meta_sites", "k", "integer"))
+
+
+def _long(frame: pd.DataFrame, cols: list[tuple[str, str, str]], cdm: str) -> pd.DataFrame:
+    """Wide per-key values -> long ``summarised_result`` rows on variable ``Outcome``."""
+    parts = []
+    for name, col, etype in cols:
+        part = frame[RATE_KEY].copy()
+        part["estimate_name"], part["estimate_type"] = name, etype
+        part["estimate_value"] = [_fmt(x) for x in frame[col].to_numpy(float)]
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RATE_KEY)
+    out["cdm_name"], out["variable_name"], out["variable_level"] = cdm, "Outcome", None
+    return out[list(RESULT_COLUMNS)]
+
+
+def _pool_kind(data: pd.DataFrame, ids: list[int], kind: str, cdm: str) -> pd.DataFrame:
     num, den = ("outcome_count", "person_years") if kind == "incidence" else ("outcome_count", "denominator_count")
     wide = _wide(data, ids, [num, den])
-    rows: list[dict] = []
-    for key_vals, g in wide.groupby(RATE_KEY, dropna=False, sort=False):
-        key = dict(zip(RATE_KEY, key_vals, strict=True))
-        ok = g[num].notna() & g[den].notna() & (g[den] > 0)
-        e, t = g.loc[ok, num].to_numpy(float), g.loc[ok, den].to_numpy(float)
-        excluded = int((~ok).sum())
-        if kind == "incidence":
-            est = poisson_rate_ci(e.sum(), t.sum()) if ok.any() else (None,) * 3
-            names = ("incidence_100000_pys", "incidence_100000_pys_95CI_lower", "incidence_100000_pys_95CI_upper")
-            ec = np.where(e > 0, e, 0.5)
-            y, v = list(np.log(ec / t)), list(1.0 / ec)
-            meta = _meta_rows(key, cdm, "Outcome", "incidence_100000_pys", y, v, lambda x: math.exp(x) * 1e5)
-        else:
-            est = wilson_ci(e.sum(), t.sum()) if ok.any() else (None,) * 3
-            names = ("prevalence", "prevalence_95CI_lower", "prevalence_95CI_upper")
-            zero = (e == 0) | (e == t)
-            a, b = np.where(zero, e + 0.5, e), np.where(zero, t - e + 0.5, t - e)
-            y, v = list(np.log(a / b)), list(1 / a + 1 / b)
-            meta = _meta_rows(key, cdm, "Outcome", "prevalence", y, v, lambda x: 1 / (1 + math.exp(-x)))
-        rows += [_row(key, cdm, "Outcome", n, x) for n, x in zip(names, est, strict=True)]
-        rows += meta
-        if excluded:
-            rows.append(_row(key, cdm, "Outcome", "excluded_sites", excluded, "integer"))
-    return rows
+    wide["ok"] = wide[num].notna() & wide[den].notna() & (wide[den] > 0)
+    keys = pd.DataFrame({"excluded": (~wide["ok"]).groupby([wide[k] for k in RATE_KEY], dropna=False,
+                                                            sort=False).sum()})
+    ok = wide[wide["ok"]]
+    sums = ok.groupby(RATE_KEY, dropna=False, sort=False)[[num, den]].sum()
+    keys = keys.join(sums).reset_index()
+    e, t = ok[num].to_numpy(float), ok[den].to_numpy(float)
+    if kind == "incidence":
+        est = [poisson_rate_ci(a, b) if np.isfinite(b) else (np.nan,) * 3 for a, b in zip(keys[num], keys[den])]
+        prefix = "incidence_100000_pys"
+        ec = np.where(e > 0, e, 0.5)
+        meta_in = ok[RATE_KEY].assign(y=np.log(ec / t), v=1.0 / ec)
+
+        def back(x):
+            return np.exp(x) * 1e5
+    else:
+        est = [wilson_ci(a, b) if np.isfinite(b) else (np.nan,) * 3 for a, b in zip(keys[num], keys[den])]
+        prefix = "prevalence"
+        zero = (e == 0) | (e == t)
+        a, b = np.where(zero, e + 0.5, e), np.where(zero, t - e + 0.5, t - e)
+        meta_in = ok[RATE_KEY].assign(y=np.log(a / b), v=1 / a + 1 / b)
+
+        def back(x):
+            return 1 / (1 + np.exp(-x))
+    keys[["est", "lo", "hi"]] = np.array(est, dtype=float).reshape(-1, 3) if len(est) else np.empty((0, 3))
+    rows = [_long(keys, [(prefix, "est", "numeric"), (f"{prefix}_95CI_lower", "lo", "numeric"),
+                         (f"{prefix}_95CI_upper", "hi", "numeric")], cdm),
+            _long(keys[keys["excluded"] > 0], [("excluded_sites", "excluded", "integer")], cdm)]
+    if len(meta_in):
+        m = dersimonian_laird_groups(meta_in, RATE_KEY)
+        for col in ("estimate", "lower", "upper"):
+            m[col] = back(m[col].to_numpy(float))
+        rows.append(_long(m, [(f"{prefix}_random_effects", "estimate", "numeric"),
+                              (f"{prefix}_random_effects_95CI_lower", "lower", "numeric"),
+                              (f"{prefix}_random_effects_95CI_upper", "upper", "numeric"),
+                              *_RE_STATS], cdm))
+    return pd.concat([r for r in rows if len(r)], ignore_index=True)
 
 
 def pool_rates(data: pd.DataFrame, types: pd.Series, cdm: str, notes: list[str]) -> pd.DataFrame:
-    rows: list[dict] = []
+    parts = []
     for kind in ("incidence", "prevalence"):
         ids = [int(i) for i in types.index[types == kind]]
         if ids:
-            rows += _pool_kind(data, ids, kind, cdm)
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+            parts.append(_pool_kind(data, ids, kind, cdm))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(RESULT_COLUMNS))
 
 
 def _site_results(data: pd.DataFrame, settings: pd.DataFrame, rid: int) -> list[SummarisedResult]:

@@ -231,3 +231,36 @@ def dersimonian_laird(y: Sequence[float], v: Sequence[float], *, level: float = 
     i2 = max(0.0, (q - df) / q) * 100 if q > 0 else 0.0
     p = float(chi2.sf(q, df)) if df > 0 else float("nan")
     return MetaResult(len(y), est, se, est - z * se, est + z * se, fixed, tau2, q, df, p, i2)
+
+
+def dersimonian_laird_groups(frame: pd.DataFrame, by: list[str], y: str = "y", v: str = "v",
+                             *, level: float = 0.95) -> pd.DataFrame:
+    """:func:`dersimonian_laird` for many groups at once (vectorised; groups with k >= 2 only).
+
+    Returns one row per group: ``by`` + k, estimate, se, lower, upper, tau2, q, q_df, q_p, i2.
+    """
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    f = frame[by].copy()
+    f["w"] = 1.0 / frame[v].to_numpy(float)
+    f["y"] = frame[y].to_numpy(float)
+    f["wy"], f["wyy"], f["ww"] = f["w"] * f["y"], f["w"] * f["y"] ** 2, f["w"] ** 2
+    g = f.groupby(by, dropna=False, sort=False)
+    s = g[["w", "wy", "wyy", "ww"]].sum()
+    s["k"] = g.size()
+    s = s[s["k"] >= 2]
+    df = s["k"] - 1
+    q = np.maximum(s["wyy"] - s["wy"] ** 2 / s["w"], 0.0)
+    c = s["w"] - s["ww"] / s["w"]
+    s["tau2"] = np.maximum(0.0, (q - df) / c)
+    s["q"], s["q_df"] = q, df
+    s["q_p"] = chi2.sf(q, df)
+    s["i2"] = np.where(q > 0, np.maximum(0.0, (q - df) / q.where(q > 0, 1.0)) * 100, 0.0)
+    f = f.merge(s[["tau2"]].reset_index(), on=by, how="inner")
+    f["ws"] = 1.0 / (1.0 / f["w"] + f["tau2"])
+    f["wsy"] = f["ws"] * f["y"]
+    r = f.groupby(by, dropna=False, sort=False)[["ws", "wsy"]].sum()
+    s = s.join(r)
+    s["estimate"] = s["wsy"] / s["ws"]
+    s["se"] = np.sqrt(1.0 / s["ws"])
+    s["lower"], s["upper"] = s["estimate"] - z * s["se"], s["estimate"] + z * s["se"]
+    return s[["k", "estimate", "se", "lower", "upper", "tau2", "q", "q_df", "q_p", "i2"]].reset_index()

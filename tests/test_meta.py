@@ -83,3 +83,27 @@ def test_wilson_ci_textbook_and_score_test_inversion():
         assert abs(z) == pytest.approx(stats.norm.ppf(0.975), rel=1e-9)
     assert wilson_ci(0, 143)[1] == pytest.approx(0, abs=1e-12) and wilson_ci(0, 143)[2] == pytest.approx(0.02616, abs=1e-5)
     assert all(np.isnan(wilson_ci(0, 0)))
+
+
+def test_grouped_dersimonian_laird_equals_the_scalar_one():
+    import pandas as pd
+
+    from coordinator.pooling import dersimonian_laird_groups
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for g in range(40):
+        for _ in range(int(rng.integers(1, 6))):
+            rows.append({"g": g, "h": "x" if g % 2 else None, "y": rng.normal(0, 1), "v": rng.uniform(0.01, 0.5)})
+    y, v = bcg_log_rr()
+    rows += [{"g": 99, "h": "bcg", "y": a, "v": b} for a, b in zip(y, v)]
+    frame = pd.DataFrame(rows)
+    out = dersimonian_laird_groups(frame, ["g", "h"])
+    sizes = frame.groupby("g").size()
+    assert sorted(out["g"]) == sorted(sizes.index[sizes >= 2])
+    for r in out.itertuples():
+        sub = frame[frame["g"] == r.g]
+        m = dersimonian_laird(sub["y"], sub["v"])
+        got = (r.k, r.estimate, r.se, r.lower, r.upper, r.tau2, r.q, r.q_p, r.i2)
+        assert got == pytest.approx((m.k, m.estimate, m.se, m.lower, m.upper, m.tau2, m.q, m.q_p, m.i2),
+                                    rel=1e-9, abs=1e-12)

@@ -1,0 +1,81 @@
+"""Report figures as embedded PNG (matplotlib Agg, imported only when a report is written)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "optima-mpl"))
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: list[tuple[str, float, float, float]],
+               xlabel: str, log: bool = True) -> str:
+    """Forest plot: one line per site (estimate, lower, upper), pooled estimates as diamonds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows) + len(pooled)
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * n + 1.1))
+    labels = []
+    for i, (label, est, lo, hi) in enumerate(rows + pooled):
+        y = n - 1 - i
+        labels.append((y, label))
+        if i < len(rows):
+            ax.errorbar(est, y, xerr=[[est - lo], [hi - est]], fmt="s", color="#2b6ca3", capsize=3)
+        else:
+            ax.fill([lo, est, hi, est], [y, y + 0.3, y, y - 0.3], color="#b4412b")
+    ax.set_yticks([y for y, _ in labels], [lab for _, lab in labels])
+    if log and all(r[2] > 0 for r in rows + pooled):
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
+           at_risk: dict[str, list[tuple[float, str]]]) -> str:
+    """Step KM curves with CI bands and an at-risk table under the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, tab) = plt.subplots(2, 1, figsize=(7, 4.6 + 0.25 * len(at_risk)),
+                                  gridspec_kw={"height_ratios": [4, 0.4 + 0.3 * len(at_risk)]}, sharex=True)
+    for name, (t, s, lo, hi) in curves.items():
+        line, = ax.step(t, s, where="post", label=name)
+        ax.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("survival")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    tab.set_axis_off()
+    for i, (name, cells) in enumerate(at_risk.items()):
+        y = len(at_risk) - i - 0.5
+        tab.text(-0.01, y / max(len(at_risk), 1), name, transform=tab.transAxes, ha="right", va="center", fontsize=7)
+        for t, label in cells:
+            tab.text(t, y / max(len(at_risk), 1), label, transform=tab.get_xaxis_transform(), ha="center",
+                     va="center", fontsize=7)
+    tab.set_title("number at risk (pooled)", fontsize=7, loc="left")
+    ax.set_xlabel("days")
+    return _png(fig)
