@@ -7,6 +7,7 @@ stage's ROI embeddings, and Grad-CAM overlays mapped back onto whole mammograms.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +62,19 @@ def evaluate_stage(model: TwoStage, rois: list[Roi], stage: int, cfg, *, embeddi
 
     ds = RoiDataset(rois, stage, cfg.roi_size)
     n = len(CLASSES[stage])
-    if len(ds) == 0:
-        return StageResult(classification_metrics([], np.zeros((0, n)), CLASSES[stage]), np.zeros(0, int),
-                           np.zeros((0, n)), None, [])
+    if len(ds) == 0:  # e.g. no malignant test case at a small site: metrics undefined, not an error
+        return StageResult(_no_metrics(CLASSES[stage]), np.zeros(0, int), np.zeros((0, n)), None, [])
     pred = predict(_stage(model, stage), ds, cfg.train_config(), embeddings=embeddings)
     return StageResult(classification_metrics(pred.labels, pred.probs, CLASSES[stage]), pred.labels, pred.probs,
                        pred.embeddings, ds.rois)
+
+
+def _no_metrics(class_names) -> dict:
+    n = len(class_names)
+    return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None, "auroc": None,
+            "per_class": {c: {"precision": None, "recall": None, "f1": None, "auroc": None, "support": 0}
+                          for c in class_names},
+            "confusion_matrix": [[0] * n for _ in range(n)], "class_names": list(class_names)}
 
 
 def evaluate_stages(model: TwoStage, rois: list[Roi], cfg) -> dict[int, StageResult]:
@@ -87,7 +95,7 @@ def _tsne(result: StageResult, stage: int, path: Path, seed: int) -> None:
 
 
 def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np.ndarray, np.ndarray, int]:
-    """(whole image 0..1, heatmap 0..1 at whole-image size, predicted class)."""
+    """(whole image 0..1, heatmap 0..1 on the ROI's crop window at whole-image size, predicted class)."""
     from site_agent.imaging.preprocess import crop_roi
     from site_agent.training.explain import gradcam
     from site_agent.training.loop import resolve_device
@@ -101,12 +109,9 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     with torch.no_grad():
         pred = int(net.eval()(x).argmax(1).item())
     heat = gradcam(net, x, [pred])[0]
-    # paste the ROI heatmap back where the crop came from (same geometry as crop_roi)
-    x0, y0, x1, y1 = roi.box
-    side = max(x1 - x0, y1 - y0, 24.0) * 1.6
-    a, b, s = int(round((x0 + x1) / 2 - side / 2)), int(round((y0 + y1) / 2 - side / 2)), max(1, int(round(side)))
+    a, b, s = _crop_window(roi.box)
     big = cv2.resize(heat.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
-    full = np.zeros_like(img)
+    full = np.full_like(img, np.nan)  # NaN outside the crop window: nothing drawn there
     h, w = img.shape
     sx0, sy0, sx1, sy1 = max(a, 0), max(b, 0), min(a + s, w), min(b + s, h)
     if sx1 > sx0 and sy1 > sy0:
@@ -114,8 +119,29 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     return img, full, pred
 
 
+def _crop_window(box, context: float = 1.6, min_side: float = 24.0) -> tuple[int, int, int]:
+    """Top-left corner and side of the square that :func:`crop_roi` cuts (same geometry)."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0, min_side) * context
+    return int(round((x0 + x1) / 2 - side / 2)), int(round((y0 + y1) / 2 - side / 2)), max(1, int(round(side)))
+
+
+def save_mammogram_overlay(img: np.ndarray, heat: np.ndarray, box, path: Path, title: str) -> Path:
+    """The whole mammogram in grey, the ROI's Grad-CAM in colour on its crop window, the ROI framed."""
+    from site_agent.training.plots import _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 4.5))
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    x0, y0, x1, y1 = box
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=1))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return _save(fig, path)
+
+
 def write_outputs(model: TwoStage, site, det_boxes: dict, results: dict[int, StageResult], cfg, out: Path) -> list[Path]:
-    from site_agent.training.explain import save_gradcam_overlay
     from site_agent.training.plots import plot_confusion_matrix, plot_roc
 
     written = []
@@ -126,9 +152,11 @@ def write_outputs(model: TwoStage, site, det_boxes: dict, results: dict[int, Sta
                                              title=f"Stage {stage}: {'benign vs malignant' if stage == 1 else 'subtype'}"))
         _tsne(r, stage, out / f"tsne_stage{stage}.png", cfg.seed)
         written.append(out / f"tsne_stage{stage}.png")
-    written.append(plot_roc(results[1].labels, results[1].probs, STAGE1_CLASSES, out / "roc_stage1.png"))
+    with warnings.catch_warnings():  # a test split with one class has no ROC curve to label
+        warnings.simplefilter("ignore", UserWarning)
+        written.append(plot_roc(results[1].labels, results[1].probs, STAGE1_CLASSES, out / "roc_stage1.png"))
     for k, roi in enumerate(results[1].rois[: cfg.gradcam_images]):
         img, heat, pred = gradcam_on_mammogram(model, roi, 1, cfg)
         title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} (detected ROI)"
-        written.append(save_gradcam_overlay(img, heat, out / f"gradcam_{k + 1}.png", title=title))
+        written.append(save_mammogram_overlay(img, heat, roi.box, out / f"gradcam_{k + 1}.png", title))
     return written

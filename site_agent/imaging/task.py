@@ -47,7 +47,7 @@ def _site(path: Path, cfg: MammoConfig) -> SiteImages:
 
 class MammographyTask:
     def init_model(self, run_config: dict) -> nn.Module:
-        return TwoStage(str(run_config.get("backbone", "resnet50")))
+        return TwoStage(config_from_run(run_config).backbone)  # same default as local training
 
     def local_train(self, model: nn.Module, site_data_dir: Path, run_config: dict,
                     global_model: nn.Module) -> tuple[int, dict]:
