@@ -175,3 +175,12 @@ def test_weights_file_round_trip_and_bad_file(tmp_path):
         build_classifier("tiny", 3, weights=tmp_path / "bad.pt")
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_classifier("vgg", 3)
+
+
+def test_diverged_training_is_one_clear_error(tmp_path):
+    from site_agent.errors import ConfigError
+
+    ds = Colours(32, 1)
+    ds.x[0, 0, 0, 0] = float("nan")  # a NaN pixel makes every loss NaN
+    with pytest.raises(ConfigError, match="not a finite number"):
+        fit(build_classifier("tiny", 4), ds, None, TrainConfig(epochs=2, device="cpu", augment=False), tmp_path / "c.pt")

@@ -96,11 +96,14 @@ def tile_slide(slide: Slide, annotations: list[Annotation], params: TilingParams
 class PatchDataset:
     """torch Dataset of patches: ``(float tensor 3 x input_size x input_size in [0, 1], label)``.
 
-    ``cache=True`` keeps the decoded, resized patches in memory (uint8) after the first read.
+    ``cache`` keeps the decoded, resized patches in memory (uint8) after the first read; by
+    default only while that stays under ~2 GB.
     """
 
     def __init__(self, slide_paths: list[Path], patches: list[Patch], params: TilingParams, *,
-                 input_size: int = 128, cache: bool = True):
+                 input_size: int = 128, cache: bool | None = None):
+        if cache is None:
+            cache = len(patches) * input_size * input_size * 3 < 2 * 1024**3
         self.slide_paths = [Path(p) for p in slide_paths]
         self.patches = list(patches)
         self.params = params

@@ -193,6 +193,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
             bad += 1
             if bad >= cfg.patience:
                 break
+    if best_epoch == 0:
+        raise ConfigError("the training loss is not a finite number (diverged)", hint="lower the learning rate")
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(state)
     return FitResult(history=history, best_epoch=best_epoch, best_val_loss=best if has_val else None,
