@@ -178,10 +178,16 @@ def km_section(v: View) -> str:
         ev = v.rows("survival_events")
         ev = ev[(ev["cdm_name"] == v.pooled) & (ev["strata_level"] == "overall") & (ev["group_level"] == grp)
                 & (ev["variable_level"] == outcome) & (ev["estimate_name"] == "n_risk_count")]
-        cells = [(float(t), _num(x) if x != SUPPRESSED else "<") for t, x in
-                 zip(ev["additional_level"].astype(int), ev["estimate_value"], strict=True)]
+        cells = [(float(r["additional_level"]), "<" if r["estimate_value"] == SUPPRESSED else
+                  ("≥" if tuple("" if pd.isna(r[k]) else r[k] for k in FLAG_KEY) in v.lower else "")
+                  + _num(r["estimate_value"])) for _, r in ev.iterrows()]
         png = km_png(f"{grp}: {outcome}", curves, {v.pooled: sorted(cells)})
         out.append(f'<figure><img alt="KM {esc(grp)} {esc(outcome)}" src="data:image/png;base64,{png}"></figure>')
+        risk = v.rows("survival_events")
+        risk = risk[(risk["strata_level"] == "overall") & (risk["group_level"] == grp)
+                    & (risk["variable_level"] == outcome) & (risk["estimate_name"] == "n_risk_count")]
+        out.append(f"<p>Number at risk, {esc(grp)}: {esc(outcome)}</p>"
+                   + v.wide(risk.assign(day=risk["additional_level"].astype(int)).sort_values("day"), ["day"]))
     summ = v.rows("survival_summary")
     summ = summ[summ["estimate_name"].str.match(r"^(median_survival|survival_at_\d+)$|_count$")]
     out.append(v.wide(summ, ["strata_level", "variable_level", "estimate_name"], limit=60))

@@ -1,0 +1,99 @@
+"""`coordinator ingest FILE`: verified bundles are stored and the site marked done; refusals store nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.ingest import ingest_bundle_file
+from coordinator.manifest import sign_manifest
+from coordinator.store import ResultsStore, StoreError
+from site_agent.bundle import BundleError, sign, write_bundle, write_manifest
+from tests.conftest import REPO
+from tests.test_bundle import make_bundle, make_manifest
+
+COORD = Ed25519PrivateKey.generate()
+KEYS = {"site_a": Ed25519PrivateKey.generate(), "site_b": Ed25519PrivateKey.generate()}
+
+
+def ingest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", "ingest", *args], capture_output=True, text=True,
+                          cwd=REPO)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    for name, key in KEYS.items():
+        (trust / f"{name}.pub").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    manifest = sign_manifest(make_manifest(), COORD)
+    mfile = write_manifest(manifest, tmp_path / "manifest.json")
+    files = {}
+    for name, key in KEYS.items():
+        files[name] = write_bundle(sign(make_bundle(manifest, site=name), key), tmp_path / f"{name}.bundle")
+    return tmp_path, trust, manifest, mfile, files
+
+
+def test_ingest_cli_stores_once_and_marks_done(setup):
+    tmp, trust, manifest, mfile, files = setup
+    store = tmp / "results.sqlite3"
+    p = ingest(str(files["site_a"]), "--store", str(store), "--trust", str(trust), "--manifest", str(mfile))
+    assert p.returncode == 0 and p.stdout.startswith("stored bundle from site site_a"), p.stderr
+    again = ingest(str(files["site_a"]), "--store", str(store), "--trust", str(trust))  # manifest now known
+    assert again.returncode == 0 and "already stored" in again.stdout, again.stderr
+    p = ingest(str(files["site_b"]), "--store", str(store), "--trust", str(trust))
+    assert p.returncode == 0, p.stderr
+    with ResultsStore.open(store) as s:
+        assert [b.site for b in s.bundles(manifest.manifest_id)] == ["site_a", "site_b"]
+        assert [(x.site, x.status, x.has_bundle) for x in s.site_statuses(manifest.manifest_id)] == \
+            [("site_a", "done", True), ("site_b", "done", True)]
+        assert [h.status for h in s.status_history(manifest.manifest_id, "site_a")] == ["pending", "done"]
+
+
+def test_ingest_refusals_are_one_line_and_store_nothing(setup):
+    tmp, trust, manifest, mfile, files = setup
+    store = tmp / "results.sqlite3"
+    data = files["site_a"].read_bytes()
+    bad = tmp / "tampered.bundle"
+    bad.write_bytes(data[:200] + bytes([data[200] ^ 0x01]) + data[201:])
+    cases = [
+        ([str(bad), "--manifest", str(mfile)], "bundle"),
+        ([str(files["site_a"])], "not in the results store"),  # no manifest known, none given
+        ([str(tmp / "nope.bundle"), "--manifest", str(mfile)], "cannot read"),
+        ([str(files["site_a"]), "--manifest", str(tmp / "missing.json")], "cannot read"),
+        ([str(mfile), "--manifest", str(mfile)], "not a result bundle"),
+    ]
+    for args, words in cases:
+        p = ingest(*args, "--store", str(store), "--trust", str(trust))
+        assert p.returncode != 0 and p.stdout == "", args
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("coordinator: error:") and words in p.stderr, \
+            (args, p.stderr)
+    other = tmp / "other_trust"
+    other.mkdir()
+    (other / "site_a.pub").write_bytes((trust / "site_b.pub").read_bytes())  # wrong key pinned for site_a
+    p = ingest(str(files["site_a"]), "--store", str(store), "--trust", str(other), "--manifest", str(mfile))
+    assert p.returncode != 0 and p.stderr.count("\n") == 1
+    p = ingest(str(files["site_a"]), "--store", str(tmp / "no" / "dir.sqlite3"), "--trust", str(trust),
+               "--manifest", str(mfile))
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "does not exist" in p.stderr
+    with ResultsStore.open(store) as s:
+        assert s.manifests() == []  # nothing half-stored by any refusal
+
+
+def test_ingest_api_refuses_a_second_different_answer(setup):
+    tmp, trust, manifest, _, files = setup
+    with ResultsStore.open(tmp / "r.sqlite3") as store:
+        assert ingest_bundle_file(files["site_a"], store, trust, manifest=manifest).site == "site_a"
+        changed = sign(make_bundle(manifest, site="site_a", method="another method"), KEYS["site_a"])
+        with pytest.raises(StoreError, match="already answered"):
+            ingest_bundle_file(write_bundle(changed, tmp / "changed.bundle"), store, trust)
+        other = sign_manifest(make_manifest(), COORD)
+        with pytest.raises(BundleError, match="answers manifest"):
+            ingest_bundle_file(files["site_b"], store, trust, manifest=other)
+        assert len(store.bundles(manifest.manifest_id)) == 1

@@ -1,0 +1,80 @@
+"""The offline network report: one self-contained HTML file and the network CSV, per site and pooled."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+
+import pytest
+
+from coordinator.report import write_report
+from coordinator.store import ResultsStore, StoreError
+from site_agent.bundle import render
+from site_agent.results import validate_csv
+from tests.conftest import REPO
+from tests.test_network_results import network_sites
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    manifest, bundles, _, _ = network_sites()
+    path = tmp_path_factory.mktemp("report") / "results.sqlite3"
+    with ResultsStore.open(path) as store:
+        store.add_manifest(manifest, spec_name="lung diagnostics")
+        for b in bundles:
+            store.set_site_status(manifest.manifest_id, b.site, "sent")
+            assert store.add_bundle(b, render(b))
+            store.set_site_status(manifest.manifest_id, b.site, "done")
+        store.set_site_status(manifest.manifest_id, "site_c", "sent")
+        store.set_site_status(manifest.manifest_id, "site_c", "refused", "cohort hash not approved by the site")
+    return path, manifest
+
+
+def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
+    path, manifest = stored
+    with ResultsStore.open(path) as store:
+        paths = write_report(store, manifest.manifest_id, tmp_path / "out")
+    assert paths.html == tmp_path / "out" / "report.html" and paths.csv == tmp_path / "out" / "results.csv"
+    page = paths.html.read_text(encoding="utf-8")
+    # offline: nothing fetched from anywhere, every image embedded as a PNG
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert "<script" not in page.lower() and "@import" not in page
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    assert page.count("<img") == len(imgs)
+    for text in ("site_a", "site_b", "network", "refused", "cohort hash not approved by the site", "2025-01-15",
+                 "v5.0 2024", "Cohort counts", "Attrition", "Characteristics", "Incidence", "Prevalence",
+                 "random effects", "I²", "Kaplan-Meier", "Number at risk", "lower bounds", "&ge;", "&lt;5"):
+        assert text in page, text
+    # the CSV is the network summarised_result in the omopgenerics layout
+    res = validate_csv(paths.csv)
+    assert set(res.data["cdm_name"]) == {"site_a", "site_b", "network"}
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_report_command(stored, tmp_path):
+    path, manifest = stored
+    run = lambda *a: subprocess.run([sys.executable, "-m", "coordinator.cli", "report", *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=REPO)
+    p = run(manifest.study_id, "--store", str(path), "--out", str(tmp_path / "r"))  # a study id: its newest manifest
+    assert p.returncode == 0 and (tmp_path / "r" / "report.html").is_file() and "results.csv" in p.stdout, p.stderr
+    for args, words in (([ "nosuchstudy", "--store", str(path), "--out", str(tmp_path / "x")], "neither"),
+                        ([manifest.manifest_id, "--store", str(path), "--out", str(path)], "not a folder")):
+        p = run(*args)
+        assert p.returncode != 0 and p.stderr.count("\n") == 1 and words in p.stderr, p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_no_bundles_no_report(tmp_path):
+    from coordinator.manifest import sign_manifest
+    from tests.test_bundle import make_manifest
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    manifest = sign_manifest(make_manifest(), Ed25519PrivateKey.generate())
+    with ResultsStore.open(tmp_path / "s.sqlite3") as store:
+        store.add_manifest(manifest)
+        with pytest.raises(StoreError, match="no stored site bundles"):
+            write_report(store, manifest.manifest_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
