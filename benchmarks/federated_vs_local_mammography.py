@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--local-epochs", type=int, default=2, help="epochs per federated round at each site")
     ap.add_argument("--local-only-epochs", type=int, help="epochs of the site-local models (default rounds x local)")
     ap.add_argument("--det-epochs", type=int, default=30)
+    ap.add_argument("--det-imgsz", type=int, default=320)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--roi-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -68,10 +69,10 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     local_epochs = args.local_only_epochs or args.rounds * args.local_epochs
     cfg = MammoConfig.for_device(args.device, backbone=args.backbone, roi_size=args.roi_size,
-                                 det_epochs=args.det_epochs, cls_epochs=local_epochs, seed=args.seed)
+                                 det_epochs=args.det_epochs, det_imgsz=args.det_imgsz, cls_epochs=local_epochs, seed=args.seed)
     t_all = time.perf_counter()
     report: dict = {"config": {**vars(args), "local_only_epochs": local_epochs}, "sites": {}}
-    sites, pooled = {}, []
+    sites, pooled, pooled_gt = {}, [], []
     for k, name in enumerate(SITES):
         data = root / "data" / name
         if not (data / "clinical.csv").is_file():
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
         test_rois = site.rois("test", boxes)
         sites[name] = (data, site, test_rois)
         pooled += test_rois
+        pooled_gt += site.rois("test")  # ground-truth boxes: the classifiers alone
         report["sites"][name] = {"images": len(site.images), "test_images": len(test_rois),
                                  "detection": {k2: round(float(v), 4) for k2, v in det.items()},
                                  "detection_seconds": round(time.perf_counter() - t0, 1)}
@@ -93,12 +95,13 @@ def main(argv=None) -> int:
         return {f"stage{s}": _pick(evaluate_stage(model, rois, s, cfg).metrics) for s in (1, 2)}
 
     # --- site-local models ----------------------------------------------------------------
-    local_scores = {}
+    local_scores, local_gt = {}, {}
     for name, (_, site, test_rois) in sites.items():
         t0 = time.perf_counter()
         seed_everything(args.seed)
         model, _ = train_stages(site, cfg, root / "models" / name)
         local_scores[name] = score(model, pooled)
+        local_gt[name] = score(model, pooled_gt)
         report["sites"][name]["local_model_own_test"] = score(model, test_rois)
         report["sites"][name]["local_model_pooled_test"] = local_scores[name]
         print(f"{name} local model ({time.perf_counter() - t0:.0f}s): pooled stage-1 accuracy "
@@ -121,29 +124,38 @@ def main(argv=None) -> int:
     state = load_checkpoint(root / "federated" / summary.final_checkpoint)
     fed.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     fed_scores = score(fed, pooled)
-    report["federated"] = {"pooled_test": fed_scores, "seconds": round(time.perf_counter() - t0, 1),
+    fed_gt = score(fed, pooled_gt)
+    report["federated"] = {"pooled_test": fed_scores, "pooled_test_gt_rois": fed_gt, "seconds": round(time.perf_counter() - t0, 1),
                            "per_site_test": {n: score(fed, rois) for n, (_, _, rois) in sites.items()},
                            "rounds": [r.eval_metrics for r in summary.rounds]}
     print(f"federated: {args.rounds} rounds x {args.local_epochs} local epochs ({time.perf_counter() - t0:.0f}s)")
 
     # --- comparison ---------------------------------------------------------------------------
-    mean_local = {st: {k: (float(np.mean(vals)) if (vals := [local_scores[n][st][k] for n in SITES
-                                                             if local_scores[n][st][k] is not None]) else None)
-                       for k in KEYS} for st in ("stage1", "stage2")}
+    def mean_of(scores):
+        return {st: {k: (float(np.mean(vals)) if (vals := [scores[n][st][k] for n in SITES
+                                                           if scores[n][st][k] is not None]) else None)
+                     for k in KEYS} for st in ("stage1", "stage2")}
+
+    mean_local, mean_local_gt = mean_of(local_scores), mean_of(local_gt)
     report["mean_local_pooled_test"] = mean_local
+    report["mean_local_pooled_test_gt_rois"] = mean_local_gt
+    report["local_pooled_test_gt_rois"] = local_gt
     report["pooled_test_images"] = len(pooled)
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     print(f"\npooled held-out test: {len(pooled)} images ({sum(r.stage2 is not None for r in pooled)} malignant)")
-    print(f"{'model':<22}{'stage':<8}" + "".join(f"{k:>10}" for k in KEYS))
-    rows = [(f"local {n}", local_scores[n]) for n in SITES] + [("mean of locals", mean_local),
-                                                                ("federated", fed_scores)]
-    for label, sc in rows:
+    for title, loc, mean, fedsc in (("ROIs from each site's detector (whole pipeline)", local_scores, mean_local,
+                                     fed_scores),
+                                    ("ground-truth ROIs (classifiers alone)", local_gt, mean_local_gt, fed_gt)):
+        print(f"\n{title}\n{'model':<22}{'stage':<8}" + "".join(f"{k:>10}" for k in KEYS))
+        rows = [(f"local {n}", loc[n]) for n in SITES] + [("mean of locals", mean), ("federated", fedsc)]
+        for label, sc in rows:
+            for st in ("stage1", "stage2"):
+                print(f"{label:<22}{st:<8}" + "".join(f"{_fmt(sc[st][k]):>10}" for k in KEYS))
         for st in ("stage1", "stage2"):
-            print(f"{label:<22}{st:<8}" + "".join(f"{_fmt(sc[st][k]):>10}" for k in KEYS))
-    for st in ("stage1", "stage2"):
-        f, m = fed_scores[st]["accuracy"], mean_local[st]["accuracy"]
-        print(f"{st}: federated accuracy {_fmt(f)} vs mean local {_fmt(m)} -> "
-              f"{'federated better' if f is not None and m is not None and f > m else 'federated NOT better'}")
+            for k in ("accuracy", "auroc"):
+                f, m = fedsc[st][k], mean[st][k]
+                verdict = "federated better" if f is not None and m is not None and f > m else "federated NOT better"
+                print(f"{st} {k}: federated {_fmt(f)} vs mean local {_fmt(m)} -> {verdict}")
     (root / "benchmark.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {root / 'benchmark.json'} ({report['seconds']:.0f}s in all)")
     return 0

@@ -164,3 +164,13 @@ def test_preprocessing_against_numpy_and_scipy():
     assert crop.shape == (30, 30) and abs(crop.mean() - 49.5) < 0.6
     edge = crop_roi(ramp, (0, 0, 10, 10), 24, context=2.4)  # half outside the image: air (zero) there
     assert edge[:, :5].max() == 0 and edge[-1, -1] > 0
+
+
+def test_run_defaults_follow_the_seed_study_and_epochs_cap_every_stage():
+    from site_agent.imaging.pipeline import MammoConfig
+
+    gpu = MammoConfig.for_device("cuda")
+    assert (gpu.backbone, gpu.optimizer, gpu.lr, gpu.batch_size, gpu.cls_epochs) == ("resnet50", "sgd", 1e-4, 32, 100)
+    cpu = MammoConfig.for_device("cpu", 5)
+    assert (cpu.det_epochs, cpu.cls_epochs) == (5, 5) and cpu.roi_size < gpu.roi_size
+    assert MammoConfig.for_device("cpu", 500).cls_epochs == MammoConfig.for_device("cpu").cls_epochs

@@ -74,7 +74,7 @@ def export_dataset(splits: dict[str, list[DetItem]], root: Path) -> Path:
 
 
 def train_detector(data_yaml: Path, workdir: Path, *, epochs: int, imgsz: int, device: str, seed: int = 0,
-                   batch: int = 16, model_yaml: str = "yolov8n.yaml", patience: int = 20) -> Path:
+                   batch: int = 8, model_yaml: str = "yolov8n.yaml", patience: int = 20) -> Path:
     """Train from ``model_yaml`` (random init); returns the best weights file."""
     setup_offline()
     from ultralytics import YOLO
@@ -84,7 +84,7 @@ def train_detector(data_yaml: Path, workdir: Path, *, epochs: int, imgsz: int, d
         model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=_device(device), workers=0,
                     amp=False, pretrained=False, project=str(workdir), name="detect", exist_ok=True, seed=seed,
                     deterministic=True, plots=False, verbose=False, patience=patience, val=True,
-                    mosaic=0.5, close_mosaic=max(1, epochs // 5), hsv_h=0.0, hsv_s=0.0, degrees=5.0)
+                    mosaic=0.0, warmup_epochs=min(3.0, epochs / 10), hsv_h=0.0, hsv_s=0.0, degrees=5.0)
     best = Path(workdir) / "detect" / "weights" / "best.pt"
     return best if best.is_file() else Path(workdir) / "detect" / "weights" / "last.pt"
 
