@@ -14,8 +14,7 @@ from pydantic import BaseModel
 
 from coordinator.errors import CoordinatorError
 from coordinator.manifest import build_manifest, sign_manifest
-from coordinator.store import ResultsStore
-from coordinator.store import ops
+from coordinator.store import ResultsStore, ops
 from site_agent.bundle import StudyManifest, read_manifest
 
 LABELS = {"pending": "pending", "sent": "sent", "awaiting_review": "awaiting review", "rejected": "rejected",
@@ -126,8 +125,8 @@ def format_manifest_status(st: ManifestStatus) -> str:
             f"UTC, expires {_t(st.expires_at)} UTC")
     state = "CANCELLED" if st.cancelled else "complete" if st.complete else "not complete"
     lines = [head, f"{st.done} of {st.targets} sites done (minimum {st.min_sites}): {state}", "",
-             f"  {'site':<20} {'status':<18} {'first sent (UTC)':<20} {'last update (UTC)':<20} "
-             f"{'bundle (UTC)':<20} reason"]
+             (f"  {'site':<20} {'status':<18} {'first sent (UTC)':<20} {'last update (UTC)':<20} "
+              f"{'bundle (UTC)':<20} reason")]
     for s in st.sites:
         lines.append(f"  {s.site:<20} {s.label:<18} {_t(s.first_sent_at):<20} {_t(s.updated_at):<20} "
                      f"{_t(s.bundle_received_at):<20} {s.reason or ''}")
@@ -142,7 +141,7 @@ def format_studies(rows: list[StudyLine]) -> str:
     lines = [f"{'study':<24} {'version':<8} {'manifest':<34} {'issued (UTC)':<20} {'done':<8} {'state':<12} sites"]
     for r in rows:
         counts = ", ".join(f"{LABELS.get(k, k)} {v}" for k, v in sorted(r.counts.items()))
-        lines.append(f"{r.study_id[:24]:<24} {str(r.version or '-'):<8} {r.manifest_id:<34} {_t(r.issued_at):<20} "
+        lines.append(f"{r.study_id[:24]:<24} {r.version or '-'!s:<8} {r.manifest_id:<34} {_t(r.issued_at):<20} "
                      f"{f'{r.done}/{r.targets}':<8} {r.state:<12} {counts}")
     return "\n".join(lines)
 

@@ -70,7 +70,7 @@ def cmd_sites_list(args) -> int:
     rows, archived = list_sites(args.trust)
     print(f"{'site':<22} {'key id':<18} {'min cells':<10} {'supernode key':<22} added (UTC)")
     for r in rows:
-        print(f"{r['site']:<22} {r['key_id'][:16] + '…':<18} {str(r['min_cell_count'] or '-'):<10} "
+        print(f"{r['site']:<22} {r['key_id'][:16] + '…':<18} {r['min_cell_count'] or '-'!s:<10} "
               f"{r['supernode_key'] or '-':<22} {(r['added_at'] or '-')[:19]}")
     for a in archived:
         print(f"archived: {a.site} key {a.key_id[:16]}… since {a.archived_at.isoformat()[:19]} ({a.file})")
@@ -94,7 +94,7 @@ def cmd_serve(args) -> int:
     except ValueError:
         raise CoordinatorError(f"--until {args.until!r} is not an ISO 8601 time (e.g. 2026-12-01T06:00)") from None
     if until is not None and until.tzinfo is None:
-        until = until.replace(tzinfo=dt.timezone.utc)
+        until = until.replace(tzinfo=dt.UTC)
 
     def runner(manifest, entry, run) -> tuple[bool, str]:
         out = Path(args.out) / entry.name / f"v{run.version}"

@@ -27,11 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from coordinator.errors import CoordinatorError
-from coordinator.store import ResultsStore
-from coordinator.store import ops
+from coordinator.store import ResultsStore, ops
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +113,10 @@ def load_schedule(path: str | Path) -> ScheduleFile:
 
 
 def _utc(now: dt.datetime | None) -> dt.datetime:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
         raise CoordinatorError("times must carry a time zone (e.g. 2026-12-01T03:00:00+00:00)")
-    return now.astimezone(dt.timezone.utc)
+    return now.astimezone(dt.UTC)
 
 
 def next_run(entry: ScheduledStudy, store: ResultsStore, now: dt.datetime | None = None) -> dt.datetime:
@@ -118,7 +124,7 @@ def next_run(entry: ScheduledStudy, store: ResultsStore, now: dt.datetime | None
     past = ops.runs(store, schedule_name=entry.name)
     if not past:
         return _utc(now)
-    return croniter(entry.cron, past[-1].started_at).get_next(dt.datetime).astimezone(dt.timezone.utc)
+    return croniter(entry.cron, past[-1].started_at).get_next(dt.datetime).astimezone(dt.UTC)
 
 
 def due(schedule: ScheduleFile, store: ResultsStore, now: dt.datetime | None = None) -> list[ScheduledStudy]:
@@ -163,7 +169,7 @@ def serve(schedule: ScheduleFile, store: ResultsStore, *, key, runner: Runner, o
     """Run due studies once (``once``) or until ``until``, sleeping until the next one is due."""
     if not once and until is None:
         raise CoordinatorError("give --once or --until TIME (serve never runs unbounded from a test or a cron job)")
-    clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+    clock = clock or (lambda: dt.datetime.now(dt.UTC))
     done: list[RunResult] = []
     while True:
         now = _utc(clock())

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, Field, ValidationError
 
 from coordinator.errors import CoordinatorError
-from site_agent.bundle import ABSOLUTE_MIN_CELL, BundleError, ResultBundle, key_id, load_public_key
+from site_agent.bundle import (
+    ABSOLUTE_MIN_CELL,
+    BundleError,
+    ResultBundle,
+    key_id,
+    load_public_key,
+)
 
 REGISTRY = "sites.json"
 ARCHIVE = "archive"
@@ -124,7 +130,7 @@ def add_site(trust_dir: str | Path, name: str, key_path: str | Path, min_cell_co
     for other in trust.glob("*.pub"):
         if other != pinned and key_id(load_public_key(other)) == kid:
             raise CoordinatorError(f"this key is already pinned for site {other.stem!r}; each site needs its own key")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if pinned.exists() and key_id(load_public_key(pinned)) != kid:
         if not replace:
             raise CoordinatorError(f"site {name!r} is pinned with another key ({pinned}); pass --replace to rotate "
@@ -161,7 +167,7 @@ def remove_site(trust_dir: str | Path, name: str) -> ArchivedKey:
         raise CoordinatorError(f"site {name!r} has no pinned key in {trust}; `coordinator sites list --trust {trust}` "
                                "shows the sites")
     reg = load_registry(trust)
-    entry = _archive(trust, reg, name, pinned, dt.datetime.now(dt.timezone.utc))
+    entry = _archive(trust, reg, name, pinned, dt.datetime.now(dt.UTC))
     site = reg.sites.pop(name, None)
     if site is not None and site.supernode_key:
         node = trust / SUPERNODES / site.supernode_key

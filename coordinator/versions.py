@@ -14,8 +14,7 @@ import html
 import pandas as pd
 
 from coordinator.errors import CoordinatorError
-from coordinator.store import ResultsStore
-from coordinator.store import ops
+from coordinator.store import ResultsStore, ops
 from site_agent.results import SUPPRESSED
 
 KEY = ["cdm_name", "result_type", "group_name", "group_level", "strata_name", "strata_level", "variable_name",

@@ -13,8 +13,7 @@ from coordinator.cli import main
 from coordinator.demo_sites import DemoSite
 from coordinator.errors import CoordinatorError
 from coordinator.operations import cancel, resend
-from coordinator.store import ResultsStore, StoreError
-from coordinator.store import ops
+from coordinator.store import ResultsStore, StoreError, ops
 from coordinator.study import send_study
 from site_agent import client_app as site_app
 from site_agent.bundle import (
@@ -101,10 +100,11 @@ def test_cancel_marks_unfinished_sites_and_drops_a_later_answer(net, tmp_path, c
     review_id = status["site_east"].reason.removeprefix("queued for review as ")
     cfg = str(net.configs["site_east"])
     shown = subprocess.run([sys.executable, "-m", "site_agent.cli", "review", "show", review_id, "--config", cfg,
-                            "--json"], capture_output=True, text=True, cwd=REPO)
+                            "--json"], capture_output=True, text=True, cwd=REPO, check=False)
     sha = json.loads(shown.stdout)["file_sha256"]
     approve = subprocess.run([sys.executable, "-m", "site_agent.cli", "approve", review_id, "--sha256", sha,
-                              "--config", cfg, "--reviewer", "dr_review"], capture_output=True, text=True, cwd=REPO)
+                              "--config", cfg, "--reviewer", "dr_review"], capture_output=True, text=True, cwd=REPO,
+                             check=False)
     assert approve.returncode == 0, approve.stderr
     again = send_study(InProcessGrid(site_app.app, net.node_configs()), manifest, store=store, trust_dir=net.trust,
                        reply_timeout=120, collect_only=True)

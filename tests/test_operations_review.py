@@ -13,8 +13,7 @@ import pytest
 
 from coordinator.cli import main
 from coordinator.demo_sites import DemoSite
-from coordinator.store import ResultsStore
-from coordinator.store import ops
+from coordinator.store import ResultsStore, ops
 from coordinator.study import send_study
 from site_agent import client_app as site_app
 from site_agent.audit import AuditLog
@@ -33,7 +32,7 @@ def net(tmp_path_factory):
 
 
 def site_agent(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "site_agent.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "site_agent.cli", *argv], capture_output=True, text=True, cwd=REPO, check=False)
 
 
 def audit_events(net, site: str, manifest_id: str) -> list[str]:
@@ -82,7 +81,7 @@ def test_review_site_awaits_then_approve_and_collect_complete_the_study(net, tmp
     assert second.complete and second.done == 3
     # only the reviewing site was asked again; north and south were known and final
     assert [(m.metadata.message_type, m.metadata.dst_node_id) for m in grid.sent] == [("query.collect", 3)]
-    raw = dict((b.site, r) for b, r in store.bundles_raw(manifest.manifest_id))
+    raw = {b.site: r for b, r in store.bundles_raw(manifest.manifest_id)}
     assert hashlib.sha256(raw["site_east"]).hexdigest() == sha  # what the reviewer saw is what was stored
     assert audit_events(net, "site_east", manifest.manifest_id).count("accepted") == 1
     text = status_lines(capsys, manifest.manifest_id, "--store", str(store_path))

@@ -12,8 +12,7 @@ import pytest
 from coordinator.demo_sites import DemoSite
 from coordinator.errors import CoordinatorError
 from coordinator.schedule import load_schedule, next_run, serve
-from coordinator.store import ResultsStore
-from coordinator.store import ops
+from coordinator.store import ResultsStore, ops
 from coordinator.study import send_study
 from coordinator.versions import changes_section, version_changes
 from site_agent import client_app as site_app
@@ -21,7 +20,7 @@ from site_agent.bundle import load_private_key
 from tests.federation_sites import SPEC, build_network
 from tests.flower_inprocess import InProcessGrid
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SITES = (DemoSite("site_north", "oncology", 700, 41), DemoSite("site_south", "primary-care", 600, 42))
 
 

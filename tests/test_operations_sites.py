@@ -15,7 +15,13 @@ from coordinator.cli import main
 from coordinator.manifest import sign_manifest, verify_bundle_file
 from coordinator.pki import create_pki
 from coordinator.site_registry import load_registry
-from site_agent.bundle import BundleError, generate_keypair, load_private_key, sign, write_bundle
+from site_agent.bundle import (
+    BundleError,
+    generate_keypair,
+    load_private_key,
+    sign,
+    write_bundle,
+)
 from tests.conftest import REPO
 from tests.test_bundle import make_bundle, make_manifest
 
@@ -30,7 +36,7 @@ def keys(tmp_path):
 
 
 def subprocess_cli(*argv: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True, cwd=REPO, check=False)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -76,7 +82,7 @@ def test_remove_archives_the_key_old_bundles_verify_new_ones_refused(tmp_path, k
     for site in ("site_a", "site_b"):
         assert main(["sites", "add", site, "--key", str(keys[site][1]), "--min-cell-count", "5",
                      "--trust", str(trust)]) == 0
-    _, old = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    _, old = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     time.sleep(0.01)
     code, out, _ = cli("sites", "remove", "site_a", "--trust", str(trust))
     assert code == 0 and "archived" in out
@@ -84,7 +90,7 @@ def test_remove_archives_the_key_old_bundles_verify_new_ones_refused(tmp_path, k
     assert verify_bundle_file(old, trust).site == "site_a"  # made before removal: still verifiable
     code, out, _ = cli("verify", str(old), "--trust", str(trust))
     assert code == 0 and out.startswith("OK: bundle from site site_a")
-    _, new = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1),
+    _, new = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1),
                          name="new.bundle")
     with pytest.raises(BundleError, match="unknown|not trusted|no trusted|untrusted"):
         verify_bundle_file(new, trust)
@@ -128,8 +134,8 @@ def test_supernode_key_and_bad_input_one_line(tmp_path, keys, cli):
 def test_replace_rotates_and_archives_the_old_key(tmp_path, keys):
     trust = tmp_path / "trust"
     main(["sites", "add", "site_a", "--key", str(keys["site_a"][1]), "--min-cell-count", "5", "--trust", str(trust)])
-    _, old = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
-    new_priv, new_pub = generate_keypair(tmp_path / "keys2", "site_a")
+    _, old = bundle_file(tmp_path, keys, created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    _, new_pub = generate_keypair(tmp_path / "keys2", "site_a")
     assert main(["sites", "add", "site_a", "--key", str(new_pub), "--min-cell-count", "5", "--trust", str(trust),
                  "--replace"]) == 0
     assert (trust / "site_a.pub").read_bytes() == new_pub.read_bytes()

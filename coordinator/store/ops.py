@@ -20,7 +20,12 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator.store.errors import StoreError
 from coordinator.store.repository import FINAL_STATUSES, ResultsStore
-from coordinator.store.tables import manifest_cancellations, manifest_links, manifest_nodes, study_runs
+from coordinator.store.tables import (
+    manifest_cancellations,
+    manifest_links,
+    manifest_nodes,
+    study_runs,
+)
 from site_agent.bundle import ResultBundle, StudyManifest
 
 
@@ -37,11 +42,11 @@ class StudyRun(BaseModel):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else value.replace(tzinfo=dt.timezone.utc)
+    return None if value is None else value.replace(tzinfo=dt.UTC)
 
 
 # ---------- re-sent manifests ----------
@@ -160,7 +165,7 @@ def start_run(store: ResultsStore, manifest: StudyManifest, *, schedule_name: st
               at: dt.datetime | None = None) -> StudyRun:
     """Store the manifest and record it as the study's next version (1, 2, ...)."""
     store.add_manifest(manifest, spec_name=schedule_name)
-    when = (at or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).replace(tzinfo=None)
+    when = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(tzinfo=None)
     for _attempt in range(3):  # two coordinators racing for a version number: the loser retries
         try:
             with store.engine.begin() as conn:

@@ -24,7 +24,7 @@ SITES = (DemoSite("site_north", "oncology", 700, 51), DemoSite("site_east", "onc
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
 
 
 def test_review_site_then_approve_then_collect_over_flower(tmp_path):
