@@ -14,7 +14,13 @@ from pathlib import Path
 
 from coordinator.manifest import verify_bundle_file
 from coordinator.store import ResultsStore, StoreError
-from site_agent.bundle import ResultBundle, StudyManifest, read_bundle, read_manifest, render
+from site_agent.bundle import (
+    ResultBundle,
+    StudyManifest,
+    read_bundle,
+    read_manifest,
+    render,
+)
 
 DEFAULT_STORE = "results.sqlite3"
 
@@ -59,7 +65,10 @@ def cmd_report(args) -> int:
 
     with ResultsStore.open(args.store) as store:
         manifest_id = resolve_manifest(store, args.target)
-        paths = write_report(store, manifest_id, Path(args.out))
+        try:
+            paths = write_report(store, manifest_id, Path(args.out))
+        except OSError as exc:
+            raise StoreError(f"cannot write the report to {args.out}: {exc.strerror or exc}") from None
     print(f"wrote {paths.html} and {paths.csv}")
     return 0
 

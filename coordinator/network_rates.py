@@ -28,10 +28,10 @@ from coordinator.pooling import (
     KEY,
     dersimonian_laird,
     dersimonian_laird_groups,
+    poisson_rate_ci,
     pooled_cif,
     pooled_km,
     pooled_summary,
-    poisson_rate_ci,
     wilson_ci,
 )
 from site_agent.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult

@@ -218,7 +218,7 @@ def _site_names(bundles: Sequence[ResultBundle], results: list[SummarisedResult]
         clash = {n for n in ns if taken[n] > 1 or n == pooled_name}
         if clash:
             r = r.with_data(r.data.assign(cdm_name=r.data["cdm_name"].map(
-                lambda n, s=b.site: f"{n} [{s}]" if n in clash else n)))
+                lambda n, s=b.site, c=frozenset(clash): f"{n} [{s}]" if n in c else n)))
         out.append(r)
     return out
 

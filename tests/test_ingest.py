@@ -22,7 +22,7 @@ KEYS = {"site_a": Ed25519PrivateKey.generate(), "site_b": Ed25519PrivateKey.gene
 
 def ingest(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coordinator.cli", "ingest", *args], capture_output=True, text=True,
-                          cwd=REPO)
+                          cwd=REPO, check=False)
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def test_ingest_cli_stores_once_and_marks_done(setup):
 
 
 def test_ingest_refusals_are_one_line_and_store_nothing(setup):
-    tmp, trust, manifest, mfile, files = setup
+    tmp, trust, _manifest, mfile, files = setup
     store = tmp / "results.sqlite3"
     data = files["site_a"].read_bytes()
     bad = tmp / "tampered.bundle"

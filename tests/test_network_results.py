@@ -19,7 +19,13 @@ from scipy import stats
 
 from coordinator.manifest import sign_manifest
 from coordinator.network_results import network_result
-from site_agent.bundle import Provenance, ResultBundle, SuppressionRecord, manifest_sha256, sign
+from site_agent.bundle import (
+    Provenance,
+    ResultBundle,
+    SuppressionRecord,
+    manifest_sha256,
+    sign,
+)
 from site_agent.results import SUPPRESSED, SummarisedResult, bind
 from tests.conftest import DEFINITIONS
 from tests.test_bundle import make_manifest
@@ -66,7 +72,7 @@ def network_sites():
             csv = released.to_csv(Path(tmp) / "r.csv").read_text(encoding="utf-8")
         bundle = ResultBundle(
             site=name, manifest_id=manifest.manifest_id, manifest_sha256=manifest_sha256(manifest),
-            created_at=dt.datetime(2025, 3, 2, tzinfo=dt.timezone.utc),
+            created_at=dt.datetime(2025, 3, 2, tzinfo=dt.UTC),
             provenance=Provenance(cdm_name=name, cdm_release_date="2025-01-15", vocabulary_version="v5.0 2024",
                                   package_version="0.1.0"),
             suppression=SuppressionRecord(min_cell_count=MIN, site_floor=MIN, method="optima suppress v1"),
@@ -78,7 +84,7 @@ def network_sites():
 
 @pytest.fixture(scope="module")
 def net():
-    manifest, bundles, truths, patients = network_sites()
+    _manifest, bundles, truths, patients = network_sites()
     return network_result(bundles), truths, patients
 
 

@@ -39,7 +39,7 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
     assert paths.html == tmp_path / "out" / "report.html" and paths.csv == tmp_path / "out" / "results.csv"
     page = paths.html.read_text(encoding="utf-8")
     # offline: nothing fetched from anywhere, every image embedded as a PNG
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.IGNORECASE)
     assert "<script" not in page.lower() and "@import" not in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
@@ -56,8 +56,8 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
 
 def test_report_command(stored, tmp_path):
     path, manifest = stored
-    run = lambda *a: subprocess.run([sys.executable, "-m", "coordinator.cli", "report", *a],  # noqa: E731
-                                    capture_output=True, text=True, cwd=REPO)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "coordinator.cli", "report", *a],
+                                    capture_output=True, text=True, cwd=REPO, check=False)
     p = run(manifest.study_id, "--store", str(path), "--out", str(tmp_path / "r"))  # a study id: its newest manifest
     assert p.returncode == 0 and (tmp_path / "r" / "report.html").is_file() and "results.csv" in p.stdout, p.stderr
     for args, words in (([ "nosuchstudy", "--store", str(path), "--out", str(tmp_path / "x")], "neither"),
@@ -68,9 +68,10 @@ def test_report_command(stored, tmp_path):
 
 
 def test_no_bundles_no_report(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from coordinator.manifest import sign_manifest
     from tests.test_bundle import make_manifest
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     manifest = sign_manifest(make_manifest(), Ed25519PrivateKey.generate())
     with ResultsStore.open(tmp_path / "s.sqlite3") as store:

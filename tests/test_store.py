@@ -10,12 +10,11 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.manifest import sign_manifest
-from coordinator.store import ResultsStore, StoreError
-from coordinator.store import migrate
+from coordinator.store import ResultsStore, StoreError, migrate
 from site_agent.bundle import render, sign
 from tests.test_bundle import make_bundle, make_manifest
 
-T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 COORD, SITE_A, SITE_B = (Ed25519PrivateKey.generate() for _ in range(3))
 
 

@@ -50,17 +50,17 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> Report
     with tempfile.TemporaryDirectory(prefix="optima-report-") as tmp:
         csv_bytes = net.result.to_csv(Path(tmp) / "results.csv").read_bytes()
     view = S.View(net)
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     answered = sum(s.has_bundle for s in statuses)
     notes = "".join(f"<li>{S.esc(n)}</li>" for n in net.notes)
     parts = [
         f"<h1>Network study {S.esc(manifest.study_id)} {S.esc(manifest.study_version)}</h1>",
-        f"<p>manifest {S.esc(manifest_id)}, issued {manifest.issued_at:%Y-%m-%d %H:%M} UTC; "
-        f"{answered} of {len(manifest.target_sites)} sites answered (minimum {manifest.min_sites}); "
-        f"report written {now}. Pooled rows are under <b>{S.esc(net.pooled_name)}</b>.</p>",
-        '<p class="note">Suppressed site cells are shown as &lt;N (N = minimum cell count). A pooled value marked '
-        "&ge; includes suppressed site cells and is a lower bound. Rates and proportions are pooled from the "
-        "sites whose cells are all visible; random effects are DerSimonian-Laird with I&sup2;.</p>",
+        (f"<p>manifest {S.esc(manifest_id)}, issued {manifest.issued_at:%Y-%m-%d %H:%M} UTC; "
+         f"{answered} of {len(manifest.target_sites)} sites answered (minimum {manifest.min_sites}); "
+         f"report written {now}. Pooled rows are under <b>{S.esc(net.pooled_name)}</b>.</p>"),
+        ('<p class="note">Suppressed site cells are shown as &lt;N (N = minimum cell count). A pooled value marked '
+         "&ge; includes suppressed site cells and is a lower bound. Rates and proportions are pooled from the "
+         "sites whose cells are all visible; random effects are DerSimonian-Laird with I&sup2;.</p>"),
         f"<ul>{notes}</ul>" if notes else "",
         S.status_section(statuses), S.provenance_section(view), S.counts_section(view), S.attrition_section(view),
         S.characteristics_section(view), S.rates_section(view, "incidence"), S.rates_section(view, "prevalence"),

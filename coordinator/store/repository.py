@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import create_engine, event, func, insert, select, update
@@ -24,7 +25,12 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from coordinator.store import migrate
 from coordinator.store.errors import StoreError
-from coordinator.store.tables import bundles, manifests, site_status, site_status_history
+from coordinator.store.tables import (
+    bundles,
+    manifests,
+    site_status,
+    site_status_history,
+)
 from site_agent.bundle import ResultBundle, StudyManifest, manifest_sha256, render
 
 STATUSES = ("pending", "sent", "done", "missing", "failed", "refused", "awaiting_review", "rejected", "cancelled")
@@ -68,18 +74,18 @@ class ManifestRow(BaseModel):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _db_time(value: dt.datetime) -> dt.datetime:
     """Naive UTC for the database; a naive input is taken to be UTC already."""
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else value.replace(tzinfo=dt.timezone.utc)
+    return None if value is None else value.replace(tzinfo=dt.UTC)
 
 
 def _engine(url_or_path: str | Path) -> Engine:
@@ -132,7 +138,7 @@ class ResultsStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> ResultsStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
