@@ -254,3 +254,44 @@ def test_pooled_km_equals_lifelines_on_the_union_until_a_suppressed_interval(net
     first_hidden = np.flatnonzero(~shown.to_numpy())
     if len(first_hidden):
         assert not shown.to_numpy()[first_hidden[0]:].any()
+
+
+def test_pooled_percentages_use_pooled_counts_and_denominators(net):
+    nr, _, _ = net
+    d = nr.result.data
+    n = d[d["cdm_name"] == "network"].assign(variable_level=lambda x: x["variable_level"].fillna("<NA>"))
+    grp = ["result_id", "group_level", "strata_name", "strata_level", "additional_name", "additional_level"]
+    subj = n[(n["variable_name"].str.lower() == "number subjects") & (n["estimate_name"] == "count")]
+    subj = subj.set_index(grp)["estimate_value"]
+    pct = n[n["estimate_name"] == "percentage"]
+    counts = n[n["estimate_name"] == "count"].set_index([*grp, "variable_name", "variable_level"])["estimate_value"]
+    assert len(pct) >= 10
+    for _, r in pct.iterrows():
+        den = float(subj[tuple(r[k] for k in grp)])
+        num = float(counts[tuple(r[k] for k in [*grp, "variable_name", "variable_level"])])
+        assert float(r["estimate_value"]) == pytest.approx(100 * num / den, rel=1e-9)
+
+
+def test_survival_at_horizon_random_effects_by_hand(net):
+    nr, _, _ = net
+    d = nr.result.data
+    ids = nr.result.settings.loc[nr.result.settings["result_type"] == "survival_summary", "result_id"]
+    s = d[d["result_id"].isin(ids) & (d["strata_level"] == "overall")]
+    v = s.set_index(["cdm_name", "estimate_name"])["estimate_value"]
+    z = stats.norm.ppf(0.975)
+    y, var = [], []
+    for site in ("site_a", "site_b"):
+        est, lo, hi = (float(v[(site, f"survival_at_365{x}")]) for x in ("", "_95CI_lower", "_95CI_upper"))
+        y.append(math.log(est))
+        var.append(((math.log(hi) - math.log(lo)) / (2 * z)) ** 2)
+    w = [1 / x for x in var]
+    fe = sum(a * b for a, b in zip(w, y)) / sum(w)
+    q = sum(a * (b - fe) ** 2 for a, b in zip(w, y))
+    tau2 = max(0.0, (q - 1) / (sum(w) - sum(a * a for a in w) / sum(w)))
+    ws = [1 / (x + tau2) for x in var]
+    re = sum(a * b for a, b in zip(ws, y)) / sum(ws)
+    assert float(v[("network", "survival_at_365_random_effects")]) == pytest.approx(math.exp(re), rel=1e-8)
+    assert float(v[("network", "survival_at_365_i_squared")]) == pytest.approx(max(0, (q - 1) / q) * 100, abs=1e-6)
+    # the exact pooled KM value at the horizon lies between the two sites' values
+    pooled = float(v[("network", "survival_at_365")])
+    assert min(math.exp(x) for x in y) <= pooled <= max(math.exp(x) for x in y)
