@@ -221,11 +221,25 @@ def initial_weights(grid, task: str, run_config: dict, nodes: list[int], timeout
     raise TrainingError(f"no site returned a starting model for task {task!r}: {'; '.join(reasons)[:300]}")
 
 
+def _connected(grid, fixed: list[int] | None, want: int, wait: float) -> list[int]:
+    """The connected nodes, waiting up to ``wait`` seconds for at least ``want`` of them."""
+    deadline = time.monotonic() + wait
+    while True:
+        nodes = sorted(fixed if fixed is not None else grid.get_node_ids())
+        if len(nodes) >= want or time.monotonic() >= deadline:
+            return nodes
+        time.sleep(1.0)
+
+
 def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
                            round_timeout: float, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
-                           nodes: list[int] | None = None) -> TrainingSummary:
+                           nodes: list[int] | None = None, node_wait: float = 0.0) -> TrainingSummary:
+    """``nodes``: a fixed set of node ids (default: whoever is connected, asked again each
+    round); ``node_wait``: seconds to wait at the start for ``min_replies`` nodes to connect."""
     out_dir = Path(out_dir)
-    nodes = sorted(nodes if nodes is not None else grid.get_node_ids())
+    fixed = nodes
+    nodes = _connected(grid, fixed, min_replies, node_wait)
+    seen = set(nodes)
     if rounds < 1 or min_replies < 1:
         raise TrainingError("rounds and min_replies must be at least 1")
     if len(nodes) < min_replies:
@@ -238,6 +252,8 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
     accountant = epsilon = None
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
+        nodes = _connected(grid, fixed, 0, 0.0)
+        seen |= set(nodes)
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
@@ -260,7 +276,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
-        summary = TrainingSummary(task=task, rounds=history, nodes=nodes, final_checkpoint=ckpt.name, dp=dp,
+        summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant)
         _write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
         log.info("round %d: %d replies, eval %s", r, len(ok), json.dumps(eval_metrics))
@@ -280,6 +296,7 @@ class TrainRequest(BaseModel):
     rounds: int = Field(3, ge=1)
     min_replies: int = Field(2, ge=1)
     round_timeout: float = Field(900.0, gt=0)
+    node_wait: float = Field(60.0, ge=0)
     out: Path
     fedprox_mu: float = Field(0.0, ge=0)
     dp: DPConfig | None = None
@@ -289,7 +306,8 @@ class TrainRequest(BaseModel):
 def run_request(grid, request: TrainRequest) -> TrainingSummary:
     return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
                                   out_dir=request.out, min_replies=request.min_replies,
-                                  round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp)
+                                  round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
+                                  node_wait=request.node_wait)
 
 
 def run_training_job(grid, raw: dict) -> dict:
@@ -313,6 +331,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-replies", type=int, default=2, help="quorum: fewer good replies in a round stops the run")
     p.add_argument("--round-timeout", type=float, default=900.0, help="seconds a round waits for the sites")
+    p.add_argument("--node-wait", type=float, default=60.0, help="seconds to wait for --min-replies sites to connect")
     p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight (0: plain FedAvg)")
     p.add_argument("--dp-clip", type=float, help="central DP: clip each site's update to this L2 norm")
     p.add_argument("--dp-noise", type=float, help="central DP: noise multiplier (std = multiplier x clip / sites)")
@@ -341,7 +360,7 @@ def request_from_args(args) -> TrainRequest:
         if args.backbone:
             run_config["backbone"] = args.backbone
         return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
-                            round_timeout=args.round_timeout, out=Path(args.out).resolve(),
+                            round_timeout=args.round_timeout, node_wait=args.node_wait, out=Path(args.out).resolve(),
                             fedprox_mu=args.fedprox_mu, dp=dp, run_config=run_config)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -147,3 +147,20 @@ def test_dp_run_reports_epsilon_per_round(tmp_path):
     eps = [r.epsilon for r in s.rounds]
     assert eps[0] < eps[1] and s.epsilon == eps[1] and s.accountant
     assert eps[1] <= gaussian_epsilon(1.0, 2, 1e-5) + 1e-9
+
+
+def test_training_job_document_and_too_few_sites(tmp_path):
+    from coordinator.training import TrainRequest, run_training_job
+
+    grid = InProcessGrid(_app(), _sites(tmp_path, {1: (2.0, 5), 2: (4.0, 15)}))
+    job = TrainRequest(task="toy", rounds=1, min_replies=2, round_timeout=10, node_wait=0, out=tmp_path / "job")
+    doc = run_training_job(grid, json.loads(job.model_dump_json()))
+    assert doc["ok"] and doc["summary"]["rounds"][0]["replies"] == 2 and doc["summary"]["nodes"] == [1, 2]
+    assert np.allclose(load_checkpoint(tmp_path / "job" / "global_round_1.npz")["0.bias"], 3.5)
+    with pytest.raises(TrainingError, match="bad training job rounds"):
+        run_training_job(grid, {**json.loads(job.model_dump_json()), "rounds": 0})
+    t0 = time.monotonic()
+    with pytest.raises(TrainingError, match="only 2 site"):
+        run_federated_training(grid, "toy", rounds=1, run_config={}, out_dir=tmp_path / "x", min_replies=3,
+                               round_timeout=1, node_wait=1.5)
+    assert 1.4 < time.monotonic() - t0 < 10
