@@ -22,7 +22,14 @@ from coordinator.manifest import build_manifest, sign_manifest
 from coordinator.network_results import network_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
-from site_agent.bundle import Provenance, ResultBundle, SuppressionRecord, manifest_sha256, render, sign
+from site_agent.bundle import (
+    Provenance,
+    ResultBundle,
+    SuppressionRecord,
+    manifest_sha256,
+    render,
+    sign,
+)
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site
 from site_agent.cohorts import collect_definitions
