@@ -193,7 +193,7 @@ def wilson_ci(x: float, n: float, *, level: float = 0.95) -> tuple[float, float,
     p = x / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    return p, 0.0 if x <= 0 else max(0.0, centre - half), 1.0 if x >= n else min(1.0, centre + half)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def counts_section(v: View) -> str:
 def attrition_section(v: View) -> str:
     d = v.rows("summarise_cohort_attrition")
     d = d[(d["variable_name"] == "number_subjects") & (d["estimate_name"] == "count")]
+    d = d.assign(_r=pd.to_numeric(d["additional_level"], errors="coerce")).sort_values(
+        ["group_level", "_r"], kind="mergesort")
     return "<h2>Attrition (number of subjects)</h2>" + v.wide(d, ["group_level", "additional_level", "strata_level"])
 
 
@@ -129,14 +131,18 @@ def rates_section(v: View, kind: str) -> str:
     idx = d.set_index(["group_level", "cdm_name", "estimate_name"])["estimate_value"]
     idx = idx[~idx.index.duplicated()]
     rows, figs = [], []
+    sites = [c for c in v.cdms[:-1] if c in set(d["cdm_name"])]
     for group in dict.fromkeys(d["group_level"]):
         def val(cdm, name, g=group):
             x = idx.get((g, cdm, name))
             return None if x is None or x == SUPPRESSED else float(x)
         cells, site_pts = [esc(group)], []
-        for cdm in v.cdms[:-1]:
+        for cdm in sites:
             e, lo, hi = val(cdm, est), val(cdm, f"{est}_95CI_lower"), val(cdm, f"{est}_95CI_upper")
-            cells.append("suppressed" if e is None else f"{e:.4g} ({lo:.4g}&ndash;{hi:.4g})")
+            if e is None:
+                cells.append('<span class="sup">suppressed</span>' if (group, cdm, est) in idx.index else "not run")
+            else:
+                cells.append(f"{e:.4g} ({lo:.4g}&ndash;{hi:.4g})")
             if e is not None and hi is not None:
                 site_pts.append((cdm, e, lo, hi))
         p = [val(v.pooled, n) for n in (est, f"{est}_95CI_lower", f"{est}_95CI_upper")]
@@ -149,10 +155,9 @@ def rates_section(v: View, kind: str) -> str:
         rows.append(cells)
         if len(site_pts) >= 2 and r[0] is not None and len(figs) < MAX_FORESTS:
             pooled_pts = [("pooled (sum)", *p), (f"random effects, I²={i2:.0f}%", *r)]
-            png = forest_png(f"{group} ({kind}, overall period)", site_pts, pooled_pts, title,
-                             log=kind == "incidence")
+            png = forest_png(f"{group} ({kind}, overall period)", site_pts, pooled_pts, title, log=False)
             figs.append(f'<figure><img alt="forest plot {esc(group)}" src="data:image/png;base64,{png}"></figure>')
-    header = ["denominator &&& outcome", *v.cdms[:-1], "pooled (95% CI)", "random effects (95% CI)", "I²", "note"]
+    header = ["denominator &&& outcome", *sites, "pooled (95% CI)", "random effects (95% CI)", "I²", "note"]
     return f"<h2>{title} (overall period, both sexes, all ages)</h2>" + table(header, rows) + "".join(figs)
 
 
@@ -200,11 +205,17 @@ def pathways_section(v: View) -> str:
     return "<h2>Treatment pathways</h2>" + v.wide(d, ["strata_level", "variable_name", "variable_level"])
 
 
-def lower_bounds_section(v: View) -> str:
+def lower_bounds_section(v: View, examples: int = 30) -> str:
     d = v.d[(v.d["estimate_name"] == "suppressed_sites") & (v.d["cdm_name"] == v.pooled)]
     types = dict(zip(v.s["result_id"], v.s["result_type"], strict=True))
+    per_type = d["result_id"].map(types).value_counts()
+    summary = table(["result type", "pooled rows that are lower bounds"],
+                    [[esc(t), esc(n)] for t, n in per_type.items()])
     rows = [[esc(types.get(r.result_id)), esc(r.group_level), esc(r.strata_level), esc(r.variable_name),
-             esc(r.variable_level), esc(r.additional_level), esc(r.estimate_value)] for r in d.head(100).itertuples()]
+             esc(r.variable_level), esc(r.additional_level), esc(r.estimate_value)]
+            for r in d.head(examples).itertuples()]
     return (f"<h2>Pooled values that are lower bounds ({len(d)})</h2><p>Each includes at least one suppressed site "
-            "cell, counted as nothing: the true network value is at least the one shown (&ge;).</p>"
+            "cell, counted as nothing: the true network value is at least the one shown (&ge;). In the CSV they carry "
+            "the estimates <code>lower_bound</code> and <code>suppressed_sites</code>.</p>" + summary
+            + f"<p>First {min(examples, len(d))}:</p>"
             + table(["result type", "group", "strata", "variable", "level", "additional", "sites suppressed"], rows))
