@@ -230,9 +230,19 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     bundles = sorted(bundles, key=lambda b: b.site)
     if len({b.site for b in bundles}) != len(bundles):
         raise ValueError("two bundles from the same site; give one bundle per site")
-    results = _site_names(bundles, [parse_bundle(b) for b in bundles], pooled_name)
-    data, settings = align(results)
     notes: list[str] = []
+    kept, parsed = [], []
+    for b in bundles:
+        try:
+            parsed.append(parse_bundle(b))
+            kept.append(b)
+        except ValueError as exc:  # a verified bundle whose table is not a summarised_result
+            notes.append(f"site {b.site}: results not readable as a summarised_result ({exc}); left out")
+    bundles = kept
+    if not bundles:
+        raise ValueError("no site bundle holds a readable summarised_result; " + "; ".join(notes))
+    results = _site_names(bundles, parsed, pooled_name)
+    data, settings = align(results)
     view = pooling_view(data)
     counts, flags = pooled_counts(view, pooled_name)
     pct = pooled_percentages(counts, flags, view)

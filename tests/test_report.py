@@ -79,3 +79,23 @@ def test_no_bundles_no_report(tmp_path):
         with pytest.raises(StoreError, match="no stored site bundles"):
             write_report(store, manifest.manifest_id, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
+    """A verified bundle whose CSV is not a summarised_result does not sink the report."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from site_agent.bundle import sign
+    from tests.test_bundle import make_bundle
+
+    import shutil
+
+    path, manifest = stored
+    path = shutil.copy(path, tmp_path / "copy.sqlite3")  # the shared store stays as it was
+    odd = sign(make_bundle(manifest, site="site_c"), Ed25519PrivateKey.generate())  # CSV with 6 columns
+    with ResultsStore.open(path) as store:
+        store.add_bundle(odd, render(odd))
+        paths = write_report(store, manifest.manifest_id, tmp_path / "out")
+    page = paths.html.read_text(encoding="utf-8")
+    assert "site site_c: results not readable" in page
+    assert set(validate_csv(paths.csv).data["cdm_name"]) == {"site_a", "site_b", "network"}

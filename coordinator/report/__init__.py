@@ -46,7 +46,10 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> Report
     bundles = store.bundles(manifest_id)
     if not bundles:
         raise StoreError(f"manifest {manifest_id} has no stored site bundles yet; nothing to report")
-    net = network_result(bundles)
+    try:
+        net = network_result(bundles)
+    except ValueError as exc:
+        raise StoreError(f"cannot pool manifest {manifest_id}: {str(exc).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory(prefix="optima-report-") as tmp:
         csv_bytes = net.result.to_csv(Path(tmp) / "results.csv").read_bytes()
     view = S.View(net)
