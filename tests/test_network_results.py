@@ -4,9 +4,11 @@ truth and independent formulas."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -60,6 +62,7 @@ def network_sites():
     defs = [d for d in collect_definitions([DEFINITIONS / "lung"]) if d.cohort_name in ("lung_cancer_broad", "death")]
     manifest = sign_manifest(make_manifest(target_sites=[s for s, _, _ in SITES] + ["site_c"]), COORD)
     root = Path(tempfile.mkdtemp(prefix="optima-netres-"))
+    atexit.register(shutil.rmtree, root, True)  # shared by test modules of this run, removed at exit
     bundles, truths, patients = [], {}, {}
     for name, n, seed in SITES:
         res = generate_site(out=root / f"{name}.duckdb", persons=n, site=name, profile="oncology", seed=seed)
