@@ -111,6 +111,10 @@ def test_serve_runs_due_studies_as_versions_and_reports_changes(net, tmp_path):
     assert (checked["v"] > 0).any()  # at least one real (non-zero) count moved
     html = changes_section(store, runs[0].study_id)
     assert html.startswith("<h2>Changes since the previous version</h2>") and "Version 2 against version 1" in html
+    from coordinator.report import write_report  # the report of the newest version carries that section
+
+    page = write_report(store, runs[-1].manifest_id, tmp_path / "report").html.read_text()
+    assert "Changes since the previous version" in page and "Version 2 against version 1" in page
     assert version_changes(store, runs[0].study_id, version=1).empty
     with pytest.raises(CoordinatorError, match="no version 7"):
         version_changes(store, runs[0].study_id, version=7)

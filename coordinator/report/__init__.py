@@ -12,6 +12,7 @@ from coordinator.network_results import network_result
 from coordinator.report import sections as S
 from coordinator.report.atomic import write_atomic
 from coordinator.store import ResultsStore, StoreError
+from coordinator.store.ops import runs, study_bundles
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
@@ -38,12 +39,14 @@ def resolve_manifest(store: ResultsStore, target: str) -> str:
 
 def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> ReportPaths:
     """Write ``out_dir/report.html`` and ``out_dir/results.csv`` (each atomically) for one manifest."""
+    from coordinator.versions import changes_section  # versions pools through network_results too
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreError(f"--out {out_dir} exists and is not a folder")
     manifest = store.manifest(manifest_id)
     statuses = store.site_statuses(manifest_id)
-    bundles = store.bundles(manifest_id)
+    bundles = study_bundles(store, manifest_id)  # with the answers to re-sends of this manifest
     if not bundles:
         raise StoreError(f"manifest {manifest_id} has no stored site bundles yet; nothing to report")
     try:
@@ -68,6 +71,7 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> Report
         S.status_section(statuses), S.provenance_section(view), S.counts_section(view), S.attrition_section(view),
         S.characteristics_section(view), S.rates_section(view, "incidence"), S.rates_section(view, "prevalence"),
         S.km_section(view), S.pathways_section(view), S.lower_bounds_section(view),
+        changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else "",
     ]
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{S.esc(manifest.study_id)} network report</title><style>{CSS}</style></head><body>"
