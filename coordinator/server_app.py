@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from flwr.app import Context
@@ -21,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
 from coordinator.errors import CoordinatorError
+from coordinator.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,7 @@ class StudyJob(BaseModel):
 
 
 def write_outcome(out: Path, doc: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".outcome.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, default=str)
-    os.replace(tmp, out / OUTCOME_FILE)
-    return out / OUTCOME_FILE
+    return write_atomic(out / OUTCOME_FILE, json.dumps(doc, indent=2, default=str).encode("utf-8"))
 
 
 def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> dict:

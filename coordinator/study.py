@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel
 
 from coordinator.errors import CoordinatorError, StudyIncomplete
+from coordinator.fileio import write_atomic
 from coordinator.manifest import build_manifest, verify_bundle_file
 from coordinator.store.errors import StoreError
 from coordinator.store.repository import FINAL_STATUSES
@@ -142,10 +143,7 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     except StoreError as exc:  # e.g. the study was cancelled for this site while we waited
         return SiteOutcome(site=site, status="cancelled" if "cancelled" in str(exc) else "failed", reason=str(exc))
     if bundles_dir is not None:
-        bundles_dir.mkdir(parents=True, exist_ok=True)
-        tmp_path = bundles_dir / f".{site}.bundle.tmp"
-        tmp_path.write_bytes(data)
-        tmp_path.replace(bundles_dir / f"{site}.bundle")
+        write_atomic(bundles_dir / f"{site}.bundle", data)
     return SiteOutcome(site=site, status="done")
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from coordinator.network_results import network_result
 from coordinator.report import sections as S
-from coordinator.report.atomic import write_atomic
+from coordinator.fileio import write_atomic
 from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
 
