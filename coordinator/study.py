@@ -54,14 +54,20 @@ class StudyOutcome(BaseModel):
     elapsed_seconds: float
 
 
+def _read_json(path: Path, what: str) -> tuple[bytes, object]:
+    try:
+        raw = path.read_bytes()
+        return raw, json.loads(raw)
+    except OSError as exc:
+        raise CoordinatorError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" at line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CoordinatorError(f"{path}: malformed JSON{where}") from None
+
+
 def _catalog(spec_path: Path, spec: dict) -> tuple[Path, dict[str, dict]]:
     catalog_path = (spec_path.parent / spec.get("catalog", "../catalog.json")).resolve()
-    try:
-        doc = json.loads(catalog_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CoordinatorError(f"{catalog_path}: cannot read the catalog ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise CoordinatorError(f"{catalog_path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    _, doc = _read_json(catalog_path, "catalog")
     return catalog_path, {c["name"]: c for c in doc.get("cohorts", [])}
 
 
@@ -71,13 +77,7 @@ def manifest_from_spec(spec_path: str | Path, *, target_sites: Iterable[str], mi
                        valid_for: dt.timedelta = dt.timedelta(days=2)) -> StudyManifest:
     """An unsigned manifest for the spec's cohorts (plus ``extra_cohorts`` by catalog name)."""
     spec_path = Path(spec_path)
-    try:
-        raw = spec_path.read_bytes()
-        spec = json.loads(raw)
-    except OSError as exc:
-        raise CoordinatorError(f"{spec_path}: cannot read the study spec ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise CoordinatorError(f"{spec_path}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+    raw, spec = _read_json(spec_path, "study spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("cohorts"), dict) or "study_id" not in spec:
         raise CoordinatorError(f"{spec_path}: not a study spec (needs study_id and cohorts)")
     catalog_path, entries = _catalog(spec_path, spec)
