@@ -135,3 +135,21 @@ def test_synthetic_site_reads_back_and_labels_match_the_raster(tiny_site):
             patch = slide.read(256, 256, 128, downsample=2.0)  # level 0 read and resampled
             assert patch.shape == (128, 128, 3) and patch.dtype == np.uint8
     assert total > 10 and agree / total > 0.97
+
+
+def test_patch_dataset_in_dataloader_workers(tiny_site):
+    """Forked workers open their own slide handles (a shared handle corrupts JPEG tile reads)."""
+    import torch
+
+    from site_agent.pathology.slides import Slide
+    from site_agent.pathology.tiling import PatchDataset
+
+    rec = read_slide_table(tiny_site)[0]
+    params = TilingParams(stride=32, min_tissue=0.0)  # many overlapping patches: interleaved reads
+    with Slide(rec.slide) as slide:
+        patches = tile_slide(slide, load_geojson(rec.annotations), params)
+    assert len(patches) > 100
+    ds = PatchDataset([rec.slide], patches, params, input_size=32, cache=False)
+    direct = torch.stack([ds[i][0] for i in range(len(ds))])  # opens the handle in this process first
+    loaded = torch.cat([x for x, _ in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)])
+    assert torch.equal(direct, loaded)

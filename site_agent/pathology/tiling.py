@@ -9,6 +9,7 @@ enough tissue (Background patches need none), whole-slide inference keeps tissue
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class PatchDataset:
         self.params = params
         self.input_size = input_size
         self._slides: dict[int, Slide] = {}
+        self._pid = os.getpid()
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -119,6 +121,8 @@ class PatchDataset:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         p = self.patches[i]
+        if self._pid != os.getpid():  # a forked DataLoader worker: never share the parent's file handles
+            self._slides, self._pid = {}, os.getpid()
         if p.slide not in self._slides:
             self._slides[p.slide] = Slide(self.slide_paths[p.slide])
         img = self._slides[p.slide].read(p.x, p.y, self.params.size, self.params.downsample)
