@@ -36,6 +36,8 @@ class StudyJob(BaseModel):
     reply_timeout: float = Field(600.0, gt=0)
     node_wait: float = Field(60.0, ge=0)
     report: bool = True
+    cox: bool = True  # fit the study's Cox model over the network when it ran sclc_study
+    cox_timeout: float = Field(300.0, gt=0)
 
 
 def write_outcome(out: Path, doc: dict) -> Path:
@@ -53,10 +55,21 @@ def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> d
                          node_wait=job.node_wait, bundles_dir=job.out / "bundles", collect_only=collect_only)
     doc = {"ok": outcome.complete, "outcome": outcome.model_dump()}
     require_complete(outcome)
+    sections: tuple[str, ...] = ()
+    if job.cox and "sclc_study" in manifest.analyses:
+        from coordinator.network_cox import cox_section, fit_network_cox
+
+        done = {s.site for s in outcome.sites if s.status == "done"}
+        fit, notes = fit_network_cox(grid, manifest.manifest_id, done, timeout=job.cox_timeout)
+        sections = (cox_section(fit, notes),)
+        doc["cox_notes"] = notes
+        if fit is not None:
+            write_atomic(job.out / "cox.csv", fit.to_frame().to_csv(index=False).encode("utf-8"))
+            doc["cox"] = str(job.out / "cox.csv")
     if job.report:
         from coordinator.report import write_report
 
-        paths = write_report(store, manifest.manifest_id, job.out)
+        paths = write_report(store, manifest.manifest_id, job.out, extra_sections=sections)
         doc["report"] = str(paths.html)
         doc["results"] = str(paths.csv)
     return doc

@@ -12,6 +12,8 @@ app for every message the coordinator's ServerApp sends:
 - ``query.collect``: asks again for the answer to a manifest id (a coordinator that lost a
   reply, restarted, or waits for a review). Releases only what was already released or
   approved; never runs anything.
+- ``query.cox``: one Newton-Raphson evaluation of the study's site-stratified Cox model
+  for a manifest this site released (:mod:`site_agent.cox_service`, budgeted and audited).
 - ``train`` / ``evaluate``: federated image training (:mod:`site_agent.training.federated`).
 
 Every reply is ``content["reply"]``: a ConfigRecord with ``site``, ``status`` (one of
@@ -24,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -87,6 +91,9 @@ def answer_manifest(config: SiteConfig, manifest_json: str) -> tuple[str, str, s
     except PolicyRefusal as refusal:  # already audited by the policy
         return "refused", f"{refusal.check}: {refusal.reason}", ""
     m = decision.manifest
+    from site_agent.cox_service import accepted_path
+
+    write_atomic(accepted_path(config, m.manifest_id), bundle.render(m))  # later Cox requests check it
     try:
         signed = execute(decision, config)
     except PolicyRefusal as refusal:
@@ -142,6 +149,28 @@ def query_collect(msg: Message, context: Context) -> Message:
     config = site_config(context)
     status, reason, text = collect(config, str(msg.content["collect"]["manifest_id"]))
     return reply(msg, config.site, status, reason, text)
+
+
+@app.query("cox")
+def query_cox(msg: Message, context: Context) -> Message:
+    """Federated Cox: this stratum's log likelihood, score and information at ``beta``."""
+    from site_agent.analyses.cox import CoxRefusal
+    from site_agent.cox_service import answer_cox, cox_columns
+
+    config = site_config(context)
+    request = msg.content["cox"]
+    manifest_id, beta = str(request["manifest_id"]), [float(b) for b in request["beta"]]
+    try:
+        if not beta:
+            cols = cox_columns(config, manifest_id)
+            return Message(RecordDict({"reply": ConfigRecord({"site": config.site, "status": "done", "reason": "",
+                                                              "columns": list(cols)})}), reply_to=msg)
+        loglik, score, info = answer_cox(config, manifest_id, beta)
+    except CoxRefusal as exc:
+        return reply(msg, config.site, "refused", str(exc))
+    record = ConfigRecord({"site": config.site, "status": "done", "reason": "", "loglik": float(loglik),
+                           "score": [float(v) for v in score], "info": [float(v) for v in np.ravel(info)]})
+    return Message(RecordDict({"reply": record}), reply_to=msg)
 
 
 @app.train()

@@ -26,6 +26,7 @@ class Network:
     coordinator_key: Path
     coordinator_pub: Path
     rogue_key: Path
+    spec: Path = SPEC
 
     def node_configs(self, sites=None) -> dict[int, dict]:
         names = list(sites or self.configs)
@@ -33,12 +34,13 @@ class Network:
 
     def manifest(self, *, sites=None, min_sites: int = 2, analyses=("cohort_counts", "sclc_study"),
                  signer: Path | None = None, **kw):
-        m = manifest_from_spec(SPEC, target_sites=list(sites or self.configs), min_sites=min_sites,
+        m = manifest_from_spec(self.spec, target_sites=list(sites or self.configs), min_sites=min_sites,
                                analyses=analyses, **kw)
         return sign_manifest(m, load_private_key(signer or self.coordinator_key))
 
 
-def build_network(root: Path, sites=SITES, *, review: tuple[str, ...] = (), min_cell_count: int = 5) -> Network:
+def build_network(root: Path, sites=SITES, *, review: tuple[str, ...] = (), min_cell_count: int = 5,
+                  catalog: Path = CATALOG, spec: Path = SPEC) -> Network:
     from site_agent.cdm.synth import generate_site
 
     keys = root / "coordinator_keys"
@@ -56,10 +58,10 @@ def build_network(root: Path, sites=SITES, *, review: tuple[str, ...] = (), min_
         (trust / f"{s.name}.pub").write_bytes(pub.read_bytes())
         site = DemoSite(s.name, s.profile, s.persons, s.seed, review_mode=s.name in review)
         cfg = folder / "site.toml"
-        cfg.write_text(site_toml(site, cdm=cdm, catalog=CATALOG, coordinator_pub=cpub, min_cell_count=min_cell_count,
+        cfg.write_text(site_toml(site, cdm=cdm, catalog=catalog, coordinator_pub=cpub, min_cell_count=min_cell_count,
                                  analyses=("cohort_counts", "diagnostics", "sclc_study")))
         configs[s.name] = cfg
-    return Network(root, configs, trust, ckey, cpub, rogue)
+    return Network(root, configs, trust, ckey, cpub, rogue, spec)
 
 
 def now() -> dt.datetime:

@@ -37,8 +37,12 @@ def resolve_manifest(store: ResultsStore, target: str) -> str:
     return rows[0].manifest_id
 
 
-def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> ReportPaths:
-    """Write ``out_dir/report.html`` and ``out_dir/results.csv`` (each atomically) for one manifest."""
+def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = ()
+                 ) -> ReportPaths:
+    """Write ``out_dir/report.html`` and ``out_dir/results.csv`` (each atomically) for one manifest.
+
+    ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model).
+    """
     from coordinator.versions import changes_section  # versions pools through network_results too
 
     out_dir = Path(out_dir)
@@ -70,7 +74,7 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path) -> Report
         f"<ul>{notes}</ul>" if notes else "",
         S.status_section(statuses), S.provenance_section(view), S.counts_section(view), S.attrition_section(view),
         S.characteristics_section(view), S.rates_section(view, "incidence"), S.rates_section(view, "prevalence"),
-        S.km_section(view), S.pathways_section(view), S.lower_bounds_section(view),
+        S.km_section(view), *extra_sections, S.pathways_section(view), S.lower_bounds_section(view),
         changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else "",
     ]
     page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -1,0 +1,96 @@
+"""The study's site-stratified Cox model fitted over Flower (``query.cox`` messages).
+
+Newton-Raphson runs here (:func:`coordinator.cox.fit_federated_cox`); each evaluation is one
+round of messages to the participating sites, whose answers are summed (a stratified model's
+log likelihood, score and information are sums over strata). Participants are the sites that
+released the study's bundle and answer the design's columns; a site that refuses the first
+evaluation (fewer events than the spec's minimum) is left out with a note; a site that drops
+out later invalidates the fit (no silently different model).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.cox import CoxFit, fit_federated_cox
+from coordinator.errors import CoordinatorError
+
+log = logging.getLogger(__name__)
+
+
+def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], timeout: float) -> list[dict]:
+    msgs = [Message(RecordDict({"cox": ConfigRecord({"manifest_id": manifest_id, "beta": beta})}), dst_node_id=n,
+                    message_type="query.cox", group_id=f"cox-{manifest_id}") for n in nodes]
+    out = []
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            continue
+        r = reply.content["reply"]
+        out.append({"node": reply.metadata.src_node_id, **{k: r[k] for k in r.keys()}})
+    return out
+
+
+def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeout: float = 300.0
+                    ) -> tuple[CoxFit | None, list[str]]:
+    """The fit (or None when fewer than one site can take part) and notes on who took part."""
+    notes: list[str] = []
+    nodes = sorted(grid.get_node_ids())
+    described = [r for r in _ask(grid, nodes, manifest_id, [], timeout)
+                 if r["status"] == "done" and r["site"] in done_sites]
+    if not described:
+        return None, ["no site answered the Cox design request"]
+    columns = tuple(described[0]["columns"])
+    if any(tuple(r["columns"]) != columns for r in described):
+        raise CoordinatorError("sites disagree on the Cox design columns; their study specs differ")
+    by_node = {r["node"]: r["site"] for r in described}
+    first = _ask(grid, sorted(by_node), manifest_id, [0.0] * len(columns), timeout)
+    for r in first:
+        if r["status"] != "done":
+            notes.append(f"{r['site']}: left out of the Cox model ({r['reason']})")
+    members = sorted(r["node"] for r in first if r["status"] == "done")
+    missing = set(by_node) - {r["node"] for r in first}
+    notes += [f"{by_node[n]}: no answer to the first Cox evaluation" for n in sorted(missing)]
+    if not members:
+        return None, notes
+    cache = {tuple(np.zeros(len(columns))): _summed([r for r in first if r["status"] == "done"], len(columns))}
+
+    def network(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        key = tuple(float(b) for b in beta)
+        if key in cache:  # beta = 0 was asked already, with the participants' budget
+            return cache.pop(key)
+        answers = _ask(grid, members, manifest_id, list(key), timeout)
+        ok = [r for r in answers if r["status"] == "done"]
+        if len(ok) != len(members):
+            lost = sorted(set(by_node[n] for n in members) - {r["site"] for r in ok})
+            raise CoordinatorError(f"Cox fit abandoned: {', '.join(lost)} stopped answering mid-fit")
+        return _summed(ok, len(columns))
+
+    fit = fit_federated_cox([network], len(columns), names=columns)
+    notes.append(f"Cox model over {len(members)} site(s): {', '.join(sorted(by_node[n] for n in members))}; "
+                 f"{fit.evaluations} evaluations, converged: {fit.converged}")
+    return fit, notes
+
+
+def _summed(answers: list[dict], p: int) -> tuple[float, np.ndarray, np.ndarray]:
+    loglik = sum(float(r["loglik"]) for r in answers)
+    score = np.sum([np.asarray(r["score"], dtype=float) for r in answers], axis=0)
+    info = np.sum([np.asarray(r["info"], dtype=float).reshape(p, p) for r in answers], axis=0)
+    return loglik, score, info
+
+
+def cox_section(fit: CoxFit | None, notes: list[str]) -> str:
+    """An HTML section for the report: hazard ratios with 95% CIs, and who took part."""
+    import html
+
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    if fit is None:
+        return f"<h2>Hazard ratios (site-stratified Cox)</h2><p>Not estimated.</p><ul>{items}</ul>"
+    df: pd.DataFrame = fit.to_frame()
+    table = df.to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="not estimable", border=0)
+    return (f"<h2>Hazard ratios (site-stratified Cox, Breslow ties)</h2>{table}"
+            f"<p>Likelihood ratio chi-square {fit.lr_statistic:.2f}.</p><ul>{items}</ul>")

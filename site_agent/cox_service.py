@@ -1,0 +1,109 @@
+"""The site's answers to federated Cox requests (Flower ``query.cox``), behind its guard.
+
+A coordinator fitting the site-stratified Cox model of a study asks each site, at its current
+coefficients, for the log partial likelihood, score and information of the site's stratum
+(:func:`site_agent.analyses.cox.site_score_information`). The site answers only:
+
+- for a manifest it accepted, whose bundle it has already released (in review mode: after a
+  person approved it), and which ran ``sclc_study`` with a study spec it approved;
+- within the spec's budget of answers per manifest (counted on disk, so a restarted node or
+  a new ClientApp process per message does not reset it), with at least the spec's minimum
+  number of events, and for a finite ``beta`` of the right length with no |beta| above 20
+  (:class:`site_agent.analyses.cox.CoxGuard`).
+
+Each answer and refusal is audited (counts and reasons only).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from site_agent.analyses.cox import CoxGuard, CoxRefusal
+from site_agent.audit import MAX_STR, AuditLog
+from site_agent.bundle import StudyManifest
+from site_agent.config import SiteConfig
+from site_agent.policy import AUDIT_FILE, PolicyRefusal
+
+ACCEPTED_DIR = "accepted"
+BUDGET_FILE = "cox_budget.sqlite3"
+
+
+def accepted_path(config: SiteConfig, manifest_id: str) -> Path:
+    safe = "".join(ch for ch in manifest_id if ch.isalnum() or ch in "-_")[:80] or "manifest"
+    return config.state_dir / ACCEPTED_DIR / f"{safe}.json"
+
+
+class CoxBudget:
+    """Answers given per manifest, persisted in the site's state folder."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / BUDGET_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(self.path) as con:
+            con.execute("CREATE TABLE IF NOT EXISTS cox_answers (manifest_id TEXT PRIMARY KEY, answers INTEGER)")
+
+    def used(self, manifest_id: str) -> int:
+        with sqlite3.connect(self.path) as con:
+            row = con.execute("SELECT answers FROM cox_answers WHERE manifest_id = ?", (manifest_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set(self, manifest_id: str, answers: int) -> None:
+        with sqlite3.connect(self.path) as con:
+            con.execute("INSERT INTO cox_answers VALUES (?, ?) ON CONFLICT(manifest_id) DO UPDATE SET answers = ?",
+                        (manifest_id, answers, answers))
+
+
+def cox_columns(config: SiteConfig, manifest_id: str) -> tuple[str, ...]:
+    """The design's column names (no data, no budget used): what the coordinator fits."""
+    from site_agent.client_app import released_path
+
+    manifest = _released_study_manifest(config, manifest_id, released_path(config, manifest_id))
+    guard, _ = _guard(config, manifest)
+    return guard.data.columns
+
+
+def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple[float, np.ndarray, np.ndarray]:
+    """(loglik, score, information) of this site's stratum, or :class:`CoxRefusal` (audited)."""
+    from site_agent.client_app import released_path
+
+    audit = AuditLog(config.state_dir / AUDIT_FILE)
+    try:
+        manifest = _released_study_manifest(config, manifest_id, released_path(config, manifest_id))
+        guard, study_id = _guard(config, manifest)
+        budget = CoxBudget(config.state_dir)
+        guard._answers[manifest_id] = budget.used(manifest_id)
+        out = guard.answer(manifest_id, np.asarray(beta, dtype=float))
+        budget.set(manifest_id, guard.answers_given(manifest_id))
+    except (CoxRefusal, PolicyRefusal) as exc:
+        audit.append("cox_refused", manifest_id=manifest_id[:80], detail={"reason": str(exc)[:MAX_STR]})
+        raise CoxRefusal(str(exc)) from None
+    audit.append("cox_answered", manifest_id=manifest_id, study_id=study_id,
+                 detail={"answers": guard.answers_given(manifest_id), "budget": guard.max_iterations})
+    return out
+
+
+def _released_study_manifest(config: SiteConfig, manifest_id: str, released: Path) -> StudyManifest:
+    path = accepted_path(config, manifest_id)
+    if not path.is_file() or not released.is_file():
+        raise CoxRefusal(f"Cox refused: manifest {manifest_id[:40]} was not accepted and released at this site")
+    manifest = StudyManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    if "sclc_study" not in manifest.analyses:
+        raise CoxRefusal(f"Cox refused: manifest {manifest_id[:40]} did not run sclc_study")
+    return manifest
+
+
+def _guard(config: SiteConfig, manifest: StudyManifest) -> tuple[CoxGuard, str]:
+    from site_agent.analyses.study_run import site_cox_data, study_patients
+    from site_agent.study_exec import approved_study_spec
+    from site_agent.study_spec import load_study
+
+    sha = (manifest.parameters.get("sclc_study") or {}).get("spec_sha256", "")
+    study = load_study(approved_study_spec(config, str(sha)))
+    with config.open_cdm() as cdm:
+        patients, _ = study_patients(cdm, study)
+    data = site_cox_data(study, patients)
+    cox = study.spec.cox
+    return CoxGuard(max_iterations=cox.max_iterations, min_events=cox.min_events, data=data), manifest.study_id

@@ -1,0 +1,94 @@
+"""The study's Cox model fitted over Flower messages (query.cox) against the same sums in process.
+
+A test copy of the network's definitions carries a study spec whose target is every SCLC
+patient (the stage I-II cohort is too rare for small synthetic sites to have events).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from coordinator.errors import CoordinatorError
+from coordinator.network_cox import cox_section, fit_network_cox
+from coordinator.store import ResultsStore
+from coordinator.study import send_study
+from site_agent import client_app as site_app
+from site_agent.analyses.cox import site_score_information
+from site_agent.analyses.study_run import site_cox_data, study_patients
+from site_agent.audit import AuditLog
+from site_agent.config import load_config
+from site_agent.study_spec import load_study
+from tests.conftest import REPO
+from tests.federation_sites import build_network
+from tests.flower_inprocess import InProcessGrid
+from tests.test_federated_cox import reference_fit
+from coordinator.demo_sites import DemoSite
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    root = tmp_path_factory.mktemp("netcox")
+    defs = root / "definitions"
+    shutil.copytree(REPO / "cohort_definitions", defs)
+    spec = json.loads((defs / "studies" / "sclc_stage_i_ii.json").read_text())
+    spec.update(study_id="sclc_all_stages", title="all SCLC (test)")
+    spec["cohorts"]["target"] = "sclc"
+    spec["cox"] = {**spec.get("cox", {}), "min_events": 5, "max_iterations": 30}
+    (defs / "studies" / "sclc_all.json").write_text(json.dumps(spec, indent=2))
+    sites = (DemoSite("cox_north", "oncology", 12000, 31), DemoSite("cox_south", "oncology", 9000, 32))
+    return build_network(root / "sites", sites, catalog=defs / "catalog.json", spec=defs / "studies" / "sclc_all.json")
+
+
+def site_data(net, site):
+    config = load_config(net.configs[site])
+    study = load_study(net.spec)
+    with config.open_cdm() as cdm:
+        patients, _ = study_patients(cdm, study)
+    return site_cox_data(study, patients)
+
+
+def test_network_cox_equals_the_in_process_fit(net, tmp_path):
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    store = ResultsStore.open(tmp_path / "store.sqlite3")
+    outcome = send_study(grid, manifest, store=store, trust_dir=net.trust, reply_timeout=300)
+    assert outcome.done == 2
+    fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    assert fit is not None and fit.converged, notes
+    datas = [site_data(net, s) for s in ("cox_north", "cox_south")]
+    assert fit.names == datas[0].columns and sum(d.n_events for d in datas) >= 20
+    free = ~np.isnan(fit.coef)
+    coef, se = reference_fit([(d.X[:, free], d.time, d.event) for d in datas], int(free.sum()))
+    np.testing.assert_allclose(fit.coef[free], coef, atol=1e-6)
+    np.testing.assert_allclose(fit.se[free], se, atol=1e-5)
+    # what crossed the network per evaluation is the plain site sums (nothing else is needed)
+    ll = sum(site_score_information(d, np.zeros(d.p))[0] for d in datas)
+    assert fit.loglik_null == pytest.approx(ll, rel=1e-12)
+    assert "Hazard ratios" in cox_section(fit, notes)
+    events = [e for e in AuditLog(net.configs["cox_north"].parent / "state" / "audit.jsonl").entries()
+              if e["event"] == "cox_answered" and e["manifest_id"] == manifest.manifest_id]
+    assert len(events) == fit.evaluations and events[-1]["detail"]["answers"] == fit.evaluations
+
+
+def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    # not yet accepted or released here: every site refuses, nothing is fitted
+    fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=60)
+    assert fit is None and notes == ["no site answered the Cox design request"]
+    send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+               reply_timeout=300)
+    used = 0
+    with pytest.raises(CoordinatorError, match="stopped answering mid-fit"):
+        for _ in range(10):  # the spec allows 30 answers per manifest; each fit takes several
+            fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+            assert fit is not None, notes
+            used += fit.evaluations
+    assert 23 <= used <= 30  # refused once the budget would be exceeded, not before
+    refused = [e for e in AuditLog(net.configs["cox_south"].parent / "state" / "audit.jsonl").entries()
+               if e["event"] == "cox_refused" and e["manifest_id"] == manifest.manifest_id]
+    assert refused and "budget" in refused[-1]["detail"]["reason"]
