@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from coordinator.demo_sites import DemoSite
 from coordinator.errors import CoordinatorError
 from coordinator.network_cox import cox_section, fit_network_cox
 from coordinator.store import ResultsStore
@@ -26,7 +27,6 @@ from tests.conftest import REPO
 from tests.federation_sites import build_network
 from tests.flower_inprocess import InProcessGrid
 from tests.test_federated_cox import reference_fit
-from coordinator.demo_sites import DemoSite
 
 
 @pytest.fixture(scope="module")
