@@ -93,9 +93,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for f in (False, True):
             sel = ((k == rot) & (flip == f)).nonzero().flatten()
             if len(sel):
-                part = torch.rot90(x[sel.to(x.device)], rot, dims=(2, 3))
-                out[sel.to(x.device)] = part.flip(3) if f else part
-    return out
+                sel = sel.to(x.device)
+                part = torch.rot90(x[sel], rot, dims=(2, 3))
+                out[sel] = part.flip(3) if f else part
+    return out  # empty_like keeps x's memory format (channels_last stays channels_last)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -169,9 +170,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
         for step, (x, y) in enumerate(_loader(train_ds, cfg, shuffle=True, device=device)):
             if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
                 break
-            if cfg.augment:
-                x = augment_batch(x, aug_gen)
             x, y = _to(x, device, cfg), y.to(device)
+            if cfg.augment:  # on the device: a CPU-side copy would cap GPU throughput
+                x = augment_batch(x, aug_gen)
             with _autocast(device, cfg.precision):
                 loss = nn.functional.cross_entropy(model(x).float(), y)
             objective = loss + cfg.fedprox_mu / 2 * _proximal(model, prox) if prox is not None else loss
