@@ -141,3 +141,23 @@ def test_federated_round_over_two_sites(sites, tmp_path):
         rows, split = _truth(s)
         counts.append(2 * sum(split[r["ID1"]] == "train" for r in rows))
     assert summary.rounds[0].num_examples == sum(counts)
+
+
+def test_batchnorm_moments_on_the_wire_pool_the_variance():
+    from site_agent.imaging.task import bn_from_wire, bn_to_wire
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 1.0, (600, 3)), rng.normal(2.0, 0.5, (600, 3))  # two sites, shifted features
+    wires = []
+    for x in (a, b):
+        bn = torch.nn.BatchNorm1d(3)
+        bn.running_mean.copy_(torch.from_numpy(x.mean(0)))
+        bn.running_var.copy_(torch.from_numpy(x.var(0)))
+        wires.append(bn_to_wire(bn))
+    pooled = torch.nn.BatchNorm1d(3)
+    pooled.running_mean.copy_((wires[0].running_mean + wires[1].running_mean) / 2)  # FedAvg, equal counts
+    pooled.running_var.copy_((wires[0].running_var + wires[1].running_var) / 2)
+    bn_from_wire(pooled)
+    both = np.concatenate([a, b])
+    assert np.allclose(pooled.running_mean.numpy(), both.mean(0), atol=1e-5)
+    assert np.allclose(pooled.running_var.numpy(), both.var(0), atol=1e-4)  # not the mean of the two variances

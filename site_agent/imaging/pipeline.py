@@ -118,18 +118,21 @@ def load_site(data: Path, cfg: MammoConfig) -> SiteImages:
                       patients=[r.record.patient_id for r in usable], skipped=skipped)
 
 
-def run_detection(site: SiteImages, cfg: MammoConfig, workdir: Path, models_dir: Path) -> tuple[dict, dict]:
-    """Train YOLO, mAP on test, and the best detected box per val/test image (whole image if none)."""
+def run_detection(site: SiteImages, cfg: MammoConfig, workdir: Path, models_dir: Path,
+                  weights: Path | None = None) -> tuple[dict, dict]:
+    """Train YOLO (unless ``weights`` are given), mAP on test, and the best detected box per test
+    image (the whole image if none)."""
     from site_agent.imaging.detection import DetItem, detect_best, evaluate_detector, export_dataset, train_detector
 
     def items(split):
         return [DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i]) for i in site.idx(split)]
 
     data_yaml = export_dataset({s: items(s) for s in ("train", "val", "test")}, workdir / "yolo")
-    weights = train_detector(data_yaml, workdir / "runs", epochs=cfg.det_epochs, imgsz=cfg.det_imgsz,
-                             device=cfg.device, seed=cfg.seed, model_yaml=cfg.det_model)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, models_dir / "detector.pt")
+    if weights is None:
+        weights = train_detector(data_yaml, workdir / "runs", epochs=cfg.det_epochs, imgsz=cfg.det_imgsz,
+                                 device=cfg.device, seed=cfg.seed, model_yaml=cfg.det_model)
+        models_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, models_dir / "detector.pt")
     metrics = evaluate_detector(weights, data_yaml, split="test", imgsz=cfg.det_imgsz, device=cfg.device,
                                 workdir=workdir / "runs")
     wanted = site.idx("test")
