@@ -30,7 +30,7 @@ def add_parsers(synth_subparsers, train_subparsers) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4 with SGD on a GPU, 1e-3 with Adam on CPU)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd on a GPU, adam on CPU")
     p.add_argument("--roi-size", type=int, help="ROI crop side in pixels (default 64 on CPU, 224 on a GPU)")
-    p.add_argument("--det-imgsz", type=int, help="YOLO image size (default 320 on CPU, 640 on a GPU)")
+    p.add_argument("--det-imgsz", type=int, help="YOLO image size (default 256 on CPU, 640 on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_train)
