@@ -179,10 +179,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
-            total += loss.item() * len(y)
+            total = total + loss.detach().float() * len(y)  # no per-step host sync on a GPU
             n += len(y)
         seen += n
-        train_loss = total / max(n, 1)
+        train_loss = float(total) / max(n, 1)
         val_loss = evaluate_loss(model, val_ds, cfg, device) if has_val else None
         history.append(EpochRecord(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                                    seconds=time.perf_counter() - t0))
