@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +73,6 @@ class TrainingSummary(BaseModel):
     accountant: str | None = None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- weights as numpy ---------------------------------------------------------------------
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
@@ -98,7 +85,7 @@ def numpy_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def save_checkpoint(arrays: dict[str, np.ndarray], path: Path) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     return path
 
 
@@ -278,7 +265,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant)
-        _write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
+        write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
         log.info("round %d: %d replies, eval %s", r, len(ok), json.dumps(eval_metrics))
     return summary
 
