@@ -18,6 +18,7 @@ from pathlib import Path
 
 from coordinator.errors import CoordinatorError
 
+
 @dataclass(frozen=True)
 class DemoSite:
     name: str

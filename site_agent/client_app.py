@@ -28,7 +28,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 

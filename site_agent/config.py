@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from site_agent.errors import ConfigError, OptimaError, validation_summary
 from site_agent.keys import key_id, load_private_key, load_public_key
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -118,7 +118,6 @@ def _run_sclc(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_na
 def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = None) -> bundle.ResultBundle:
     """Run the accepted manifest and return the signed bundle (not yet released)."""
     from site_agent.diagnostics.runner import default_cdm_name
-
     from site_agent.governance.release_history import ReleaseHistory
 
     try:

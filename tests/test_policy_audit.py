@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from site_agent.audit import MAX_LIST, AuditGuardError, AuditLog
-from site_agent.bundle import (ManifestCohort, StudyManifest, generate_keypair, load_private_key, read_manifest,
-                               sign, write_manifest)
+from site_agent.bundle import (
+    ManifestCohort,
+    StudyManifest,
+    generate_keypair,
+    load_private_key,
+    read_manifest,
+    sign,
+    write_manifest,
+)
 from site_agent.config import SiteConfig, load_config
 from site_agent.errors import ConfigError
 from site_agent.policy import ManifestPolicy, NonceStore, PolicyRefusal, cohort_file_bytes

@@ -83,12 +83,12 @@ def test_no_bundles_no_report(tmp_path):
 
 def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
     """A verified bundle whose CSV is not a summarised_result does not sink the report."""
+    import shutil
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from site_agent.bundle import sign
     from tests.test_bundle import make_bundle
-
-    import shutil
 
     path, manifest = stored
     path = shutil.copy(path, tmp_path / "copy.sqlite3")  # the shared store stays as it was

@@ -6,7 +6,11 @@ import pandas as pd
 import pytest
 
 from site_agent.results import (
-    RESULT_COLUMNS, ResultFormatError, SummarisedResult, bind, validate_csv,
+    RESULT_COLUMNS,
+    ResultFormatError,
+    SummarisedResult,
+    bind,
+    validate_csv,
 )
 
 SET = {"result_id": 1, "result_type": "summarise_characteristics", "package_name": "optima",

@@ -11,7 +11,10 @@ from scipy.stats import norm
 
 from coordinator.pooling import pool_tables, pooled_cif, pooled_km, pooled_summary
 from site_agent.analyses.outcomes import (
-    first_event, horizon_counts, observed_events, summarise_outcomes,
+    first_event,
+    horizon_counts,
+    observed_events,
+    summarise_outcomes,
 )
 from site_agent.analyses.survival import plot_km, risk_table, summarise_survival
 from site_agent.results import SUPPRESSED

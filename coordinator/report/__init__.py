@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from coordinator.fileio import write_atomic
 from coordinator.network_results import network_result
 from coordinator.report import sections as S
-from coordinator.fileio import write_atomic
 from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
 

@@ -25,8 +25,7 @@ from typing import Any
 
 from site_agent.cohorts.attrition import cohort_attrition
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
-from site_agent.diagnostics.base import fmt_number
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
 from site_agent.diagnostics.database import days_between, quantile_sql
 from site_agent.results import SEP, SummarisedResult
 

@@ -31,7 +31,13 @@ from scipy.stats import chi2
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
-    IP_PACKAGE, Denominator, attrition_records, denominator_attrition, ensure_denominator, estimate_rows, num,
+    IP_PACKAGE,
+    Denominator,
+    attrition_records,
+    denominator_attrition,
+    ensure_denominator,
+    estimate_rows,
+    num,
     years_sql,
 )
 from site_agent.results import SummarisedResult

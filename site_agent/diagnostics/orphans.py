@@ -49,7 +49,12 @@ import pandas as pd
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
 from site_agent.diagnostics.codelists import (
-    GROUP_NAME, cohort_codelists, codelist_ctes, present_tables, settings_for, text,
+    GROUP_NAME,
+    codelist_ctes,
+    cohort_codelists,
+    present_tables,
+    settings_for,
+    text,
 )
 from site_agent.results import SEP, SummarisedResult
 

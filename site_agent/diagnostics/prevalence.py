@@ -29,8 +29,15 @@ from scipy.stats import norm
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
-    IP_PACKAGE, Denominator, attrition_records, date_lit, denominator_attrition, ensure_denominator, estimate_rows,
-    num, years_sql,
+    IP_PACKAGE,
+    Denominator,
+    attrition_records,
+    date_lit,
+    denominator_attrition,
+    ensure_denominator,
+    estimate_rows,
+    num,
+    years_sql,
 )
 from site_agent.results import SummarisedResult
 

@@ -48,8 +48,15 @@ class RunSummary:
 
 def registry() -> list[Diagnostic]:
     """Every diagnostic, in the order results are written."""
-    from site_agent.diagnostics import (characteristics, codelists, cohort_summary, database, large_scale, orphans,
-                                        population)
+    from site_agent.diagnostics import (
+        characteristics,
+        codelists,
+        cohort_summary,
+        database,
+        large_scale,
+        orphans,
+        population,
+    )
 
     return [*database.DIAGNOSTICS, *cohort_summary.DIAGNOSTICS, *codelists.DIAGNOSTICS, *orphans.DIAGNOSTICS,
             *characteristics.DIAGNOSTICS, *large_scale.DIAGNOSTICS, *population.DIAGNOSTICS]

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from site_agent.errors import ConfigError
 from site_agent.fileio import write_atomic
-from site_agent.imaging.clinical import MammographyDataError
 from site_agent.imaging.classify import Roi, patient_splits
+from site_agent.imaging.clinical import MammographyDataError
 from site_agent.imaging.dicom_io import Archive, open_archive, read_pixels
 from site_agent.imaging.preprocess import Preprocess, preprocess, to_uint8, yolo_to_xyxy
 
