@@ -138,8 +138,8 @@ class CoxGuard:
 
     def answer(self, manifest_id: str, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         if self.data.n_events < self.min_events:
-            raise CoxRefusal(f"Cox refused: the site has {self.data.n_events} events, fewer than the "
-                             f"minimum of {self.min_events}")
+            # the refusal leaves the site: it must not tell how many events there are
+            raise CoxRefusal(f"Cox refused: the site has fewer events than the minimum of {self.min_events}")
         used = self.answers_given(manifest_id)
         if used >= self.max_iterations:
             raise CoxRefusal(f"Cox refused: manifest '{manifest_id}' already received {used} answers "
