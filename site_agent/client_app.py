@@ -76,8 +76,15 @@ def release(config: SiteConfig, audit: AuditLog, signed: bundle.ResultBundle, *,
 
 
 def _failure_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:MAX_STR]
+    """What a failure may say outside the site: our own one-line errors, else only the error type.
+
+    A database or library message can quote values from the data, so it stays in the site's
+    log (``log.exception``) and never goes into the reply.
+    """
+    if isinstance(exc, OptimaError):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first}"[:MAX_STR]
+    return f"{type(exc).__name__} (details in the site's log)"
 
 
 def answer_manifest(config: SiteConfig, manifest_json: str) -> tuple[str, str, str]:
