@@ -84,15 +84,20 @@ def fmt_float(x: float) -> str:
     return format(x, f".{SIGNIFICANT_DIGITS}g")
 
 
+def is_missing(value: Any) -> bool:
+    """None, NaN, NA or NaT (an array-like value is not missing)."""
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def fmt_number(value: Any) -> str | None:
     """A number as R's ``as.character()`` writes it: 10 significant digits (fmt_float), no ``.0``."""
-    if value is None:
+    if is_missing(value):
         return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):

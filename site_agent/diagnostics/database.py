@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
+from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, is_missing, settings_row
 from site_agent.results import SummarisedResult
 
 SNAPSHOT = "summarise_omop_snapshot"
@@ -47,13 +47,8 @@ DIST_ESTIMATES: tuple[str, ...] = ("mean", "sd", "min", "q05", "q25", "median", 
 # ---------------------------------------------------------------- helpers (shared)
 def fmt_text(value: Any) -> str | None:
     """A value as text; missing stays missing. Dates and timestamps as ``YYYY-MM-DD``."""
-    if value is None:
+    if is_missing(value):
         return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d")
     return str(value)

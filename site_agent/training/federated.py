@@ -123,12 +123,16 @@ def _seed(config: dict) -> None:
     seed_everything(int(config.get("seed", 0)))
 
 
-def handle_train(msg: Message, context: Context) -> Message:
+def _prepare(msg: Message):
+    """Task name, run config, task adapter, a freshly built (seeded) model and the message's weights."""
     task, config = _run_config(msg)
     adapter = get_task(task)
     _seed(config)
-    model = adapter.init_model(config)
-    arrays = _arrays(msg)
+    return task, config, adapter, adapter.init_model(config), _arrays(msg)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    task, config, adapter, model, arrays = _prepare(msg)
     if arrays is None:
         if not config.get("init"):
             raise ConfigError("train message carries no weights (set init = true to ask for the initial model)")
@@ -142,11 +146,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
-    task, config = _run_config(msg)
-    adapter = get_task(task)
-    _seed(config)
-    model = adapter.init_model(config)
-    arrays = _arrays(msg)
+    task, config, adapter, model, arrays = _prepare(msg)
     if arrays is None:
         raise ConfigError("evaluate message carries no weights")
     arrays_to_model(model, arrays)
