@@ -22,7 +22,7 @@ from coordinator.manifest import build_manifest, sign_manifest
 from coordinator.network_results import network_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
-from site_agent.bundle import (
+from optima_common.bundle import (
     Provenance,
     ResultBundle,
     SuppressionRecord,

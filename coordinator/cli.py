@@ -10,7 +10,7 @@ from coordinator import __version__, network_cli, training
 
 
 def cmd_keys_generate(args) -> int:
-    from site_agent.bundle import generate_keypair, key_id, load_public_key
+    from optima_common.bundle import generate_keypair, key_id, load_public_key
 
     private, public = generate_keypair(args.out, args.name, force=args.force)
     print(f"wrote {private} (keep secret) and {public}; key id {key_id(load_public_key(public))}")

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from coordinator.demo_sites import DemoSite, default_sites, prepare_site
-from coordinator.errors import CoordinatorError
 from coordinator.manifest import sign_manifest
 from coordinator.network import LocalNetwork, NodeSpec
 from coordinator.study import manifest_from_spec
-from site_agent.bundle import generate_keypair, load_private_key, write_manifest
+from optima_common.bundle import generate_keypair, load_private_key, write_manifest
+from optima_common.errors import CoordinatorError
 
 LUNG_DIAGNOSTIC_COHORTS = ("lung_cancer_broad", "lung_cancer_narrow", "nsclc", "sclc", "sclc_stage_i_ii")
 STUDY_SPEC = Path("studies") / "sclc_stage_i_ii.json"

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.errors import CoordinatorError
+from optima_common.errors import CoordinatorError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from coordinator.manifest import verify_bundle_file
 from coordinator.store import ResultsStore, StoreError
-from site_agent.bundle import (
+from optima_common.bundle import (
     ResultBundle,
     StudyManifest,
     read_bundle,

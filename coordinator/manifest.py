@@ -1,6 +1,6 @@
 """Coordinator side of the contract: build and sign study manifests, verify returned bundles.
 
-Only :mod:`site_agent.bundle` is imported from the site agent (it re-exports the key-file
+Only :mod:`optima_common.bundle` is imported from the site agent (it re-exports the key-file
 loaders). A manifest gets a fresh ``manifest_id`` (uuid4 hex) and ``nonce``
 (``secrets.token_hex(16)``) each time it is built, so sites can refuse replays; its validity
 window is ``[now, now + valid_for]`` in UTC.
@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from site_agent.bundle import (
+from optima_common.bundle import (
     BundleError,
     ResultBundle,
     StudyManifest,
@@ -81,7 +81,7 @@ def build_manifest(
 
 
 def sign_manifest(manifest: StudyManifest, private_key: Ed25519PrivateKey) -> StudyManifest:
-    """The manifest signed with the coordinator's key (see :func:`site_agent.bundle.sign`)."""
+    """The manifest signed with the coordinator's key (see :func:`optima_common.bundle.sign`)."""
     return sign(manifest, private_key)
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from coordinator.errors import CoordinatorError
+from optima_common.errors import CoordinatorError
 
 
 def cmd_demo(args) -> int:
@@ -50,7 +50,7 @@ def cmd_study_send(args) -> int:
     from coordinator.manifest import sign_manifest
     from coordinator.network import flwr_run
     from coordinator.study import manifest_from_spec
-    from site_agent.bundle import load_private_key, write_manifest
+    from optima_common.bundle import load_private_key, write_manifest
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     manifest = manifest_from_spec(args.spec, target_sites=sites, min_sites=args.min_sites or len(sites),

@@ -18,19 +18,20 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.cox import CoxFit, fit_federated_cox
-from coordinator.errors import CoordinatorError
+from optima_common import protocol as P
+from optima_common.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
 
 
 def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], timeout: float) -> list[dict]:
-    msgs = [Message(RecordDict({"cox": ConfigRecord({"manifest_id": manifest_id, "beta": beta})}), dst_node_id=n,
-                    message_type="query.cox", group_id=f"cox-{manifest_id}") for n in nodes]
+    msgs = [Message(RecordDict({P.COX_RECORD: ConfigRecord({P.MANIFEST_ID: manifest_id, P.BETA: beta})}), dst_node_id=n,
+                    message_type=P.QUERY_COX, group_id=f"cox-{manifest_id}") for n in nodes]
     out = []
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
             continue
-        r = reply.content["reply"]
+        r = reply.content[P.REPLY_RECORD]
         out.append({"node": reply.metadata.src_node_id, **{k: r[k] for k in r.keys()}})
     return out
 

@@ -34,7 +34,7 @@ from coordinator.pooling import (
     pooled_summary,
     wilson_ci,
 )
-from site_agent.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
+from optima_common.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
 
 RATE_KEY = ["result_id", "group_name", "group_level", "strata_name", "strata_level",
             "additional_name", "additional_level"]

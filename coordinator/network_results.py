@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from coordinator.network_rates import pool_rates, pool_survival
-from site_agent.bundle import Provenance, ResultBundle, SuppressionRecord
-from site_agent.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
+from optima_common.bundle import Provenance, ResultBundle, SuppressionRecord
+from optima_common.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
 
 POOLED_NAME = "network"
 COUNT_NAME = re.compile(r"^(count|.+_count|number_.+)$")

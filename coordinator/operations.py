@@ -12,10 +12,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from coordinator.errors import CoordinatorError
 from coordinator.manifest import build_manifest, sign_manifest
 from coordinator.store import ResultsStore, ops
-from site_agent.bundle import StudyManifest, read_manifest
+from optima_common.bundle import StudyManifest, read_manifest
+from optima_common.errors import CoordinatorError
 
 LABELS = {"pending": "pending", "sent": "sent", "awaiting_review": "awaiting review", "rejected": "rejected",
           "refused": "refused by policy", "failed": "failed", "missing": "missing", "done": "done",

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from coordinator.errors import CoordinatorError
+from optima_common.errors import CoordinatorError
 
 DEFAULT_STORE = "store.sqlite3"
 
@@ -85,7 +85,7 @@ def _job(args, manifest_path: Path, out: Path, reply_timeout: float) -> dict:
 def cmd_serve(args) -> int:
     from coordinator.network import flwr_run
     from coordinator.schedule import load_schedule, serve
-    from site_agent.bundle import load_private_key, write_manifest
+    from optima_common.bundle import load_private_key, write_manifest
 
     schedule = load_schedule(args.schedule)
     key = load_private_key(args.key)
@@ -132,7 +132,7 @@ def cmd_study_resend(args) -> int:
     from coordinator.network import flwr_run
     from coordinator.network_cli import _report_outcome
     from coordinator.operations import resend
-    from site_agent.bundle import load_private_key, write_manifest
+    from optima_common.bundle import load_private_key, write_manifest
 
     key = load_private_key(args.key)
     with _open(args.store) as store:

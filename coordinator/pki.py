@@ -28,14 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from coordinator.errors import CoordinatorError
-from coordinator.fileio import write_atomic
+from optima_common.errors import PkiError
+from optima_common.fileio import write_atomic
 
 CURVE = ec.SECP384R1()
-
-
-class PkiError(CoordinatorError):
-    """Certificate or key material cannot be written (exists, bad name, unwritable)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ proportion, and the DerSimonian-Laird random-effects meta-analysis (with Cochran
 p-value, tau^2 and I^2) used where raw pooling is not valid.
 
 The KM arithmetic is re-implemented here (the coordinator imports only
-``site_agent.results``): Greenwood variance of log S with survfit's default "log" CI,
+``optima_common.results``): Greenwood variance of log S with survfit's default "log" CI,
 median by survfit's rule (first time S <= 0.5; CI from the bands), survival at a horizon =
 S at the last grid time <= horizon.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
-from site_agent.results import SUPPRESSED, SummarisedResult
+from optima_common.results import SUPPRESSED, SummarisedResult
 
 KEY = ["group_name", "group_level", "strata_name", "strata_level", "variable_name", "variable_level"]
 Z95 = NormalDist().inv_cdf(0.975)

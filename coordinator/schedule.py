@@ -36,8 +36,8 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator.errors import CoordinatorError
 from coordinator.store import ResultsStore, ops
+from optima_common.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from pydantic import BaseModel, Field
 
-from coordinator.errors import CoordinatorError
-from coordinator.fileio import write_atomic
+from optima_common.errors import CoordinatorError
+from optima_common.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def write_outcome(out: Path, doc: dict) -> Path:
 def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> dict:
     from coordinator.store import ResultsStore
     from coordinator.study import require_complete, send_study
-    from site_agent.bundle import read_manifest
+    from optima_common.bundle import read_manifest
 
     manifest = read_manifest(job.manifest)
     store = ResultsStore.open(job.store)

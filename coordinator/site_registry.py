@@ -30,14 +30,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, Field, ValidationError
 
-from coordinator.errors import CoordinatorError
-from site_agent.bundle import (
+from optima_common.bundle import (
     ABSOLUTE_MIN_CELL,
     BundleError,
     ResultBundle,
     key_id,
     load_public_key,
 )
+from optima_common.errors import CoordinatorError
 
 REGISTRY = "sites.json"
 ARCHIVE = "archive"

@@ -28,12 +28,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel
 
-from coordinator.errors import CoordinatorError, StudyIncomplete
-from coordinator.fileio import write_atomic
 from coordinator.manifest import build_manifest, verify_bundle_file
-from coordinator.store.errors import StoreError
 from coordinator.store.repository import FINAL_STATUSES
-from site_agent.bundle import BundleError, StudyManifest, render
+from optima_common import protocol as P
+from optima_common.bundle import BundleError, StudyManifest, render
+from optima_common.errors import CoordinatorError, StoreError, StudyIncomplete
+from optima_common.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 1.0)
 
 
 def _messages(nodes: list[int], kind: str, record: ConfigRecord, group: str) -> list[Message]:
-    message_type = "query" if kind == "manifest" else "query.collect"
+    message_type = P.QUERY if kind == P.MANIFEST_RECORD else P.QUERY_COLLECT
     return [Message(RecordDict({kind: record}), dst_node_id=n, message_type=message_type, group_id=group)
             for n in nodes]
 
@@ -122,13 +122,13 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     if reply.has_error():
         log.warning("node %s answered with an error: %s", reply.metadata.src_node_id, reply.error.reason)
         return None  # the site is unknown; it stays "missing" unless another reply names it
-    r = reply.content["reply"]
-    site, status, reason = str(r["site"]), str(r["status"]), str(r["reason"])
+    r = reply.content[P.REPLY_RECORD]
+    site, status, reason = str(r[P.SITE]), str(r[P.STATUS]), str(r[P.REASON])
     if site not in manifest.target_sites:
         return None
     if status != "done":
         return SiteOutcome(site=site, status=status if status != "unknown" else "missing", reason=reason)
-    data = str(r["bundle"]).encode("utf-8")
+    data = str(r[P.BUNDLE]).encode("utf-8")
     with tempfile.TemporaryDirectory(prefix="optima-bundle-") as tmp:
         path = Path(tmp) / f"{site}.bundle"
         path.write_bytes(data)
@@ -150,18 +150,18 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
 def _ask(grid: Grid, nodes: list[int], kind: str, manifest: StudyManifest, timeout: float) -> list[Message]:
     if not nodes:
         return []
-    if kind == "collect":
-        record = ConfigRecord({"manifest_id": manifest.manifest_id})
+    if kind == P.COLLECT_RECORD:
+        record = ConfigRecord({P.MANIFEST_ID: manifest.manifest_id})
     else:
-        record = ConfigRecord({"json": render(manifest).decode("utf-8")})
+        record = ConfigRecord({P.JSON: render(manifest).decode("utf-8")})
     return list(grid.send_and_receive(_messages(nodes, kind, record, manifest.manifest_id), timeout=timeout))
 
 
 def _reply_site(reply: Message) -> tuple[str, str] | None:
     if reply.has_error():
         return None
-    r = reply.content["reply"]
-    return str(r["site"]), str(r["status"])
+    r = reply.content[P.REPLY_RECORD]
+    return str(r[P.SITE]), str(r[P.STATUS])
 
 
 def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | Path, reply_timeout: float,
@@ -192,14 +192,14 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
     for site in manifest.target_sites:
         if site not in final:
             store.set_site_status(mid, site, "sent")
-    replies = _ask(grid, ask, "collect" if resume else "manifest", manifest, reply_timeout)
+    replies = _ask(grid, ask, P.COLLECT_RECORD if resume else P.MANIFEST_RECORD, manifest, reply_timeout)
     if resume and not collect_only:  # sites that never received the manifest get it now
         first: list[int] = []
         for reply in replies:
             who = _reply_site(reply)
             if who and who[0] in never_sent and who[1] == "unknown":
                 first.append(reply.metadata.src_node_id)
-        replies += _ask(grid, first, "manifest", manifest, reply_timeout)
+        replies += _ask(grid, first, P.MANIFEST_RECORD, manifest, reply_timeout)
     outcomes: dict[str, SiteOutcome] = {}
     for reply in replies:
         who = _reply_site(reply)

@@ -30,15 +30,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.fileio import write_atomic
+from optima_common import protocol as P
+from optima_common.errors import TrainingError
+from optima_common.fileio import write_atomic
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """A federated run cannot go on (no quorum, no starting model); one line for the user."""
-
-    exit_code = 3
 
 
 class DPConfig(BaseModel):
@@ -164,7 +160,7 @@ def _config(task: str, run_config: dict, **extra) -> ConfigRecord:
 
 
 def _round_content(record: ArrayRecord, task: str, run_config: dict, rnd: int, node: int) -> RecordDict:
-    return RecordDict({"arrays": record, "config": _config(task, run_config, round=rnd)})
+    return RecordDict({"arrays": record, P.CONFIG_RECORD: _config(task, run_config, round=rnd)})
 
 
 def _send(grid, nodes, content_for, message_type: str, timeout: float, group: str) -> tuple[list[Message], list[str]]:
@@ -200,7 +196,7 @@ def initial_weights(grid, task: str, run_config: dict, nodes: list[int], timeout
     """Ask the sites in turn for the task's seeded starting model until one answers."""
     reasons = []
     for node in nodes:
-        ok, failed = _send(grid, [node], lambda n: RecordDict({"config": _config(task, run_config, init=True)}),
+        ok, failed = _send(grid, [node], lambda n: RecordDict({P.CONFIG_RECORD: _config(task, run_config, init=True)}),
                            MessageType.TRAIN, timeout, "init")
         if ok:
             return record_to_numpy(ok[0].content.array_records["arrays"])

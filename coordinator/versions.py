@@ -13,9 +13,9 @@ import html
 
 import pandas as pd
 
-from coordinator.errors import CoordinatorError
 from coordinator.store import ResultsStore, ops
-from site_agent.results import SUPPRESSED
+from optima_common.errors import CoordinatorError
+from optima_common.results import SUPPRESSED
 
 KEY = ["cdm_name", "result_type", "group_name", "group_level", "strata_name", "strata_level", "variable_name",
        "variable_level", "estimate_name", "additional_name", "additional_level"]

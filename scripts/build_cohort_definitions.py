@@ -56,7 +56,12 @@ PLACEHOLDER_MIN_ID = 2_000_000_000
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cohort_declarations import (  # noqa: E402  (the declarations live beside this script)
-    _DOMAIN_CRITERIA, COHORTS, CONCEPT_SETS, STUDY_CONCEPT_SETS, CohortDef, ConceptSetDef,
+    _DOMAIN_CRITERIA,
+    COHORTS,
+    CONCEPT_SETS,
+    STUDY_CONCEPT_SETS,
+    CohortDef,
+    ConceptSetDef,
 )
 
 # --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from site_agent.errors import OptimaError
+from optima_common.errors import AuditError, AuditGuardError
 
 GENESIS = "0" * 64
 MAX_STR = 300
@@ -43,18 +43,6 @@ FORBIDDEN_KEY = re.compile(
     re.IGNORECASE,
 )
 _SCALARS = (type(None), bool, int, float, str)
-
-
-class AuditError(OptimaError, RuntimeError):
-    """The audit log cannot be written or read."""
-
-    exit_code = 7
-
-
-class AuditGuardError(OptimaError, ValueError):
-    """An entry looked like it carried person-level data; nothing was written."""
-
-    exit_code = 7
 
 
 def canonical_json(obj: Any) -> str:

@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from optima_common.errors import ConfigError, OptimaError
 from site_agent import __version__
-from site_agent.errors import ConfigError, OptimaError
 
 log = logging.getLogger("site_agent")
 
@@ -164,7 +164,7 @@ def cmd_run_study(args) -> int:
 
 def cmd_run_manifest(args) -> int:
     """Offline mode: answer a manifest file without Flower; the signed bundle goes to a file."""
-    from site_agent.bundle import read_manifest, render
+    from optima_common.bundle import read_manifest, render
     from site_agent.client_app import answer_manifest
     from site_agent.config import load_config
 
@@ -184,7 +184,7 @@ def cmd_release(args) -> int:
 
 
 def _write_answer(out: str, status: str, reason: str, text: str, manifest_id: str) -> int:
-    from site_agent.fileio import write_atomic
+    from optima_common.fileio import write_atomic
     from site_agent.policy import PolicyRefusal
 
     if status == "done":
@@ -203,7 +203,7 @@ def _write_answer(out: str, status: str, reason: str, text: str, manifest_id: st
 
 
 def cmd_keys_generate(args) -> int:
-    from site_agent.keys import generate_keypair, key_id, load_public_key
+    from optima_common.keys import generate_keypair, key_id, load_public_key
 
     private, public = generate_keypair(args.out, args.name, force=args.force)
     print(f"wrote {private} (keep secret) and {public} (give it to the coordinator to pin); "

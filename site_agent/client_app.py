@@ -17,7 +17,7 @@ app for every message the coordinator's ServerApp sends:
 - ``train`` / ``evaluate``: federated image training (:mod:`site_agent.training.federated`).
 
 Every reply is ``content["reply"]``: a ConfigRecord with ``site``, ``status`` (one of
-:data:`site_agent.bundle.REPLY_STATUSES`), ``reason`` and, when done, ``bundle`` (the signed
+:data:`optima_common.bundle.REPLY_STATUSES`), ``reason`` and, when done, ``bundle`` (the signed
 bundle file text). Every decision is in the site's hash-chained audit log.
 """
 
@@ -31,11 +31,12 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from site_agent import bundle
+from optima_common import bundle
+from optima_common import protocol as P
+from optima_common.errors import OptimaError
+from optima_common.fileio import write_atomic
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig, load_config
-from site_agent.errors import OptimaError
-from site_agent.fileio import write_atomic
 from site_agent.policy import AUDIT_FILE, ManifestPolicy, PolicyRefusal
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 RELEASED_DIR = "released"
-NODE_CONFIG_KEY = "site-config"
+NODE_CONFIG_KEY = P.NODE_CONFIG_SITE
 
 
 def site_config(context: Context) -> SiteConfig:
@@ -56,8 +57,8 @@ def site_config(context: Context) -> SiteConfig:
 
 def reply(msg: Message, site: str, status: str, reason: str = "", bundle_text: str = "") -> Message:
     assert status in bundle.REPLY_STATUSES, status
-    record = ConfigRecord({"site": site, "status": status, "reason": reason[:MAX_STR], "bundle": bundle_text})
-    return Message(RecordDict({"reply": record}), reply_to=msg)
+    record = ConfigRecord({P.SITE: site, P.STATUS: status, P.REASON: reason[:MAX_STR], P.BUNDLE: bundle_text})
+    return Message(RecordDict({P.REPLY_RECORD: record}), reply_to=msg)
 
 
 def released_path(config: SiteConfig, manifest_id: str) -> Path:
@@ -145,38 +146,38 @@ def collect(config: SiteConfig, manifest_id: str) -> tuple[str, str, str]:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     config = site_config(context)
-    manifest_json = str(msg.content["manifest"]["json"])
+    manifest_json = str(msg.content[P.MANIFEST_RECORD][P.JSON])
     status, reason, text = answer_manifest(config, manifest_json)
     return reply(msg, config.site, status, reason, text)
 
 
-@app.query("collect")
+@app.query(P.COLLECT_ACTION)
 def query_collect(msg: Message, context: Context) -> Message:
     config = site_config(context)
-    status, reason, text = collect(config, str(msg.content["collect"]["manifest_id"]))
+    status, reason, text = collect(config, str(msg.content[P.COLLECT_RECORD][P.MANIFEST_ID]))
     return reply(msg, config.site, status, reason, text)
 
 
-@app.query("cox")
+@app.query(P.COX_ACTION)
 def query_cox(msg: Message, context: Context) -> Message:
     """Federated Cox: this stratum's log likelihood, score and information at ``beta``."""
     from site_agent.analyses.cox import CoxRefusal
     from site_agent.cox_service import answer_cox, cox_columns
 
     config = site_config(context)
-    request = msg.content["cox"]
-    manifest_id, beta = str(request["manifest_id"]), [float(b) for b in request["beta"]]
+    request = msg.content[P.COX_RECORD]
+    manifest_id, beta = str(request[P.MANIFEST_ID]), [float(b) for b in request[P.BETA]]
     try:
         if not beta:
             cols = cox_columns(config, manifest_id)
-            return Message(RecordDict({"reply": ConfigRecord({"site": config.site, "status": "done", "reason": "",
-                                                              "columns": list(cols)})}), reply_to=msg)
+            return Message(RecordDict({P.REPLY_RECORD: ConfigRecord({P.SITE: config.site, P.STATUS: P.DONE, P.REASON: "",
+                                                                     P.COLUMNS: list(cols)})}), reply_to=msg)
         loglik, score, info = answer_cox(config, manifest_id, beta)
     except CoxRefusal as exc:
         return reply(msg, config.site, "refused", str(exc))
-    record = ConfigRecord({"site": config.site, "status": "done", "reason": "", "loglik": float(loglik),
-                           "score": [float(v) for v in score], "info": [float(v) for v in np.ravel(info)]})
-    return Message(RecordDict({"reply": record}), reply_to=msg)
+    record = ConfigRecord({P.SITE: config.site, P.STATUS: P.DONE, P.REASON: "", P.LOGLIK: float(loglik),
+                           P.SCORE: [float(v) for v in score], P.INFO: [float(v) for v in np.ravel(info)]})
+    return Message(RecordDict({P.REPLY_RECORD: record}), reply_to=msg)
 
 
 @app.train()

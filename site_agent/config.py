@@ -36,11 +36,21 @@ import hashlib
 import tomllib
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from site_agent.errors import ConfigError, OptimaError, validation_summary
-from site_agent.keys import key_id, load_private_key, load_public_key
+from optima_common.errors import ConfigError, OptimaError, validation_summary
+from optima_common.keys import key_id, load_private_key, load_public_key
 
 
 class _Strict(BaseModel):

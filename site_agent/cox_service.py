@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from optima_common.bundle import StudyManifest
 from site_agent.analyses.cox import CoxGuard, CoxRefusal
 from site_agent.audit import MAX_STR, AuditLog
-from site_agent.bundle import StudyManifest
 from site_agent.config import SiteConfig
 from site_agent.policy import AUDIT_FILE, PolicyRefusal
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from site_agent.results import SEP, SUPPRESSED, SummarisedResult
+from optima_common.results import SEP, SUPPRESSED, SummarisedResult
 
 COHORT_KEYS = frozenset({"cohort_name", "cohort_name_reference", "cohort_name_comparator",
                          "outcome_cohort_name", "target_cohort_name"})

@@ -47,25 +47,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from site_agent import bundle
+from optima_common import bundle
+from optima_common.bundle import ManifestCohort, StudyManifest
+from optima_common.errors import PolicyRefusal
 from site_agent.audit import MAX_STR, AuditLog, canonical_json
-from site_agent.bundle import ManifestCohort, StudyManifest
 from site_agent.config import SiteConfig
-from site_agent.errors import OptimaError
 
 AUDIT_FILE = "audit.jsonl"
 NONCE_FILE = "seen_manifests.sqlite3"
-
-
-class PolicyRefusal(OptimaError, PermissionError):
-    """The site will not run this manifest; ``check`` names the rule, ``reason`` says why."""
-
-    exit_code = 8
-
-    def __init__(self, check: str, reason: str):
-        self.check = check
-        self.reason = reason
-        super().__init__(f"manifest refused ({check}): {reason}")
 
 
 @dataclass(frozen=True)

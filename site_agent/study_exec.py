@@ -29,13 +29,13 @@ import logging
 import tempfile
 from pathlib import Path
 
+from optima_common.errors import ConfigError
+from optima_common.results import SummarisedResult, bind_frames
 from site_agent import __version__, bundle
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
-from site_agent.errors import ConfigError
 from site_agent.policy import Decision, PolicyRefusal, cohort_file_bytes
-from site_agent.results import SummarisedResult, bind_frames
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from site_agent.cohorts.definitions import CohortDefinition, collect_definitions, file_sha256, load_catalog
-from site_agent.errors import ConfigError, validation_summary
+from optima_common.errors import ConfigError, validation_summary
+from site_agent.cohorts.definitions import (
+    CohortDefinition,
+    collect_definitions,
+    file_sha256,
+    load_catalog,
+)
 
 
 class _Strict(BaseModel):

@@ -46,7 +46,7 @@ from collections.abc import Callable, Collection
 import numpy as np
 import pandas as pd
 
-from site_agent.results import OVERALL, SEP, SUPPRESSED, SummarisedResult
+from optima_common.results import OVERALL, SEP, SUPPRESSED, SummarisedResult
 
 GROUP_KEY = ["result_id", "cdm_name", "group_name", "group_level", "strata_name", "strata_level",
              "additional_name", "additional_level"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from coordinator.demo_sites import DemoSite, site_toml
 from coordinator.manifest import sign_manifest
 from coordinator.study import manifest_from_spec
-from site_agent.bundle import generate_keypair, load_private_key
+from optima_common.bundle import generate_keypair, load_private_key
 from tests.conftest import REPO
 
 CATALOG = REPO / "cohort_definitions" / "catalog.json"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.manifest import build_manifest, sign_manifest, verify_bundle_file
-from site_agent.bundle import (
+from optima_common.bundle import (
     BundleError,
     Provenance,
     ResultBundle,
@@ -30,8 +30,13 @@ from site_agent.bundle import (
     write_bundle,
     write_manifest,
 )
-from site_agent.errors import ConfigError, OptimaError
-from site_agent.keys import generate_keypair, load_private_key, load_public_key, load_trust_dir
+from optima_common.errors import ConfigError, ExitCode, OptimaError
+from optima_common.keys import (
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    load_trust_dir,
+)
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 CSV = ('result_id,cdm_name,group_name,group_level,estimate_name,estimate_value\n'
@@ -265,7 +270,7 @@ def test_read_errors_are_one_line(tmp_path, content, msg):
         path.write_bytes(content)
     with pytest.raises(BundleError, match=msg) as err:
         read_bundle(path)
-    assert "\n" not in str(err.value) and err.value.exit_code == 7
+    assert "\n" not in str(err.value) and err.value.exit_code == ExitCode.BUNDLE
     assert isinstance(err.value, OptimaError) and isinstance(err.value, ValueError)
 
 

@@ -7,10 +7,10 @@ import hashlib
 import duckdb
 import pytest
 
+from optima_common.errors import CdmConnectionError, CdmValidationError, ConfigError
 from site_agent.cdm import connect_cdm, resolve_cdm_url
 from site_agent.cdm.check import describe_cdm, validate_cdm
 from site_agent.cdm.eunomia import packaged_eunomia_path, write_eunomia
-from site_agent.errors import CdmConnectionError, CdmValidationError, ConfigError
 
 
 def test_bare_duckdb_path_becomes_url(tmp_path):

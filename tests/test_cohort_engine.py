@@ -7,9 +7,13 @@ import shutil
 
 import pytest
 
+from optima_common.errors import (
+    CdmValidationError,
+    CohortBuildError,
+    CohortDefinitionError,
+)
 from site_agent.cdm import connect_cdm
 from site_agent.cohorts import build_cohorts, cohort_attrition, collect_definitions
-from site_agent.errors import CdmValidationError, CohortBuildError, CohortDefinitionError
 from tests.conftest import REPO
 
 GIB = REPO / "tests" / "data" / "gi_bleed_adults.json"

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from site_agent.bundle import read_bundle
+from optima_common.bundle import read_bundle
 from tests.conftest import REPO
 from tests.e2e.test_flower_network import processes_mentioning
 

@@ -14,15 +14,17 @@ import pandas as pd
 import pytest
 from circe.sqlrender import render, translate
 from circe.vocabulary.concept import ConceptSetExpression
-from circe.vocabulary.concept_set_expression_query_builder import ConceptSetExpressionQueryBuilder
+from circe.vocabulary.concept_set_expression_query_builder import (
+    ConceptSetExpressionQueryBuilder,
+)
 
+from optima_common.results import SEP
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth.vocabulary import LOCAL_CONCEPTS
 from site_agent.cohorts import build_cohorts, collect_definitions
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.diagnostics import codelists, orphans
 from site_agent.diagnostics.base import DiagnosticContext
-from site_agent.results import SEP
 from tests.conftest import DEFINITIONS, REPO
 
 VOCAB_DIR = REPO / "site_agent" / "cdm" / "synth" / "vocab"

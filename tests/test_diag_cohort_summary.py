@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from optima_common.results import SummarisedResult
 from site_agent.cdm import connect_cdm
 from site_agent.cohorts import build_cohorts, cohort_attrition, collect_definitions
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics import cohort_summary as cs
 from site_agent.diagnostics.base import DiagnosticContext
-from site_agent.results import SummarisedResult
 from tests.conftest import DEFINITIONS, REPO
 
 GI_BLEED = REPO / "tests" / "data" / "gi_bleed_adults.json"

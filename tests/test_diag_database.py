@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from optima_common.results import SummarisedResult
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.check import describe_cdm
 from site_agent.diagnostics import database
 from site_agent.diagnostics.base import DiagnosticContext
-from site_agent.results import SummarisedResult
 
 QUANTS = {"q05": 5, "q25": 25, "median": 50, "q75": 75, "q95": 95}
 

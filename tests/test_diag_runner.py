@@ -12,11 +12,11 @@ import shutil
 import pandas as pd
 import pytest
 
+from optima_common.results import SummarisedResult, validate_csv
 from site_agent.cdm import connect_cdm
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.base import Diagnostic, settings_row
 from site_agent.diagnostics.runner import count_small_cells, run_diagnostics
-from site_agent.results import SummarisedResult, validate_csv
 from tests.conftest import REPO
 
 GIB = REPO / "tests" / "data" / "gi_bleed_adults.json"

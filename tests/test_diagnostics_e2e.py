@@ -9,8 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
+from optima_common.results import validate_csv
 from site_agent.diagnostics.runner import count_small_cells
-from site_agent.results import validate_csv
 from tests.conftest import DEFINITIONS, REPO
 
 GIB = REPO / "tests" / "data" / "gi_bleed_adults.json"

@@ -6,11 +6,11 @@ import shutil
 
 import pandas as pd
 
+from optima_common.results import SummarisedResult
 from site_agent.cdm import connect_cdm
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.runner import run_diagnostics
 from site_agent.disclosure import blank_linked, withhold_nested_cohorts
-from site_agent.results import SummarisedResult
 from site_agent.suppression import suppress
 from tests.conftest import DEFINITIONS
 

@@ -17,13 +17,13 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from coordinator.errors import StudyIncomplete
 from coordinator.manifest import sign_manifest
 from coordinator.store import ResultsStore
 from coordinator.study import require_complete, send_study
+from optima_common.bundle import StudyManifest, load_private_key
+from optima_common.errors import StudyIncomplete
 from site_agent import client_app as site_app
 from site_agent.audit import AuditLog
-from site_agent.bundle import StudyManifest, load_private_key
 from tests.federation_sites import build_network
 from tests.flower_inprocess import InProcessGrid
 

@@ -9,8 +9,8 @@ import re
 import duckdb
 import pytest
 
+from optima_common.bundle import write_manifest
 from site_agent.audit import AuditLog
-from site_agent.bundle import write_manifest
 from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.outbox import Outbox

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from site_agent.bundle import write_manifest
+from optima_common.bundle import write_manifest
 from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.dry_run import dry_run

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from site_agent import bundle as bundles
-from site_agent.bundle import load_public_key
+from optima_common import bundle as bundles
+from optima_common.bundle import load_public_key
+from optima_common.keys import key_id
+from optima_common.results import SummarisedResult
 from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.keyring import Keyring
-from site_agent.keys import key_id
 from site_agent.policy import ManifestPolicy, PolicyRefusal
-from site_agent.results import SummarisedResult
 from tests.test_governance_support import (
     make_bundle,
     make_keys,

@@ -8,11 +8,17 @@ import re
 
 import pytest
 
+from optima_common.bundle import (
+    load_private_key,
+    read_bundle,
+    render,
+    sign,
+    write_bundle,
+)
+from optima_common.results import SummarisedResult
 from site_agent.audit import AuditLog
-from site_agent.bundle import load_private_key, read_bundle, render, sign, write_bundle
 from site_agent.cli import main
 from site_agent.governance.outbox import SHOWN_SUPPRESSED, Outbox, OutboxError
-from site_agent.results import SummarisedResult
 from site_agent.suppression import suppress
 from tests.test_governance_support import make_bundle, make_keys, write_site_config
 

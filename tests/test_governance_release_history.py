@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from optima_common.results import SUPPRESSED, SummarisedResult
 from site_agent.governance.release_history import KEY_COLUMNS, ReleaseHistory
-from site_agent.results import SUPPRESSED, SummarisedResult
 from tests.test_governance_support import clone_persons, cohort_subjects, run_site
 
 MIN = 5

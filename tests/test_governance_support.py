@@ -14,8 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from site_agent import __version__
-from site_agent.bundle import (
+from optima_common.bundle import (
     ManifestCohort,
     Provenance,
     ResultBundle,
@@ -25,7 +24,8 @@ from site_agent.bundle import (
     load_private_key,
     sign,
 )
-from site_agent.results import SummarisedResult
+from optima_common.results import SummarisedResult
+from site_agent import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "cohort_definitions" / "catalog.json"

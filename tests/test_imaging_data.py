@@ -13,8 +13,20 @@ pytest.importorskip("pydicom")
 pytest.importorskip("cv2")
 
 from site_agent.imaging.clinical import MammographyDataError, read_clinical_table  # noqa: E402
-from site_agent.imaging.dicom_io import ImageMeta, open_archive, read_pixels, read_yolo_labels, write_mammogram  # noqa: E402
-from site_agent.imaging.preprocess import crop_roi, denoise, normalize, resize, yolo_to_xyxy  # noqa: E402
+from site_agent.imaging.dicom_io import (  # noqa: E402
+    ImageMeta,
+    open_archive,
+    read_pixels,
+    read_yolo_labels,
+    write_mammogram,
+)
+from site_agent.imaging.preprocess import (  # noqa: E402
+    crop_roi,
+    denoise,
+    normalize,
+    resize,
+    yolo_to_xyxy,
+)
 from site_agent.imaging.synth import synth_site  # noqa: E402
 
 

@@ -63,7 +63,12 @@ def test_train_cli_writes_every_output(sites, tmp_path, capsys):
 
 
 def test_stage_metrics_match_sklearn_and_ground_truth(sites):
-    from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
 
     from site_agent.imaging.classify import TwoStage
     from site_agent.imaging.pipeline import MammoConfig, load_site

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.ingest import ingest_bundle_file
 from coordinator.manifest import sign_manifest
 from coordinator.store import ResultsStore, StoreError
-from site_agent.bundle import BundleError, sign, write_bundle, write_manifest
+from optima_common.bundle import BundleError, sign, write_bundle, write_manifest
 from tests.conftest import REPO
 from tests.test_bundle import make_bundle, make_manifest
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from coordinator.demo_sites import DemoSite
-from coordinator.errors import CoordinatorError
 from coordinator.network_cox import cox_section, fit_network_cox
 from coordinator.store import ResultsStore
 from coordinator.study import send_study
+from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
 from site_agent.analyses.cox import site_score_information
 from site_agent.analyses.study_run import site_cox_data, study_patients

@@ -21,14 +21,14 @@ from scipy import stats
 
 from coordinator.manifest import sign_manifest
 from coordinator.network_results import network_result
-from site_agent.bundle import (
+from optima_common.bundle import (
     Provenance,
     ResultBundle,
     SuppressionRecord,
     manifest_sha256,
     sign,
 )
-from site_agent.results import SUPPRESSED, SummarisedResult, bind
+from optima_common.results import SUPPRESSED, SummarisedResult, bind
 from tests.conftest import DEFINITIONS
 from tests.test_bundle import make_manifest
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from coordinator.store import ResultsStore
-from site_agent.bundle import write_manifest
+from optima_common.bundle import write_manifest
 from tests.conftest import REPO
 from tests.federation_sites import SITES, build_network
 

@@ -11,12 +11,10 @@ import pytest
 
 from coordinator.cli import main
 from coordinator.demo_sites import DemoSite
-from coordinator.errors import CoordinatorError
 from coordinator.operations import cancel, resend
 from coordinator.store import ResultsStore, StoreError, ops
 from coordinator.study import send_study
-from site_agent import client_app as site_app
-from site_agent.bundle import (
+from optima_common.bundle import (
     key_id,
     load_private_key,
     load_public_key,
@@ -25,6 +23,8 @@ from site_agent.bundle import (
     verify,
     write_manifest,
 )
+from optima_common.errors import CoordinatorError
+from site_agent import client_app as site_app
 from tests.conftest import REPO
 from tests.federation_sites import build_network
 from tests.flower_inprocess import InProcessGrid
@@ -119,7 +119,7 @@ def test_cancel_marks_unfinished_sites_and_drops_a_later_answer(net, tmp_path, c
 
 
 def _approved_bundle(cfg: str, manifest_id: str):
-    from site_agent.bundle import ResultBundle, render
+    from optima_common.bundle import ResultBundle, render
     from site_agent.config import load_config
     from site_agent.governance.outbox import Outbox
 

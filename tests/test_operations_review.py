@@ -15,9 +15,9 @@ from coordinator.cli import main
 from coordinator.demo_sites import DemoSite
 from coordinator.store import ResultsStore, ops
 from coordinator.study import send_study
+from optima_common.bundle import write_manifest
 from site_agent import client_app as site_app
 from site_agent.audit import AuditLog
-from site_agent.bundle import write_manifest
 from tests.conftest import REPO
 from tests.federation_sites import build_network
 from tests.flower_inprocess import InProcessGrid
@@ -100,7 +100,7 @@ def test_restarted_coordinator_resumes_without_reasking_answered_sites(net, tmp_
     # site_south gets the manifest through another run whose coordinator died before judging the reply
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from site_agent.bundle import render
+    from optima_common.bundle import render
     lost = InProcessGrid(site_app.app, nodes)
     lost.send_and_receive([Message(RecordDict({"manifest": ConfigRecord({"json": render(manifest).decode()})}),
                                    dst_node_id=2, message_type="query", group_id="x")], timeout=120)

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from coordinator.demo_sites import DemoSite
-from coordinator.errors import CoordinatorError
 from coordinator.schedule import load_schedule, next_run, serve
 from coordinator.store import ResultsStore, ops
 from coordinator.study import send_study
 from coordinator.versions import changes_section, version_changes
+from optima_common.bundle import load_private_key
+from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
-from site_agent.bundle import load_private_key
 from tests.federation_sites import SPEC, build_network
 from tests.flower_inprocess import InProcessGrid
 
@@ -111,7 +111,9 @@ def test_serve_runs_due_studies_as_versions_and_reports_changes(net, tmp_path):
     assert (checked["v"] > 0).any()  # at least one real (non-zero) count moved
     html = changes_section(store, runs[0].study_id)
     assert html.startswith("<h2>Changes since the previous version</h2>") and "Version 2 against version 1" in html
-    from coordinator.report import write_report  # the report of the newest version carries that section
+    from coordinator.report import (
+        write_report,  # the report of the newest version carries that section
+    )
 
     page = write_report(store, runs[-1].manifest_id, tmp_path / "report").html.read_text()
     assert "Changes since the previous version" in page and "Version 2 against version 1" in page

@@ -15,7 +15,7 @@ from coordinator.cli import main
 from coordinator.manifest import sign_manifest, verify_bundle_file
 from coordinator.pki import create_pki
 from coordinator.site_registry import load_registry
-from site_agent.bundle import (
+from optima_common.bundle import (
     BundleError,
     generate_keypair,
     load_private_key,

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image, ImageDraw
 from shapely.geometry import Polygon, box
 
+from optima_common.errors import PathologyDataError
 from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import Annotation, load_geojson, parse_geojson
-from site_agent.pathology.errors import PathologyDataError
 from site_agent.pathology.splits import patient_splits, read_slide_table, split_counts
 from site_agent.pathology.tiling import TilingParams, class_overlaps, tile_slide
 

@@ -32,7 +32,7 @@ def test_site_data_folder_from_site_config(tmp_path):
     import pytest
     from flwr.app import Context, RecordDict
 
-    from site_agent.errors import ConfigError
+    from optima_common.errors import ConfigError
     from site_agent.training.federated import site_data_dir
     from tests.test_governance_support import make_keys, write_site_config
 

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from optima_common.errors import ExitCode
 from tests.conftest import REPO
 
 
@@ -43,7 +44,7 @@ def test_certs_refuse_to_overwrite_and_bad_site_names(tmp_path):
     assert certs("--out", str(out)).returncode == 0
     before = (out / "ca.crt").read_bytes()
     proc = certs("--out", str(out))
-    assert proc.returncode == 2 and "exists; refusing to overwrite" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == ExitCode.PKI and "exists; refusing to overwrite" in proc.stderr and proc.stderr.count("\n") == 1
     assert (out / "ca.crt").read_bytes() == before
     proc = certs("--out", str(tmp_path / "other"), "--site", "../evil")
-    assert proc.returncode == 2 and "site name" in proc.stderr
+    assert proc.returncode == ExitCode.PKI and "site name" in proc.stderr

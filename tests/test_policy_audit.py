@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from site_agent.audit import MAX_LIST, AuditGuardError, AuditLog
-from site_agent.bundle import (
+from optima_common.bundle import (
     ManifestCohort,
     StudyManifest,
     generate_keypair,
@@ -21,9 +20,15 @@ from site_agent.bundle import (
     sign,
     write_manifest,
 )
+from optima_common.errors import ConfigError
+from site_agent.audit import MAX_LIST, AuditGuardError, AuditLog
 from site_agent.config import SiteConfig, load_config
-from site_agent.errors import ConfigError
-from site_agent.policy import ManifestPolicy, NonceStore, PolicyRefusal, cohort_file_bytes
+from site_agent.policy import (
+    ManifestPolicy,
+    NonceStore,
+    PolicyRefusal,
+    cohort_file_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "cohort_definitions" / "catalog.json"

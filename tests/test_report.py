@@ -11,8 +11,8 @@ import pytest
 
 from coordinator.report import write_report
 from coordinator.store import ResultsStore, StoreError
-from site_agent.bundle import render
-from site_agent.results import validate_csv
+from optima_common.bundle import render
+from optima_common.results import validate_csv
 from tests.conftest import REPO
 from tests.test_network_results import network_sites
 
@@ -87,7 +87,7 @@ def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from site_agent.bundle import sign
+    from optima_common.bundle import sign
     from tests.test_bundle import make_bundle
 
     path, manifest = stored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from site_agent.results import (
+from optima_common.results import (
     RESULT_COLUMNS,
     ResultFormatError,
     SummarisedResult,
@@ -105,7 +105,7 @@ def test_validate_csv_rejects_missing_settings(tmp_path):
 
 def test_settings_without_rows_round_trip(tmp_path):
     """A result type that ran and found nothing keeps its settings row through the CSV."""
-    from site_agent.results import SummarisedResult
+    from optima_common.results import SummarisedResult
 
     res = SummarisedResult.from_records([], [{"result_id": 1, "result_type": "orphan_code_use",
                                               "package_name": "optima-federated", "package_version": "0.1.0"}])

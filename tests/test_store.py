@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.manifest import sign_manifest
 from coordinator.store import ResultsStore, StoreError, migrate
-from site_agent.bundle import render, sign
+from optima_common.bundle import render, sign
 from tests.test_bundle import make_bundle, make_manifest
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -122,7 +122,7 @@ def test_v1_store_is_upgraded(store_url):
             "INSERT INTO manifests (manifest_id, study_id, study_version, spec_name, manifest_sha256, issued_at, "
             "expires_at, min_sites, target_sites, document, added_at) VALUES (:id, 'sclc', '1.0', NULL, :sha, "
             ":t, :t, 2, '[\"site_a\", \"site_b\"]', :doc, :t)"),
-            {"id": manifest.manifest_id, "sha": __import__("site_agent.bundle", fromlist=["x"]).manifest_sha256(
+            {"id": manifest.manifest_id, "sha": __import__("optima_common.bundle", fromlist=["x"]).manifest_sha256(
                 manifest), "t": T0.replace(tzinfo=None), "doc": render(manifest).decode()})
         conn.execute(sa.text("INSERT INTO site_status (manifest_id, site, status, reason, updated_at) "
                              "VALUES (:id, 'site_a', 'failed', 'timed out', :t)"),

@@ -18,12 +18,12 @@ from lifelines import KaplanMeierFitter
 
 from coordinator.cox import fit_federated_cox
 from coordinator.pooling import pooled_km
+from optima_common.results import SummarisedResult
 from site_agent.analyses.cox import CoxGuard
 from site_agent.analyses.study_run import run_study, site_cox_data, study_patients
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site
 from site_agent.cohorts import collect_definitions
-from site_agent.results import SummarisedResult
 from site_agent.study_spec import load_study
 from tests.conftest import DEFINITIONS, REPO
 from tests.test_federated_cox import reference_fit

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from site_agent.errors import ConfigError
+from optima_common.errors import ConfigError
 from site_agent.study_spec import load_study
 from tests.conftest import DEFINITIONS
 

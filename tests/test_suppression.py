@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from site_agent.results import SummarisedResult
+from optima_common.results import SummarisedResult
 from site_agent.suppression import is_count_estimate, suppress
 
 SET = {"result_id": 1, "result_type": "summarise_characteristics", "package_name": "optima",

@@ -10,6 +10,7 @@ from lifelines import KaplanMeierFitter
 from scipy.stats import norm
 
 from coordinator.pooling import pool_tables, pooled_cif, pooled_km, pooled_summary
+from optima_common.results import SUPPRESSED
 from site_agent.analyses.outcomes import (
     first_event,
     horizon_counts,
@@ -17,7 +18,6 @@ from site_agent.analyses.outcomes import (
     summarise_outcomes,
 )
 from site_agent.analyses.survival import plot_km, risk_table, summarise_survival
-from site_agent.results import SUPPRESSED
 from site_agent.suppression import suppress
 
 GRID = list(range(0, 3651, 30))

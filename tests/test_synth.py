@@ -8,10 +8,10 @@ import duckdb
 import pandas as pd
 import pytest
 
+from optima_common.errors import ConfigError
 from site_agent.cdm.ddl import cdm_ddl
 from site_agent.cdm.synth import SynthResult, generate_site, truth
 from site_agent.cdm.synth.vocabulary import Vocabulary
-from site_agent.errors import ConfigError
 
 CLINICAL = [
     "person",

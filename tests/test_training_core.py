@@ -164,7 +164,7 @@ def test_gradcam_matches_pytorch_grad_cam(backbone):
 
 
 def test_weights_file_round_trip_and_bad_file(tmp_path):
-    from site_agent.errors import ConfigError
+    from optima_common.errors import ConfigError
 
     a = build_classifier("tiny", 3)
     torch.save(a.state_dict(), tmp_path / "w.pt")
@@ -178,7 +178,7 @@ def test_weights_file_round_trip_and_bad_file(tmp_path):
 
 
 def test_diverged_training_is_one_clear_error(tmp_path):
-    from site_agent.errors import ConfigError
+    from optima_common.errors import ConfigError
 
     ds = Colours(32, 1)
     ds.x[0, 0, 0, 0] = float("nan")  # a NaN pixel makes every loss NaN

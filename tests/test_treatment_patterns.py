@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from site_agent.analyses.treatment_patterns import patient_pathways, plot_pathways, summarise_treatment_patterns
+from site_agent.analyses.treatment_patterns import (
+    patient_pathways,
+    plot_pathways,
+    summarise_treatment_patterns,
+)
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.ddl import cdm_ddl, results_ddl
 from site_agent.suppression import suppress

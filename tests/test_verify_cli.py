@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from coordinator.manifest import sign_manifest
-from site_agent.bundle import load_private_key, sign, write_bundle
+from optima_common.bundle import load_private_key, sign, write_bundle
 from tests.conftest import REPO
 from tests.test_bundle import make_bundle, make_manifest
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coordinator.fileio import write_atomic
 from coordinator.network_results import network_result
 from coordinator.report import sections as S
 from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
+from optima_common.fileio import write_atomic
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
@@ -43,7 +43,9 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model).
     """
-    from coordinator.versions import changes_section  # versions pools through network_results too
+    from coordinator.versions import (
+        changes_section,  # versions pools through network_results too
+    )
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

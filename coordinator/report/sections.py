@@ -10,7 +10,7 @@ import pandas as pd
 from coordinator.network_results import NetworkResult
 from coordinator.report.plots import forest_png, km_png
 from coordinator.store import SiteStatus
-from site_agent.results import SUPPRESSED
+from optima_common.results import SUPPRESSED
 
 FLAG_KEY = ["result_id", "group_level", "strata_level", "variable_name", "variable_level", "additional_level"]
 MAX_FORESTS = 8

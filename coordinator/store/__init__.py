@@ -1,6 +1,5 @@
 """The coordinator's results store: SQLAlchemy Core tables, alembic migrations, one repository."""
 
-from coordinator.store.errors import StoreError
 from coordinator.store.repository import (
     FINAL_STATUSES,
     STATUSES,
@@ -9,5 +8,6 @@ from coordinator.store.repository import (
     SiteStatus,
     StatusEvent,
 )
+from optima_common.errors import StoreError
 
 __all__ = ["FINAL_STATUSES", "STATUSES", "ManifestRow", "ResultsStore", "SiteStatus", "StatusEvent", "StoreError"]

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.store.errors import StoreError
 from coordinator.store.repository import FINAL_STATUSES, ResultsStore
 from coordinator.store.tables import (
     manifest_cancellations,
@@ -26,7 +25,8 @@ from coordinator.store.tables import (
     manifest_nodes,
     study_runs,
 )
-from site_agent.bundle import ResultBundle, StudyManifest
+from optima_common.bundle import ResultBundle, StudyManifest
+from optima_common.errors import StoreError
 
 
 class StudyRun(BaseModel):

@@ -24,14 +24,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from coordinator.store import migrate
-from coordinator.store.errors import StoreError
 from coordinator.store.tables import (
     bundles,
     manifests,
     site_status,
     site_status_history,
 )
-from site_agent.bundle import ResultBundle, StudyManifest, manifest_sha256, render
+from optima_common.bundle import ResultBundle, StudyManifest, manifest_sha256, render
+from optima_common.errors import StoreError
 
 STATUSES = ("pending", "sent", "done", "missing", "failed", "refused", "awaiting_review", "rejected", "cancelled")
 #: statuses after which a site is not asked again when a coordinator resumes

@@ -26,14 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from optima_common.errors import CoxRefusal
 from site_agent.cdm.connection import CdmConnection
-from site_agent.errors import OptimaError
 
 MAX_ABS_BETA = 20.0
-
-
-class CoxRefusal(OptimaError, ValueError):
-    """A site refuses to answer a Cox score/information request."""
 
 
 @dataclass(frozen=True)

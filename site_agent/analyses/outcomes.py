@@ -42,9 +42,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from optima_common.results import OVERALL, RESULT_COLUMNS, SummarisedResult
 from site_agent.analyses.survival import check_grid, grid_index
 from site_agent.diagnostics.base import fmt_float, settings_row
-from site_agent.results import OVERALL, RESULT_COLUMNS, SummarisedResult
 
 RESULT_TYPES = ("outcome_horizons", "cumulative_incidence", "cumulative_incidence_events")
 #: (label, kind, days)

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from optima_common.results import OVERALL, SummarisedResult, bind_frames
 from site_agent.analyses.cox import SiteCoxData, design_matrix
 from site_agent.analyses.outcomes import summarise_outcomes
 from site_agent.analyses.patients import patient_frame
 from site_agent.analyses.survival import plot_km, summarise_survival
-from site_agent.analyses.treatment_patterns import patient_pathways, plot_pathways, summarise_pathway_frame
+from site_agent.analyses.treatment_patterns import (
+    patient_pathways,
+    plot_pathways,
+    summarise_pathway_frame,
+)
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.fingerprint import cdm_fingerprint
 from site_agent.cohorts import build_cohorts
@@ -29,7 +34,6 @@ from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics.runner import default_cdm_name
 from site_agent.disclosure import horizon_days, protect_horizons, protect_time_tables
-from site_agent.results import OVERALL, SummarisedResult, bind_frames
 from site_agent.study_spec import LoadedStudy
 from site_agent.suppression import suppress
 

@@ -42,8 +42,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from optima_common.results import OVERALL, SUPPRESSED, SummarisedResult
 from site_agent.diagnostics.base import fmt_float, settings_row
-from site_agent.results import OVERALL, SUPPRESSED, SummarisedResult
 
 RESULT_TYPES = ("survival_estimates", "survival_events", "survival_summary")
 DEFAULT_HORIZONS = (365, 730, 1826)

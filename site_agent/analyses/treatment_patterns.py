@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection
 from site_agent.diagnostics.base import fmt_float, settings_row
-from site_agent.results import SummarisedResult
 
 UNTREATED = "None"
 RESULT_TYPES = ("treatment_pathways", "treatment_line_frequency", "time_to_first_treatment")

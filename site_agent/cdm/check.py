@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from optima_common.errors import CdmValidationError
 from site_agent.cdm.connection import CdmConnection
-from site_agent.errors import CdmValidationError
 
 # Tables and columns the cohort engine and diagnostics read. Vocabulary tables may live
 # in a separate vocabulary schema.

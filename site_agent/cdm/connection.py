@@ -25,18 +25,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from site_agent.errors import CdmConnectionError, ConfigError, OptimaError
+from optima_common.errors import (
+    CdmConnectionError,
+    ConfigError,
+    StatementTimeoutError,
+)
 
 SUPPORTED_DIALECTS = ("duckdb", "postgresql")
 DEFAULT_CDM_SCHEMA = {"duckdb": "main", "postgresql": "public"}
 DEFAULT_WRITE_SCHEMA = "results"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class StatementTimeoutError(OptimaError, TimeoutError):
-    """A statement ran longer than the site's ``statement_timeout_seconds``; it was cancelled."""
-
-    exit_code = 6
 
 
 def resolve_cdm_url(cdm: str) -> str:

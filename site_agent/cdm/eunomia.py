@@ -16,8 +16,8 @@ from pathlib import Path
 
 import duckdb
 
+from optima_common.errors import ConfigError
 from site_agent.cdm.ddl import cdm_ddl
-from site_agent.errors import ConfigError
 
 CDM_VERSION = "5.3"
 

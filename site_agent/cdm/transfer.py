@@ -13,9 +13,9 @@ import duckdb
 import psycopg2
 from sqlalchemy.engine import make_url
 
+from optima_common.errors import CdmConnectionError, ConfigError
 from site_agent.cdm.connection import check_identifier, safe_url
 from site_agent.cdm.ddl import cdm_ddl
-from site_agent.errors import CdmConnectionError, ConfigError
 
 
 def _pg_dsn(url: str) -> dict:

@@ -7,6 +7,7 @@ import time
 
 from pydantic import BaseModel
 
+from optima_common.errors import CohortBuildError
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.ddl import results_ddl
@@ -14,7 +15,6 @@ from site_agent.cdm.fingerprint import cdm_fingerprint
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
 from site_agent.cohorts.state import state_statements
-from site_agent.errors import CohortBuildError
 
 log = logging.getLogger(__name__)
 

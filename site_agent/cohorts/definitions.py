@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from site_agent.errors import CohortDefinitionError
+from optima_common.errors import CohortDefinitionError
 
 CATALOG_FILE = "catalog.json"
 

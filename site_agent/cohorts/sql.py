@@ -6,8 +6,8 @@ from circe.api import build_cohort_query, cohort_expression_from_json
 from circe.cohortdefinition import BuildExpressionQueryOptions
 from circe.sqlrender import render, split_sql, translate
 
+from optima_common.errors import CohortDefinitionError
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.errors import CohortDefinitionError
 
 DIALECTS = {"duckdb": "duckdb", "postgresql": "postgresql"}
 

@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from optima_common.results import SummarisedResult
 from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.results import SummarisedResult
 
 PACKAGE_NAME = "optima-federated"
 PACKAGE_VERSION = __version__

@@ -15,9 +15,9 @@ import json
 
 import pandas as pd
 
+from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.results import SummarisedResult
 
 CACHE_TABLE = "optima_diagnostics_cache"
 

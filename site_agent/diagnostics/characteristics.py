@@ -40,9 +40,14 @@ from typing import Any
 
 import pandas as pd
 
+from optima_common.results import RESULT_COLUMNS, SummarisedResult
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
-from site_agent.results import RESULT_COLUMNS, SummarisedResult
+from site_agent.diagnostics.base import (
+    Diagnostic,
+    DiagnosticContext,
+    fmt_number,
+    settings_row,
+)
 
 RESULT_TYPE = "summarise_characteristics"
 VISIT_WINDOW = (-365, -1)

@@ -32,10 +32,10 @@ from typing import Any
 
 import pandas as pd
 
+from optima_common.results import SEP, SummarisedResult
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
-from site_agent.results import SEP, SummarisedResult
 
 PACKAGE = "CodelistGenerator"
 CODE_USE = "code_use"

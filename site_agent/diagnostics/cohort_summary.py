@@ -23,11 +23,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from optima_common.results import SEP, SummarisedResult
 from site_agent.cohorts.attrition import cohort_attrition
 from site_agent.cohorts.definitions import CohortDefinition
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, settings_row
+from site_agent.diagnostics.base import (
+    Diagnostic,
+    DiagnosticContext,
+    fmt_number,
+    settings_row,
+)
 from site_agent.diagnostics.database import days_between, quantile_sql
-from site_agent.results import SEP, SummarisedResult
 
 PACKAGE = "CohortCharacteristics"
 COUNT = "summarise_cohort_count"

@@ -32,8 +32,14 @@ from typing import Any
 
 import pandas as pd
 
-from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, fmt_number, is_missing, settings_row
-from site_agent.results import SummarisedResult
+from optima_common.results import SummarisedResult
+from site_agent.diagnostics.base import (
+    Diagnostic,
+    DiagnosticContext,
+    fmt_number,
+    is_missing,
+    settings_row,
+)
 
 SNAPSHOT = "summarise_omop_snapshot"
 OBS_PERIOD = "summarise_observation_period"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from site_agent.fileio import write_atomic
-from site_agent.results import SummarisedResult
+from optima_common.fileio import write_atomic
+from optima_common.results import SummarisedResult
 
 MAX_ROWS = 2000
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}

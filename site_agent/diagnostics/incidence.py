@@ -28,6 +28,7 @@ from __future__ import annotations
 import pandas as pd
 from scipy.stats import chi2
 
+from optima_common.results import SummarisedResult
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
@@ -40,7 +41,6 @@ from site_agent.diagnostics.denominators import (
     num,
     years_sql,
 )
-from site_agent.results import SummarisedResult
 
 ADDITIONAL = "incidence_start_date &&& incidence_end_date &&& analysis_interval"
 WASHOUT_REASON = "Excluded due to prior event (do not pass outcome washout during study period)"

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from optima_common.results import RESULT_COLUMNS, SummarisedResult
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
-from site_agent.results import RESULT_COLUMNS, SummarisedResult
 
 RESULT_TYPE = "summarise_large_scale_characteristics"
 WINDOWS: tuple[tuple[int, int], ...] = ((-365, -31), (-30, -1), (0, 0), (1, 30), (31, 365))

@@ -46,6 +46,7 @@ from collections import defaultdict
 
 import pandas as pd
 
+from optima_common.results import SEP, SummarisedResult
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
 from site_agent.diagnostics.codelists import (
@@ -56,7 +57,6 @@ from site_agent.diagnostics.codelists import (
     settings_for,
     text,
 )
-from site_agent.results import SEP, SummarisedResult
 
 ORPHAN = "orphan_code_use"
 UNMAPPED = "unmapped_codes"

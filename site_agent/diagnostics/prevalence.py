@@ -26,6 +26,7 @@ import math
 import pandas as pd
 from scipy.stats import norm
 
+from optima_common.results import SummarisedResult
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
@@ -39,7 +40,6 @@ from site_agent.diagnostics.denominators import (
     num,
     years_sql,
 )
-from site_agent.results import SummarisedResult
 
 ADDITIONAL = "prevalence_start_date &&& prevalence_end_date &&& analysis_interval"
 COMPLETE_REASON = "Not observed during the complete database interval"

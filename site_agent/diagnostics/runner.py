@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from optima_common.results import SummarisedResult, bind_frames
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.fingerprint import cdm_fingerprint
@@ -27,7 +28,6 @@ from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics import cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 from site_agent.disclosure import blank_linked, withhold_nested_cohorts
-from site_agent.results import SummarisedResult, bind_frames
 from site_agent.suppression import suppress
 
 log = logging.getLogger(__name__)

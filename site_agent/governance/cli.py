@@ -11,7 +11,7 @@ import argparse
 import getpass
 import json
 
-from site_agent.errors import ConfigError
+from optima_common.errors import ConfigError
 
 
 def _config(args):
@@ -55,9 +55,9 @@ def cmd_review(args) -> int:
 
 
 def _signature_line(cfg, bundle) -> str:
-    from site_agent import bundle as bundles
+    from optima_common import bundle as bundles
+    from optima_common.keys import key_id
     from site_agent.governance.keyring import Keyring
-    from site_agent.keys import key_id
 
     current = cfg.site_private_key().public_key()
     trust = {**Keyring(cfg.state_dir).site_trust(), key_id(current): ("current site key", current)}
@@ -177,8 +177,8 @@ def cmd_keys_pin(args) -> int:
 
 
 def cmd_keys_revoke(args) -> int:
+    from optima_common.keys import key_id
     from site_agent.governance.keyring import Keyring, resolve_key_id
-    from site_agent.keys import key_id
 
     cfg = _config(args)
     ring = Keyring(cfg.state_dir)
@@ -196,8 +196,8 @@ def cmd_keys_revoke(args) -> int:
 
 
 def cmd_keys_list(args) -> int:
+    from optima_common.keys import key_id
     from site_agent.governance.keyring import Keyring
-    from site_agent.keys import key_id
 
     cfg = _config(args)
     ring = Keyring(cfg.state_dir)

@@ -17,8 +17,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from optima_common.bundle import StudyManifest, read_manifest
+from optima_common.errors import ConfigError, OptimaError
 from site_agent.audit import MAX_STR
-from site_agent.bundle import StudyManifest, read_manifest
 from site_agent.cdm.connection import (
     DEFAULT_CDM_SCHEMA,
     DEFAULT_WRITE_SCHEMA,
@@ -27,7 +28,6 @@ from site_agent.cdm.connection import (
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
 from site_agent.config import SiteConfig
-from site_agent.errors import ConfigError, OptimaError
 from site_agent.policy import ManifestPolicy, PolicyRefusal
 
 

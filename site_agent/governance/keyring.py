@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from site_agent.errors import ConfigError
-from site_agent.fileio import write_atomic
-from site_agent.keys import key_id, load_private_key, load_public_key
+from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
+from optima_common.keys import key_id, load_private_key, load_public_key
 
 KEYRING = "keyring"
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")

@@ -1,7 +1,7 @@
 """Review before release: signed bundles wait in ``state_dir/outbox`` until a person decides.
 
 One review item is two files, both written atomically: ``<id>.bundle`` (the bundle exactly as
-it would be sent, :func:`site_agent.bundle.render`, never rewritten) and ``<id>.json`` (its
+it would be sent, :func:`optima_common.bundle.render`, never rewritten) and ``<id>.json`` (its
 :class:`OutboxItem`: manifest, sha256 of the bundle bytes, status, reviewer, reason, times).
 State changes take an exclusive lock on ``outbox/.lock``, so the Flower ClientApp and the
 operator's commands can work on the same outbox.
@@ -32,22 +32,16 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from optima_common.bundle import ResultBundle, read_bundle, render
+from optima_common.errors import OutboxError
+from optima_common.fileio import write_atomic
+from optima_common.results import SUPPRESSED, SummarisedResult
 from site_agent.audit import MAX_STR, AuditLog
-from site_agent.bundle import ResultBundle, read_bundle, render
-from site_agent.errors import OptimaError
-from site_agent.fileio import write_atomic
-from site_agent.results import SUPPRESSED, SummarisedResult
 
 OUTBOX = "outbox"
 _ID = re.compile(r"^[0-9a-f]{12}$")
 SHOWN_SUPPRESSED = "[suppressed]"
 Status = Literal["pending", "approved", "rejected", "sent"]
-
-
-class OutboxError(OptimaError, RuntimeError):
-    """A review item is missing, already decided, or its bundle changed; nothing was changed."""
-
-    exit_code = 9
 
 
 class OutboxItem(BaseModel):

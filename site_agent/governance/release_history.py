@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optima_common.results import SUPPRESSED, SummarisedResult
 from site_agent.disclosure import blank_linked
-from site_agent.results import SUPPRESSED, SummarisedResult
 from site_agent.suppression import suppress
 
 HISTORY_FILE = "release_history.sqlite3"

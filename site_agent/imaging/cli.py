@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from site_agent.errors import ConfigError
+from optima_common.errors import ConfigError
 
 
 def add_parsers(synth_subparsers, train_subparsers) -> None:
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
         raise ConfigError("torch is not installed", hint="pip install 'optima-federated[train]'") from None
     from pydantic import ValidationError
 
-    from site_agent.errors import validation_summary
+    from optima_common.errors import validation_summary
     from site_agent.imaging.pipeline import MammoConfig, train_mammography
 
     if args.epochs is not None and args.epochs < 1:

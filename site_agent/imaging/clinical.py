@@ -14,20 +14,21 @@ import io
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from site_agent.errors import OptimaError, validation_summary
-from site_agent.fileio import write_atomic
+from optima_common.errors import MammographyDataError, validation_summary
+from optima_common.fileio import write_atomic
 
 CLINICAL_COLUMNS = ("ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype")
 SUBTYPES = ("Luminal A", "Luminal B", "HER2-enriched", "triple negative")
 CLASSES = ("Benign", "Malignant")
-
-
-class MammographyDataError(OptimaError, ValueError):
-    """A mammography archive, clinical table or DICOM file is unreadable or inconsistent."""
-
-    exit_code = 7
 
 
 class Abnormality(str, Enum):

@@ -20,7 +20,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from site_agent.imaging.clinical import BreastRecord, MammographyDataError, read_clinical_table
+from site_agent.imaging.clinical import (
+    BreastRecord,
+    MammographyDataError,
+    read_clinical_table,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from site_agent.errors import ConfigError
-from site_agent.fileio import write_atomic
+from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
 from site_agent.imaging.classify import Roi, patient_splits
 from site_agent.imaging.clinical import MammographyDataError
 from site_agent.imaging.dicom_io import Archive, open_archive, read_pixels
@@ -122,7 +122,13 @@ def run_detection(site: SiteImages, cfg: MammoConfig, workdir: Path, models_dir:
                   weights: Path | None = None) -> tuple[dict, dict]:
     """Train YOLO (unless ``weights`` are given), mAP on test, and the best detected box per test
     image (the whole image if none)."""
-    from site_agent.imaging.detection import DetItem, detect_best, evaluate_detector, export_dataset, train_detector
+    from site_agent.imaging.detection import (
+        DetItem,
+        detect_best,
+        evaluate_detector,
+        export_dataset,
+        train_detector,
+    )
 
     def items(split):
         return [DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i]) for i in site.idx(split)]

@@ -15,7 +15,13 @@ import cv2
 import numpy as np
 import torch
 
-from site_agent.imaging.classify import STAGE1_CLASSES, STAGE2_CLASSES, Roi, RoiDataset, TwoStage
+from site_agent.imaging.classify import (
+    STAGE1_CLASSES,
+    STAGE2_CLASSES,
+    Roi,
+    RoiDataset,
+    TwoStage,
+)
 
 CLASSES = {1: STAGE1_CLASSES, 2: STAGE2_CLASSES}
 

@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from site_agent.errors import ConfigError
-from site_agent.fileio import write_atomic
+from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
 from site_agent.imaging.clinical import SUBTYPES, BreastRecord, write_clinical_table
 from site_agent.imaging.dicom_io import VIEWS, ImageMeta, write_mammogram
 from site_agent.imaging.render import LesionSpec, breast_mask, render_lesion, tissue

@@ -16,9 +16,9 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import make_valid
 
-from site_agent.fileio import write_atomic
+from optima_common.errors import PathologyDataError
+from optima_common.fileio import write_atomic
 from site_agent.pathology import CLASSES
-from site_agent.pathology.errors import PathologyDataError
 
 # QuPath's default colours for the classes (RGB), used in written files and overlays
 COLOURS = {"Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Normal ducts": (0, 120, 220),

@@ -19,7 +19,7 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from pydantic import ValidationError
 
-    from site_agent.errors import ConfigError, validation_summary
+    from optima_common.errors import ConfigError, validation_summary
     from site_agent.pathology.options import PathologyOptions
 
     given = {k: v for k, v in {"epochs": args.epochs, "device": args.device, "backbone": args.backbone,

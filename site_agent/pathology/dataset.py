@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from optima_common.errors import PathologyDataError
 from site_agent.pathology.annotations import load_geojson
-from site_agent.pathology.errors import PathologyDataError
 from site_agent.pathology.slides import Slide
 from site_agent.pathology.splits import SlideRecord, patient_splits, read_slide_table
 from site_agent.pathology.tiling import Patch, PatchDataset, TilingParams, tile_slide

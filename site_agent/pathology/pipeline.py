@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from site_agent.fileio import write_atomic
+from optima_common.fileio import write_atomic
 from site_agent.pathology import CLASSES
 from site_agent.pathology.dataset import SiteData, load_site
 from site_agent.pathology.options import PathologyOptions

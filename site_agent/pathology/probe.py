@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from site_agent.errors import ConfigError
+from optima_common.errors import ConfigError
 from site_agent.pathology import CLASSES
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from site_agent.pathology.errors import PathologyDataError
+from optima_common.errors import PathologyDataError
 
 
 class Slide:

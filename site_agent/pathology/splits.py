@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from site_agent.pathology.errors import PathologyDataError
+from optima_common.errors import PathologyDataError
 
 SPLITS = ("train", "val", "test", "heldout")
 COLUMNS = ("slide_id", "patient_id", "slide", "annotations")

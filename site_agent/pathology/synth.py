@@ -22,10 +22,10 @@ from pydantic import BaseModel
 from shapely.geometry import MultiPoint, Polygon, box
 from shapely.ops import voronoi_diagram
 
-from site_agent.fileio import write_atomic
+from optima_common.errors import PathologyDataError
+from optima_common.fileio import write_atomic
 from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import Annotation, write_geojson
-from site_agent.pathology.errors import PathologyDataError
 from site_agent.pathology.textures import E_VECTOR, H_VECTOR, TEXTURES, stain_to_rgb
 
 TISSUE_CLASSES = [c for c in CLASSES if c != "Background"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from site_agent.fileio import write_atomic
+from optima_common.fileio import write_atomic
 from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import COLOURS
 from site_agent.pathology.slides import Slide

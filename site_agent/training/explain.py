@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from site_agent.fileio import write_atomic
+from optima_common.fileio import write_atomic
 from site_agent.training.models import gradcam_layer
 
 

@@ -30,7 +30,8 @@ from flwr.app import (
 )
 from torch import nn
 
-from site_agent.errors import ConfigError
+from optima_common import protocol as P
+from optima_common.errors import ConfigError
 
 # task name -> module whose import registers it (tasks register themselves on import)
 TASK_MODULES: dict[str, str] = {"pathology": "site_agent.pathology.task",
@@ -95,9 +96,9 @@ def site_data_dir(context: Context, task: str) -> Path:
 
 
 def _run_config(msg: Message) -> tuple[str, dict]:
-    if "config" not in msg.content.config_records:
+    if P.CONFIG_RECORD not in msg.content.config_records:
         raise ConfigError("message carries no config record")
-    config = dict(msg.content.config_records["config"])
+    config = dict(msg.content.config_records[P.CONFIG_RECORD])
     task = config.get("task")
     if not isinstance(task, str):
         raise ConfigError("message config names no task")

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from site_agent.errors import ConfigError
-from site_agent.fileio import write_atomic
+from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
 
 
 class TrainConfig(BaseModel):

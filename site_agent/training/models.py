@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from site_agent.errors import ConfigError
+from optima_common.errors import ConfigError
 
 BACKBONES = ("resnet50", "resnet18", "efficientnet_lite0", "tiny")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from site_agent.fileio import write_atomic
+from optima_common.fileio import write_atomic
 
 
 def _plt():

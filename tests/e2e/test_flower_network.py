@@ -14,7 +14,7 @@ import pytest
 from coordinator.network import LocalNetwork, NodeSpec, free_port
 from coordinator.pki import create_node_key
 from coordinator.store import ResultsStore
-from site_agent.bundle import write_manifest
+from optima_common.bundle import write_manifest
 from tests.conftest import REPO
 from tests.federation_sites import SITES, build_network
 

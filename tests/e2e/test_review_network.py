@@ -13,7 +13,7 @@ import pytest
 from coordinator.demo_sites import DemoSite
 from coordinator.network import LocalNetwork, NodeSpec
 from coordinator.store import ResultsStore
-from site_agent.bundle import write_manifest
+from optima_common.bundle import write_manifest
 from tests.conftest import REPO
 from tests.e2e.test_flower_network import processes_mentioning
 from tests.federation_sites import build_network

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from optima_common.errors import ConfigError
 from site_agent.cdm.synth import background, oncology, population, truth
 from site_agent.cdm.synth.params import PROFILES, SiteParams
 from site_agent.cdm.synth.population import Block
 from site_agent.cdm.synth.vocabulary import Vocabulary
 from site_agent.cdm.synth.writer import CdmWriter, discard, temp_path
-from site_agent.errors import ConfigError
 
 __all__ = ["BLOCK", "SynthResult", "generate_site"]
 

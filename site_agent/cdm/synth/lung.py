@@ -23,7 +23,14 @@ from __future__ import annotations
 import numpy as np
 
 from site_agent.cdm.synth.events import NO_DATE, choice, expand
-from site_agent.cdm.synth.oncology import _coded_keys, _follow_ups, _incident, _survival, records, set_death
+from site_agent.cdm.synth.oncology import (
+    _coded_keys,
+    _follow_ups,
+    _incident,
+    _survival,
+    records,
+    set_death,
+)
 from site_agent.cdm.synth.population import Block, add_visits
 
 HIST = np.array(["SCLC", "LUNG_ADENOCARCINOMA", "LUNG_SQUAMOUS", "NSCLC"])

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from site_agent.cdm.synth.events import END_OF_DATA, NO_DATE, YEAR, Buffer, day, uniform_days
+from site_agent.cdm.synth.events import (
+    END_OF_DATA,
+    NO_DATE,
+    YEAR,
+    Buffer,
+    day,
+    uniform_days,
+)
 from site_agent.cdm.synth.params import SiteParams
 
 

@@ -16,7 +16,7 @@ re-signed or re-issued manifest, even with equal content, is a different manifes
 On disk a document is one self-contained UTF-8 file, its full JSON pretty-printed with sorted
 keys (:func:`render`). Reading refuses a file that is not byte for byte that rendering, so any
 edit after writing, even one JSON would call insignificant (whitespace, escapes, duplicate
-keys), fails before the signature is even looked at. Key files: :mod:`site_agent.keys`, whose
+keys), fails before the signature is even looked at. Key files: :mod:`optima_common.keys`, whose
 loaders are re-exported here for the coordinator.
 """
 
@@ -32,12 +32,22 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from site_agent.errors import OptimaError
-from site_agent.fileio import write_atomic
-from site_agent.keys import generate_keypair, key_id, load_private_key, load_public_key, load_trust_dir
+from optima_common import protocol
+from optima_common.errors import BundleError
+from optima_common.fileio import write_atomic
+from optima_common.keys import (
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    load_trust_dir,
+)
 
 __all__ = [
     "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "REPLY_STATUSES", "BundleError", "Signature",
@@ -52,13 +62,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 ALGORITHM = "ed25519"
 ABSOLUTE_MIN_CELL = 2  # below this a released count can be a single person
 # what a site answers to a manifest over Flower (``content["reply"]["status"]``)
-REPLY_STATUSES = ("done", "refused", "failed", "awaiting_review", "rejected", "unknown")
-
-
-class BundleError(OptimaError, ValueError):
-    """A manifest or result bundle is unreadable, unsigned, untrusted, altered or unsafe."""
-
-    exit_code = 7
+REPLY_STATUSES = protocol.REPLY_STATUSES
 
 
 class _Doc(BaseModel):
@@ -227,7 +231,7 @@ def render(doc: Doc) -> bytes:
 def _write_doc(doc: Doc, path: str | Path) -> Path:
     path = Path(path)
     try:
-        write_atomic(path, render(doc), 0o644)
+        write_atomic(path, render(doc), mode=0o644)
     except OSError as exc:
         raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

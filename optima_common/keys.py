@@ -6,8 +6,8 @@ keys (``*.pub`` or ``*.pem``); each key is known by its file name without suffix
 convention the site name or ``coordinator``) and by its key id, the sha256 hex of its raw
 32 public bytes. Every problem is a one-line :class:`ConfigError` naming the file.
 
-The coordinator reaches these functions through :mod:`site_agent.bundle`, which re-exports
-them (coordinator code imports only ``site_agent.bundle`` and ``site_agent.results``).
+The coordinator reaches these functions through :mod:`optima_common.bundle`, which re-exports
+them (coordinator code imports only ``optima_common.bundle`` and ``optima_common.results``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from site_agent.errors import ConfigError
-from site_agent.fileio import write_atomic
+from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,8 @@ def generate_keypair(directory: str | Path, name: str, *, force: bool = False) -
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
-        write_atomic(private_path, private_pem, 0o600)
-        write_atomic(public_path, public_pem, 0o644)
+        write_atomic(private_path, private_pem, mode=0o600)
+        write_atomic(public_path, public_pem, mode=0o644)
     except OSError as exc:
         raise ConfigError(f"cannot write key pair {name!r} in {folder}: {exc.strerror or exc}") from None
     return private_path, public_path

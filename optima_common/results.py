@@ -40,7 +40,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_validator
 
-from site_agent.fileio import write_atomic
+from optima_common.errors import ResultFormatError
+from optima_common.fileio import write_atomic
 
 SEP = " &&& "
 OVERALL = "overall"
@@ -64,10 +65,6 @@ _SORT_KEY = ["result_id", "cdm_name", "group_name", "group_level", "strata_name"
              "additional_name", "additional_level", "variable_name", "variable_level", "estimate_name"]
 
 EstimateType = Literal["integer", "numeric", "percentage", "proportion", "character", "logical", "date"]
-
-
-class ResultFormatError(ValueError):
-    """A table or file is not a valid ``summarised_result``."""
 
 
 class ResultRecord(BaseModel):

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> Path:
     """Write ``data`` to a temp file next to ``path`` (``mode``), fsync, then rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
