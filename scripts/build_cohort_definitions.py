@@ -34,8 +34,9 @@ Usage::
     python scripts/build_cohort_definitions.py --strict   # also fail on placeholder ids
 
 Warnings are printed for concept ids that are 0 or look like placeholders (>= 2,000,000,000,
-the range concepts.csv uses for ids not yet verified against a public source), and for
-concepts whose domain does not match the criterion they are used in.
+the range concepts.csv uses for local rows only the synthetic generator needs), for ids with
+no STRONG or MODERATE row in ``cohort_definitions/vocab_evidence.csv``, and for concepts whose
+domain does not match the criterion they are used in.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONCEPTS_CSV = ROOT / "site_agent" / "cdm" / "synth" / "vocab" / "concepts.csv"
 OUT_DIR = ROOT / "cohort_definitions"
+EVIDENCE_CSV = OUT_DIR / "vocab_evidence.csv"  # every id a definition uses, with its public source
+EVIDENCE_STRENGTHS = ("STRONG", "MODERATE")
 CATALOG_VERSION = 1
 PLACEHOLDER_MIN_ID = 2_000_000_000
 
@@ -74,6 +77,17 @@ _STANDARD_CAPTION = {"S": "Standard", "C": "Classification", "N": "Non-Standard"
 def load_concepts(path: Path = CONCEPTS_CSV) -> dict[str, dict]:
     with path.open(newline="", encoding="utf-8") as fh:
         return {row["key"]: row for row in csv.DictReader(fh)}
+
+
+def load_evidence(path: Path = EVIDENCE_CSV) -> dict[int, dict]:
+    """concept_id -> evidence row, for ids recorded as verified strongly enough to use."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {int(r["concept_id"]): r for r in csv.DictReader(fh) if r["strength"] in EVIDENCE_STRENGTHS}
+
+
+_EVIDENCE = load_evidence()
 
 
 def concept_json(row: dict) -> dict:
@@ -103,6 +117,8 @@ def concept_set_expression(cs: ConceptSetDef, concepts: dict[str, dict], warn) -
             warn(f"concept set {cs.name!r}: {key} has concept_id 0")
         elif cid >= PLACEHOLDER_MIN_ID:
             warn(f"concept set {cs.name!r}: {key} has placeholder concept_id {cid}")
+        elif cid not in _EVIDENCE:
+            warn(f"concept set {cs.name!r}: {key} ({cid}) has no evidence row in {EVIDENCE_CSV.name}")
         items.append(
             {
                 "concept": concept_json(row),

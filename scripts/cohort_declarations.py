@@ -18,6 +18,19 @@ X = {"desc": True, "excl": True}  # exclude, with descendants
 N = {}  # the concept alone
 
 
+# Stage groups and TNM categories (concepts.csv keys): AJCC/UICC 7th and 8th edition, clinical
+# and pathological. STAGE_n = 7th clinical, P7_STAGE_n = 7th pathological, C_STAGE_n = 8th clinical,
+# P_STAGE_n = 8th pathological; T1/N0/M0 = 8th clinical, PT1 = 8th pathological, C7_T1 = 7th
+# clinical, P7_T1 = 7th pathological.
+STAGE_1 = ("STAGE_1", "P7_STAGE_1", "C_STAGE_1", "P_STAGE_1")
+STAGE_2 = ("STAGE_2", "P7_STAGE_2", "C_STAGE_2", "P_STAGE_2")
+
+
+def tnm(category: str) -> tuple[str, ...]:
+    """The four keys of one T/N/M category: 8th clinical, 8th pathological, 7th clinical, 7th pathological."""
+    return (category, f"P{category}", f"C7_{category}", f"P7_{category}")
+
+
 @dataclass(frozen=True)
 class ConceptSetDef:
     name: str
@@ -31,7 +44,7 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
         ConceptSetDef(
             "Lung cancer, broad",
             "lung_cancer_broad",
-            (("LUNG_MALIGNANT", D), ("LUNG_PRIMARY_MALIGNANT", D), ("LUNG_NEOPLASM_UNCERTAIN", D)),
+            (("LUNG_MALIGNANT", D), ("LUNG_PRIMARY_MALIGNANT", D)),
         ),
         ConceptSetDef("Primary lung cancer", "primary_lung_cancer", (("NSCLC", D), ("SCLC", D))),
         ConceptSetDef("NSCLC", "nsclc", (("NSCLC", D),)),
@@ -39,26 +52,27 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
         ConceptSetDef(
             "Malignancy other than skin or lung",
             "malignancy_other_than_skin_or_lung",
-            (("MALIGNANT_NEOPLASM", D), ("SKIN_MALIGNANT", X), ("LUNG_MALIGNANT", X), ("LUNG_PRIMARY_MALIGNANT", X)),
-        ),
-        ConceptSetDef(
-            "Stage I-II",
-            "stage_i_ii",
             (
-                ("STAGE_1", D),
-                ("STAGE_2", D),
-                ("C_STAGE_1", D),
-                ("C_STAGE_2", D),
-                ("P_STAGE_1", D),
-                ("P_STAGE_2", D),
+                ("MALIGNANT_NEOPLASM", D),
+                # skin cancer the way a real vocabulary holds it: the ancestor, and the two
+                # common leaves named too, in case a site's hierarchy does not link them
+                ("SKIN_MALIGNANT", X),
+                ("SKIN_PRIMARY_MALIGNANT", X),
+                ("SKIN_BCC", X),
+                ("SKIN_SCC", X),
+                ("LUNG_MALIGNANT", X),
+                ("LUNG_PRIMARY_MALIGNANT", X),
             ),
         ),
-        ConceptSetDef("TNM T1-T3", "tnm_t1_t3", (("T1", D), ("T2", D), ("T3", D))),
-        ConceptSetDef("TNM T1-T2", "tnm_t1_t2", (("T1", D), ("T2", D))),
-        ConceptSetDef("TNM T3", "tnm_t3", (("T3", D),)),
-        ConceptSetDef("TNM N0", "tnm_n0", (("N0", D),)),
-        ConceptSetDef("TNM N1", "tnm_n1", (("N1", D),)),
-        ConceptSetDef("TNM M0", "tnm_m0", (("M0", D),)),
+        # stage group as sites record it: 7th and 8th edition, clinical and pathological;
+        # sub-stages (1A, 1B, ...) come in through descendants
+        ConceptSetDef("Stage I-II", "stage_i_ii", tuple((k, D) for k in STAGE_1 + STAGE_2)),
+        ConceptSetDef("TNM T1-T3", "tnm_t1_t3", tuple((k, D) for k in tnm("T1") + tnm("T2") + tnm("T3"))),
+        ConceptSetDef("TNM T1-T2", "tnm_t1_t2", tuple((k, D) for k in tnm("T1") + tnm("T2"))),
+        ConceptSetDef("TNM T3", "tnm_t3", tuple((k, D) for k in tnm("T3"))),
+        ConceptSetDef("TNM N0", "tnm_n0", tuple((k, D) for k in tnm("N0"))),
+        ConceptSetDef("TNM N1", "tnm_n1", tuple((k, D) for k in tnm("N1"))),
+        ConceptSetDef("TNM M0", "tnm_m0", tuple((k, D) for k in tnm("M0"))),
         ConceptSetDef(
             "Lung resection",
             "lung_resection",
@@ -76,8 +90,8 @@ CONCEPT_SETS: dict[str, ConceptSetDef] = {
         ),
         ConceptSetDef("Disease progression", "disease_progression", (("PROGRESSION", D),)),
         # stage split and treatment events of the SCLC study (used by the study spec)
-        ConceptSetDef("Stage I", "stage_i", (("STAGE_1", D), ("C_STAGE_1", D), ("P_STAGE_1", D))),
-        ConceptSetDef("Stage II", "stage_ii", (("STAGE_2", D), ("C_STAGE_2", D), ("P_STAGE_2", D))),
+        ConceptSetDef("Stage I", "stage_i", tuple((k, D) for k in STAGE_1)),
+        ConceptSetDef("Stage II", "stage_ii", tuple((k, D) for k in STAGE_2)),
         ConceptSetDef("Lobectomy", "lobectomy", (("LOBECTOMY", D),)),
         ConceptSetDef("Sleeve resection", "sleeve_resection", (("SLEEVE_RESECTION", D),)),
         ConceptSetDef("Pneumonectomy", "pneumonectomy", (("PNEUMONECTOMY", D),)),
@@ -268,8 +282,8 @@ METASTASIS_RULE = Rule(
 
 COHORTS: list[CohortDef] = [
     CohortDef(1, "lung_cancer_broad", "lung",
-              "First lung cancer diagnosis, broad (malignant tumor of lung or neoplasm of uncertain "
-              "behavior of lung); ends at the end of the observation period.",
+              "First lung cancer diagnosis, broad (malignant tumor of lung or primary malignant neoplasm "
+              "of respiratory tract); ends at the end of the observation period.",
               condition("Lung cancer, broad", first=True), "disease"),
     CohortDef(2, "lung_cancer_narrow", "lung",
               "First primary malignant neoplasm of lung with at least 365 days of prior observation; "

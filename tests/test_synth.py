@@ -184,16 +184,17 @@ def _sql_truth(path: Path, v: Vocabulary) -> tuple[dict[str, dict[str, int]], li
 
     one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
     out: dict[str, dict[str, int]] = {}
-    for name, cs, prior in [("lung_cancer_broad", d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT", "LUNG_NEOPLASM_UNCERTAIN"), None),
+    for name, cs, prior in [("lung_cancer_broad", d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT"), None),
                             ("lung_cancer_narrow", d("NSCLC", "SCLC"), 365), ("nsclc", d("NSCLC"), None),
                             ("sclc", d("SCLC"), None), ("disease_progression", d("PROGRESSION"), None),
                             ("breast_cancer", d("BREAST_MALIGNANT"), None)]:
         n = one(f"SELECT count(*) FROM ({first(cs, prior)})")
         out[name] = {"records": n, "subjects": n}
-    other = (f"({d('MALIGNANT_NEOPLASM')} EXCEPT {d('SKIN_MALIGNANT')} EXCEPT {d('LUNG_MALIGNANT')} "
-             f"EXCEPT {d('LUNG_PRIMARY_MALIGNANT')})")
-    flags = ", ".join(f"bool_or(m.measurement_concept_id IN {d(k)}) AS {k.lower()}" for k in ("T1", "T2", "T3", "N0", "N1", "M0"))
-    stage = d("STAGE_1", "STAGE_2", "C_STAGE_1", "C_STAGE_2", "P_STAGE_1", "P_STAGE_2")
+    other = (f"({d('MALIGNANT_NEOPLASM')} EXCEPT {d('SKIN_MALIGNANT', 'SKIN_PRIMARY_MALIGNANT', 'SKIN_BCC', 'SKIN_SCC')} "
+             f"EXCEPT {d('LUNG_MALIGNANT')} EXCEPT {d('LUNG_PRIMARY_MALIGNANT')})")
+    flags = ", ".join(f"bool_or(m.measurement_concept_id IN {d(k, 'P' + k, 'C7_' + k, 'P7_' + k)}) AS {k.lower()}"
+                      for k in ("T1", "T2", "T3", "N0", "N1", "M0"))
+    stage = d("STAGE_1", "STAGE_2", "P7_STAGE_1", "P7_STAGE_2", "C_STAGE_1", "C_STAGE_2", "P_STAGE_1", "P_STAGE_2")
     base = f"""WITH q AS ({first(d('SCLC'), 365)}),
       a AS (SELECT q.* FROM q JOIN person p USING (person_id) WHERE year(q.idx) - p.year_of_birth >= 18),
       b AS (SELECT * FROM a WHERE NOT EXISTS (SELECT 1 FROM condition_occurrence c WHERE c.person_id = a.person_id
@@ -206,9 +207,11 @@ def _sql_truth(path: Path, v: Vocabulary) -> tuple[dict[str, dict[str, int]], li
     steps.append(one(base + " SELECT count(*) FROM f WHERE st OR (m0 AND ((n0 AND (t1 OR t2 OR t3)) OR (n1 AND (t1 OR t2))))"))
     out["sclc_stage_i_ii"] = {"records": steps[-1], "subjects": steps[-1]}
     for name, table, col, date, cs in [
-        ("lung_surgery", "procedure_occurrence", "procedure_concept_id", "procedure_date", d("LUNG_EXCISION")),
+        ("lung_surgery", "procedure_occurrence", "procedure_concept_id", "procedure_date",
+         d("LUNG_EXCISION", "LOBECTOMY", "SLEEVE_RESECTION", "PNEUMONECTOMY")),
         ("lung_chemotherapy", "drug_exposure", "drug_concept_id", "drug_exposure_start_date", d("CARBOPLATIN", "CISPLATIN", "ETOPOSIDE")),
-        ("lung_radiotherapy", "procedure_occurrence", "procedure_concept_id", "procedure_date", d("RADIOTHERAPY")),
+        ("lung_radiotherapy", "procedure_occurrence", "procedure_concept_id", "procedure_date",
+         d("RADIOTHERAPY", "RT_STEREOTACTIC", "RT_CONFORMAL", "RT_IMRT")),
     ]:
         rec, subj = con.execute(f"""SELECT count(*), count(DISTINCT person_id) FROM (
             SELECT DISTINCT x.person_id, x.{date} FROM {table} x JOIN observation_period op ON op.person_id = x.person_id

@@ -14,7 +14,8 @@ Assumptions (orders of magnitude from SEER/NCCN-style pathways, not estimates):
   etoposide days 1-3) and palliative RT in ~30 %.
 * coding per site (see ``params.py``): a generic lung code before the histology, histology in
   SNOMED, ICD-O-3 or a local code (mapped or not), ICD10CM billing codes at follow-ups.
-* staging: a site's style (combined stage, clinical, pathological, or T/N/M), missing for
+* staging: a site's style (combined stage, clinical, pathological, clinical T/N/M or
+  pathological-only pT/pN/pM; see ``staging``), missing for
   10-35 %, recorded mostly within [-25, +55] days of diagnosis but some outside [-30, +60].
 """
 
@@ -105,24 +106,10 @@ def _measure(b: Block, pidx, date, concept) -> None:
     b.buf["measurement"].add(pidx=pidx, date=date, concept=concept, source=concept, value_concept=concept, visit=vis)
 
 
-def staging(b: Block, L: dict) -> None:
-    r, V, p = b.rng, b.V, b.p
-    pidx, dx, stage = L["pidx"], L["dx"], L["stage"]
-    n = pidx.size
-    recorded = r.random(n) >= p.staging_missing
-    style = np.where(r.random(n) < p.staging_alt_p, p.staging_alt, p.staging)
-    when = dx + _stage_offsets(b, n)
-    for name, table in (
-        ("combined", [["STAGE_1", "STAGE_1A", "STAGE_1B"], ["STAGE_2", "STAGE_2A", "STAGE_2B"], ["STAGE_3"], ["STAGE_4"]]),
-        ("clinical", [["C_STAGE_1"], ["C_STAGE_2"], ["C_STAGE_3"], ["C_STAGE_4"]]),
-        ("pathological", [["P_STAGE_1"], ["P_STAGE_2"], ["P_STAGE_3"], ["P_STAGE_4"]]),
-    ):
-        for s in range(1, 5):
-            sel = np.flatnonzero(recorded & (style == name) & (stage == s))
-            ids = np.array([V[k] for k in table[s - 1]])
-            _measure(b, pidx[sel], when[sel], ids[r.integers(0, ids.size, sel.size)])
-    # T/N/M consistent with the stage group
-    sel = np.flatnonzero(recorded & (style == "tnm"))
+def _tnm(b: Block, sel: np.ndarray, stage: np.ndarray, when: np.ndarray, dx: np.ndarray, pidx: np.ndarray,
+         keys: tuple[str, str, str]) -> None:
+    """T/N/M categories consistent with the stage group; ``keys`` = key prefixes for T, N and M."""
+    r, V = b.rng, b.V
     st = stage[sel]
     m = sel.size
     t = r.integers(1, 3, m)  # T1/T2
@@ -143,9 +130,10 @@ def staging(b: Block, L: dict) -> None:
     t[four] = r.integers(1, 5, four.sum())
     nn[four] = r.integers(0, 4, four.sum())
     mm = (st == 4).astype(np.int64)
-    t_ids = np.array([0] + [V[f"T{i}"] for i in range(1, 5)])
-    n_ids = np.array([V[f"N{i}"] for i in range(4)])
-    m_ids = np.array([V["M0"], V["M1"]])
+    tp, np_, mp = keys
+    t_ids = np.array([0] + [V[f"{tp}T{i}"] for i in range(1, 5)])
+    n_ids = np.array([V[f"{np_}N{i}"] for i in range(4)])
+    m_ids = np.array([V[f"{mp}M0"], V[f"{mp}M1"]])
     same = r.random(m) < 0.85
     drop = r.integers(0, 3, m)
     drop[r.random(m) >= 0.07] = -1  # ~7 % lack one of T/N/M
@@ -153,6 +141,36 @@ def staging(b: Block, L: dict) -> None:
         d = np.where(same, when[sel], dx[sel] + _stage_offsets(b, m))
         keep = drop != j
         _measure(b, pidx[sel][keep], d[keep], ids[keep])
+
+
+def staging(b: Block, L: dict) -> None:
+    """Stage as the site records it (``params.STAGING_STYLES``).
+
+    combined: 7th-edition clinical stage group (sub-stages 1A/1B/2A/2B as its descendants);
+    clinical: 8th-edition clinical stage group; pathological: pathological stage group (8th
+    edition, a quarter 7th); tnm: 8th clinical T/N/M categories; ptnm: pathological pT/pN with
+    pM or (as pathologists often leave M clinical) cM, no stage group at all.
+    """
+    r, V, p = b.rng, b.V, b.p
+    pidx, dx, stage = L["pidx"], L["dx"], L["stage"]
+    n = pidx.size
+    recorded = r.random(n) >= p.staging_missing
+    style = np.where(r.random(n) < p.staging_alt_p, p.staging_alt, p.staging)
+    when = dx + _stage_offsets(b, n)
+    for name, table in (
+        ("combined", [["STAGE_1", "STAGE_1A", "STAGE_1B"], ["STAGE_2", "STAGE_2A", "STAGE_2B"], ["STAGE_3"], ["STAGE_4"]]),
+        ("clinical", [["C_STAGE_1"], ["C_STAGE_2"], ["C_STAGE_3"], ["C_STAGE_4"]]),
+        ("pathological", [[f"P_STAGE_{s}"] * 3 + [f"P7_STAGE_{s}"] for s in range(1, 5)]),
+    ):
+        for s in range(1, 5):
+            sel = np.flatnonzero(recorded & (style == name) & (stage == s))
+            ids = np.array([V[k] for k in table[s - 1]])
+            _measure(b, pidx[sel], when[sel], ids[r.integers(0, ids.size, sel.size)])
+    _tnm(b, np.flatnonzero(recorded & (style == "tnm")), stage, when, dx, pidx, ("", "", ""))
+    sel = np.flatnonzero(recorded & (style == "ptnm"))
+    clinical_m = r.random(sel.size) < 0.4
+    _tnm(b, sel[~clinical_m], stage, when, dx, pidx, ("P", "P", "P"))
+    _tnm(b, sel[clinical_m], stage, when, dx, pidx, ("P", "P", ""))
     # re-staging as stage 4 at progression (combined/clinical sites)
     prog = np.flatnonzero(recorded & (L["prog"] != NO_DATE) & np.isin(style, ["combined", "clinical"]) & (r.random(n) < 0.4))
     _measure(b, pidx[prog], L["prog"][prog], np.where(style[prog] == "combined", V["STAGE_4"], V["C_STAGE_4"]))

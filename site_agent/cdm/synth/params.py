@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PROFILES = ("primary-care", "oncology")
-STAGING_STYLES = ("combined", "clinical", "pathological", "tnm")
+STAGING_STYLES = ("combined", "clinical", "pathological", "tnm", "ptnm")  # see lung.staging
 
 
 @dataclass(frozen=True)

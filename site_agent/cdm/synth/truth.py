@@ -42,26 +42,30 @@ COHORTS = (
 )
 ATTRITION_RULES = ("initial qualifying events", "Age >= 18", "No history of cancer except skin cancer", "Stage I or II recorded")
 BIG = np.iinfo(np.int64).max
+# stage group keys by stage: 7th clinical, 7th pathological, 8th clinical, 8th pathological
+STAGE_KEYS = {s: (f"STAGE_{s}", f"P7_STAGE_{s}", f"C_STAGE_{s}", f"P_STAGE_{s}") for s in (1, 2, 3, 4)}
 
 
 def concept_sets(v: Vocabulary) -> dict[str, np.ndarray]:
     d = v.descendants
     sets = {
-        "broad": d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT", "LUNG_NEOPLASM_UNCERTAIN"),
+        "broad": d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT"),
         "narrow": d("NSCLC", "SCLC"),
         "nsclc": d("NSCLC"),
         "sclc": d("SCLC"),
-        "other_malignancy": d("MALIGNANT_NEOPLASM") - d("SKIN_MALIGNANT") - d("LUNG_MALIGNANT") - d("LUNG_PRIMARY_MALIGNANT"),
-        "stage_i_ii": d("STAGE_1", "STAGE_2", "C_STAGE_1", "C_STAGE_2", "P_STAGE_1", "P_STAGE_2"),
-        "surgery": d("LUNG_EXCISION"),
+        "other_malignancy": d("MALIGNANT_NEOPLASM")
+        - d("SKIN_MALIGNANT", "SKIN_PRIMARY_MALIGNANT", "SKIN_BCC", "SKIN_SCC")
+        - d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT"),
+        "stage_i_ii": d(*STAGE_KEYS[1], *STAGE_KEYS[2]),
+        "surgery": d("LUNG_EXCISION", "LOBECTOMY", "SLEEVE_RESECTION", "PNEUMONECTOMY"),
         "chemo": d("CARBOPLATIN", "CISPLATIN", "ETOPOSIDE"),
-        "radio": d("RADIOTHERAPY"),
+        "radio": d("RADIOTHERAPY", "RT_STEREOTACTIC", "RT_CONFORMAL", "RT_IMRT"),
         "progression": d("PROGRESSION"),
         "breast": d("BREAST_MALIGNANT"),
         "secondary": d("SECONDARY_MALIGNANT", "LUNG_SECONDARY"),
     }
-    for k in ("T1", "T2", "T3", "N0", "N1", "M0"):
-        sets[k] = d(k)
+    for k in ("T1", "T2", "T3", "N0", "N1", "M0"):  # each category in all four editions/types
+        sets[k] = d(k, f"P{k}", f"C7_{k}", f"P7_{k}")
     return {k: v.ids_of(s) for k, s in sets.items()}
 
 
