@@ -31,6 +31,7 @@ class ExitCode(IntEnum):
     COX_REFUSAL = 15       # a site refuses a Cox request
     RESULT_FORMAT = 16     # a summarised_result table is malformed
     DISCLOSURE = 17        # a table cannot be released without disclosing a small cell
+    VOCABULARY_LOAD = 18   # an Athena vocabulary download cannot be loaded; nothing was changed
     COORDINATOR = 20       # a coordinator input problem (file, study id, option)
     STUDY_INCOMPLETE = 21  # fewer sites answered than the study's minimum
     NETWORK = 22           # the Flower network could not be started, reached or stopped
@@ -154,6 +155,12 @@ class DisclosureError(OptimaError, ValueError):
     """A table cannot be released (or accepted) without disclosing a small cell."""
 
     exit_code = ExitCode.DISCLOSURE
+
+
+class VocabularyLoadError(OptimaError, ValueError):
+    """An Athena vocabulary download is incomplete, truncated or unreadable; nothing was changed."""
+
+    exit_code = ExitCode.VOCABULARY_LOAD
 
 
 # -- coordinator -----------------------------------------------------------------------

@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cdm-version", default="5.4", choices=["5.3", "5.4"])
     p.set_defaults(func=cmd_cdm_copy)
 
+    from site_agent.cdm.vocab_cli import add_parsers as add_vocab_parsers
+
+    add_vocab_parsers(sub, cdm, _add_cdm_options)  # vocab check, cdm vocab load
+
     p = sub.add_parser("cohorts", help="instantiate ATLAS cohort definitions and print counts")
     _add_cdm_options(p)
     p.add_argument("--definitions", nargs="+", required=True, help="cohort JSON files or folders")
