@@ -67,7 +67,7 @@ def cmd_cdm_synth(args) -> int:
     from site_agent.cdm.synth import generate_site
 
     res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
-                        seed=args.seed, chunk_size=args.chunk_size)
+                        seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary)
     if args.truth:
         from pathlib import Path
 
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
     p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")
+    p.add_argument("--vocabulary", help="Athena download folder: patients use its concepts and hierarchy")
     p.set_defaults(func=cmd_cdm_synth)
 
     p = cdm.add_parser("copy", help="copy a DuckDB CDM into a PostgreSQL schema")

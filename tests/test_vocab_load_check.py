@@ -17,7 +17,7 @@ import pytest
 from site_agent.cli import main
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "athena_small"
-EXPECTED_ROWS = {"concept": 60, "concept_ancestor": 93, "concept_relationship": 44, "concept_synonym": 3,
+EXPECTED_ROWS = {"concept": 61, "concept_ancestor": 97, "concept_relationship": 46, "concept_synonym": 3,
                  "vocabulary": 6, "domain": 4, "concept_class": 6, "relationship": 4}
 MISSING = (4155297, 40480519)  # Malignant neoplasm of skin, Intensity modulated radiation therapy
 
@@ -32,7 +32,7 @@ def test_load_into_new_duckdb(tmp_path, capsys):
     db = tmp_path / "cdm.duckdb"  # (a file named like the schema would clash in DuckDB)
     rc, out, err = _run(capsys, "cdm", "vocab", "load", str(FIXTURE), "--cdm", str(db), "--vocab-schema", "vocab")
     assert rc == 0, err
-    assert "loaded 220 rows into 8 vocabulary tables of schema vocab" in out
+    assert "loaded 227 rows into 8 vocabulary tables of schema vocab" in out
     con = duckdb.connect(str(db), read_only=True)
     for table, n in EXPECTED_ROWS.items():
         assert con.execute(f"select count(*) from vocab.{table}").fetchone()[0] == n, table
@@ -66,7 +66,7 @@ def test_load_into_postgresql(pg_url, capsys):
         assert {"idx_concept_concept_id", "idx_concept_ancestor_id_2"} <= {r[0] for r in cur.fetchall()}
     # a truncated file afterwards: one line, exit 18, and the loaded vocabulary is untouched
     bad = _truncated_copy()
-    rc, out, err = _run(capsys, "cdm", "vocab", "load", str(bad), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
+    rc, _, err = _run(capsys, "cdm", "vocab", "load", str(bad), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
     assert rc == 18 and err.count("\n") == 1 and "CONCEPT_ANCESTOR.csv looks truncated" in err
     with psycopg2.connect(host=u.host, port=u.port, user=u.username, dbname=u.database) as con, con.cursor() as cur:
         cur.execute("select count(*) from vocab_fx.concept_ancestor")

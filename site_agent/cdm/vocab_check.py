@@ -156,7 +156,7 @@ def _ids_sql(ids) -> str:
 
 
 def check_vocabulary(cdm: CdmConnection, definitions: list[str | Path] | None = None) -> VocabCheckReport:
-    v, c = cdm.vocab_schema, cdm.cdm_schema
+    v = cdm.vocab_schema
     sets = read_concept_sets(definitions or [default_definitions_dir()])
     all_ids = {int(it["concept"]["CONCEPT_ID"]) for _, _, items in sets for it in items}
     rows = cdm.query_df(f"SELECT concept_id, concept_name, standard_concept, invalid_reason, domain_id "

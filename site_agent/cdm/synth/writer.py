@@ -91,7 +91,7 @@ class CdmWriter:
                     "cdm_release_date": [release],
                     "cdm_version": ["5.4"],
                     "cdm_version_concept_id": [756265],
-                    "vocabulary_version": [VOCAB_VERSION.split(" (")[0]],  # varchar(20) in the DDL
+                    "vocabulary_version": [getattr(self.vocab, "version", VOCAB_VERSION).split(" (")[0][:20]],  # varchar(20)
                 }
             ),
         )
