@@ -72,9 +72,11 @@ def test_evidence_rows_name_a_public_source():
 # ------------------------------------------------------------------ a vocabulary of real ids only
 
 
-def _evidence_vocab_cdm(*, with_hierarchy: bool):
+def _evidence_vocab_cdm(*, with_hierarchy: bool, unlink_skin_leaves: bool = False):
     """Empty CDM whose concept table is the evidence file alone; concept_ancestor holds the
-    self pairs and, if asked, the synthetic vocabulary's edges between two evidence ids."""
+    self pairs and, if asked, the synthetic vocabulary's edges between two evidence ids.
+    ``unlink_skin_leaves``: BCC and SCC stay below malignant neoplastic disease but not below
+    malignant neoplasm of skin (a vocabulary whose skin hierarchy differs from ours)."""
     con = _empty_cdm()
     rows = _evidence()
     for r in rows:
@@ -100,6 +102,8 @@ def _evidence_vocab_cdm(*, with_hierarchy: bool):
                         seen.add(p)
                         stack.append(p)
             pairs |= {(a, cid) for a in seen if a in ids}
+    if unlink_skin_leaves:
+        pairs -= {(a, d) for a in (4155297, 139750) for d in (4112752, 4111921)}
     for a, d in sorted(pairs):
         con.execute("insert into main.concept_ancestor values (?, ?, 0, 0)", [a, d])
     return con
@@ -139,9 +143,14 @@ SCLC, BCC, SCC, SKIN, COLON_FREE_MALIGNANT, LUNG = 4110591, 4112752, 4111921, 41
 C8_STAGE_1, P8_STAGE_2, P8_STAGE_3 = 1635758, 1635386, 1634705
 
 
-@pytest.mark.parametrize("with_hierarchy", [True, False], ids=["skin-hierarchy", "no-hierarchy"])
-def test_skin_cancer_exception_on_real_ids_only(with_hierarchy):
-    con = _evidence_vocab_cdm(with_hierarchy=with_hierarchy)
+@pytest.mark.parametrize("unlink", [False, True], ids=["skin-hierarchy", "skin-leaves-unlinked"])
+def test_skin_cancer_exception_on_real_ids_only(unlink):
+    con = _evidence_vocab_cdm(with_hierarchy=True, unlink_skin_leaves=unlink)
+    if unlink:  # the leaves really are below "Malignant neoplastic disease" only
+        assert con.execute("select count(*) from main.concept_ancestor where ancestor_concept_id = 443392"
+                           " and descendant_concept_id in (4112752, 4111921)").fetchone()[0] == 2
+        assert con.execute("select count(*) from main.concept_ancestor where ancestor_concept_id = 4155297"
+                           " and descendant_concept_id in (4112752, 4111921)").fetchone()[0] == 0
     idx = "2010-06-01"
     for pid in range(1, 7):
         _person(con, pid)

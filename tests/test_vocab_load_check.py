@@ -51,7 +51,7 @@ def test_load_into_postgresql(pg_url, capsys):
     import psycopg2
     from sqlalchemy.engine import make_url
 
-    rc, out, err = _run(capsys, "cdm", "vocab", "load", str(FIXTURE), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
+    rc, _, err = _run(capsys, "cdm", "vocab", "load", str(FIXTURE), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
     assert rc == 0, err
     u = make_url(pg_url)
     with psycopg2.connect(host=u.host, port=u.port, user=u.username, dbname=u.database) as con, con.cursor() as cur:
@@ -68,9 +68,20 @@ def test_load_into_postgresql(pg_url, capsys):
     bad = _truncated_copy()
     rc, _, err = _run(capsys, "cdm", "vocab", "load", str(bad), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
     assert rc == 18 and err.count("\n") == 1 and "CONCEPT_ANCESTOR.csv looks truncated" in err
+    # a short row inside a file: COPY fails inside the transaction, everything is rolled back
+    short = _truncated_copy(cut_mid_line=False)
+    lines = (short / "CONCEPT_RELATIONSHIP.csv").read_text().splitlines(keepends=True)
+    lines[5] = "4112752\t4155297\n"
+    (short / "CONCEPT_RELATIONSHIP.csv").write_text("".join(lines))
+    (short / "CONCEPT.csv").write_text((FIXTURE / "CONCEPT.csv").read_text().splitlines(keepends=True)[0]
+                                       + "".join((FIXTURE / "CONCEPT.csv").read_text().splitlines(keepends=True)[1:10]))
+    rc, _, err = _run(capsys, "cdm", "vocab", "load", str(short), "--cdm", pg_url, "--vocab-schema", "vocab_fx")
+    assert rc == 18 and err.count("\n") == 1 and "CONCEPT_RELATIONSHIP.csv: cannot load" in err
     with psycopg2.connect(host=u.host, port=u.port, user=u.username, dbname=u.database) as con, con.cursor() as cur:
         cur.execute("select count(*) from vocab_fx.concept_ancestor")
         assert cur.fetchone()[0] == EXPECTED_ROWS["concept_ancestor"]
+        cur.execute("select count(*) from vocab_fx.concept")  # CONCEPT.csv (9 rows) was loaded first, then undone
+        assert cur.fetchone()[0] == EXPECTED_ROWS["concept"]
 
 
 _TMP = []
