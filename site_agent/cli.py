@@ -165,21 +165,19 @@ def cmd_run_study(args) -> int:
 def cmd_run_manifest(args) -> int:
     """Offline mode: answer a manifest file without Flower; the signed bundle goes to a file."""
     from optima_common.bundle import read_manifest, render
-    from site_agent.client_app import answer_manifest
-    from site_agent.config import load_config
+    from site_agent.service import Site
 
-    config = load_config(args.config)
+    site = Site.from_file(args.config)
     manifest = read_manifest(args.manifest)
-    status, reason, text = answer_manifest(config, render(manifest).decode("utf-8"))
+    status, reason, text = site.answer_manifest(render(manifest).decode("utf-8"))
     return _write_answer(args.out, status, reason, text, manifest.manifest_id)
 
 
 def cmd_release(args) -> int:
     """Offline mode after a review: write the approved (or already released) bundle to a file."""
-    from site_agent.client_app import collect
-    from site_agent.config import load_config
+    from site_agent.service import Site
 
-    status, reason, text = collect(load_config(args.config), args.manifest_id)
+    status, reason, text = Site.from_file(args.config).collect(args.manifest_id)
     return _write_answer(args.out, status, reason, text, args.manifest_id)
 
 

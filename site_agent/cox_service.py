@@ -25,15 +25,10 @@ from optima_common.bundle import StudyManifest
 from site_agent.analyses.cox import CoxGuard, CoxRefusal
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig
+from site_agent.governance.released import accepted_path, released_path
 from site_agent.policy import AUDIT_FILE, PolicyRefusal
 
-ACCEPTED_DIR = "accepted"
 BUDGET_FILE = "cox_budget.sqlite3"
-
-
-def accepted_path(config: SiteConfig, manifest_id: str) -> Path:
-    safe = "".join(ch for ch in manifest_id if ch.isalnum() or ch in "-_")[:80] or "manifest"
-    return config.state_dir / ACCEPTED_DIR / f"{safe}.json"
 
 
 class CoxBudget:
@@ -58,20 +53,16 @@ class CoxBudget:
 
 def cox_columns(config: SiteConfig, manifest_id: str) -> tuple[str, ...]:
     """The design's column names (no data, no budget used): what the coordinator fits."""
-    from site_agent.client_app import released_path
-
-    manifest = _released_study_manifest(config, manifest_id, released_path(config, manifest_id))
+    manifest = _released_study_manifest(config, manifest_id, released_path(config.state_dir, manifest_id))
     guard, _ = _guard(config, manifest)
     return guard.data.columns
 
 
 def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple[float, np.ndarray, np.ndarray]:
     """(loglik, score, information) of this site's stratum, or :class:`CoxRefusal` (audited)."""
-    from site_agent.client_app import released_path
-
     audit = AuditLog(config.state_dir / AUDIT_FILE)
     try:
-        manifest = _released_study_manifest(config, manifest_id, released_path(config, manifest_id))
+        manifest = _released_study_manifest(config, manifest_id, released_path(config.state_dir, manifest_id))
         guard, study_id = _guard(config, manifest)
         budget = CoxBudget(config.state_dir)
         guard._answers[manifest_id] = budget.used(manifest_id)
@@ -86,7 +77,7 @@ def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple
 
 
 def _released_study_manifest(config: SiteConfig, manifest_id: str, released: Path) -> StudyManifest:
-    path = accepted_path(config, manifest_id)
+    path = accepted_path(config.state_dir, manifest_id)
     if not path.is_file() or not released.is_file():
         raise CoxRefusal(f"Cox refused: manifest {manifest_id[:40]} was not accepted and released at this site")
     manifest = StudyManifest.model_validate_json(path.read_text(encoding="utf-8"))

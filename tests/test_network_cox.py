@@ -12,10 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-from coordinator.demo_sites import DemoSite
-from coordinator.network_cox import cox_section, fit_network_cox
+from coordinator.demo.sites import DemoSite
+from coordinator.flower.cox_rounds import cox_section, fit_network_cox
+from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore
-from coordinator.study import send_study
 from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
 from site_agent.analyses.cox import site_score_information
