@@ -95,3 +95,14 @@ def test_no_import_circles():
 def test_package_is_in_the_wheel(package):
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert f'"{package}*"' in text
+
+
+def test_sql_dialect_branches_live_in_the_cdm_package():
+    """SQL differences between DuckDB and PostgreSQL go through site_agent.cdm (dialect.py, connection.py)."""
+    import re
+
+    pattern = re.compile(r"""[!=]= *["'](duckdb|postgresql)["']""")
+    bad = [f"{p.relative_to(REPO)}:{i}" for p in sorted(REPO.glob("*/**/*.py"))
+           if p.parts[len(REPO.parts)] in PACKAGES and "cdm" not in p.relative_to(REPO).parts[1:2]
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not bad, bad
