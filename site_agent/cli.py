@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from optima_common.errors import ConfigError, OptimaError
+from optima_common.errors import ConfigError, ExitCode, OptimaError
 from site_agent import __version__
 
 log = logging.getLogger("site_agent")
@@ -316,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen environment problem: still one line
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_MODULES:
             print(f"site-agent: error: '{args.command}' needs the training extra ({exc.name} is not installed); "
-                  "install it with: pip install 'optima-federated[train]'", file=sys.stderr)
-            return 2
+                  "install it from a checkout with: pip install -e '.[train]'", file=sys.stderr)
+            return ExitCode.CONFIG
         log.debug("unexpected error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"site-agent: unexpected error: {type(exc).__name__}: {first} (re-run with -v for details)",

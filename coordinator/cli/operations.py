@@ -15,7 +15,7 @@ from pathlib import Path
 from coordinator.cli.common import report_outcome, study_job
 from coordinator.store import DEFAULT_STORE
 from coordinator.store.ops import resolve_study
-from optima_common.errors import CoordinatorError
+from optima_common.errors import CoordinatorError, ExitCode
 
 
 def _open(path: str):
@@ -109,7 +109,7 @@ def cmd_serve(args) -> int:
                      report=report)
     if not done:
         print("no scheduled study was due")
-    return 0 if all(r.state != "failed" for r in done) else 3
+    return 0 if all(r.state != "failed" for r in done) else ExitCode.STUDY_INCOMPLETE
 
 
 def _open_or_create(path: str):
