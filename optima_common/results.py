@@ -371,7 +371,7 @@ def validate_csv(path: str | os.PathLike[str]) -> SummarisedResult:
     for every result_id (with result_type, package_name, package_version) and
     vice versa, unique estimates, valid types and name/level pairs.  Returns
     the parsed result; raises :class:`ResultFormatError`."""
-    raw = _read_raw(Path(path))
+    raw = _read_raw(Path(path), str(path))
     set_ids = set(raw.loc[raw["variable_name"] == "settings", "result_id"])
     data_ids = set(raw.loc[raw["variable_name"] != "settings", "result_id"])
     if data_ids - set_ids:
