@@ -18,10 +18,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.manifest import build_manifest, sign_manifest
-from coordinator.network_results import network_result
+from coordinator.pooling.results import network_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
+from coordinator.trust.manifest import build_manifest, sign_manifest
 from optima_common.bundle import (
     Provenance,
     ResultBundle,

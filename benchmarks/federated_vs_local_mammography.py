@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     from flwr.clientapp import ClientApp
 
-    from coordinator.training import load_checkpoint, run_federated_training
+    from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.imaging.pipeline import MammoConfig, load_site, run_detection
     from site_agent.imaging.stages import evaluate_stage, train_stages
     from site_agent.imaging.synth import synth_site

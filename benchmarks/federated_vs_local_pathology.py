@@ -54,7 +54,7 @@ def run_seed(seed: int, workdir: Path, *, slides: int, size: tuple[int, int], ba
              max_steps: int | None = None) -> dict:
     from flwr.clientapp import ClientApp
 
-    from coordinator.training import load_checkpoint, run_federated_training
+    from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.pathology.options import PathologyOptions
     from site_agent.pathology.pipeline import build_model
     from site_agent.pathology.synth import generate_site

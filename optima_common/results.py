@@ -32,6 +32,7 @@ The file name carries no date: the caller chooses it.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -289,8 +290,8 @@ class SummarisedResult:
         s["cdm_name"] = _str_col(s["cdm_name"])
         return pd.concat([self.data, s[list(RESULT_COLUMNS)]], ignore_index=True)
 
-    def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write the omopgenerics CSV layout atomically (temp file + rename)."""
+    def to_csv_text(self) -> str:
+        """The omopgenerics CSV layout as text (settings as extra long rows; NA for missing)."""
         long = self.to_long()
         cols = [long["result_id"].astype("int64").astype(str)]
         for col in RESULT_COLUMNS[1:]:
@@ -299,13 +300,24 @@ class SummarisedResult:
             cols.append(quoted.where(v.notna(), "NA"))
         lines = cols[0].str.cat(cols[1:], sep=",") if len(long) else pd.Series([], dtype=object)
         header = ",".join(f'"{c}"' for c in RESULT_COLUMNS)
-        text = "\n".join([header, *lines.tolist()]) + "\n"
-        return write_atomic(path, text.encode("utf-8"))
+        return "\n".join([header, *lines.tolist()]) + "\n"
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_csv_text` atomically (temp file + rename)."""
+        return write_atomic(path, self.to_csv_text().encode("utf-8"))
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> SummarisedResult:
         """Read a file written by :meth:`to_csv` or by omopgenerics."""
-        raw = _read_raw(Path(path))
+        return cls._from_raw(_read_raw(Path(path), str(path)))
+
+    @classmethod
+    def from_csv_text(cls, text: str, *, source: str = "results CSV") -> SummarisedResult:
+        """Read the text of such a file (e.g. a bundle's ``results_csv``)."""
+        return cls._from_raw(_read_raw(io.StringIO(text), source))
+
+    @classmethod
+    def _from_raw(cls, raw: pd.DataFrame) -> SummarisedResult:
         is_set = raw["variable_name"] == "settings"
         data, long_set = raw.loc[~is_set], raw.loc[is_set]
         if long_set.duplicated(["result_id", "estimate_name"]).any() and \
@@ -321,13 +333,13 @@ class SummarisedResult:
         return cls(data, settings)
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
+def _read_raw(path: Path | io.StringIO, name: str) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=["NA"], encoding="utf-8")
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ResultFormatError(f"cannot read {path}: {err}") from err
+        raise ResultFormatError(f"cannot read {name}: {err}") from err
     if list(raw.columns) != list(RESULT_COLUMNS):
-        raise ResultFormatError(f"{path}: columns must be the 13 summarised_result columns in order, "
+        raise ResultFormatError(f"{name}: columns must be the 13 summarised_result columns in order, "
                                 f"got {list(raw.columns)}")
     for col in raw.columns:
         raw[col] = _str_col(raw[col])
@@ -359,7 +371,7 @@ def validate_csv(path: str | os.PathLike[str]) -> SummarisedResult:
     for every result_id (with result_type, package_name, package_version) and
     vice versa, unique estimates, valid types and name/level pairs.  Returns
     the parsed result; raises :class:`ResultFormatError`."""
-    raw = _read_raw(Path(path))
+    raw = _read_raw(Path(path), str(path))
     set_ids = set(raw.loc[raw["variable_name"] == "settings", "result_id"])
     data_ids = set(raw.loc[raw["variable_name"] != "settings", "result_id"])
     if data_ids - set_ids:

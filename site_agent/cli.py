@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from optima_common.errors import ConfigError, OptimaError
+from optima_common.errors import ConfigError, ExitCode, OptimaError
 from site_agent import __version__
 
 log = logging.getLogger("site_agent")
@@ -48,9 +48,13 @@ def cmd_cdm_check(args) -> int:
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
-        for key, value in report.model_dump().items():
+        for key, value in report.model_dump(exclude={"missing_indexes"}).items():
             print(f"{key:22} {value}")
         print("OK: all required CDM and vocabulary tables and columns are present")
+        if report.missing_indexes:
+            print(f"warning: no index on {', '.join(report.missing_indexes)}; cohort and diagnostics SQL will scan "
+                  "whole tables (create the OHDSI indexes, e.g. with `site-agent cdm copy`, or ask your DBA)",
+                  file=sys.stderr)
     return 0
 
 
@@ -80,8 +84,12 @@ def cmd_cdm_synth(args) -> int:
 def cmd_cdm_copy(args) -> int:
     from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
-    counts = copy_duckdb_to_postgres(args.source, args.to, args.schema, cdm_version=args.cdm_version)
-    print(f"copied {sum(counts.values())} rows in {len(counts)} tables into schema {args.schema}")
+    report = copy_duckdb_to_postgres(args.source, args.to, args.schema, cdm_version=args.cdm_version,
+                                     cluster=args.cluster)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"copied {sum(report.rows.values())} rows in {len(report.rows)} tables into schema {args.schema}, "
+          "with the OHDSI primary keys and indexes, analyzed")
     return 0
 
 
@@ -165,21 +173,19 @@ def cmd_run_study(args) -> int:
 def cmd_run_manifest(args) -> int:
     """Offline mode: answer a manifest file without Flower; the signed bundle goes to a file."""
     from optima_common.bundle import read_manifest, render
-    from site_agent.client_app import answer_manifest
-    from site_agent.config import load_config
+    from site_agent.service import Site
 
-    config = load_config(args.config)
+    site = Site.from_file(args.config)
     manifest = read_manifest(args.manifest)
-    status, reason, text = answer_manifest(config, render(manifest).decode("utf-8"))
+    status, reason, text = site.answer_manifest(render(manifest).decode("utf-8"))
     return _write_answer(args.out, status, reason, text, manifest.manifest_id)
 
 
 def cmd_release(args) -> int:
     """Offline mode after a review: write the approved (or already released) bundle to a file."""
-    from site_agent.client_app import collect
-    from site_agent.config import load_config
+    from site_agent.service import Site
 
-    status, reason, text = collect(load_config(args.config), args.manifest_id)
+    status, reason, text = Site.from_file(args.config).collect(args.manifest_id)
     return _write_answer(args.out, status, reason, text, args.manifest_id)
 
 
@@ -243,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="postgresql+psycopg2:// URL")
     p.add_argument("--schema", default="cdm", help="target schema (replaced)")
     p.add_argument("--cdm-version", default="5.4", choices=["5.3", "5.4"])
+    p.add_argument("--cluster", action="store_true",
+                   help="also CLUSTER each table on its person index, as OHDSI's script does (slow on large CDMs)")
     p.set_defaults(func=cmd_cdm_copy)
 
     from site_agent.cdm.vocab_cli import add_parsers as add_vocab_parsers
@@ -323,8 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen environment problem: still one line
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_MODULES:
             print(f"site-agent: error: '{args.command}' needs the training extra ({exc.name} is not installed); "
-                  "install it with: pip install 'optima-federated[train]'", file=sys.stderr)
-            return 2
+                  "install it from a checkout with: pip install -e '.[train]'", file=sys.stderr)
+            return ExitCode.CONFIG
         log.debug("unexpected error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"site-agent: unexpected error: {type(exc).__name__}: {first} (re-run with -v for details)",

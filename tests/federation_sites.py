@@ -6,9 +6,9 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.demo_sites import DemoSite, site_toml
-from coordinator.manifest import sign_manifest
-from coordinator.study import manifest_from_spec
+from coordinator.demo.sites import DemoSite, site_toml
+from coordinator.flower.study import manifest_from_spec
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import generate_keypair, load_private_key
 from tests.conftest import REPO
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.manifest import build_manifest, sign_manifest, verify_bundle_file
+from coordinator.trust.manifest import build_manifest, sign_manifest, verify_bundle_file
 from optima_common.bundle import (
     BundleError,
     Provenance,

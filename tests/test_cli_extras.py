@@ -16,5 +16,5 @@ def test_missing_train_extra_is_one_clear_line(tmp_path):
                  ["images", "synth", "mammography", "--out", str(tmp_path / "m"), "--site", "a"]):
         proc = subprocess.run([sys.executable, "-c", BLOCK, *args], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count("\n") == 1 and "pip install 'optima-federated[train]'" in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "pip install -e '.[train]'" in proc.stderr
         assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()

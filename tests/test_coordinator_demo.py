@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_network_end_to_end(tmp_path):
     out = tmp_path / "net"
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--sites", "3", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "demo", "--sites", "3", "--out", str(out),
                            "--persons", "1200"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sites = ["oncology_north", "primary_care_south", "oncology_east"]
@@ -30,7 +30,7 @@ def test_demo_network_end_to_end(tmp_path):
     html = (out / "report.html").read_text()
     assert "<img" in html and "http://" not in html and "https://" not in html  # offline: nothing fetched
     for s in sites:
-        verify = subprocess.run([sys.executable, "-m", "coordinator.cli", "verify",
+        verify = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "verify",
                                  str(out / "bundles" / f"{s}.bundle"), "--trust", str(out / "trust")],
                                 capture_output=True, text=True, cwd=REPO)
         assert verify.returncode == 0, verify.stderr
@@ -51,7 +51,7 @@ def test_demo_network_end_to_end(tmp_path):
 
 
 def test_demo_reports_missing_definitions(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "demo", "--out", str(tmp_path),
                            "--definitions", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr

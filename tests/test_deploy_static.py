@@ -63,7 +63,7 @@ def test_compose_commands_and_files_exist(compose):
         assert_flags_known(services[name]["command"])
     # the SuperLink's port (Fleet + Control in Flower 1.42) is never published; only the proxy is
     assert "ports" not in services["superlink"] and services["fleet-proxy"]["ports"] == ["9443:9443"]
-    from coordinator.cli import build_parser
+    from coordinator.cli.main import build_parser
 
     args = build_parser().parse_args(services["coordinator"]["command"][1:])
     assert args.study_command == "send" and (REPO / args.spec).is_file()

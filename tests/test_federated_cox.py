@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coordinator.cox import fit_federated_cox
+from coordinator.pooling.cox import fit_federated_cox
 from site_agent.analyses.cox import (
     CoxGuard,
     CoxRefusal,

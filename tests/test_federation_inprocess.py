@@ -17,9 +17,9 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from coordinator.manifest import sign_manifest
+from coordinator.flower.study import require_complete, send_study
 from coordinator.store import ResultsStore
-from coordinator.study import require_complete, send_study
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import StudyManifest, load_private_key
 from optima_common.errors import StudyIncomplete
 from site_agent import client_app as site_app

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from optima_common.bundle import write_manifest
+from optima_common.errors import ExitCode
 from site_agent.audit import AuditLog
 from site_agent.cli import main
 from site_agent.config import load_config
@@ -117,7 +118,7 @@ def test_audit_verify_reports_the_first_broken_entry(tmp_path, capsys):
     lines = log.path.read_text().splitlines(keepends=True)
     lines[3] = lines[3].replace('"i":3', '"i":30')
     log.path.write_text("".join(lines))
-    assert main(["audit", "verify", "--config", cfg]) == 7
+    assert main(["audit", "verify", "--config", cfg]) == ExitCode.AUDIT_LOG
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "chain broken at entry 4" in err and "edited" in err
 
@@ -143,18 +144,19 @@ def test_audit_show_filters(tmp_path, capsys):
 
 def test_canary_through_the_client_app_in_review_mode(canary_cdm, tmp_path, capsys):
     """The site's query handler end to end (policy -> diagnostics on the CDM -> outbox -> approve -> collect)."""
-    from site_agent.client_app import answer_manifest, collect
+    from site_agent.service import Site
 
     keys = make_keys(tmp_path / "keys")
     cfg_path = write_site_config(tmp_path, keys, cdm_url=f"duckdb:///{canary_cdm}", extra="review_mode = true")
     cfg = load_config(cfg_path)
     m = make_manifest(keys, analyses=("cohort_counts",))
-    status, reason, text = answer_manifest(cfg, m.model_dump_json())
+    site = Site(cfg)
+    status, reason, text = site.answer_manifest(m.model_dump_json())
     assert (status, text) == ("awaiting_review", "") and reason.startswith("queued for review")
-    assert collect(cfg, m.manifest_id)[0] == "awaiting_review"
+    assert site.collect(m.manifest_id)[0] == "awaiting_review"
     [item] = Outbox(cfg.state_dir).pending()
     assert main(["approve", item.id, "--sha256", item.sha256, "--reviewer", "dpo", "--config", str(cfg_path)]) == 0
-    status, _, text = collect(cfg, m.manifest_id)
+    status, _, text = site.collect(m.manifest_id)
     assert status == "done" and hashlib.sha256(text.encode("utf-8")).hexdigest() == item.sha256
     assert "Number subjects" in text
     assert _grep_state(cfg.state_dir) == []

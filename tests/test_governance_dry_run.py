@@ -7,6 +7,7 @@ import json
 import pytest
 
 from optima_common.bundle import write_manifest
+from optima_common.errors import ExitCode
 from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.dry_run import dry_run
@@ -78,10 +79,10 @@ def test_cli_dry_run(tmp_path, keys, capsys):
     assert main(["dry-run", str(bad), "--config", cfg]) == 8
     assert "WOULD BE REFUSED (site)" in capsys.readouterr().out
     (tmp_path / "broken.json").write_text("{not json")
-    assert main(["dry-run", str(tmp_path / "broken.json"), "--config", cfg]) == 7
+    assert main(["dry-run", str(tmp_path / "broken.json"), "--config", cfg]) == ExitCode.BUNDLE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "malformed JSON" in err
-    assert main(["dry-run", str(tmp_path / "none.json"), "--config", cfg]) == 7
+    assert main(["dry-run", str(tmp_path / "none.json"), "--config", cfg]) == ExitCode.BUNDLE
     assert "cannot read" in capsys.readouterr().err
     with pytest.raises(PolicyRefusal):  # sanity: the real policy refuses what the dry run refused
         ManifestPolicy.from_config(load_config(cfg)).check(make_manifest(keys, target_sites=("site_b",)))

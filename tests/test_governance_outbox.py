@@ -15,6 +15,7 @@ from optima_common.bundle import (
     sign,
     write_bundle,
 )
+from optima_common.errors import ExitCode
 from optima_common.results import SummarisedResult
 from site_agent.audit import AuditLog
 from site_agent.cli import main
@@ -152,12 +153,12 @@ def test_cli_review_show_approve(site, capsys):
     assert sha == box.item(rid).sha256
     assert main(["review", "show", rid, "--json", "--config", cfg]) == 0
     assert json.loads(capsys.readouterr().out)["file_sha256"] == sha
-    assert main(["approve", rid, "--sha256", "f" * 64, "--config", cfg, "--reviewer", "r"]) == 9
+    assert main(["approve", rid, "--sha256", "f" * 64, "--config", cfg, "--reviewer", "r"]) == ExitCode.OUTBOX
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not the bundle's" in err
     assert main(["approve", rid, "--sha256", sha, "--config", cfg, "--reviewer", "r"]) == 0
     assert box.decision_for("manifest-1")[0] == "approved"
-    assert main(["reject", "0123456789ab", "--reason", "x", "--config", cfg]) == 9
+    assert main(["reject", "0123456789ab", "--reason", "x", "--config", cfg]) == ExitCode.OUTBOX
     assert "no review item" in capsys.readouterr().err
     assert main(["review", "--config", str(site["config"]) + ".missing"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

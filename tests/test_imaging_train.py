@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 if importlib.util.find_spec("ultralytics") is None:  # not imported here: it reads its settings at import
     pytest.skip("ultralytics not installed (train extra)", allow_module_level=True)
 
+from optima_common.errors import ExitCode
 from site_agent.cli import main  # noqa: E402
 from site_agent.imaging.classify import patient_splits  # noqa: E402
 from site_agent.imaging.synth import synth_site  # noqa: E402
@@ -103,7 +104,7 @@ def test_bad_input_is_one_line_and_nothing_written(sites, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(sites[0], broken)
     (broken / "clinical.csv").write_text("ID1,LeftRight\nX,L\n")
-    assert main(["train", "mammography", "--data", str(broken), "--out", str(tmp_path / "o2"), *TINY]) == 7
+    assert main(["train", "mammography", "--data", str(broken), "--out", str(tmp_path / "o2"), *TINY]) == ExitCode.MAMMOGRAPHY_DATA
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "clinical.csv" in err and "lacks column" in err
     assert not (tmp_path / "o2").exists()
@@ -120,7 +121,7 @@ def test_cli_module_does_not_import_torch():
 def test_federated_round_over_two_sites(sites, tmp_path):
     from flwr.clientapp import ClientApp
 
-    from coordinator.training import load_checkpoint, run_federated_training
+    from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.training.federated import handle_evaluate, handle_train
     from tests.flower_inprocess import InProcessGrid
 

@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.ingest import ingest_bundle_file
-from coordinator.manifest import sign_manifest
+from coordinator.cli.ingest import ingest_bundle_file
 from coordinator.store import ResultsStore, StoreError
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import BundleError, sign, write_bundle, write_manifest
 from tests.conftest import REPO
 from tests.test_bundle import make_bundle, make_manifest
@@ -21,7 +21,7 @@ KEYS = {"site_a": Ed25519PrivateKey.generate(), "site_b": Ed25519PrivateKey.gene
 
 
 def ingest(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", "ingest", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "ingest", *args], capture_output=True, text=True,
                           cwd=REPO, check=False)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from coordinator.pooling import dersimonian_laird, poisson_rate_ci, wilson_ci
+from coordinator.pooling.survival import dersimonian_laird, poisson_rate_ci, wilson_ci
 
 # BCG vaccine trials (Colditz et al. 1994; metafor's dat.bcg): tpos, tneg, cpos, cneg
 BCG = [(4, 119, 11, 128), (6, 300, 29, 274), (3, 228, 11, 209), (62, 13536, 248, 12619), (33, 5036, 47, 5761),
@@ -88,7 +88,7 @@ def test_wilson_ci_textbook_and_score_test_inversion():
 def test_grouped_dersimonian_laird_equals_the_scalar_one():
     import pandas as pd
 
-    from coordinator.pooling import dersimonian_laird_groups
+    from coordinator.pooling.survival import dersimonian_laird_groups
 
     rng = np.random.default_rng(3)
     rows = []

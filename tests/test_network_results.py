@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lifelines import KaplanMeierFitter
 from scipy import stats
 
-from coordinator.manifest import sign_manifest
-from coordinator.network_results import network_result
+from coordinator.pooling.results import network_result
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import (
     Provenance,
     ResultBundle,

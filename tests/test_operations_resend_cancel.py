@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from coordinator.cli import main
-from coordinator.demo_sites import DemoSite
-from coordinator.operations import cancel, resend
+from coordinator.cli.main import main
+from coordinator.demo.sites import DemoSite
+from coordinator.flower.operations import cancel, resend
+from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore, StoreError, ops
-from coordinator.study import send_study
 from optima_common.bundle import (
     key_id,
     load_private_key,

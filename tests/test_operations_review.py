@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from coordinator.cli import main
-from coordinator.demo_sites import DemoSite
+from coordinator.cli.main import main
+from coordinator.demo.sites import DemoSite
+from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore, ops
-from coordinator.study import send_study
 from optima_common.bundle import write_manifest
 from site_agent import client_app as site_app
 from site_agent.audit import AuditLog

@@ -9,11 +9,11 @@ import io
 import pandas as pd
 import pytest
 
-from coordinator.demo_sites import DemoSite
-from coordinator.schedule import load_schedule, next_run, serve
+from coordinator.demo.sites import DemoSite
+from coordinator.flower.schedule import load_schedule, next_run, serve
+from coordinator.flower.study import send_study
+from coordinator.pooling.versions import changes_section, version_changes
 from coordinator.store import ResultsStore, ops
-from coordinator.study import send_study
-from coordinator.versions import changes_section, version_changes
 from optima_common.bundle import load_private_key
 from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app

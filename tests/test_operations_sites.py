@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from coordinator.cli import main
-from coordinator.manifest import sign_manifest, verify_bundle_file
-from coordinator.pki import create_pki
-from coordinator.site_registry import load_registry
+from coordinator.cli.main import main
+from coordinator.trust.manifest import sign_manifest, verify_bundle_file
+from coordinator.trust.pki import create_pki
+from coordinator.trust.site_registry import load_registry
 from optima_common.bundle import (
     BundleError,
     generate_keypair,
@@ -36,7 +36,7 @@ def keys(tmp_path):
 
 
 def subprocess_cli(*argv: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", *argv], capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", *argv], capture_output=True, text=True, cwd=REPO, check=False)
     return proc.returncode, proc.stdout, proc.stderr
 
 

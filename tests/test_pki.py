@@ -16,7 +16,7 @@ from tests.conftest import REPO
 
 
 def certs(*args: str):
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", "certs", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "certs", *args], capture_output=True, text=True,
                           cwd=REPO)
 
 

@@ -56,7 +56,7 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
 
 def test_report_command(stored, tmp_path):
     path, manifest = stored
-    run = lambda *a: subprocess.run([sys.executable, "-m", "coordinator.cli", "report", *a],
+    run = lambda *a: subprocess.run([sys.executable, "-m", "coordinator.cli.main", "report", *a],
                                     capture_output=True, text=True, cwd=REPO, check=False)
     p = run(manifest.study_id, "--store", str(path), "--out", str(tmp_path / "r"))  # a study id: its newest manifest
     assert p.returncode == 0 and (tmp_path / "r" / "report.html").is_file() and "results.csv" in p.stdout, p.stderr
@@ -70,7 +70,7 @@ def test_report_command(stored, tmp_path):
 def test_no_bundles_no_report(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from coordinator.manifest import sign_manifest
+    from coordinator.trust.manifest import sign_manifest
     from tests.test_bundle import make_manifest
 
     manifest = sign_manifest(make_manifest(), Ed25519PrivateKey.generate())

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.manifest import sign_manifest
 from coordinator.store import ResultsStore, StoreError, migrate
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import render, sign
 from tests.test_bundle import make_bundle, make_manifest
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from lifelines import KaplanMeierFitter
 
-from coordinator.cox import fit_federated_cox
-from coordinator.pooling import pooled_km
+from coordinator.pooling.cox import fit_federated_cox
+from coordinator.pooling.survival import pooled_km
 from optima_common.results import SummarisedResult
 from site_agent.analyses.cox import CoxGuard
 from site_agent.analyses.study_run import run_study, site_cox_data, study_patients

@@ -9,7 +9,12 @@ import pytest
 from lifelines import KaplanMeierFitter
 from scipy.stats import norm
 
-from coordinator.pooling import pool_tables, pooled_cif, pooled_km, pooled_summary
+from coordinator.pooling.survival import (
+    pool_tables,
+    pooled_cif,
+    pooled_km,
+    pooled_summary,
+)
 from optima_common.results import SUPPRESSED
 from site_agent.analyses.outcomes import (
     first_event,

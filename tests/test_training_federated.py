@@ -14,7 +14,7 @@ import torch
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from coordinator.training import (
+from coordinator.flower.training import (
     DPConfig,
     TrainingError,
     dp_aggregate,
@@ -150,7 +150,7 @@ def test_dp_run_reports_epsilon_per_round(tmp_path):
 
 
 def test_training_job_document_and_too_few_sites(tmp_path):
-    from coordinator.training import TrainRequest, run_training_job
+    from coordinator.flower.training import TrainRequest, run_training_job
 
     grid = InProcessGrid(_app(), _sites(tmp_path, {1: (2.0, 5), 2: (4.0, 15)}))
     job = TrainRequest(task="toy", rounds=1, min_replies=2, round_timeout=10, node_wait=0, out=tmp_path / "job")

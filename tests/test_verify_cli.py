@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from coordinator.manifest import sign_manifest
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import load_private_key, sign, write_bundle
 from tests.conftest import REPO
 from tests.test_bundle import make_bundle, make_manifest
@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_keys_bundle_verify_and_one_byte_tamper(tmp_path):
     coord_dir, site_dir, trust = tmp_path / "coord", tmp_path / "site", tmp_path / "trust"
-    p = run("-m", "coordinator.cli", "keys", "generate", "--out", str(coord_dir))
+    p = run("-m", "coordinator.cli.main", "keys", "generate", "--out", str(coord_dir))
     assert p.returncode == 0 and "key id" in p.stdout, p.stderr
     p = run("-m", "site_agent", "keys", "generate", "--out", str(site_dir), "--name", "site_a")
     assert p.returncode == 0, p.stderr
@@ -30,19 +30,19 @@ def test_keys_bundle_verify_and_one_byte_tamper(tmp_path):
     bundle = sign(make_bundle(manifest), load_private_key(site_dir / "site_a.key"))
     path = tmp_path / "site_a.bundle"
     write_bundle(bundle, path)
-    ok = run("-m", "coordinator.cli", "verify", str(path), "--trust", str(trust))
+    ok = run("-m", "coordinator.cli.main", "verify", str(path), "--trust", str(trust))
     assert ok.returncode == 0 and ok.stdout.startswith("OK: bundle from site site_a"), ok.stderr
 
     data = path.read_bytes()
     for pos in (10, len(data) // 2, len(data) - 20):
         tampered = tmp_path / f"t{pos}.bundle"
         tampered.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:])
-        bad = run("-m", "coordinator.cli", "verify", str(tampered), "--trust", str(trust))
+        bad = run("-m", "coordinator.cli.main", "verify", str(tampered), "--trust", str(trust))
         assert bad.returncode != 0 and bad.stdout == ""
         assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("coordinator: error:"), bad.stderr
 
     other = tmp_path / "other_trust"
     other.mkdir()
     (other / "site_a.pub").write_bytes((coord_dir / "coordinator.pub").read_bytes())  # wrong key pinned
-    unknown = run("-m", "coordinator.cli", "verify", str(path), "--trust", str(other))
+    unknown = run("-m", "coordinator.cli.main", "verify", str(path), "--trust", str(other))
     assert unknown.returncode != 0 and "unknown" in unknown.stderr.lower()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coordinator.network_results import network_result
+from coordinator.pooling.results import network_result
 from coordinator.report import sections as S
 from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
@@ -27,23 +27,13 @@ class ReportPaths(BaseModel):
     csv: Path
 
 
-def resolve_manifest(store: ResultsStore, target: str) -> str:
-    """A manifest id as given, or the newest manifest of the study with that id."""
-    if store.has_manifest(target):
-        return target
-    rows = store.manifests(target)
-    if not rows:
-        raise StoreError(f"{target!r} is neither a manifest id nor a study id in the results store")
-    return rows[0].manifest_id
-
-
 def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = ()
                  ) -> ReportPaths:
     """Write ``out_dir/report.html`` and ``out_dir/results.csv`` (each atomically) for one manifest.
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model).
     """
-    from coordinator.versions import (
+    from coordinator.pooling.versions import (
         changes_section,  # versions pools through network_results too
     )
 

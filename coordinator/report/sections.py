@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from coordinator.network_results import NetworkResult
+from coordinator.pooling.results import NetworkResult
 from coordinator.report.plots import forest_png, km_png
 from coordinator.store import SiteStatus
 from optima_common.results import SUPPRESSED

@@ -10,4 +10,6 @@ from coordinator.store.repository import (
 )
 from optima_common.errors import StoreError
 
-__all__ = ["FINAL_STATUSES", "STATUSES", "ManifestRow", "ResultsStore", "SiteStatus", "StatusEvent", "StoreError"]
+DEFAULT_STORE = "store.sqlite3"  # every coordinator command's default --store
+
+__all__ = ["DEFAULT_STORE", "FINAL_STATUSES", "STATUSES", "ManifestRow", "ResultsStore", "SiteStatus", "StatusEvent", "StoreError"]

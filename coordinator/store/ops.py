@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, insert, select, update
@@ -25,7 +26,7 @@ from coordinator.store.tables import (
     manifest_nodes,
     study_runs,
 )
-from optima_common.bundle import ResultBundle, StudyManifest
+from optima_common.bundle import ResultBundle, StudyManifest, read_manifest
 from optima_common.errors import StoreError
 
 
@@ -200,3 +201,23 @@ def runs(store: ResultsStore, study_id: str | None = None, schedule_name: str | 
         rows = conn.execute(q).mappings().all()
     return [StudyRun(**{**r, "started_at": _aware(r["started_at"]), "finished_at": _aware(r["finished_at"])})
             for r in rows]
+
+
+def resolve_study(store: ResultsStore, target: str) -> str:
+    """The manifest a command means: from a manifest file, a manifest id, or a study id.
+
+    A study id names its newest *original* send (never a re-send to one site, whose answers
+    count for the original): ``report``, ``status``, ``resend`` and ``cancel`` all use this.
+    """
+    path = Path(target)
+    if target.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise StoreError(f"{path}: manifest file not found")
+        return read_manifest(path).manifest_id
+    if store.has_manifest(target):
+        return target
+    for row in store.manifests(target):  # newest first
+        if not is_resend(store, row.manifest_id):
+            return row.manifest_id
+    raise StoreError(f"{target!r} is neither a manifest file, a manifest id nor a study id in the results store; "
+                     "`coordinator status` lists the studies")

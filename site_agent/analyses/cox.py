@@ -5,7 +5,7 @@ split across sites: every site is its own stratum with its own baseline hazard, 
 network's partial log-likelihood is the sum of the sites' partial log-likelihoods, and so
 are its score vector and information matrix. A site therefore only ever answers one
 question: "at coefficients ``beta``, what are your log partial likelihood, score (p values)
-and observed information (p x p)?" The coordinator (``coordinator.cox``) sums and runs
+and observed information (p x p)?" The coordinator (``coordinator.pooling.cox``) sums and runs
 Newton-Raphson. Patient rows stay here; only these p + p^2 + 1 aggregates leave.
 
 A coordinator that may ask at arbitrary ``beta`` could try to reconstruct rows from many

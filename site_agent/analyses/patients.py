@@ -12,15 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.dialect import add_days, days_between
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
-
-
-def _days(dialect: str, later: str, earlier: str) -> str:
-    return f"datediff('day', {earlier}, {later})" if dialect == "duckdb" else f"({later} - {earlier})"
-
-
-def _shift(dialect: str, date: str, days: int) -> str:
-    return f"({date} + INTERVAL '{days} days')" if dialect == "postgresql" else f"({date} + {days})"
 
 
 def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progression_id: int,
@@ -33,7 +26,7 @@ def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progress
         items = stage_sets.get(label)
         return f"IN ({resolve_concept_set_sql(cdm, items)})" if items else "IN (NULL)"
 
-    lo, hi = _shift(dia, "t.index_date", -30), _shift(dia, "t.index_date", 60)
+    lo, hi = add_days(dia, "t.index_date", -30), add_days(dia, "t.index_date", 60)
     sql = f"""
     WITH t AS (SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM {ct}
                WHERE cohort_definition_id = {target_id} GROUP BY subject_id),
@@ -60,10 +53,10 @@ def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progress
            EXTRACT(YEAR FROM t.index_date) - p.year_of_birth AS age,
            CASE p.gender_concept_id WHEN 8507 THEN 'Male' WHEN 8532 THEN 'Female' ELSE 'None' END AS sex,
            CASE WHEN st.s2 = 1 THEN 'II' WHEN st.s1 = 1 THEN 'I' WHEN st.tnm2 = 1 THEN 'II' ELSE 'I' END AS stage,
-           {_days(dia, "fu.fu_end", "t.index_date")} AS time_followup,
-           {_days(dia, "LEAST(COALESCE(ev.death_date, fu.fu_end), fu.fu_end)", "t.index_date")} AS time_death,
+           {days_between(dia, "t.index_date", "fu.fu_end")} AS time_followup,
+           {days_between(dia, "t.index_date", "LEAST(COALESCE(ev.death_date, fu.fu_end), fu.fu_end)")} AS time_death,
            CASE WHEN ev.death_date IS NOT NULL AND ev.death_date <= fu.fu_end THEN 1 ELSE 0 END AS death,
-           {_days(dia, "LEAST(COALESCE(ev.prog_date, fu.fu_end), fu.fu_end)", "t.index_date")} AS time_progression,
+           {days_between(dia, "t.index_date", "LEAST(COALESCE(ev.prog_date, fu.fu_end), fu.fu_end)")} AS time_progression,
            CASE WHEN ev.prog_date IS NOT NULL AND ev.prog_date <= fu.fu_end THEN 1 ELSE 0 END AS progression
     FROM t JOIN fu ON fu.person_id = t.person_id
     JOIN {s}.person p ON p.person_id = t.person_id

@@ -38,7 +38,7 @@ from site_agent.study_spec import LoadedStudy
 from site_agent.suppression import suppress
 
 log = logging.getLogger(__name__)
-SITE_FLOOR = 5  # a site never releases a cell below this, whatever the spec asks
+DEFAULT_SITE_MIN_CELL_COUNT = 5  # used when a caller passes no site minimum; a site's own floor is in its site.toml
 SEQUENCE_LINES = 2  # survival strata: the first two treatment lines
 
 
@@ -99,7 +99,7 @@ def study_patients(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame
 
 
 def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name: str | None = None,
-              site_min_cell_count: int = SITE_FLOOR) -> StudyRun:
+              site_min_cell_count: int = DEFAULT_SITE_MIN_CELL_COUNT) -> StudyRun:
     spec = study.spec
     minimum = max(spec.min_cell_count, site_min_cell_count)
     cdm_name = cdm_name or default_cdm_name(cdm)

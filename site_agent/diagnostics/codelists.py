@@ -101,10 +101,6 @@ def present_tables(ctx: DiagnosticContext) -> list[DomainTable]:
     return [t for t in DOMAIN_TABLES if t.table in cols]
 
 
-def sql_text(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def text(value: Any) -> str:
     """A value for a name/level column: missing -> the string ``"NA"`` (as R's paste does)."""
     if value is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from optima_common.results import SEP, SummarisedResult
+from site_agent.cdm.dialect import days_between, quantile
 from site_agent.cohorts.attrition import cohort_attrition
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import (
@@ -32,7 +33,6 @@ from site_agent.diagnostics.base import (
     fmt_number,
     settings_row,
 )
-from site_agent.diagnostics.database import days_between, quantile_sql
 
 PACKAGE = "CohortCharacteristics"
 COUNT = "summarise_cohort_count"
@@ -124,7 +124,7 @@ def _timing_sql(ctx: DiagnosticContext, a: int, b: int) -> str:
     d, t = ctx.cdm.dialect, ctx.cohort_table
     aggs = ", ".join(["count(*) AS n_records", "count(DISTINCT subject_id) AS n_subjects",
                       "min(days) AS d_min", "max(days) AS d_max",
-                      *(f"{quantile_sql(d, 'days', p)} AS d_{name}" for name, p in TIMING_QUANTILES)])
+                      *(f"{quantile(d, 'days', p)} AS d_{name}" for name, p in TIMING_QUANTILES)])
     return f"""
 WITH r AS (SELECT subject_id, min(cohort_start_date) AS start_date FROM {t}
            WHERE cohort_definition_id = {a} GROUP BY subject_id),

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from optima_common.results import SummarisedResult
+from site_agent.cdm.dialect import days_between, double, quantile
 from site_agent.diagnostics.base import (
     Diagnostic,
     DiagnosticContext,
@@ -60,28 +61,14 @@ def fmt_text(value: Any) -> str | None:
     return str(value)
 
 
-def days_between(dialect: str, start: str, end: str) -> str:
-    """SQL for the signed number of days from ``start`` to ``end`` (both dates)."""
-    if dialect == "duckdb":
-        return f"datediff('day', CAST({start} AS DATE), CAST({end} AS DATE))"
-    return f"(CAST({end} AS DATE) - CAST({start} AS DATE))"
-
-
-def quantile_sql(dialect: str, expr: str, p: float) -> str:
-    """Type-7 (linear interpolation) quantile of ``expr`` as an aggregate, NULLs ignored."""
-    if dialect == "duckdb":
-        return f"quantile_cont(CAST({expr} AS DOUBLE), {p})"
-    return f"percentile_cont({p}) WITHIN GROUP (ORDER BY CAST({expr} AS DOUBLE PRECISION))"
-
-
 def dist_sql(dialect: str, expr: str, prefix: str) -> list[str]:
     """Aggregate select items ``<prefix>_<estimate>`` for :data:`DIST_ESTIMATES` of ``expr``."""
-    dbl = "DOUBLE" if dialect == "duckdb" else "DOUBLE PRECISION"
+    dbl = double(dialect)
     items = [f"avg(CAST({expr} AS {dbl})) AS {prefix}_mean",
              f"stddev_samp(CAST({expr} AS {dbl})) AS {prefix}_sd",
              f"min({expr}) AS {prefix}_min", f"max({expr}) AS {prefix}_max",
              f"count({expr}) AS {prefix}_n"]
-    items += [f"{quantile_sql(dialect, expr, p)} AS {prefix}_{name}" for name, p in QUANTILES]
+    items += [f"{quantile(dialect, expr, p)} AS {prefix}_{name}" for name, p in QUANTILES]
     return items
 
 

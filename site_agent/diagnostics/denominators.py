@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.dialect import add_years
 
 AGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 150), (0, 17), (18, 64), (65, 150))
 SEXES: tuple[str, ...] = ("Both", "Male", "Female")
@@ -121,13 +122,6 @@ def make_strata(params: dict) -> tuple[Stratum, ...]:
                 cid += 1
                 out.append(Stratum(cid, ai * len(priors) + pi + 1, int(lo), int(hi), sex, int(prior)))
     return tuple(out)
-
-
-def add_years(dialect: str, date_sql: str, years_sql: str) -> str:
-    """``date + n years`` as a DATE (29 February + 1 year = 28 February on both backends)."""
-    if dialect == "duckdb":
-        return f"CAST({date_sql} + to_years(CAST({years_sql} AS INTEGER)) AS DATE)"
-    return f"CAST({date_sql} + make_interval(years => CAST({years_sql} AS INTEGER)) AS DATE)"
 
 
 def date_lit(d: dt.date) -> str:

@@ -11,7 +11,7 @@ import argparse
 import getpass
 import json
 
-from optima_common.errors import ConfigError
+from optima_common.errors import ConfigError, ExitCode
 
 
 def _config(args):
@@ -130,7 +130,7 @@ def cmd_dry_run(args) -> int:
 
     report = dry_run(_config(args), args.manifest)
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report, sql=args.sql))
-    return 0 if report.accepted else 8
+    return 0 if report.accepted else ExitCode.POLICY_REFUSAL
 
 
 def cmd_audit_verify(args) -> int:

@@ -200,7 +200,7 @@ def rotate_site_key(site_key: Path, keyring: Keyring) -> tuple[str, str, Path]:
     public_path = site_key.with_suffix(".pub")
     try:
         write_atomic(site_key, new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()), 0o600)
+                                                 serialization.NoEncryption()), mode=0o600)
         write_atomic(public_path, _pem(new.public_key()))
     except OSError as exc:
         raise ConfigError(f"cannot write the new site key {site_key}: {exc.strerror or exc}") from None

@@ -87,7 +87,3 @@ def patient_splits(patient_ids, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> d
     n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
     n_train = n - n_val - n_test
     return {p: "train" if k < n_train else "val" if k < n_train + n_val else "test" for k, p in enumerate(ids)}
-
-
-def class_counts(ds: RoiDataset, n_classes: int) -> list[int]:
-    return np.bincount(ds.labels(), minlength=n_classes).tolist() if len(ds) else [0] * n_classes

@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     try:
         import torch
     except ImportError:
-        raise ConfigError("torch is not installed", hint="pip install 'optima-federated[train]'") from None
+        raise ConfigError("torch is not installed", hint="from a checkout: pip install -e '.[train]'") from None
     from pydantic import ValidationError
 
     from optima_common.errors import validation_summary

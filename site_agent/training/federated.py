@@ -22,7 +22,6 @@ from typing import Protocol
 
 from flwr.app import (
     ArrayRecord,
-    ConfigRecord,
     Context,
     Message,
     MetricRecord,
@@ -153,9 +152,3 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     arrays_to_model(model, arrays)
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
     return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)
-
-
-def config_record(task: str, run_config: dict, **extra) -> ConfigRecord:
-    """A ConfigRecord for a train/evaluate message (None values dropped)."""
-    values = {k: v for k, v in {**run_config, **extra, "task": task}.items() if v is not None}
-    return ConfigRecord(values)

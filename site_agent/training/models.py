@@ -144,7 +144,3 @@ def embedding_model(model: nn.Module) -> nn.Module:
 def gradcam_layer(model: nn.Module) -> nn.Module:
     """The last convolutional block: the usual Grad-CAM target."""
     return model._cam[0]
-
-
-def embedding_dim(model: nn.Module) -> int:
-    return model.head.in_features

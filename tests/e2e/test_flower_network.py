@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.network import LocalNetwork, NodeSpec, free_port
-from coordinator.pki import create_node_key
+from coordinator.flower.network import LocalNetwork, NodeSpec, free_port
 from coordinator.store import ResultsStore
+from coordinator.trust.pki import create_node_key
 from optima_common.bundle import write_manifest
 from tests.conftest import REPO
 from tests.federation_sites import SITES, build_network
@@ -62,7 +62,7 @@ def test_study_over_tls_with_node_auth(net, tmp_path):
     store = ResultsStore.open(tmp_path / "store.sqlite3")
     assert sorted(b.site for b in store.bundles(manifest.manifest_id)) == ["site_north", "site_south"]
     for site in ("site_north", "site_south"):  # each bundle is one self-contained file the CLI verifies
-        proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "verify",
+        proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "verify",
                                str(tmp_path / "out" / "bundles" / f"{site}.bundle"), "--trust", str(net.trust)],
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0 and proc.stdout.startswith(f"OK: bundle from site {site}"), proc.stderr

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from coordinator.demo_sites import DemoSite
-from coordinator.network import LocalNetwork, NodeSpec
+from coordinator.demo.sites import DemoSite
+from coordinator.flower.network import LocalNetwork, NodeSpec
 from coordinator.store import ResultsStore
 from optima_common.bundle import write_manifest
 from tests.conftest import REPO
@@ -41,7 +41,7 @@ def test_review_site_then_approve_then_collect_over_flower(tmp_path):
         status = {s["site"]: s for s in first["outcome"]["sites"]}
         assert not first["ok"] and status["site_north"]["status"] == "done", first
         assert status["site_east"]["status"] == "awaiting_review"
-        shown = run("coordinator.cli", "status", str(path), "--store", str(store))
+        shown = run("coordinator.cli.main", "status", str(path), "--store", str(store))
         assert shown.returncode == 0 and "awaiting review" in next(
             ln for ln in shown.stdout.splitlines() if ln.strip().startswith("site_east")), shown.stdout
 
@@ -61,7 +61,7 @@ def test_review_site_then_approve_then_collect_over_flower(tmp_path):
         assert sorted(b.site for b in results.bundles(manifest.manifest_id)) == ["site_east", "site_north"]
         assert {s.site: s.status for s in results.site_statuses(manifest.manifest_id)} == {
             "site_north": "done", "site_east": "done"}
-    done = run("coordinator.cli", "status", manifest.manifest_id, "--store", str(store))
+    done = run("coordinator.cli.main", "status", manifest.manifest_id, "--store", str(store))
     assert "2 of 2 sites done (minimum 2): complete" in done.stdout
     print(f"review round trip over Flower: {elapsed:.1f} s")
     time.sleep(1)

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from coordinator.network import LocalNetwork, NodeSpec
+from coordinator.flower.network import LocalNetwork, NodeSpec
 from tests.conftest import REPO
 from tests.e2e.test_flower_network import processes_mentioning
 

@@ -1,7 +1,7 @@
 """Coordinator operator commands: ``status``, ``sites add|remove|list``, ``serve``, ``study resend|cancel``.
 
-:func:`add_parsers` is called from ``coordinator.cli.build_parser``; :func:`add_study_parsers`
-from ``coordinator.network_cli`` (which owns the ``study`` group).
+:func:`add_parsers` is called from ``coordinator.cli.main.build_parser``; :func:`add_study_parsers`
+from ``coordinator.cli.network`` (which owns the ``study`` group).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from optima_common.errors import CoordinatorError
-
-DEFAULT_STORE = "store.sqlite3"
+from coordinator.cli.common import report_outcome, study_job
+from coordinator.store import DEFAULT_STORE
+from coordinator.store.ops import resolve_study
+from optima_common.errors import CoordinatorError, ExitCode
 
 
 def _open(path: str):
@@ -27,11 +28,11 @@ def _open(path: str):
 
 
 def cmd_status(args) -> int:
-    from coordinator import operations as O
+    from coordinator.flower import operations as O
 
     with _open(args.store) as store:
         if args.target:
-            st = O.manifest_status(store, O.resolve(store, args.target))
+            st = O.manifest_status(store, resolve_study(store, args.target))
             print(st.model_dump_json(indent=2) if args.json else O.format_manifest_status(st))
         else:
             rows = O.studies(store)
@@ -41,7 +42,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_sites_add(args) -> int:
-    from coordinator.site_registry import add_site
+    from coordinator.trust.site_registry import add_site
 
     e = add_site(args.trust, args.name, args.key, args.min_cell_count, supernode_key=args.supernode_key,
                  replace=args.replace)
@@ -53,7 +54,7 @@ def cmd_sites_add(args) -> int:
 
 
 def cmd_sites_remove(args) -> int:
-    from coordinator.site_registry import remove_site
+    from coordinator.trust.site_registry import remove_site
 
     a = remove_site(args.trust, args.name)
     print(f"unpinned site {a.site}; its key {a.key_id[:16]}… is archived in {Path(args.trust) / 'archive' / a.file} "
@@ -62,7 +63,7 @@ def cmd_sites_remove(args) -> int:
 
 
 def cmd_sites_list(args) -> int:
-    from coordinator.site_registry import list_sites, registry_json
+    from coordinator.trust.site_registry import list_sites, registry_json
 
     if args.json:
         print(registry_json(args.trust))
@@ -77,14 +78,9 @@ def cmd_sites_list(args) -> int:
     return 0
 
 
-def _job(args, manifest_path: Path, out: Path, reply_timeout: float) -> dict:
-    return {"manifest": str(manifest_path.resolve()), "store": args.store, "trust": str(Path(args.trust).resolve()),
-            "out": str(out.resolve()), "reply_timeout": reply_timeout, "node_wait": args.node_wait}
-
-
 def cmd_serve(args) -> int:
-    from coordinator.network import flwr_run
-    from coordinator.schedule import load_schedule, serve
+    from coordinator.flower.network import flwr_run
+    from coordinator.flower.schedule import load_schedule, serve
     from optima_common.bundle import load_private_key, write_manifest
 
     schedule = load_schedule(args.schedule)
@@ -99,7 +95,7 @@ def cmd_serve(args) -> int:
     def runner(manifest, entry, run) -> tuple[bool, str]:
         out = Path(args.out) / entry.name / f"v{run.version}"
         path = write_manifest(manifest, out / "manifest.json")
-        outcome = flwr_run("study", _job(args, path, out, entry.reply_timeout), workdir=Path(args.out) / "run",
+        outcome = flwr_run("study", study_job(args, path, out, entry.reply_timeout), workdir=Path(args.out) / "run",
                            env=dict(os.environ), federation=args.federation, timeout=entry.reply_timeout + 180)
         sites = (outcome.get("outcome") or {}).get("sites", [])
         return bool(outcome.get("ok")), outcome.get("error") or ", ".join(f"{s['site']} {s['status']}" for s in sites)
@@ -113,7 +109,7 @@ def cmd_serve(args) -> int:
                      report=report)
     if not done:
         print("no scheduled study was due")
-    return 0 if all(r.state != "failed" for r in done) else 3
+    return 0 if all(r.state != "failed" for r in done) else ExitCode.STUDY_INCOMPLETE
 
 
 def _open_or_create(path: str):
@@ -123,15 +119,12 @@ def _open_or_create(path: str):
 
 
 def _manifest_id(store, target: str) -> str:
-    from coordinator.operations import resolve
-
-    return resolve(store, target)
+    return resolve_study(store, target)
 
 
 def cmd_study_resend(args) -> int:
-    from coordinator.network import flwr_run
-    from coordinator.network_cli import _report_outcome
-    from coordinator.operations import resend
+    from coordinator.flower.network import flwr_run
+    from coordinator.flower.operations import resend
     from optima_common.bundle import load_private_key, write_manifest
 
     key = load_private_key(args.key)
@@ -143,18 +136,18 @@ def cmd_study_resend(args) -> int:
     print(f"signed manifest {child.manifest_id} re-sending the study to {args.site} -> {path}")
     if args.no_send:
         return 0
-    outcome = flwr_run("study", _job(args, path, out, args.timeout) | {"report": False}, workdir=out / "run",
+    outcome = flwr_run("study", study_job(args, path, out, args.timeout, report=False), workdir=out / "run",
                        env=dict(os.environ), federation=args.federation, timeout=args.timeout + 120)
     for s in (outcome.get("outcome") or {}).get("sites", []):
         print(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
     if not outcome.get("ok"):
-        return _report_outcome(outcome)
+        return report_outcome(outcome)
     print("the re-sent answer counts for the original study: `coordinator status` shows it")
     return 0
 
 
 def cmd_study_cancel(args) -> int:
-    from coordinator.operations import cancel
+    from coordinator.flower.operations import cancel
 
     with _open(args.store) as store:
         mid = _manifest_id(store, args.manifest)
@@ -165,7 +158,7 @@ def cmd_study_cancel(args) -> int:
 
 
 def add_study_parsers(ssub) -> None:
-    """``study resend`` and ``study cancel`` (the ``study`` group lives in coordinator.network_cli)."""
+    """``study resend`` and ``study cancel`` (the ``study`` group lives in coordinator.cli.network)."""
     p = ssub.add_parser("resend", help="send a study again to one site (a new signed manifest, same content)")
     p.add_argument("manifest", help="the original manifest file, manifest id or study id")
     p.add_argument("--site", required=True, help="the site to ask again")

@@ -6,7 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from coordinator import __version__, network_cli, training
+from coordinator import __version__
+from coordinator.cli import ingest as ingest_cli
+from coordinator.cli import network as network_cli
+from coordinator.cli import operations as operations_cli
+from coordinator.flower import training
 
 
 def cmd_keys_generate(args) -> int:
@@ -18,7 +22,7 @@ def cmd_keys_generate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from coordinator.manifest import verify_bundle_file
+    from coordinator.trust.manifest import verify_bundle_file
 
     trust = args.trust or "trust"
     bundle = verify_bundle_file(args.bundle, trust)
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     network_cli.add_parsers(sub)  # demo, certs, study send|collect
     training.add_train_parser(sub)  # train pathology|mammography
-    __import__("coordinator.operations_cli", fromlist=["x"]).add_parsers(sub)  # status, sites, serve
+    operations_cli.add_parsers(sub)  # status, sites, serve
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     p = keys.add_parser("generate", help="create an Ed25519 key pair (<name>.key, <name>.pub)")
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="a .bundle file")
     p.add_argument("--trust", help="folder of pinned site public keys named <site>.pub (default: ./trust)")
     p.set_defaults(func=cmd_verify)
-    __import__("coordinator.ingest", fromlist=["add_parsers"]).add_parsers(sub)  # ingest, report
+    ingest_cli.add_parsers(sub)  # ingest, report
     return parser
 
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.pki import Pki, create_pki
+from coordinator.trust.pki import Pki, create_pki
 from optima_common.errors import NetworkError
 
 APP_DIR = Path(__file__).parent / "flower_app"

@@ -7,11 +7,14 @@ import datetime as dt
 import os
 from pathlib import Path
 
+from coordinator.cli.common import report_outcome, study_job
+from coordinator.cli.operations import add_study_parsers
+from coordinator.store import DEFAULT_STORE
 from optima_common.errors import CoordinatorError
 
 
 def cmd_demo(args) -> int:
-    from coordinator.demo import default_sites, run_demo
+    from coordinator.demo.run import default_sites, run_demo
 
     if args.persons < 100:
         raise CoordinatorError("--persons must be at least 100")
@@ -22,7 +25,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_certs(args) -> int:
-    from coordinator.pki import create_pki
+    from coordinator.trust.pki import create_pki
 
     pki = create_pki(args.out, args.site, hosts=args.host, days=args.days, force=args.force)
     print(f"wrote the network CA ({pki.ca_cert}), the SuperLink certificate for "
@@ -32,24 +35,10 @@ def cmd_certs(args) -> int:
     return 0
 
 
-def _job(args, manifest_path: Path) -> dict:
-    return {"manifest": str(manifest_path.resolve()), "store": args.store, "trust": str(Path(args.trust).resolve()),
-            "out": str(Path(args.out).resolve()), "reply_timeout": args.timeout, "node_wait": args.node_wait}
-
-
-def _report_outcome(outcome: dict) -> int:
-    for s in (outcome.get("outcome") or {}).get("sites", []):
-        print(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
-    if not outcome.get("ok"):
-        raise CoordinatorError(outcome.get("error") or "the study did not complete")
-    print(f"report: {outcome.get('report')}\nnetwork results: {outcome.get('results')}")
-    return 0
-
-
 def cmd_study_send(args) -> int:
-    from coordinator.manifest import sign_manifest
-    from coordinator.network import flwr_run
-    from coordinator.study import manifest_from_spec
+    from coordinator.flower.network import flwr_run
+    from coordinator.flower.study import manifest_from_spec
+    from coordinator.trust.manifest import sign_manifest
     from optima_common.bundle import load_private_key, write_manifest
 
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
@@ -59,25 +48,25 @@ def cmd_study_send(args) -> int:
     out = Path(args.out)
     path = write_manifest(sign_manifest(manifest, load_private_key(args.key)), out / "manifest.json")
     print(f"signed manifest {manifest.manifest_id} for {len(sites)} site(s) -> {path}")
-    outcome = flwr_run("study", _job(args, path), workdir=out / "run", env=dict(os.environ),
+    outcome = flwr_run("study", study_job(args, path, out, args.timeout), workdir=out / "run", env=dict(os.environ),
                        federation=args.federation, timeout=args.timeout + 120)
-    return _report_outcome(outcome)
+    return report_outcome(outcome)
 
 
 def cmd_study_collect(args) -> int:
-    from coordinator.network import flwr_run
+    from coordinator.flower.network import flwr_run
 
     path = Path(args.manifest)
     if not path.is_file():
         raise CoordinatorError(f"{path}: manifest file not found")
-    outcome = flwr_run("collect", _job(args, path), workdir=Path(args.out) / "run", env=dict(os.environ),
+    outcome = flwr_run("collect", study_job(args, path, Path(args.out), args.timeout), workdir=Path(args.out) / "run", env=dict(os.environ),
                        federation=args.federation, timeout=args.timeout + 120)
-    return _report_outcome(outcome)
+    return report_outcome(outcome)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust", default="trust", help="folder of pinned site public keys <site>.pub")
-    p.add_argument("--store", default="store.sqlite3", help="results store (file or SQLAlchemy URL)")
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (file or SQLAlchemy URL; default {DEFAULT_STORE})")
     p.add_argument("--out", required=True, help="folder for report.html, results.csv, bundles/")
     p.add_argument("--federation", default="optima", help="SuperLink connection name in $FLWR_HOME/config.toml")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the sites' answers")
@@ -123,4 +112,4 @@ def add_parsers(sub) -> None:
     p.add_argument("manifest", help="the signed manifest file that was sent")
     _add_run_options(p)
     p.set_defaults(func=cmd_study_collect)
-    __import__("coordinator.operations_cli", fromlist=["x"]).add_study_parsers(ssub)  # resend, cancel
+    add_study_parsers(ssub)  # resend, cancel

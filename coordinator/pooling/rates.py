@@ -1,4 +1,4 @@
-"""Pooled rates, proportions and survival for the network result (see :mod:`coordinator.network_results`).
+"""Pooled rates, proportions and survival for the network result (see :mod:`coordinator.pooling.results`).
 
 * ``incidence``: events and person-years summed over the sites whose both cells are visible,
   rate per 100,000 person-years with the exact Poisson CI (as IncidencePrevalence); plus a
@@ -24,7 +24,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from coordinator.pooling import (
+from coordinator.pooling.survival import (
     KEY,
     dersimonian_laird,
     dersimonian_laird_groups,

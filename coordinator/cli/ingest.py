@@ -1,6 +1,6 @@
 """``coordinator ingest FILE``: load a site's signed bundle file into the results store (offline mode).
 
-The bundle is verified first (:func:`coordinator.manifest.verify_bundle_file`: pinned site key
+The bundle is verified first (:func:`coordinator.trust.manifest.verify_bundle_file`: pinned site key
 named like the site, signature, suppression record, and the exact signed manifest it answers);
 only then is it stored and the site marked ``done``. The manifest must be in the store already
 or be given (``--manifest FILE``, then stored too: a trusted site's signature over its
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.manifest import verify_bundle_file
-from coordinator.store import ResultsStore, StoreError
+from coordinator.store import DEFAULT_STORE, ResultsStore, StoreError
+from coordinator.trust.manifest import verify_bundle_file
 from optima_common.bundle import (
     ResultBundle,
     StudyManifest,
@@ -21,8 +21,6 @@ from optima_common.bundle import (
     read_manifest,
     render,
 )
-
-DEFAULT_STORE = "results.sqlite3"
 
 
 def ingest_bundle_file(path: str | Path, store: ResultsStore, trust_dir: str | Path, *,
@@ -61,10 +59,11 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from coordinator.report import resolve_manifest, write_report
+    from coordinator.report import write_report
+    from coordinator.store.ops import resolve_study
 
     with ResultsStore.open(args.store) as store:
-        manifest_id = resolve_manifest(store, args.target)
+        manifest_id = resolve_study(store, args.target)
         try:
             paths = write_report(store, manifest_id, Path(args.out))
         except OSError as exc:
@@ -74,7 +73,7 @@ def cmd_report(args) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """``coordinator ingest`` and ``coordinator report`` (called from ``coordinator.cli.build_parser``)."""
+    """``coordinator ingest`` and ``coordinator report`` (called from ``coordinator.cli.main.build_parser``)."""
     p = sub.add_parser("ingest", help="verify a site's bundle file and load it into the results store")
     p.add_argument("bundle", help="a .bundle file written by the site (site-agent run-study)")
     p.add_argument("--store", default=DEFAULT_STORE, help="results store: SQLite file or SQLAlchemy URL "

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from pydantic import BaseModel, Field
 
+from coordinator.flower.jobs import StudyJob
 from optima_common.errors import CoordinatorError
 from optima_common.fileio import write_atomic
 
@@ -28,25 +28,13 @@ app = ServerApp()
 OUTCOME_FILE = "outcome.json"
 
 
-class StudyJob(BaseModel):
-    manifest: Path  # the signed manifest file
-    store: str  # results store path or SQLAlchemy URL
-    trust: Path  # pinned site public keys, <site>.pub
-    out: Path  # report.html, results.csv, bundles/, outcome.json
-    reply_timeout: float = Field(600.0, gt=0)
-    node_wait: float = Field(60.0, ge=0)
-    report: bool = True
-    cox: bool = True  # fit the study's Cox model over the network when it ran sclc_study
-    cox_timeout: float = Field(300.0, gt=0)
-
-
 def write_outcome(out: Path, doc: dict) -> Path:
     return write_atomic(out / OUTCOME_FILE, json.dumps(doc, indent=2, default=str).encode("utf-8"))
 
 
 def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> dict:
+    from coordinator.flower.study import require_complete, send_study
     from coordinator.store import ResultsStore
-    from coordinator.study import require_complete, send_study
     from optima_common.bundle import read_manifest
 
     manifest = read_manifest(job.manifest)
@@ -57,7 +45,7 @@ def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> d
     require_complete(outcome)
     sections: tuple[str, ...] = ()
     if job.cox and "sclc_study" in manifest.analyses:
-        from coordinator.network_cox import cox_section, fit_network_cox
+        from coordinator.flower.cox_rounds import cox_section, fit_network_cox
 
         done = {s.site for s in outcome.sites if s.status == "done"}
         fit, notes = fit_network_cox(grid, manifest.manifest_id, done, timeout=job.cox_timeout)
@@ -88,7 +76,7 @@ def main(grid: Grid, context: Context) -> None:
         if mode in ("study", "collect"):
             doc = run_study_job(grid, StudyJob.model_validate(raw), collect_only=mode == "collect")
         elif mode == "train":
-            from coordinator.training import run_training_job
+            from coordinator.flower.training import run_training_job
 
             doc = run_training_job(grid, raw)
         else:

@@ -139,8 +139,8 @@ Runner = Callable[[object, ScheduledStudy, ops.StudyRun], tuple[bool, str]]
 def run_due(schedule: ScheduleFile, store: ResultsStore, *, key, runner: Runner,
             now: dt.datetime | None = None) -> list[RunResult]:
     """Run every due entry once: sign a fresh manifest, record the next version, run, record the end."""
-    from coordinator.manifest import sign_manifest
-    from coordinator.study import manifest_from_spec
+    from coordinator.flower.study import manifest_from_spec
+    from coordinator.trust.manifest import sign_manifest
 
     now = _utc(now)
     results = []

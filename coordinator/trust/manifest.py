@@ -101,7 +101,10 @@ def verify_bundle_file(
     ``coordinator sites add`` must also meet its recorded minimum cell count; without
     ``manifest``, an archived key of an offboarded site verifies bundles made before removal.
     """
-    from coordinator.site_registry import archived_keys_for, check_expected_min_cell
+    from coordinator.trust.site_registry import (
+        archived_keys_for,
+        check_expected_min_cell,
+    )
 
     bundle = read_bundle(path)
     trusted = load_trust_dir(trust_dir)

@@ -1,7 +1,7 @@
 """How a study's results changed between versions (runs of a scheduled study).
 
 :func:`version_changes` compares the network ``summarised_result`` (each site's rows under its
-``cdm_name`` and the pooled rows, see :mod:`coordinator.network_results`) of one version with
+``cdm_name`` and the pooled rows, see :mod:`coordinator.pooling.results`) of one version with
 the previous version that has results, cell by cell; :func:`changes_section` renders it as an
 HTML section for the report (self-contained: no CSS or scripts beyond the report's own).
 Bundles of re-sent manifests count for their study (:func:`coordinator.store.ops.study_bundles`).
@@ -24,7 +24,7 @@ COLUMNS = ["study_id", "version", "previous_version", *KEY, "previous", "current
 
 def version_cells(store: ResultsStore, manifest_id: str) -> pd.DataFrame:
     """One version's network result as cells: KEY columns (plus an occurrence index) and ``value``."""
-    from coordinator.network_results import network_result
+    from coordinator.pooling.results import network_result
 
     bundles = ops.study_bundles(store, manifest_id)
     if not bundles:

@@ -7,14 +7,13 @@ new manifest that the ``study resend`` command then sends over Flower like ``stu
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from coordinator.manifest import build_manifest, sign_manifest
 from coordinator.store import ResultsStore, ops
-from optima_common.bundle import StudyManifest, read_manifest
+from coordinator.trust.manifest import build_manifest, sign_manifest
+from optima_common.bundle import StudyManifest
 from optima_common.errors import CoordinatorError
 
 LABELS = {"pending": "pending", "sent": "sent", "awaiting_review": "awaiting review", "rejected": "rejected",
@@ -58,22 +57,6 @@ class StudyLine(BaseModel):
     min_sites: int
     counts: dict[str, int]
     state: str  # complete, in progress, incomplete, cancelled
-
-
-def resolve(store: ResultsStore, target: str) -> str:
-    """A manifest id from a manifest file, a manifest id, or a study id (its newest original send)."""
-    path = Path(target)
-    if target.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise CoordinatorError(f"{path}: manifest file not found")
-        return read_manifest(path).manifest_id
-    if store.has_manifest(target):
-        return target
-    for row in store.manifests(target):  # newest first
-        if not ops.is_resend(store, row.manifest_id):
-            return row.manifest_id
-    raise CoordinatorError(f"{target!r} is neither a manifest file, a manifest id nor a study id in the store; "
-                           "`coordinator status` lists the studies")
 
 
 def _versions(store: ResultsStore) -> dict[str, int]:

@@ -4,7 +4,7 @@
 bundle-signing key as ``<trust>/<NAME>.pub`` and records, in ``<trust>/sites.json``, the
 minimum cell count the site agreed to release with: a bundle from that site whose
 suppression minimum is below it is refused wherever bundles are verified
-(:func:`coordinator.manifest.verify_bundle_file`, so Flower collection, ``coordinator ingest``
+(:func:`coordinator.trust.manifest.verify_bundle_file`, so Flower collection, ``coordinator ingest``
 and ``coordinator verify`` alike). An optional SuperNode key (the site's Flower node
 authentication key, OpenSSH ECDSA) is kept in ``<trust>/supernodes/`` for ``flwr supernode
 register``.
@@ -194,7 +194,7 @@ def list_sites(trust_dir: str | Path) -> tuple[list[dict], list[ArchivedKey]]:
     return rows, reg.archived
 
 
-# ---------- the verification path (coordinator.manifest.verify_bundle_file) ----------
+# ---------- the verification path (coordinator.trust.manifest.verify_bundle_file) ----------
 def archived_keys_for(trust_dir: str | Path, bundle: ResultBundle) -> dict:
     """``{key_id: (site, key)}`` of archived keys of the bundle's site that were pinned when it was made."""
     trust = Path(trust_dir)

@@ -352,7 +352,7 @@ def request_from_args(args) -> TrainRequest:
 
 def cli_train(args) -> int:
     """Start the ServerApp's "train" mode on the SuperLink named by ``--federation``."""
-    from coordinator.network import flwr_run
+    from coordinator.flower.network import flwr_run
 
     request = request_from_args(args)
     outcome = flwr_run("train", request.model_dump(mode="json"), workdir=request.out / "run", env=dict(os.environ),

@@ -1,11 +1,11 @@
 """``coordinator demo``: the lung study end to end over a local Flower network.
 
 1. Synthetic sites (different profiles and sizes), each with its own DuckDB CDM, signing key
-   and site TOML (:mod:`coordinator.demo_sites`); their public keys pinned in ``OUT/trust``.
+   and site TOML (:mod:`coordinator.demo.sites`); their public keys pinned in ``OUT/trust``.
 2. The coordinator key, and a manifest for the lung study (the lung cohorts' diagnostics and
    the stage I-II SCLC treatment-sequence study) signed with it: ``OUT/manifest.json``.
 3. A SuperLink and one SuperNode per site as local processes, with TLS and SuperNode
-   authentication (:class:`coordinator.network.LocalNetwork`); ``flwr run`` starts the
+   authentication (:class:`coordinator.flower.network.LocalNetwork`); ``flwr run`` starts the
    ServerApp, which sends the manifest, verifies and stores each bundle, and writes the report.
 4. Everything is shut down; ``OUT`` holds ``report.html``, ``results.csv``,
    ``bundles/<site>.bundle``, ``trust/``, ``store.sqlite3`` and the network's logs.
@@ -17,10 +17,13 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from coordinator.demo_sites import DemoSite, default_sites, prepare_site
-from coordinator.manifest import sign_manifest
-from coordinator.network import LocalNetwork, NodeSpec
-from coordinator.study import manifest_from_spec
+from coordinator.cli.common import outcome_error
+from coordinator.demo.sites import DemoSite, default_sites, prepare_site
+from coordinator.flower.jobs import StudyJob
+from coordinator.flower.network import LocalNetwork, NodeSpec
+from coordinator.flower.study import manifest_from_spec
+from coordinator.store import DEFAULT_STORE
+from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import generate_keypair, load_private_key, write_manifest
 from optima_common.errors import CoordinatorError
 
@@ -35,7 +38,7 @@ TRAIN_RUN_CONFIG = {"pathology": {"max_steps_per_epoch": 15}, "mammography": {}}
 
 def prepare_images(out: Path, sites: list[DemoSite], task: str, echo) -> dict[str, dict[str, str]]:
     """A synthetic image archive per site (``site-agent images synth TASK``); node configs naming it."""
-    from coordinator.demo_sites import agent
+    from coordinator.demo.sites import agent
 
     extra = {}
     for s in sites:
@@ -80,8 +83,8 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     t1 = time.perf_counter()
     echo(f"sites ready in {t1 - t0:.1f}s; signed manifest {manifest.manifest_id} -> {manifest_path}")
     extra = prepare_images(out, sites, train, echo) if train else {}
-    job = {"manifest": str(manifest_path), "store": str(out / "store.sqlite3"), "trust": str(out / "trust"),
-           "out": str(out), "reply_timeout": reply_timeout, "node_wait": 60.0}
+    job = StudyJob(manifest=manifest_path, store=str(out / DEFAULT_STORE), trust=out / "trust", out=out,
+                   reply_timeout=reply_timeout, node_wait=60.0).document()
     nodes = [NodeSpec(p.site.name, p.config, extra.get(p.site.name, {})) for p in prepared]
     with LocalNetwork(out / "network", nodes) as network:
         echo(f"SuperLink on 127.0.0.1:{network.port} (TLS, SuperNode authentication), {len(nodes)} SuperNodes")
@@ -101,7 +104,7 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     for s in (outcome.get("outcome") or {}).get("sites", []):
         echo(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
     if not outcome.get("ok"):
-        raise CoordinatorError(outcome.get("error") or "the study did not complete")
+        raise outcome_error(outcome)
     if training is not None:
         if not training.get("ok"):
             raise CoordinatorError(f"federated {train} training failed: {training.get('error')}")

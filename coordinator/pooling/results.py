@@ -14,7 +14,7 @@ of what the sites released and can never reveal a suppressed site cell:
   pooled variable gets two extra estimates: ``lower_bound`` (logical ``TRUE``) and
   ``suppressed_sites`` (integer). Where every site's cell is suppressed the pooled cell is
   ``-`` too. Percentages are recomputed from pooled counts and their denominators.
-* incidence, prevalence, KM, CIF and survival at horizons: see :mod:`coordinator.network_rates`.
+* incidence, prevalence, KM, CIF and survival at horizons: see :mod:`coordinator.pooling.rates`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coordinator.network_rates import pool_rates, pool_survival
+from coordinator.pooling.rates import pool_rates, pool_survival
 from optima_common.bundle import Provenance, ResultBundle, SuppressionRecord
 from optima_common.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
 

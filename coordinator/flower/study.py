@@ -28,8 +28,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel
 
-from coordinator.manifest import build_manifest, verify_bundle_file
 from coordinator.store.repository import FINAL_STATUSES
+from coordinator.trust.manifest import build_manifest, verify_bundle_file
 from optima_common import protocol as P
 from optima_common.bundle import BundleError, StudyManifest, render
 from optima_common.errors import CoordinatorError, StoreError, StudyIncomplete

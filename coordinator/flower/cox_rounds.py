@@ -1,6 +1,6 @@
 """The study's site-stratified Cox model fitted over Flower (``query.cox`` messages).
 
-Newton-Raphson runs here (:func:`coordinator.cox.fit_federated_cox`); each evaluation is one
+Newton-Raphson runs here (:func:`coordinator.pooling.cox.fit_federated_cox`); each evaluation is one
 round of messages to the participating sites, whose answers are summed (a stratified model's
 log likelihood, score and information are sums over strata). Participants are the sites that
 released the study's bundle and answer the design's columns; a site that refuses the first
@@ -17,7 +17,7 @@ import pandas as pd
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from coordinator.cox import CoxFit, fit_federated_cox
+from coordinator.pooling.cox import CoxFit, fit_federated_cox
 from optima_common import protocol as P
 from optima_common.errors import CoordinatorError
 

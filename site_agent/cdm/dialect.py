@@ -1,0 +1,44 @@
+"""Every SQL difference between the agent's two databases (DuckDB and PostgreSQL), in one place.
+
+Analyses write portable SQL and call these helpers where the dialects disagree; nothing else
+in the agent branches on the dialect name when it builds SQL.
+"""
+
+from __future__ import annotations
+
+DUCKDB = "duckdb"
+POSTGRESQL = "postgresql"
+SUPPORTED = (DUCKDB, POSTGRESQL)
+
+
+def days_between(dialect: str, start: str, end: str) -> str:
+    """The signed number of days from ``start`` to ``end`` (both cast to DATE)."""
+    if dialect == DUCKDB:
+        return f"datediff('day', CAST({start} AS DATE), CAST({end} AS DATE))"
+    return f"(CAST({end} AS DATE) - CAST({start} AS DATE))"
+
+
+def add_days(dialect: str, date: str, days: int) -> str:
+    """``date`` shifted by a whole number of days (negative: earlier)."""
+    if dialect == POSTGRESQL:
+        return f"(CAST({date} AS DATE) + INTERVAL '{int(days)} days')"
+    return f"(CAST({date} AS DATE) + {int(days)})"
+
+
+def add_years(dialect: str, date: str, years: str) -> str:
+    """``date + n years`` as a DATE (29 February + 1 year = 28 February on both backends)."""
+    if dialect == DUCKDB:
+        return f"CAST({date} + to_years(CAST({years} AS INTEGER)) AS DATE)"
+    return f"CAST({date} + make_interval(years => CAST({years} AS INTEGER)) AS DATE)"
+
+
+def double(dialect: str) -> str:
+    """The 8-byte floating point type name."""
+    return "DOUBLE" if dialect == DUCKDB else "DOUBLE PRECISION"
+
+
+def quantile(dialect: str, expr: str, p: float) -> str:
+    """Type-7 (linear interpolation) quantile of ``expr`` as an aggregate, NULLs ignored."""
+    if dialect == DUCKDB:
+        return f"quantile_cont(CAST({expr} AS DOUBLE), {p})"
+    return f"percentile_cont({p}) WITHIN GROUP (ORDER BY CAST({expr} AS DOUBLE PRECISION))"
