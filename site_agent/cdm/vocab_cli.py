@@ -11,10 +11,10 @@ from optima_common.errors import ConfigError
 
 
 def cmd_vocab_check(args) -> int:
+    from site_agent.cdm import connect_cdm
     from site_agent.cdm.vocab_check import check_vocabulary, format_report
-    from site_agent.cli import _open_cdm
 
-    with _open_cdm(args) as cdm:
+    with connect_cdm(args.cdm, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema) as cdm:
         report = check_vocabulary(cdm, args.definitions)
     print(report.model_dump_json(indent=2) if args.json else format_report(report))
     return 0

@@ -4,8 +4,9 @@ Athena (athena.ohdsi.org) delivers one tab-separated file per vocabulary table, 
 with the column names, no quoting at all (a name may hold a bare ``"``), empty fields for NULL
 and dates as ``YYYYMMDD``. The eight files below are required; the loader checks each before
 touching the database (folder, file present, header, last line complete), then replaces the eight
-tables of the vocabulary schema inside **one transaction**, with the OMOP CDM's standard
-vocabulary indexes (omop-lite's ``indices.sql``). Any error rolls everything back: the previous
+tables of the vocabulary schema inside **one transaction**; on PostgreSQL with the OHDSI primary
+keys and standard vocabulary indexes (omop-lite's ``primary_keys.sql`` and ``indices.sql``),
+on DuckDB without (it needs none, see ``site_agent.cdm.indexes``). Any error rolls everything back: the previous
 vocabulary stays as it was, and a DuckDB file created for the load is removed again.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from optima_common.errors import ConfigError, VocabularyLoadError
 from site_agent.cdm.connection import CdmConnection
-from site_agent.cdm.ddl import cdm_ddl, cdm_indices
+from site_agent.cdm.ddl import cdm_ddl
+from site_agent.cdm.indexes import index_statements, primary_key_statements
 
 # file name -> table (Athena's file names)
 ATHENA_FILES = {
@@ -136,8 +138,10 @@ def load_vocabulary(cdm: CdmConnection, folder: str | Path, *, schema: str | Non
         if m and m.group(1).lower() in ATHENA_FILES.values():
             ddl[m.group(1).lower()] = stmt
     tables = set(ATHENA_FILES.values())
-    indexes = [s for s in cdm_indices(cdm.dialect, "5.4", schema)
-               if (m := re.search(rf"\b{schema}\.(\w+)", s)) and m.group(1).lower() in tables]
+    # PostgreSQL: the OHDSI primary keys and standard vocabulary indexes; DuckDB needs none
+    # (columnar scans and zone maps; see site_agent.cdm.indexes)
+    indexes = ([*primary_key_statements("5.4", schema, tables), *index_statements("5.4", schema, tables)]
+               if cdm.dialect == "postgresql" else [])
     counts: dict[str, int] = {}
     with cdm.transaction() as script:
         script.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from optima_common.errors import ConfigError
-from site_agent.cdm.synth import background, oncology, population, truth
+from site_agent.cdm.synth import background, lung, oncology, population, truth
 from site_agent.cdm.synth.params import PROFILES, SiteParams
 from site_agent.cdm.synth.population import Block
 from site_agent.cdm.synth.vocabulary import Vocabulary
@@ -78,10 +78,12 @@ def _block(seed: int, index: int, n: int, params: SiteParams, vocab: Vocabulary,
     b = Block(rng=rng, p=params, V=vocab.id, n=n, maps=vocab.maps, std=vocab.standard_keys)
     population.make_persons(b)
     population.plan_periods(b)
+    lung.plan(b, b.age_at(b.planned_end))
     oncology.plan(b)
     population.finalize_periods(b)
     population.make_visits(b)
     background.generate(b)
+    lung.generate(b)
     oncology.generate(b)
     return population.finish(b)
 

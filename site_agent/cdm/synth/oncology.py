@@ -45,13 +45,11 @@ def set_death(b: Block, pidx: np.ndarray, date: np.ndarray) -> None:
 
 
 def plan(b: Block) -> None:
-    """Draw every cancer; set cancer deaths (before observation periods are finalised)."""
-    from site_agent.cdm.synth import lung
-
+    """Draw every cancer but lung (``lung.plan`` runs first); set cancer deaths (before
+    observation periods are finalised)."""
     r, R = b.rng, b.p.rates
     age = b.age_at(b.planned_end)
     white = b.race == b.V["RACE_WHITE"]
-    lung.plan(b, age)
     b.onc["uncertain"] = _incident(b, R.lung_uncertain, ((age - 35).clip(0) / 40) ** 2, 30)
     bp, bdx = _incident(b, R.breast_f * 0.5, np.where(b.female, 1.0, 0.01) / (1 + np.exp(-(age - 50) / 8)), 25, R.referral)
     met = r.random(bp.size) < 0.2
@@ -181,8 +179,6 @@ def others(b: Block) -> None:
 
 
 def generate(b: Block) -> None:
-    from site_agent.cdm.synth import lung
-
-    lung.generate(b)
+    """Records of the non-lung cancers (``lung.generate`` runs first)."""
     breast(b)
     others(b)
