@@ -225,3 +225,55 @@ def test_vocab_check_bad_input_one_line(tmp_path, capsys):
     db = _site_missing_two(tmp_path)
     rc, _, err = _run(capsys, "vocab", "check", "--cdm", str(db), "--definitions", str(tmp_path / "nope"))
     assert rc == 5 and err.count("\n") == 1 and "no such file or folder" in err
+
+
+def test_saved_check_gives_the_review_page_its_line(tmp_path, capsys):
+    from site_agent.cdm.vocab_check import saved_summary
+
+    db = _site_missing_two(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    assert saved_summary(state) is None
+    rc, _, err = _run(capsys, "vocab", "check", "--cdm", str(db), "--out", str(state / "vocab_check.json"))
+    assert rc == 0, err
+    line = saved_summary(state)
+    assert "2 concept ids missing" in line and "(missing: 4155297, 40480519)" in line
+    assert "2 unmapped source codes look relevant" in line  # C50.919 and the local SCLC text code
+    rc, _, err = _run(capsys, "vocab", "check", "--cdm", str(db), "--out", str(tmp_path / "no" / "x.json"))
+    assert rc == 2 and err.count("\n") == 1 and "cannot write" in err
+
+
+def test_review_show_prints_the_saved_vocab_check(tmp_path, capsys):
+    from site_agent.audit import AuditLog
+    from site_agent.governance.outbox import Outbox
+    from tests.test_governance_outbox import _result
+    from tests.test_governance_support import make_bundle, make_keys, write_site_config
+
+    keys = make_keys(tmp_path / "keys")
+    cfg = str(write_site_config(tmp_path, keys))
+    state = tmp_path / "state"
+    rid = Outbox(state).put(make_bundle(_result(), keys["site_a"], "manifest-1", tmp_path),
+                            audit=AuditLog(state / "audit.jsonl"), study_id="lung")
+    assert main(["review", "show", rid, "--config", cfg]) == 0
+    assert "vocabulary check: none saved" in capsys.readouterr().out
+    db = _site_missing_two(tmp_path)
+    assert _run(capsys, "vocab", "check", "--cdm", str(db), "--out", str(state / "vocab_check.json"))[0] == 0
+    assert main(["review", "show", rid, "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "2 concept ids missing" in out and "(missing: 4155297, 40480519)" in out
+
+
+def test_demo_site_saves_its_vocab_check(tmp_path):
+    """The demo runs `vocab check` for each site into its state folder (what `review show` prints)."""
+    from coordinator.demo.sites import DemoSite, prepare_site
+    from optima_common.keys import generate_keypair
+    from site_agent.cdm.vocab_check import saved_summary
+
+    _, pub = generate_keypair(tmp_path / "coord", "coordinator")
+    prepared = prepare_site(tmp_path / "sites", DemoSite("onc_x", "oncology", 1500, 2),
+                            catalog=(FIXTURE.parents[2] / "cohort_definitions" / "catalog.json").resolve(),
+                            coordinator_pub=pub, trust=tmp_path / "trust", echo=lambda m: None)
+    line = saved_summary(prepared.folder / "state")
+    # the synthetic vocabulary holds every network concept; its unmapped local lung codes are named
+    assert line and "0 concept ids missing, 0 non-standard, 0 invalid" in line
+    assert "unmapped source codes look relevant" in line and not line.endswith("; 0 unmapped source codes look relevant")

@@ -90,6 +90,9 @@ def prepare_site(root: Path, site: DemoSite, *, catalog: Path, coordinator_pub: 
         agent("keys", "generate", "--out", str(folder / "keys"), "--name", site.name)
     trust.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / "keys" / f"{site.name}.pub", trust / f"{site.name}.pub")
+    (folder / "state").mkdir(exist_ok=True)  # what the site's vocabulary will miss, for `review show`
+    agent("vocab", "check", "--cdm", str(cdm), "--definitions", str(catalog.parent),
+          "--out", str(folder / "state" / "vocab_check.json"))
     config = folder / "site.toml"
     config.write_text(site_toml(site, cdm=cdm, catalog=catalog, coordinator_pub=coordinator_pub,
                                 min_cell_count=min_cell_count, analyses=analyses), encoding="utf-8")

@@ -18,6 +18,7 @@ Read-only; runs on DuckDB and PostgreSQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -109,6 +110,7 @@ class VocabCheckReport(BaseModel):
     cdm: str
     vocab_schema: str
     vocabulary_version: str | None
+    checked_at: str = ""
     concept_sets: list[ConceptSetCheck]
 
     def summary(self) -> str:
@@ -203,7 +205,25 @@ def check_vocabulary(cdm: CdmConnection, definitions: list[str | Path] | None = 
             elif looks_relevant(u["source_concept_name"] or u["source_value"] or "", names):
                 hits.append(UnmappedCode(**_public(u), why="name"))
         out.append(ConceptSetCheck(name=name, used_by=used_by, items=statuses, resolved=len(resolved), unmapped=hits))
-    return VocabCheckReport(cdm=cdm.display_url, vocab_schema=v, vocabulary_version=version, concept_sets=out)
+    return VocabCheckReport(cdm=cdm.display_url, vocab_schema=v, vocabulary_version=version,
+                            checked_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), concept_sets=out)
+
+
+REPORT_FILE = "vocab_check.json"  # in the site's state folder: `review show` prints its summary
+
+
+def saved_summary(state_dir: str | Path) -> str | None:
+    """One line about the last saved check in ``state_dir`` (None when there is none)."""
+    path = Path(state_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = VocabCheckReport.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"vocabulary check: {path} is unreadable; run site-agent vocab check --out {path} again"
+    missing = sorted({i.concept_id for s in report.concept_sets for i in s.missing})
+    named = f" (missing: {', '.join(map(str, missing[:8]))}{' …' if len(missing) > 8 else ''})" if missing else ""
+    return f"vocabulary check of {report.checked_at or '?'}: {report.summary()}{named}"
 
 
 def _isnan(x) -> bool:

@@ -16,6 +16,13 @@ def cmd_vocab_check(args) -> int:
 
     with connect_cdm(args.cdm, cdm_schema=args.cdm_schema, vocab_schema=args.vocab_schema) as cdm:
         report = check_vocabulary(cdm, args.definitions)
+    if args.out:
+        from optima_common.fileio import write_atomic
+
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise ConfigError(f"cannot write {out}", hint="--out must be a file path in an existing folder")
+        write_atomic(out, report.model_dump_json(indent=2).encode("utf-8"))
     print(report.model_dump_json(indent=2) if args.json else format_report(report))
     return 0
 
@@ -60,6 +67,8 @@ def add_parsers(sub, cdm_sub, add_cdm_options) -> None:
     p.add_argument("--definitions", nargs="+", help="cohort JSON files or folders (default: the network's "
                    "cohort_definitions/)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", help="also save the JSON report here; saved as STATE_DIR/vocab_check.json, "
+                   "`site-agent review show` prints its summary")
     p.set_defaults(func=cmd_vocab_check)
 
     p = cdm_sub.add_parser("vocab", help="the CDM's vocabulary tables")

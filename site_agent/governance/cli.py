@@ -89,6 +89,9 @@ def cmd_review_show(args) -> int:
     print(f"suppression: min cell count {b.suppression.min_cell_count} (site floor {b.suppression.site_floor}), "
           f"{b.suppression.method}")
     print(_signature_line(cfg, b))
+    from site_agent.cdm.vocab_check import saved_summary
+
+    print(saved_summary(cfg.state_dir) or "vocabulary check: none saved (site-agent vocab check --out STATE_DIR/vocab_check.json)")
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
                            "display.max_colwidth", 60):
         for t in view.tables:
