@@ -225,6 +225,9 @@ def test_vocab_check_bad_input_one_line(tmp_path, capsys):
     db = _site_missing_two(tmp_path)
     rc, _, err = _run(capsys, "vocab", "check", "--cdm", str(db), "--definitions", str(tmp_path / "nope"))
     assert rc == 5 and err.count("\n") == 1 and "no such file or folder" in err
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
+    rc, _, err = _run(capsys, "vocab", "check", "--cdm", str(tmp_path / "empty.duckdb"))
+    assert rc == 4 and err.count("\n") == 1 and "has no concept, concept_ancestor, concept_relationship table" in err
 
 
 def test_saved_check_gives_the_review_page_its_line(tmp_path, capsys):

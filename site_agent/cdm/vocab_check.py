@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from optima_common.errors import CdmValidationError
 from site_agent.cdm.connection import CdmConnection
 
 # clinical tables: (table, concept column, source value column, source concept column)
@@ -161,6 +162,11 @@ def check_vocabulary(cdm: CdmConnection, definitions: list[str | Path] | None = 
     v = cdm.vocab_schema
     sets = read_concept_sets(definitions or [default_definitions_dir()])
     all_ids = {int(it["concept"]["CONCEPT_ID"]) for _, _, items in sets for it in items}
+    tables = cdm.table_columns(v)
+    lacking = [t for t in ("concept", "concept_ancestor", "concept_relationship") if t not in tables]
+    if lacking:
+        raise CdmValidationError(f"the vocabulary schema '{v}' has no {', '.join(lacking)} table",
+                                 hint="pass --vocab-schema, or load a vocabulary with site-agent cdm vocab load")
     rows = cdm.query_df(f"SELECT concept_id, concept_name, standard_concept, invalid_reason, domain_id "
                         f"FROM {v}.concept WHERE concept_id IN ({_ids_sql(all_ids)})")
     present = {int(r.concept_id): r for r in rows.itertuples()}
