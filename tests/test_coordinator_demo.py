@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from optima_common.bundle import read_bundle
+from optima_common.errors import ExitCode
 from tests.conftest import REPO
 from tests.e2e.test_flower_network import processes_mentioning
 
@@ -53,5 +54,5 @@ def test_demo_network_end_to_end(tmp_path):
 def test_demo_reports_missing_definitions(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "demo", "--out", str(tmp_path),
                            "--definitions", str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 2
+    assert proc.returncode == ExitCode.COORDINATOR
     assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
