@@ -112,7 +112,7 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     survival = summarise_survival(
         cdm_name, target, study.death.cohort_name,
         {k: pd.DataFrame({"time": g["time_death"], "event": g["death"]}) for k, g in strata.items()},
-        grid, horizons=[int(round(y * 365.25)) for y in spec.survival.summary_years])
+        grid, horizons=spec.survival.horizons, estimator=spec.survival.estimator)
     windows = [(label, kind, days) for label, (kind, days) in spec.outcome_horizons_days.items()]
     outcomes = summarise_outcomes(
         cdm_name, target,
