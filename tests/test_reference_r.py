@@ -12,10 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.cox import fit_federated_cox
 from coordinator.pooling import pooled_km, pooled_summary
+from optima_common.protocol import COX_MAX_ABS_BETA
+from site_agent.analyses.cox import SiteCoxData, design_matrix, site_score_information
 from site_agent.analyses.survival import summarise_survival
 from site_agent.study_spec import SurvivalSpec
-from tests.reference.rsurvival import dataset, rscript, survfit_reference
+from tests.reference.rsurvival import coxph_reference, dataset, rscript, survfit_reference
 
 if rscript() is None:
     if os.environ.get("CI"):
@@ -81,3 +84,88 @@ def test_released_survival_on_the_study_grid_is_within_001_of_exact_km(name):
             assert abs(summ[f"survival_at_{h}"] - s) < 0.01, (name, h, summ[f"survival_at_{h}"], s)
             checked += 1
     assert checked >= 2
+
+
+def _federated_fit(df: pd.DataFrame, covariates: list[str], levels: dict | None = None):
+    """Each site its own stratum: the sites answer (loglik, score, information), the coordinator sums."""
+    datas = []
+    for _, g in df.groupby("site", sort=True):
+        X, names = design_matrix(g, covariates, levels or {})
+        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    sites = [lambda b, d=d: site_score_information(d, b) for d in datas]
+    return fit_federated_cox(sites, datas[0].p, names=datas[0].columns, max_abs_beta=COX_MAX_ABS_BETA)
+
+
+def _veteran_sites() -> pd.DataFrame:
+    df = dataset("veteran")
+    df["site"] = _site_labels(len(df))
+    return df
+
+
+def _site_labels(n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.choice(["north", "south", "west"], size=n, p=[0.5, 0.3, 0.2])
+
+
+def _assert_matches_r(fit, ref, coef_atol=1e-8, se_rtol=1e-7):
+    assert list(fit.names) == ref["names"]
+    for name, c, se, b, s in zip(fit.names, ref["coef"], ref["se"], fit.coef, fit.se):
+        if c is None:
+            assert np.isnan(b) and np.isnan(s), name
+        else:
+            assert b == pytest.approx(c, abs=coef_atol), name
+            assert s == pytest.approx(se, rel=se_rtol), name
+
+
+def test_stratified_cox_equals_coxph_on_lung_split_by_site():
+    df = dataset("lung").dropna(subset=["ph_ecog"])
+    df["site"] = _site_labels(len(df))
+    covs = ["age", "sex", "ph_ecog"]
+    fit = _federated_fit(df, covs)
+    ref = coxph_reference(df, covs)
+    assert fit.converged and not fit.aliased and not fit.diverging
+    _assert_matches_r(fit, ref)
+    assert fit.loglik == pytest.approx(ref["loglik"], abs=1e-9)
+
+
+def test_stratified_cox_with_a_factor_equals_coxph_on_veteran():
+    """A 4-level factor: R turns the text column into a factor with alphabetical levels (first =
+    reference) and names the columns celltypelarge ...; design_matrix given the same levels must
+    give the same columns and the same fit."""
+    df = _veteran_sites()
+    covs = ["trt", "celltype", "karno", "age"]
+    fit = _federated_fit(df, covs, {"celltype": ["adeno", "large", "smallcell", "squamous"]})
+    ref = coxph_reference(df, covs)
+    assert fit.converged
+    _assert_matches_r(fit, ref)
+
+
+def test_collinear_column_is_not_estimable_like_coxph():
+    """x3 = trt + karno: R reports NA for it and fits the rest; so must we."""
+    df = _veteran_sites()
+    df["x3"] = df["trt"] + df["karno"]
+    covs = ["trt", "karno", "x3", "age"]
+    fit = _federated_fit(df, covs)
+    ref = coxph_reference(df, covs)
+    assert ref["coef"][2] is None
+    assert fit.aliased == ("x3",) and fit.converged
+    _assert_matches_r(fit, ref)
+    assert any("x3" in m and "not estimable" in m for m in fit.messages)
+
+
+def test_level_without_events_is_reported_diverging_like_coxph():
+    """A covariate that is 1 only for censored patients: its coefficient goes to -infinity.
+    R warns "Loglik converged before variable 3; coefficient may be infinite"; the others
+    agree with R's fit to within what the finite stopping point moves them."""
+    df = _veteran_sites()
+    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
+    covs = ["trt", "karno", "noevent", "age"]
+    fit = _federated_fit(df, covs)
+    ref = coxph_reference(df, covs, control="eps = 1e-9")
+    assert any("coefficient may be infinite" in w and "3" in w for w in ref["warnings"])
+    assert fit.diverging == ("noevent",) and not fit.converged
+    assert np.isnan(fit.coef[2]) and np.isnan(fit.hr[2])
+    assert any("noevent" in m and "diverges" in m for m in fit.messages)
+    for i in (0, 1, 3):
+        assert fit.coef[i] == pytest.approx(ref["coef"][i], abs=1e-5)
+        assert fit.se[i] == pytest.approx(ref["se"][i], rel=1e-4)

@@ -69,3 +69,26 @@ def survfit_reference(df: pd.DataFrame, horizons: list[int]) -> dict:
         "'\"max_time\":', max(d$time), '}'))"
     )
     return json.loads(run_r(code))
+
+
+def coxph_reference(df: pd.DataFrame, covariates: list[str], strata: str = "site",
+                    control: str = "eps = 1e-14, iter.max = 100") -> dict:
+    """coxph(Surv(time, event) ~ covariates + strata(strata), ties = "breslow") with ``control``:
+    coefficients and standard errors by name (None where R reports NA) and R's warnings."""
+    csv = df[["time", "event", strata, *covariates]].to_csv(index=False)
+    code = (
+        "suppressMessages(library(survival)); "
+        f"d <- read.csv(text = {json.dumps(csv)}); "
+        "w <- character(0); "
+        f"f <- withCallingHandlers(coxph(Surv(time, event) ~ {' + '.join(covariates)} + strata({strata}), data = d, "
+        f"ties = 'breslow', control = coxph.control({control})), "
+        "warning = function(x) { w <<- c(w, conditionMessage(x)); invokeRestart('muffleWarning') }); "
+        "b <- coef(f); se <- rep(NA_real_, length(b)); se[!is.na(b)] <- sqrt(diag(vcov(f))[!is.na(b)]); "
+        "num <- function(v) paste(ifelse(is.na(v), 'null', sprintf('%.17g', v)), collapse = ','); "
+        "cat(paste0('{\"names\":[', paste0('\"', names(b), '\"', collapse = ','), '],\"coef\":[', num(b), "
+        "'],\"se\":[', num(se), '],\"loglik\":', sprintf('%.17g', f$loglik[2]), ',\"warnings\":[', "
+        "paste0('\"', gsub('\"', \"'\", w), '\"', collapse = ','), ']}'))"
+    )
+    out = json.loads(run_r(code))
+    out["warnings"] = [w for w in out["warnings"] if w]
+    return out
