@@ -129,6 +129,9 @@ class StudySpec(_Strict):
     description: str = ""
     catalog: str = "../catalog.json"
     min_cell_count: int = Field(5, ge=0)
+    # the protocol's age rule, applied on the diagnosis (index) date in completed years from the
+    # full date of birth; the target cohort's Circe rule compares years only
+    min_age_years: int = Field(18, ge=0, le=150)
     cohorts: StudyCohorts
     # concept sets that split the target by stage: "I", "II", and TNM "T3"/"N1" (stage II when
     # no stage group is recorded but T3 or N1 is)
