@@ -185,11 +185,12 @@ def cmd_run_study(args) -> int:
 def cmd_run_manifest(args) -> int:
     """Offline mode: answer a manifest file without Flower; the signed bundle goes to a file."""
     from optima_common.bundle import read_manifest, render
-    from site_agent.client_app import answer_manifest
+    from site_agent.client_app import answer_manifest, check_site_cdm
     from site_agent.config import load_config
 
     config = load_config(args.config)
     manifest = read_manifest(args.manifest)
+    check_site_cdm(config)  # one line and the manifest unused when the CDM setting is wrong
     status, reason, text = answer_manifest(config, render(manifest).decode("utf-8"))
     return _write_answer(args.out, status, reason, text, manifest.manifest_id)
 

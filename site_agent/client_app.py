@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp
 
 from optima_common import bundle
 from optima_common import protocol as P
-from optima_common.errors import OptimaError
+from optima_common.errors import CdmConnectionError, CdmValidationError, ConfigError, OptimaError
 from optima_common.fileio import write_atomic
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig, load_config
@@ -88,11 +88,23 @@ def _failure_line(exc: BaseException) -> str:
     return f"{type(exc).__name__} (details in the site's log)"
 
 
+def check_site_cdm(config: SiteConfig) -> None:
+    """Open the site's CDM and check its tables (CdmConnectionError / CdmValidationError, one line)."""
+    from site_agent.cdm.check import validate_cdm
+
+    with config.open_cdm() as cdm:
+        validate_cdm(cdm)
+
+
 def answer_manifest(config: SiteConfig, manifest_json: str) -> tuple[str, str, str]:
     """(status, reason, bundle text) for a manifest; the whole site-side decision, audited."""
     from site_agent.study_exec import execute
 
     policy = ManifestPolicy.from_config(config)
+    try:  # a CDM that cannot be used fails the run before the policy claims the manifest's nonce
+        check_site_cdm(config)
+    except (CdmConnectionError, CdmValidationError, ConfigError) as exc:
+        return "failed", f"the site's CDM cannot be used: {exc}", ""
     try:
         decision = policy.check(manifest_json)
     except PolicyRefusal as refusal:  # already audited by the policy
