@@ -26,6 +26,7 @@ from site_agent.analyses.treatment_patterns import (
     plot_pathways,
     summarise_pathway_frame,
 )
+from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.fingerprint import cdm_fingerprint
 from site_agent.cohorts import build_cohorts, cohort_attrition
@@ -88,6 +89,7 @@ def study_patients(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame
 def study_population(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(patients, pathways, patients removed by the age rule): site-internal, never released."""
     definitions = [study.target, study.progression, study.death]
+    validate_cdm(cdm)  # a CDM without the OMOP tables fails here in one line, before anything is written
     ensure_results_tables(cdm)
     stale = stale_cohorts(cdm, definitions, cdm_fingerprint(cdm))
     if stale:
@@ -147,8 +149,8 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
               site_min_cell_count: int = SITE_FLOOR) -> StudyRun:
     spec = study.spec
     minimum = max(spec.min_cell_count, site_min_cell_count)
+    validate_cdm(cdm)
     cdm_name = cdm_name or default_cdm_name(cdm)
-    out_dir.mkdir(parents=True, exist_ok=True)
     patients, pathways, _ = study_population(cdm, study)
     attrition = study_attrition(cdm, study, cdm_name, patients)
     tp = spec.treatment_patterns
@@ -173,6 +175,7 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
     bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
     released = blank_linked(suppress(bound, minimum))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),
