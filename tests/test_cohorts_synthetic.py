@@ -126,3 +126,28 @@ def test_acceptance_oncology_200k(tmp_path):
     excluded = {s.reason: s.excluded_subjects for s in steps}
     assert all(excluded[r] > 0 for r in ("Age >= 18", "No history of cancer except skin cancer",
                                          "Stage I or II recorded"))
+
+
+def test_build_without_attrition_statistics_is_stale(synth_site, tmp_path):
+    """A rule-less cohort built before its qualifying counts were recorded: rebuilt when stale
+    cohorts are looked up, and its attrition refuses to start from nothing."""
+    from optima_common.errors import CohortBuildError
+    from site_agent.cdm.fingerprint import cdm_fingerprint
+    from site_agent.cohorts.state import stale_cohorts
+
+    path = tmp_path / "site.duckdb"
+    shutil.copy(synth_site.out, path)
+    sclc = next(d for d in collect_definitions([DEFINITIONS / "lung"]) if d.cohort_name == "sclc")
+    with connect_cdm(str(path)) as cdm:
+        build_cohorts(cdm, [sclc])
+        assert stale_cohorts(cdm, [sclc], cdm_fingerprint(cdm)) == []
+        first = cohort_attrition(cdm, sclc)[0]
+        assert first.number_subjects == synth_site.truth["sclc"]["subjects"]
+        with cdm.transaction() as script:  # what a build by the earlier code left behind
+            script.execute(f"DELETE FROM results.cohort_summary_stats WHERE cohort_definition_id = "
+                           f"{sclc.cohort_definition_id}")
+            script.execute(f"DELETE FROM results.cohort_inclusion_result WHERE cohort_definition_id = "
+                           f"{sclc.cohort_definition_id}")
+        assert stale_cohorts(cdm, [sclc], cdm_fingerprint(cdm)) == [sclc]
+        with pytest.raises(CohortBuildError, match="no attrition statistics"):
+            cohort_attrition(cdm, sclc)
