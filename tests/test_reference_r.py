@@ -169,3 +169,24 @@ def test_level_without_events_is_reported_diverging_like_coxph():
     for i in (0, 1, 3):
         assert fit.coef[i] == pytest.approx(ref["coef"][i], abs=1e-5)
         assert fit.se[i] == pytest.approx(ref["se"][i], rel=1e-4)
+
+
+def test_diverging_coefficient_never_asks_sites_beyond_their_bound():
+    """The fit stops before a coefficient passes the sites' |beta| bound (they would refuse, and
+    over the network the fit would end as a lost site): the column is reported diverging."""
+    df = _veteran_sites()
+    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
+    datas = []
+    for _, g in df.groupby("site", sort=True):
+        X, names = design_matrix(g, ["trt", "karno", "noevent", "age"], {})
+        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    asked: list[float] = []
+
+    def site(b, d):
+        asked.append(float(np.abs(b).max()))
+        return site_score_information(d, b)
+
+    fit = fit_federated_cox([lambda b, d=d: site(b, d) for d in datas], 4, names=datas[0].columns, max_abs_beta=5.0)
+    assert max(asked) <= 5.0
+    assert fit.diverging == ("noevent",) and np.isnan(fit.coef[2])
+    assert np.isfinite(fit.coef[[0, 1, 3]]).all()
