@@ -101,7 +101,7 @@ def _write(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @pytest.fixture(scope="module")
-def edge_cdm(synth_site, tmp_path_factory):
+def edge_duckdb(synth_site, tmp_path_factory):
     path = tmp_path_factory.mktemp("edge") / "edge.duckdb"
     shutil.copy(synth_site.out, path)
     con = duckdb.connect(str(path))
@@ -112,11 +112,23 @@ def edge_cdm(synth_site, tmp_path_factory):
     return path
 
 
+@pytest.fixture(params=["duckdb", "postgresql"])
+def edge_cdm(request, edge_duckdb):
+    """connect_cdm arguments for the hand-built CDM on each backend."""
+    if request.param == "duckdb":
+        return {"cdm": str(edge_duckdb)}
+    from site_agent.cdm.transfer import copy_duckdb_to_postgres
+
+    url = request.getfixturevalue("pg_url")
+    copy_duckdb_to_postgres(edge_duckdb, url, "edge_cdm")
+    return {"cdm": url, "cdm_schema": "edge_cdm", "write_schema": "edge_results"}
+
+
 def test_cohort_membership_of_every_edge_case(edge_cdm):
     defs = {d.cohort_name: d for d in collect_definitions([DEFINITIONS / "lung"])}
-    with connect_cdm(str(edge_cdm)) as cdm:
+    with connect_cdm(**edge_cdm) as cdm:
         build_cohorts(cdm, [defs["sclc_stage_i_ii"]])
-        got = set(cdm.query_df("SELECT subject_id FROM results.cohort WHERE cohort_definition_id = "
+        got = set(cdm.query_df(f"SELECT subject_id FROM {cdm.write_schema}.cohort WHERE cohort_definition_id = "
                                f"{defs['sclc_stage_i_ii'].cohort_definition_id}")["subject_id"].astype(int))
     expected = {pid for pid, (_, _, in_cohort, *_) in PATIENTS.items() if in_cohort}
     wrong = {pid: PATIENTS[pid][0] for pid in got ^ expected}
@@ -131,7 +143,7 @@ def test_study_applies_the_exact_age_rule_and_reports_it(edge_cdm, tmp_path):
     loaded = load_study(DEFINITIONS / "studies" / "sclc_stage_i_ii.json")
     # release everything (min cell count 1) to read the attrition; suppression is tested elsewhere
     study = loaded.model_copy(update={"spec": loaded.spec.model_copy(update={"min_cell_count": 1})})
-    with connect_cdm(str(edge_cdm)) as cdm:
+    with connect_cdm(**edge_cdm) as cdm:
         patients, _ = study_patients(cdm, study)
         run = run_study(cdm, study, tmp_path / "out", cdm_name="edge", site_min_cell_count=1)
     expected = {pid: stage for pid, (_, _, _, in_study, stage) in PATIENTS.items() if in_study}
