@@ -49,6 +49,13 @@ LOGLIK: Final = "loglik"
 SCORE: Final = "score"
 INFO: Final = "info"
 
+# the analyses a manifest may name and a site may allow (site.toml allowed_analyses)
+ANALYSES: Final = ("cohort_counts", "diagnostics", "sclc_study")
+
+# a site refuses Cox requests with any |beta| above this (hazard ratio beyond exp(20)); the
+# coordinator stops a diverging coefficient before it gets there
+COX_MAX_ABS_BETA: Final = 20.0
+
 # reply statuses a site may give to a query
 DONE: Final = "done"
 REFUSED: Final = "refused"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the whole test suite (README: "Run the tests").
-# Installs the PostgreSQL server if missing (the tests start a private cluster with it),
+# Installs the PostgreSQL server if missing (the tests start a private cluster with it) and R
+# with its survival package (the independent reference for KM and Cox),
 # creates .venv, installs the package with its dev and train extras, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
       || echo "warning: could not install postgresql; PostgreSQL tests will fail" >&2
   else
     echo "warning: PostgreSQL server not installed; run as root or: sudo apt-get install postgresql" >&2
+  fi
+fi
+
+# R's survival package is the independent reference for KM and Cox (tests/test_reference_r.py)
+if ! command -v Rscript >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing R and its survival package (Debian packages) for the reference tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-survival >/dev/null) \
+      || echo "warning: could not install r-base-core r-cran-survival; the R reference tests will fail" >&2
+  else
+    echo "warning: Rscript not installed; run as root or: sudo apt-get install r-base-core r-cran-survival" >&2
   fi
 fi
 

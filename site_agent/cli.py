@@ -101,8 +101,12 @@ def cmd_cohorts(args) -> int:
         counts = build_cohorts(cdm, definitions)
         attrition = {d.cohort_definition_id: cohort_attrition(cdm, d) for d in definitions} if args.attrition else {}
     rows = [c.model_dump() for c in counts]
+    lines = {cid: [s.model_dump() for s in steps] for cid, steps in attrition.items()}
     if args.min_cell_count > 1:
         rows = [_suppress_count_row(r, args.min_cell_count) for r in rows]
+        lines = {cid: _suppress_attrition(steps, args.min_cell_count) for cid, steps in lines.items()}
+    if args.attrition:
+        rows = [{**r, "attrition": lines[r["cohort_definition_id"]]} for r in rows]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -111,11 +115,11 @@ def cmd_cohorts(args) -> int:
     for r in rows:
         print(f"{r['cohort_definition_id']:>20}  {r['cohort_name']:<28} {shown(r['number_records']):>14} "
               f"{shown(r['number_subjects']):>15}")
-    for cid, steps in attrition.items():
+    for cid, steps in lines.items():
         print(f"\nattrition of cohort {cid}:")
         for s in steps:
-            print(f"  {s.reason_id:>2}. {s.reason:<50} records {s.number_records:>8}  subjects {s.number_subjects:>8}"
-                  f"  excluded {s.excluded_subjects:>7}")
+            print(f"  {s['reason_id']:>2}. {s['reason']:<50} records {shown(s['number_records']):>8}  "
+                  f"subjects {shown(s['number_subjects']):>8}  excluded {shown(s['excluded_subjects']):>7}")
     return 0
 
 
@@ -125,6 +129,22 @@ def _suppress_count_row(row: dict, minimum: int) -> dict:
     if small(row["number_subjects"]) or small(row["number_records"]):
         return {**row, "number_records": None, "number_subjects": None}
     return row
+
+
+def _suppress_attrition(steps: list[dict], minimum: int) -> list[dict]:
+    """Blank attrition counts of 1..minimum-1, and an excluded count next to a blanked step
+    (the difference of two shown counts would reveal it)."""
+    small = lambda v: v is not None and 0 < v < minimum  # noqa: E731
+    out, prev_blank = [], False
+    for s in steps:
+        blank = small(s["number_records"]) or small(s["number_subjects"])
+        row = {**s, "number_records": None, "number_subjects": None} if blank else dict(s)
+        for k in ("excluded_records", "excluded_subjects"):
+            if blank or prev_blank or small(s[k]):
+                row[k] = None
+        out.append(row)
+        prev_blank = blank
+    return out
 
 
 def cmd_diagnostics(args) -> int:
@@ -177,7 +197,7 @@ def cmd_run_manifest(args) -> int:
 
     site = Site.from_file(args.config)
     manifest = read_manifest(args.manifest)
-    status, reason, text = site.answer_manifest(render(manifest).decode("utf-8"))
+    status, reason, text = site.answer_manifest(render(manifest).decode("utf-8"), raise_cdm_errors=True)
     return _write_answer(args.out, status, reason, text, manifest.manifest_id)
 
 

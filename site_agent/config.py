@@ -51,6 +51,7 @@ from pydantic import (
 
 from optima_common.errors import ConfigError, OptimaError, validation_summary
 from optima_common.keys import key_id, load_private_key, load_public_key
+from optima_common.protocol import ANALYSES
 
 
 class _Strict(BaseModel):
@@ -100,6 +101,14 @@ class SiteConfig(_Strict):
     max_manifest_age: dt.timedelta = dt.timedelta(days=7)
     clock_skew_seconds: float = Field(300.0, ge=0)
     statement_timeout_seconds: float = Field(3600.0, ge=0)  # per SQL statement on the CDM; 0: no limit
+
+    @field_validator("allowed_analyses")
+    @classmethod
+    def _known_analyses(cls, v: list[str]) -> list[str]:
+        unknown = [a for a in v if a not in ANALYSES]
+        if unknown:
+            raise ValueError(f"unknown analysis {', '.join(map(repr, unknown))}; known: {', '.join(ANALYSES)}")
+        return v
 
     @model_validator(mode="after")
     def _floor(self) -> SiteConfig:

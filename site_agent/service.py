@@ -24,7 +24,13 @@ import numpy as np
 
 from optima_common import bundle
 from optima_common import protocol as P
-from optima_common.errors import OptimaError, PolicyRefusal
+from optima_common.errors import (
+    CdmConnectionError,
+    CdmValidationError,
+    ConfigError,
+    OptimaError,
+    PolicyRefusal,
+)
 from optima_common.fileio import write_atomic
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig, load_config
@@ -76,11 +82,38 @@ class Site:
                              "min_cell_count": signed.suppression.min_cell_count})
         return data.decode("utf-8")
 
-    def answer_manifest(self, manifest_json: str) -> Answer:
-        """(status, reason, bundle text) for a manifest; the whole site-side decision, audited."""
+    def check_cdm(self) -> None:
+        """Open the site's CDM and check its tables (CdmConnectionError / CdmValidationError, one line)."""
+        from site_agent.cdm.check import validate_cdm
+
+        with self.config.open_cdm() as cdm:
+            validate_cdm(cdm)
+
+    def answer_manifest(self, manifest_json: str, *, raise_cdm_errors: bool = False) -> Answer:
+        """(status, reason, bundle text) for a manifest; the whole site-side decision, audited.
+
+        Order: every policy rule first (nothing opened, the nonce only looked up), then the
+        CDM (a CDM that cannot be used fails the run *before* the nonce is claimed, so the
+        same manifest can run once the setting is fixed), then the policy again, claiming
+        the nonce and auditing, then the study. ``raise_cdm_errors``: the offline command
+        wants the CDM error itself (its exit code), not a "failed" answer.
+        """
         from site_agent.study_exec import execute
 
         policy = self.policy()
+        try:
+            preview = policy.evaluate(manifest_json)
+        except PolicyRefusal:
+            preview = None  # policy.check below refuses again and audits it; the CDM stays closed
+        if preview is not None:
+            try:
+                self.check_cdm()
+            except (CdmConnectionError, CdmValidationError, ConfigError) as exc:
+                if raise_cdm_errors:
+                    raise
+                policy.audit.append("failed", manifest_id=preview.manifest.manifest_id,
+                                    study_id=preview.manifest.study_id, detail={"error": failure_line(exc)})
+                return P.FAILED, f"the site's CDM cannot be used: {exc}"[:MAX_STR], ""
         try:
             decision = policy.check(manifest_json)
         except PolicyRefusal as refusal:  # already audited by the policy

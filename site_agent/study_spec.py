@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -43,16 +44,26 @@ class TreatmentPatternsSpec(_Strict):
     max_lines: int = Field(5, ge=1, le=10)
 
 
-class SurvivalSpec(_Strict):
-    """The time grid every site uses for its risk tables (days, starting at 0).
+# quarterly (3 x 30.4375 days) to 5 years, then yearly to 10 years: holds every horizon of
+# the seed study; with the actuarial estimator the released survival at 1/2/5 years is within
+# 0.005 of the exact-time KM on R's public datasets (benchmarks/bench_survival_grid.py)
+DEFAULT_GRID = (0, 91, 183, 274, 365, 457, 548, 639, 730, 822, 913, 1004, 1096, 1187, 1278, 1370, 1461,
+                1552, 1644, 1735, 1826, 2192, 2557, 2922, 3287, 3652)
 
-    Coarse on purpose: a site releases a curve only up to the first interval with a small
-    count, so intervals must be wide enough to hold several events at a typical site.
-    The default grid is half-yearly, then yearly, to 10 years.
+
+class SurvivalSpec(_Strict):
+    """The time grid every site uses for its risk tables (days, starting at 0) and the estimator.
+
+    A site releases a curve only up to the first interval with a small count, so intervals
+    must hold several events at a typical site; a coarser grid biases the estimate (censoring
+    inside an interval), which the actuarial estimator corrects to first order. Every summary
+    horizon must be a grid point: a survival between or after grid points is not estimable
+    from the released table.
     """
 
-    grid_days: tuple[int, ...] = (0, 182, 365, 730, 1096, 1461, 1826, 2557, 3652)
+    grid_days: tuple[int, ...] = DEFAULT_GRID
     summary_years: tuple[int, ...] = (1, 2, 5)
+    estimator: Literal["actuarial", "kaplan_meier"] = "actuarial"
 
     @field_validator("grid_days")
     @classmethod
@@ -60,6 +71,25 @@ class SurvivalSpec(_Strict):
         if len(v) < 2 or v[0] != 0 or any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError("grid_days must start at 0 and increase strictly")
         return v
+
+    @model_validator(mode="after")
+    def _horizons_on_grid(self) -> "SurvivalSpec":
+        for years in self.summary_years:
+            days = self.horizon_days(years)
+            if days >= self.grid_days[-1]:
+                raise ValueError(f"summary horizon {years} years ({days} days) is not before the grid's last "
+                                 f"point ({self.grid_days[-1]} days; follow-up beyond it is censored there)")
+            if days not in self.grid_days:
+                raise ValueError(f"summary horizon {years} years ({days} days) is not a grid point")
+        return self
+
+    @staticmethod
+    def horizon_days(years: float) -> int:
+        return int(round(years * 365.25))
+
+    @property
+    def horizons(self) -> list[int]:
+        return [self.horizon_days(y) for y in self.summary_years]
 
     @property
     def grid(self) -> list[int]:
@@ -99,6 +129,9 @@ class StudySpec(_Strict):
     description: str = ""
     catalog: str = "../catalog.json"
     min_cell_count: int = Field(5, ge=0)
+    # the protocol's age rule, applied on the diagnosis (index) date in completed years from the
+    # full date of birth; the target cohort's Circe rule compares years only
+    min_age_years: int = Field(18, ge=0, le=150)
     cohorts: StudyCohorts
     # concept sets that split the target by stage: "I", "II", and TNM "T3"/"N1" (stage II when
     # no stage group is recorded but T3 or N1 is)

@@ -28,13 +28,15 @@ class InProcessGrid(Grid):
     """``node_configs``: node id -> node config (what ``--node-config`` gives a SuperNode)."""
 
     def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping], *, run_id: int = 1,
-                 run_config: Mapping | None = None, dead: Iterable[int] = ()):
+                 run_config: Mapping | None = None, dead: Iterable[int] = (), unavailable: Iterable[int] = ()):
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SERVER_NODE_ID
         TaskIdentity.task_id = 0
         self.client_app = client_app
         self.node_configs = {int(k): dict(v) for k, v in node_configs.items()}
         self.dead = set(dead)
+        # nodes whose SuperNode stopped heartbeating: the SuperLink answers for them with its error
+        self.unavailable = set(unavailable)
         self._run = Run.create_empty(run_id)
         self._run_config = dict(run_config or {})
         self._states: dict[int, RecordDict] = {n: RecordDict() for n in self.node_configs}
@@ -68,7 +70,9 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            if node not in self.dead and node in self.node_configs:
+            if node in self.unavailable:
+                self._pending[mid] = self._pool.submit(self._unavailable, msg)
+            elif node not in self.dead and node in self.node_configs:
                 self._pending[mid] = self._pool.submit(self._deliver, msg, node)
             ids.append(mid)
         return ids
@@ -89,6 +93,15 @@ class InProcessGrid(Grid):
         cf.wait([self._pending[i] for i in waiting],
                 timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self.pull_messages(ids)
+
+    @staticmethod
+    def _unavailable(msg: Message) -> Message:
+        from flwr.common.constant import ErrorCode
+        from flwr.server.superlink.linkstate.utils import NODE_UNAVAILABLE_ERROR_REASON
+
+        reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=NODE_UNAVAILABLE_ERROR_REASON), reply_to=msg)
+        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+        return reply
 
     # --- the "SuperNode" ------------------------------------------------------------------
     def _deliver(self, msg: Message, node: int) -> Message:

@@ -36,10 +36,45 @@ def test_every_cohort_matches_ground_truth(synth_cdm, synth_site):
         assert got == synth_site.truth
         stage = next(d for d in defs if d.cohort_name == "sclc_stage_i_ii")
         steps = cohort_attrition(cdm, stage)
+        chemo_def = next(d for d in defs if d.cohort_name == "lung_chemotherapy")
+        chemo_sql = _qualifying_drug_exposures_sql(cdm.cdm_schema, chemo_def)
+        chemo_reference = cdm.query_df(chemo_sql).iloc[0]
+        attrition = {d.cohort_name: cohort_attrition(cdm, d) for d in defs}
+    _check_attrition(attrition, synth_site.truth)
+    chemo = attrition["lung_chemotherapy"][0]
+    assert (chemo.number_records, chemo.number_subjects) == (int(chemo_reference["r"]), int(chemo_reference["s"]))
     assert [s.reason for s in steps[1:4]] == ["Age >= 18", "No history of cancer except skin cancer",
                                              "Stage I or II recorded"]
     assert [s.number_subjects for s in steps[:4]] == [a["subjects"] for a in synth_site.truth_attrition]
     assert steps[-1].number_subjects == synth_site.truth["sclc_stage_i_ii"]["subjects"]
+
+
+def _qualifying_drug_exposures_sql(schema: str, definition) -> str:
+    """Plain SQL, no cohort engine: drug exposures of the definition's concept set (with
+    descendants) that start inside an observation period - its qualifying initial events."""
+    items = json.loads(definition.json_text)["ConceptSets"][0]["expression"]["items"]
+    assert all(i.get("includeDescendants") and not i.get("isExcluded") for i in items)
+    ids = ", ".join(str(i["concept"]["CONCEPT_ID"]) for i in items)
+    return (f"SELECT count(*) AS r, count(DISTINCT de.person_id) AS s FROM {schema}.drug_exposure de "
+            f"WHERE de.drug_concept_id IN (SELECT descendant_concept_id FROM {schema}.concept_ancestor "
+            f"WHERE ancestor_concept_id IN ({ids})) AND EXISTS (SELECT 1 FROM {schema}.observation_period op "
+            f"WHERE op.person_id = de.person_id AND de.drug_exposure_start_date BETWEEN "
+            f"op.observation_period_start_date AND op.observation_period_end_date)")
+
+
+def _check_attrition(attrition: dict, truth: dict) -> None:
+    """Every cohort: no negative count, counts never grow along the steps, the last step is the
+    cohort; cohorts without inclusion rules start from their ground-truth subjects."""
+    for name, steps in attrition.items():
+        for s in steps:
+            assert min(s.number_records, s.number_subjects, s.excluded_records, s.excluded_subjects) >= 0, (name, s)
+        assert steps[0].number_subjects > 0 or truth[name]["subjects"] == 0, name
+        assert all(b.number_subjects <= a.number_subjects for a, b in zip(steps, steps[1:])), name
+        assert (steps[-1].number_records, steps[-1].number_subjects) == (truth[name]["records"],
+                                                                         truth[name]["subjects"]), name
+        if len(steps) == 2:  # no inclusion rules: every qualifying person stays
+            assert steps[0].number_subjects == truth[name]["subjects"], name
+            assert steps[0].number_records >= truth[name]["records"], name
 
 
 def test_cli_synth_and_cohorts_json(tmp_path, pg_url):
@@ -63,6 +98,16 @@ def test_cli_synth_and_cohorts_json(tmp_path, pg_url):
         assert [r["cohort_definition_id"] for r in rows] == list(range(1, 11))
         for r in rows:
             assert {"records": r["number_records"], "subjects": r["number_subjects"]} == expected[r["cohort_name"]]
+    p = run("cohorts", "--cdm", str(out), "--definitions", str(DEFINITIONS / "lung"), "--json", "--attrition",
+            "--min-cell-count", "5")
+    assert p.returncode == 0, p.stderr
+    for r in json.loads(p.stdout):
+        steps = r["attrition"]
+        assert steps[-1]["reason"].startswith("Final cohort") and len(steps) >= 2
+        shown = [v for s in steps for k, v in s.items() if k.startswith(("number_", "excluded_"))]
+        assert all(v is None or v == 0 or v >= 5 for v in shown), r  # small counts blanked
+        if r["number_subjects"] is not None:
+            assert steps[-1]["number_subjects"] == r["number_subjects"]
 
 
 @pytest.mark.slow
@@ -81,3 +126,28 @@ def test_acceptance_oncology_200k(tmp_path):
     excluded = {s.reason: s.excluded_subjects for s in steps}
     assert all(excluded[r] > 0 for r in ("Age >= 18", "No history of cancer except skin cancer",
                                          "Stage I or II recorded"))
+
+
+def test_build_without_attrition_statistics_is_stale(synth_site, tmp_path):
+    """A rule-less cohort built before its qualifying counts were recorded: rebuilt when stale
+    cohorts are looked up, and its attrition refuses to start from nothing."""
+    from optima_common.errors import CohortBuildError
+    from site_agent.cdm.fingerprint import cdm_fingerprint
+    from site_agent.cohorts.state import stale_cohorts
+
+    path = tmp_path / "site.duckdb"
+    shutil.copy(synth_site.out, path)
+    sclc = next(d for d in collect_definitions([DEFINITIONS / "lung"]) if d.cohort_name == "sclc")
+    with connect_cdm(str(path)) as cdm:
+        build_cohorts(cdm, [sclc])
+        assert stale_cohorts(cdm, [sclc], cdm_fingerprint(cdm)) == []
+        first = cohort_attrition(cdm, sclc)[0]
+        assert first.number_subjects == synth_site.truth["sclc"]["subjects"]
+        with cdm.transaction() as script:  # what a build by the earlier code left behind
+            script.execute(f"DELETE FROM results.cohort_summary_stats WHERE cohort_definition_id = "
+                           f"{sclc.cohort_definition_id}")
+            script.execute(f"DELETE FROM results.cohort_inclusion_result WHERE cohort_definition_id = "
+                           f"{sclc.cohort_definition_id}")
+        assert stale_cohorts(cdm, [sclc], cdm_fingerprint(cdm)) == [sclc]
+        with pytest.raises(CohortBuildError, match="no attrition statistics"):
+            cohort_attrition(cdm, sclc)

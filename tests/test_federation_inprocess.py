@@ -126,6 +126,19 @@ def test_bad_manifests_are_refused_with_an_audit_entry(net, store, case):
         require_complete(outcome)
 
 
+def test_site_gone_mid_round_is_reported_with_flowers_reason(net, store):
+    """A SuperNode that stopped heartbeating: the SuperLink answers "Node Unavailable" for it; the
+    site's reason must say so, not a generic timeout."""
+    manifest = net.manifest(min_sites=2, analyses=("cohort_counts",))
+    grid = InProcessGrid(site_app.app, net.node_configs(), unavailable=[3])
+    outcome = send_study(grid, manifest, store=store, trust_dir=net.trust, reply_timeout=60, node_wait=0)
+    status = {s.site: s for s in outcome.sites}
+    assert status["site_east"].status == "missing"
+    assert status["site_east"].reason.startswith("Node Unavailable"), status["site_east"].reason
+    assert "node 3" in status["site_east"].reason and "no answer within" not in status["site_east"].reason
+    assert outcome.complete and outcome.elapsed_seconds < 30  # not held until the 60 s timeout
+
+
 def test_dead_site_is_missing_and_quorum_decides(net, store):
     manifest = net.manifest(min_sites=2, analyses=("cohort_counts",))
     grid = InProcessGrid(site_app.app, net.node_configs(), dead=[3])  # site_east's SuperNode is gone

@@ -47,7 +47,8 @@ def _survival(name: str, n: int, seed: int) -> tuple[SummarisedResult, pd.DataFr
     t_cens = rng.uniform(200, 1600, n)
     pat = pd.DataFrame({"time": np.ceil(np.minimum(t_event, t_cens)).astype(int),
                         "event": (t_event <= t_cens).astype(int)})
-    return summarise_survival(name, "sclc_stage_i_ii", "death", {"overall": pat}, GRID, horizons=[365, 730]), pat
+    return summarise_survival(name, "sclc_stage_i_ii", "death", {"overall": pat}, GRID, horizons=[365, 730],
+                              estimator="kaplan_meier"), pat
 
 
 @functools.lru_cache(maxsize=1)

@@ -51,3 +51,27 @@ def test_tampered_manifest_file_is_refused(net, tmp_path):
     proc = run("run-manifest", str(mfile), "--config", str(net.configs["site_north"]), "--out",
                str(tmp_path / "x.bundle"))
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and not (tmp_path / "x.bundle").exists()
+
+
+def test_wrong_cdm_setting_is_one_line_and_keeps_the_nonce(net, tmp_path):
+    """A site.toml whose CDM cannot be opened: one line, non-zero exit, no bundle, and the manifest
+    is not used up - once the setting is fixed, the same manifest runs."""
+    import shutil
+
+    good = net.configs["site_north"]
+    bad = good.with_name("site_bad_cdm.toml")
+    text = good.read_text()
+    import re
+
+    url = re.search(r'^url\s*=\s*"([^"]+)"', text, flags=re.M)
+    assert url, text
+    bad.write_text(text.replace(url.group(1), "duckdb:///" + str(tmp_path / "no_such_folder" / "cdm.duckdb")))
+    manifest = net.manifest(sites=["site_north"], min_sites=1, analyses=("cohort_counts",))
+    mfile = write_manifest(manifest, tmp_path / "manifest.json")
+    proc = run("run-manifest", str(mfile), "--config", str(bad), "--out", str(tmp_path / "x.bundle"))
+    assert proc.returncode == 3, proc.stderr  # CDM connection
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.bundle").exists()
+    proc = run("run-manifest", str(mfile), "--config", str(good), "--out", str(tmp_path / "ok.bundle"))
+    assert proc.returncode == 0 and (tmp_path / "ok.bundle").is_file(), proc.stderr
+    shutil.os.remove(bad)

@@ -99,3 +99,20 @@ def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
     page = paths.html.read_text(encoding="utf-8")
     assert "site site_c: results not readable" in page
     assert set(validate_csv(paths.csv).data["cdm_name"]) == {"site_a", "site_b", "network"}
+
+
+def test_km_figure_when_every_curve_stops_at_day_0():
+    """Small sites' curves are withheld after the first interval, so the pooled curve can be the
+    single point (0, 1) while the at-risk row still has later grid times: the figure must keep a
+    sane size (it raised "Image size of 16210213x370 pixels is too large")."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from coordinator.report.plots import km_png
+
+    png = km_png("sclc: death", {"network": ([0.0], [1.0], [1.0], [1.0])},
+                 {"network": [(0.0, "12"), (91.0, "<"), (3652.0, "<")]})
+    width, height = Image.open(io.BytesIO(base64.b64decode(png))).size
+    assert 100 < width < 2000 and 100 < height < 2000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -65,3 +66,16 @@ def test_malformed_and_tampered(copy_tree):
     carbo.write_text(carbo.read_text().replace('"includeDescendants": true', '"includeDescendants": false'))
     with pytest.raises(ConfigError, match="sha256 differs"):
         load_study(spec)
+
+
+@pytest.mark.parametrize("survival, message", [
+    ({"grid_days": [0, 365, 730], "summary_years": [1, 5]}, "5 years (1826 days) is not before the grid's last"),
+    ({"grid_days": [0, 365, 730], "summary_years": [2]}, "2 years (730 days) is not before the grid's last"),
+    ({"grid_days": [0, 300, 730, 1000], "summary_years": [1]}, "1 years (365 days) is not a grid point"),
+])
+def test_spec_refuses_horizons_off_or_beyond_its_grid(survival, message):
+    from site_agent.study_spec import SurvivalSpec
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SurvivalSpec(**survival)
+    assert SurvivalSpec().horizons == [365, 730, 1826]

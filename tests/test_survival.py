@@ -65,7 +65,8 @@ def _site_results(sites):
     surv, outc = [], []
     for name, df in sites.items():
         rows = _surv_rows(df)
-        surv.append(summarise_survival(name, "sclc", "death", _strata(rows, ["time", "event"]), GRID))
+        surv.append(summarise_survival(name, "sclc", "death", _strata(rows, ["time", "event"]), GRID,
+                                       estimator="kaplan_meier"))
         outc.append(summarise_outcomes(name, "sclc", _strata(df, ["time_to_progression", "time_to_death",
                                                                   "followup_end"]), GRID))
     return surv, outc
@@ -127,8 +128,11 @@ def test_pooled_km_equals_lifelines_on_union(sites, results, level):
     lf_med = kmf.median_survival_time_
     assert (np.isinf(lf_med) and np.isnan(summ["median_survival"])) or summ["median_survival"] == lf_med
     first = lambda v: next((GRID[k] for k in range(len(GRID)) if live[k] and v[k] <= 0.5), np.nan)  # noqa: E731
+    # survfit: lower limit where the lower band reaches 0.5, upper where the upper band does;
+    # bands are missing where S = 0 and then never reach it
     assert np.array_equal([summ["median_survival_95CI_lower"], summ["median_survival_95CI_higher"]],
-                          [first(np.where(s > 0, up, 0)), first(np.where(s > 0, lo, 0))], equal_nan=True)
+                          [first(np.where(s > 0, lo, np.nan)), first(np.where(s > 0, up, np.nan))], equal_nan=True)
+    assert summ["median_survival_95CI_lower"] <= summ["median_survival"] or np.isnan(summ["median_survival"])
     for h in (365, 730, 1826):
         k = max(i for i, g in enumerate(GRID) if g <= h)
         assert summ[f"survival_at_{h}"] == pytest.approx(float(kmf.predict(GRID[k])), abs=1e-12)
@@ -153,8 +157,8 @@ def test_suppressed_cells_mark_pooled_curve(sites):
     """Suppression at 5. With 30-day intervals and a 120-patient site every curve is affected from
     the first interval on, so a yearly grid is used here to have both affected and clean rows."""
     grid = list(range(0, 3651, 365))
-    res = [summarise_survival(n, "sclc", "death", _strata(_surv_rows(df), ["time", "event"]), grid)
-           for n, df in sites.items()]
+    res = [summarise_survival(n, "sclc", "death", _strata(_surv_rows(df), ["time", "event"]), grid,
+                              estimator="kaplan_meier") for n, df in sites.items()]
     clean = pooled_km(res)
     sup = [suppress(r, 5) for r in res]
     km = pooled_km(sup)
@@ -246,3 +250,67 @@ def test_outcome_result_layout(results):
 def test_plot_km_writes_png(results, tmp_path):
     out = plot_km(suppress(results[0][1], 5), tmp_path / "km.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def _summary(time, event, grid, estimator, horizons=(365, 730, 1826)):
+    res = summarise_survival("s", "t", "death", {"overall": pd.DataFrame({"time": time, "event": event})}, grid,
+                             horizons=horizons, estimator=estimator)
+    d = res.data[res.data["result_id"] == 3].set_index("estimate_name")["estimate_value"]
+    return ({k: float(v) if v is not None else np.nan for k, v in d.items()},
+            pooled_summary(pooled_km([res]), list(horizons)).iloc[0])
+
+
+def test_median_ci_limits_all_events_1_to_100():
+    """Events at days 1..100, no censoring, daily grid. By hand (Greenwood, log CI): S(t) = 1 - t/100,
+    var log S = sum_{i<=t} 1/((101-i)(100-i)) = t/(100(100-t)); the lower limit is the first day the
+    lower band is <= 0.5 and the upper limit the first day the upper band is (R gives 42 and 61)."""
+    t = np.arange(1, 101)
+    z = norm.ppf(0.975)
+    s = 1 - t / 100
+    se = np.sqrt(t / (100 * np.maximum(100 - t, 1)))
+    lo_day = int(t[np.argmax(s * np.exp(-z * se) <= 0.5)])
+    up_day = int(t[np.argmax(np.minimum(s * np.exp(z * se), 1) <= 0.5)])
+    assert (lo_day, up_day) == (42, 61)
+    site, pooled = _summary(t, np.ones(100, int), list(range(0, 101)), "kaplan_meier")
+    # S = 0.5 exactly from day 50 to 51: survfit takes the midpoint
+    for got in (site, pooled):
+        assert (got["median_survival"], got["median_survival_95CI_lower"], got["median_survival_95CI_higher"]) == \
+            (50.5, 42.0, 61.0)
+
+
+def test_not_estimable_past_follow_up_grid_end_and_where_s_is_zero():
+    """By hand: deaths at 5, 10, 15, 20 (S = .75, .5, .25, 0). survfit: median 12.5 (S sits at
+    exactly 0.5 from 10 to 15), lower limit 5 (lower band .75 exp(-1.96 sqrt(1/12)) = .43), upper
+    limit missing (the upper band is clipped at 1 until S = 0, where the bands are missing)."""
+    t, e = np.array([5, 10, 15, 20]), np.ones(4, int)
+    site, pooled = _summary(t, e, [0, 5, 10, 15, 20, 25], "kaplan_meier", horizons=(20, 25, 30))
+    for got in (site, pooled):
+        assert got["median_survival"] == 12.5
+        assert got["median_survival_95CI_lower"] == 5.0
+        assert np.isnan(got["median_survival_95CI_higher"])
+        assert got["survival_at_20"] == 0.0 and np.isnan(got["survival_at_20_95CI_lower"])
+        assert got["survival_at_25"] == 0.0  # everybody has died: S stays 0
+        assert np.isnan(got["survival_at_30"])  # after the grid's last point: not estimable
+    # censored at 20: nobody is followed into (20, 25], so S(25) is not estimable
+    site, pooled = _summary(t, np.array([1, 0, 1, 0]), [0, 5, 10, 15, 20, 25], "kaplan_meier", horizons=(20, 25))
+    for got in (site, pooled):
+        assert got["survival_at_20"] == pytest.approx(0.75 * 0.5)
+        assert np.isnan(got["survival_at_25"])
+
+
+def test_actuarial_estimator_by_hand():
+    """Life-table estimator on a 2-interval grid, computed by hand."""
+    # interval (0,10]: 10 at risk, 2 events, 4 censored -> n' = 8, S1 = 1 - 2/8 = 0.75
+    # interval (10,20]: 4 at risk, 1 event, 1 censored (2 more in (20, 40]) -> n' = 3.5, S2 = 0.75 * (1 - 1/3.5)
+    t = np.array([3, 4, 2, 5, 6, 7, 12, 15, 25, 30])
+    e = np.array([1, 1, 0, 0, 0, 0, 1, 0, 1, 0])  # (20,40]: 2 at risk, 1 event, 1 censored -> n' = 1.5
+    km = pooled_km([summarise_survival("s", "t", "d", {"overall": pd.DataFrame({"time": t, "event": e})},
+                                       [0, 10, 20, 40], estimator="actuarial")])
+    s = km.sort_values("time")["survival"].to_numpy()
+    assert s == pytest.approx([1.0, 0.75, 0.75 * (1 - 1 / 3.5), 0.75 * (1 - 1 / 3.5) * (1 - 1 / 1.5)], abs=1e-15)
+    var = 2 / (8 * 6) + 1 / (3.5 * 2.5)
+    assert km.sort_values("time")["lower"].iloc[2] == pytest.approx(s[2] * np.exp(-norm.ppf(0.975) * np.sqrt(var)))
+    # life-table median: S crosses 0.5 in (20, 40]: 20 + (s2 - 0.5) / (s2 - s3) * 20
+    summ = pooled_summary(km, [20, 40, 50]).iloc[0]
+    assert summ["median_survival"] == pytest.approx(20 + (s[2] - 0.5) / (s[2] - s[3]) * 20, abs=1e-12)
+    assert summ["survival_at_20"] == pytest.approx(s[2]) and np.isnan(summ["survival_at_50"])

@@ -24,12 +24,16 @@ from optima_common.errors import CoordinatorError
 log = logging.getLogger(__name__)
 
 
-def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], timeout: float) -> list[dict]:
+def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], timeout: float,
+         errors: dict[int, str] | None = None) -> list[dict]:
+    """The sites' replies; Flower's own error for a node (e.g. "Node Unavailable") goes to ``errors``."""
     msgs = [Message(RecordDict({P.COX_RECORD: ConfigRecord({P.MANIFEST_ID: manifest_id, P.BETA: beta})}), dst_node_id=n,
                     message_type=P.QUERY_COX, group_id=f"cox-{manifest_id}") for n in nodes]
     out = []
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
+            if errors is not None:
+                errors[reply.metadata.src_node_id] = str(reply.error.reason or f"error code {reply.error.code}")
             continue
         r = reply.content[P.REPLY_RECORD]
         out.append({"node": reply.metadata.src_node_id, **{k: r[k] for k in r.keys()}})
@@ -64,17 +68,41 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
         key = tuple(float(b) for b in beta)
         if key in cache:  # beta = 0 was asked already, with the participants' budget
             return cache.pop(key)
-        answers = _ask(grid, members, manifest_id, list(key), timeout)
+        errors: dict[int, str] = {}
+        answers = _ask(grid, members, manifest_id, list(key), timeout, errors)
         ok = [r for r in answers if r["status"] == "done"]
         if len(ok) != len(members):
-            lost = sorted(set(by_node[n] for n in members) - {r["site"] for r in ok})
-            raise CoordinatorError(f"Cox fit abandoned: {', '.join(lost)} stopped answering mid-fit")
+            raise CoordinatorError(f"Cox fit abandoned: {_why_missing(members, answers, errors, by_node, timeout)}")
         return _summed(ok, len(columns))
 
-    fit = fit_federated_cox([network], len(columns), names=columns)
+    try:
+        fit = fit_federated_cox([network], len(columns), names=columns, max_abs_beta=P.COX_MAX_ABS_BETA)
+    except CoordinatorError:
+        raise
+    except ValueError as exc:  # e.g. a singular information matrix at the estimate
+        return None, [*notes, f"Cox model not estimated: {exc}"]
     notes.append(f"Cox model over {len(members)} site(s): {', '.join(sorted(by_node[n] for n in members))}; "
                  f"{fit.evaluations} evaluations, converged: {fit.converged}")
+    notes += fit.messages
     return fit, notes
+
+
+def _why_missing(members: list[int], answers: list[dict], errors: dict[int, str], by_node: dict[int, str],
+                 timeout: float) -> str:
+    """Per missing site, the real reason: its refusal, Flower's error, or no reply in time."""
+    got = {r["node"]: r for r in answers}
+    parts = []
+    for n in members:
+        r = got.get(n)
+        if r is not None and r["status"] == "done":
+            continue
+        if r is not None:
+            parts.append(f"{by_node[n]} answered {r['status']}: {r.get('reason', '')}")
+        elif n in errors:
+            parts.append(f"{by_node[n]}: {errors[n]} (reported by Flower)")
+        else:
+            parts.append(f"{by_node[n]}: no answer within {timeout:g} s")
+    return "; ".join(parts)
 
 
 def _summed(answers: list[dict], p: int) -> tuple[float, np.ndarray, np.ndarray]:

@@ -203,10 +203,31 @@ def flwr_run(mode: str, job: dict, *, workdir: Path, env: dict[str, str] | None 
     (logs / f"run-{mode}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     outcome = _read_outcome(out)
     if outcome is None:
-        tail = [ln for ln in (proc.stdout + proc.stderr).strip().splitlines() if ln.strip()][-2:]
         raise NetworkError(f"the {mode} run ended without an outcome (flwr exit {proc.returncode}): "
-                           f"{' | '.join(tail)}")
+                           f"{flwr_message(proc.stdout + proc.stderr)} (log: {logs / f'run-{mode}.log'})")
     return outcome
+
+
+_BOX = "\u2500\u2502\u256d\u256e\u256f\u2570\u2574\u2576\ufffd"
+
+
+def flwr_message(text: str) -> str:
+    """The message of flwr's last error panel (rich draws it in a box), as one plain line; else
+    its last plain line."""
+    lines = text.splitlines()
+    start = max((i for i, ln in enumerate(lines) if ln.lstrip().startswith("\u256d") and "Error" in ln), default=None)
+    if start is not None:
+        body = []
+        for ln in lines[start + 1:]:
+            if ln.lstrip().startswith("\u2570"):
+                break
+            body.append(ln.strip().strip(_BOX).strip())
+        words = " ".join(b for b in body if b)
+        if words:
+            return words
+    plain = [ln.strip().strip(_BOX).strip() for ln in lines]
+    plain = [ln for ln in plain if ln]
+    return plain[-1] if plain else "no output"
 
 
 def _read_outcome(out: Path) -> dict | None:

@@ -201,6 +201,8 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
                 first.append(reply.metadata.src_node_id)
         replies += _ask(grid, first, P.MANIFEST_RECORD, manifest, reply_timeout)
     outcomes: dict[str, SiteOutcome] = {}
+    errors = {reply.metadata.src_node_id: str(reply.error.reason or f"error code {reply.error.code}")
+              for reply in replies if reply.has_error()}
     for reply in replies:
         who = _reply_site(reply)
         if who and who[0] in manifest.target_sites:
@@ -217,7 +219,8 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
                                          reason="answered earlier" if old.has_bundle else (old.reason or ""))
             continue
         outcome = outcomes.setdefault(site, SiteOutcome(
-            site=site, status="missing", reason=f"no answer within {reply_timeout:g} s (SuperNode down, or slow)"))
+            site=site, status="missing", reason=_missing_reason(site, manifest, known, outcomes, errors,
+                                                                reply_timeout)))
         if outcome.status != "done" and ops.is_cancelled(store, mid):  # cancelled while we waited
             outcome = outcomes[site] = SiteOutcome(site=site, status="cancelled", reason="study cancelled")
         store.set_site_status(mid, site, outcome.status, outcome.reason or None)
@@ -229,6 +232,21 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
                           elapsed_seconds=round(time.monotonic() - started, 2))
     log.info("study %s: %d of %d sites done", manifest.study_id, done, len(manifest.target_sites))
     return result
+
+
+def _missing_reason(site: str, manifest: StudyManifest, known: dict[int, str], outcomes: dict[str, SiteOutcome],
+                    errors: dict[int, str], reply_timeout: float) -> str:
+    """Why a site has no answer: Flower's own error for its node (e.g. "Node Unavailable" for a
+    SuperNode that stopped heartbeating) where the node is known to be that site's, or is the only
+    unexplained error left for the only unexplained site; else no answer within the timeout."""
+    mine = [n for n, who in known.items() if who == site and n in errors]
+    if not mine:
+        unexplained = [n for n in errors if known.get(n) not in outcomes]
+        silent = [s for s in manifest.target_sites if s not in outcomes]
+        mine = unexplained if len(unexplained) == 1 and silent == [site] else []
+    if mine:
+        return f"{errors[mine[0]].removeprefix('Error: ')} (reported by Flower for node {mine[0]})"
+    return f"no answer within {reply_timeout:g} s (SuperNode down, or slow)"
 
 
 def require_complete(outcome: StudyOutcome) -> None:

@@ -9,6 +9,19 @@ guard). The coordinator never sees patient rows; it only asks each site at the c
 coefficients. Nothing is imported from the site agent: a site is any callable
 ``beta -> (loglik, score, information)``, in-process today and over the federation later.
 
+Aliased columns, as ``coxph`` does: the pooled information at beta = 0 is factorised in
+column order (R's ``cholesky2``, tolerance ``eps^0.75`` times its largest diagonal); a column
+whose pivot falls below it is a linear combination of earlier columns (or carries no
+information at all: a level no site has) and is not estimable - NA, named in ``aliased``;
+the model is fitted on the other columns.
+
+A diverging coefficient (monotone likelihood, e.g. a level without events): ``coxph``
+stops when the log-likelihood has converged and warns "Loglik converged before variable
+...; coefficient may be infinite". Here the same test (the Newton step at the end still
+large: > 1e-9 and > sqrt(1e-9) |coef|) or a coefficient about to pass ``max_abs_beta`` (the
+bound sites refuse beyond) stops the fit; those columns are reported in ``diverging`` with
+NA estimates and a message, and the others' variance is taken with them held fixed.
+
 Deviations from ``coxph.fit``: convergence is on the Newton step (max |step| <= tol *
 (1 + max |beta|)) rather than on the relative log-likelihood change, so the estimate is
 accurate to ``tol`` and not only the log-likelihood; no ``iter.max`` warning object, the
@@ -29,6 +42,9 @@ SiteAnswer = tuple[float, np.ndarray, np.ndarray]
 Site = Callable[[np.ndarray], SiteAnswer]
 Z_975 = float(stats.norm.ppf(0.975))
 MAX_HALVINGS = 30
+TOLER_CHOL = float(np.finfo(float).eps) ** 0.75  # coxph.control(toler.chol)
+LOGLIK_EPS = 1e-9  # coxph.control(eps)
+TOLER_INF = LOGLIK_EPS ** 0.5  # coxph.control(toler.inf)
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,21 @@ class CoxFit:
     iterations: int
     evaluations: int
     converged: bool
+    aliased: tuple[str, ...] = ()
+    diverging: tuple[str, ...] = ()
+
+    @property
+    def messages(self) -> list[str]:
+        """Plain-language notes on columns that could not be estimated."""
+        out = []
+        if self.aliased:
+            out.append(f"not estimable (aliased: collinear with earlier columns or without information): "
+                       f"{', '.join(self.aliased)}")
+        if self.diverging:
+            out.append(f"coefficient diverges (monotone likelihood: e.g. no events in a level, or a covariate "
+                       f"that separates events from survivors), hazard ratio not estimable: "
+                       f"{', '.join(self.diverging)}")
+        return out
 
     @property
     def lr_statistic(self) -> float:
@@ -89,6 +120,28 @@ def _newton_step(score: np.ndarray, info: np.ndarray) -> np.ndarray:
         ) from None
 
 
+def aliased_columns(info: np.ndarray, toler: float = TOLER_CHOL) -> np.ndarray:
+    """Boolean mask of columns that are linear combinations of earlier ones in ``info``.
+
+    R's ``cholesky2`` in column order: the pivot of column j is its variance left after the
+    kept earlier columns; below ``toler * max(diag)`` the column is aliased."""
+    info = np.asarray(info, dtype=np.float64)
+    p = info.shape[0]
+    eps = toler * max(float(np.max(np.diag(info), initial=0.0)), 0.0)
+    keep: list[int] = []
+    aliased = np.zeros(p, dtype=bool)
+    for j in range(p):
+        pivot = info[j, j]
+        if keep:
+            b = info[keep, j]
+            pivot = pivot - b @ np.linalg.solve(info[np.ix_(keep, keep)], b)
+        if not np.isfinite(pivot) or pivot <= eps:
+            aliased[j] = True
+        else:
+            keep.append(j)
+    return aliased
+
+
 def fit_federated_cox(
     sites: Sequence[Site],
     p: int,
@@ -96,14 +149,17 @@ def fit_federated_cox(
     tol: float = 1e-9,
     max_iter: int = 25,
     names: Sequence[str] | None = None,
+    max_abs_beta: float | None = None,
 ) -> CoxFit:
     """Fit the site-stratified Cox model by Newton-Raphson on the summed site answers.
 
-    Starts at beta = 0. Each iteration solves I(beta) step = U(beta); if the log partial
+    Starts at beta = 0. Aliased columns (see :func:`aliased_columns`) are left out and
+    reported NA. Each iteration solves I(beta) step = U(beta); if the log partial
     likelihood at beta + step is lower, the step is halved (up to 30 times). Converged when
-    max |step| <= tol * (1 + max |beta|). Standard errors from the inverse pooled
-    information at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se). Columns without
-    information at any site (a level nobody has) are not estimable: coef/se NaN.
+    max |step| <= tol * (1 + max |beta|). A coefficient that diverges (the log-likelihood
+    has converged but its step has not, or it would pass ``max_abs_beta``) stops the fit and
+    is reported NA in ``diverging``. Standard errors from the inverse pooled information of
+    the estimable columns at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se).
     """
     if p < 1:
         raise ValueError("p must be >= 1")
@@ -115,16 +171,18 @@ def fit_federated_cox(
     beta = np.zeros(p)
     loglik, score, info = _pooled(sites, beta, p)
     loglik_null = loglik
-    # A column that is zero in every site's risk sets (e.g. a treatment level no site has)
-    # carries no information: it is not estimable and stays at 0 (reported as NaN).
-    free = np.diag(info) > 1e-12 * max(1.0, float(np.abs(np.diag(info)).max()))
+    free = ~aliased_columns(info)
     if not free.any():
         raise ValueError("no covariate carries information (no events, or every column constant)")
+    diverging = np.zeros(p, dtype=bool)
     evaluations, iterations, converged = 1, 0, False
     while iterations < max_iter:
         iterations += 1
         step = np.zeros(p)
         step[free] = _newton_step(score[free], info[np.ix_(free, free)])
+        if max_abs_beta is not None and np.any(np.abs(beta + step) > max_abs_beta):
+            diverging = free & (np.abs(beta + step) > max_abs_beta)
+            break  # the sites would refuse: the coefficient is running away
         small = float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max()))
         for _ in range(MAX_HALVINGS + 1):
             cand = beta + step
@@ -136,19 +194,37 @@ def fit_federated_cox(
             step = step / 2.0
         else:
             break  # no ascent along the Newton direction: cannot improve further
+        ll_converged = abs(1.0 - loglik / c_ll) <= LOGLIK_EPS if c_ll != 0 else abs(loglik) <= LOGLIK_EPS
         beta, loglik, score, info = cand, c_ll, c_score, c_info
         if small:
             converged = True
             break
+        if ll_converged:
+            nxt = np.zeros(p)
+            try:
+                nxt[free] = np.linalg.solve(info[np.ix_(free, free)], score[free])
+            except np.linalg.LinAlgError:
+                nxt[free] = np.inf
+            infs = free & (np.abs(nxt) > LOGLIK_EPS) & (np.abs(nxt) > TOLER_INF * np.abs(beta))
+            if infs.any():
+                diverging = infs
+                break
+    est = free & ~diverging
     cov = np.full((p, p), np.nan)
-    cov[np.ix_(free, free)] = np.linalg.inv(info[np.ix_(free, free)])
+    if est.any():
+        try:
+            cov[np.ix_(est, est)] = np.linalg.inv(info[np.ix_(est, est)])
+        except np.linalg.LinAlgError:
+            raise ValueError("the pooled information matrix is singular at the estimate") from None
     se = np.sqrt(np.diag(cov))
-    beta = np.where(free, beta, np.nan)
+    beta = np.where(est, beta, np.nan)
     z = beta / se
     return CoxFit(
         names=names, coef=beta, se=se, covariance=cov, hr=np.exp(beta),
         hr_lower=np.exp(beta - Z_975 * se), hr_upper=np.exp(beta + Z_975 * se),
         z=z, p_value=2.0 * stats.norm.sf(np.abs(z)),
         loglik=loglik, loglik_null=loglik_null, iterations=iterations,
-        evaluations=evaluations, converged=converged,
+        evaluations=evaluations, converged=converged and not diverging.any(),
+        aliased=tuple(n for n, f in zip(names, free) if not f),
+        diverging=tuple(n for n, dv in zip(names, diverging) if dv),
     )

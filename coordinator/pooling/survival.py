@@ -17,10 +17,14 @@ Also here: the exact Poisson CI of a rate (as IncidencePrevalence), the Wilson C
 proportion, and the DerSimonian-Laird random-effects meta-analysis (with Cochran's Q, its
 p-value, tau^2 and I^2) used where raw pooling is not valid.
 
-The KM arithmetic is re-implemented here (the coordinator imports only
-``optima_common.results``): Greenwood variance of log S with survfit's default "log" CI,
-median by survfit's rule (first time S <= 0.5; CI from the bands), survival at a horizon =
-S at the last grid time <= horizon.
+The product-limit arithmetic is re-implemented here (the coordinator imports only
+``optima_common.results``), with the estimator the sites name in their settings
+(``estimator``: ``actuarial`` = censored at risk for half their interval, the default;
+``kaplan_meier``; results without the setting are ``kaplan_meier``, the earlier release):
+Greenwood variance of log S with survfit's default "log" CI (missing where S = 0), median
+by survfit's rule for kaplan_meier and linear within the interval for actuarial, its CI
+limits by the same rule on the lower band (lower limit) and the upper band (upper limit);
+survival at a horizon = S at that grid time, missing after the grid or the follow-up.
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ Z95 = NormalDist().inv_cdf(0.975)
 DEFAULT_HORIZONS = (365, 730, 1826)
 SURVIVAL_COUNTS = {"n_risk_count": "n_risk", "n_events_count": "n_event", "n_censor_count": "n_censor"}
 CIF_COUNTS = {**SURVIVAL_COUNTS, "n_competing_events_count": "n_competing"}
+ESTIMATORS = ("actuarial", "kaplan_meier")
+
+
+def survival_estimator(results: Sequence[SummarisedResult], result_type: str = "survival_events") -> str:
+    """The estimator the sites used for ``result_type``; they must all agree."""
+    names = set()
+    for r in results:
+        st = r.settings[r.settings["result_type"] == result_type]
+        col = st["estimator"] if "estimator" in st else pd.Series(["kaplan_meier"] * len(st), dtype=object)
+        names |= {str(v) if isinstance(v, str) and v else "kaplan_meier" for v in col}
+    if len(names) > 1:
+        raise ValueError(f"sites used different survival estimators: {sorted(names)}")
+    name = names.pop() if names else "kaplan_meier"
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown survival estimator {name!r}")
+    return name
 
 
 def _site_table(result: SummarisedResult, result_type: str, counts: dict[str, str]) -> pd.DataFrame:
@@ -92,11 +112,13 @@ def pool_tables(results: Sequence[SummarisedResult], result_type: str = "surviva
     return pooled
 
 
-def _km(t: pd.DataFrame, z: float) -> pd.DataFrame:
+def _km(t: pd.DataFrame, z: float, estimator: str) -> pd.DataFrame:
     n, d = t["n_risk"].to_numpy(float), t["n_event"].to_numpy(float)
+    if estimator == "actuarial":
+        n = n - t["n_censor"].to_numpy(float) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
         surv = np.cumprod(np.where(n > 0, 1.0 - d / n, 1.0))
-        se = np.sqrt(np.cumsum(np.where(n > 0, d / (n * (n - d)), 0.0)))
+        se = np.sqrt(np.cumsum(np.where((n > 0) & (n > d), d / (n * (n - d)), 0.0)))
         pos = surv > 0
         lower = np.where(pos, surv * np.exp(-z * se), np.nan)
         upper = np.where(pos, np.minimum(surv * np.exp(z * se), 1.0), np.nan)
@@ -104,13 +126,16 @@ def _km(t: pd.DataFrame, z: float) -> pd.DataFrame:
     out = t.copy()
     for name, v in (("survival", surv), ("se_log", np.where(pos, se, np.nan)), ("lower", lower), ("upper", upper)):
         out[name] = np.where(aff, np.nan, v)
+    out["estimator"] = estimator
     return out
 
 
 def pooled_km(results: Sequence[SummarisedResult], *, z: float = Z95) -> pd.DataFrame:
-    """Pooled KM with Greenwood "log" CIs per curve from the sites' ``survival_events``."""
+    """Pooled product-limit curves with Greenwood "log" CIs per curve from the sites'
+    ``survival_events``, with the estimator the sites name (column ``estimator``)."""
+    estimator = survival_estimator(results)
     pooled = pool_tables(results, "survival_events", SURVIVAL_COUNTS)
-    parts = [_km(t, z) for _, t in pooled.groupby(KEY, dropna=False, sort=True)]
+    parts = [_km(t, z, estimator) for _, t in pooled.groupby(KEY, dropna=False, sort=True)]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -133,13 +158,26 @@ def pooled_cif(results: Sequence[SummarisedResult]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _first_at_or_below(time: np.ndarray, v: np.ndarray, aff: np.ndarray) -> float:
-    """First time with v <= 0.5 among the unaffected prefix; NaN if undetermined or not reached."""
+def _quantile(time: np.ndarray, v: np.ndarray, aff: np.ndarray, estimator: str, q: float = 0.5) -> float:
+    """When the curve first reaches q, among the unaffected prefix (missing values never do);
+    NaN if undetermined or not reached. kaplan_meier: survfit's rule (midpoint of a flat stretch
+    exactly at q); actuarial: linear within the interval."""
     for k in range(len(v)):
         if aff[k]:
             return float("nan")
-        if v[k] <= 0.5:
-            return float(time[k])
+        if v[k] <= q:
+            if estimator == "kaplan_meier":
+                if abs(v[k] - q) >= 1e-12:
+                    return float(time[k])
+                for j in range(k + 1, len(v)):
+                    if aff[j]:
+                        return float("nan")
+                    if v[j] < q - 1e-12:
+                        return float((time[k] + time[j]) / 2)
+                return float(time[k])
+            if k == 0 or not np.isfinite(v[k - 1]) or v[k - 1] == v[k]:
+                return float(time[k])
+            return float(time[k - 1] + (v[k - 1] - q) / (v[k - 1] - v[k]) * (time[k] - time[k - 1]))
     return float("nan")
 
 
@@ -147,25 +185,24 @@ def pooled_summary(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS)
     """Per curve of :func:`pooled_km`: median (+ CI) and survival (+ CI) at the horizons.
 
     ``median_determined`` is False when the answer lies behind a suppressed row (NaN then);
-    a median that is simply not reached is NaN with ``median_determined`` True.
+    a median that is simply not reached is NaN with ``median_determined`` True. A horizon
+    after the grid's last time or after the follow-up is missing (not estimable).
     """
     out = []
     for key, t in km.groupby(KEY, dropna=False, sort=True):
         t = t.sort_values("time")
+        estimator = str(t["estimator"].iloc[0]) if "estimator" in t else "kaplan_meier"
         time, aff = t["time"].to_numpy(), t["affected"].to_numpy(bool)
         s = t["survival"].to_numpy()
-        lo = np.where(np.isnan(t["lower"]) & (s == 0), 0.0, t["lower"].to_numpy())
-        up = np.where(np.isnan(t["upper"]) & (s == 0), 0.0, t["upper"].to_numpy())
         reached = np.flatnonzero(np.nan_to_num(s, nan=1.0) <= 0.5)
         row = dict(zip(KEY, key, strict=True))
-        row.update({"n": t["n_risk"].iloc[0], "median_survival": _first_at_or_below(time, s, aff),
-                    "median_survival_95CI_lower": _first_at_or_below(time, up, aff),
-                    "median_survival_95CI_higher": _first_at_or_below(time, lo, aff),
+        row.update({"n": t["n_risk"].iloc[0], "median_survival": _quantile(time, s, aff, estimator),
+                    "median_survival_95CI_lower": _quantile(time, t["lower"].to_numpy(), aff, estimator),
+                    "median_survival_95CI_higher": _quantile(time, t["upper"].to_numpy(), aff, estimator),
                     "median_determined": bool(len(reached)) or not aff.any()})
-        n0 = t["n_risk"].iloc[0]
         for h in horizons:
             k = int(np.searchsorted(time, h, side="right")) - 1
-            seen = t["n_risk"].iloc[k] > 0 or t["n_event"].iloc[: k + 1].sum() == n0
+            seen = 0 <= k and h <= time[-1] and (t["n_risk"].iloc[k] > 0 or s[k] == 0)
             vals = (s[k], t["lower"].iloc[k], t["upper"].iloc[k]) if seen else (np.nan,) * 3
             row[f"survival_at_{h}"], row[f"survival_at_{h}_95CI_lower"], row[f"survival_at_{h}_95CI_upper"] = vals
         out.append(row)

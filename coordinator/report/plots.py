@@ -69,11 +69,19 @@ def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[fl
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    # the x range from every time drawn or written: a curve that stops at day 0 (a small site's
+    # curve withheld after the first interval) would otherwise leave a zero-width axis, and the
+    # at-risk labels at later times would stretch the tight bounding box beyond any image size
+    times = [float(x) for t, *_ in curves.values() for x in t] + [float(t) for c in at_risk.values() for t, _ in c]
+    finite = [x for x in times if x == x and abs(x) != float("inf")]
+    ax.set_xlim(0, max([1.0, *finite]) * 1.02)
     tab.set_axis_off()
     for i, (name, cells) in enumerate(at_risk.items()):
         y = len(at_risk) - i - 0.5
         tab.text(-0.01, y / max(len(at_risk), 1), name, transform=tab.transAxes, ha="right", va="center", fontsize=7)
         for t, label in cells:
+            if not (0 <= t <= ax.get_xlim()[1]):
+                continue
             tab.text(t, y / max(len(at_risk), 1), label, transform=tab.get_xaxis_transform(), ha="center",
                      va="center", fontsize=7)
     tab.set_title("number at risk (pooled)", fontsize=7, loc="left")

@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 from optima_common.errors import CoxRefusal
+from optima_common.protocol import COX_MAX_ABS_BETA
 from site_agent.cdm.connection import CdmConnection
 
-MAX_ABS_BETA = 20.0
+MAX_ABS_BETA = COX_MAX_ABS_BETA
 
 
 @dataclass(frozen=True)

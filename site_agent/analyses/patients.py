@@ -2,7 +2,9 @@
 
 One row per target-cohort person (first entry): index date, end of follow-up (end of the
 observation period holding the index), first death and first progression on or after
-index, age at index (year of index minus year of birth, as Circe), sex and stage
+index, age at index in completed years on the index (diagnosis) date, from year, month and
+day of birth (month and day imputed as 1 where the CDM lacks them, as IncidencePrevalence;
+Circe's own age is year of index minus year of birth), sex and stage
 (I or II from the stage concept sets; when no stage group is recorded, II if T3 or N1 is,
 else I), all within 30 days before to 60 days after index as the cohort's rule.
 """
@@ -50,7 +52,11 @@ def patient_frame(cdm: CdmConnection, *, target_id: int, death_id: int, progress
             AND m.measurement_date BETWEEN {lo} AND {hi}
            GROUP BY t.person_id)
     SELECT t.person_id, t.index_date, fu.fu_end, ev.death_date, ev.prog_date,
-           EXTRACT(YEAR FROM t.index_date) - p.year_of_birth AS age,
+           EXTRACT(YEAR FROM t.index_date) - p.year_of_birth
+             - CASE WHEN EXTRACT(MONTH FROM t.index_date) < COALESCE(p.month_of_birth, 1)
+                     OR (EXTRACT(MONTH FROM t.index_date) = COALESCE(p.month_of_birth, 1)
+                         AND EXTRACT(DAY FROM t.index_date) < COALESCE(p.day_of_birth, 1))
+                    THEN 1 ELSE 0 END AS age,
            CASE p.gender_concept_id WHEN 8507 THEN 'Male' WHEN 8532 THEN 'Female' ELSE 'None' END AS sex,
            CASE WHEN st.s2 = 1 THEN 'II' WHEN st.s1 = 1 THEN 'I' WHEN st.tnm2 = 1 THEN 'II' ELSE 'I' END AS stage,
            {days_between(dia, "t.index_date", "fu.fu_end")} AS time_followup,

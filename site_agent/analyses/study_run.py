@@ -26,14 +26,22 @@ from site_agent.analyses.treatment_patterns import (
     plot_pathways,
     summarise_pathway_frame,
 )
+from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.fingerprint import cdm_fingerprint
-from site_agent.cohorts import build_cohorts
+from site_agent.cohorts import build_cohorts, cohort_attrition
 from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
+from site_agent.diagnostics.base import settings_row
 from site_agent.diagnostics.runner import default_cdm_name
-from site_agent.disclosure import horizon_days, protect_horizons, protect_time_tables
+from site_agent.disclosure import (
+    ATTRITION,
+    blank_linked,
+    horizon_days,
+    protect_horizons,
+    protect_time_tables,
+)
 from site_agent.study_spec import LoadedStudy
 from site_agent.suppression import suppress
 
@@ -78,8 +86,16 @@ def site_cox_data(study: LoadedStudy, patients: pd.DataFrame) -> SiteCoxData:
 
 
 def study_patients(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(patients with their pathway and sequence, pathways): site-internal, never released."""
+    """(patients with their pathway and sequence, pathways): site-internal, never released.
+    Only patients who meet the spec's age rule on their diagnosis date."""
+    patients, pathways, _ = study_population(cdm, study)
+    return patients, pathways
+
+
+def study_population(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(patients, pathways, patients removed by the age rule): site-internal, never released."""
     definitions = [study.target, study.progression, study.death]
+    validate_cdm(cdm)  # a CDM without the OMOP tables fails here in one line, before anything is written
     ensure_results_tables(cdm)
     stale = stale_cohorts(cdm, definitions, cdm_fingerprint(cdm))
     if stale:
@@ -95,16 +111,54 @@ def study_patients(cdm: CdmConnection, study: LoadedStudy) -> tuple[pd.DataFrame
                              stage_sets=study.stage_concept_sets)
     patients = patients.merge(pathways[["person_id", "pathway"]], on="person_id", how="left")
     patients["sequence"] = patients["pathway"].fillna("None").map(sequence_of)
-    return patients, pathways
+    young = patients["age"] < study.spec.min_age_years
+    removed = patients[young]
+    if len(removed):
+        log.info("age rule: %d patient(s) younger than %d on the diagnosis date left out",
+                 len(removed), study.spec.min_age_years)
+    kept = patients[~young].reset_index(drop=True)
+    return kept, pathways[pathways["person_id"].isin(kept["person_id"])].reset_index(drop=True), removed
+
+
+def age_rule_reason(min_age: int) -> str:
+    return f"Age >= {min_age} on the diagnosis date (study rule, full date of birth)"
+
+
+def study_attrition(cdm: CdmConnection, study: LoadedStudy, cdm_name: str, kept: pd.DataFrame
+                    ) -> SummarisedResult:
+    """The target cohort's attrition (``summarise_cohort_attrition``) with the study's age rule as
+    its last step: how many the rule removed. Unsuppressed."""
+    target = study.target
+    steps = [(s.reason, s.number_records, s.number_subjects) for s in cohort_attrition(cdm, target)]
+    per_person = cdm.query_df(
+        f"SELECT subject_id AS person_id, count(*) AS n FROM {cdm.write_schema}.cohort "
+        f"WHERE cohort_definition_id = {int(target.cohort_definition_id)} GROUP BY subject_id")
+    records = int(per_person.loc[per_person["person_id"].isin(kept["person_id"]), "n"].sum())
+    steps.append((age_rule_reason(study.spec.min_age_years), records, len(kept)))
+    rows, prev = [], steps[0]
+    for i, (reason, r, s) in enumerate(steps):
+        values = {"number_records": r, "number_subjects": s, "excluded_records": prev[1] - r,
+                  "excluded_subjects": prev[2] - s}
+        prev = (reason, r, s)
+        for var, v in values.items():
+            rows.append({"result_id": 1, "cdm_name": cdm_name, "group_name": "cohort_name",
+                         "group_level": target.cohort_name, "strata_name": "reason", "strata_level": reason,
+                         "variable_name": var, "variable_level": None, "estimate_name": "count",
+                         "estimate_type": "integer", "estimate_value": str(int(v)),
+                         "additional_name": "reason_id", "additional_level": str(i + 1)})
+    settings = [settings_row(1, ATTRITION, cohort_definition_id=target.cohort_definition_id,
+                             study_id=study.spec.study_id, study_version=study.spec.version)]
+    return SummarisedResult(pd.DataFrame(rows), pd.DataFrame(settings))
 
 
 def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name: str | None = None,
               site_min_cell_count: int = DEFAULT_SITE_MIN_CELL_COUNT) -> StudyRun:
     spec = study.spec
     minimum = max(spec.min_cell_count, site_min_cell_count)
+    validate_cdm(cdm)
     cdm_name = cdm_name or default_cdm_name(cdm)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    patients, pathways = study_patients(cdm, study)
+    patients, pathways, _ = study_population(cdm, study)
+    attrition = study_attrition(cdm, study, cdm_name, patients)
     tp = spec.treatment_patterns
     target = study.target.cohort_name
     grid = spec.survival.grid
@@ -112,7 +166,7 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     survival = summarise_survival(
         cdm_name, target, study.death.cohort_name,
         {k: pd.DataFrame({"time": g["time_death"], "event": g["death"]}) for k, g in strata.items()},
-        grid, horizons=[int(round(y * 365.25)) for y in spec.survival.summary_years])
+        grid, horizons=spec.survival.horizons, estimator=spec.survival.estimator)
     windows = [(label, kind, days) for label, (kind, days) in spec.outcome_horizons_days.items()]
     outcomes = summarise_outcomes(
         cdm_name, target,
@@ -124,9 +178,10 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     patterns = summarise_pathway_frame(pathways, cdm_name, study.target.cohort_definition_id, target,
                                        max_lines=tp.max_lines,
                                        extra_settings={"study_id": spec.study_id, "study_version": spec.version})
-    bound = bind_frames([(r.data, r.settings) for r in (patterns, outcomes, survival)])
+    bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
     bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
-    released = suppress(bound, minimum)
+    released = blank_linked(suppress(bound, minimum))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),

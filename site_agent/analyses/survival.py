@@ -6,22 +6,33 @@ which calls ``survival::survfit`` with its defaults.  What is released is chosen
 the coordinator can pool sites *exactly* from the released counts:
 
 * **Time is discretised to the study grid** ``t_0 = 0 < t_1 < ... < t_K`` (days, from the
-  study spec, the same at every site): a time ``t`` with ``t_{k-1} < t <= t_k`` is moved UP to
-  ``t_k`` (ceiling to the grid); ``t = 0`` stays at ``t_0``.  Times after ``t_K`` are
-  administratively censored at ``t_K``.  The released curve is therefore the ordinary KM
-  estimate of the grid-discretised times: ``S(t_k) = S(t_{k-1}) * (1 - d_k / n_k)`` with
-  ``n_k`` = at risk at ``t_k`` (discretised time >= t_k, i.e. true time > t_{k-1}),
-  ``d_k`` = events in ``(t_{k-1}, t_k]`` and censorings in that interval counted after the
-  events (survfit/lifelines convention for ties).  Summing ``n/d/c`` over sites and
-  rebuilding gives exactly the KM of the pooled discretised data.
-* **Confidence intervals**: Greenwood variance of ``log S``, ``var = sum d/(n(n-d))``, with
-  survfit's default ``conf.type = "log"``: ``S * exp(+-z se)``, upper clipped to 1; NA where
-  ``S = 0``.  (lifelines uses "log-log" by default; we follow survfit/CohortSurvival.)
-* **Median** (and its CI): survfit's rule - the first grid time where ``S <= 0.5`` (the
-  smallest point if ``S`` sits at 0.5 over an interval; newer survfit takes the midpoint);
-  lower/upper limit = first time where the upper/lower band is ``<= 0.5``; NA if not reached.
-* **Survival at horizons** (1/2/5 years = 365/730/1826 days): the step function at the
-  horizon, i.e. ``S`` at the last grid time ``<= horizon``.
+  study spec, the same at every site): a time ``t`` with ``t_{k-1} < t <= t_k`` falls in
+  interval ``k``; ``t = 0`` stays at ``t_0``.  Times after ``t_K`` are administratively
+  censored at ``t_K``.  Released per grid time: ``n_k`` = at risk at the start of interval ``k``
+  (true time > t_{k-1}), ``d_k`` events and ``c_k`` censorings in ``(t_{k-1}, t_k]``.
+  Summing ``n/d/c`` over sites and rebuilding gives exactly the estimate of the pooled
+  patient-level data on the same grid.
+* **Estimator** (setting ``estimator``): ``actuarial`` (the default; the life-table
+  correction) counts a person censored inside an interval as at risk for half of it,
+  ``S(t_k) = S(t_{k-1}) * (1 - d_k / (n_k - c_k / 2))``; without it every person censored
+  inside an interval stays at risk for all its events and a coarse grid biases S upward
+  (benchmarks/bench_survival_grid.py measures it on R's public datasets).  Known limit: people
+  followed beyond ``t_K`` are counted as censored in the last interval, so the actuarial
+  ``S(t_K)`` is slightly low; study specs keep their summary horizons before ``t_K``.  ``kaplan_meier``
+  uses ``n_k``: the ordinary KM of the grid-discretised times, which equals survfit's exact
+  KM when the grid holds every event time (a daily grid).
+* **Confidence intervals**: Greenwood variance of ``log S``, ``var = sum d/(n'(n'-d))`` with
+  the effective ``n'`` of the estimator, survfit's default ``conf.type = "log"``:
+  ``S * exp(+-z se)``, upper clipped to 1; missing where ``S = 0``.
+* **Median** (and its CI): for ``kaplan_meier`` survfit's rule - the first grid time where
+  ``S <= 0.5``, the midpoint to the next drop where ``S`` sits exactly at 0.5; for
+  ``actuarial`` the life-table median, linear within the interval where ``S`` crosses 0.5.
+  The CI limits are the same rule on the bands: lower limit from the lower band, upper
+  limit from the upper band; missing where a band does not reach 0.5 (missing bands where
+  ``S = 0`` never count as reaching it).
+* **Survival at horizons** (1/2/5 years = 365/730/1826 days, grid points): ``S`` at the
+  horizon; missing (not estimable) when the horizon lies after the grid's last point or
+  after the follow-up (nobody at risk there and ``S`` not already 0).
 
 Deviations from CohortSurvival: estimates are written to 10 significant digits, not rounded
 to 4 dp; the curve is on the grid (CohortSurvival uses every ``estimateGap`` day of exact
@@ -46,6 +57,7 @@ from optima_common.results import OVERALL, SUPPRESSED, SummarisedResult
 from site_agent.diagnostics.base import fmt_float, settings_row
 
 RESULT_TYPES = ("survival_estimates", "survival_events", "survival_summary")
+ESTIMATORS = ("actuarial", "kaplan_meier")
 DEFAULT_HORIZONS = (365, 730, 1826)
 Z95 = NormalDist().inv_cdf(0.975)
 _COUNTS = ("n_risk", "n_event", "n_censor")
@@ -87,17 +99,27 @@ def risk_table(time: np.ndarray, event: np.ndarray, grid: Sequence[int]) -> pd.D
     return pd.DataFrame({"time": g, "n_risk": n, "n_event": d, "n_censor": c}).astype("int64")
 
 
-def km_from_table(table: pd.DataFrame, z: float = Z95) -> pd.DataFrame:
-    """KM with Greenwood "log" CIs from a risk table (columns time, n_risk, n_event, n_censor).
+def _estimator(name: str) -> str:
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown survival estimator {name!r}; expected one of {ESTIMATORS}")
+    return name
 
-    Adds ``survival``, ``se_log`` (sd of log S), ``lower``, ``upper``.  Rows after the risk
-    set is empty keep the last value (they are not released).
+
+def km_from_table(table: pd.DataFrame, z: float = Z95, estimator: str = "actuarial") -> pd.DataFrame:
+    """Product-limit estimate with Greenwood "log" CIs from a risk table (columns time, n_risk,
+    n_event, n_censor); ``estimator`` "actuarial" (censored at risk for half the interval) or
+    "kaplan_meier".
+
+    Adds ``survival``, ``se_log`` (sd of log S), ``lower``, ``upper`` (missing where S = 0).
+    Rows after the risk set is empty keep the last value (they are not released).
     """
     n = table["n_risk"].to_numpy(dtype=float)
     d = table["n_event"].to_numpy(dtype=float)
+    if _estimator(estimator) == "actuarial":
+        n = n - table["n_censor"].to_numpy(dtype=float) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
         step = np.where(n > 0, 1.0 - d / n, 1.0)
-        gw = np.where(n > 0, d / (n * (n - d)), 0.0)
+        gw = np.where((n > 0) & (n > d), d / (n * (n - d)), 0.0)
     surv = np.cumprod(step)
     var = np.cumsum(gw)
     se = np.sqrt(var)
@@ -110,27 +132,42 @@ def km_from_table(table: pd.DataFrame, z: float = Z95) -> pd.DataFrame:
     return out
 
 
-def _first_time_at_or_below(times: np.ndarray, values: np.ndarray, q: float = 0.5) -> float:
-    hit = np.flatnonzero(values <= q)
-    return float(times[hit[0]]) if len(hit) else float("nan")
+def quantile_time(times: np.ndarray, values: np.ndarray, estimator: str, q: float = 0.5) -> float:
+    """When a curve on the grid first reaches ``q`` (missing values never do); NaN if it does not.
+
+    kaplan_meier: survfit's rule (first time ``<= q``; where the curve sits exactly at ``q``,
+    the midpoint to the next time it drops below). actuarial: linear within the interval."""
+    v = np.asarray(values, dtype=float)
+    t = np.asarray(times, dtype=float)
+    hit = np.flatnonzero(v <= q)  # NaN compares False
+    if not len(hit):
+        return float("nan")
+    k = int(hit[0])
+    if _estimator(estimator) == "kaplan_meier":
+        if abs(v[k] - q) < 1e-12:
+            below = np.flatnonzero(v[k:] < q - 1e-12)
+            return float((t[k] + t[k + below[0]]) / 2) if len(below) else float(t[k])
+        return float(t[k])
+    if k == 0 or not np.isfinite(v[k - 1]) or v[k - 1] == v[k]:
+        return float(t[k])
+    return float(t[k - 1] + (v[k - 1] - q) / (v[k - 1] - v[k]) * (t[k] - t[k - 1]))
 
 
-def summary_from_km(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS) -> dict[str, float]:
-    """Median (survfit rule) with CI and survival at the horizons, from :func:`km_from_table`."""
+def summary_from_km(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS,
+                    estimator: str = "actuarial") -> dict[str, float]:
+    """Median with CI and survival at the horizons, from :func:`km_from_table`."""
     t = km["time"].to_numpy()
     s = km["survival"].to_numpy()
-    lo = np.nan_to_num(km["lower"].to_numpy(), nan=0.0)  # S = 0 -> bands at 0
-    up = np.nan_to_num(km["upper"].to_numpy(), nan=0.0)
     out = {
         "number_records_count": float(km["n_risk"].iloc[0]),
         "n_events_count": float(km["n_event"].sum()),
-        "median_survival": _first_time_at_or_below(t, s),
-        "median_survival_95CI_lower": _first_time_at_or_below(t, up),
-        "median_survival_95CI_higher": _first_time_at_or_below(t, lo),
+        "median_survival": quantile_time(t, s, estimator),
+        "median_survival_95CI_lower": quantile_time(t, km["lower"].to_numpy(), estimator),
+        "median_survival_95CI_higher": quantile_time(t, km["upper"].to_numpy(), estimator),
     }
     for h in horizons:
         k = int(np.searchsorted(t, h, side="right")) - 1
-        observed = km["n_risk"].iloc[k] > 0 or km["n_event"].iloc[: k + 1].sum() == km["n_risk"].iloc[0]
+        observed = 0 <= k and h <= t[-1] and (km["n_risk"].iloc[k] > 0 or s[k] == 0)
         row = km.iloc[k]
         vals = (row["survival"], row["lower"], row["upper"]) if observed else (np.nan,) * 3
         out[f"survival_at_{h}"], out[f"survival_at_{h}_95CI_lower"], out[f"survival_at_{h}_95CI_upper"] = vals
@@ -144,7 +181,8 @@ def _num(x: float) -> str | None:
 def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
                        strata: Mapping[str, pd.DataFrame], grid: Sequence[int], *,
                        strata_name: str = "treatment_sequence",
-                       horizons: Sequence[int] = DEFAULT_HORIZONS) -> SummarisedResult:
+                       horizons: Sequence[int] = DEFAULT_HORIZONS,
+                       estimator: str = "actuarial") -> SummarisedResult:
     """KM per stratum as ``survival_estimates`` (1), ``survival_events`` (2), ``survival_summary`` (3).
 
     ``strata`` maps a strata level (e.g. a treatment sequence; the key ``"overall"`` gives the
@@ -159,7 +197,7 @@ def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
         df = strata[level]
         st = {"strata_name": OVERALL, "strata_level": OVERALL} if level == OVERALL else \
             {"strata_name": strata_name, "strata_level": str(level)}
-        km = km_from_table(risk_table(df["time"].to_numpy(), df["event"].to_numpy(), g))
+        km = km_from_table(risk_table(df["time"].to_numpy(), df["event"].to_numpy(), g), estimator=estimator)
         for r in km.itertuples(index=False):
             add = {"additional_name": "time", "additional_level": str(int(r.time))}
             for est, val in (("n_risk_count", r.n_risk), ("n_events_count", r.n_event),
@@ -171,13 +209,13 @@ def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
                                  ("estimate_95CI_upper", r.upper)):
                     rows.append({**base, **st, **add, "result_id": 1, "estimate_name": est,
                                  "estimate_type": "numeric", "estimate_value": _num(val)})
-        for est, val in summary_from_km(km, horizons).items():
+        for est, val in summary_from_km(km, horizons, estimator).items():
             rows.append({**base, **st, "additional_name": OVERALL, "additional_level": OVERALL,
                          "result_id": 3, "estimate_name": est, "estimate_type": "numeric",
                          "estimate_value": _num(val) if "count" not in est else str(int(val))})
     common = {"analysis_type": "single_event", "outcome": outcome_name, "competing_outcome": "none",
               "time_grid": ",".join(str(int(x)) for x in g), "time_discretisation": "ceiling_to_grid",
-              "conf_type": "log", "horizons": ",".join(str(int(h)) for h in horizons)}
+              "estimator": _estimator(estimator), "conf_type": "log", "horizons": ",".join(str(int(h)) for h in horizons)}
     settings = [settings_row(i + 1, rt, **common) for i, rt in enumerate(RESULT_TYPES)]
     data = pd.DataFrame(rows, columns=["result_id", "cdm_name", "group_name", "group_level", "strata_name",
                                        "strata_level", "variable_name", "variable_level", "estimate_name",

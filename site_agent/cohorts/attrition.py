@@ -2,13 +2,16 @@
 
 Circe records, for every qualifying event (mode 0) and for each person's best event
 (mode 1), a bit mask of the inclusion rules it passed. Applying the rules in order, the
-people left after rule i are those whose mask has bits 0..i all set.
+people left after rule i are those whose mask has bits 0..i all set. A cohort without
+inclusion rules gets one mask-0 row per mode at build time (site_agent.cohorts.sql), so its
+first step is its real qualifying count too.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
+from optima_common.errors import CohortBuildError
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 
@@ -27,6 +30,10 @@ def cohort_attrition(cdm: CdmConnection, definition: CohortDefinition) -> list[A
     cid = definition.cohort_definition_id
     ws = cdm.write_schema
     rules = definition.inclusion_rule_names
+    stats = cdm.query_df(f"SELECT count(*) AS n FROM {ws}.cohort_summary_stats WHERE cohort_definition_id = {cid}")
+    if int(stats["n"].iloc[0]) == 0:
+        raise CohortBuildError(f"cohort {cid} ({definition.cohort_name}) has no attrition statistics on "
+                               f"{cdm.display_url}", hint="rebuild it (site-agent cohorts builds every cohort given)")
     masks = cdm.query_df(
         f"SELECT inclusion_rule_mask AS mask, person_count AS n, mode_id FROM {ws}.cohort_inclusion_result "
         f"WHERE cohort_definition_id = {cid}"

@@ -41,15 +41,35 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+MAX_JSON_DEPTH = 200  # ATLAS definitions nest a few dozen levels; deeper is a mistake or an attack
+
+
+def _json_depth(doc) -> int:
+    """Nesting depth of a parsed JSON document, without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CohortDefinitionError(f"{path}: JSON nested too deeply to read (at most {MAX_JSON_DEPTH} levels)") from None
     except UnicodeDecodeError:
         raise CohortDefinitionError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
         raise CohortDefinitionError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except OSError as exc:
         raise CohortDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
+    depth = _json_depth(doc)
+    if depth > MAX_JSON_DEPTH:
+        raise CohortDefinitionError(f"{path}: JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
+    return doc
 
 
 def is_cohort_definition(doc) -> bool:

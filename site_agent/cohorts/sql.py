@@ -1,6 +1,16 @@
-"""ATLAS JSON -> OHDSI SQL (OHDSI's Circe port) -> rendered and translated statements."""
+"""ATLAS JSON -> OHDSI SQL (OHDSI's Circe port) -> rendered and translated statements.
+
+Circe writes its attrition statistics (``cohort_inclusion_result``, ``cohort_summary_stats``)
+only for definitions that have inclusion rules. For a definition without any, the same two
+tables get the qualifying events here, counted in the database from Circe's own
+``qualified_events`` temp table before it is dropped: one mask-0 row per mode (0: events,
+1: persons, Circe's "best event" per person), so the attrition's first step is the real
+qualifying count for every cohort.
+"""
 
 from __future__ import annotations
+
+import re
 
 from circe.api import build_cohort_query, cohort_expression_from_json
 from circe.cohortdefinition import BuildExpressionQueryOptions
@@ -39,4 +49,30 @@ def cohort_sql(
         translated = translate(render(ohdsi_sql), DIALECTS[dialect])
     except Exception as exc:
         raise CohortDefinitionError(f"{definition.path}: cannot translate to {dialect} SQL: {exc}") from None
-    return [s for s in split_sql(translated) if s.strip()]
+    statements = [s for s in split_sql(translated) if s.strip()]
+    if generate_stats and not definition.inclusion_rule_names:
+        statements = _with_qualifying_stats(statements, write_schema, definition.cohort_definition_id)
+    return statements
+
+
+_QUALIFIED_CLEANUP = re.compile(r"^\s*(DELETE\s+FROM|TRUNCATE\s+TABLE|DROP\s+TABLE)\s+qualified_events\b", re.I)
+
+
+def _with_qualifying_stats(statements: list[str], ws: str, cid: int) -> list[str]:
+    """Insert the qualifying-event statistics of a rule-less cohort before Circe drops its events."""
+    at = next((i for i, s in enumerate(statements) if _QUALIFIED_CLEANUP.match(s)), None)
+    if at is None:
+        raise CohortDefinitionError(f"cohort {cid}: the generated SQL has no qualified_events step to count")
+    stats = [
+        f"DELETE FROM {ws}.cohort_inclusion_result WHERE cohort_definition_id = {cid}",
+        f"DELETE FROM {ws}.cohort_summary_stats WHERE cohort_definition_id = {cid}",
+        f"INSERT INTO {ws}.cohort_inclusion_result (cohort_definition_id, inclusion_rule_mask, person_count, mode_id) "
+        f"SELECT {cid}, 0, count(*), 0 FROM qualified_events",
+        f"INSERT INTO {ws}.cohort_inclusion_result (cohort_definition_id, inclusion_rule_mask, person_count, mode_id) "
+        f"SELECT {cid}, 0, count(DISTINCT person_id), 1 FROM qualified_events",
+        f"INSERT INTO {ws}.cohort_summary_stats (cohort_definition_id, base_count, final_count, mode_id) "
+        f"SELECT {cid}, count(*), count(*), 0 FROM qualified_events",
+        f"INSERT INTO {ws}.cohort_summary_stats (cohort_definition_id, base_count, final_count, mode_id) "
+        f"SELECT {cid}, count(DISTINCT person_id), count(DISTINCT person_id), 1 FROM qualified_events",
+    ]
+    return statements[:at] + stats + statements[at:]

@@ -25,4 +25,9 @@ def stale_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition], finge
     df = cdm.query_df(f"SELECT cohort_definition_id, definition_sha256, cdm_fingerprint "
                       f"FROM {cdm.write_schema}.{STATE_TABLE}")
     built = {int(r.cohort_definition_id): (r.definition_sha256, r.cdm_fingerprint) for r in df.itertuples()}
-    return [d for d in definitions if built.get(d.cohort_definition_id) != (d.sha256, fingerprint)]
+    # a build without attrition statistics (a cohort without inclusion rules built before they were
+    # recorded for it) is rebuilt too, or its attrition would start from nothing
+    with_stats = set(cdm.query_df(f"SELECT DISTINCT cohort_definition_id FROM {cdm.write_schema}.cohort_summary_stats "
+                                  f"WHERE mode_id = 0")["cohort_definition_id"].astype(int))
+    return [d for d in definitions if built.get(d.cohort_definition_id) != (d.sha256, fingerprint)
+            or d.cohort_definition_id not in with_stats]
