@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from coordinator.pooling.cox import fit_federated_cox
 
+from coordinator.pooling.cox import fit_federated_cox
 from coordinator.pooling.survival import pooled_km, pooled_summary
 from optima_common.protocol import COX_MAX_ABS_BETA
 from site_agent.analyses.cox import SiteCoxData, design_matrix, site_score_information

@@ -20,10 +20,8 @@ of what the sites released and can never reveal a suppressed site cell:
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,10 +69,7 @@ def fmt(x: float) -> str:
 
 def parse_bundle(bundle: ResultBundle) -> SummarisedResult:
     """The bundle's ``results_csv`` as a validated result (omopgenerics CSV reader)."""
-    with tempfile.TemporaryDirectory(prefix="optima-bundle-") as tmp:
-        path = Path(tmp) / "results.csv"
-        path.write_text(bundle.results_csv, encoding="utf-8")
-        return SummarisedResult.from_csv(path)
+    return SummarisedResult.from_csv_text(bundle.results_csv, source=f"bundle of site {bundle.site}")
 
 
 def _signature(row: pd.Series) -> tuple:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -49,8 +48,7 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
         net = network_result(bundles)
     except ValueError as exc:
         raise StoreError(f"cannot pool manifest {manifest_id}: {str(exc).splitlines()[0]}") from None
-    with tempfile.TemporaryDirectory(prefix="optima-report-") as tmp:
-        csv_bytes = net.result.to_csv(Path(tmp) / "results.csv").read_bytes()
+    csv_bytes = net.result.to_csv_text().encode("utf-8")
     view = S.View(net)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     answered = sum(s.has_bundle for s in statuses)
