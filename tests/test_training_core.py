@@ -184,3 +184,80 @@ def test_diverged_training_is_one_clear_error(tmp_path):
     ds.x[0, 0, 0, 0] = float("nan")  # a NaN pixel makes every loss NaN
     with pytest.raises(ConfigError, match="not a finite number"):
         fit(build_classifier("tiny", 4), ds, None, TrainConfig(epochs=2, device="cpu", augment=False), tmp_path / "c.pt")
+
+
+class Stained(Dataset):
+    """Colours far from ImageNet's statistics (pink, as H&E): BatchNorm statistics must move."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+        base = torch.tensor([0.85, 0.55, 0.75]).view(1, 3, 1, 1).repeat(n, 1, 32, 32)
+        for k in range(3):
+            base[self.y == k, k] += 0.12
+        base[self.y == 3] -= 0.15
+        self.x = (base + 0.08 * torch.randn(base.shape, generator=g)).clamp(0, 1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _eval_vs_batch_stats(model, ds) -> float:
+    """Share of images whose eval-mode prediction equals the prediction with batch statistics."""
+    with torch.no_grad():
+        model.eval()
+        ev = model(ds.x).argmax(1)
+        model.train()
+        bt = model(ds.x).argmax(1)
+        model.eval()
+    return float((ev == bt).float().mean())
+
+
+@pytest.mark.parametrize("recalibrate", [0, 50])
+def test_eval_mode_agrees_with_batch_statistics_after_fit(tmp_path, recalibrate):
+    """A slow BatchNorm momentum (EfficientNet-Lite0's old 0.01) leaves stale running statistics
+    after a short fine-tune: eval mode disagrees with batch statistics. Re-estimating them after
+    fitting (the default) brings the two into agreement."""
+    torch.manual_seed(0)
+    model = build_classifier("tiny", 4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.01
+    ds = Stained(64, 1)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=3e-3, device="cpu", seed=0, augment=False,
+                      bn_recalibration_batches=recalibrate)
+    fit(model, ds, None, cfg, tmp_path / "ck.pt")
+    agreement = _eval_vs_batch_stats(model, ds)
+    if recalibrate:
+        assert agreement >= 0.95
+        saved = torch.load(tmp_path / "ck.pt", weights_only=True)  # the checkpoint holds the new statistics
+        assert torch.equal(saved["features.1.running_mean"], model.state_dict()["features.1.running_mean"])
+    else:
+        assert agreement < 0.6  # the failure the re-estimation fixes (measured 0.33)
+
+
+def test_recalibrated_statistics_are_the_training_set_moments():
+    from site_agent.training.loop import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = build_classifier("tiny", 4)
+    ds = Stained(48, 3)
+    cfg = TrainConfig(batch_size=16, device="cpu", augment=False)
+    recalibrate_bn(model, ds, cfg, torch.device("cpu"))
+    with torch.no_grad():
+        z = model.features[0](model.normalise(ds.x))  # the first BatchNorm's input, by hand
+    bn = model.features[1]
+    assert torch.allclose(bn.running_mean, z.mean((0, 2, 3)), atol=1e-5)
+    # one batch of all 48: the running variance is the (unbiased) variance over the whole set
+    recalibrate_bn(model, ds, cfg.model_copy(update={"batch_size": 48}), torch.device("cpu"))
+    assert torch.allclose(bn.running_var, z.permute(1, 0, 2, 3).reshape(z.shape[1], -1).var(1), rtol=1e-4)
+    assert not bn.training and bn.momentum == 0.1  # momentum restored, eval mode
+
+
+def test_efficientnet_lite0_batchnorm_momentum_is_not_the_slow_tf_default():
+    model = build_classifier("efficientnet_lite0", 2)
+    moms = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert moms == {0.1}
