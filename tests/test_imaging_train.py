@@ -18,11 +18,12 @@ if importlib.util.find_spec("ultralytics") is None:  # not imported here: it rea
     pytest.skip("ultralytics not installed (train extra)", allow_module_level=True)
 
 from optima_common.errors import ExitCode
-from site_agent.cli import main  # noqa: E402
-from site_agent.imaging.classify import patient_splits  # noqa: E402
-from site_agent.imaging.synth import synth_site  # noqa: E402
+from site_agent.cli import main
+from site_agent.imaging.classify import patient_splits
+from site_agent.imaging.synth import synth_site
 
-TINY = ["--epochs", "1", "--backbone", "tiny", "--roi-size", "32", "--det-imgsz", "64", "--device", "cpu"]
+TINY = ["--epochs", "1", "--backbone", "tiny", "--roi-size", "32", "--det-imgsz", "64", "--device", "cpu",
+        "--min-test-patients", "1", "--bootstrap", "50"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def sites(tmp_path_factory):
 def _truth(site_dir, seed: int = 0):
     """Per breast (patient, side): (malignant, subtype) and the split of its patient, from the CSV."""
     rows = list(csv.DictReader((site_dir / "clinical.csv").open()))
-    split = patient_splits([r["ID1"] for r in rows], seed=seed)
+    split = patient_splits([r["ID1"] for r in rows], seed=seed,
+                           labels=[int(r["classification"] == "Malignant") for r in rows])
     return rows, split
 
 
@@ -137,6 +139,12 @@ def test_federated_round_over_two_sites(sites, tmp_path):
     assert [r.replies for r in summary.rounds] == [2, 2] and not summary.rounds[-1].failed
     ev = summary.rounds[-1].eval_metrics
     assert 0.0 <= ev["stage1_accuracy"] <= 1.0 and "stage2_accuracy" in ev
+    # pooled from the sites' confusion matrices, not a weighted mean of their macro metrics
+    cm = np.array([[ev[f"stage1_cm_{i}_{j}"] for j in range(2)] for i in range(2)])
+    tests = sum(2 * sum(_truth(s)[1][r["ID1"]] == "test" for r in _truth(s)[0]) for s in sites)
+    assert cm.sum() == tests and ev["stage1_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    recall = [cm[k, k] / cm[k].sum() if cm[k].sum() else 0.0 for k in range(2)]
+    assert ev["stage1_recall"] == pytest.approx(np.mean(recall))
     assert "stage1_train_loss" in summary.rounds[0].train_metrics
     g1, g2 = load_checkpoint(tmp_path / "global_round_1.npz"), load_checkpoint(tmp_path / "global_round_2.npz")
     assert {k.split(".")[0] for k in g1} == {"stage1", "stage2"}  # both stages travel together

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class MammoConfig(BaseModel):
-    """Run settings. The field defaults are the seed study's (ResNet-50, SGD with momentum, lr
-    1e-4, batch 32, up to 100 epochs, early stopping); ``for_device("cuda")`` keeps them with
+    """Run settings. The field defaults are the seed study's (ResNet-50 from ImageNet weights, SGD
+    with momentum, lr 1e-4, batch 32, up to 100 epochs, early stopping, augmentation);
+    ``for_device("cuda")`` keeps them with
     224 px ROIs and 640 px detection. ``for_device("cpu")`` sizes a run for 2 CPU cores: 64 px
     ROIs, 256 px detection, ResNet-18 with Adam (lr 1e-3), 20 classification and 25 detection
     epochs, because ResNet-50 with SGD at 1e-4 from random weights neither learns nor finishes
@@ -42,6 +43,7 @@ class MammoConfig(BaseModel):
 
     device: Literal["cpu", "cuda"] = "cpu"
     backbone: str = "resnet50"
+    weights: str | None = "imagenet"  # the seed's start; "none": random; or a local state-dict file
     roi_size: int = Field(224, ge=16)
     det_imgsz: int = Field(640, ge=32)
     det_epochs: int = Field(100, ge=1)
@@ -53,13 +55,15 @@ class MammoConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     seed: int = 0
     gradcam_images: int = Field(4, ge=0)
+    min_test_patients: int = Field(10, ge=1)  # fewer test patients: metrics refused (too small to report)
+    bootstrap: int = Field(1000, ge=0)  # patient-level bootstrap replicates for the 95% intervals
     preprocess: Preprocess = Preprocess()
 
     @classmethod
     def for_device(cls, device: str, epochs: int | None = None, **kw) -> "MammoConfig":
         base = dict(device="cuda") if device == "cuda" else dict(
             device="cpu", backbone="resnet18", optimizer="adam", lr=1e-3, roi_size=64, det_imgsz=256,
-            det_epochs=25, cls_epochs=20, patience=6)
+            det_epochs=25, cls_epochs=20, patience=6, weights=None)
         cfg = cls(**{**base, **kw})
         if epochs is not None:  # --epochs caps detection and both stages
             cfg = cfg.model_copy(update={"det_epochs": min(cfg.det_epochs, epochs),
@@ -109,7 +113,8 @@ def load_site(data: Path, cfg: MammoConfig) -> SiteImages:
                                        for r in archive.images if not r.boxes]
     if not usable:
         raise MammographyDataError(f"no image under {data} has a lesion box", hint="labels/<path>.txt in YOLO format")
-    split = patient_splits([r.record.patient_id for r in usable], seed=cfg.seed)
+    split = patient_splits([r.record.patient_id for r in usable], seed=cfg.seed,
+                           labels=[int(r.record.malignant) for r in usable])  # stratified by label
     imgs = [to_uint8(preprocess(read_pixels(r.path), cfg.preprocess)) for r in usable]
     return SiteImages(keys=[r.rel[:-4].replace("/", "__") for r in usable], images=imgs,
                       boxes=[r.boxes for r in usable], splits=[split[r.record.patient_id] for r in usable],
@@ -203,6 +208,12 @@ def _run(data: Path, out: Path, cfg: MammoConfig, progress) -> dict:
              + (f", first: {site.skipped[0]}" if site.skipped else ""))
     if not site.idx("test") or not site.idx("val"):
         raise MammographyDataError(f"{data} has too few patients for train/val/test splits (need 3 or more)")
+    from site_agent.imaging.classify import STAGE1_CLASSES
+    from site_agent.training.metrics import check_test_split
+
+    test = site.idx("test")  # refused before any training: nothing is written
+    check_test_split([site.stage1[i] for i in test], STAGE1_CLASSES, [site.patients[i] for i in test],
+                     min_cases=cfg.min_test_patients, what=f"the test split of {data}")
     with tempfile.TemporaryDirectory(prefix="work-", dir=out) as tmp:
         det_metrics, det_boxes = run_detection(site, cfg, Path(tmp), out / "models")
         progress(f"detection: mAP50 {det_metrics['map50']:.3f}, mAP50-95 {det_metrics['map50_95']:.3f}")

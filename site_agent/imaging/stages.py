@@ -47,7 +47,7 @@ def train_stages(site, cfg, models_dir: Path, *, epochs: int | None = None, mode
     """
     from site_agent.training.loop import fit
 
-    model = model or TwoStage(cfg.backbone)
+    model = model or TwoStage(cfg.backbone, getattr(cfg, "weights", None))
     tcfg = cfg.train_config(epochs)  # FedProx's mu, when used, comes with it
     fits = {}
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -71,8 +71,41 @@ def evaluate_stage(model: TwoStage, rois: list[Roi], stage: int, cfg, *, embeddi
     if len(ds) == 0:  # e.g. no malignant test case at a small site: metrics undefined, not an error
         return StageResult(_no_metrics(CLASSES[stage]), np.zeros(0, int), np.zeros((0, n)), None, [])
     pred = predict(_stage(model, stage), ds, cfg.train_config(), embeddings=embeddings)
-    return StageResult(classification_metrics(pred.labels, pred.probs, CLASSES[stage]), pred.labels, pred.probs,
-                       pred.embeddings, ds.rois)
+    metrics = stage_metrics(pred.labels, pred.probs, [r.patient_id for r in ds.rois], stage,
+                            n_boot=getattr(cfg, "bootstrap", 0), seed=cfg.seed,
+                            min_cases=getattr(cfg, "min_test_patients", 1))
+    return StageResult(metrics, pred.labels, pred.probs, pred.embeddings, ds.rois)
+
+
+def stage_metrics(labels, probs, patients, stage: int, *, n_boot: int = 1000, seed: int = 0,
+                  min_cases: int = 1) -> dict:
+    """A stage's metrics: macro over all classes with per-class rows; stage 1 also the malignant
+    class's own precision/recall/F1 (as the seed reports); ``ci95``: patient-level bootstrap
+    intervals of every headline figure; ``reportable`` False with ``refusal`` when the split
+    lacks a class or has too few patients (stage 2 often does at one site)."""
+    from optima_common.errors import TestSplitError
+    from site_agent.training.metrics import (
+        bootstrap_ci,
+        check_test_split,
+        classification_metrics,
+        positive_class_metrics,
+    )
+
+    names = CLASSES[stage]
+    m = classification_metrics(labels, probs, names)
+    positive = names.index("Malignant") if stage == 1 else None
+    if stage == 1:
+        m.update(positive_class_metrics(m, "Malignant", "malignant"))
+    if n_boot:
+        ci = bootstrap_ci(labels, probs, patients, n_boot=n_boot, seed=seed, positive=positive)
+        m["ci95"] = {(k.replace("positive", "malignant")): v for k, v in ci.items()}
+        m["ci95_method"] = f"percentile bootstrap over patients, {n_boot} replicates"
+    try:
+        check_test_split(labels, names, patients, min_cases=min_cases, what=f"stage {stage} test split")
+        m["reportable"] = True
+    except TestSplitError as exc:
+        m["reportable"], m["refusal"] = False, str(exc)
+    return m
 
 
 def _no_metrics(class_names) -> dict:

@@ -42,7 +42,7 @@ def config_from_run(run_config: dict) -> MammoConfig:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = MammoConfig.for_device(device)
-    update = {k: run_config[k] for k in ("lr", "optimizer", "batch_size", "backbone", "roi_size", "seed")
+    update = {k: run_config[k] for k in ("lr", "optimizer", "batch_size", "backbone", "roi_size", "seed", "weights")
               if k in run_config}
     cfg = MammoConfig.model_validate({**cfg.model_dump(), **update})
     return cfg
@@ -57,7 +57,8 @@ def _site(path: Path, cfg: MammoConfig) -> SiteImages:
 
 class MammographyTask:
     def init_model(self, run_config: dict) -> nn.Module:
-        return TwoStage(config_from_run(run_config).backbone)  # same default as local training
+        cfg = config_from_run(run_config)
+        return TwoStage(cfg.backbone, cfg.weights)  # same default as local training
 
     def local_train(self, model: nn.Module, site_data_dir: Path, run_config: dict,
                     global_model: nn.Module) -> tuple[int, dict]:
@@ -81,12 +82,20 @@ class MammographyTask:
         cfg = config_from_run(run_config)
         site = _site(site_data_dir, cfg)
         rois = site.rois("test")
+        if not rois:  # never the validation split in its place
+            from optima_common.errors import TestSplitError
+
+            raise TestSplitError(f"the mammography test split at {site_data_dir} is empty: no metrics to report")
+        cfg = cfg.model_copy(update={"bootstrap": 0, "min_test_patients": 1})  # pooled at the coordinator
         metrics = {}
         for stage in (1, 2):
             m = evaluate_stage(model, rois, stage, cfg).metrics
             for k in ("accuracy", "precision", "recall", "f1", "auroc"):
                 if m.get(k) is not None:
                     metrics[f"stage{stage}_{k}"] = m[k]
+            for i, row in enumerate(m["confusion_matrix"]):  # the coordinator pools these
+                for j, v in enumerate(row):
+                    metrics[f"stage{stage}_cm_{i}_{j}"] = float(v)
         return len(rois), metrics
 
 

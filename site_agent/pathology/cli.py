@@ -38,11 +38,15 @@ def cmd_train(args) -> int:
     from site_agent.pathology.pipeline import run_local_training
 
     s = run_local_training(Path(args.data), out, opts)
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    def fmt(key):
+        v, ci = s.get(key), s.get("ci95", {}).get(key)
+        return ("n/a" if v is None else f"{v:.3f}") + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    note = "" if s.get("reportable") else f"; NOT REPORTABLE: {s.get('refusal')}"
     print(f"trained {opts.backbone} on {s['patches']['train']} patches ({s['slides']['train']} slides), "
-          f"best epoch {s['fit']['best_epoch']}; {s['evaluated_on']} set ({s['n']} patches): accuracy "
-          f"{fmt(s['accuracy'])}, macro F1 {fmt(s['f1'])}, macro AUROC {fmt(s['auroc'])}; outputs in {out} "
-          f"({s['seconds']:.0f}s)")
+          f"best epoch {s['fit']['best_epoch']}; {s['evaluated_on']} set ({s['n']} patches, "
+          f"{s['test_patients']} patients): accuracy {fmt('accuracy')}, macro F1 {fmt('f1')}, macro AUROC "
+          f"{fmt('auroc')}{note}; outputs in {out} ({s['seconds']:.0f}s)")
     return 0
 
 
