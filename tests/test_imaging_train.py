@@ -175,3 +175,32 @@ def test_batchnorm_moments_on_the_wire_pool_the_variance():
     both = np.concatenate([a, b])
     assert np.allclose(pooled.running_mean.numpy(), both.mean(0), atol=1e-5)
     assert np.allclose(pooled.running_var.numpy(), both.var(0), atol=1e-4)  # not the mean of the two variances
+
+
+def test_cmmd_as_published_runs_without_boxes_and_small_test_split_is_refused(sites, tmp_path, capsys):
+    """CMMD ships no lesion boxes and an .xlsx clinical sheet: whole-image classification."""
+    import shutil
+
+    from tests.test_imaging_data import _as_cmmd_xlsx
+
+    cmmd = tmp_path / "cmmd"
+    shutil.copytree(sites[0], cmmd)
+    shutil.rmtree(cmmd / "labels")
+    _as_cmmd_xlsx(cmmd / "clinical.csv", cmmd / "CMMD_clinicaldata_revision.xlsx")
+    (cmmd / "clinical.csv").unlink()
+    out = tmp_path / "out"
+    assert main(["train", "mammography", "--data", str(cmmd), "--out", str(out), "-q", *TINY]) == 0
+    line = capsys.readouterr().out
+    assert "whole-image classification" in line and "95% CI" in line
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["detection"]["map50"] is None and not (out / "models" / "detector.pt").exists()
+    rows, split = _truth(sites[0])
+    assert m["stage1"]["n"] == 2 * sum(split[r["ID1"]] == "test" for r in rows)
+    lo, hi = m["stage1"]["ci95"]["auroc"]
+    assert lo <= m["stage1"]["auroc"] <= hi and "malignant_recall" in m["stage1"]
+    # the default floor (10 test patients) refuses this small site: one line, its own code, nothing written
+    tiny = [a for k, a in enumerate(TINY) if "--min-test-patients" not in TINY[max(k - 1, 0):k + 1]]
+    rc = main(["train", "mammography", "--data", str(cmmd), "--out", str(tmp_path / "o2"), "-q", *tiny])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.TEST_SPLIT and len(err.splitlines()) == 1 and "too small to report" in err
+    assert not (tmp_path / "o2").exists()

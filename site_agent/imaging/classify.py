@@ -42,11 +42,12 @@ class TwoStage(nn.Module):
 class Roi:
     """A lesion region of one preprocessed image (uint8 pixels, kept at the site)."""
 
-    image: np.ndarray
+    image: np.ndarray  # or a lazy reference with .shape/.astype (read from disk when used)
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
     stage1: int
     stage2: int | None
     patient_id: str
+    context: float = 1.6  # crop side / box side; 1.0 for whole-image classification (no lesion box)
 
 
 class RoiDataset(Dataset):
@@ -66,7 +67,7 @@ class RoiDataset(Dataset):
     def __getitem__(self, i: int):
         roi = self.rois[i]
         img = roi.image.astype(np.float32) / 255.0
-        context = 1.6
+        context = roi.context
         box = roi.box
         if self.train:  # scale/crop augmentation (rotation/flip: the core's augment_batch)
             rng = np.random.default_rng([self.seed, i, int(torch.randint(0, 2**31 - 1, ()).item())])

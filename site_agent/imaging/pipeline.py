@@ -1,10 +1,15 @@
 """``site-agent train mammography``: detection, two-stage classification, explanations, at one site.
 
 Steps: index the archive (unreadable/inconsistent files skipped and counted); patient-level
-70/15/15 splits; preprocessing; YOLO trained on train (validated on val), mAP on test; the
-two stages trained on ground-truth ROI crops of train (early stopping on val loss, best
+70/15/15 splits stratified by label; YOLO trained on train (validated on val), mAP on test;
+the two stages trained on ground-truth ROI crops of train (early stopping on val loss, best
 checkpoint kept) and tested on the detector's ROIs of the test images; then plots and
 ``metrics.json``. Everything stays in ``--out`` at the site.
+
+Without any lesion box (real CMMD ships none) the site runs whole-image classification: no
+detector, both stages on the whole preprocessed mammogram. With boxes, images lacking one are
+skipped and counted. Images are streamed: read and preprocessed when used, with a small LRU
+cache (:class:`LazyImages`), never all held in memory.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ class MammoConfig(BaseModel):
     preprocess: Preprocess = Preprocess()
 
     @classmethod
-    def for_device(cls, device: str, epochs: int | None = None, **kw) -> "MammoConfig":
+    def for_device(cls, device: str, epochs: int | None = None, **kw) -> MammoConfig:
         base = dict(device="cuda") if device == "cuda" else dict(
             device="cpu", backbone="resnet18", optimizer="adam", lr=1e-3, roi_size=64, det_imgsz=256,
             det_epochs=25, cls_epochs=20, patience=6, weights=None)
@@ -79,14 +84,63 @@ class MammoConfig(BaseModel):
                            channels_last=self.device == "cuda")
 
 
+class LazyImages:
+    """Preprocessed uint8 images read from their DICOM files on demand (an LRU cache of
+    ``cache`` images): a site's archive is streamed, not loaded."""
+
+    def __init__(self, paths: list[Path], prep: Preprocess, cache: int = 64):
+        from collections import OrderedDict
+
+        self.paths, self.prep, self.cache = list(paths), prep, cache
+        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i in self._lru:
+            self._lru.move_to_end(i)
+            return self._lru[i]
+        img = to_uint8(preprocess(read_pixels(self.paths[i]), self.prep))
+        self.reads += 1
+        self._lru[i] = img
+        if len(self._lru) > self.cache:
+            self._lru.popitem(last=False)
+        return img
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class _ImageRef:
+    """One image of a :class:`LazyImages`, read when its pixels are used (what a Roi holds)."""
+
+    __slots__ = ("i", "images")
+
+    def __init__(self, images: LazyImages, i: int):
+        self.images, self.i = images, i
+
+    @property
+    def shape(self):
+        return self.images[self.i].shape
+
+    def astype(self, dtype):
+        return self.images[self.i].astype(dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.images[self.i]
+        return a if dtype is None else a.astype(dtype)
+
+
 class SiteImages(BaseModel):
-    """Preprocessed images of a site (uint8, site-internal) with their split."""
+    """A site's images (streamed, see :class:`LazyImages`) with their split and labels."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     keys: list[str]
-    images: list[np.ndarray]
-    boxes: list[tuple]  # YOLO rows per image
+    images: LazyImages
+    boxes: list[tuple | None]  # YOLO rows per image; None: no lesion box (whole-image classification)
     splits: list[str]
     stage1: list[int]
     stage2: list[int | None]
@@ -96,28 +150,43 @@ class SiteImages(BaseModel):
     def idx(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.splits) if s == split]
 
+    @property
+    def whole_image(self) -> bool:
+        return all(b is None for b in self.boxes)
+
     def rois(self, split: str, boxes: dict[int, tuple] | None = None) -> list[Roi]:
-        """ROIs of a split: ground-truth boxes, or ``boxes[i]`` (detected) where given."""
+        """ROIs of a split: ground-truth boxes, or ``boxes[i]`` (detected) where given, or the
+        whole image when the site has no boxes. Pixels are read when a ROI is used."""
         out = []
         for i in self.idx(split):
-            h, w = self.images[i].shape
-            box = boxes[i] if boxes is not None else yolo_to_xyxy(self.boxes[i][0], h, w)
-            out.append(Roi(self.images[i], box, self.stage1[i], self.stage2[i], self.patients[i]))
+            ref = _ImageRef(self.images, i)
+            if self.boxes[i] is None:
+                h, w = ref.shape
+                out.append(Roi(ref, (0.0, 0.0, w - 1.0, h - 1.0), self.stage1[i], self.stage2[i], self.patients[i],
+                               context=1.0))
+                continue
+            if boxes is not None:
+                box = boxes[i]
+            else:
+                h, w = ref.shape
+                box = yolo_to_xyxy(self.boxes[i][0], h, w)
+            out.append(Roi(ref, box, self.stage1[i], self.stage2[i], self.patients[i]))
         return out
 
 
 def load_site(data: Path, cfg: MammoConfig) -> SiteImages:
     archive: Archive = open_archive(data)
-    usable = [r for r in archive.images if r.boxes]
-    skipped = list(archive.skipped) + [f"{r.rel}: no YOLO label (labels/{r.rel[:-4]}.txt)"
-                                       for r in archive.images if not r.boxes]
-    if not usable:
-        raise MammographyDataError(f"no image under {data} has a lesion box", hint="labels/<path>.txt in YOLO format")
+    if any(r.boxes for r in archive.images):  # lesion boxes: detection + ROI classification
+        usable = [r for r in archive.images if r.boxes]
+        skipped = list(archive.skipped) + [f"{r.rel}: no YOLO label (labels/{r.rel[:-4]}.txt)"
+                                           for r in archive.images if not r.boxes]
+    else:  # no box anywhere (CMMD as published): whole-image classification
+        usable, skipped = list(archive.images), list(archive.skipped)
     split = patient_splits([r.record.patient_id for r in usable], seed=cfg.seed,
                            labels=[int(r.record.malignant) for r in usable])  # stratified by label
-    imgs = [to_uint8(preprocess(read_pixels(r.path), cfg.preprocess)) for r in usable]
+    imgs = LazyImages([r.path for r in usable], cfg.preprocess)
     return SiteImages(keys=[r.rel[:-4].replace("/", "__") for r in usable], images=imgs,
-                      boxes=[r.boxes for r in usable], splits=[split[r.record.patient_id] for r in usable],
+                      boxes=[r.boxes or None for r in usable], splits=[split[r.record.patient_id] for r in usable],
                       stage1=[int(r.record.malignant) for r in usable],
                       stage2=[r.record.subtype_index for r in usable],
                       patients=[r.record.patient_id for r in usable], skipped=skipped)
@@ -135,8 +204,9 @@ def run_detection(site: SiteImages, cfg: MammoConfig, workdir: Path, models_dir:
         train_detector,
     )
 
-    def items(split):
-        return [DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i]) for i in site.idx(split)]
+    def items(split):  # a generator: each image is read, written for YOLO and dropped
+        return (DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i])
+                for i in site.idx(split))
 
     data_yaml = export_dataset({s: items(s) for s in ("train", "val", "test")}, workdir / "yolo")
     if weights is None:
@@ -215,8 +285,13 @@ def _run(data: Path, out: Path, cfg: MammoConfig, progress) -> dict:
     check_test_split([site.stage1[i] for i in test], STAGE1_CLASSES, [site.patients[i] for i in test],
                      min_cases=cfg.min_test_patients, what=f"the test split of {data}")
     with tempfile.TemporaryDirectory(prefix="work-", dir=out) as tmp:
-        det_metrics, det_boxes = run_detection(site, cfg, Path(tmp), out / "models")
-        progress(f"detection: mAP50 {det_metrics['map50']:.3f}, mAP50-95 {det_metrics['map50_95']:.3f}")
+        if site.whole_image:
+            det_metrics = {"map50": None, "map50_95": None, "mode": "whole-image (no lesion boxes)"}
+            det_boxes = None
+            progress("no lesion boxes: whole-image classification, no detector")
+        else:
+            det_metrics, det_boxes = run_detection(site, cfg, Path(tmp), out / "models")
+            progress(f"detection: mAP50 {det_metrics['map50']:.3f}, mAP50-95 {det_metrics['map50_95']:.3f}")
         model, fits = train_stages(site, cfg, out / "models")
         progress("classification trained (" + ", ".join(f"stage {k}: best epoch {v.best_epoch} of {len(v.history)}"
                                                         for k, v in fits.items()) + ")")

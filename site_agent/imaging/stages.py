@@ -64,7 +64,6 @@ def train_stages(site, cfg, models_dir: Path, *, epochs: int | None = None, mode
 
 def evaluate_stage(model: TwoStage, rois: list[Roi], stage: int, cfg, *, embeddings: bool = False) -> StageResult:
     from site_agent.training.loop import predict
-    from site_agent.training.metrics import classification_metrics
 
     ds = RoiDataset(rois, stage, cfg.roi_size)
     n = len(CLASSES[stage])
@@ -143,12 +142,12 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     device = resolve_device(cfg.device)
     net.to(device)
     img = roi.image.astype(np.float32) / 255.0
-    crop = crop_roi(img, roi.box, cfg.roi_size)
+    crop = crop_roi(img, roi.box, cfg.roi_size, context=roi.context)
     x = torch.from_numpy(crop[None, None]).to(device)
     with torch.no_grad():
         pred = int(net.eval()(x).argmax(1).item())
     heat = gradcam(net, x, [pred])[0]
-    a, b, s = _crop_window(roi.box)
+    a, b, s = _crop_window(roi.box, roi.context)
     big = cv2.resize(heat.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
     full = np.full_like(img, np.nan)  # NaN outside the crop window: nothing drawn there
     h, w = img.shape
@@ -196,6 +195,7 @@ def write_outputs(model: TwoStage, site, det_boxes: dict, results: dict[int, Sta
         written.append(plot_roc(results[1].labels, results[1].probs, STAGE1_CLASSES, out / "roc_stage1.png"))
     for k, roi in enumerate(results[1].rois[: cfg.gradcam_images]):
         img, heat, pred = gradcam_on_mammogram(model, roi, 1, cfg)
-        title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} (detected ROI)"
+        where = "whole image" if roi.context == 1.0 else "detected ROI"
+        title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} ({where})"
         written.append(save_mammogram_overlay(img, heat, roi.box, out / f"gradcam_{k + 1}.png", title))
     return written
