@@ -29,8 +29,9 @@ TINY = ["--epochs", "1", "--backbone", "tiny", "--roi-size", "32", "--det-imgsz"
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     root = tmp_path_factory.mktemp("mammo_sites")
+    # seeds giving both benign and malignant patients in every split (4/8 and 5/8 malignant)
     return [synth_site(root / name, name, seed=k, patients=8) and root / name
-            for k, name in enumerate(("site_a", "site_b"))]
+            for k, name in ((2, "site_a"), (1, "site_b"))]
 
 
 def _truth(site_dir, seed: int = 0):
@@ -55,6 +56,8 @@ def test_train_cli_writes_every_output(sites, tmp_path, capsys):
     assert 0.0 <= m["detection"]["map50"] <= 1.0 and 0.0 <= m["detection"]["map50_95"] <= m["detection"]["map50"]
     for stage in ("stage1", "stage2"):
         assert {"accuracy", "precision", "recall", "auroc"} <= set(m[stage])
+    ex = m["explanations"]  # Grad-CAM pointing game against the true boxes, beside the metrics
+    assert ex["n"] == m["data"]["split_images"]["test"] and 0 < ex["chance"] < 1 and 0 <= ex["pointing_game"] <= 1
     # test-set sizes and classes from the generator's table and the patient split, images = 2 per breast
     rows, split = _truth(sites[0])
     test = [r for r in rows if split[r["ID1"]] == "test"]

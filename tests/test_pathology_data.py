@@ -193,3 +193,20 @@ def test_patches_at_a_fixed_physical_resolution_across_20x_and_40x(tmp_path):
     tifffile.imwrite(tmp_path / "nompp.tiff", small, tile=(256, 256), photometric="rgb")
     with Slide(tmp_path / "nompp.tiff") as c, pytest.raises(PathologyDataError, match="records no microns per pixel"):
         resolve_params(TilingParams(size=64, mpp=0.5), c)
+
+
+def test_synthetic_slides_vary_per_slide_and_classes_overlap():
+    from shapely.geometry import box as sbox
+
+    from site_agent.pathology.synth import render_slide, site_profile
+
+    profile = site_profile("alpha", 1)
+    layout = [Annotation("Stroma", sbox(0, 0, 512, 512))]
+
+    def mean_colour(seed, vary):
+        rng = np.random.default_rng(seed)
+        return render_slide(rng, layout, profile, 512, 512, vary=vary).reshape(-1, 3).mean(0)
+
+    fixed = np.std([mean_colour(s, False) for s in range(4)], axis=0).mean()
+    varied = np.std([mean_colour(s, True) for s in range(4)], axis=0).mean()
+    assert varied > 2 * fixed and varied > 3.0  # staining batch and scanner differ slide to slide

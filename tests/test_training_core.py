@@ -360,3 +360,18 @@ def test_torchvision_state_dict_loads_for_one_and_three_channels(tmp_path, in_ch
     (tmp_path / "resnet18-tv.pth").rename(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     again = build_classifier("resnet18", 2, weights="imagenet", in_channels=in_channels)
     assert torch.allclose(again.features.conv1.weight, expected)
+
+
+def test_gpu_benchmark_without_a_gpu_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu_training.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and "--smoke" in err
+    assert not (tmp_path / "b.json").exists()

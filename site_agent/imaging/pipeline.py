@@ -241,6 +241,22 @@ def _hit_rate(site: SiteImages, boxes: dict) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
+def _pointing_game(model, site: SiteImages, det_boxes, cfg: MammoConfig) -> dict | None:
+    """Stage 1 Grad-CAM pointing game on the test images against their true lesion boxes (None
+    without boxes: CMMD has none to check against)."""
+    if site.whole_image:
+        return None
+    from site_agent.imaging.stages import pointing_game
+
+    idx = site.idx("test")[: max(cfg.gradcam_images, 32)]
+    rois = [r for r, i in zip(site.rois("test", det_boxes), site.idx("test")) if i in set(idx)]
+    truth = []
+    for i in idx:
+        h, w = site.images[i].shape
+        truth.append(yolo_to_xyxy(site.boxes[i][0], h, w))
+    return {**pointing_game(model, rois, truth, cfg), "stage": 1, "boxes": "ground truth"}
+
+
 def train_mammography(data: str | Path, out: str | Path, cfg: MammoConfig,
                       progress=lambda m: None) -> dict:
     """The whole site pipeline; returns the metrics written to ``out/metrics.json``.
@@ -296,7 +312,9 @@ def _run(data: Path, out: Path, cfg: MammoConfig, progress) -> dict:
         progress("classification trained (" + ", ".join(f"stage {k}: best epoch {v.best_epoch} of {len(v.history)}"
                                                         for k, v in fits.items()) + ")")
         results = evaluate_stages(model, site.rois("test", det_boxes), cfg)
+        explanations = _pointing_game(model, site, det_boxes, cfg)
     metrics = {"detection": det_metrics, "stage1": results[1].metrics, "stage2": results[2].metrics,
+               "explanations": explanations,
                "data": {"images": len(site.images), "skipped_files": len(site.skipped),
                         "patients": len(set(site.patients)),
                         "split_images": {s: len(site.idx(s)) for s in ("train", "val", "test")}},

@@ -157,6 +157,24 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     return img, full, pred
 
 
+def pointing_game(model: TwoStage, rois: list[Roi], true_boxes: list[tuple], cfg, stage: int = 1) -> dict:
+    """Grad-CAM's pointing game: the share of images whose heat maximum (for the predicted class,
+    mapped back onto the whole mammogram) falls inside the true lesion box; ``chance`` is the
+    share a heat maximum placed uniformly at random in the classified window would reach."""
+    hits, chance = [], []
+    for roi, (x0, y0, x1, y1) in zip(rois, true_boxes):
+        _, heat, _ = gradcam_on_mammogram(model, roi, stage, cfg)
+        if not np.isfinite(heat).any():
+            continue
+        y, x = np.unravel_index(np.nanargmax(heat), heat.shape)
+        hits.append(x0 <= x <= x1 and y0 <= y <= y1)
+        window = np.isfinite(heat)
+        inside = window[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1].sum()
+        chance.append(float(inside / window.sum()))
+    return {"pointing_game": float(np.mean(hits)) if hits else None, "n": len(hits),
+            "chance": float(np.mean(chance)) if chance else None}
+
+
 def _crop_window(box, context: float = 1.6, min_side: float = 24.0) -> tuple[int, int, int]:
     """Top-left corner and side of the square that :func:`crop_roi` cuts (same geometry)."""
     x0, y0, x1, y1 = box
