@@ -59,7 +59,11 @@ def run_seed(seed: int, workdir: Path, *, slides: int, size: tuple[int, int], ba
     from site_agent.pathology.pipeline import build_model
     from site_agent.pathology.synth import generate_site
     from site_agent.pathology.task import site_data
-    from site_agent.training.federated import handle_evaluate, handle_train
+    from site_agent.training.federated import (
+        bn_from_wire,
+        handle_evaluate,
+        handle_train,
+    )
     from site_agent.training.loop import fit
     from tests.flower_inprocess import InProcessGrid
 
@@ -94,6 +98,7 @@ def run_seed(seed: int, workdir: Path, *, slides: int, size: tuple[int, int], ba
     model = build_model(opts)
     ck = load_checkpoint(workdir / f"fed-{seed}" / summary.final_checkpoint)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in ck.items()})
+    bn_from_wire(model)  # checkpoints hold BatchNorm moments (E[x^2]) as they travel
     fed = _score(model, pooled, opts)
     return {"seed": seed, "pooled_test_patches": len(pooled), "local": local,
             "local_mean": {k: float(np.mean([m[k] for m in local])) for k in ("accuracy", "f1")},

@@ -38,6 +38,8 @@ class ExitCode(IntEnum):
     STORE = 23             # the results store cannot be opened or would break its rules
     PKI = 24               # certificates or keys cannot be written
     TRAINING = 25          # a federated training run cannot go on
+    PRIVACY_BUDGET = 26    # a site's differential-privacy budget is spent (or DP is missing)
+    TEST_SPLIT = 27        # a test split too small or lacking a class to report metrics on
 
 
 class OptimaError(Exception):
@@ -199,6 +201,19 @@ class TrainingError(OptimaError, RuntimeError):
     """A federated run cannot go on (no quorum, no starting model)."""
 
     exit_code = ExitCode.TRAINING
+
+
+class PrivacyBudgetError(OptimaError, PermissionError):
+    """A site refuses a training round: its privacy budget would be exceeded, or DP is missing."""
+
+    exit_code = ExitCode.PRIVACY_BUDGET
+
+
+class TestSplitError(OptimaError, ValueError):
+    """A test split cannot support the metrics asked of it (a class missing, too few patients)."""
+
+    __test__ = False  # not a pytest class
+    exit_code = ExitCode.TEST_SPLIT
 
 
 def validation_summary(exc) -> str:

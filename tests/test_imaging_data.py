@@ -12,22 +12,22 @@ import pytest
 pytest.importorskip("pydicom")
 pytest.importorskip("cv2")
 
-from site_agent.imaging.clinical import MammographyDataError, read_clinical_table  # noqa: E402
-from site_agent.imaging.dicom_io import (  # noqa: E402
+from site_agent.imaging.clinical import MammographyDataError, read_clinical_table
+from site_agent.imaging.dicom_io import (
     ImageMeta,
     open_archive,
     read_pixels,
     read_yolo_labels,
     write_mammogram,
 )
-from site_agent.imaging.preprocess import (  # noqa: E402
+from site_agent.imaging.preprocess import (
     crop_roi,
     denoise,
     normalize,
     resize,
     yolo_to_xyxy,
 )
-from site_agent.imaging.synth import synth_site  # noqa: E402
+from site_agent.imaging.synth import synth_site
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,68 @@ def test_run_defaults_follow_the_seed_study_and_epochs_cap_every_stage():
     cpu = MammoConfig.for_device("cpu", 5)
     assert (cpu.det_epochs, cpu.cls_epochs) == (5, 5) and cpu.roi_size < gpu.roi_size
     assert MammoConfig.for_device("cpu", 500).cls_epochs == MammoConfig.for_device("cpu").cls_epochs
+
+
+def test_view_comes_from_view_code_sequence_as_in_cmmd(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from site_agent.imaging.dicom_io import view_of
+
+    pixels = np.zeros((8, 8), np.uint16)
+    write_mammogram(tmp_path / "a.dcm", pixels, ImageMeta(patient_id="D1-0001", laterality="R", view="CC", age=50),
+                    study_uid="1.2.3", series_uid="1.2.3.9")
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    del ds.ViewPosition  # CMMD leaves ViewPosition empty and codes the view
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "R-10226", "SRT", "medio-lateral oblique"
+    ds.ViewCodeSequence = [code]
+    assert view_of(ds) == "MLO"
+    code.CodeValue, code.CodeMeaning = "", "cranio-caudal"
+    assert view_of(ds) == "CC"
+    ds.ViewCodeSequence = []
+    ds.ViewPosition = "MLO"
+    assert view_of(ds) == "MLO"  # the fallback
+    del ds.ViewPosition
+    assert view_of(ds) == "?"
+
+
+def _as_cmmd_xlsx(csv_path, xlsx_path):
+    """The clinical table as CMMD publishes it: an .xlsx sheet, ints as numbers, NaN as empty."""
+    import openpyxl
+
+    rows = list(csv.DictReader(csv_path.open()))
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    cols = ["ID1", "LeftRight", "Age", "number", "abnormality", "classification", "subtype"]
+    ws.append(cols)
+    for r in rows:
+        ws.append([int(r[c]) if c in ("Age", "number") else (r[c] or None) for c in cols])
+    wb.save(xlsx_path)
+    return rows
+
+
+def test_cmmd_spreadsheet_read_as_published(site, tmp_path):
+    root, _ = site
+    rows = _as_cmmd_xlsx(root / "clinical.csv", tmp_path / "CMMD_clinicaldata_revision.xlsx")
+    from_xlsx = read_clinical_table(tmp_path / "CMMD_clinicaldata_revision.xlsx")
+    from_csv = read_clinical_table(root / "clinical.csv")
+    assert len(from_xlsx) == len(rows)
+    for key, rec in from_csv.items():
+        assert from_xlsx[key].model_dump(exclude={"person_id"}) == rec.model_dump(exclude={"person_id"})
+    (tmp_path / "broken.xlsx").write_bytes(b"PK not really a workbook")
+    with pytest.raises(MammographyDataError, match="cannot read clinical spreadsheet"):
+        read_clinical_table(tmp_path / "broken.xlsx")
+
+
+def test_images_are_streamed_not_held(site):
+    from site_agent.imaging.pipeline import MammoConfig, load_site
+
+    root, _ = site
+    s = load_site(root, MammoConfig(backbone="tiny", roi_size=32))
+    assert s.images.reads == 0  # nothing decoded by loading the site
+    s.images.cache = 3
+    rois = s.rois("train")
+    for roi in rois:
+        roi.image.astype(np.float32)
+    assert len(s.images._lru) <= 3 and s.images.reads >= len(rois)

@@ -18,24 +18,27 @@ if importlib.util.find_spec("ultralytics") is None:  # not imported here: it rea
     pytest.skip("ultralytics not installed (train extra)", allow_module_level=True)
 
 from optima_common.errors import ExitCode
-from site_agent.cli import main  # noqa: E402
-from site_agent.imaging.classify import patient_splits  # noqa: E402
-from site_agent.imaging.synth import synth_site  # noqa: E402
+from site_agent.cli import main
+from site_agent.imaging.classify import patient_splits
+from site_agent.imaging.synth import synth_site
 
-TINY = ["--epochs", "1", "--backbone", "tiny", "--roi-size", "32", "--det-imgsz", "64", "--device", "cpu"]
+TINY = ["--epochs", "1", "--backbone", "tiny", "--roi-size", "32", "--det-imgsz", "64", "--device", "cpu",
+        "--min-test-patients", "1", "--bootstrap", "50"]
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     root = tmp_path_factory.mktemp("mammo_sites")
+    # seeds giving both benign and malignant patients in every split (4/8 and 5/8 malignant)
     return [synth_site(root / name, name, seed=k, patients=8) and root / name
-            for k, name in enumerate(("site_a", "site_b"))]
+            for k, name in ((2, "site_a"), (1, "site_b"))]
 
 
 def _truth(site_dir, seed: int = 0):
     """Per breast (patient, side): (malignant, subtype) and the split of its patient, from the CSV."""
     rows = list(csv.DictReader((site_dir / "clinical.csv").open()))
-    split = patient_splits([r["ID1"] for r in rows], seed=seed)
+    split = patient_splits([r["ID1"] for r in rows], seed=seed,
+                           labels=[int(r["classification"] == "Malignant") for r in rows])
     return rows, split
 
 
@@ -53,6 +56,8 @@ def test_train_cli_writes_every_output(sites, tmp_path, capsys):
     assert 0.0 <= m["detection"]["map50"] <= 1.0 and 0.0 <= m["detection"]["map50_95"] <= m["detection"]["map50"]
     for stage in ("stage1", "stage2"):
         assert {"accuracy", "precision", "recall", "auroc"} <= set(m[stage])
+    ex = m["explanations"]  # Grad-CAM pointing game against the true boxes, beside the metrics
+    assert ex["n"] == m["data"]["split_images"]["test"] and 0 < ex["chance"] < 1 and 0 <= ex["pointing_game"] <= 1
     # test-set sizes and classes from the generator's table and the patient split, images = 2 per breast
     rows, split = _truth(sites[0])
     test = [r for r in rows if split[r["ID1"]] == "test"]
@@ -137,6 +142,12 @@ def test_federated_round_over_two_sites(sites, tmp_path):
     assert [r.replies for r in summary.rounds] == [2, 2] and not summary.rounds[-1].failed
     ev = summary.rounds[-1].eval_metrics
     assert 0.0 <= ev["stage1_accuracy"] <= 1.0 and "stage2_accuracy" in ev
+    # pooled from the sites' confusion matrices, not a weighted mean of their macro metrics
+    cm = np.array([[ev[f"stage1_cm_{i}_{j}"] for j in range(2)] for i in range(2)])
+    tests = sum(2 * sum(_truth(s)[1][r["ID1"]] == "test" for r in _truth(s)[0]) for s in sites)
+    assert cm.sum() == tests and ev["stage1_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    recall = [cm[k, k] / cm[k].sum() if cm[k].sum() else 0.0 for k in range(2)]
+    assert ev["stage1_recall"] == pytest.approx(np.mean(recall))
     assert "stage1_train_loss" in summary.rounds[0].train_metrics
     g1, g2 = load_checkpoint(tmp_path / "global_round_1.npz"), load_checkpoint(tmp_path / "global_round_2.npz")
     assert {k.split(".")[0] for k in g1} == {"stage1", "stage2"}  # both stages travel together
@@ -167,3 +178,32 @@ def test_batchnorm_moments_on_the_wire_pool_the_variance():
     both = np.concatenate([a, b])
     assert np.allclose(pooled.running_mean.numpy(), both.mean(0), atol=1e-5)
     assert np.allclose(pooled.running_var.numpy(), both.var(0), atol=1e-4)  # not the mean of the two variances
+
+
+def test_cmmd_as_published_runs_without_boxes_and_small_test_split_is_refused(sites, tmp_path, capsys):
+    """CMMD ships no lesion boxes and an .xlsx clinical sheet: whole-image classification."""
+    import shutil
+
+    from tests.test_imaging_data import _as_cmmd_xlsx
+
+    cmmd = tmp_path / "cmmd"
+    shutil.copytree(sites[0], cmmd)
+    shutil.rmtree(cmmd / "labels")
+    _as_cmmd_xlsx(cmmd / "clinical.csv", cmmd / "CMMD_clinicaldata_revision.xlsx")
+    (cmmd / "clinical.csv").unlink()
+    out = tmp_path / "out"
+    assert main(["train", "mammography", "--data", str(cmmd), "--out", str(out), "-q", *TINY]) == 0
+    line = capsys.readouterr().out
+    assert "whole-image classification" in line and "95% CI" in line
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["detection"]["map50"] is None and not (out / "models" / "detector.pt").exists()
+    rows, split = _truth(sites[0])
+    assert m["stage1"]["n"] == 2 * sum(split[r["ID1"]] == "test" for r in rows)
+    lo, hi = m["stage1"]["ci95"]["auroc"]
+    assert lo <= m["stage1"]["auroc"] <= hi and "malignant_recall" in m["stage1"]
+    # the default floor (10 test patients) refuses this small site: one line, its own code, nothing written
+    tiny = [a for k, a in enumerate(TINY) if "--min-test-patients" not in TINY[max(k - 1, 0):k + 1]]
+    rc = main(["train", "mammography", "--data", str(cmmd), "--out", str(tmp_path / "o2"), "-q", *tiny])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.TEST_SPLIT and len(err.splitlines()) == 1 and "too small to report" in err
+    assert not (tmp_path / "o2").exists()

@@ -153,3 +153,60 @@ def test_patch_dataset_in_dataloader_workers(tiny_site):
     direct = torch.stack([ds[i][0] for i in range(len(ds))])  # opens the handle in this process first
     loaded = torch.cat([x for x, _ in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)])
     assert torch.equal(direct, loaded)
+
+
+def test_patches_at_a_fixed_physical_resolution_across_20x_and_40x(tmp_path):
+    """The same tissue scanned at 0.5 um/px (20x) and 0.25 um/px (40x): with mpp=0.5 both give
+    patches of the same physical field and content; the slide's mpp comes from its properties."""
+    import tifffile
+    from PIL import Image
+
+    from optima_common.errors import PathologyDataError
+    from site_agent.pathology.slides import Slide
+    from site_agent.pathology.synth import write_pyramid
+    from site_agent.pathology.tiling import (
+        Patch,
+        PatchDataset,
+        TilingParams,
+        resolve_params,
+    )
+
+    rng = np.random.default_rng(0)
+    small = np.asarray(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).resize((512, 512),
+                                                                                                Image.BICUBIC))
+    big = np.asarray(Image.fromarray(small).resize((1024, 1024), Image.BICUBIC))
+    write_pyramid(small, tmp_path / "x20.tiff", mpp=0.5)
+    write_pyramid(big, tmp_path / "x40.tiff", mpp=0.25)
+    with Slide(tmp_path / "x20.tiff") as a, Slide(tmp_path / "x40.tiff") as b:
+        assert a.mpp == pytest.approx(0.5) and b.mpp == pytest.approx(0.25)
+        params = TilingParams(size=64, mpp=0.5)
+        assert resolve_params(params, a).downsample == pytest.approx(1.0)
+        assert resolve_params(params, b).downsample == pytest.approx(2.0)
+    patches = [Patch(0, 128, 192, 1, 1.0, 1.0), Patch(1, 256, 384, 1, 1.0, 1.0)]  # one place, level-0 coords
+    ds = PatchDataset([tmp_path / "x20.tiff", tmp_path / "x40.tiff"], patches, TilingParams(size=64, mpp=0.5),
+                      input_size=64, cache=False)
+    pa, pb = ds.image(0).astype(float), ds.image(1).astype(float)
+    assert np.abs(pa - pb).mean() < 12  # same field, same scale (JPEG and resampling differ a little)
+    fixed = PatchDataset([tmp_path / "x20.tiff", tmp_path / "x40.tiff"], patches, TilingParams(size=64),
+                         input_size=64, cache=False)
+    assert np.abs(fixed.image(0).astype(float) - fixed.image(1).astype(float)).mean() > 2 * np.abs(pa - pb).mean()
+    tifffile.imwrite(tmp_path / "nompp.tiff", small, tile=(256, 256), photometric="rgb")
+    with Slide(tmp_path / "nompp.tiff") as c, pytest.raises(PathologyDataError, match="records no microns per pixel"):
+        resolve_params(TilingParams(size=64, mpp=0.5), c)
+
+
+def test_synthetic_slides_vary_per_slide_and_classes_overlap():
+    from shapely.geometry import box as sbox
+
+    from site_agent.pathology.synth import render_slide, site_profile
+
+    profile = site_profile("alpha", 1)
+    layout = [Annotation("Stroma", sbox(0, 0, 512, 512))]
+
+    def mean_colour(seed, vary):
+        rng = np.random.default_rng(seed)
+        return render_slide(rng, layout, profile, 512, 512, vary=vary).reshape(-1, 3).mean(0)
+
+    fixed = np.std([mean_colour(s, False) for s in range(4)], axis=0).mean()
+    varied = np.std([mean_colour(s, True) for s in range(4)], axis=0).mean()
+    assert varied > 2 * fixed and varied > 3.0  # staining batch and scanner differ slide to slide

@@ -8,11 +8,20 @@ sites' proximal term, ``fedprox_mu`` in the config), checkpoints ``global_round_
 atomically, sends evaluate messages and writes the weighted metrics of every round to
 ``training_history.json``. A dead site only costs the timeout.
 
-Optional central differential privacy (:class:`DPConfig`): each site's update (its weights minus
-the global weights) is clipped to L2 norm ``clip_norm``, the clipped updates are averaged
-UNWEIGHTED (so one site's influence is bounded), and Gaussian noise of std
-``noise_multiplier * clip_norm / n_replies`` is added (as Flower's server-side fixed clipping).
-Epsilon is reported per round (site-level DP, add/remove one site, no sampling amplification).
+Optional central differential privacy (:class:`DPConfig`): each site's update of the TRAINABLE
+weights (the keys the site lists when it sends the starting model) is clipped to L2 norm
+``clip_norm``, the clipped updates are averaged UNWEIGHTED (so one site's influence is
+bounded), and Gaussian noise of std ``noise_multiplier * clip_norm / n_replies`` is added (as
+Flower's server-side fixed clipping). Buffers (BatchNorm statistics, which travel as moments,
+and constants) are averaged without noise, so pooled variances stay non-negative; they are not
+covered by the DP guarantee. The noise comes from the operating system's CSPRNG
+(``secrets``), never from the public ``--seed``, and its seed is written nowhere. Epsilon is
+reported per round (site-level DP, add/remove one site, no sampling amplification); each
+site also charges every round to its own budget ledger. A run is refused when the noise would
+swamp the update: expected noise norm over the largest possible mean update
+(``z * sqrt(trainable weights) / sites``) above ``max_noise_ratio``.
+
+``resume``: continue a stopped run from its last checkpoint (round k+1) with its history.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from functools import partial
 from pathlib import Path
@@ -33,6 +43,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from optima_common import protocol as P
 from optima_common.errors import TrainingError
 from optima_common.fileio import write_atomic
+from optima_common.privacy import (
+    DP_CLIP,
+    DP_DELTA,
+    DP_NOISE,
+    noise_to_signal,
+    sites_needed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +60,7 @@ class DPConfig(BaseModel):
     clip_norm: float = Field(gt=0)
     noise_multiplier: float = Field(gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
-    seed: int = 0
+    max_noise_ratio: float = Field(1.0, gt=0)  # refuse when noise norm / largest update norm exceeds it
 
 
 class RoundRecord(BaseModel):
@@ -104,11 +121,25 @@ def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nda
     return out
 
 
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def default_trainable(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Float arrays that are not BatchNorm buffers (when a site did not list its parameters)."""
+    return [k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating) and not k.endswith(BUFFER_SUFFIXES)]
+
+
+def noise_rng() -> np.random.Generator:
+    """A generator seeded from the operating system's CSPRNG (128 bits); the seed is kept nowhere."""
+    return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+
+
 def dp_aggregate(global_arrays: dict[str, np.ndarray], replies: list[dict[str, np.ndarray]], dp: DPConfig,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Clip each site's float update to ``clip_norm`` (L2 over all float arrays), average
-    unweighted, add N(0, (noise_multiplier * clip_norm / n)^2); integer buffers: plain mean."""
-    keys = [k for k, v in global_arrays.items() if np.issubdtype(v.dtype, np.floating)]
+                 rng: np.random.Generator, trainable: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Clip each site's update of the ``trainable`` arrays to ``clip_norm`` (L2 over all of them),
+    average unweighted, add N(0, (noise_multiplier * clip_norm / n)^2); every other array
+    (BatchNorm moments, integer counters): the plain unweighted mean, no noise."""
+    keys = default_trainable(global_arrays) if trainable is None else [k for k in trainable if k in global_arrays]
     n = len(replies)
     mean_update = {k: np.zeros(global_arrays[k].shape, np.float64) for k in keys}
     for arrays in replies:
@@ -118,11 +149,23 @@ def dp_aggregate(global_arrays: dict[str, np.ndarray], replies: list[dict[str, n
         for k in keys:
             mean_update[k] += delta[k] * scale / n
     std = dp.noise_multiplier * dp.clip_norm / n
-    out = fedavg([(a, 1) for a in replies])  # integer buffers (batch counters)
+    out = fedavg([(a, 1) for a in replies])  # buffers: BatchNorm moments, batch counters
     for k in keys:
         noisy = global_arrays[k] + mean_update[k] + rng.normal(0.0, std, size=mean_update[k].shape)
         out[k] = noisy.astype(global_arrays[k].dtype)
     return out
+
+
+def check_noise(dp: DPConfig, n_sites: int, dim: int) -> float:
+    """The noise-to-signal ratio; :class:`TrainingError` when it is above ``dp.max_noise_ratio``."""
+    ratio = noise_to_signal(dp.noise_multiplier, n_sites, dim)
+    if ratio > dp.max_noise_ratio:
+        raise TrainingError(
+            f"DP noise would swamp the update: expected noise norm {ratio:.3g}x the largest mean update with "
+            f"{n_sites} site(s), noise multiplier {dp.noise_multiplier:g} and {dim:,} trainable weights "
+            f"(needs {sites_needed(dp.noise_multiplier, dim, dp.max_noise_ratio):,} sites per round)",
+            hint="a smaller model, more sites, or --dp-max-noise-ratio to run anyway")
+    return ratio
 
 
 def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
@@ -192,16 +235,73 @@ def _weighted_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
     return total, {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def initial_weights(grid, task: str, run_config: dict, nodes: list[int], timeout: float) -> dict[str, np.ndarray]:
-    """Ask the sites in turn for the task's seeded starting model until one answers."""
+def initial_weights(grid, task: str, run_config: dict, nodes: list[int],
+                    timeout: float) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """Ask the sites in turn for the task's seeded starting model until one answers; also the
+    keys of its trainable parameters when the site lists them."""
     reasons = []
     for node in nodes:
         ok, failed = _send(grid, [node], lambda n: RecordDict({P.CONFIG_RECORD: _config(task, run_config, init=True)}),
                            MessageType.TRAIN, timeout, "init")
         if ok:
-            return record_to_numpy(ok[0].content.array_records["arrays"])
+            content = ok[0].content
+            info = content.config_records.get("model-info")
+            trainable = [str(k) for k in info["trainable"]] if info is not None and "trainable" in info else None
+            return record_to_numpy(content.array_records["arrays"]), trainable
         reasons += failed
     raise TrainingError(f"no site returned a starting model for task {task!r}: {'; '.join(reasons)[:300]}")
+
+
+# --- pooled evaluation --------------------------------------------------------------------
+def _cm_groups(metrics: dict[str, float]) -> dict[str, dict[tuple[int, int], float]]:
+    """``{prefix}cm_{i}_{j}`` keys -> {prefix: {(i, j): count}}."""
+    groups: dict[str, dict[tuple[int, int], float]] = {}
+    for key, value in metrics.items():
+        head, sep, tail = key.rpartition("cm_")
+        if not sep or (head and not head.endswith("_")):
+            continue
+        parts = tail.split("_")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            groups.setdefault(head, {})[(int(parts[0]), int(parts[1]))] = float(value)
+    return groups
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 over ALL classes from a confusion matrix (rows:
+    truth, columns: prediction); a class with nothing to divide by scores 0 (scikit-learn's
+    ``zero_division=0``)."""
+    cm = np.asarray(cm, dtype=float)
+    tp = np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
+        rec = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
+    total = cm.sum()
+    return {"accuracy": float(tp.sum() / total) if total else float("nan"), "precision": float(prec.mean()),
+            "recall": float(rec.mean()), "f1": float(f1.mean())}
+
+
+def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
+    """Weighted means of the sites' scalars, except that accuracy/precision/recall/F1 are
+    recomputed from the sites' summed confusion matrices where the sites send them (a weighted
+    mean of macro metrics is not the macro metric of the pooled test set)."""
+    total, means = _weighted_metrics(replies)
+    summed: dict[str, dict[tuple[int, int], float]] = {}
+    for rep in replies:
+        for prefix, cells in _cm_groups(dict(rep.content.metric_records["metrics"])).items():
+            acc = summed.setdefault(prefix, {})
+            for cell, v in cells.items():
+                acc[cell] = acc.get(cell, 0.0) + v
+    out = {k: v for k, v in means.items() if not _cm_groups({k: v})}
+    for prefix, cells in summed.items():
+        k = max(max(i, j) for i, j in cells) + 1
+        cm = np.zeros((k, k))
+        for (i, j), v in cells.items():
+            cm[i, j] = v
+        for name, value in metrics_from_confusion(cm).items():
+            out[f"{prefix}{name}"] = value
+        out.update({f"{prefix}cm_{i}_{j}": v for (i, j), v in cells.items()})
+    return total, out
 
 
 def _connected(grid, fixed: list[int] | None, want: int, wait: float) -> list[int]:
@@ -214,11 +314,32 @@ def _connected(grid, fixed: list[int] | None, want: int, wait: float) -> list[in
         time.sleep(1.0)
 
 
+def _resume_state(out_dir: Path, task: str) -> tuple[list[RoundRecord], dict[str, np.ndarray]] | None:
+    """The history and last checkpoint of a stopped run in ``out_dir`` (None: nothing to resume)."""
+    path = out_dir / "training_history.json"
+    if not path.is_file():
+        return None
+    try:
+        prior = TrainingSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise TrainingError(f"cannot resume: {path} is unreadable") from exc
+    if prior.task != task:
+        raise TrainingError(f"cannot resume: {out_dir} holds a {prior.task} run, not {task}")
+    if not prior.rounds:
+        return None
+    ckpt = out_dir / prior.rounds[-1].checkpoint
+    if not ckpt.is_file():
+        raise TrainingError(f"cannot resume: checkpoint {ckpt} is missing")
+    return list(prior.rounds), load_checkpoint(ckpt)
+
+
 def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
                            round_timeout: float, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
-                           nodes: list[int] | None = None, node_wait: float = 0.0) -> TrainingSummary:
+                           nodes: list[int] | None = None, node_wait: float = 0.0,
+                           resume: bool = False) -> TrainingSummary:
     """``nodes``: a fixed set of node ids (default: whoever is connected, asked again each
-    round); ``node_wait``: seconds to wait at the start for ``min_replies`` nodes to connect."""
+    round); ``node_wait``: seconds to wait at the start for ``min_replies`` nodes to connect;
+    ``resume``: continue from the last checkpoint in ``out_dir`` (round k+1 up to ``rounds``)."""
     out_dir = Path(out_dir)
     fixed = nodes
     nodes = _connected(grid, fixed, min_replies, node_wait)
@@ -229,11 +350,27 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         raise TrainingError(f"only {len(nodes)} site(s) connected, the quorum is {min_replies}",
                             ) from None
     run_config = {**run_config, "fedprox_mu": float(fedprox_mu)}
-    global_arrays = initial_weights(grid, task, run_config, nodes, round_timeout)
-    rng = np.random.default_rng(dp.seed if dp else 0)
+    if dp is not None:
+        run_config.update({DP_NOISE: dp.noise_multiplier, DP_CLIP: dp.clip_norm, DP_DELTA: dp.delta})
+    start_weights, trainable = initial_weights(grid, task, run_config, nodes, round_timeout)
+    prior = _resume_state(out_dir, task) if resume else None
     history: list[RoundRecord] = []
+    global_arrays = start_weights
+    if prior is not None:
+        history, global_arrays = prior
+        if set(global_arrays) != set(start_weights):
+            raise TrainingError(f"cannot resume: the checkpoint in {out_dir} does not fit the sites' {task} model")
+    first = len(history) + 1
+    if first > rounds:
+        raise TrainingError(f"nothing to resume: {out_dir} already holds {len(history)} of {rounds} rounds",
+                            hint="raise --rounds")
+    rng = noise_rng() if dp is not None else None
+    dim = sum(int(global_arrays[k].size) for k in (trainable or default_trainable(global_arrays)))
+    if dp is not None:
+        check_noise(dp, len(nodes), dim)
     accountant = epsilon = None
-    for r in range(1, rounds + 1):
+    summary = None
+    for r in range(first, rounds + 1):
         t0 = time.perf_counter()
         nodes = _connected(grid, fixed, 0, 0.0)
         seen |= set(nodes)
@@ -247,7 +384,8 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         n_train, train_metrics = _weighted_metrics(ok)
         counts = [int(rep.content.metric_records["metrics"].get("num-examples", 0)) for rep in ok]
         if dp is not None:
-            global_arrays = dp_aggregate(global_arrays, arrays, dp, rng)
+            check_noise(dp, len(ok), dim)
+            global_arrays = dp_aggregate(global_arrays, arrays, dp, rng, trainable)
             epsilon, accountant = _epsilon(dp, r, len(nodes))
         else:
             global_arrays = fedavg(list(zip(arrays, counts)))
@@ -255,7 +393,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ev_ok, ev_failed = _send(grid, nodes, content, MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
-        _, eval_metrics = _weighted_metrics(ev_ok)
+        _, eval_metrics = _pooled_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
@@ -283,6 +421,7 @@ class TrainRequest(BaseModel):
     out: Path
     fedprox_mu: float = Field(0.0, ge=0)
     dp: DPConfig | None = None
+    resume: bool = False
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
 
 
@@ -290,7 +429,7 @@ def run_request(grid, request: TrainRequest) -> TrainingSummary:
     return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
                                   out_dir=request.out, min_replies=request.min_replies,
                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
-                                  node_wait=request.node_wait)
+                                  node_wait=request.node_wait, resume=request.resume)
 
 
 def run_training_job(grid, raw: dict) -> dict:
@@ -319,6 +458,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--dp-clip", type=float, help="central DP: clip each site's update to this L2 norm")
     p.add_argument("--dp-noise", type=float, help="central DP: noise multiplier (std = multiplier x clip / sites)")
     p.add_argument("--dp-delta", type=float, default=1e-5, help="delta at which epsilon is reported")
+    p.add_argument("--dp-max-noise-ratio", type=float, default=1.0,
+                   help="refuse DP when expected noise norm / largest mean update exceeds this")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (round k+1)")
     p.add_argument("--epochs", type=int, default=1, help="local epochs per round at each site")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -336,15 +478,15 @@ def request_from_args(args) -> TrainRequest:
     from pydantic import ValidationError
 
     try:
-        dp = DPConfig(clip_norm=args.dp_clip, noise_multiplier=args.dp_noise, delta=args.dp_delta, seed=args.seed) \
-            if args.dp_clip is not None else None
+        dp = DPConfig(clip_norm=args.dp_clip, noise_multiplier=args.dp_noise, delta=args.dp_delta,
+                      max_noise_ratio=args.dp_max_noise_ratio) if args.dp_clip is not None else None
         run_config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
                       "seed": args.seed}
         if args.backbone:
             run_config["backbone"] = args.backbone
         return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
                             round_timeout=args.round_timeout, node_wait=args.node_wait, out=Path(args.out).resolve(),
-                            fedprox_mu=args.fedprox_mu, dp=dp, run_config=run_config)
+                            fedprox_mu=args.fedprox_mu, dp=dp, resume=args.resume, run_config=run_config)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

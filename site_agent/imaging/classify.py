@@ -26,12 +26,13 @@ STAGE2_CLASSES = SUBTYPES
 
 
 class TwoStage(nn.Module):
-    def __init__(self, backbone: str = "resnet50"):
+    def __init__(self, backbone: str = "resnet50", weights: str | None = None):
+        """``weights``: "imagenet", a local state-dict file, or None (random) for both stages."""
         super().__init__()
         from site_agent.training.models import build_classifier
 
-        self.stage1 = build_classifier(backbone, len(STAGE1_CLASSES), in_channels=1)
-        self.stage2 = build_classifier(backbone, len(STAGE2_CLASSES), in_channels=1)
+        self.stage1 = build_classifier(backbone, len(STAGE1_CLASSES), in_channels=1, weights=weights)
+        self.stage2 = build_classifier(backbone, len(STAGE2_CLASSES), in_channels=1, weights=weights)
 
     def forward(self, x):  # both stages' logits; the pipeline calls the stages one by one
         return self.stage1(x), self.stage2(x)
@@ -41,11 +42,12 @@ class TwoStage(nn.Module):
 class Roi:
     """A lesion region of one preprocessed image (uint8 pixels, kept at the site)."""
 
-    image: np.ndarray
+    image: np.ndarray  # or a lazy reference with .shape/.astype (read from disk when used)
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
     stage1: int
     stage2: int | None
     patient_id: str
+    context: float = 1.6  # crop side / box side; 1.0 for whole-image classification (no lesion box)
 
 
 class RoiDataset(Dataset):
@@ -65,7 +67,7 @@ class RoiDataset(Dataset):
     def __getitem__(self, i: int):
         roi = self.rois[i]
         img = roi.image.astype(np.float32) / 255.0
-        context = 1.6
+        context = roi.context
         box = roi.box
         if self.train:  # scale/crop augmentation (rotation/flip: the core's augment_batch)
             rng = np.random.default_rng([self.seed, i, int(torch.randint(0, 2**31 - 1, ()).item())])
@@ -79,11 +81,29 @@ class RoiDataset(Dataset):
         return torch.from_numpy(crop[None]), int(label)
 
 
-def patient_splits(patient_ids, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> dict[str, str]:
-    """Patient -> "train" | "val" | "test" (no patient in two splits); stable across runs."""
-    ids = sorted(set(patient_ids), key=lambda p: (zlib.crc32(f"{seed}:{p}".encode()), p))
-    n = len(ids)
-    n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
-    n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
-    n_train = n - n_val - n_test
-    return {p: "train" if k < n_train else "val" if k < n_train + n_val else "test" for k, p in enumerate(ids)}
+def patient_splits(patient_ids, seed: int = 0, fractions=(0.7, 0.15, 0.15), labels=None) -> dict[str, str]:
+    """Patient -> "train" | "val" | "test" (no patient in two splits); stable across runs.
+
+    ``labels`` (one per entry of ``patient_ids``; a patient's label is its highest, i.e.
+    malignant if any of its breasts is) stratify the split: each label's patients are split
+    on their own, so every label with 2+ patients reaches the test split and every label with
+    3+ patients the validation split too."""
+    if labels is None:
+        strata = {0: sorted(set(patient_ids))}
+    else:
+        best: dict = {}
+        for pid, lab in zip(patient_ids, labels):
+            best[pid] = max(best.get(pid, lab), lab)
+        strata = {}
+        for pid, lab in best.items():
+            strata.setdefault(lab, []).append(pid)
+    out = {}
+    for members in strata.values():
+        ids = sorted(set(members), key=lambda p: (zlib.crc32(f"{seed}:{p}".encode()), p))
+        n = len(ids)
+        n_test = max(1, round(n * fractions[2])) if n >= 2 else 0
+        n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
+        n_train = n - n_val - n_test
+        out.update({p: "train" if k < n_train else "val" if k < n_train + n_val else "test"
+                    for k, p in enumerate(ids)})
+    return out

@@ -32,6 +32,10 @@ def add_parsers(synth_subparsers, train_subparsers) -> None:
     p.add_argument("--roi-size", type=int, help="ROI crop side in pixels (default 64 on CPU, 224 on a GPU)")
     p.add_argument("--det-imgsz", type=int, help="YOLO image size (default 256 on CPU, 640 on a GPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-test-patients", type=int, help="fewer test patients: metrics refused (default 10)")
+    p.add_argument("--bootstrap", type=int, help="patient-level bootstrap replicates for 95%% CIs (default 1000)")
+    p.add_argument("--weights", help="classifier start: 'imagenet' (torchvision file in the torch cache, see "
+                   "docs/imaging-trust.md) or a local state-dict FILE; default random")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_train)
 
@@ -63,7 +67,8 @@ def cmd_train(args) -> int:
         raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU", hint="use --device cpu")
     extra = {k: v for k, v in (("lr", args.lr), ("optimizer", args.optimizer), ("roi_size", args.roi_size),
                                ("backbone", args.backbone),
-                               ("det_imgsz", args.det_imgsz)) if v is not None}
+                               ("det_imgsz", args.det_imgsz), ("min_test_patients", args.min_test_patients),
+                               ("bootstrap", args.bootstrap), ("weights", args.weights)) if v is not None}
     try:
         cfg = MammoConfig.for_device(device, args.epochs, seed=args.seed, **extra)
     except ValidationError as exc:
@@ -75,9 +80,18 @@ def cmd_train(args) -> int:
     progress = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     m = train_mammography(args.data, args.out, cfg, progress=progress)
     s1, s2, det = m["stage1"], m["stage2"], m["detection"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"mammography at {args.data}: detection mAP50 {fmt(det['map50'])}, mAP50-95 {fmt(det['map50_95'])}; "
-          f"stage 1 accuracy {fmt(s1['accuracy'])}, AUROC {fmt(s1['auroc'])}; stage 2 accuracy {fmt(s2['accuracy'])}"
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+
+    def with_ci(stage, key):
+        ci = stage.get("ci95", {}).get(key)
+        return fmt(stage.get(key)) + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    det_line = (f"detection mAP50 {fmt(det['map50'])}, mAP50-95 {fmt(det['map50_95'])}" if det.get("map50") is not None
+                else "no lesion boxes: whole-image classification")
+    s2_line = with_ci(s2, "accuracy") if s2.get("reportable") else f"not reportable ({s2.get('refusal', 'no cases')})"
+    print(f"mammography at {args.data}: {det_line}; "
+          f"stage 1 AUROC {with_ci(s1, 'auroc')}, malignant precision {with_ci(s1, 'malignant_precision')}, "
+          f"recall {with_ci(s1, 'malignant_recall')}, macro F1 {with_ci(s1, 'f1')}; stage 2 accuracy {s2_line}"
           f" ({m['data']['skipped_files']} file(s) skipped); wrote {Path(args.out) / 'metrics.json'} and plots "
           f"in {m['seconds']:.0f}s")
     return 0

@@ -3,7 +3,9 @@
 The Chinese Mammography Database (CMMD) ships ``CMMD_clinicaldata_revision`` with the
 columns ``ID1, LeftRight, Age, number, abnormality, classification, subtype``; we read and
 write the same columns as CSV, plus an optional ``person_id`` linking the patient to the
-site's OMOP ``person`` table. Values are checked with pydantic; a bad row is one
+site's OMOP ``person`` table. The published spreadsheet itself
+(``CMMD_clinicaldata_revision.xlsx``, first sheet, header in the first row) is read as is
+through openpyxl (the ``train`` extra). Values are checked with pydantic; a bad row is one
 :class:`MammographyDataError` line naming the file, the row and the field.
 """
 
@@ -105,23 +107,68 @@ class BreastRecord(BaseModel):
                 "subtype": self.subtype or "", "person_id": "" if self.person_id is None else self.person_id}
 
 
+CLINICAL_FILES = ("clinical.csv", "CMMD_clinicaldata_revision.xlsx", "clinical.xlsx")
+
+
+def find_clinical_table(root: Path) -> Path:
+    """The site folder's clinical table: clinical.csv, else CMMD's spreadsheet as published."""
+    for name in CLINICAL_FILES:
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    return Path(root) / CLINICAL_FILES[0]
+
+
+def _xlsx_rows(path: Path) -> tuple[list[str], list[dict]]:
+    try:
+        import openpyxl
+    except ImportError:
+        raise MammographyDataError(f"cannot read {path}: openpyxl is not installed",
+                                   hint="pip install openpyxl (in the train extra), or save the sheet as clinical.csv") from None
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        values = list(wb.worksheets[0].iter_rows(values_only=True))
+        wb.close()
+    except Exception as exc:  # zipfile/openpyxl raise many types for a broken workbook
+        raise MammographyDataError(f"cannot read clinical spreadsheet {path}: {type(exc).__name__}") from exc
+    if not values:
+        return [], []
+    header = [str(h).strip() if h is not None else "" for h in values[0]]
+
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v).strip()
+
+    rows = [{h: cell(v) for h, v in zip(header, row) if h} for row in values[1:]
+            if any(v is not None and str(v).strip() for v in row)]
+    return header, rows
+
+
 def read_clinical_table(path: str | Path) -> dict[tuple[str, str], BreastRecord]:
-    """Rows keyed by (patient id, laterality); any bad row or duplicate breast is an error."""
+    """Rows keyed by (patient id, laterality); any bad row or duplicate breast is an error.
+    ``.xlsx``: CMMD's published spreadsheet; anything else: CSV."""
     path = Path(path)
     if not path.is_file():
         raise MammographyDataError(f"clinical table {path} not found",
-                                   hint="a site folder holds clinical.csv in the CMMD layout")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MammographyDataError(f"cannot read clinical table {path}: {exc}") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in CLINICAL_COLUMNS if c not in (reader.fieldnames or [])]
+                                   hint="a site folder holds clinical.csv or CMMD_clinicaldata_revision.xlsx "
+                                   "in the CMMD layout")
+    if path.suffix.lower() == ".xlsx":
+        fieldnames, records = _xlsx_rows(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MammographyDataError(f"cannot read clinical table {path}: {exc}") from exc
+        reader = csv.DictReader(io.StringIO(text))
+        fieldnames, records = list(reader.fieldnames or []), list(reader)
+    missing = [c for c in CLINICAL_COLUMNS if c not in fieldnames]
     if missing:
         raise MammographyDataError(f"clinical table {path} lacks column(s) {', '.join(missing)}",
                                    hint=f"expected the CMMD columns {', '.join(CLINICAL_COLUMNS)}")
     rows: dict[tuple[str, str], BreastRecord] = {}
-    for line, raw in enumerate(reader, start=2):
+    for line, raw in enumerate(records, start=2):
         data = {k: v for k, v in raw.items() if k in (*CLINICAL_COLUMNS, "person_id")}
         try:
             rec = BreastRecord.model_validate(data)

@@ -2,8 +2,10 @@
 
 A site folder holds ``clinical.csv`` (CMMD layout), ``dicom/**.dcm`` and, for detection
 training, YOLO box files at ``labels/<same relative path>.txt``. Each image is matched to
-its breast through the DICOM tags ``PatientID`` and ``ImageLaterality`` (view from
-``ViewPosition``), as for the real CMMD. A file that cannot be read, or whose tags do not
+its breast through the DICOM tags ``PatientID`` and ``ImageLaterality``; the view comes from
+``ViewCodeSequence`` (where CMMD records it: SNOMED/SRT codes for cranio-caudal and
+medio-lateral oblique), else ``ViewPosition``. The clinical table is ``clinical.csv`` or
+CMMD's own ``CMMD_clinicaldata_revision.xlsx``. Lesion boxes are optional: CMMD ships none. A file that cannot be read, or whose tags do not
 match the clinical table, is skipped, named in :attr:`Archive.skipped` and counted; the
 caller reports the count (never silently).
 """
@@ -23,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from site_agent.imaging.clinical import (
     BreastRecord,
     MammographyDataError,
+    find_clinical_table,
     read_clinical_table,
 )
 
@@ -131,12 +134,34 @@ def read_yolo_labels(path: Path) -> tuple[tuple[int, float, float, float, float]
     return tuple(rows)
 
 
+# ViewCodeSequence codes (DICOM CID 4014; SNOMED CT and the older SRT designators) and meanings
+_VIEW_CODES = {"399162004": "CC", "R-10242": "CC", "399368009": "MLO", "R-10226": "MLO",
+               "399260004": "ML", "R-10224": "ML", "399352003": "LM", "R-10228": "LM"}
+_VIEW_MEANINGS = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML",
+                  "latero-medial": "LM"}
+
+
+def view_of(ds) -> str:
+    """The view (CC, MLO, ...) from ViewCodeSequence, else ViewPosition, else "?"."""
+    seq = ds.get("ViewCodeSequence")
+    if seq:
+        item = seq[0]
+        code = str(item.get("CodeValue", "")).strip()
+        if code in _VIEW_CODES:
+            return _VIEW_CODES[code]
+        meaning = str(item.get("CodeMeaning", "")).strip().lower().replace("craniocaudal", "cranio-caudal")
+        if meaning in _VIEW_MEANINGS:
+            return _VIEW_MEANINGS[meaning]
+    return str(ds.get("ViewPosition", "")).strip() or "?"
+
+
 def _index_one(path: Path, root: Path, records) -> MammogramRef:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:
         raise MammographyDataError(f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
-    pid, side, view = (str(ds.get(k, "")).strip() for k in ("PatientID", "ImageLaterality", "ViewPosition"))
+    pid, side = (str(ds.get(k, "")).strip() for k in ("PatientID", "ImageLaterality"))
+    view = view_of(ds)
     if not pid or side not in ("L", "R"):
         raise MammographyDataError(f"PatientID/ImageLaterality missing (got {pid!r}/{side!r})")
     rec = records.get((pid, side))
@@ -147,7 +172,7 @@ def _index_one(path: Path, root: Path, records) -> MammogramRef:
     rel = path.relative_to(root / "dicom").as_posix()
     label = (root / "labels" / rel).with_suffix(".txt")
     boxes = read_yolo_labels(label) if label.is_file() else None
-    return MammogramRef(path=path, rel=rel, view=view or "?", record=rec, boxes=boxes)
+    return MammogramRef(path=path, rel=rel, view=view, record=rec, boxes=boxes)
 
 
 def open_archive(root: str | Path, *, check_pixels: bool = True) -> Archive:
@@ -156,7 +181,7 @@ def open_archive(root: str | Path, *, check_pixels: bool = True) -> Archive:
     if not root.is_dir():
         raise MammographyDataError(f"data folder {root} not found",
                                    hint="create one with: site-agent images synth mammography --out DIR")
-    records = read_clinical_table(root / "clinical.csv")
+    records = read_clinical_table(find_clinical_table(root))
     files = sorted((root / "dicom").rglob("*.dcm")) if (root / "dicom").is_dir() else []
     if not files:
         raise MammographyDataError(f"no .dcm files under {root / 'dicom'}",

@@ -1,10 +1,15 @@
 """``site-agent train mammography``: detection, two-stage classification, explanations, at one site.
 
 Steps: index the archive (unreadable/inconsistent files skipped and counted); patient-level
-70/15/15 splits; preprocessing; YOLO trained on train (validated on val), mAP on test; the
-two stages trained on ground-truth ROI crops of train (early stopping on val loss, best
+70/15/15 splits stratified by label; YOLO trained on train (validated on val), mAP on test;
+the two stages trained on ground-truth ROI crops of train (early stopping on val loss, best
 checkpoint kept) and tested on the detector's ROIs of the test images; then plots and
 ``metrics.json``. Everything stays in ``--out`` at the site.
+
+Without any lesion box (real CMMD ships none) the site runs whole-image classification: no
+detector, both stages on the whole preprocessed mammogram. With boxes, images lacking one are
+skipped and counted. Images are streamed: read and preprocessed when used, with a small LRU
+cache (:class:`LazyImages`), never all held in memory.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class MammoConfig(BaseModel):
-    """Run settings. The field defaults are the seed study's (ResNet-50, SGD with momentum, lr
-    1e-4, batch 32, up to 100 epochs, early stopping); ``for_device("cuda")`` keeps them with
+    """Run settings. The field defaults are the seed study's (ResNet-50 from ImageNet weights, SGD
+    with momentum, lr 1e-4, batch 32, up to 100 epochs, early stopping, augmentation);
+    ``for_device("cuda")`` keeps them with
     224 px ROIs and 640 px detection. ``for_device("cpu")`` sizes a run for 2 CPU cores: 64 px
     ROIs, 256 px detection, ResNet-18 with Adam (lr 1e-3), 20 classification and 25 detection
     epochs, because ResNet-50 with SGD at 1e-4 from random weights neither learns nor finishes
@@ -42,6 +48,7 @@ class MammoConfig(BaseModel):
 
     device: Literal["cpu", "cuda"] = "cpu"
     backbone: str = "resnet50"
+    weights: str | None = "imagenet"  # the seed's start; "none": random; or a local state-dict file
     roi_size: int = Field(224, ge=16)
     det_imgsz: int = Field(640, ge=32)
     det_epochs: int = Field(100, ge=1)
@@ -53,13 +60,15 @@ class MammoConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     seed: int = 0
     gradcam_images: int = Field(4, ge=0)
+    min_test_patients: int = Field(10, ge=1)  # fewer test patients: metrics refused (too small to report)
+    bootstrap: int = Field(1000, ge=0)  # patient-level bootstrap replicates for the 95% intervals
     preprocess: Preprocess = Preprocess()
 
     @classmethod
-    def for_device(cls, device: str, epochs: int | None = None, **kw) -> "MammoConfig":
+    def for_device(cls, device: str, epochs: int | None = None, **kw) -> MammoConfig:
         base = dict(device="cuda") if device == "cuda" else dict(
             device="cpu", backbone="resnet18", optimizer="adam", lr=1e-3, roi_size=64, det_imgsz=256,
-            det_epochs=25, cls_epochs=20, patience=6)
+            det_epochs=25, cls_epochs=20, patience=6, weights=None)
         cfg = cls(**{**base, **kw})
         if epochs is not None:  # --epochs caps detection and both stages
             cfg = cfg.model_copy(update={"det_epochs": min(cfg.det_epochs, epochs),
@@ -75,14 +84,63 @@ class MammoConfig(BaseModel):
                            channels_last=self.device == "cuda")
 
 
+class LazyImages:
+    """Preprocessed uint8 images read from their DICOM files on demand (an LRU cache of
+    ``cache`` images): a site's archive is streamed, not loaded."""
+
+    def __init__(self, paths: list[Path], prep: Preprocess, cache: int = 64):
+        from collections import OrderedDict
+
+        self.paths, self.prep, self.cache = list(paths), prep, cache
+        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i in self._lru:
+            self._lru.move_to_end(i)
+            return self._lru[i]
+        img = to_uint8(preprocess(read_pixels(self.paths[i]), self.prep))
+        self.reads += 1
+        self._lru[i] = img
+        if len(self._lru) > self.cache:
+            self._lru.popitem(last=False)
+        return img
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class _ImageRef:
+    """One image of a :class:`LazyImages`, read when its pixels are used (what a Roi holds)."""
+
+    __slots__ = ("i", "images")
+
+    def __init__(self, images: LazyImages, i: int):
+        self.images, self.i = images, i
+
+    @property
+    def shape(self):
+        return self.images[self.i].shape
+
+    def astype(self, dtype):
+        return self.images[self.i].astype(dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.images[self.i]
+        return a if dtype is None else a.astype(dtype)
+
+
 class SiteImages(BaseModel):
-    """Preprocessed images of a site (uint8, site-internal) with their split."""
+    """A site's images (streamed, see :class:`LazyImages`) with their split and labels."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     keys: list[str]
-    images: list[np.ndarray]
-    boxes: list[tuple]  # YOLO rows per image
+    images: LazyImages
+    boxes: list[tuple | None]  # YOLO rows per image; None: no lesion box (whole-image classification)
     splits: list[str]
     stage1: list[int]
     stage2: list[int | None]
@@ -92,27 +150,43 @@ class SiteImages(BaseModel):
     def idx(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.splits) if s == split]
 
+    @property
+    def whole_image(self) -> bool:
+        return all(b is None for b in self.boxes)
+
     def rois(self, split: str, boxes: dict[int, tuple] | None = None) -> list[Roi]:
-        """ROIs of a split: ground-truth boxes, or ``boxes[i]`` (detected) where given."""
+        """ROIs of a split: ground-truth boxes, or ``boxes[i]`` (detected) where given, or the
+        whole image when the site has no boxes. Pixels are read when a ROI is used."""
         out = []
         for i in self.idx(split):
-            h, w = self.images[i].shape
-            box = boxes[i] if boxes is not None else yolo_to_xyxy(self.boxes[i][0], h, w)
-            out.append(Roi(self.images[i], box, self.stage1[i], self.stage2[i], self.patients[i]))
+            ref = _ImageRef(self.images, i)
+            if self.boxes[i] is None:
+                h, w = ref.shape
+                out.append(Roi(ref, (0.0, 0.0, w - 1.0, h - 1.0), self.stage1[i], self.stage2[i], self.patients[i],
+                               context=1.0))
+                continue
+            if boxes is not None:
+                box = boxes[i]
+            else:
+                h, w = ref.shape
+                box = yolo_to_xyxy(self.boxes[i][0], h, w)
+            out.append(Roi(ref, box, self.stage1[i], self.stage2[i], self.patients[i]))
         return out
 
 
 def load_site(data: Path, cfg: MammoConfig) -> SiteImages:
     archive: Archive = open_archive(data)
-    usable = [r for r in archive.images if r.boxes]
-    skipped = list(archive.skipped) + [f"{r.rel}: no YOLO label (labels/{r.rel[:-4]}.txt)"
-                                       for r in archive.images if not r.boxes]
-    if not usable:
-        raise MammographyDataError(f"no image under {data} has a lesion box", hint="labels/<path>.txt in YOLO format")
-    split = patient_splits([r.record.patient_id for r in usable], seed=cfg.seed)
-    imgs = [to_uint8(preprocess(read_pixels(r.path), cfg.preprocess)) for r in usable]
+    if any(r.boxes for r in archive.images):  # lesion boxes: detection + ROI classification
+        usable = [r for r in archive.images if r.boxes]
+        skipped = list(archive.skipped) + [f"{r.rel}: no YOLO label (labels/{r.rel[:-4]}.txt)"
+                                           for r in archive.images if not r.boxes]
+    else:  # no box anywhere (CMMD as published): whole-image classification
+        usable, skipped = list(archive.images), list(archive.skipped)
+    split = patient_splits([r.record.patient_id for r in usable], seed=cfg.seed,
+                           labels=[int(r.record.malignant) for r in usable])  # stratified by label
+    imgs = LazyImages([r.path for r in usable], cfg.preprocess)
     return SiteImages(keys=[r.rel[:-4].replace("/", "__") for r in usable], images=imgs,
-                      boxes=[r.boxes for r in usable], splits=[split[r.record.patient_id] for r in usable],
+                      boxes=[r.boxes or None for r in usable], splits=[split[r.record.patient_id] for r in usable],
                       stage1=[int(r.record.malignant) for r in usable],
                       stage2=[r.record.subtype_index for r in usable],
                       patients=[r.record.patient_id for r in usable], skipped=skipped)
@@ -130,8 +204,9 @@ def run_detection(site: SiteImages, cfg: MammoConfig, workdir: Path, models_dir:
         train_detector,
     )
 
-    def items(split):
-        return [DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i]) for i in site.idx(split)]
+    def items(split):  # a generator: each image is read, written for YOLO and dropped
+        return (DetItem(site.keys[i], site.images[i].astype(np.float32) / 255.0, site.boxes[i])
+                for i in site.idx(split))
 
     data_yaml = export_dataset({s: items(s) for s in ("train", "val", "test")}, workdir / "yolo")
     if weights is None:
@@ -164,6 +239,22 @@ def _hit_rate(site: SiteImages, boxes: dict) -> float:
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         hits.append(tx0 <= cx <= tx1 and ty0 <= cy <= ty1)
     return float(np.mean(hits)) if hits else 0.0
+
+
+def _pointing_game(model, site: SiteImages, det_boxes, cfg: MammoConfig) -> dict | None:
+    """Stage 1 Grad-CAM pointing game on the test images against their true lesion boxes (None
+    without boxes: CMMD has none to check against)."""
+    if site.whole_image:
+        return None
+    from site_agent.imaging.stages import pointing_game
+
+    idx = site.idx("test")[: max(cfg.gradcam_images, 32)]
+    rois = [r for r, i in zip(site.rois("test", det_boxes), site.idx("test")) if i in set(idx)]
+    truth = []
+    for i in idx:
+        h, w = site.images[i].shape
+        truth.append(yolo_to_xyxy(site.boxes[i][0], h, w))
+    return {**pointing_game(model, rois, truth, cfg), "stage": 1, "boxes": "ground truth"}
 
 
 def train_mammography(data: str | Path, out: str | Path, cfg: MammoConfig,
@@ -203,14 +294,27 @@ def _run(data: Path, out: Path, cfg: MammoConfig, progress) -> dict:
              + (f", first: {site.skipped[0]}" if site.skipped else ""))
     if not site.idx("test") or not site.idx("val"):
         raise MammographyDataError(f"{data} has too few patients for train/val/test splits (need 3 or more)")
+    from site_agent.imaging.classify import STAGE1_CLASSES
+    from site_agent.training.metrics import check_test_split
+
+    test = site.idx("test")  # refused before any training: nothing is written
+    check_test_split([site.stage1[i] for i in test], STAGE1_CLASSES, [site.patients[i] for i in test],
+                     min_cases=cfg.min_test_patients, what=f"the test split of {data}")
     with tempfile.TemporaryDirectory(prefix="work-", dir=out) as tmp:
-        det_metrics, det_boxes = run_detection(site, cfg, Path(tmp), out / "models")
-        progress(f"detection: mAP50 {det_metrics['map50']:.3f}, mAP50-95 {det_metrics['map50_95']:.3f}")
+        if site.whole_image:
+            det_metrics = {"map50": None, "map50_95": None, "mode": "whole-image (no lesion boxes)"}
+            det_boxes = None
+            progress("no lesion boxes: whole-image classification, no detector")
+        else:
+            det_metrics, det_boxes = run_detection(site, cfg, Path(tmp), out / "models")
+            progress(f"detection: mAP50 {det_metrics['map50']:.3f}, mAP50-95 {det_metrics['map50_95']:.3f}")
         model, fits = train_stages(site, cfg, out / "models")
         progress("classification trained (" + ", ".join(f"stage {k}: best epoch {v.best_epoch} of {len(v.history)}"
                                                         for k, v in fits.items()) + ")")
         results = evaluate_stages(model, site.rois("test", det_boxes), cfg)
+        explanations = _pointing_game(model, site, det_boxes, cfg)
     metrics = {"detection": det_metrics, "stage1": results[1].metrics, "stage2": results[2].metrics,
+               "explanations": explanations,
                "data": {"images": len(site.images), "skipped_files": len(site.skipped),
                         "patients": len(set(site.patients)),
                         "split_images": {s: len(site.idx(s)) for s in ("train", "val", "test")}},

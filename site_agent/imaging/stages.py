@@ -47,7 +47,7 @@ def train_stages(site, cfg, models_dir: Path, *, epochs: int | None = None, mode
     """
     from site_agent.training.loop import fit
 
-    model = model or TwoStage(cfg.backbone)
+    model = model or TwoStage(cfg.backbone, getattr(cfg, "weights", None))
     tcfg = cfg.train_config(epochs)  # FedProx's mu, when used, comes with it
     fits = {}
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -64,15 +64,47 @@ def train_stages(site, cfg, models_dir: Path, *, epochs: int | None = None, mode
 
 def evaluate_stage(model: TwoStage, rois: list[Roi], stage: int, cfg, *, embeddings: bool = False) -> StageResult:
     from site_agent.training.loop import predict
-    from site_agent.training.metrics import classification_metrics
 
     ds = RoiDataset(rois, stage, cfg.roi_size)
     n = len(CLASSES[stage])
     if len(ds) == 0:  # e.g. no malignant test case at a small site: metrics undefined, not an error
         return StageResult(_no_metrics(CLASSES[stage]), np.zeros(0, int), np.zeros((0, n)), None, [])
     pred = predict(_stage(model, stage), ds, cfg.train_config(), embeddings=embeddings)
-    return StageResult(classification_metrics(pred.labels, pred.probs, CLASSES[stage]), pred.labels, pred.probs,
-                       pred.embeddings, ds.rois)
+    metrics = stage_metrics(pred.labels, pred.probs, [r.patient_id for r in ds.rois], stage,
+                            n_boot=getattr(cfg, "bootstrap", 0), seed=cfg.seed,
+                            min_cases=getattr(cfg, "min_test_patients", 1))
+    return StageResult(metrics, pred.labels, pred.probs, pred.embeddings, ds.rois)
+
+
+def stage_metrics(labels, probs, patients, stage: int, *, n_boot: int = 1000, seed: int = 0,
+                  min_cases: int = 1) -> dict:
+    """A stage's metrics: macro over all classes with per-class rows; stage 1 also the malignant
+    class's own precision/recall/F1 (as the seed reports); ``ci95``: patient-level bootstrap
+    intervals of every headline figure; ``reportable`` False with ``refusal`` when the split
+    lacks a class or has too few patients (stage 2 often does at one site)."""
+    from optima_common.errors import TestSplitError
+    from site_agent.training.metrics import (
+        bootstrap_ci,
+        check_test_split,
+        classification_metrics,
+        positive_class_metrics,
+    )
+
+    names = CLASSES[stage]
+    m = classification_metrics(labels, probs, names)
+    positive = names.index("Malignant") if stage == 1 else None
+    if stage == 1:
+        m.update(positive_class_metrics(m, "Malignant", "malignant"))
+    if n_boot:
+        ci = bootstrap_ci(labels, probs, patients, n_boot=n_boot, seed=seed, positive=positive)
+        m["ci95"] = {(k.replace("positive", "malignant")): v for k, v in ci.items()}
+        m["ci95_method"] = f"percentile bootstrap over patients, {n_boot} replicates"
+    try:
+        check_test_split(labels, names, patients, min_cases=min_cases, what=f"stage {stage} test split")
+        m["reportable"] = True
+    except TestSplitError as exc:
+        m["reportable"], m["refusal"] = False, str(exc)
+    return m
 
 
 def _no_metrics(class_names) -> dict:
@@ -110,12 +142,12 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     device = resolve_device(cfg.device)
     net.to(device)
     img = roi.image.astype(np.float32) / 255.0
-    crop = crop_roi(img, roi.box, cfg.roi_size)
+    crop = crop_roi(img, roi.box, cfg.roi_size, context=roi.context)
     x = torch.from_numpy(crop[None, None]).to(device)
     with torch.no_grad():
         pred = int(net.eval()(x).argmax(1).item())
     heat = gradcam(net, x, [pred])[0]
-    a, b, s = _crop_window(roi.box)
+    a, b, s = _crop_window(roi.box, roi.context)
     big = cv2.resize(heat.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
     full = np.full_like(img, np.nan)  # NaN outside the crop window: nothing drawn there
     h, w = img.shape
@@ -123,6 +155,24 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     if sx1 > sx0 and sy1 > sy0:
         full[sy0:sy1, sx0:sx1] = big[sy0 - b: sy1 - b, sx0 - a: sx1 - a]
     return img, full, pred
+
+
+def pointing_game(model: TwoStage, rois: list[Roi], true_boxes: list[tuple], cfg, stage: int = 1) -> dict:
+    """Grad-CAM's pointing game: the share of images whose heat maximum (for the predicted class,
+    mapped back onto the whole mammogram) falls inside the true lesion box; ``chance`` is the
+    share a heat maximum placed uniformly at random in the classified window would reach."""
+    hits, chance = [], []
+    for roi, (x0, y0, x1, y1) in zip(rois, true_boxes):
+        _, heat, _ = gradcam_on_mammogram(model, roi, stage, cfg)
+        if not np.isfinite(heat).any():
+            continue
+        y, x = np.unravel_index(np.nanargmax(heat), heat.shape)
+        hits.append(x0 <= x <= x1 and y0 <= y <= y1)
+        window = np.isfinite(heat)
+        inside = window[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1].sum()
+        chance.append(float(inside / window.sum()))
+    return {"pointing_game": float(np.mean(hits)) if hits else None, "n": len(hits),
+            "chance": float(np.mean(chance)) if chance else None}
 
 
 def _crop_window(box, context: float = 1.6, min_side: float = 24.0) -> tuple[int, int, int]:
@@ -163,6 +213,7 @@ def write_outputs(model: TwoStage, site, det_boxes: dict, results: dict[int, Sta
         written.append(plot_roc(results[1].labels, results[1].probs, STAGE1_CLASSES, out / "roc_stage1.png"))
     for k, roi in enumerate(results[1].rois[: cfg.gradcam_images]):
         img, heat, pred = gradcam_on_mammogram(model, roi, 1, cfg)
-        title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} (detected ROI)"
+        where = "whole image" if roi.context == 1.0 else "detected ROI"
+        title = f"true {STAGE1_CLASSES[roi.stage1]}, predicted {STAGE1_CLASSES[pred]} ({where})"
         written.append(save_mammogram_overlay(img, heat, roi.box, out / f"gradcam_{k + 1}.png", title))
     return written

@@ -80,16 +80,17 @@ def _sample_breasts(patients: int, site: str, mix: CaseMix, rng) -> list[BreastR
     records = []
     for i in range(1, patients + 1):
         pid = f"{prefix}-{i:04d}"
-        age = int(np.clip(rng.normal(mix.mean_age, 10), 25, 88))
+        age = int(np.clip(rng.normal(mix.mean_age, 10), 25, 88))  # one age per patient, all breasts
         sides = ["L", "R"] if rng.random() < 0.15 else [str(rng.choice(["L", "R"]))]
+        risk = float(np.clip(mix.malignant_share + 0.01 * (age - mix.mean_age), 0.05, 0.95))  # risk rises with age
         for side in sides:
-            malignant = rng.random() < mix.malignant_share
+            malignant = rng.random() < risk
             subtype = str(rng.choice(SUBTYPES, p=mix.subtype_probs)) if malignant else None
             abn = str(rng.choice(["calcification", "mass", "both"],
                                  p=[0.25, 0.5, 0.25] if malignant else [0.35, 0.5, 0.15]))
             if subtype == "HER2-enriched" and abn == "mass":
                 abn = "both"  # HER2-enriched cancers usually come with calcifications
-            records.append(BreastRecord(ID1=pid, LeftRight=side, Age=age + (3 if malignant else 0), number=2,
+            records.append(BreastRecord(ID1=pid, LeftRight=side, Age=age, number=2,
                                         abnormality=abn, classification="Malignant" if malignant else "Benign",
                                         subtype=subtype))
     return records

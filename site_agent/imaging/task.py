@@ -5,11 +5,9 @@ What travels: the weights of both classification stages in one ArrayRecord (keys
 site trains its own YOLO model with ``site-agent train mammography`` (boxes depend on the
 site's scanner and its labelling; the classifier is where pooling helps most). Federated
 rounds train the stages on ground-truth ROI crops of the site's train split and evaluate
-on its held-out test split. BatchNorm statistics travel as moments: ``running_var`` holds
-E[x^2] = var + mean^2 on the wire, so the coordinator's plain weighted mean of the sites'
-arrays gives the pooled variance (between-site spread of the means included) instead of
-the mean of the variances, which understates it on non-IID sites (:func:`bn_to_wire`,
-:func:`bn_from_wire`; :func:`global_model` loads a coordinator checkpoint). Run config keys (all optional): ``epochs`` (local epochs per
+on its held-out test split. BatchNorm statistics travel as moments (the shared handlers in
+:mod:`site_agent.training.federated` convert them for every task; :func:`global_model` loads
+a coordinator checkpoint). Run config keys (all optional): ``epochs`` (local epochs per
 round), ``lr``, ``optimizer``, ``batch_size``, ``backbone``, ``roi_size``, ``device``,
 ``seed``, ``fedprox_mu``, ``max_steps_per_epoch``.
 """
@@ -24,28 +22,9 @@ from torch import nn
 from site_agent.imaging.classify import TwoStage
 from site_agent.imaging.pipeline import MammoConfig, SiteImages, load_site
 from site_agent.imaging.stages import evaluate_stage, train_stages
-from site_agent.training.federated import register_task
+from site_agent.training.federated import bn_from_wire, bn_to_wire, register_task  # noqa: F401 (re-exported)
 
 _SITES: dict[tuple, SiteImages] = {}
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-def bn_to_wire(model: nn.Module) -> nn.Module:
-    """running_var -> E[x^2] (in place), so that averaging the arrays pools the variances."""
-    for m in model.modules():
-        if isinstance(m, _BN) and m.track_running_stats:
-            m.running_var.add_(m.running_mean.pow(2))
-    return model
-
-
-def bn_from_wire(model: nn.Module) -> nn.Module:
-    """E[x^2] -> running_var (in place): var = E[x^2] - mean^2."""
-    for m in model.modules():
-        if isinstance(m, _BN) and m.track_running_stats:
-            m.running_var.sub_(m.running_mean.pow(2)).clamp_(min=0.0)
-    return model
-
-
 def global_model(arrays: dict, run_config: dict | None = None) -> TwoStage:
     """A usable TwoStage model from a coordinator checkpoint (numpy arrays in wire form)."""
     import numpy as np
@@ -63,7 +42,7 @@ def config_from_run(run_config: dict) -> MammoConfig:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = MammoConfig.for_device(device)
-    update = {k: run_config[k] for k in ("lr", "optimizer", "batch_size", "backbone", "roi_size", "seed")
+    update = {k: run_config[k] for k in ("lr", "optimizer", "batch_size", "backbone", "roi_size", "seed", "weights")
               if k in run_config}
     cfg = MammoConfig.model_validate({**cfg.model_dump(), **update})
     return cfg
@@ -78,20 +57,19 @@ def _site(path: Path, cfg: MammoConfig) -> SiteImages:
 
 class MammographyTask:
     def init_model(self, run_config: dict) -> nn.Module:
-        return TwoStage(config_from_run(run_config).backbone)  # same default as local training
+        cfg = config_from_run(run_config)
+        return TwoStage(cfg.backbone, cfg.weights)  # same default as local training
 
     def local_train(self, model: nn.Module, site_data_dir: Path, run_config: dict,
                     global_model: nn.Module) -> tuple[int, dict]:
         cfg = config_from_run(run_config)
         site = _site(site_data_dir, cfg)
-        bn_from_wire(model)
         epochs = int(run_config.get("epochs", 1))
         mu = float(run_config.get("fedprox_mu", 0.0))
         tcfg_extra = {"fedprox_mu": mu, "max_steps_per_epoch": run_config.get("max_steps_per_epoch")}
         with tempfile.TemporaryDirectory(prefix="mammo-fl-") as tmp:
             _, fits = train_stages(site, _WithTrainExtras(cfg, tcfg_extra), Path(tmp), epochs=epochs, model=model,
                                    global_model=global_model if mu > 0 else None)
-        bn_to_wire(model)
         metrics = {}
         for stage, fit in fits.items():
             last = fit.history[fit.best_epoch - 1] if fit.best_epoch else fit.history[-1]
@@ -103,14 +81,21 @@ class MammographyTask:
     def local_evaluate(self, model: nn.Module, site_data_dir: Path, run_config: dict) -> tuple[int, dict]:
         cfg = config_from_run(run_config)
         site = _site(site_data_dir, cfg)
-        bn_from_wire(model)
         rois = site.rois("test")
+        if not rois:  # never the validation split in its place
+            from optima_common.errors import TestSplitError
+
+            raise TestSplitError(f"the mammography test split at {site_data_dir} is empty: no metrics to report")
+        cfg = cfg.model_copy(update={"bootstrap": 0, "min_test_patients": 1})  # pooled at the coordinator
         metrics = {}
         for stage in (1, 2):
             m = evaluate_stage(model, rois, stage, cfg).metrics
             for k in ("accuracy", "precision", "recall", "f1", "auroc"):
                 if m.get(k) is not None:
                     metrics[f"stage{stage}_{k}"] = m[k]
+            for i, row in enumerate(m["confusion_matrix"]):  # the coordinator pools these
+                for j, v in enumerate(row):
+                    metrics[f"stage{stage}_cm_{i}_{j}"] = float(v)
         return len(rois), metrics
 
 

@@ -24,7 +24,7 @@ def cmd_train(args) -> int:
 
     given = {k: v for k, v in {"epochs": args.epochs, "device": args.device, "backbone": args.backbone,
                                "batch_size": args.batch_size, "lr": args.lr, "input_size": args.input_size,
-                               "downsample": args.downsample, "seed": args.seed, "weights": args.weights,
+                               "downsample": args.downsample, "mpp": args.mpp, "seed": args.seed, "weights": args.weights,
                                "probe_encoder": args.probe_encoder, "probe_backbone": args.probe_backbone,
                                "train_stride": args.train_stride, "num_workers": args.num_workers}.items()
              if v is not None}
@@ -38,11 +38,15 @@ def cmd_train(args) -> int:
     from site_agent.pathology.pipeline import run_local_training
 
     s = run_local_training(Path(args.data), out, opts)
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    def fmt(key):
+        v, ci = s.get(key), s.get("ci95", {}).get(key)
+        return ("n/a" if v is None else f"{v:.3f}") + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    note = "" if s.get("reportable") else f"; NOT REPORTABLE: {s.get('refusal')}"
     print(f"trained {opts.backbone} on {s['patches']['train']} patches ({s['slides']['train']} slides), "
-          f"best epoch {s['fit']['best_epoch']}; {s['evaluated_on']} set ({s['n']} patches): accuracy "
-          f"{fmt(s['accuracy'])}, macro F1 {fmt(s['f1'])}, macro AUROC {fmt(s['auroc'])}; outputs in {out} "
-          f"({s['seconds']:.0f}s)")
+          f"best epoch {s['fit']['best_epoch']}; {s['evaluated_on']} set ({s['n']} patches, "
+          f"{s['test_patients']} patients): accuracy {fmt('accuracy')}, macro F1 {fmt('f1')}, macro AUROC "
+          f"{fmt('auroc')}{note}; outputs in {out} ({s['seconds']:.0f}s)")
     return 0
 
 
@@ -69,6 +73,8 @@ def add_parsers(synth_subparsers, train_subparsers) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--input-size", type=int, help="model input side in pixels (default 112; 224 on a GPU)")
     p.add_argument("--downsample", type=float, help="magnification: level-0 pixels per patch pixel (default 1)")
+    p.add_argument("--mpp", type=float, help="fixed physical resolution: microns per patch pixel, from each slide's "
+                   "recorded mpp (e.g. 0.5 for 20x; mixes 20x and 40x scans correctly)")
     p.add_argument("--train-stride", type=int, help="overlap training patches: grid step in patch pixels")
     p.add_argument("--num-workers", type=int, help="data loader worker processes")
     p.add_argument("--seed", type=int)

@@ -26,6 +26,7 @@ class PathologyOptions(BaseModel):
     input_size: int = Field(112, ge=16)  # model input side; patches are resized to it
     patch_size: int = Field(256, ge=32)
     downsample: float = Field(1.0, ge=1.0)  # level-0 pixels per patch pixel (magnification)
+    mpp: float | None = Field(None, gt=0)  # microns per patch pixel: fixed physical resolution (overrides downsample)
     train_stride: int | None = Field(None, ge=16)  # overlap training patches (patch pixels)
     min_overlap: float = Field(0.5, gt=0, le=1)
     min_tissue: float = Field(0.5, ge=0, le=1)
@@ -42,7 +43,7 @@ class PathologyOptions(BaseModel):
 
     def tiling(self) -> TilingParams:
         return TilingParams(size=self.patch_size, downsample=self.downsample, min_overlap=self.min_overlap,
-                            min_tissue=self.min_tissue)
+                            min_tissue=self.min_tissue, mpp=self.mpp)
 
     def train_config(self):
         from site_agent.training.loop import TrainConfig, resolve_device

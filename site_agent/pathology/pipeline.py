@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 def build_model(opts: PathologyOptions):
     from site_agent.training.models import build_classifier
 
-    return build_classifier(opts.backbone, len(CLASSES), weights=opts.weights)
+    weights = opts.weights
+    if weights is not None and str(weights).lower() in ("imagenet", "none"):
+        weights = str(weights).lower()  # a keyword, not a file name
+    return build_classifier(opts.backbone, len(CLASSES), weights=weights)
 
 
 def _gradcams(model, ds, probs, out: Path, n: int) -> list[str]:
@@ -77,6 +80,24 @@ def _whole_slides(model, site: SiteData, opts: PathologyOptions, cfg, out: Path)
     return written
 
 
+def _intervals(site: SiteData, ds, pred, seed: int, n_boot: int = 1000) -> dict:
+    """Patient-level bootstrap 95% CIs (patches of one patient move together) and whether the
+    test split can be reported (every class present, 10+ patients)."""
+    from optima_common.errors import TestSplitError
+    from site_agent.training.metrics import bootstrap_ci, check_test_split
+
+    patients = [site.records[p.slide].patient_id for p in ds.patches]
+    out = {"ci95": bootstrap_ci(pred.labels, pred.probs, patients, n_boot=n_boot, seed=seed),
+           "ci95_method": f"percentile bootstrap over patients, {n_boot} replicates",
+           "test_patients": len(set(patients))}
+    try:
+        check_test_split(pred.labels, CLASSES, patients, what="pathology test split")
+        out["reportable"] = True
+    except TestSplitError as exc:
+        out["reportable"], out["refusal"] = False, str(exc)
+    return out
+
+
 def run_local_training(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
     """Train on the site's train split (early stopping on val), evaluate on its test split.
 
@@ -112,13 +133,19 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
     t0 = time.perf_counter()
     site = load_site(data_dir, opts.tiling(), input_size=opts.input_size, seed=opts.seed,
                      train_stride=opts.train_stride)
-    eval_split = "test" if len(site.datasets["test"]) else "val"
+    eval_split = "test"
+    if not len(site.datasets["test"]):  # refused before training; never validation metrics in its place
+        from optima_common.errors import TestSplitError
+
+        raise TestSplitError(f"the test split of {data_dir} has no labelled patch: no metrics to report",
+                             hint="annotate the test patients' slides or add patients")
     cfg = opts.train_config()
     model = build_model(opts)
     res = fit(model, site.datasets["train"], site.datasets["val"], cfg, out / "model_best.pt")
     ds = site.datasets[eval_split]
     pred = predict(model, ds, cfg, embeddings=opts.tsne_max > 0)
     metrics = classification_metrics(pred.labels, pred.probs, list(CLASSES))
+    metrics.update(_intervals(site, ds, pred, opts.seed))
     names = list(CLASSES)
     plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
     plot_roc(pred.labels, pred.probs, names, out / "roc.png")

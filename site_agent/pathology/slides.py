@@ -26,6 +26,19 @@ class Slide:
                                      hint="give an SVS or tiled pyramidal TIFF") from None
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._s.level_downsamples)
 
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel (``tiffslide.mpp-x`` or ``openslide.mpp-x``), None if unrecorded."""
+        props = self._s.properties
+        for key in ("tiffslide.mpp-x", "openslide.mpp-x", "aperio.MPP"):
+            v = props.get(key)
+            try:
+                if v is not None and float(v) > 0:
+                    return float(v)
+            except (TypeError, ValueError):
+                continue
+        return None
+
     def close(self) -> None:
         self._s.close()
 

@@ -5,6 +5,10 @@ A site folder: ``slides/<id>.tiff`` (pyramidal tiled JPEG TIFF, levels 1, 4, 16)
 slide, annotations; paths relative to the folder) and ``synth_truth.json`` (the site profile
 the generator used). Sites differ on purpose (non-IID): each site's class mix comes from a
 Dirichlet draw (some classes rare or absent) and its stain vectors and intensities shift.
+Slides differ too, as real scans do: every slide gets its own stain vectors and strengths
+around the site's (staining batch), brightness, gamma and blur (scanner focus), and each
+region's texture is blended with another class's by up to 35% (tissue classes overlap), so a
+classifier cannot separate the classes by colour or one clean texture alone.
 """
 
 from __future__ import annotations
@@ -93,8 +97,27 @@ def slide_layout(rng, profile: SiteProfile, w: int, h: int) -> list[Annotation]:
     return out
 
 
-def render_slide(rng, annotations: list[Annotation], profile: SiteProfile, w: int, h: int) -> np.ndarray:
-    """Level-0 RGB (h, w, 3): each 256 tile renders the textures of the classes it touches."""
+def slide_variation(rng, profile: SiteProfile) -> tuple[SiteProfile, dict]:
+    """One slide's staining batch (stain vectors and strengths around the site's) and scanner
+    settings (brightness, gamma, blur)."""
+    h = np.array(profile.h_vector) + rng.normal(0, 0.05, 3)
+    e = np.array(profile.e_vector) + rng.normal(0, 0.05, 3)
+    slide = profile.model_copy(update={
+        "h_vector": (np.abs(h) / np.linalg.norm(h)).tolist(), "e_vector": (np.abs(e) / np.linalg.norm(e)).tolist(),
+        "h_scale": profile.h_scale * float(rng.uniform(0.8, 1.2)),
+        "e_scale": profile.e_scale * float(rng.uniform(0.8, 1.2))})
+    scanner = {"brightness": float(rng.uniform(-12, 12)), "gamma": float(rng.uniform(0.85, 1.15)),
+               "blur": float(rng.uniform(0.0, 1.2))}
+    return slide, scanner
+
+
+def render_slide(rng, annotations: list[Annotation], profile: SiteProfile, w: int, h: int, *,
+                 vary: bool = True) -> np.ndarray:
+    """Level-0 RGB (h, w, 3): each 256 tile renders the textures of the classes it touches
+    (``vary``: per-slide stain/scanner variation and overlapping class textures)."""
+    scanner = None
+    if vary:
+        profile, scanner = slide_variation(rng, profile)
     label = Image.new("L", (w, h), CLASSES.index("Background") + 1)
     draw = ImageDraw.Draw(label)
     for a in annotations:
@@ -112,10 +135,23 @@ def render_slide(rng, annotations: list[Annotation], profile: SiteProfile, w: in
             ee = np.zeros(tl.shape, np.float32)
             for k in np.unique(tl):
                 th, te = TEXTURES[CLASSES[k]](rng, s, (s / TILE) ** 2 * rng.uniform(0.75, 1.25))
+                if vary and CLASSES[k] != "Background":  # tissue classes overlap: blend in another's texture
+                    other = TISSUE_CLASSES[int(rng.integers(len(TISSUE_CLASSES)))]
+                    oh, oe = TEXTURES[other](rng, s, (s / TILE) ** 2)
+                    mix = float(rng.uniform(0.0, 0.35))
+                    th, te = (1 - mix) * th + mix * oh, (1 - mix) * te + mix * oe
                 sel = tl == k
                 hh[sel] = th[MARGIN:MARGIN + tl.shape[0], MARGIN:MARGIN + tl.shape[1]][sel]
                 ee[sel] = te[MARGIN:MARGIN + tl.shape[0], MARGIN:MARGIN + tl.shape[1]][sel]
             out[ty:ty + TILE, tx:tx + TILE] = stain_to_rgb(hh * profile.h_scale, ee * profile.e_scale, hv, ev)
+    if scanner is not None:
+        from scipy import ndimage
+
+        img = out.astype(np.float32) / 255.0
+        if scanner["blur"] > 0.05:
+            img = ndimage.gaussian_filter(img, (scanner["blur"], scanner["blur"], 0))
+        img = np.clip(img, 0, 1) ** scanner["gamma"] * 255.0 + scanner["brightness"]
+        out = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
 

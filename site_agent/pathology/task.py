@@ -57,9 +57,11 @@ class PathologyTask:
 
         opts = PathologyOptions.from_run_config(run_config)
         site = site_data(site_data_dir, opts)
-        ds = site.datasets["test"] if len(site.datasets["test"]) else site.datasets["val"]
-        if len(ds) == 0:
-            return 0, {}
+        ds = site.datasets["test"]
+        if len(ds) == 0:  # never the validation split in its place
+            from optima_common.errors import TestSplitError
+
+            raise TestSplitError(f"the pathology test split at {site_data_dir} is empty: no metrics to report")
         pred = predict(model, ds, opts.train_config())
         m = summary_metrics(classification_metrics(pred.labels, pred.probs, list(CLASSES)))
         m["loss"] = float(-np.mean(np.log(np.clip(pred.probs[np.arange(len(pred.labels)), pred.labels], 1e-12, 1))))

@@ -10,13 +10,14 @@ enough tissue (Background patches need none), whole-slide inference keeps tissue
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from shapely.geometry import box
 from shapely.strtree import STRtree
 
+from optima_common.errors import PathologyDataError
 from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import Annotation
 from site_agent.pathology.slides import Slide
@@ -40,6 +41,23 @@ class TilingParams:
     stride: int | None = None  # in patch pixels; default: size (no overlap)
     min_overlap: float = 0.5
     min_tissue: float = 0.5
+    mpp: float | None = None  # microns per patch pixel: when set, each slide's downsample follows from its mpp
+
+
+def resolve_params(params: TilingParams, slide: Slide) -> TilingParams:
+    """``params`` for one slide: with ``params.mpp`` set, the downsample that gives patches of that
+    physical resolution on this slide (a 40x scan at 0.25 um/px gets twice a 20x scan's)."""
+    if params.mpp is None:
+        return params
+    mpp = slide.mpp
+    if mpp is None:
+        raise PathologyDataError(f"slide {slide.path} records no microns per pixel (tiffslide.mpp-x/openslide.mpp-x)",
+                                 hint="re-export it with its resolution, or tile by --downsample instead of --mpp")
+    down = params.mpp / mpp
+    if down < 1.0 - 1e-6:
+        raise PathologyDataError(f"slide {slide.path} is scanned at {mpp:g} um/px, coarser than the asked "
+                                 f"{params.mpp:g} um/px", hint="ask for a coarser --mpp")
+    return replace(params, downsample=max(1.0, down), mpp=None)
 
 
 def class_overlaps(bounds: tuple[float, float, float, float], annotations: list[Annotation],
@@ -64,6 +82,7 @@ def class_overlaps(bounds: tuple[float, float, float, float], annotations: list[
 def tile_slide(slide: Slide, annotations: list[Annotation], params: TilingParams, *, slide_index: int = 0,
                mask: tuple[np.ndarray, float] | None = None, labelled_only: bool = True) -> list[Patch]:
     """Grid patches of one slide (``mask``: a precomputed (tissue mask, its downsample))."""
+    params = resolve_params(params, slide)
     if mask is None:
         thumb, scale = slide.thumbnail()
         mask = (tissue_mask(thumb), scale)
@@ -125,7 +144,8 @@ class PatchDataset:
             self._slides, self._pid = {}, os.getpid()
         if p.slide not in self._slides:
             self._slides[p.slide] = Slide(self.slide_paths[p.slide])
-        img = self._slides[p.slide].read(p.x, p.y, self.params.size, self.params.downsample)
+        slide = self._slides[p.slide]
+        img = slide.read(p.x, p.y, self.params.size, resolve_params(self.params, slide).downsample)
         if img.shape[0] != self.input_size:
             from PIL import Image
 

@@ -14,7 +14,12 @@ from optima_common.fileio import write_atomic
 from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import COLOURS
 from site_agent.pathology.slides import Slide
-from site_agent.pathology.tiling import PatchDataset, TilingParams, tile_slide
+from site_agent.pathology.tiling import (
+    PatchDataset,
+    TilingParams,
+    resolve_params,
+    tile_slide,
+)
 
 
 def classify_slide(model, slide_path: Path, params: TilingParams, cfg, *, input_size: int,
@@ -35,6 +40,7 @@ def save_overlay(slide_path: Path, patches, classes: np.ndarray, params: TilingP
                  *, max_side: int = 1024, alpha: int = 110) -> Path:
     with Slide(slide_path) as slide:
         thumb, scale = slide.thumbnail(max_side)
+        params = resolve_params(params, slide)
     base = Image.fromarray(thumb).convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

@@ -9,7 +9,10 @@ from torch import nn
 # (kernel, stride, expand ratio, out channels, repeats) of the seven B0 stages
 _STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
            (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
-_BN = {"eps": 1e-3, "momentum": 0.01}
+# momentum 0.1 (PyTorch's default), not the 0.01 of the TensorFlow original: with 0.01 a short
+# fine-tune leaves near-ImageNet running statistics and eval mode disagrees with the weights
+# (the training loop also re-estimates them after fitting: loop.recalibrate_bn)
+_BN = {"eps": 1e-3, "momentum": 0.1}
 
 
 class _MBConv(nn.Module):

@@ -9,7 +9,17 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
 (``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
 A train message with ``init = True`` and no arrays answers with the task's freshly initialised,
-seeded weights, so the coordinator never needs torch to build the starting model.
+seeded weights, so the coordinator never needs torch to build the starting model, plus a
+ConfigRecord "model-info" whose ``trainable`` lists the keys of trainable parameters (the only
+arrays that central DP clips and noises; buffers are averaged as they are).
+
+BatchNorm statistics travel as moments for every task: ``running_var`` holds E[x^2] =
+var + mean^2 on the wire, so the coordinator's plain mean of the sites' arrays gives the pooled
+variance (between-site spread of the means included), which can never go negative
+(:func:`bn_to_wire`, :func:`bn_from_wire`).
+
+A train round with data is charged to the site's privacy ledger before training
+(:mod:`site_agent.training.privacy`), which refuses it once the site's budget is spent.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from typing import Protocol
 
 from flwr.app import (
     ArrayRecord,
+    ConfigRecord,
     Context,
     Message,
     MetricRecord,
@@ -59,6 +70,29 @@ def get_task(name: str) -> TaskAdapter:
     if name not in _TASKS:
         raise ConfigError(f"unknown training task {name!r}", hint=f"known: {', '.join(sorted(set(_TASKS) | set(TASK_MODULES)))}")
     return _TASKS[name]
+
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def bn_to_wire(model: nn.Module) -> nn.Module:
+    """running_var -> E[x^2] (in place), so that averaging the arrays pools the variances."""
+    for m in model.modules():
+        if isinstance(m, _BN) and m.track_running_stats:
+            m.running_var.add_(m.running_mean.pow(2))
+    return model
+
+
+def bn_from_wire(model: nn.Module) -> nn.Module:
+    """E[x^2] -> running_var (in place): var = E[x^2] - mean^2 (clamped at 0 against rounding)."""
+    for m in model.modules():
+        if isinstance(m, _BN) and m.track_running_stats:
+            m.running_var.sub_(m.running_mean.pow(2)).clamp_(min=0.0)
+    return model
+
+
+def trainable_keys(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
@@ -136,19 +170,28 @@ def handle_train(msg: Message, context: Context) -> Message:
     if arrays is None:
         if not config.get("init"):
             raise ConfigError("train message carries no weights (set init = true to ask for the initial model)")
-        return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": _metrics(0, {})}), reply_to=msg)
-    arrays_to_model(model, arrays)
+        info = ConfigRecord({"trainable": trainable_keys(model)})
+        return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)), "metrics": _metrics(0, {}),
+                                   "model-info": info}), reply_to=msg)
+    data_dir = site_data_dir(context, task)
+    from site_agent.training.privacy import charge_round
+
+    spent = charge_round(context.node_config, config, run_id=msg.metadata.run_id, task=task)
+    bn_from_wire(arrays_to_model(model, arrays))
     global_model = copy.deepcopy(model)
     for p in global_model.parameters():
         p.requires_grad_(False)
-    n, metrics = adapter.local_train(model, site_data_dir(context, task), config, global_model)
-    return Message(RecordDict({"arrays": model_to_arrays(model), "metrics": _metrics(n, metrics)}), reply_to=msg)
+    n, metrics = adapter.local_train(model, data_dir, config, global_model)
+    if spent is not None:
+        metrics = {**metrics, "site_epsilon_spent": spent}
+    return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)), "metrics": _metrics(n, metrics)}),
+                   reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     task, config, adapter, model, arrays = _prepare(msg)
     if arrays is None:
         raise ConfigError("evaluate message carries no weights")
-    arrays_to_model(model, arrays)
+    bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
     return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)

