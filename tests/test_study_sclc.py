@@ -125,3 +125,9 @@ def test_eunomia_reports_empty_cohorts_cleanly(eunomia_duckdb, tmp_path):
     assert "treatment_pathways" in set(res.settings["result_type"])
     subjects = res.data[(res.data["variable_name"].str.lower() == "number subjects")]
     assert set(subjects["estimate_value"]) <= {"0"}
+    # an empty target cohort releases its count, never survival estimates (no S = 1 with CI 1-1)
+    d = res.data
+    assert not d["estimate_name"].isin(["estimate", "median_survival"]).any()
+    assert not d["estimate_name"].str.startswith("survival_at_").any()
+    assert not d["estimate_name"].str.contains("percentage").any()
+    assert set(d.loc[d["estimate_name"] == "number_records_count", "estimate_value"]) == {"0"}

@@ -77,7 +77,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="run the lung study over a local Flower network of synthetic sites")
     p.add_argument("--out", default="demo-network", help="folder for the sites, report, bundles, keys and store")
     p.add_argument("--sites", type=int, default=3, help="number of synthetic sites (1-5)")
-    p.add_argument("--persons", type=int, default=5000, help="persons at the first site (others scale from it)")
+    p.add_argument("--persons", type=int, default=3000, help="persons at the first site (others scale from it)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--definitions", default="cohort_definitions", help="the network's cohort definitions folder")
     p.add_argument("--min-cell-count", type=int, default=5, help="sites suppress counts between 1 and N-1")

@@ -29,6 +29,12 @@ SiteAnswer = tuple[float, np.ndarray, np.ndarray]
 Site = Callable[[np.ndarray], SiteAnswer]
 Z_975 = float(stats.norm.ppf(0.975))
 MAX_HALVINGS = 30
+# Sites refuse |beta| > 20 (site_agent.analyses.cox.MAX_ABS_BETA): never ask beyond it. A
+# coefficient still beyond DIVERGED at the end runs to infinity (monotone likelihood, e.g. a
+# treatment level whose few patients all die first) and is reported not estimable, as
+# coxph warns "coefficient may be infinite".
+BETA_BOUND = 20.0
+DIVERGED = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,9 @@ def fit_federated_cox(
         small = float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max()))
         for _ in range(MAX_HALVINGS + 1):
             cand = beta + step
+            if np.abs(cand).max() > BETA_BOUND:  # the sites would refuse: shorten the step first
+                step = step / 2.0
+                continue
             c_ll, c_score, c_info = _pooled(sites, cand, p)
             evaluations += 1
             # tiny tolerance: at the optimum the log-likelihood is flat to rounding error
@@ -143,7 +152,8 @@ def fit_federated_cox(
     cov = np.full((p, p), np.nan)
     cov[np.ix_(free, free)] = np.linalg.inv(info[np.ix_(free, free)])
     se = np.sqrt(np.diag(cov))
-    beta = np.where(free, beta, np.nan)
+    beta = np.where(free & (np.abs(beta) < DIVERGED), beta, np.nan)
+    se = np.where(np.isnan(beta), np.nan, se)
     z = beta / se
     return CoxFit(
         names=names, coef=beta, se=se, covariance=cov, hr=np.exp(beta),

@@ -124,6 +124,8 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     patterns = summarise_pathway_frame(pathways, cdm_name, study.target.cohort_definition_id, target,
                                        max_lines=tp.max_lines,
                                        extra_settings={"study_id": spec.study_id, "study_version": spec.version})
+    if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
+        survival, outcomes = _counts_only(survival), _counts_only(outcomes)
     bound = bind_frames([(r.data, r.settings) for r in (patterns, outcomes, survival)])
     bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
     released = suppress(bound, minimum)
@@ -133,6 +135,13 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
              plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
     log.info("study %s at %s: %d patients", spec.study_id, cdm_name, len(patients))
     return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released)
+
+
+def _counts_only(result: SummarisedResult) -> SummarisedResult:
+    """The cohort-size rows of a result computed on an empty cohort: no estimates, no time tables."""
+    d = result.data
+    keep = (d["estimate_name"] == "number_records_count") | (d["variable_name"] == "Number subjects")
+    return result.with_data(d[keep])
 
 
 def _visible_curves(result: SummarisedResult) -> SummarisedResult:
