@@ -40,7 +40,9 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
     page = paths.html.read_text(encoding="utf-8")
     # offline: nothing fetched from anywhere, every image embedded as a PNG
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.IGNORECASE)
-    assert "<script" not in page.lower() and "@import" not in page
+    assert not re.search(r"<script[^>]+src", page, re.IGNORECASE) and "@import" not in page  # JS/CSS inlined
+    assert re.search(r"<script>.*enhance.*</script>", page, re.DOTALL) and 'id="tabs"' in page
+    assert page.count('class="panel"') >= 8 and "data-rows=" in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert page.count("<img") == len(imgs)

@@ -154,6 +154,25 @@ def _visible_curves(result: SummarisedResult) -> SummarisedResult:
     return result.with_data(d[mask])
 
 
+def monotone_labels(d: pd.DataFrame, min_cell_count: int) -> pd.Series:
+    """Cell labels: suppressed counts as "<N", except a withheld 'within' horizon after a visible
+    count c, which is "&gt;c" ('within' counts are cumulative: it was withheld because it adds
+    fewer than N to c, so "<N" there would be impossible)."""
+    shown = d["estimate_value"].fillna("").replace("-", f"<{min_cell_count}")
+    within = d["variable_level"].astype(str).str.startswith("within") & (d["estimate_name"] == "count")
+    order = d[within].assign(_days=d.loc[within, "variable_level"].map(horizon_days)).sort_values("_days",
+                                                                                                    kind="mergesort")
+    for _, g in order.groupby("variable_name", sort=False):
+        last = 0.0
+        for idx in g.index:
+            v = pd.to_numeric(d.at[idx, "estimate_value"], errors="coerce")
+            if pd.notna(v):
+                last = float(v)
+            elif d.at[idx, "estimate_value"] == "-" and last > 0:
+                shown.at[idx] = f">{int(last)}"
+    return shown
+
+
 def plot_horizon_table(result: SummarisedResult, png: Path, min_cell_count: int) -> Path:
     """The overall horizon table (count and % per outcome and horizon) as a PNG table."""
     import matplotlib
@@ -165,7 +184,7 @@ def plot_horizon_table(result: SummarisedResult, png: Path, min_cell_count: int)
     d = result.data[result.data["result_id"].isin(ids) & (result.data["strata_level"] == OVERALL)
                     & result.data["estimate_name"].isin(["count", "percentage"])
                     & (result.data["variable_name"] != "Number subjects")]
-    shown = d["estimate_value"].fillna("").replace("-", f"<{min_cell_count}")
+    shown = monotone_labels(d, min_cell_count)
     table = d.assign(v=shown).pivot_table(index="variable_level", columns=["variable_name", "estimate_name"],
                                           values="v", aggfunc="first").fillna("")
     table = table.loc[sorted(table.index, key=lambda lbl: (lbl.split()[0], horizon_days(lbl)))]
