@@ -48,9 +48,13 @@ def cmd_cdm_check(args) -> int:
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
-        for key, value in report.model_dump().items():
+        for key, value in report.model_dump(exclude={"missing_indexes"}).items():
             print(f"{key:22} {value}")
         print("OK: all required CDM and vocabulary tables and columns are present")
+        if report.missing_indexes:
+            print(f"warning: no index on {', '.join(report.missing_indexes)}; cohort and diagnostics SQL will scan "
+                  "whole tables (create the OHDSI indexes, e.g. with `site-agent cdm copy`, or ask your DBA)",
+                  file=sys.stderr)
     return 0
 
 
@@ -80,8 +84,12 @@ def cmd_cdm_synth(args) -> int:
 def cmd_cdm_copy(args) -> int:
     from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
-    counts = copy_duckdb_to_postgres(args.source, args.to, args.schema, cdm_version=args.cdm_version)
-    print(f"copied {sum(counts.values())} rows in {len(counts)} tables into schema {args.schema}")
+    report = copy_duckdb_to_postgres(args.source, args.to, args.schema, cdm_version=args.cdm_version,
+                                     cluster=args.cluster)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"copied {sum(report.rows.values())} rows in {len(report.rows)} tables into schema {args.schema}, "
+          "with the OHDSI primary keys and indexes, analyzed")
     return 0
 
 
@@ -241,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="postgresql+psycopg2:// URL")
     p.add_argument("--schema", default="cdm", help="target schema (replaced)")
     p.add_argument("--cdm-version", default="5.4", choices=["5.3", "5.4"])
+    p.add_argument("--cluster", action="store_true",
+                   help="also CLUSTER each table on its person index, as OHDSI's script does (slow on large CDMs)")
     p.set_defaults(func=cmd_cdm_copy)
 
     p = sub.add_parser("cohorts", help="instantiate ATLAS cohort definitions and print counts")

@@ -5,11 +5,11 @@ the file and the field. Relative paths are relative to the TOML file's folder. E
 
     site = "site_a"
     state_dir = "state"                      # audit log + seen-manifest store live here
-    site_key = "keys/site_a.pem"             # Ed25519 private key (PEM, PKCS8, unencrypted)
+    site_key = "keys/site_a.key"             # Ed25519 private key (PEM, PKCS8, unencrypted)
     coordinator_keys = ["keys/coord.pub"]    # pinned coordinator public keys (PEM)
     allowed_analyses = ["cohort_counts", "diagnostics"]
     min_cell_count = 5                       # site floor; >= 2 unless testing_allow_low_min_cell_count
-    review_mode = false                      # (later) hold accepted manifests for a person to review
+    review_mode = false                      # hold released bundles in the outbox until a person approves
     max_manifest_age = 604800                # seconds, or an ISO 8601 duration such as "P7D"
     clock_skew_seconds = 300                 # tolerated for issued_at in the future
     statement_timeout_seconds = 3600         # longest a single SQL statement may run on the CDM (0: no limit)

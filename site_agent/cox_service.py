@@ -16,19 +16,22 @@ Each answer and refusal is audited (counts and reasons only).
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
 from optima_common.bundle import StudyManifest
-from site_agent.analyses.cox import CoxGuard, CoxRefusal
+from optima_common.fileio import write_atomic
+from site_agent.analyses.cox import CoxGuard, CoxRefusal, SiteCoxData
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig
 from site_agent.governance.released import accepted_path, released_path
 from site_agent.policy import AUDIT_FILE, PolicyRefusal
 
 BUDGET_FILE = "cox_budget.sqlite3"
+CACHE_DIR = "cox_cache"  # per-manifest design matrices (person-level: never leave the site)
 
 
 class CoxBudget:
@@ -93,8 +96,34 @@ def _guard(config: SiteConfig, manifest: StudyManifest) -> tuple[CoxGuard, str]:
 
     sha = (manifest.parameters.get("sclc_study") or {}).get("spec_sha256", "")
     study = load_study(approved_study_spec(config, str(sha)))
-    with config.open_cdm() as cdm:
-        patients, _ = study_patients(cdm, study)
-    data = site_cox_data(study, patients)
+    cache = cox_cache_path(config.state_dir, manifest.manifest_id)
+    data = read_cox_cache(cache)
+    if data is None:  # the first request of this fit builds the design from the CDM, later ones reuse it
+        with config.open_cdm() as cdm:
+            patients, _ = study_patients(cdm, study)
+        data = site_cox_data(study, patients)
+        write_cox_cache(cache, data)
     cox = study.spec.cox
     return CoxGuard(max_iterations=cox.max_iterations, min_events=cox.min_events, data=data), manifest.study_id
+
+
+def cox_cache_path(state_dir: Path, manifest_id: str) -> Path:
+    safe = "".join(ch for ch in manifest_id if ch.isalnum() or ch in "-_")[:80] or "manifest"
+    return Path(state_dir) / CACHE_DIR / f"{safe}.npz"
+
+
+def write_cox_cache(path: Path, data: SiteCoxData) -> None:
+    """The design matrix of one manifest's fit, kept at the site (owner-only file, never sent)."""
+    buf = io.BytesIO()
+    np.savez(buf, X=data.X, time=data.time, event=data.event, columns=np.array(data.columns, dtype=str))
+    write_atomic(path, buf.getvalue(), mode=0o600)
+
+
+def read_cox_cache(path: Path) -> SiteCoxData | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return SiteCoxData(X=z["X"], time=z["time"], event=z["event"], columns=tuple(str(c) for c in z["columns"]))
+    except (OSError, ValueError, KeyError):  # unreadable or from another version: rebuild it
+        return None

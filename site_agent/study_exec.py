@@ -29,9 +29,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+from optima_common import bundle
 from optima_common.errors import ConfigError
 from optima_common.results import SummarisedResult, bind_frames
-from site_agent import __version__, bundle
+from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig

@@ -43,3 +43,12 @@ def test_exit_codes_doc_lists_every_code():
     text = (REPO / "docs" / "exit-codes.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\|\s*(\d+)\s*\|\s*`([A-Z_]+)`\s*\|", text, flags=re.M))
     assert {int(k): v for k, v in rows.items()} == {int(c): c.name for c in ExitCode}
+
+
+@pytest.mark.parametrize("code", [ExitCode.STUDY_INCOMPLETE, ExitCode.NETWORK, ExitCode.STORE, ExitCode.COORDINATOR])
+def test_a_failed_server_run_keeps_its_exit_code(code):
+    from coordinator.cli.common import outcome_error
+
+    err = outcome_error({"ok": False, "error": "only 1 of 3 sites answered", "exit_code": int(code)})
+    assert err.exit_code == code and str(err) == "only 1 of 3 sites answered"
+    assert outcome_error({"ok": False, "exit_code": 999}).exit_code == ExitCode.COORDINATOR

@@ -92,3 +92,33 @@ def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
     refused = [e for e in AuditLog(net.configs["cox_south"].parent / "state" / "audit.jsonl").entries()
                if e["event"] == "cox_refused" and e["manifest_id"] == manifest.manifest_id]
     assert refused and "budget" in refused[-1]["detail"]["reason"]
+
+
+def test_site_answers_later_evaluations_from_its_design_cache(net, tmp_path):
+    """The first Cox request of a manifest builds the design from the CDM; later ones need no CDM."""
+    from site_agent.cox_service import cox_cache_path, read_cox_cache
+
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+               reply_timeout=300)
+    first, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    assert first is not None and first.converged
+    for site in ("cox_north", "cox_south"):
+        config = load_config(net.configs[site])
+        cache = cox_cache_path(config.state_dir, manifest.manifest_id)
+        assert cache.stat().st_mode & 0o077 == 0  # owner-only: person-level data
+        cached, fresh = read_cox_cache(cache), site_data(net, site)
+        np.testing.assert_array_equal(cached.X, fresh.X)
+        np.testing.assert_array_equal(cached.time, fresh.time)
+        assert cached.columns == fresh.columns
+    # with every site's CDM out of reach, a second fit of the same manifest gives the same answer
+    cdms = {s: load_config(net.configs[s]).cdm.url.removeprefix("duckdb:///") for s in ("cox_north", "cox_south")}
+    moved = {s: shutil.move(p, p + ".away") for s, p in cdms.items()}
+    try:
+        second, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    finally:
+        for s, p in moved.items():
+            shutil.move(p, cdms[s])
+    assert second is not None, notes
+    np.testing.assert_allclose(second.coef, first.coef, rtol=0, atol=0, equal_nan=True)

@@ -92,7 +92,7 @@ def cmd_view(args) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``coordinator ingest`` and ``coordinator report`` (called from ``coordinator.cli.main.build_parser``)."""
     p = sub.add_parser("ingest", help="verify a site's bundle file and load it into the results store")
-    p.add_argument("bundle", help="a .bundle file written by the site (site-agent run-study)")
+    p.add_argument("bundle", help="a .bundle file written by the site (site-agent run-manifest or release)")
     p.add_argument("--store", default=DEFAULT_STORE, help="results store: SQLite file or SQLAlchemy URL "
                    f"(default: ./{DEFAULT_STORE})")
     p.add_argument("--trust", default="trust", help="folder of pinned site public keys <site>.pub (default: ./trust)")
@@ -100,7 +100,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("report", help="write the offline HTML report and the network summarised_result CSV")
-    p.add_argument("target", help="a manifest id, or a study id (its newest manifest)")
+    p.add_argument("target", help="a manifest file, a manifest id, or a study id (its newest original send)")
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: ./{DEFAULT_STORE})")
     p.add_argument("--out", required=True, help="folder for report.html and results.csv")
     p.set_defaults(func=cmd_report)

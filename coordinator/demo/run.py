@@ -17,6 +17,7 @@ import datetime as dt
 import time
 from pathlib import Path
 
+from coordinator.cli.common import outcome_error
 from coordinator.demo.sites import DemoSite, default_sites, prepare_site
 from coordinator.flower.jobs import StudyJob
 from coordinator.flower.network import LocalNetwork, NodeSpec
@@ -103,7 +104,7 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     for s in (outcome.get("outcome") or {}).get("sites", []):
         echo(f"  {s['site']:<22} {s['status']:<16} {s.get('reason') or ''}")
     if not outcome.get("ok"):
-        raise CoordinatorError(outcome.get("error") or "the study did not complete")
+        raise outcome_error(outcome)
     if training is not None:
         if not training.get("ok"):
             raise CoordinatorError(f"federated {train} training failed: {training.get('error')}")

@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from optima_common.errors import CdmValidationError
 from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.indexes import missing_indexes
 
 # Tables and columns the cohort engine and diagnostics read. Vocabulary tables may live
 # in a separate vocabulary schema.
@@ -51,6 +52,7 @@ class CdmReport(BaseModel):
     observation_periods: int
     observation_start: str | None
     observation_end: str | None
+    missing_indexes: list[str] = []  # PostgreSQL: needed lookup columns without an index
 
 
 def missing_parts(present: dict[str, set[str]], required: dict[str, tuple[str, ...]], schema: str) -> list[str]:
@@ -108,4 +110,5 @@ def describe_cdm(cdm: CdmConnection) -> CdmReport:
         observation_periods=int(op["n"]),
         observation_start=_text(op["lo"]),
         observation_end=_text(op["hi"]),
+        missing_indexes=missing_indexes(cdm),
     )

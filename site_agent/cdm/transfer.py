@@ -11,11 +11,18 @@ from pathlib import Path
 
 import duckdb
 import psycopg2
+from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
 from optima_common.errors import CdmConnectionError, ConfigError
 from site_agent.cdm.connection import check_identifier, safe_url
 from site_agent.cdm.ddl import cdm_ddl
+from site_agent.cdm.indexes import add_keys_and_indexes
+
+
+class CopyReport(BaseModel):
+    rows: dict[str, int]  # rows copied per table
+    warnings: list[str]  # e.g. a primary key the data violates (a plain index was made instead)
 
 
 def _pg_dsn(url: str) -> dict:
@@ -27,8 +34,13 @@ def _pg_dsn(url: str) -> dict:
     return {k: v for k, v in dsn.items() if v is not None}
 
 
-def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_version: str = "5.4") -> dict[str, int]:
-    """Create ``schema`` (replacing it) in PostgreSQL and copy every CDM table of ``src`` into it."""
+def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_version: str = "5.4",
+                            cluster: bool = False) -> CopyReport:
+    """Create ``schema`` (replacing it) in PostgreSQL and copy every CDM table of ``src`` into it.
+
+    After the rows: the OHDSI primary keys and standard indexes (``CLUSTER`` too with
+    ``cluster``), then ``ANALYZE``, all in the one transaction, so a failure leaves nothing.
+    """
     schema = check_identifier(schema, "schema")
     src = Path(src)
     if not src.is_file():
@@ -39,6 +51,7 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
         raise CdmConnectionError(f"cannot connect to {safe_url(pg_url)}: {str(exc).strip().splitlines()[0]}") from None
     duck = duckdb.connect(str(src), read_only=True)
     counts: dict[str, int] = {}
+    warnings: list[str] = []
     try:
         with tempfile.TemporaryDirectory(prefix="optima-copy-") as tmp, pg, pg.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -64,11 +77,14 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
                     cur.copy_expert(f"COPY {schema}.\"{table}\" ({quoted}) FROM STDIN WITH (FORMAT csv)", fh)
                 counts[table] = cur.rowcount
                 csv_path.unlink()
-            cur.execute("ANALYZE")
+            warnings += add_keys_and_indexes(cur, cdm_version, schema, cluster=cluster)
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))
+            for (table,) in cur.fetchall():
+                cur.execute(f'ANALYZE {schema}."{table}"')
     finally:
         duck.close()
         pg.close()
-    return counts
+    return CopyReport(rows=counts, warnings=warnings)
 
 
 def _pg_columns(cur, schema: str, table: str) -> list[str]:
