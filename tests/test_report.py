@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import re
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
         assert text in page, text
     # the CSV is the network summarised_result in the omopgenerics layout
     res = validate_csv(paths.csv)
+    # the compressed copy is the same table (R's readr and pandas read .csv.gz directly)
+    assert paths.csv_gz == paths.csv.with_suffix(".csv.gz")
+    assert gzip.decompress(paths.csv_gz.read_bytes()) == paths.csv.read_bytes()
+    assert paths.csv_gz.stat().st_size < paths.csv.stat().st_size / 3
     assert set(res.data["cdm_name"]) == {"site_a", "site_b", "network"}
     assert not list((tmp_path / "out").glob(".*.tmp"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import tempfile
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def page_html(title: str, header: str, panels: list[tuple[str, str, str]]) -> st
 class ReportPaths(BaseModel):
     html: Path
     csv: Path
+    csv_gz: Path | None = None
 
 
 def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = ()
@@ -51,8 +53,10 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
     page, csv_bytes = render_report(store, manifest_id, extra_sections=extra_sections)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_atomic(out_dir / "results.csv", csv_bytes)
+    # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
+    gz_path = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=6, mtime=0))
     html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
-    return ReportPaths(html=html_path, csv=csv_path)
+    return ReportPaths(html=html_path, csv=csv_path, csv_gz=gz_path)
 
 
 def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = ()

@@ -105,7 +105,7 @@ def _refuse_network_id_reuse(catalog: dict[Path, CatalogEntry]) -> None:
 
     try:
         network = {e.cohort_definition_id: e for e in load_catalog(definitions_dir() / CATALOG_FILE)}
-    except Exception:  # no packaged catalog (a stripped install): nothing to protect
+    except (OSError, ValueError):  # no packaged catalog (a stripped install): nothing to protect
         return
     for entry in catalog.values():
         net = network.get(entry.cohort_definition_id)
