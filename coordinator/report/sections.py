@@ -295,12 +295,17 @@ def km_section(v: View) -> str:
         seq = d[(d["cdm_name"] == v.pooled) & (d["group_level"] == grp) & (d["variable_level"] == outcome)
                 & (d["strata_level"] != "overall")]
         levels = list(dict.fromkeys(seq["strata_level"]))
+        seq_curves: dict = {}
         if levels:
-            curves = _curves(v, seq, levels, "strata_level")
+            seq_curves = {k: c for k, c in _curves(v, seq, levels, "strata_level").items() if len(c[0]) >= 2}
+            hidden = [lvl for lvl in levels if lvl not in seq_curves]
+            if hidden:
+                out.append(f'<p class="legend">Not drawn (no released step after day 0): {esc(", ".join(hidden))}</p>')
+        if seq_curves:
             risk = {lvl: _at_risk(v, events[(events["cdm_name"] == v.pooled) & (events["strata_level"] == lvl)
                                              & (events["group_level"] == grp) & (events["variable_level"] == outcome)],
-                                  _t_max(curves)) for lvl in curves}
-            png = km_png(f"{grp}: {outcome} by treatment sequence (network)", curves, risk)
+                                  _t_max(seq_curves)) for lvl in seq_curves}
+            png = km_png(f"{grp}: {outcome} by treatment sequence (network)", seq_curves, risk)
             out.append(f'<figure><img alt="KM by sequence {esc(grp)}" src="data:image/png;base64,{png}"></figure>')
         risk = events[(events["group_level"] == grp) & (events["variable_level"] == outcome)]
         out.append(f"<h3>Number at risk, {esc(grp)}: {esc(outcome)}</h3>"
