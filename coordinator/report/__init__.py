@@ -95,6 +95,8 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
         ("overview", "Overview", overview),
         ("counts", "Cohort counts", S.counts_section(view)),
         ("attrition", "Attrition", S.attrition_section(view)),
+        ("overlap", "Overlap", S.overlap_section(view)),
+        ("code-use", "Code use", S.code_use_section(view)),
         ("characteristics", "Characteristics", S.characteristics_section(view)),
         ("incidence", "Incidence", S.rates_section(view, "incidence")),
         ("prevalence", "Prevalence", S.rates_section(view, "prevalence")),

@@ -117,6 +117,34 @@ def attrition_section(v: View) -> str:
                                                               name="attrition", labels=["cohort", "step", "reason"])
 
 
+def overlap_section(v: View) -> str:
+    d = v.rows("summarise_cohort_overlap")
+    d = d[d["estimate_name"].isin(["count", "percentage"])]
+    if d.empty:
+        return ""
+    return ("<h2>Cohort overlap (subjects in both, only in one)</h2>"
+            + v.wide(d, ["group_level", "variable_name", "estimate_name"], name="cohort_overlap",
+                     labels=["reference &&& comparator", "overlap", "estimate"]))
+
+
+def code_use_section(v: View) -> str:
+    """Codes behind each cohort's concept sets, flagged: orphan codes (in the data, related to the
+    concept set but not in it) and unmapped source codes (no standard concept)."""
+    parts = []
+    for rt, title, flag in (("code_use", "Code use (concepts that entered the cohorts)", ""),
+                            ("orphan_code_use", "Orphan codes: related concepts in the data but not in the concept set",
+                             "orphan"),
+                            ("unmapped_codes", "Unmapped source codes (no standard concept)", "unmapped")):
+        d = v.rows(rt)
+        d = d[d["estimate_name"].isin(["record_count", "person_count", "count"])]
+        if d.empty:
+            continue
+        parts.append(f"<h3>{esc(title)}</h3>" + v.wide(
+            d, ["group_level", "variable_name", "variable_level", "additional_level", "estimate_name"], name=rt,
+            labels=["cohort &&& codelist", "concept", "concept id", "vocabulary / source details", "estimate"]))
+    return ("<h2>Code use, orphan and unmapped codes</h2>" + "".join(parts)) if parts else ""
+
+
 def characteristics_section(v: View) -> str:
     ids = v.ids("summarise_characteristics")
     d = v.d[v.d["result_id"].isin(ids) & (v.d["strata_name"] == "overall")]
