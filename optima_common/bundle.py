@@ -247,6 +247,24 @@ def _validation_line(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {len(errs) - 3} more" if len(errs) > 3 else "")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_DOC_BYTES = 2 * 1024**3  # a compressed file never expands beyond this (no zip bomb)
+
+
+def _gunzip(raw: bytes, path: Path, label: str) -> bytes:
+    import gzip
+    import io
+
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            out = fh.read(MAX_DOC_BYTES + 1)
+    except (OSError, EOFError) as exc:
+        raise BundleError(f"{path}: damaged gzip-compressed {label} ({exc})") from None
+    if len(out) > MAX_DOC_BYTES:
+        raise BundleError(f"{path}: compressed {label} expands beyond {MAX_DOC_BYTES // 1024**3} GiB; refused")
+    return out
+
+
 def _read_doc(path: str | Path, model: type[D]) -> D:
     path = Path(path)
     kind = _KINDS[model]
@@ -255,6 +273,8 @@ def _read_doc(path: str | Path, model: type[D]) -> D:
         raw = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"cannot read {label} {path}: {exc.strerror or exc}") from None
+    if raw[:2] == GZIP_MAGIC:  # a gzip-compressed copy (the coordinator's bundles/ folder): same document
+        raw = _gunzip(raw, path, label)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -33,6 +33,13 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     || echo "warning: could not install systemd (systemd-analyze); the unit-file test will fail" >&2
 fi
 
+# a real browser for tests/test_browser.py (report.html and `coordinator view`): Debian's chromium + chromedriver
+if { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; } && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium and chromium-driver (Debian packages) for the browser tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "warning: could not install chromium/chromium-driver; the browser tests will fail" >&2
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

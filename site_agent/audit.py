@@ -8,7 +8,7 @@ line breaks the chain at that line, which :meth:`AuditLog.verify` reports. Cutti
 the *end* leaves a valid shorter chain: compare :meth:`AuditLog.head` with a copy kept
 elsewhere (e.g. the coordinator's receipt of the last bundle) to detect that.
 
-Writers take an exclusive ``fcntl.flock`` on ``<log>.lock``, open the log in append mode,
+Writers take an exclusive lock (``filelock``: fcntl on POSIX, msvcrt on Windows) on ``<log>.lock``, open the log in append mode,
 write one line and fsync, so concurrent agents on one host interleave whole entries.
 
 **No person-level data** (guard, :func:`check_detail`): ``manifest_id``/``study_id`` and
@@ -22,7 +22,6 @@ log records decisions and aggregates' metadata, never rows.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from optima_common.errors import AuditError, AuditGuardError
 
@@ -101,30 +102,26 @@ class AuditLog:
         check_detail(detail)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(self.lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    last = self._last_entry()
-                    entry: dict[str, Any] = {
-                        "seq": (last["seq"] + 1) if last else 1,
-                        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
-                        "event": event,
-                        "manifest_id": manifest_id,
-                        "study_id": study_id,
-                        "detail": detail,
-                        "prev_hash": last["hash"] if last else GENESIS,
-                    }
-                    entry["hash"] = entry_hash(entry)
-                    line = canonical_json(entry) + "\n"
-                    new = not self.path.exists()
-                    with open(self.path, "a", encoding="utf-8") as fh:
-                        fh.write(line)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    if new:
-                        _fsync_dir(self.path.parent)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+            with FileLock(str(self.lock_path)):  # portable (fcntl on POSIX, msvcrt on Windows)
+                last = self._last_entry()
+                entry: dict[str, Any] = {
+                    "seq": (last["seq"] + 1) if last else 1,
+                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                    "event": event,
+                    "manifest_id": manifest_id,
+                    "study_id": study_id,
+                    "detail": detail,
+                    "prev_hash": last["hash"] if last else GENESIS,
+                }
+                entry["hash"] = entry_hash(entry)
+                line = canonical_json(entry) + "\n"
+                new = not self.path.exists()
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if new:
+                    _fsync_dir(self.path.parent)
         except (TypeError, ValueError) as exc:  # e.g. NaN: not JSON
             raise AuditGuardError(f"audit guard: entry is not plain JSON ({exc})") from None
         except OSError as exc:

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from optima_common.cli import configure, conventions, progress, run_main
 from optima_common.errors import ConfigError, ExitCode, OptimaError
 from site_agent import __version__
 
@@ -70,8 +71,9 @@ def cmd_cdm_eunomia(args) -> int:
 def cmd_cdm_synth(args) -> int:
     from site_agent.cdm.synth import generate_site
 
-    res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
-                        seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary)
+    with progress(f"generating {args.persons:,} synthetic persons for {args.site}"):
+        res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
+                            seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary)
     if args.truth:
         from pathlib import Path
 
@@ -98,7 +100,8 @@ def cmd_cohorts(args) -> int:
 
     definitions = collect_definitions(args.definitions)
     with _open_cdm(args) as cdm:
-        counts = build_cohorts(cdm, definitions)
+        with progress(f"building {len(definitions)} cohorts"):
+            counts = build_cohorts(cdm, definitions)
         attrition = {d.cohort_definition_id: cohort_attrition(cdm, d) for d in definitions} if args.attrition else {}
     rows = [c.model_dump() for c in counts]
     lines = {cid: [s.model_dump() for s in steps] for cid, steps in attrition.items()}
@@ -183,7 +186,8 @@ def cmd_run_study(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     with _open_cdm(args) as cdm:
-        run = run_study(cdm, study, out, cdm_name=args.cdm_name)
+        with progress(f"running study {study.spec.study_id} (cohorts, pathways, survival)"):
+            run = run_study(cdm, study, out, cdm_name=args.cdm_name)
     print(f"study {study.spec.study_id} {study.spec.version}: {run.patients} patients in the target cohort; "
           f"wrote {run.results_csv} (min cell count {run.min_cell_count}) and {len(run.plots)} plots",
           file=sys.stderr)
@@ -237,6 +241,34 @@ def cmd_keys_generate(args) -> int:
     return 0
 
 
+EXAMPLES = {  # one example per command, shown under its --help
+    "cdm check": "cdm check --cdm duckdb:///site.duckdb --json",
+    "cdm eunomia": "cdm eunomia --out eunomia.duckdb",
+    "cdm synth": "cdm synth --out site.duckdb --persons 3000 --profile lung-registry --site north",
+    "cdm copy": "cdm copy site.duckdb --to postgresql+psycopg2://user@host/db --schema cdm",
+    "cohorts": "cohorts --cdm duckdb:///site.duckdb --definitions cohort_definitions --json",
+    "diagnostics": "diagnostics --cdm duckdb:///site.duckdb --definitions cohort_definitions --out diag/ --html",
+    "run-study": "run-study cohort_definitions/studies/sclc_stage_i_ii.json --cdm duckdb:///site.duckdb --out study/",
+    "run-manifest": "run-manifest manifest.json --config site.toml --out outbox/",
+    "release": "release 9629a26e23ee48b9 --config site.toml --out outbox/",
+    "keys generate": "keys generate --out keys/ --name north",
+    "keys rotate": "keys rotate --config site.toml",
+    "keys pin-coordinator": "keys pin-coordinator coordinator.pub --config site.toml",
+    "keys revoke": "keys revoke 1a2b3c4d --config site.toml --reason 'laptop lost'",
+    "keys list": "keys list --config site.toml",
+    "images synth mammography": "images synth mammography --out mammo/ --site north --patients 40",
+    "images synth pathology": "images synth pathology --out slides/ --site north --slides 6",
+    "train mammography": "train mammography --data mammo/ --out run1 --epochs 1",
+    "train pathology": "train pathology --data slides/ --out run1 --epochs 1 --backbone tiny",
+    "review show": "review show 9629a26e23ee48b9 --config site.toml",
+    "approve": "approve 9629a26e23ee48b9 --config site.toml --sha256 <sha256 shown by review show>",
+    "reject": "reject 9629a26e23ee48b9 --config site.toml --reason 'not agreed'",
+    "dry-run": "dry-run manifest.json --config site.toml --sql",
+    "audit verify": "audit verify --config site.toml",
+    "audit show": "audit show --config site.toml --limit 20 --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="site-agent", description="optima-federated site agent")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -257,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="DuckDB file to write")
     p.add_argument("--persons", type=int, default=20000)
     p.add_argument("--site", default="site_a", help="site name (drives size/age/coding differences)")
-    p.add_argument("--profile", choices=["primary-care", "oncology"], default="oncology")
+    p.add_argument("--profile", choices=["primary-care", "oncology", "lung-registry"], default="oncology",
+                   help="population kind: general practice, cancer centre, or SCLC-enriched lung registry")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
     p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")
@@ -331,12 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     for module in IMAGE_TASK_CLI:  # each task registers `images synth TASK` and `train TASK`
         importlib.import_module(module).add_parsers(synth, train)
     importlib.import_module("site_agent.governance.cli").add_parsers(sub)  # review, approve, dry-run, audit, keys …
+    conventions(parser, EXAMPLES, prog="site-agent")  # defaults and an example in --help; -v/-q after the command
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure(args)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
@@ -348,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("site-agent: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output stopped (`--json | head`): not an error
+        raise
     except Exception as exc:  # a bug or an unforeseen environment problem: still one line
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in TRAIN_MODULES:
             print(f"site-agent: error: '{args.command}' needs the training extra ({exc.name} is not installed); "

@@ -374,3 +374,21 @@ def test_load_trust_dir(tmp_path):
     (trust_dir / "site_c.pub").write_bytes((keys / "site_a.key").read_bytes())
     with pytest.raises(ConfigError, match="site_c.pub holds a PRIVATE key"):
         load_trust_dir(trust_dir)
+
+
+def test_gzip_compressed_bundle_reads_the_same(tmp_path):
+    """The coordinator keeps gzip-compressed copies of bundles; reading them gives the same signed document."""
+    import gzip
+
+    from optima_common.bundle import read_bundle, write_bundle
+
+    key = generate_keypair(tmp_path / "k", "site_a")[0]
+    bundle = sign(make_bundle(sign_manifest(make_manifest(), Ed25519PrivateKey.generate())), load_private_key(key))
+    plain = write_bundle(bundle, tmp_path / "plain.bundle")
+    packed = tmp_path / "packed.bundle"
+    packed.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+    assert packed.stat().st_size < plain.stat().st_size
+    assert read_bundle(packed) == read_bundle(plain) == bundle
+    (tmp_path / "broken.bundle").write_bytes(gzip.compress(plain.read_bytes())[:40])
+    with pytest.raises(BundleError, match="damaged gzip"):
+        read_bundle(tmp_path / "broken.bundle")

@@ -74,7 +74,9 @@ def test_missing_domain_table_refused_before_any_sql(eunomia_cdm, tmp_path):
     defs = collect_definitions([GIB])
     with connect_cdm(url, cdm_schema=schema, write_schema=write) as cdm:
         build_cohorts(cdm, defs)
-        before = cohort_rows(cdm, 1)
+        cid = defs[0].cohort_definition_id
+        before = cohort_rows(cdm, cid)
+        assert before
         broken = tmp_path / "needs_missing_table.json"
         doc = json.loads(GIB.read_text())
         doc["PrimaryCriteria"]["CriteriaList"] = [{"ConditionOccurrence": {"CodesetId": 0}}]
@@ -83,13 +85,13 @@ def test_missing_domain_table_refused_before_any_sql(eunomia_cdm, tmp_path):
             script.execute(f"ALTER TABLE {schema}.condition_occurrence RENAME TO condition_occurrence_x")
         try:
             bdefs = collect_definitions([broken])
-            assert bdefs[0].cohort_definition_id == 1
+            assert bdefs[0].cohort_definition_id == cid  # same id: a failed rebuild must keep the old rows
             with pytest.raises(CdmValidationError, match=rf"{schema}\.condition_occurrence\b"):
                 build_cohorts(cdm, bdefs)
         finally:
             with cdm.transaction() as script:
                 script.execute(f"ALTER TABLE {schema}.condition_occurrence_x RENAME TO condition_occurrence")
-        assert cohort_rows(cdm, 1) == before
+        assert cohort_rows(cdm, cid) == before
 
 
 def test_sql_error_rolls_back(eunomia_cdm, tmp_path, monkeypatch):
@@ -100,7 +102,9 @@ def test_sql_error_rolls_back(eunomia_cdm, tmp_path, monkeypatch):
 
     with connect_cdm(url, cdm_schema=schema, write_schema=write) as cdm:
         build_cohorts(cdm, defs)
-        before = cohort_rows(cdm, 1)
+        cid = defs[0].cohort_definition_id
+        before = cohort_rows(cdm, cid)
+        assert before
         real = build_mod.cohort_sql
 
         def failing(*a, **k):
@@ -109,9 +113,9 @@ def test_sql_error_rolls_back(eunomia_cdm, tmp_path, monkeypatch):
             return stmts[: cut + 1] + ["SELECT no_such_column FROM no_such_table"]
 
         monkeypatch.setattr(build_mod, "cohort_sql", failing)
-        with pytest.raises(CohortBuildError, match="cohort 1"):
+        with pytest.raises(CohortBuildError, match=f"cohort {cid}"):
             build_cohorts(cdm, defs)
-        assert cohort_rows(cdm, 1) == before
+        assert cohort_rows(cdm, cid) == before
 
 
 def test_folder_order_and_skipping(tmp_path):
@@ -124,16 +128,22 @@ def test_folder_order_and_skipping(tmp_path):
     from site_agent.cohorts.definitions import file_sha256
 
     (root / "catalog.json").write_text(json.dumps({"cohorts": [
-        {"cohort_definition_id": 7, "name": "second", "path": "a.json", "sha256": file_sha256(root / "a.json")},
-        {"cohort_definition_id": 3, "name": "first", "path": "sub/b.json", "sha256": file_sha256(root / "sub/b.json")},
+        {"cohort_definition_id": 1007, "name": "second", "path": "a.json", "sha256": file_sha256(root / "a.json")},
+        {"cohort_definition_id": 1003, "name": "first", "path": "sub/b.json",
+         "sha256": file_sha256(root / "sub/b.json")},
     ]}))
     defs = collect_definitions([root])
-    assert [(d.cohort_definition_id, d.cohort_name) for d in defs] == [(3, "first"), (7, "second")]
-    # files outside a catalog: name from the file, next free id
+    assert [(d.cohort_definition_id, d.cohort_name) for d in defs] == [(1003, "first"), (1007, "second")]
+    # files outside a catalog: name from the file, the next free id above every network catalog id
     other = tmp_path / "loose"
     other.mkdir()
     shutil.copy(GIB, other / "my_cohort.json")
-    assert [(d.cohort_definition_id, d.cohort_name) for d in collect_definitions([other])] == [(1, "my_cohort")]
+    assert [(d.cohort_definition_id, d.cohort_name) for d in collect_definitions([other])] == [(1000, "my_cohort")]
+    # a user catalog may not give a network catalog id to another definition
+    (root / "catalog.json").write_text(json.dumps({"cohorts": [
+        {"cohort_definition_id": 1, "name": "mine", "path": "a.json", "sha256": file_sha256(root / "a.json")}]}))
+    with pytest.raises(CohortDefinitionError, match="cohort id 1 is the network catalog's"):
+        collect_definitions([root])
 
 
 def test_tampered_catalog_file_refused(tmp_path):
@@ -141,7 +151,7 @@ def test_tampered_catalog_file_refused(tmp_path):
     root.mkdir()
     shutil.copy(GIB, root / "a.json")
     (root / "catalog.json").write_text(json.dumps({"cohorts": [
-        {"cohort_definition_id": 1, "name": "a", "path": "a.json", "sha256": "0" * 64}]}))
+        {"cohort_definition_id": 1001, "name": "a", "path": "a.json", "sha256": "0" * 64}]}))
     with pytest.raises(CohortDefinitionError, match="differs from the catalog"):
         collect_definitions([root])
 

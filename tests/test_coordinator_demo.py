@@ -12,6 +12,7 @@ import pytest
 
 from optima_common.bundle import read_bundle
 from optima_common.errors import ExitCode
+from optima_common.results import SummarisedResult
 from tests.conftest import REPO
 from tests.e2e.test_flower_network import processes_mentioning
 
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.slow
 
 def test_demo_network_end_to_end(tmp_path):
     out = tmp_path / "net"
-    proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "demo", "--sites", "3", "--out", str(out),
-                           "--persons", "1200"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    # the default demo (3 sites, default sizes): what a new user runs
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "demo", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sites = ["oncology_north", "primary_care_south", "oncology_east"]
+    sites = ["lung_registry_north", "primary_care_south", "lung_registry_east"]
     for s in sites:
         assert f"{s:<22} done" in proc.stdout
     results = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
@@ -45,6 +47,23 @@ def test_demo_network_end_to_end(tmp_path):
         subjects = released[released["variable_name"] == "Number subjects"][key]
         mine = results[results["cdm_name"] == s][key]
         assert len(subjects) > 5 and set(map(tuple, subjects.values)) <= set(map(tuple, mine.values))
+    # the main job answers the seed's question: a non-empty pooled stage I-II SCLC study
+    net = SummarisedResult.from_csv(out / "results.csv")
+    types = dict(zip(net.settings["result_id"], net.settings["result_type"]))
+    pooled = net.data[net.data["cdm_name"] == "network"]
+    rtype = pooled["result_id"].map(types)
+    at_risk = pooled[(rtype == "survival_events") & (pooled["strata_level"] == "overall")
+                     & (pooled["estimate_name"] == "n_risk_count") & (pooled["additional_level"] == "0")]
+    assert len(at_risk) == 1 and int(at_risk["estimate_value"].iloc[0]) >= 40, at_risk  # patients at day 0
+    curve = pooled[(rtype == "survival_estimates") & (pooled["strata_level"] == "overall")
+                   & (pooled["estimate_name"] == "estimate")]
+    shown = pd.to_numeric(curve["estimate_value"], errors="coerce").dropna()
+    assert len(shown) >= 2 and shown.min() < 0.95  # a pooled curve that drops below 1, not a flat line
+    assert (rtype == "treatment_pathways").any() and (rtype == "outcome_horizons").any()
+    cox = pd.read_csv(out / "cox.csv")
+    est = cox.dropna(subset=["hr"])
+    assert len(est) >= 3 and (est["hr_lower"] < est["hr"]).all() and (est["hr"] < est["hr_upper"]).all()
+    assert "Hazard ratios" in html and "Number at risk" in html
     outcome = json.loads((out / "outcome.json").read_text())
     assert outcome["ok"] and outcome["outcome"]["done"] == 3
     assert (out / "store.sqlite3").is_file() and sorted(p.stem for p in (out / "trust").glob("*.pub")) == sorted(sites)

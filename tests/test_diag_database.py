@@ -76,7 +76,8 @@ def test_snapshot_matches_describe_cdm(eunomia_cdm):
         src = cdm.query_df(f"SELECT * FROM {schema}.cdm_source")
         res = database.summarise_omop_snapshot(_ctx(cdm))
     assert list(res.settings["result_type"]) == ["summarise_omop_snapshot"]
-    assert res.settings.iloc[0]["package_name"] == "OmopSketch"
+    assert res.settings.iloc[0]["package_name"] == "optima-federated"  # this program, with its own version
+    assert res.settings.iloc[0]["result_layout"] == "OmopSketch"  # the R layout it follows
     assert set(res.data["cdm_name"]) == {"test_cdm"}
     assert res.data["variable_level"].isna().all()
     assert _value(res, variable_name="general", estimate_name="person_count") == str(report.persons)

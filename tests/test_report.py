@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import re
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
     page = paths.html.read_text(encoding="utf-8")
     # offline: nothing fetched from anywhere, every image embedded as a PNG
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.IGNORECASE)
-    assert "<script" not in page.lower() and "@import" not in page
+    assert not re.search(r"<script[^>]+src", page, re.IGNORECASE) and "@import" not in page  # JS/CSS inlined
+    assert re.search(r"<script>.*enhance.*</script>", page, re.DOTALL) and 'id="tabs"' in page
+    assert page.count('class="panel"') >= 8 and "data-rows=" in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert page.count("<img") == len(imgs)
@@ -50,6 +53,10 @@ def test_report_is_offline_and_shows_sites_pooled_and_flags(stored, tmp_path):
         assert text in page, text
     # the CSV is the network summarised_result in the omopgenerics layout
     res = validate_csv(paths.csv)
+    # the compressed copy is the same table (R's readr and pandas read .csv.gz directly)
+    assert paths.csv_gz == paths.csv.with_suffix(".csv.gz")
+    assert gzip.decompress(paths.csv_gz.read_bytes()) == paths.csv.read_bytes()
+    assert paths.csv_gz.stat().st_size < paths.csv.stat().st_size / 3
     assert set(res.data["cdm_name"]) == {"site_a", "site_b", "network"}
     assert not list((tmp_path / "out").glob(".*.tmp"))
 

@@ -133,3 +133,20 @@ def test_eunomia_reports_empty_cohorts_cleanly(eunomia_duckdb, tmp_path):
     assert "treatment_pathways" in set(res.settings["result_type"])
     subjects = res.data[(res.data["variable_name"].str.lower() == "number subjects")]
     assert set(subjects["estimate_value"]) <= {"0"}
+    # an empty target cohort releases its count, never survival estimates (no S = 1 with CI 1-1)
+    d = res.data
+    assert not d["estimate_name"].isin(["estimate", "median_survival"]).any()
+    assert not d["estimate_name"].str.startswith("survival_at_").any()
+    assert not d["estimate_name"].str.contains("percentage").any()
+    assert set(d.loc[d["estimate_name"] == "number_records_count", "estimate_value"]) == {"0"}
+
+
+def test_horizon_labels_stay_monotone():
+    """'within' counts are cumulative: a horizon withheld after a visible 5 reads '>5', not '<5'."""
+    from site_agent.analyses.study_run import monotone_labels
+
+    d = pd.DataFrame({"variable_name": ["death"] * 4 + ["progression"],
+                      "variable_level": ["within 6 months", "within 12 months", "within 18 months", "after 3 months",
+                                         "within 6 months"],
+                      "estimate_name": ["count"] * 5, "estimate_value": ["-", "5", "-", "-", "-"]})
+    assert monotone_labels(d, 5).tolist() == ["<5", "5", ">5", "<5", "<5"]

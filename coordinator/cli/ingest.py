@@ -72,6 +72,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from coordinator.viewer import make_server, open_store
+
+    store = open_store(args.store)
+    server = make_server(store, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving the results in {args.store} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        store.close()
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``coordinator ingest`` and ``coordinator report`` (called from ``coordinator.cli.main.build_parser``)."""
     p = sub.add_parser("ingest", help="verify a site's bundle file and load it into the results store")
@@ -87,3 +104,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: ./{DEFAULT_STORE})")
     p.add_argument("--out", required=True, help="folder for report.html and results.csv")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("view", help="serve the network results from the store in a browser (read-only)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="example: coordinator view --store demo-network/store.sqlite3 --port 8050")
+    p.add_argument("--store", default=DEFAULT_STORE, help="results store: SQLite file or SQLAlchemy URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (keep it local; no authentication)")
+    p.add_argument("--port", type=int, default=8050, help="port to listen on (0: any free port)")
+    p.set_defaults(func=cmd_view)

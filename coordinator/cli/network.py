@@ -10,6 +10,7 @@ from pathlib import Path
 from coordinator.cli.common import report_outcome, study_job
 from coordinator.cli.operations import add_study_parsers
 from coordinator.store import DEFAULT_STORE
+from optima_common.definitions import definitions_dir
 from optima_common.errors import CoordinatorError
 
 
@@ -19,7 +20,8 @@ def cmd_demo(args) -> int:
     if args.persons < 100:
         raise CoordinatorError("--persons must be at least 100")
     sites = default_sites(args.sites, args.persons, args.seed)
-    run_demo(Path(args.out), sites, Path(args.definitions), min_cell_count=args.min_cell_count,
+    definitions = Path(args.definitions) if args.definitions else definitions_dir()
+    run_demo(Path(args.out), sites, definitions, min_cell_count=args.min_cell_count,
              reply_timeout=args.timeout, train=args.train, train_epochs=args.train_epochs)
     return 0
 
@@ -77,9 +79,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="run the lung study over a local Flower network of synthetic sites")
     p.add_argument("--out", default="demo-network", help="folder for the sites, report, bundles, keys and store")
     p.add_argument("--sites", type=int, default=3, help="number of synthetic sites (1-5)")
-    p.add_argument("--persons", type=int, default=5000, help="persons at the first site (others scale from it)")
+    p.add_argument("--persons", type=int, default=3000, help="persons at the first site (others scale from it)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--definitions", default="cohort_definitions", help="the network's cohort definitions folder")
+    p.add_argument("--definitions", help="the network's cohort definitions folder (default: the packaged copy)")
     p.add_argument("--min-cell-count", type=int, default=5, help="sites suppress counts between 1 and N-1")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the sites' answers")
     p.add_argument("--train", choices=["pathology", "mammography"], help="also run a short federated training")

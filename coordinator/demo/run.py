@@ -25,6 +25,7 @@ from coordinator.flower.study import manifest_from_spec
 from coordinator.store import DEFAULT_STORE
 from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import generate_keypair, load_private_key, write_manifest
+from optima_common.cli import progress
 from optima_common.errors import CoordinatorError
 
 LUNG_DIAGNOSTIC_COHORTS = ("lung_cancer_broad", "lung_cancer_narrow", "nsclc", "sclc", "sclc_stage_i_ii")
@@ -73,8 +74,11 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     private, public = coordinator_key(out)
     t0 = time.perf_counter()
     echo(f"preparing {len(sites)} synthetic sites in {out / 'sites'}")
-    prepared = [prepare_site(out / "sites", s, catalog=catalog.resolve(), coordinator_pub=public,
-                             trust=out / "trust", min_cell_count=min_cell_count, echo=echo) for s in sites]
+    prepared = []
+    for s in sites:
+        with progress(f"  site {s.name}: synthetic CDM ({s.profile}, {s.persons:,} persons), key, site.toml"):
+            prepared.append(prepare_site(out / "sites", s, catalog=catalog.resolve(), coordinator_pub=public,
+                                         trust=out / "trust", min_cell_count=min_cell_count, echo=echo))
     manifest = manifest_from_spec(spec, target_sites=[s.name for s in sites],
                                   min_sites=min_sites or max(1, len(sites) - 1), analyses=analyses,
                                   extra_cohorts=LUNG_DIAGNOSTIC_COHORTS, min_cell_count=min_cell_count,
@@ -86,11 +90,14 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     job = StudyJob(manifest=manifest_path, store=str(out / DEFAULT_STORE), trust=out / "trust", out=out,
                    reply_timeout=reply_timeout, node_wait=60.0).document()
     nodes = [NodeSpec(p.site.name, p.config, extra.get(p.site.name, {})) for p in prepared]
+    logs = out / "network" / "logs"
     with LocalNetwork(out / "network", nodes) as network:
         echo(f"SuperLink on 127.0.0.1:{network.port} (TLS, SuperNode authentication), {len(nodes)} SuperNodes")
+        echo(f"logs: {logs}/ (superlink.log, supernode-<site>.log, run-study.log); follow with: tail -f {logs}/*.log")
         if network_hook is not None:
             network_hook(network)
-        outcome = network.run("study", job, timeout=reply_timeout + 180)
+        with progress("network study: the sites build cohorts, run diagnostics and the SCLC study, then Cox"):
+            outcome = network.run("study", job, timeout=reply_timeout + 180)
         training = None
         if train and outcome.get("ok"):
             t_train = time.perf_counter()
@@ -114,7 +121,8 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
              f"{out / 'training' / train}")
         outcome["training"] = training
     echo(f"report: {outcome.get('report')}\nnetwork results: {outcome.get('results')}\n"
-         f"bundles: {out / 'bundles'}  pinned site keys: {out / 'trust'}  store: {out / 'store.sqlite3'}")
+         f"bundles: {out / 'bundles'}  pinned site keys: {out / 'trust'}  store: {out / 'store.sqlite3'}\n"
+         f"logs: {logs}/\nbrowse: coordinator view --store {out / 'store.sqlite3'}")
     return outcome
 
 

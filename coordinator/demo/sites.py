@@ -36,14 +36,23 @@ class PreparedSite:
     cdm: Path
 
 
+SITE_KINDS = (  # name, synth profile, size relative to --persons
+    ("lung_registry_north", "lung-registry", 1.0),
+    ("primary_care_south", "primary-care", 1.0),
+    ("lung_registry_east", "lung-registry", 1.0),
+    ("oncology_west", "oncology", 1.5),
+    ("primary_care_central", "primary-care", 1.5),
+)
+
+
 def default_sites(count: int, persons: int, seed: int) -> list[DemoSite]:
-    """Sites that differ in kind and size (oncology EMRs and a larger primary-care source)."""
-    names = ["oncology_north", "primary_care_south", "oncology_east", "oncology_west", "primary_care_central"]
-    sizes = [1.0, 2.0, 0.5, 0.75, 1.5]
-    if not 1 <= count <= len(names):
-        raise CoordinatorError(f"--sites must be between 1 and {len(names)}, got {count}")
-    return [DemoSite(names[i], "primary-care" if "primary" in names[i] else "oncology",
-                     max(int(persons * sizes[i]), 100), seed + i) for i in range(count)]
+    """Sites that differ in kind and size, as in the seed's network: SCLC-enriched lung-cancer
+    registries (they hold the stage I-II SCLC patients the study is about), a larger
+    primary-care source, and a general oncology EMR."""
+    if not 1 <= count <= len(SITE_KINDS):
+        raise CoordinatorError(f"--sites must be between 1 and {len(SITE_KINDS)}, got {count}")
+    return [DemoSite(name, profile, max(int(persons * size), 100), seed + i)
+            for i, (name, profile, size) in enumerate(SITE_KINDS[:count])]
 
 
 def agent(*args: str, cwd: Path | None = None) -> str:

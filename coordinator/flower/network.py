@@ -24,7 +24,7 @@ from pathlib import Path
 from coordinator.trust.pki import Pki, create_pki
 from optima_common.errors import NetworkError
 
-APP_DIR = Path(__file__).parents[1] / "flower_app"  # coordinator/flower_app (packaged with coordinator)
+APP_DIR = Path(__file__).resolve().parents[1] / "flower_app"  # coordinator/flower_app
 FEDERATION = "optima"
 
 

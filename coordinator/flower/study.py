@@ -16,6 +16,7 @@ line when fewer than ``min_sites`` are done.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import logging
@@ -143,7 +144,8 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     except StoreError as exc:  # e.g. the study was cancelled for this site while we waited
         return SiteOutcome(site=site, status="cancelled" if "cancelled" in str(exc) else "failed", reason=str(exc))
     if bundles_dir is not None:
-        write_atomic(bundles_dir / f"{site}.bundle", data)
+        # gzip-compressed copy (~40x smaller); read_bundle and `coordinator verify` read it as is
+        write_atomic(bundles_dir / f"{site}.bundle", gzip.compress(data, compresslevel=6, mtime=0))
     return SiteOutcome(site=site, status="done")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -13,17 +14,30 @@ from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
 from optima_common.fileio import write_atomic
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left}th{background:#eef2f6}
-.sup{color:#888}.lb{color:#b4412b;font-weight:600}figure{display:inline-block;margin:.5em}
-.st-done{color:#1c7c3a}.st-failed,.st-missing,.st-rejected,.st-refused{color:#b4412b}
-.note{background:#fff8e1;padding:.5em 1em;border-left:4px solid #e0a800}"""
+ASSETS = Path(__file__).parent / "assets"
+
+
+def assets() -> tuple[str, str]:
+    """(CSS, JS) inlined into every page: the report works from a file, offline."""
+    return ((ASSETS / "report.css").read_text(encoding="utf-8"), (ASSETS / "report.js").read_text(encoding="utf-8"))
+
+
+def page_html(title: str, header: str, panels: list[tuple[str, str, str]]) -> str:
+    """One self-contained page: a header, a tab bar, and one panel per (id, tab title, HTML)."""
+    css, js = assets()
+    body = "\n".join(f'<section class="panel" id="{S.esc(pid)}" data-title="{S.esc(t)}">{h}</section>'
+                     for pid, t, h in panels if h)
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><link rel=\"icon\" href=\"data:,\">"
+            f"<title>{S.esc(title)}</title><style>{css}</style></head><body>"
+            f"<header>{header}</header><nav id=\"tabs\" role=\"tablist\"></nav><main>{body}</main>"
+            f"<script>{js}</script></body></html>\n")
 
 
 class ReportPaths(BaseModel):
     html: Path
     csv: Path
+    csv_gz: Path | None = None
 
 
 def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = ()
@@ -32,13 +46,25 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model).
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"--out {out_dir} exists and is not a folder")
+    page, csv_bytes = render_report(store, manifest_id, extra_sections=extra_sections)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = write_atomic(out_dir / "results.csv", csv_bytes)
+    # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
+    gz_path = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=6, mtime=0))
+    html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
+    return ReportPaths(html=html_path, csv=csv_path, csv_gz=gz_path)
+
+
+def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = ()
+                  ) -> tuple[str, bytes]:
+    """(the page, the network CSV) for one manifest, from the store; nothing written."""
     from coordinator.pooling.versions import (
         changes_section,  # versions pools through network_results too
     )
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise StoreError(f"--out {out_dir} exists and is not a folder")
     manifest = store.manifest(manifest_id)
     statuses = store.site_statuses(manifest_id)
     bundles = study_bundles(store, manifest_id)  # with the answers to re-sends of this manifest
@@ -53,24 +79,30 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     answered = sum(s.has_bundle for s in statuses)
     notes = "".join(f"<li>{S.esc(n)}</li>" for n in net.notes)
-    parts = [
-        f"<h1>Network study {S.esc(manifest.study_id)} {S.esc(manifest.study_version)}</h1>",
-        (f"<p>manifest {S.esc(manifest_id)}, issued {manifest.issued_at:%Y-%m-%d %H:%M} UTC; "
-         f"{answered} of {len(manifest.target_sites)} sites answered (minimum {manifest.min_sites}); "
-         f"report written {now}. Pooled rows are under <b>{S.esc(net.pooled_name)}</b>.</p>"),
-        ('<p class="note">Suppressed site cells are shown as &lt;N (N = minimum cell count). A pooled value marked '
-         "&ge; includes suppressed site cells and is a lower bound. Rates and proportions are pooled from the "
-         "sites whose cells are all visible; random effects are DerSimonian-Laird with I&sup2;.</p>"),
-        f"<ul>{notes}</ul>" if notes else "",
-        S.status_section(statuses), S.provenance_section(view), S.counts_section(view), S.attrition_section(view),
-        S.characteristics_section(view), S.rates_section(view, "incidence"), S.rates_section(view, "prevalence"),
-        S.km_section(view), *extra_sections, S.pathways_section(view), S.lower_bounds_section(view),
-        changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else "",
+    header = (f"<h1>Network study {S.esc(manifest.study_id)} {S.esc(manifest.study_version)}</h1>"
+              f"<p>manifest {S.esc(manifest_id)}, issued {manifest.issued_at:%Y-%m-%d %H:%M} UTC; "
+              f"{answered} of {len(manifest.target_sites)} sites answered (minimum {manifest.min_sites}); "
+              f"report written {now}. Pooled rows are under <b>{S.esc(net.pooled_name)}</b>.</p>")
+    overview = (
+        '<h2>Overview</h2><p class="note">Suppressed site cells are shown as &lt;N (N = minimum cell count). A pooled '
+        "value marked &ge; includes suppressed site cells and is a lower bound. Rates and proportions are pooled from "
+        "the sites whose cells are all visible; random effects are DerSimonian-Laird with I&sup2;. Every table can be "
+        "searched, filtered, sorted and downloaded as CSV (the rows that match).</p>"
+        + (f"<ul>{notes}</ul>" if notes else "") + S.status_section(statuses) + S.provenance_section(view))
+    panels = [
+        ("overview", "Overview", overview),
+        ("counts", "Cohort counts", S.counts_section(view)),
+        ("attrition", "Attrition", S.attrition_section(view)),
+        ("overlap", "Overlap", S.overlap_section(view)),
+        ("code-use", "Code use", S.code_use_section(view)),
+        ("characteristics", "Characteristics", S.characteristics_section(view)),
+        ("incidence", "Incidence", S.rates_section(view, "incidence")),
+        ("prevalence", "Prevalence", S.rates_section(view, "prevalence")),
+        ("pathways", "Treatment pathways", S.pathways_section(view)),
+        ("outcomes", "Outcomes at horizons", S.horizons_section(view)),
+        ("survival", "Survival", S.km_section(view)),
+        *[(f"extra{i + 1}", S.title_of(x, "More"), x) for i, x in enumerate(extra_sections)],
+        ("lower-bounds", "Lower bounds", S.lower_bounds_section(view)),
+        ("changes", "Changes", changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else ""),
     ]
-    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{S.esc(manifest.study_id)} network report</title><style>{CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = write_atomic(out_dir / "results.csv", csv_bytes)
-    html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
-    return ReportPaths(html=html_path, csv=csv_path)
+    return page_html(f"{manifest.study_id} network report", header, panels), csv_bytes

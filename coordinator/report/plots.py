@@ -87,3 +87,39 @@ def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[fl
     tab.set_title("number at risk (pooled)", fontsize=7, loc="left")
     ax.set_xlabel("days")
     return _png(fig)
+
+
+def rate_panels_png(w, by: str, title: str) -> str:
+    """Small multiples: one panel per outcome, rate by year with a 95% CI band per line
+    (``by``: "all" one line, "sex" a line per sex, "age group" a line per age group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = w.dropna(subset=["est"])
+    outcomes = sorted(w["outcome"].unique())
+    if not outcomes:
+        return ""
+    cols = min(4, len(outcomes))
+    rows = -(-len(outcomes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.4 * rows + 0.5), squeeze=False)
+    line_key = {"all": None, "sex": "sex", "age group": "age"}[by]
+    for ax, outcome in zip(axes.flat, outcomes):
+        g = w[w["outcome"] == outcome]
+        groups = [("network", g)] if line_key is None else list(g.groupby(line_key, sort=True))
+        for label, gg in groups:
+            gg = gg.sort_values("year")
+            line, = ax.plot(gg["year"], gg["est"], marker="o", ms=2.5, lw=1.2, label=str(label))
+            if {"lo", "hi"} <= set(gg.columns):
+                ax.fill_between(gg["year"], gg["lo"], gg["hi"], alpha=0.15, color=line.get_color())
+        ax.set_title(outcome, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if line_key is not None:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(outcomes):]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 import pandas as pd
 
@@ -13,17 +14,25 @@ from coordinator.store import SiteStatus
 from optima_common.results import SUPPRESSED
 
 FLAG_KEY = ["result_id", "group_level", "strata_level", "variable_name", "variable_level", "additional_level"]
-MAX_FORESTS = 8
 
 
 def esc(x: object) -> str:
     return html.escape("" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x))
 
 
-def table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+def table(header: list[str], rows: list[list[str]], cls: str = "", name: str = "") -> str:
+    """An HTML table; the page's script adds search, filters, sorting, paging and CSV download
+    (``cls="plain"`` leaves it static). Every row is written: nothing is cut."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<table class="{cls}" data-name="{esc(name)}" data-rows="{len(rows)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def title_of(section: str, default: str) -> str:
+    """The text of a section's first <h2> (short form for a tab)."""
+    m = re.search(r"<h2>(.*?)</h2>", section, re.DOTALL)
+    return re.sub(r"\s*\(.*$", "", html.unescape(re.sub(r"<[^>]+>", "", m.group(1)))) if m else default
 
 
 class View:
@@ -56,15 +65,16 @@ class View:
             return f'<span class="lb" title="lower bound: includes suppressed site cells">&ge;{text}</span>'
         return text
 
-    def wide(self, d: pd.DataFrame, index: list[str], limit: int = 200) -> str:
+    def wide(self, d: pd.DataFrame, index: list[str], name: str = "", labels: list[str] | None = None) -> str:
+        """Rows ``index`` by site columns (pooled last); every row, no cut."""
         if d.empty:
             return "<p>none released</p>"
         d = d.assign(_txt=[self.shown(r) for _, r in d.iterrows()])
         w = d.pivot_table(index=index, columns="cdm_name", values="_txt", aggfunc="first", sort=False)
-        w = w.reindex(columns=[c for c in self.cdms if c in w.columns]).head(limit)
+        w = w.reindex(columns=[c for c in self.cdms if c in w.columns])
         rows = [[esc(x) for x in (k if isinstance(k, tuple) else (k,))] + [v if isinstance(v, str) else ""
                 for v in r] for k, r in zip(w.index, w.to_numpy().tolist(), strict=True)]
-        return table([*index, *w.columns], rows)
+        return table([*(labels or index), *w.columns], rows, name=name)
 
 
 def _num(v: str) -> str:
@@ -94,7 +104,8 @@ def provenance_section(v: View) -> str:
 def counts_section(v: View) -> str:
     d = v.rows("summarise_cohort_count")
     d = d[d["estimate_name"] == "count"]
-    return "<h2>Cohort counts</h2>" + v.wide(d, ["group_level", "variable_name"])
+    return "<h2>Cohort counts</h2>" + v.wide(d, ["group_level", "variable_name"], name="cohort_counts",
+                                             labels=["cohort", "variable"])
 
 
 def attrition_section(v: View) -> str:
@@ -102,15 +113,78 @@ def attrition_section(v: View) -> str:
     d = d[(d["variable_name"] == "number_subjects") & (d["estimate_name"] == "count")]
     d = d.assign(_r=pd.to_numeric(d["additional_level"], errors="coerce")).sort_values(
         ["group_level", "_r"], kind="mergesort")
-    return "<h2>Attrition (number of subjects)</h2>" + v.wide(d, ["group_level", "additional_level", "strata_level"])
+    return "<h2>Attrition (number of subjects)</h2>" + v.wide(d, ["group_level", "additional_level", "strata_level"],
+                                                              name="attrition", labels=["cohort", "step", "reason"])
+
+
+def overlap_section(v: View) -> str:
+    d = v.rows("summarise_cohort_overlap")
+    d = d[d["estimate_name"].isin(["count", "percentage"])]
+    if d.empty:
+        return ""
+    return ("<h2>Cohort overlap (subjects in both, only in one)</h2>"
+            + v.wide(d, ["group_level", "variable_name", "estimate_name"], name="cohort_overlap",
+                     labels=["reference &&& comparator", "overlap", "estimate"]))
+
+
+def code_use_section(v: View) -> str:
+    """Codes behind each cohort's concept sets, flagged: orphan codes (in the data, related to the
+    concept set but not in it) and unmapped source codes (no standard concept)."""
+    parts = []
+    for rt, title, flag in (("code_use", "Code use (concepts that entered the cohorts)", ""),
+                            ("orphan_code_use", "Orphan codes: related concepts in the data but not in the concept set",
+                             "orphan"),
+                            ("unmapped_codes", "Unmapped source codes (no standard concept)", "unmapped")):
+        d = v.rows(rt)
+        d = d[d["estimate_name"].isin(["record_count", "person_count", "count"])]
+        if d.empty:
+            continue
+        parts.append(f"<h3>{esc(title)}</h3>" + v.wide(
+            d, ["group_level", "variable_name", "variable_level", "additional_level", "estimate_name"], name=rt,
+            labels=["cohort &&& codelist", "concept", "concept id", "vocabulary / source details", "estimate"]))
+    return ("<h2>Code use, orphan and unmapped codes</h2>" + "".join(parts)) if parts else ""
 
 
 def characteristics_section(v: View) -> str:
     ids = v.ids("summarise_characteristics")
-    d = v.d[v.d["result_id"].isin(ids[:1]) & (v.d["strata_name"] == "overall")]
-    d = d[d["estimate_name"].isin(["count", "mean"])]
-    return "<h2>Characteristics (overall; counts pooled, means per site)</h2>" + \
-        v.wide(d, ["group_level", "variable_name", "variable_level", "estimate_name"], limit=120)
+    d = v.d[v.d["result_id"].isin(ids) & (v.d["strata_name"] == "overall")]
+    d = d[d["estimate_name"].isin(["count", "percentage", "mean", "median"])]
+    return ("<h2>Characteristics (overall; counts pooled, means per site)</h2>"
+            + v.wide(d, ["group_level", "variable_name", "variable_level", "estimate_name"], name="characteristics",
+                     labels=["cohort", "variable", "level", "estimate"]) + lsc_section(v))
+
+
+def lsc_section(v: View) -> str:
+    d = v.rows("summarise_large_scale_characteristics")
+    d = d[d["estimate_name"].isin(["count", "percentage"])]
+    if d.empty:
+        return ""
+    return ("<h3>Large-scale characteristics (concepts in windows before/after index)</h3>"
+            + v.wide(d, ["group_level", "variable_level", "variable_name", "additional_level", "estimate_name"],
+                     name="large_scale_characteristics",
+                     labels=["cohort", "window", "concept", "table / analysis", "estimate"]))
+
+
+def population_label(row: pd.Series) -> str:
+    """A denominator population in words (IncidencePrevalence's settings), e.g. 'age 18 to 64, Female, 365 d prior'."""
+    def get(col, default=""):
+        x = row.get(col)
+        return default if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+    age, sex, prior = get("denominator_age_group", "0 to 150"), get("denominator_sex", "Both"), \
+        get("denominator_days_prior_observation", "0")
+    parts = ["all ages" if age == "0 to 150" else f"age {age}", "both sexes" if sex == "Both" else sex.lower(),
+             f"{prior} d prior observation"]
+    target = get("denominator_target_cohort_name", "None")
+    if target not in ("", "None"):
+        parts.append(f"within {target}")
+    return ", ".join(parts)
+
+
+def readable_groups(v: View, d: pd.DataFrame) -> pd.DataFrame:
+    """Replace 'denominator_cohort_N &&& outcome' by 'outcome in <population in words>'."""
+    labels = {int(r["result_id"]): population_label(r) for _, r in v.s.iterrows()}
+    outcome = d["group_level"].str.split(" &&& ").str[-1]
+    return d.assign(group_level=outcome + " — " + d["result_id"].map(labels).fillna(""))
 
 
 def _overall_rate_rows(v: View, kind: str) -> pd.DataFrame:
@@ -119,7 +193,7 @@ def _overall_rate_rows(v: View, kind: str) -> pd.DataFrame:
         if col in s.columns and (s[col] == want).any():
             s = s[s[col] == want]
     d = v.d[v.d["result_id"].isin(s["result_id"]) & v.d["additional_level"].str.endswith("&&& overall")]
-    return d[(d["strata_name"] == "overall") & (d["variable_name"] == "Outcome")]
+    return readable_groups(v, d[(d["strata_name"] == "overall") & (d["variable_name"] == "Outcome")])
 
 
 def rates_section(v: View, kind: str) -> str:
@@ -153,69 +227,190 @@ def rates_section(v: View, kind: str) -> str:
         cells.append("&ndash;" if i2 is None else f"{i2:.1f}%")
         cells.append("" if not excl else f"{int(excl)} site(s) left out (suppressed)")
         rows.append(cells)
-        if len(site_pts) >= 2 and r[0] is not None and len(figs) < MAX_FORESTS:
+        if len(site_pts) >= 2 and r[0] is not None:
             pooled_pts = [("pooled (sum)", *p), (f"random effects, I²={i2:.0f}%", *r)]
             png = forest_png(f"{group} ({kind}, overall period)", site_pts, pooled_pts, title, log=False)
             figs.append(f'<figure><img alt="forest plot {esc(group)}" src="data:image/png;base64,{png}"></figure>')
-    header = ["denominator &&& outcome", *sites, "pooled (95% CI)", "random effects (95% CI)", "I²", "note"]
-    return f"<h2>{title} (overall period, both sexes, all ages)</h2>" + table(header, rows) + "".join(figs)
+    header = ["outcome — population", *sites, "pooled (95% CI)", "random effects (95% CI)", "I²", "note"]
+    return (f"<h2>{title} (overall period, both sexes, all ages)</h2>"
+            + table(header, rows, name=kind) + yearly_figures(v, kind)
+            + f"<h3>Forest plots ({len(figs)}: every outcome with two or more visible sites)</h3>" + "".join(figs))
+
+
+def yearly_figures(v: View, kind: str) -> str:
+    """Pooled rate by calendar year with 95% CIs, one panel per outcome; and by age group and sex."""
+    from coordinator.report.plots import rate_panels_png
+
+    est = "incidence_100000_pys" if kind == "incidence" else "prevalence"
+    s = v.s[(v.s["result_type"] == kind)]
+    if s.empty or "denominator_age_group" not in s.columns:
+        return ""
+    prior0 = s["denominator_days_prior_observation"].astype(str).isin(["0"]) if \
+        "denominator_days_prior_observation" in s.columns else True
+    d = v.d[v.d["result_id"].isin(s.loc[prior0, "result_id"]) & (v.d["cdm_name"] == v.pooled)
+            & (v.d["variable_name"] == "Outcome") & v.d["estimate_name"].isin([est, f"{est}_95CI_lower", f"{est}_95CI_upper"])
+            & v.d["additional_level"].str.endswith("&&& years")]
+    if d.empty:
+        return ""
+    meta = s.set_index("result_id")[["denominator_age_group", "denominator_sex"]]
+    d = d.assign(outcome=d["group_level"].str.split(" &&& ").str[-1],
+                 year=d["additional_level"].str[:4].astype(int),
+                 age=d["result_id"].map(meta["denominator_age_group"]), sex=d["result_id"].map(meta["denominator_sex"]),
+                 value=pd.to_numeric(d["estimate_value"], errors="coerce"))
+    w = d.pivot_table(index=["outcome", "age", "sex", "year"], columns="estimate_name", values="value",
+                      aggfunc="first").reset_index()
+    w = w.rename(columns={est: "est", f"{est}_95CI_lower": "lo", f"{est}_95CI_upper": "hi"})
+    unit = "per 100,000 person-years" if kind == "incidence" else "proportion"
+    out = []
+    for by, sel in (("all", (w["age"] == "0 to 150") & (w["sex"] == "Both")), ("sex", w["age"] == "0 to 150"),
+                    ("age group", w["sex"] == "Both")):
+        png = rate_panels_png(w[sel], by, f"pooled {kind} by year ({unit}), by {by}" if by != "all" else
+                              f"pooled {kind} by year ({unit}), 95% CI")
+        if png:
+            out.append(f'<figure><img alt="{kind} by year by {by}" src="data:image/png;base64,{png}"></figure>')
+    return "<h3>By calendar year (network, no prior-observation requirement)</h3>" + "".join(out)
+
+
+def _curves(v: View, g: pd.DataFrame, cdms: list[str], key: str = "cdm_name") -> dict:
+    curves = {}
+    for name in cdms:
+        c = g[g[key] == name].pivot_table(index="additional_level", columns="estimate_name",
+                                          values="estimate_value", aggfunc="first")
+        if c.empty or "estimate" not in c.columns:
+            continue
+        c = c.apply(pd.to_numeric, errors="coerce").dropna(subset=["estimate"])
+        c.index = c.index.astype(int)
+        c = c.sort_index()
+        lo = c.get("estimate_95CI_lower", c["estimate"]).fillna(c["estimate"])
+        hi = c.get("estimate_95CI_upper", c["estimate"]).fillna(c["estimate"])
+        curves[name] = (list(c.index), list(c["estimate"]), list(lo), list(hi))
+    return curves
+
+
+def _at_risk(v: View, ev: pd.DataFrame, t_max: float, ticks: int = 8) -> list[tuple[float, str]]:
+    """Number at risk at about ``ticks`` grid times within the plotted range (labels outside the
+    axis would stretch the figure)."""
+    cells = sorted((float(r["additional_level"]), "<" if r["estimate_value"] == SUPPRESSED else
+                    ("≥" if tuple("" if pd.isna(r[k]) else r[k] for k in FLAG_KEY) in v.lower else "")
+                    + _num(r["estimate_value"])) for _, r in ev.iterrows())
+    cells = [c for c in cells if c[0] <= t_max]
+    step = max(1, -(-len(cells) // ticks))
+    return cells[::step]
+
+
+def _t_max(curves: dict) -> float:
+    return max((c[0][-1] for c in curves.values() if c[0]), default=0.0)
 
 
 def km_section(v: View) -> str:
     d = v.rows("survival_estimates")
-    d = d[(d["strata_level"] == "overall") & (d["estimate_value"] != SUPPRESSED)]
-    if d.empty:
+    d = d[d["estimate_value"] != SUPPRESSED]
+    overall = d[d["strata_level"] == "overall"]
+    if overall.empty:
         return "<h2>Survival (pooled Kaplan-Meier)</h2><p>no released survival curve</p>"
-    out = ["<h2>Survival (pooled Kaplan-Meier from the sites' risk tables)</h2>"]
-    for (grp, outcome), g in d.groupby(["group_level", "variable_level"], sort=False):
-        curves = {}
-        for cdm in v.cdms:
-            c = g[g["cdm_name"] == cdm].pivot_table(index="additional_level", columns="estimate_name",
-                                                    values="estimate_value", aggfunc="first")
-            if c.empty or "estimate" not in c.columns:
-                continue
-            c = c.apply(pd.to_numeric, errors="coerce").dropna(subset=["estimate"])
-            c.index = c.index.astype(int)
-            c = c.sort_index()
-            lo = c.get("estimate_95CI_lower", c["estimate"]).fillna(c["estimate"])
-            hi = c.get("estimate_95CI_upper", c["estimate"]).fillna(c["estimate"])
-            curves[cdm] = (list(c.index), list(c["estimate"]), list(lo), list(hi))
-        ev = v.rows("survival_events")
-        ev = ev[(ev["cdm_name"] == v.pooled) & (ev["strata_level"] == "overall") & (ev["group_level"] == grp)
-                & (ev["variable_level"] == outcome) & (ev["estimate_name"] == "n_risk_count")]
-        cells = [(float(r["additional_level"]), "<" if r["estimate_value"] == SUPPRESSED else
-                  ("≥" if tuple("" if pd.isna(r[k]) else r[k] for k in FLAG_KEY) in v.lower else "")
-                  + _num(r["estimate_value"])) for _, r in ev.iterrows()]
-        png = km_png(f"{grp}: {outcome}", curves, {v.pooled: sorted(cells)})
+    out = ["<h2>Survival (pooled Kaplan-Meier from the sites' risk tables)</h2>",
+           ('<p class="legend">Bands: 95% CIs (Greenwood, log). Under each plot: number at risk in the network '
+            "(&ge; = a lower bound that includes suppressed site cells; &lt; = suppressed).</p>")]
+    events = v.rows("survival_events")
+    events = events[events["estimate_name"] == "n_risk_count"]
+    for (grp, outcome), g in overall.groupby(["group_level", "variable_level"], sort=False):
+        ev = events[(events["cdm_name"] == v.pooled) & (events["strata_level"] == "overall")
+                    & (events["group_level"] == grp) & (events["variable_level"] == outcome)]
+        curves = _curves(v, g, v.cdms)
+        png = km_png(f"{grp}: {outcome} — network and sites", curves, {v.pooled: _at_risk(v, ev, _t_max(curves))})
         out.append(f'<figure><img alt="KM {esc(grp)} {esc(outcome)}" src="data:image/png;base64,{png}"></figure>')
-        risk = v.rows("survival_events")
-        risk = risk[(risk["strata_level"] == "overall") & (risk["group_level"] == grp)
-                    & (risk["variable_level"] == outcome) & (risk["estimate_name"] == "n_risk_count")]
-        out.append(f"<p>Number at risk, {esc(grp)}: {esc(outcome)}</p>"
-                   + v.wide(risk.assign(day=risk["additional_level"].astype(int)).sort_values("day"), ["day"]))
+        # the seed's question: survival by treatment sequence, pooled
+        seq = d[(d["cdm_name"] == v.pooled) & (d["group_level"] == grp) & (d["variable_level"] == outcome)
+                & (d["strata_level"] != "overall")]
+        levels = list(dict.fromkeys(seq["strata_level"]))
+        seq_curves: dict = {}
+        if levels:
+            seq_curves = {k: c for k, c in _curves(v, seq, levels, "strata_level").items() if len(c[0]) >= 2}
+            hidden = [lvl for lvl in levels if lvl not in seq_curves]
+            if hidden:
+                out.append(f'<p class="legend">Not drawn (no released step after day 0): {esc(", ".join(hidden))}</p>')
+        if seq_curves:
+            risk = {lvl: _at_risk(v, events[(events["cdm_name"] == v.pooled) & (events["strata_level"] == lvl)
+                                             & (events["group_level"] == grp) & (events["variable_level"] == outcome)],
+                                  _t_max(seq_curves)) for lvl in seq_curves}
+            png = km_png(f"{grp}: {outcome} by treatment sequence (network)", seq_curves, risk)
+            out.append(f'<figure><img alt="KM by sequence {esc(grp)}" src="data:image/png;base64,{png}"></figure>')
+        risk = events[(events["group_level"] == grp) & (events["variable_level"] == outcome)]
+        out.append(f"<h3>Number at risk, {esc(grp)}: {esc(outcome)}</h3>"
+                   + v.wide(risk.assign(day=risk["additional_level"].astype(int)).sort_values(["strata_level", "day"]),
+                            ["strata_level", "day"], name="number_at_risk", labels=["treatment sequence", "day"]))
     summ = v.rows("survival_summary")
-    summ = summ[summ["estimate_name"].str.match(r"^(median_survival|survival_at_\d+)$|_count$")]
-    out.append(v.wide(summ, ["strata_level", "variable_level", "estimate_name"], limit=60))
+    summ = summ[summ["estimate_name"].str.match(r"^(median_survival|survival_at_\d+)(_95CI_\w+)?$|_count$")]
+    out.append("<h3>Median and survival at the horizons</h3>"
+               + v.wide(summ, ["strata_level", "variable_level", "estimate_name"], name="survival_summary",
+                        labels=["treatment sequence", "outcome", "estimate"]))
     return "".join(out)
+
+
+def horizons_section(v: View) -> str:
+    """Outcomes within/after the study horizons. 'Within' counts are cumulative, so a withheld
+    horizon after a visible count c is shown as '&gt;c' (never '&lt;5' after a visible 5)."""
+    d = v.rows("outcome_horizons")
+    if d.empty:
+        return ""
+    d = d[d["estimate_name"].isin(["count", "percentage", "population_count"])].copy()
+    shown = []
+    last: dict[tuple, float] = {}
+    d["_days"] = d["variable_level"].map(_horizon_days)
+    d = d.sort_values(["cdm_name", "strata_level", "variable_name", "estimate_name", "_days"], kind="mergesort")
+    for _, r in d.iterrows():
+        key = (r["cdm_name"], r["strata_level"], r["variable_name"], r["estimate_name"])
+        within = str(r["variable_level"]).startswith("within") and r["estimate_name"] == "count"
+        if within and r["estimate_value"] == SUPPRESSED and last.get(key, 0) > 0:
+            shown.append(f'<span class="sup" title="withheld: fewer than {esc(v.mcc.get(r["result_id"], 5))} more '
+                         f'than the previous horizon">&gt;{esc(_num(str(last[key])))}</span>')
+            continue
+        if within:
+            x = pd.to_numeric(r["estimate_value"], errors="coerce")
+            if pd.notna(x):
+                last[key] = float(x)
+        shown.append(v.shown(r))
+    d["_txt"] = shown
+    w = d.pivot_table(index=["strata_level", "variable_name", "variable_level", "_days", "estimate_name"],
+                      columns="cdm_name", values="_txt", aggfunc="first", sort=False).reset_index()
+    w = w.sort_values(["strata_level", "variable_name", "_days", "estimate_name"], kind="mergesort")
+    cdms = [c for c in v.cdms if c in w.columns]
+    rows = [[esc(r["strata_level"]), esc(r["variable_name"]), esc(r["variable_level"]), esc(r["estimate_name"])]
+            + [r[c] if isinstance(r[c], str) else "" for c in cdms] for _, r in w.iterrows()]
+    return ("<h2>Outcomes at the study horizons</h2><p class=\"legend\">'within' counts are cumulative: a horizon "
+            "withheld because it adds fewer than the minimum cell count to the previous one is shown as &gt;previous."
+            "</p>" + table(["treatment sequence", "outcome", "horizon", "estimate", *cdms], rows, name="outcome_horizons"))
+
+
+def _horizon_days(label: object) -> float:
+    parts = str(label).split()
+    try:
+        n = float(parts[1])
+    except (IndexError, ValueError):
+        return -1.0
+    unit = parts[2] if len(parts) > 2 else ""
+    return n * (30.4375 if unit.startswith("month") else 365.25 if unit.startswith("year") else 1)
 
 
 def pathways_section(v: View) -> str:
     d = v.rows("treatment_pathways")
-    d = d[d["estimate_name"] == "count"]
-    return "<h2>Treatment pathways</h2>" + v.wide(d, ["strata_level", "variable_name", "variable_level"])
+    d = d[d["estimate_name"].isin(["count", "percentage"])]
+    return "<h2>Treatment pathways</h2>" + v.wide(d, ["strata_level", "variable_name", "variable_level", "estimate_name"],
+                                                  name="treatment_pathways",
+                                                  labels=["strata", "variable", "pathway", "estimate"])
 
 
-def lower_bounds_section(v: View, examples: int = 30) -> str:
+def lower_bounds_section(v: View) -> str:
     d = v.d[(v.d["estimate_name"] == "suppressed_sites") & (v.d["cdm_name"] == v.pooled)]
     types = dict(zip(v.s["result_id"], v.s["result_type"], strict=True))
     per_type = d["result_id"].map(types).value_counts()
     summary = table(["result type", "pooled rows that are lower bounds"],
-                    [[esc(t), esc(n)] for t, n in per_type.items()])
+                    [[esc(t), esc(n)] for t, n in per_type.items()], name="lower_bounds_by_type")
     rows = [[esc(types.get(r.result_id)), esc(r.group_level), esc(r.strata_level), esc(r.variable_name),
              esc(r.variable_level), esc(r.additional_level), esc(r.estimate_value)]
-            for r in d.head(examples).itertuples()]
+            for r in d.itertuples()]
     return (f"<h2>Pooled values that are lower bounds ({len(d)})</h2><p>Each includes at least one suppressed site "
             "cell, counted as nothing: the true network value is at least the one shown (&ge;). In the CSV they carry "
             "the estimates <code>lower_bound</code> and <code>suppressed_sites</code>.</p>" + summary
-            + f"<p>First {min(examples, len(d))}:</p>"
-            + table(["result type", "group", "strata", "variable", "level", "additional", "sites suppressed"], rows))
+            + table(["result type", "group", "strata", "variable", "level", "additional", "sites suppressed"], rows,
+                    name="lower_bounds"))

@@ -178,6 +178,8 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     patterns = summarise_pathway_frame(pathways, cdm_name, study.target.cohort_definition_id, target,
                                        max_lines=tp.max_lines,
                                        extra_settings={"study_id": spec.study_id, "study_version": spec.version})
+    if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
+        survival, outcomes = _counts_only(survival), _counts_only(outcomes)
     bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
     bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
     released = blank_linked(suppress(bound, minimum))
@@ -190,6 +192,13 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released)
 
 
+def _counts_only(result: SummarisedResult) -> SummarisedResult:
+    """The cohort-size rows of a result computed on an empty cohort: no estimates, no time tables."""
+    d = result.data
+    keep = (d["estimate_name"] == "number_records_count") | (d["variable_name"] == "Number subjects")
+    return result.with_data(d[keep])
+
+
 def _visible_curves(result: SummarisedResult) -> SummarisedResult:
     """Only the strata whose curve is released beyond day 0 (the rest would be empty lines)."""
     d = result.data
@@ -198,6 +207,25 @@ def _visible_curves(result: SummarisedResult) -> SummarisedResult:
     keep = set(zip(shown["strata_name"], shown["strata_level"]))
     mask = [(n, lv) in keep for n, lv in zip(d["strata_name"], d["strata_level"])]
     return result.with_data(d[mask])
+
+
+def monotone_labels(d: pd.DataFrame, min_cell_count: int) -> pd.Series:
+    """Cell labels: suppressed counts as "<N", except a withheld 'within' horizon after a visible
+    count c, which is "&gt;c" ('within' counts are cumulative: it was withheld because it adds
+    fewer than N to c, so "<N" there would be impossible)."""
+    shown = d["estimate_value"].fillna("").replace("-", f"<{min_cell_count}")
+    within = d["variable_level"].astype(str).str.startswith("within") & (d["estimate_name"] == "count")
+    order = d[within].assign(_days=d.loc[within, "variable_level"].map(horizon_days)).sort_values("_days",
+                                                                                                    kind="mergesort")
+    for _, g in order.groupby("variable_name", sort=False):
+        last = 0.0
+        for idx in g.index:
+            v = pd.to_numeric(d.at[idx, "estimate_value"], errors="coerce")
+            if pd.notna(v):
+                last = float(v)
+            elif d.at[idx, "estimate_value"] == "-" and last > 0:
+                shown.at[idx] = f">{int(last)}"
+    return shown
 
 
 def plot_horizon_table(result: SummarisedResult, png: Path, min_cell_count: int) -> Path:
@@ -211,7 +239,7 @@ def plot_horizon_table(result: SummarisedResult, png: Path, min_cell_count: int)
     d = result.data[result.data["result_id"].isin(ids) & (result.data["strata_level"] == OVERALL)
                     & result.data["estimate_name"].isin(["count", "percentage"])
                     & (result.data["variable_name"] != "Number subjects")]
-    shown = d["estimate_value"].fillna("").replace("-", f"<{min_cell_count}")
+    shown = monotone_labels(d, min_cell_count)
     table = d.assign(v=shown).pivot_table(index="variable_level", columns=["variable_name", "estimate_name"],
                                           values="v", aggfunc="first").fillna("")
     table = table.loc[sorted(table.index, key=lambda lbl: (lbl.split()[0], horizon_days(lbl)))]

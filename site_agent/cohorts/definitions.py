@@ -10,6 +10,9 @@ from pathlib import Path
 from optima_common.errors import CohortDefinitionError
 
 CATALOG_FILE = "catalog.json"
+#: ids of cohorts not in any catalog start here, above every network catalog id, so a user's
+#: own definitions never overwrite a catalog cohort's rows in the shared write schema
+USER_COHORT_ID_BASE = 1000
 
 
 @dataclass(frozen=True)
@@ -116,18 +119,38 @@ def _catalog_index(paths: list[Path]) -> dict[Path, CatalogEntry]:
     return index
 
 
+def _refuse_network_id_reuse(catalog: dict[Path, CatalogEntry]) -> None:
+    """A catalog id that is the network catalog's must name the network's definition (same sha256)."""
+    from optima_common.definitions import definitions_dir
+
+    try:
+        network = {e.cohort_definition_id: e for e in load_catalog(definitions_dir() / CATALOG_FILE)}
+    except (OSError, ValueError):  # no packaged catalog (a stripped install): nothing to protect
+        return
+    for entry in catalog.values():
+        net = network.get(entry.cohort_definition_id)
+        if net is not None and net.sha256 != entry.sha256:
+            raise CohortDefinitionError(
+                f"{entry.path}: cohort id {entry.cohort_definition_id} is the network catalog's "
+                f"'{net.name}'; give this definition another id",
+                hint=f"ids of your own cohorts should be {USER_COHORT_ID_BASE} or more")
+
+
 def collect_definitions(paths: list[str | Path]) -> list[CohortDefinition]:
     """Definitions from files and folders, in the order given; a folder in catalog order.
 
     Concept-set files, catalogs and study specs inside folders are recognised and skipped;
     a file named explicitly must be a cohort definition. Names and ids come from the
-    catalog when the file is listed there, else the file name and the next free id.
+    catalog when the file is listed there, else the file name and the next free id from
+    ``USER_COHORT_ID_BASE``. A user catalog that gives a network catalog id to another
+    definition is refused (the two would share one cohort id in the write schema).
     """
     resolved = [Path(p).expanduser().resolve() for p in paths]
     for p in resolved:
         if not p.exists():
             raise CohortDefinitionError(f"{p}: no such file or folder")
     catalog = _catalog_index(resolved)
+    _refuse_network_id_reuse(catalog)
     ordered: list[tuple[Path, dict]] = []
     for p in resolved:
         if p.is_file():
@@ -150,7 +173,7 @@ def collect_definitions(paths: list[str | Path]) -> list[CohortDefinition]:
         raise CohortDefinitionError(f"no cohort definitions found in {', '.join(map(str, resolved))}")
     seen_paths: set[Path] = set()
     used_ids = {catalog[f].cohort_definition_id for f, _ in ordered if f in catalog}
-    next_id = 1
+    next_id = USER_COHORT_ID_BASE
     out: list[CohortDefinition] = []
     for f, doc in ordered:
         if f in seen_paths:

@@ -112,8 +112,15 @@ def fmt_number(value: Any) -> str | None:
 
 def settings_row(result_id: int, result_type: str, *, package_name: str = PACKAGE_NAME,
                  package_version: str = PACKAGE_VERSION, **extra) -> dict:
-    """One settings row; ``group``/``strata``/``additional`` are derived from the data when omitted."""
-    row = {"result_id": result_id, "result_type": result_type, "package_name": package_name,
+    """One settings row; ``group``/``strata``/``additional`` are derived from the data when omitted.
+
+    Provenance is honest for an R reader: ``package_name``/``package_version`` name this
+    program (optima-federated and its version), and ``result_layout`` names the R package
+    whose summarised_result layout the rows follow (e.g. IncidencePrevalence), without a version.
+    """
+    layout = str(extra.pop("package_name", None) or package_name)
+    row = {"result_id": result_id, "result_type": result_type, "package_name": PACKAGE_NAME,
            "package_version": package_version, "min_cell_count": "0"}
     row.update({k: (None if v is None else str(v)) for k, v in extra.items()})
+    row["result_layout"] = layout
     return row

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import re
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from optima_common.bundle import ResultBundle, read_bundle, render
@@ -129,12 +129,8 @@ class Outbox:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(str(self.root / ".lock")):  # portable (fcntl on POSIX, msvcrt on Windows)
+            yield
 
     def _save(self, item: OutboxItem) -> OutboxItem:
         write_atomic(self._meta_path(item.id), (item.model_dump_json(indent=2) + "\n").encode("utf-8"))

@@ -79,6 +79,7 @@ def train_detector(data_yaml: Path, workdir: Path, *, epochs: int, imgsz: int, d
     setup_offline()
     from ultralytics import YOLO
 
+    workdir = Path(workdir).resolve()  # ultralytics puts a relative project under ./runs/detect/
     model = YOLO(model_yaml)
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars are not our output
         model.train(data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=_device(device), workers=0,
@@ -96,7 +97,7 @@ def evaluate_detector(weights: Path, data_yaml: Path, *, split: str, imgsz: int,
 
     with contextlib.redirect_stdout(sys.stderr):
         res = YOLO(str(weights)).val(data=str(data_yaml), split=split, imgsz=imgsz, device=_device(device),
-                                     batch=16, workers=0, plots=False, verbose=False, project=str(workdir),
+                                     batch=16, workers=0, plots=False, verbose=False, project=str(Path(workdir).resolve()),
                                      name=f"val_{split}", exist_ok=True)
     return {"map50": float(res.box.map50), "map50_95": float(res.box.map)}
 

@@ -35,7 +35,6 @@ from site_agent.cdm.synth.oncology import (
 from site_agent.cdm.synth.population import Block, add_visits
 
 HIST = np.array(["SCLC", "LUNG_ADENOCARCINOMA", "LUNG_SQUAMOUS", "NSCLC"])
-SCLC_STAGE = [0.03, 0.02, 0.30, 0.65]
 NSCLC_STAGE = [0.25, 0.10, 0.20, 0.45]
 MEDIAN = {True: [20, 20, 12, 7], False: [80, 45, 20, 10]}  # by is-SCLC, stage 1..4
 CURED = {True: [0.2, 0.2, 0.0, 0.0], False: [0.55, 0.35, 0.05, 0.0]}
@@ -45,10 +44,13 @@ def plan(b: Block, age: np.ndarray) -> None:
     r, R = b.rng, b.p.rates
     weight = ((age - 35).clip(0) / 40) ** 2 * np.where(b.smoker, 6.0, 1.0)
     pidx, dx = _incident(b, R.lung, weight, 30, R.referral)
+    if R.lung_followup_days:  # a registry with complete follow-up: no diagnosis near the end of observation
+        keep = dx <= b.planned_end[pidx] - R.lung_followup_days
+        pidx, dx = pidx[keep], dx[keep]
     n = pidx.size
-    hist = r.choice(4, size=n, p=[0.15, 0.45, 0.25, 0.15])
+    hist = r.choice(4, size=n, p=list(R.histology))  # profile's histology mix (default SEER-like)
     sclc = hist == 0
-    stage = np.where(sclc, r.choice(4, size=n, p=SCLC_STAGE), r.choice(4, size=n, p=NSCLC_STAGE)) + 1
+    stage = np.where(sclc, r.choice(4, size=n, p=list(R.sclc_stage)), r.choice(4, size=n, p=NSCLC_STAGE)) + 1
     med = np.where(sclc, np.array(MEDIAN[True])[stage - 1], np.array(MEDIAN[False])[stage - 1])
     cure_p = np.where(sclc, np.array(CURED[True])[stage - 1], np.array(CURED[False])[stage - 1])
     surv = _survival(r, med, r.random(n) < cure_p)

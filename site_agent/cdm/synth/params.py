@@ -15,6 +15,12 @@ Profile rates are rough orders of magnitude, not estimates:
   (short prior observation).
 * histology (SEER-like): SCLC ~15 % of lung cancers, adenocarcinoma ~45 %, squamous ~25 %,
   NSCLC NOS ~15 %. Stage at diagnosis: SCLC I-II ~5 % (the seed study), NSCLC I ~25 %.
+* lung-registry: a thoracic-oncology registry (as several of the seed network's partners):
+  ~35 % of persons have an incident lung cancer during observation, SCLC-enriched (35 % of
+  lung cancers) and with early stages over-represented (SCLC I/II/III/IV = 22/18/25/35 %),
+  so that a few thousand persons hold a stage I-II SCLC cohort that the study can describe;
+  registry follow-up for vital status is complete for 5 years after diagnosis (no one is
+  diagnosed in the last 5 years of observation), so early survival is not censored.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROFILES = ("primary-care", "oncology")
+PROFILES = ("primary-care", "oncology", "lung-registry")  # append only: the index seeds the blocks
 STAGING_STYLES = ("combined", "clinical", "pathological", "tnm", "ptnm")  # see lung.staging
 
 
@@ -40,11 +46,17 @@ class ProfileRates:
     prior_cancer_in_lung: float  # extra other-cancer history among lung cancer patients
     prior_skin_in_lung: float
     age_tilt: float  # shifts the age pyramid older
+    histology: tuple[float, float, float, float] = (0.15, 0.45, 0.25, 0.15)  # SCLC, adeno, squamous, NSCLC NOS
+    sclc_stage: tuple[float, float, float, float] = (0.03, 0.02, 0.30, 0.65)  # SCLC stage I..IV at diagnosis
+    lung_followup_days: int = 0  # registry: lung cancers diagnosed at least this long before observation ends
 
 
 RATES = {
     "primary-care": ProfileRates(0.0075, 0.0008, 0.015, 0.005, 0.01, 0.03, 0.05, 0.04, 0.04, 0.0),
     "oncology": ProfileRates(0.085, 0.004, 0.15, 0.035, 0.07, 0.06, 0.35, 0.04, 0.08, 0.6),
+    "lung-registry": ProfileRates(2.0, 0.004, 0.03, 0.01, 0.02, 0.04, 0.15, 0.05, 0.08, 0.8,
+                                  histology=(0.4, 0.32, 0.17, 0.11), sclc_stage=(0.35, 0.25, 0.2, 0.2),
+                                  lung_followup_days=5 * 365),
 }
 
 
