@@ -79,10 +79,11 @@ class Ledger:
 def _state_dir(node_config) -> Path | None:
     if node_config.get("state-dir"):
         return Path(str(node_config["state-dir"]))
-    if node_config.get("site-config"):
+    path = Path(str(node_config.get("site-config") or ""))
+    if node_config.get("site-config") and path.is_file():  # a training-only node may name just its images
         from site_agent.config import load_config
 
-        return Path(load_config(str(node_config["site-config"])).state_dir)
+        return Path(load_config(str(path)).state_dir)
     return None
 
 
