@@ -32,16 +32,18 @@ from pathlib import Path
 from optima_common.errors import ConfigError
 from optima_common.results import SummarisedResult, bind_frames
 from optima_common import bundle
+from optima_common import disclosure as shared_disclosure
 from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
+from site_agent.disclosure import nested_from_facts, site_facts, withhold_cohorts
 from site_agent.policy import Decision, PolicyRefusal, cohort_file_bytes
 
 log = logging.getLogger(__name__)
 
 ANALYSES = ("cohort_counts", "diagnostics", "sclc_study")
-SUPPRESSION_METHOD = "optima-federated suppress + disclosure v1"
+SUPPRESSION_METHOD = "optima-federated suppress + audit v2 (declared relations, LP)"
 
 
 def manifest_definitions(decision: Decision, config: SiteConfig) -> list[CohortDefinition]:
@@ -146,6 +148,7 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     with conn as cdm:
         name = cdm_name or default_cdm_name(cdm)
         result = run_analyses(cdm, decision, config, name)
+        facts = site_facts(cdm, {c.cohort_definition_id: c.name for c in decision.cohorts})
         prov = provenance(cdm, name)
     # nothing released earlier may be subtracted from this release to reveal a small count
     history = ReleaseHistory(config.state_dir)
@@ -153,6 +156,11 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     if guarded.changed:
         log.info("release history withheld %d count(s) of manifest %s", len(guarded.blocked),
                  decision.manifest.manifest_id)
+    # the audit over the whole bundle: tables of different analyses, what the site knows (cohort
+    # overlap from its cohort table) and the history's withheld cells; withheld counts as unknowns
+    minimum = decision.effective_min_cell_count
+    result = withhold_cohorts(result, nested_from_facts(facts, minimum))
+    result = shared_disclosure.protect(result, result, minimum, facts=facts).result
     unsigned = bundle.ResultBundle(
         site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
         created_at=dt.datetime.now(dt.timezone.utc), provenance=prov,

@@ -151,3 +151,17 @@ def check_release(result: SummarisedResult, min_cell_count: int) -> list[str]:
         problems.append(f"{int(derived.sum())} estimate(s) derived from withheld counts are released, e.g. "
                         f"{r['result_type']} {r['variable_name']}/{r['estimate_name']}")
     return problems
+
+
+def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> None:
+    """Coordinator: refuse (one-line :class:`DisclosureError`) a bundle table that fails :func:`check_release`."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="optima-audit-") as tmp:
+        path = Path(tmp) / "results.csv"
+        path.write_text(results_csv, encoding="utf-8")
+        table = SummarisedResult.from_csv(path)
+    problems = check_release(table, min_cell_count)
+    if problems:
+        raise DisclosureError(f"{where}: refused by the disclosure audit: {problems[0]}")

@@ -33,9 +33,8 @@ from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics.runner import default_cdm_name
-from site_agent.disclosure import horizon_days, protect_horizons, protect_time_tables
+from site_agent.disclosure import horizon_days, release_control
 from site_agent.study_spec import LoadedStudy
-from site_agent.suppression import suppress
 
 log = logging.getLogger(__name__)
 SITE_FLOOR = 5  # a site never releases a cell below this, whatever the spec asks
@@ -125,8 +124,7 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
                                        max_lines=tp.max_lines,
                                        extra_settings={"study_id": spec.study_id, "study_version": spec.version})
     bound = bind_frames([(r.data, r.settings) for r in (patterns, outcomes, survival)])
-    bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
-    released = suppress(bound, minimum)
+    released = release_control(bound, minimum, time_tables=True).result  # primary + secondary, audited
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),
