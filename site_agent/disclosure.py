@@ -14,15 +14,18 @@ from *different* tables can still be combined:
   equals the released cohort count. If any attrition number of a cohort was suppressed,
   :func:`blank_linked` blanks that cohort's whole attrition table.
 
-Residual risk stated plainly: combinations of several partially overlapping cohorts (no
-nesting) can still narrow down small differences; a full audit needs linear programming
-(tau-argus/sdcTable style) and is not done here.
+The full audit (declared relations, exact intervals by algebra and LP, secondary
+suppression) lives in :mod:`optima_common.disclosure`, so that the coordinator runs the same
+one; :func:`release_control` is the site's single entry: primary suppression, nested-cohort
+withholding, the audit with what the site knows and does not release (:func:`site_facts`:
+persons per cohort and shared by every pair of the manifest's cohorts, from the cohort table).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from optima_common import disclosure as shared
 from optima_common.results import SEP, SUPPRESSED, SummarisedResult
 
 COHORT_KEYS = frozenset({"cohort_name", "cohort_name_reference", "cohort_name_comparator",
@@ -154,3 +157,64 @@ def horizon_days(label: str) -> float:
     parts = label.split()
     n, unit = float(parts[1]), parts[2]
     return n * (30.4375 if unit.startswith("month") else 365.25 if unit.startswith("year") else 1)
+
+
+# ---------------------------------------------------------------- the site's release control
+
+def site_facts(cdm, cohort_names: dict[int, str]) -> shared.SiteFacts:
+    """Persons per cohort and shared by each pair, from ``<write_schema>.cohort`` (never released)."""
+    if not cohort_names:
+        return shared.SiteFacts({}, {})
+    ids = ", ".join(str(int(i)) for i in sorted(cohort_names))
+    per = cdm.query_df(f"SELECT cohort_definition_id AS c, COUNT(DISTINCT subject_id) AS n "
+                       f"FROM {cdm.write_schema}.cohort WHERE cohort_definition_id IN ({ids}) GROUP BY 1")
+    pairs = cdm.query_df(
+        f"WITH p AS (SELECT DISTINCT cohort_definition_id AS c, subject_id FROM {cdm.write_schema}.cohort "
+        f"WHERE cohort_definition_id IN ({ids})) "
+        "SELECT a.c AS a, b.c AS b, COUNT(*) AS n FROM p a JOIN p b ON a.subject_id = b.subject_id AND a.c < b.c "
+        "GROUP BY 1, 2")
+    subjects = {cohort_names[int(c)]: int(n) for c, n in zip(per["c"], per["n"])}
+    both = {}
+    names = sorted(subjects)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both[(a, b)] = 0
+    for a, b, n in zip(pairs["a"], pairs["b"], pairs["n"]):
+        x, y = sorted((cohort_names[int(a)], cohort_names[int(b)]))
+        both[(x, y)] = int(n)
+    return shared.SiteFacts(subjects, both)
+
+
+def nested_from_facts(facts: shared.SiteFacts, min_cell_count: int) -> set[str]:
+    """Cohorts inside another cohort with 1..min-1 persons more (from the site's own cohort table)."""
+    out = set()
+    for (a, b), both in facts.both.items():
+        na, nb = facts.subjects.get(a, 0), facts.subjects.get(b, 0)
+        if both == nb and 0 < na - nb < min_cell_count:
+            out.add(b)
+        elif both == na and 0 < nb - na < min_cell_count:
+            out.add(a)
+    return out
+
+
+def withhold_cohorts(result: SummarisedResult, names: set[str]) -> SummarisedResult:
+    if not names:
+        return result
+    d = result.data.copy()
+    hit = [bool(_cohorts_in_group(n, lv) & names) for n, lv in zip(d["group_name"], d["group_level"])]
+    d.loc[hit, "estimate_value"] = SUPPRESSED
+    return result.with_data(d)
+
+
+def release_control(raw: SummarisedResult, min_cell_count: int, *, facts: shared.SiteFacts | None = None,
+                    time_tables: bool = False) -> shared.Protection:
+    """Everything a table goes through before it may leave the site (nothing is written here)."""
+    from site_agent.suppression import suppress
+
+    bound, _ = withhold_nested_cohorts(raw, min_cell_count)
+    if time_tables:
+        bound = protect_horizons(protect_time_tables(bound, min_cell_count), min_cell_count)
+    if facts is not None:
+        bound = withhold_cohorts(bound, nested_from_facts(facts, min_cell_count))
+    primary = suppress(bound, min_cell_count)
+    return shared.protect(raw, primary, min_cell_count, facts=facts)

@@ -15,7 +15,10 @@
 5. ``cohort_hash`` each cohort's ``expression`` reproduces its ``sha256`` (see below);
    ``cohort_not_approved`` each ``sha256`` is one the site approved;
 6. ``analysis``   every analysis is in ``allowed_analyses``;
-7. ``site``       this site is in ``target_sites``.
+7. ``site``       this site is in ``target_sites``;
+8. ``study_not_approved`` / ``analysis`` / ``cohort_not_approved``: the analyses are ones this
+   agent runs, a study spec is one the site approved (by sha256) and its cohorts are in the
+   manifest (:func:`site_agent.study_exec.preflight`). All of this before the CDM is opened.
 
 Every decision of :meth:`ManifestPolicy.check` is written to the audit log first; a refusal
 then raises :class:`PolicyRefusal`. :meth:`ManifestPolicy.evaluate` applies the same rules for
@@ -177,11 +180,17 @@ class ManifestPolicy:
             raise PolicyRefusal("analysis", f"analyses not allowed at this site: {names}")
         if self.config.site not in m.target_sites:
             raise PolicyRefusal("site", f"site {self.config.site!r} is not among the target sites")
-        return Decision(
+        decision = Decision(
             manifest=m, manifest_sha256=bundle.manifest_sha256(m), signer_key_id=signer,
             effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
             cohorts=m.cohorts, analyses=m.analyses,
         )
+        from site_agent.study_exec import (
+            preflight,  # 8. study spec approved, analyses runnable
+        )
+
+        preflight(decision, self.config)
+        return decision
 
     # --- the individual rules -----------------------------------------------------------
 

@@ -30,18 +30,20 @@ import tempfile
 from pathlib import Path
 
 from optima_common import bundle
+from optima_common import disclosure as shared_disclosure
 from optima_common.errors import ConfigError
 from optima_common.results import SummarisedResult, bind_frames
 from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
+from site_agent.disclosure import nested_from_facts, site_facts, withhold_cohorts
 from site_agent.policy import Decision, PolicyRefusal, cohort_file_bytes
 
 log = logging.getLogger(__name__)
 
 ANALYSES = ("cohort_counts", "diagnostics", "sclc_study")
-SUPPRESSION_METHOD = "optima-federated suppress + disclosure v1"
+SUPPRESSION_METHOD = "optima-federated suppress + audit v2 (declared relations, LP)"
 
 
 def manifest_definitions(decision: Decision, config: SiteConfig) -> list[CohortDefinition]:
@@ -73,15 +75,40 @@ def provenance(cdm: CdmConnection, cdm_name: str) -> bundle.Provenance:
                              vocabulary_version=report.vocabulary_version, package_version=__version__)
 
 
+def preflight(decision: Decision, config: SiteConfig) -> Path | None:
+    """Every policy decision that still depends on the manifest, taken before the CDM is opened.
+
+    Analyses this agent cannot run, a study spec the site never approved (by sha256) and a study
+    whose cohorts are not among the manifest's are refused here, so a refused manifest opens no
+    database connection and writes nothing. Returns the approved study spec path (or None).
+    """
+    unknown = [a for a in decision.analyses if a not in ANALYSES]
+    if unknown:
+        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    if "sclc_study" not in decision.analyses:
+        return None
+    from site_agent.study_spec import load_study
+
+    params = decision.manifest.parameters.get("sclc_study") or {}
+    sha = params.get("spec_sha256")
+    if not isinstance(sha, str):
+        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
+    path = approved_study_spec(config, sha)
+    study = load_study(path)
+    have = {c.sha256 for c in decision.cohorts}
+    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
+    if missing:
+        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
+    return path
+
+
 def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str) -> SummarisedResult:
     """Every requested analysis, each suppressed at ``decision.effective_min_cell_count``, bound."""
     from site_agent.diagnostics import cohort_summary
     from site_agent.diagnostics.runner import run_diagnostics
 
     minimum = decision.effective_min_cell_count
-    unknown = [a for a in decision.analyses if a not in ANALYSES]
-    if unknown:
-        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    spec_path = preflight(decision, config)  # again: run_analyses is also called on its own
     definitions = manifest_definitions(decision, config)
     parts: list[SummarisedResult] = []
     quiet = lambda _msg: None  # noqa: E731
@@ -92,26 +119,18 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
         parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
                                      diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet).result)
     if "sclc_study" in decision.analyses:
-        parts.append(_run_sclc(cdm, decision, config, cdm_name, minimum))
+        parts.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
     if not parts:
         return SummarisedResult.empty()
     return bind_frames([(p.data, p.settings) for p in parts])
 
 
-def _run_sclc(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str,
-              minimum: int) -> SummarisedResult:
+def _run_sclc(cdm: CdmConnection, spec_path: Path | None, cdm_name: str, minimum: int) -> SummarisedResult:
     from site_agent.analyses.study_run import run_study
     from site_agent.study_spec import load_study
 
-    params = decision.manifest.parameters.get("sclc_study") or {}
-    sha = params.get("spec_sha256")
-    if not isinstance(sha, str):
-        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
-    study = load_study(approved_study_spec(config, sha))
-    have = {c.sha256 for c in decision.cohorts}
-    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
-    if missing:
-        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
+    assert spec_path is not None  # preflight found the approved spec
+    study = load_study(spec_path)
     with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # plots stay at the site, then go
         return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum).result
 
@@ -121,6 +140,7 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     from site_agent.diagnostics.runner import default_cdm_name
     from site_agent.governance.release_history import ReleaseHistory
 
+    preflight(decision, config)  # policy before data: nothing below runs for a refused manifest
     try:
         conn = config.open_cdm()  # with the site's statement timeout
     except ConfigError as exc:
@@ -128,6 +148,7 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     with conn as cdm:
         name = cdm_name or default_cdm_name(cdm)
         result = run_analyses(cdm, decision, config, name)
+        facts = site_facts(cdm, {c.cohort_definition_id: c.name for c in decision.cohorts})
         prov = provenance(cdm, name)
     # nothing released earlier may be subtracted from this release to reveal a small count
     history = ReleaseHistory(config.state_dir)
@@ -135,6 +156,11 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     if guarded.changed:
         log.info("release history withheld %d count(s) of manifest %s", len(guarded.blocked),
                  decision.manifest.manifest_id)
+    # the audit over the whole bundle: tables of different analyses, what the site knows (cohort
+    # overlap from its cohort table) and the history's withheld cells; withheld counts as unknowns
+    minimum = decision.effective_min_cell_count
+    result = withhold_cohorts(result, nested_from_facts(facts, minimum))
+    result = shared_disclosure.protect(result, result, minimum, facts=facts).result
     unsigned = bundle.ResultBundle(
         site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
         created_at=dt.datetime.now(dt.timezone.utc), provenance=prov,

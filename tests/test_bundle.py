@@ -39,8 +39,17 @@ from optima_common.keys import (
 )
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-CSV = ('result_id,cdm_name,group_name,group_level,estimate_name,estimate_value\n'
-       '1,site_a,cohort_name,sclc_stage_i_ii,count,42\n1,site_a,cohort_name,"Müller, ünï",count,<5\n')
+# a real summarised_result table (the coordinator audits every table it verifies): cohort counts,
+# one withheld; the non-ASCII cohort name checks the canonical bytes
+_H = '"result_id","cdm_name","group_name","group_level","strata_name","strata_level","variable_name",' \
+     '"variable_level","estimate_name","estimate_type","estimate_value","additional_name","additional_level"\n'
+_R = '1,"site_a","cohort_name","{c}","overall","overall","Number {w}",NA,"count","integer","{v}","overall","overall"\n'
+_S = '1,NA,"overall","overall","overall","overall","settings",NA,"{k}","character","{v}","overall","overall"\n'
+CSV = (_H + "".join(_R.format(c=c, w=w, v=v) for c, w, v in [
+    ("Müller, ünï", "records", "-"), ("Müller, ünï", "subjects", "-"),
+    ("sclc_stage_i_ii", "records", "42"), ("sclc_stage_i_ii", "subjects", "42")])
+    + "".join(_S.format(k=k, v=v) for k, v in [("result_type", "summarise_cohort_count"), ("package_name", "p"),
+                                              ("package_version", "1"), ("min_cell_count", "5")]))
 
 
 @pytest.fixture(scope="module")

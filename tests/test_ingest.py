@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +22,9 @@ KEYS = {"site_a": Ed25519PrivateKey.generate(), "site_b": Ed25519PrivateKey.gene
 
 
 def ingest(*args: str) -> subprocess.CompletedProcess:
+    if "--manifest" in args and "--coordinator-key" not in args:  # the coordinator's own public key
+        manifest = args[args.index("--manifest") + 1]
+        args = (*args, "--coordinator-key", str(Path(manifest).parent / "coordinator.pub"))
     return subprocess.run([sys.executable, "-m", "coordinator.cli.main", "ingest", *args], capture_output=True, text=True,
                           cwd=REPO, check=False)
 
@@ -32,6 +36,8 @@ def setup(tmp_path):
     for name, key in KEYS.items():
         (trust / f"{name}.pub").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "coordinator.pub").write_bytes(COORD.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     manifest = sign_manifest(make_manifest(), COORD)
     mfile = write_manifest(manifest, tmp_path / "manifest.json")
     files = {}
@@ -89,11 +95,45 @@ def test_ingest_refusals_are_one_line_and_store_nothing(setup):
 def test_ingest_api_refuses_a_second_different_answer(setup):
     tmp, trust, manifest, _, files = setup
     with ResultsStore.open(tmp / "r.sqlite3") as store:
-        assert ingest_bundle_file(files["site_a"], store, trust, manifest=manifest).site == "site_a"
+        assert ingest_bundle_file(files["site_a"], store, trust, manifest=manifest,
+                                  coordinator_key=tmp / "coordinator.pub").site == "site_a"
         changed = sign(make_bundle(manifest, site="site_a", method="another method"), KEYS["site_a"])
         with pytest.raises(StoreError, match="already answered"):
             ingest_bundle_file(write_bundle(changed, tmp / "changed.bundle"), store, trust)
         other = sign_manifest(make_manifest(), COORD)
         with pytest.raises(BundleError, match="answers manifest"):
-            ingest_bundle_file(files["site_b"], store, trust, manifest=other)
+            ingest_bundle_file(files["site_b"], store, trust, manifest=other, coordinator_key=tmp / "coordinator.pub")
         assert len(store.bundles(manifest.manifest_id)) == 1
+
+
+def test_ingest_refuses_a_manifest_the_coordinator_did_not_sign(setup):
+    tmp, trust, _manifest, _mfile, _files = setup
+    rogue = Ed25519PrivateKey.generate()
+    forged = sign_manifest(make_manifest(), rogue)
+    ffile = write_manifest(forged, tmp / "forged.json")
+    bundle = write_bundle(sign(make_bundle(forged, site="site_a"), KEYS["site_a"]), tmp / "forged.bundle")
+    store = tmp / "results.sqlite3"
+    p = ingest(str(bundle), "--store", str(store), "--trust", str(trust), "--manifest", str(ffile))
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "not signed by this coordinator" in p.stderr, p.stderr
+    p = ingest(str(bundle), "--store", str(store), "--trust", str(trust), "--manifest", str(ffile),
+               "--coordinator-key", str(trust / "site_a.pub"))  # any other key: refused too
+    assert p.returncode != 0 and p.stderr.count("\n") == 1
+    with ResultsStore.open(store) as s:
+        assert s.manifests() == []
+
+
+def test_correctly_signed_bundle_with_small_counts_is_refused(setup):
+    from tests.test_bundle import CSV
+
+    tmp, trust, manifest, mfile, _files = setup
+    small = CSV.replace('"42"', '"3"', 1)  # a count of 3 under a signature that verifies
+    leaky = write_bundle(sign(make_bundle(manifest, site="site_a").model_copy(update={"results_csv": small}),
+                              KEYS["site_a"]), tmp / "leaky.bundle")
+    store = tmp / "results.sqlite3"
+    p = ingest(str(leaky), "--store", str(store), "--trust", str(trust), "--manifest", str(mfile))
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "between 1 and 4" in p.stderr, p.stderr
+    v = subprocess.run([sys.executable, "-m", "coordinator.cli.main", "verify", str(leaky), "--trust", str(trust)],
+                       capture_output=True, text=True, cwd=REPO, check=False)
+    assert v.returncode != 0 and v.stderr.count("\n") == 1 and "disclosure audit" in v.stderr, v.stderr
+    with ResultsStore.open(store) as s:
+        assert s.manifests() == []

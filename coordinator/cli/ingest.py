@@ -3,8 +3,11 @@
 The bundle is verified first (:func:`coordinator.trust.manifest.verify_bundle_file`: pinned site key
 named like the site, signature, suppression record, and the exact signed manifest it answers);
 only then is it stored and the site marked ``done``. The manifest must be in the store already
-or be given (``--manifest FILE``, then stored too: a trusted site's signature over its
-``manifest_sha256`` vouches for it). A refusal stores nothing.
+or be given (``--manifest FILE``): a given manifest must be signed by the coordinator's own
+key (``--coordinator-key``, its public key; a site's signature over a manifest the coordinator
+never issued vouches for nothing), and if the store knows that manifest id it must be the very
+manifest stored. Every table of the bundle goes through the same disclosure audit the site ran.
+A refusal stores nothing.
 """
 
 from __future__ import annotations
@@ -24,14 +27,41 @@ from optima_common.bundle import (
 
 
 def ingest_bundle_file(path: str | Path, store: ResultsStore, trust_dir: str | Path, *,
-                       manifest: StudyManifest | None = None) -> ResultBundle:
+                       manifest: StudyManifest | None = None, coordinator_key: str | Path | None = None
+                       ) -> ResultBundle:
     """Verify the bundle at ``path``, store it with its raw bytes, mark its site done; return it."""
-    return _ingest(path, store, trust_dir, manifest)[0]
+    return _ingest(path, store, trust_dir, manifest, coordinator_key)[0]
+
+
+def check_own_manifest(manifest: StudyManifest, store: ResultsStore, coordinator_key: str | Path | None) -> None:
+    """A manifest given on the command line: signed by the coordinator's pinned key; the stored one if known."""
+    from optima_common.bundle import (
+        BundleError,
+        key_id,
+        load_public_key,
+        manifest_sha256,
+        verify,
+    )
+
+    if coordinator_key is None:
+        raise BundleError("--manifest needs --coordinator-key (the coordinator's own public key) to check "
+                          "who signed the manifest")
+    pub = load_public_key(coordinator_key)
+    try:
+        verify(manifest, {key_id(pub): ("coordinator", pub)})
+    except BundleError as exc:
+        raise BundleError(f"manifest {manifest.manifest_id} is not signed by this coordinator's key: "
+                          f"{str(exc).splitlines()[0]}") from None
+    if store.has_manifest(manifest.manifest_id) and \
+            manifest_sha256(store.manifest(manifest.manifest_id)) != manifest_sha256(manifest):
+        raise BundleError(f"manifest {manifest.manifest_id} differs from the one in the results store; refused")
 
 
 def _ingest(path: str | Path, store: ResultsStore, trust_dir: str | Path,
-            manifest: StudyManifest | None) -> tuple[ResultBundle, bool]:
+            manifest: StudyManifest | None, coordinator_key: str | Path | None = None) -> tuple[ResultBundle, bool]:
     path = Path(path)
+    if manifest is not None:
+        check_own_manifest(manifest, store, coordinator_key)
     if manifest is None:
         manifest_id = read_bundle(path).manifest_id  # parsing only, to find the manifest
         if not store.has_manifest(manifest_id):
@@ -52,7 +82,7 @@ def _ingest(path: str | Path, store: ResultsStore, trust_dir: str | Path,
 def cmd_ingest(args) -> int:
     manifest = read_manifest(args.manifest) if args.manifest else None
     with ResultsStore.open(args.store) as store:
-        bundle, added = _ingest(args.bundle, store, args.trust, manifest)
+        bundle, added = _ingest(args.bundle, store, args.trust, manifest, args.coordinator_key)
     again = "" if added else " (already stored: unchanged)"
     print(f"stored bundle from site {bundle.site} for manifest {bundle.manifest_id} in {args.store}{again}")
     return 0
@@ -97,6 +127,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    f"(default: ./{DEFAULT_STORE})")
     p.add_argument("--trust", default="trust", help="folder of pinned site public keys <site>.pub (default: ./trust)")
     p.add_argument("--manifest", help="the signed manifest file the bundle answers, if not in the store yet")
+    p.add_argument("--coordinator-key", help="the coordinator's own public key; a --manifest must be signed by it")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("report", help="write the offline HTML report and the network summarised_result CSV")

@@ -115,6 +115,7 @@ def verify_bundle_file(
     if signer != bundle.site:
         raise BundleError(f"{path}: bundle claims site {bundle.site!r} but is signed by key {signer!r}; refused")
     check_expected_min_cell(trust_dir, bundle)  # the minimum the site was onboarded with (coordinator sites add)
+    _recheck_tables(path, bundle)
     if manifest is not None:
         if bundle.manifest_id != manifest.manifest_id:
             raise BundleError(f"{path}: bundle answers manifest {bundle.manifest_id}, not {manifest.manifest_id}")
@@ -127,3 +128,15 @@ def verify_bundle_file(
             raise BundleError(f"{path}: bundle min_cell_count {bundle.suppression.min_cell_count} is below the "
                               f"manifest's {manifest.min_cell_count}; refused")
     return bundle
+
+
+def _recheck_tables(path: str | Path, bundle: ResultBundle) -> None:
+    """The same audit the site ran before signing: no count 1..min-1, every withheld count stays
+    unnarrowable under the declared relations, no estimate derived from a withheld count."""
+    from optima_common.disclosure import audit_bundle_table
+    from optima_common.errors import DisclosureError, ResultFormatError
+
+    try:
+        audit_bundle_table(bundle.results_csv, bundle.suppression.min_cell_count, f"{path}")
+    except (DisclosureError, ResultFormatError) as exc:
+        raise BundleError(str(exc).splitlines()[0]) from None

@@ -35,15 +35,8 @@ from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics.base import settings_row
 from site_agent.diagnostics.runner import default_cdm_name
-from site_agent.disclosure import (
-    ATTRITION,
-    blank_linked,
-    horizon_days,
-    protect_horizons,
-    protect_time_tables,
-)
+from site_agent.disclosure import ATTRITION, horizon_days, release_control
 from site_agent.study_spec import LoadedStudy
-from site_agent.suppression import suppress
 
 log = logging.getLogger(__name__)
 DEFAULT_SITE_MIN_CELL_COUNT = 5  # used when a caller passes no site minimum; a site's own floor is in its site.toml
@@ -181,8 +174,7 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
         survival, outcomes = _counts_only(survival), _counts_only(outcomes)
     bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
-    bound = protect_horizons(protect_time_tables(bound, minimum), minimum)
-    released = blank_linked(suppress(bound, minimum))
+    released = release_control(bound, minimum, time_tables=True).result  # primary + secondary, audited
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),

@@ -27,8 +27,7 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.state import stale_cohorts
 from site_agent.diagnostics import cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
-from site_agent.disclosure import blank_linked, withhold_nested_cohorts
-from site_agent.suppression import suppress
+from site_agent.disclosure import release_control, withhold_nested_cohorts
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,11 @@ def run_diagnostics(
         computed += 1
         progress(f"[{i}/{len(plan)}] {label}: {time.perf_counter() - started:.1f}s")
     bound = merge_identical_settings(bind_frames(results))
-    bound, withheld = withhold_nested_cohorts(bound, min_cell_count)
+    _, withheld = withhold_nested_cohorts(bound, min_cell_count)
     for name in withheld:
         progress(f"withheld every number about cohort {name}: it differs from a cohort containing it "
                  f"by fewer than {min_cell_count} persons")
-    released = blank_linked(suppress(bound, min_cell_count))
+    released = release_control(bound, min_cell_count).result  # primary + secondary, audited
     if out is not None:
         released.to_csv(out)
     return RunSummary(computed, reused, len(stale), out, released)

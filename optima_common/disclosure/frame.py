@@ -1,0 +1,70 @@
+"""The released table as the audit sees it: one row per estimate, with its result type and parsed parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from optima_common.results import OVERALL, SEP, SUPPRESSED, SummarisedResult
+
+GROUP_KEY = ["result_id", "cdm_name", "group_name", "group_level", "strata_name", "strata_level",
+             "additional_name", "additional_level"]
+CELL_KEY = GROUP_KEY + ["variable_name", "variable_level"]
+GROUP_COUNT_VARIABLES = frozenset({"number subjects", "number records"})
+GROUP_COUNT_ESTIMATES = frozenset({"denominator_count"})
+_NA = "\x00NA"
+
+
+def is_count_name(names: pd.Series) -> np.ndarray:
+    """omopgenerics' rule: an estimate whose name contains "count" is a count."""
+    return names.str.lower().str.contains("count", regex=False).to_numpy()
+
+
+def key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """One string per row identifying the given columns (NA-safe, vectorised)."""
+    parts = [df[c].astype(str) if c == "result_id" else df[c].fillna(_NA).astype(str) for c in cols]
+    if len(parts) == 1:
+        return parts[0]
+    return parts[0].str.cat(parts[1:], sep="\x1f")
+
+
+def norm_variable(s: pd.Series) -> pd.Series:
+    return s.fillna("").str.lower().str.replace("_", " ", regex=False).str.strip()
+
+
+def part_of(level: pd.Series, name: pd.Series, wanted: str) -> pd.Series:
+    """The level of key ``wanted`` in a " &&& "-joined name/level pair (NaN where absent)."""
+    out = pd.Series(np.nan, index=level.index, dtype=object)
+    names = name.str.split(SEP, regex=False)
+    levels = level.str.split(SEP, regex=False)
+    for i, (ns, ls) in enumerate(zip(names, levels)):
+        if wanted in ns and len(ns) == len(ls):
+            out.iat[i] = ls[ns.index(wanted)]
+    return out
+
+
+def audit_frame(result: SummarisedResult) -> pd.DataFrame:
+    """``result.data`` with ``row`` (position), ``result_type``, ``num`` (NaN if not numeric),
+    ``suppressed`` (value is "-") and ``is_count``."""
+    d = result.data
+    rtype = d["result_id"].map(dict(zip(result.settings["result_id"], result.settings["result_type"])))
+    num = pd.to_numeric(d["estimate_value"], errors="coerce")
+    suppressed = (d["estimate_value"] == SUPPRESSED).to_numpy()
+    is_count = is_count_name(d["estimate_name"]) & (num.notna().to_numpy() | suppressed)
+    return d.assign(row=np.arange(len(d)), result_type=rtype.fillna("").to_numpy(), num=num.to_numpy(),
+                    suppressed=suppressed, is_count=is_count)
+
+
+def cohort_of(f: pd.DataFrame, wanted: str = "cohort_name") -> pd.Series:
+    """The cohort a row is about (group key ``cohort_name`` or ``wanted``)."""
+    simple = f["group_name"] == wanted
+    out = pd.Series(np.nan, index=f.index, dtype=object)
+    out[simple] = f.loc[simple, "group_level"]
+    rest = ~simple & f["group_name"].str.contains(wanted, regex=False)
+    if rest.any():
+        out[rest] = part_of(f.loc[rest, "group_level"], f.loc[rest, "group_name"], wanted)
+    return out
+
+
+__all__ = ["GROUP_KEY", "CELL_KEY", "GROUP_COUNT_VARIABLES", "GROUP_COUNT_ESTIMATES", "OVERALL", "SEP",
+           "SUPPRESSED", "audit_frame", "key", "norm_variable", "part_of", "cohort_of", "is_count_name"]

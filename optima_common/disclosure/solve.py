@@ -1,0 +1,178 @@
+"""Feasible intervals of unknown cells under linear relations: algebra where it settles, HiGHS elsewhere.
+
+Each variable ``x_j`` lies in a box ``[lb_j, ub_j]`` (a released count: ``lb = ub = value``; a
+rounded count: ``value ± half the rounding base``; a withheld count or hidden quantity:
+``[0, inf)``) and the relations say ``A x = 0``. Fixed variables move to the right-hand side;
+what is left splits into connected components (variables linked by relations). Every *checked*
+variable gets the ends of its exact LP interval that the caller asks for (``need_lo``/``need_hi``):
+
+* components with one relation (most of them) are settled by interval arithmetic, vectorised
+  over all such components at once; it is exact for one equality over a box;
+* components with several relations go to HiGHS (``highspy``): one model per component, one
+  solve per asked end, only the objective changes between solves.
+
+Integrality is used where it is cheap: bounds are rounded inwards to integers (every count is
+an integer). An attacker with an integer solver can in rare cases do better than these LP
+bounds; see docs/disclosure.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+EPS = 1e-7
+
+
+@dataclass
+class Intervals:
+    lo: np.ndarray  # NaN where not computed
+    hi: np.ndarray
+    lp_components: int = 0
+    algebra_components: int = 0
+    lp_solves: int = 0
+    infeasible: list[int] = field(default_factory=list)  # variables whose relations contradict the data
+
+
+def _floor(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), np.floor(x + 1e-6), x)
+
+
+def _ceil(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), np.ceil(x - 1e-6), x)
+
+
+def intervals(rel: np.ndarray, var: np.ndarray, coef: np.ndarray, n_rel: int, lb: np.ndarray, ub: np.ndarray,
+              need_lo: np.ndarray, need_hi: np.ndarray, cache: dict | None = None) -> Intervals:
+    n_var = len(lb)
+    lo = np.full(n_var, np.nan)
+    hi = np.full(n_var, np.nan)
+    out = Intervals(lo, hi)
+    fixed = ub - lb <= EPS
+    want = (need_lo | need_hi) & ~fixed
+    fixed_term = fixed[var]
+    rhs = -np.bincount(rel[fixed_term], weights=coef[fixed_term] * lb[var[fixed_term]], minlength=n_rel)
+    r, v, c = rel[~fixed_term], var[~fixed_term], coef[~fixed_term]
+    in_rel = np.zeros(n_var, dtype=bool)
+    in_rel[v] = True
+    alone = want & ~in_rel
+    lo[alone], hi[alone] = lb[alone], ub[alone]
+    if not len(v) or not want.any():
+        return out
+    live_var, vi = np.unique(v, return_inverse=True)
+    live_rel, ri = np.unique(r, return_inverse=True)
+    n_nodes = len(live_var) + len(live_rel)
+    g = sparse.coo_matrix((np.ones(len(vi)), (vi, ri + len(live_var))), shape=(n_nodes, n_nodes)).tocsr()
+    _, labels = connected_components(g, directed=False)
+    term_comp = labels[vi]
+    rels_per_comp = np.bincount(labels[len(live_var):], minlength=labels.max() + 1)
+    single = rels_per_comp[term_comp] == 1
+    _single_relations(r[single], v[single], c[single], rhs, lb, ub, want, lo, hi, out)
+    out.algebra_components += int(np.count_nonzero(rels_per_comp[np.unique(term_comp[single])] == 1))
+    multi = ~single
+    if not multi.any():
+        return out
+    tc = term_comp[multi]
+    order = np.argsort(tc, kind="mergesort")
+    mr, mv, mc, tc = r[multi][order], v[multi][order], c[multi][order], tc[order]
+    bounds_ = np.flatnonzero(np.diff(tc)) + 1
+    for idx in np.split(np.arange(len(tc)), bounds_):
+        cv = mv[idx]
+        vars_ = np.unique(cv)
+        targets = vars_[want[vars_]]
+        if not len(targets):
+            continue
+        cr, cc = mr[idx], mc[idx]
+        rels = np.unique(cr)
+        sig = None
+        if cache is not None:
+            sig = (vars_.tobytes(), rels.tobytes(), np.round(rhs[rels], 6).tobytes(), lb[vars_].tobytes(),
+                   ub[vars_].tobytes(), targets.tobytes(), need_lo[targets].tobytes(), need_hi[targets].tobytes())
+            if sig in cache:
+                res = cache[sig]
+                if res is None:
+                    out.infeasible.extend(targets.tolist())
+                else:
+                    lo[targets], hi[targets] = res
+                continue
+        out.lp_components += 1
+        res = _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out)
+        if cache is not None:
+            cache[sig] = res
+        if res is None:
+            out.infeasible.extend(targets.tolist())
+        else:
+            lo[targets], hi[targets] = res
+    return out
+
+
+def _single_relations(r, v, a, rhs, lb, ub, want, lo, hi, out) -> None:
+    """Exact range of each wanted variable in its only relation sum(a_j x_j) = b, all at once."""
+    if not len(r):
+        return
+    with np.errstate(invalid="ignore"):
+        t_lo = np.where(a > 0, a * lb[v], a * ub[v])
+        t_hi = np.where(a > 0, a * ub[v], a * lb[v])
+    t_lo = np.nan_to_num(t_lo, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+    t_hi = np.nan_to_num(t_hi, nan=np.inf, posinf=np.inf, neginf=-np.inf)
+    f_lo, f_hi = np.isfinite(t_lo), np.isfinite(t_hi)
+    n = len(rhs)
+    s_lo = np.bincount(r, weights=np.where(f_lo, t_lo, 0), minlength=n)
+    s_hi = np.bincount(r, weights=np.where(f_hi, t_hi, 0), minlength=n)
+    i_lo = np.bincount(r, weights=(~f_lo).astype(float), minlength=n)
+    i_hi = np.bincount(r, weights=(~f_hi).astype(float), minlength=n)
+    b = rhs[r]
+    bad = ((i_lo[r] == 0) & (s_lo[r] > b + 1e-6)) | ((i_hi[r] == 0) & (s_hi[r] < b - 1e-6))
+    k = want[v]
+    rest_lo = np.where(i_lo[r] - (~f_lo) > 0, -np.inf, s_lo[r] - np.where(f_lo, t_lo, 0))
+    rest_hi = np.where(i_hi[r] - (~f_hi) > 0, np.inf, s_hi[r] - np.where(f_hi, t_hi, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x1, x2 = (b - rest_hi) / a, (b - rest_lo) / a
+    xl = np.maximum(np.minimum(x1, x2), lb[v])
+    xh = np.minimum(np.maximum(x1, x2), ub[v])
+    ok = k & ~bad
+    lo[v[ok]] = _ceil(xl[ok])
+    hi[v[ok]] = _floor(xh[ok])
+    out.infeasible.extend(v[k & bad].tolist())
+
+
+def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out):
+    ri = np.searchsorted(rels, cr)
+    vi = np.searchsorted(vars_, cv)
+    A = sparse.csr_matrix((cc, (ri, vi)), shape=(len(rels), len(vars_)))
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    inf = highspy.kHighsInf
+    n = len(vars_)
+    h.addVars(n, lb[vars_].astype(float), np.where(np.isfinite(ub[vars_]), ub[vars_], inf).astype(float))
+    b = rhs[rels].astype(float)
+    h.addRows(len(rels), b, b, A.nnz, A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32),
+              A.data.astype(float))
+    los = np.full(len(targets), np.nan)
+    his = np.full(len(targets), np.nan)
+    Status = highspy.HighsModelStatus
+    for k, t in enumerate(targets):
+        j = int(np.searchsorted(vars_, t))
+        h.changeColCost(j, 1.0)
+        for sense, need, store in ((highspy.ObjSense.kMinimize, need_lo[t], los),
+                                   (highspy.ObjSense.kMaximize, need_hi[t], his)):
+            if not need:
+                continue
+            h.changeObjectiveSense(sense)
+            h.run()
+            out.lp_solves += 1
+            st = h.getModelStatus()
+            if st == Status.kInfeasible:
+                return None
+            if st == Status.kOptimal:
+                store[k] = h.getInfo().objective_function_value
+            elif st in (Status.kUnbounded, Status.kUnboundedOrInfeasible):
+                store[k] = np.inf if sense == highspy.ObjSense.kMaximize else lb[t]
+            else:  # no answer: assume the widest box (the coordinator then errs on passing)
+                store[k] = ub[t] if sense == highspy.ObjSense.kMaximize else lb[t]
+        h.changeColCost(j, 0.0)
+    return _ceil(los), _floor(his)
