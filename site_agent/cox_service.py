@@ -28,7 +28,7 @@ from site_agent.analyses.cox import CoxGuard, CoxRefusal, SiteCoxData
 from site_agent.audit import MAX_STR, AuditLog
 from site_agent.config import SiteConfig
 from site_agent.governance.released import accepted_path, released_path
-from site_agent.policy import AUDIT_FILE, PolicyRefusal
+from site_agent.policy import AUDIT_FILE, PolicyRefusal, approved_study_spec
 
 BUDGET_FILE = "cox_budget.sqlite3"
 CACHE_DIR = "cox_cache"  # per-manifest design matrices (person-level: never leave the site)
@@ -91,7 +91,6 @@ def _released_study_manifest(config: SiteConfig, manifest_id: str, released: Pat
 
 def _guard(config: SiteConfig, manifest: StudyManifest) -> tuple[CoxGuard, str]:
     from site_agent.analyses.study_run import site_cox_data, study_patients
-    from site_agent.study_exec import approved_study_spec
     from site_agent.study_spec import load_study
 
     sha = (manifest.parameters.get("sclc_study") or {}).get("spec_sha256", "")

@@ -18,7 +18,7 @@
 7. ``site``       this site is in ``target_sites``;
 8. ``study_not_approved`` / ``analysis`` / ``cohort_not_approved``: the analyses are ones this
    agent runs, a study spec is one the site approved (by sha256) and its cohorts are in the
-   manifest (:func:`site_agent.study_exec.preflight`). All of this before the CDM is opened.
+   manifest (:func:`preflight`). All of this before the CDM is opened.
 
 Every decision of :meth:`ManifestPolicy.check` is written to the audit log first; a refusal
 then raises :class:`PolicyRefusal`. :meth:`ManifestPolicy.evaluate` applies the same rules for
@@ -50,7 +50,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from optima_common import bundle
+from optima_common import bundle, protocol
 from optima_common.bundle import ManifestCohort, StudyManifest
 from optima_common.errors import PolicyRefusal
 from site_agent.audit import MAX_STR, AuditLog, canonical_json
@@ -185,11 +185,7 @@ class ManifestPolicy:
             effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
             cohorts=m.cohorts, analyses=m.analyses,
         )
-        from site_agent.study_exec import (
-            preflight,  # 8. study spec approved, analyses runnable
-        )
-
-        preflight(decision, self.config)
+        preflight(decision, self.config)  # 8. study spec approved, analyses runnable
         return decision
 
     # --- the individual rules -----------------------------------------------------------
@@ -258,3 +254,39 @@ class ManifestPolicy:
                     and canonical_json(json.loads(data)) == canonical_json(c.expression))
         except (OSError, ValueError):
             return False
+
+
+def approved_study_spec(config: SiteConfig, spec_sha256: str) -> Path:
+    """The study spec with this sha256 from a ``studies/`` folder beside an approved catalog."""
+    for catalog in config.approved_cohorts.catalogs:
+        for path in sorted((catalog.parent / "studies").glob("*.json")):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == spec_sha256:
+                return path
+    raise PolicyRefusal("study_not_approved", f"study spec sha256 {spec_sha256[:12]}… is not in an approved catalog")
+
+
+def preflight(decision: Decision, config: SiteConfig) -> Path | None:
+    """Every policy decision that still depends on the manifest, taken before the CDM is opened.
+
+    Analyses this agent cannot run, a study spec the site never approved (by sha256) and a study
+    whose cohorts are not among the manifest's are refused here, so a refused manifest opens no
+    database connection and writes nothing. Returns the approved study spec path (or None).
+    """
+    unknown = [a for a in decision.analyses if a not in protocol.ANALYSES]
+    if unknown:
+        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    if "sclc_study" not in decision.analyses:
+        return None
+    from site_agent.study_spec import load_study
+
+    params = decision.manifest.parameters.get("sclc_study") or {}
+    sha = params.get("spec_sha256")
+    if not isinstance(sha, str):
+        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
+    path = approved_study_spec(config, sha)
+    study = load_study(path)
+    have = {c.sha256 for c in decision.cohorts}
+    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
+    if missing:
+        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
+    return path

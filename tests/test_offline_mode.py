@@ -30,7 +30,7 @@ def test_run_manifest_then_ingest(net, tmp_path):
     assert proc.returncode == 0 and bundle.is_file(), proc.stderr
     store = tmp_path / "store.sqlite3"
     proc = run("ingest", str(bundle), "--store", str(store), "--trust", str(net.trust), "--manifest", str(mfile),
-               module="coordinator.cli.main")
+               "--coordinator-key", str(net.coordinator_pub), module="coordinator.cli.main")
     assert proc.returncode == 0, proc.stderr
     assert [b.site for b in ResultsStore.open(store).bundles(manifest.manifest_id)] == ["site_north"]
     # the same manifest again is a replay: refused in one line, exit 8, no file written
