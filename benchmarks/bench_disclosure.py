@@ -1,0 +1,82 @@
+"""Information cost and time of the disclosure audit on synthetic oncology sites.
+
+For each site size: run the diagnostics suite and the SCLC study unsuppressed (the truth), then
+time the release control (primary suppression, secondary suppression by the audit, derived
+estimates) and report the share of count cells withheld before and after secondary suppression,
+the audit's time against the suite's, and how many small counts the independent attacker
+(tests/attacker.py) narrows on plain cell suppression versus on the audited release.
+
+    python benchmarks/bench_disclosure.py 1000 10000 100000
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from optima_common.disclosure import protect  # noqa: E402
+from optima_common.disclosure.frame import audit_frame  # noqa: E402
+from optima_common.results import bind  # noqa: E402
+from site_agent.analyses.study_run import run_study  # noqa: E402
+from site_agent.cdm import connect_cdm  # noqa: E402
+from site_agent.cdm.synth import generate_site, lung  # noqa: E402
+from site_agent.cohorts import collect_definitions  # noqa: E402
+from site_agent.diagnostics.runner import run_diagnostics  # noqa: E402
+from site_agent.disclosure import blank_linked, withhold_nested_cohorts  # noqa: E402
+from site_agent.study_spec import load_study  # noqa: E402
+from site_agent.suppression import suppress  # noqa: E402
+
+MIN = 5
+
+
+def one(n: int, root: Path) -> None:
+    lung.SCLC_STAGE[:] = [0.5, 0.4, 0.05, 0.05]
+    t0 = time.perf_counter()
+    res = generate_site(out=root / f"s{n}.duckdb", persons=n, site=f"bench_{n}", profile="oncology", seed=3)
+    gen = time.perf_counter() - t0
+    study = load_study(REPO / "cohort_definitions" / "studies" / "sclc_stage_i_ii.json")
+    study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
+    with connect_cdm(f"duckdb:///{res.out}", write_schema="results") as cdm:
+        t0 = time.perf_counter()
+        diag = run_diagnostics(cdm, collect_definitions([REPO / "cohort_definitions"]), out=None, min_cell_count=1,
+                               progress=lambda _m: None).result
+        st = run_study(cdm, study, root / f"study{n}", site_min_cell_count=1).result
+        suite = time.perf_counter() - t0
+    truth = bind(diag, st)
+    t0 = time.perf_counter()
+    primary = suppress(withhold_nested_cohorts(truth, MIN)[0], MIN)
+    t_primary = time.perf_counter() - t0
+    prot = protect(truth, primary, MIN)
+    audit = prot.seconds
+    f = audit_frame(primary)
+    cnt = f["is_count"].to_numpy()
+    before = f["suppressed"].to_numpy()[cnt].mean()
+    after = (prot.result.data["estimate_value"] == "-").to_numpy()[cnt].mean()
+    line = (f"{n:>9,} persons | {len(truth.data):>7,} rows | generate {gen:6.1f}s | suite {suite:7.1f}s | "
+            f"primary {t_primary:5.1f}s | audit {audit:6.1f}s ({audit / suite:5.0%} of suite) | "
+            f"counts withheld {before:6.2%} -> {after:6.2%} | secondary {len(prot.secondary):,} | "
+            f"LP components {prot.stats.get('lp_components', 0):,}, solves {prot.stats.get('lp_solves', 0):,}")
+    if n <= 20_000:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tests.attacker import narrowed
+
+        old = blank_linked(suppress(withhold_nested_cohorts(truth, MIN)[0], MIN))
+        line += f" | attacker narrows: plain {len(narrowed(old, truth, MIN))}, audited " \
+                f"{len(narrowed(prot.result, truth, MIN))}"
+    print(line, flush=True)
+
+
+def main(argv: list[str]) -> None:
+    sizes = [int(a) for a in argv] or [1000, 10000]
+    with tempfile.TemporaryDirectory(prefix="bench-disclosure-") as tmp:
+        for n in sizes:
+            one(n, Path(tmp))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

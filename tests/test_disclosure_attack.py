@@ -1,0 +1,120 @@
+"""From the attacker's side: released CSVs only, every relation a reader can see, LP over all of them.
+
+Small synthetic oncology sites with stage I-II SCLC made frequent (the generator's stage mix is
+a module constant, set here before generating). The truth is the same analyses run with a
+minimum cell count of 1; the released files are what the site writes with its floor of 5.
+The attacker (tests/attacker.py) imports nothing of the production audit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from optima_common.disclosure import check_release
+from optima_common.results import SummarisedResult
+from site_agent.analyses.study_run import run_study
+from site_agent.cdm import connect_cdm
+from site_agent.cdm.synth import generate_site, lung
+from site_agent.cohorts import collect_definitions
+from site_agent.diagnostics.runner import run_diagnostics
+from site_agent.study_spec import load_study
+from tests.attacker import narrowed
+from tests.conftest import DEFINITIONS
+
+MIN = 5
+SITES = [("attack_small", 700, 21), ("attack_mid", 1800, 22)]
+
+
+def released_and_truth(cdm_path: Path, out: Path, name: str):
+    study = load_study(DEFINITIONS / "studies" / "sclc_stage_i_ii.json")
+    raw_study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
+    defs = collect_definitions([DEFINITIONS])
+    quiet = lambda _m: None  # noqa: E731
+    with connect_cdm(f"duckdb:///{cdm_path}", write_schema="results") as cdm:
+        truth_d = run_diagnostics(cdm, defs, out=None, min_cell_count=1, cdm_name=name, progress=quiet).result
+        rel_d = run_diagnostics(cdm, defs, out=out / "diagnostics.csv", min_cell_count=MIN, cdm_name=name,
+                                progress=quiet)
+        truth_s = run_study(cdm, raw_study, out / "truth", cdm_name=name, site_min_cell_count=1).result
+        rel_s = run_study(cdm, study, out / "study", cdm_name=name, site_min_cell_count=MIN)
+    return ((SummarisedResult.from_csv(rel_d.out), truth_d), (SummarisedResult.from_csv(rel_s.results_csv), truth_s))
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack")
+    stage = list(lung.SCLC_STAGE)
+    lung.SCLC_STAGE[:] = [0.5, 0.4, 0.05, 0.05]  # stage I-II SCLC enriched
+    try:
+        out = {}
+        for name, n, seed in SITES:
+            res = generate_site(out=root / f"{name}.duckdb", persons=n, site=name, profile="oncology", seed=seed)
+            (root / name).mkdir()
+            out[name] = released_and_truth(res.out, root / name, name)
+    finally:
+        lung.SCLC_STAGE[:] = stage
+    return out
+
+
+@pytest.mark.parametrize("name", [s[0] for s in SITES])
+def test_attacker_narrows_no_small_count(sites, name):
+    for released, truth in sites[name]:
+        assert len(released.data) == len(truth.data)
+        small = (truth.data["estimate_name"].str.contains("count")
+                 & truth.data["estimate_value"].isin([str(i) for i in range(1, MIN)])).sum()
+        assert small > 0  # there is something to protect
+        leaks = narrowed(released, truth, MIN)
+        assert leaks == [], leaks[:5]
+
+
+@pytest.mark.parametrize("name", [s[0] for s in SITES])
+def test_released_files_pass_the_coordinator_audit(sites, name):
+    for released, _truth in sites[name]:
+        assert check_release(released, MIN) == []
+
+
+def test_attacker_finds_what_plain_suppression_leaves(sites):
+    """The attacker is not toothless: on plain cell suppression of the same truth it narrows cells."""
+    from site_agent.suppression import suppress
+
+    _, truth = sites["attack_mid"][0]
+    plain = suppress(truth, MIN)
+    assert len(narrowed(plain, truth, MIN)) > 0
+
+
+def test_every_released_result_type_is_declared_and_its_relations_hold(sites):
+    """Full diagnostics + study: every result type has a declaration, and every declared relation
+    holds exactly on the unsuppressed truth (a declaration cannot claim what is not so)."""
+    import numpy as np
+
+    from optima_common.disclosure import audit as A
+    from optima_common.disclosure import declarations as D
+    from optima_common.disclosure.frame import audit_frame
+
+    types = set()
+    for released, truth in sites["attack_mid"]:
+        types |= set(truth.settings["result_type"])
+        f = audit_frame(truth)
+        built = D.build_system(f)
+        p = A.problem(f, built, f["num"].to_numpy())
+        before = len(p.rel)
+        A.fill_hidden_truth(p)
+        assert len(p.rel) == before, "a declared relation does not hold on the true counts"
+        assert built.system.n_rel > 0
+        assert np.isfinite(p.true[: p.n][f["is_count"].to_numpy()]).all()
+    assert D.undeclared(types) == []
+    assert {"incidence", "code_use", "summarise_characteristics", "treatment_pathways", "survival_events"} <= types
+
+
+def test_an_undeclared_result_type_is_not_released():
+    from optima_common.disclosure import protect
+    from optima_common.errors import DisclosureError
+
+    r = SummarisedResult.from_records(
+        [{"cdm_name": "x", "variable_name": "n", "estimate_name": "count", "estimate_type": "integer",
+          "estimate_value": "12"}],
+        [{"result_id": 1, "result_type": "something_new", "package_name": "p", "package_version": "1"}])
+    with pytest.raises(DisclosureError, match="something_new"):
+        protect(r, r, MIN)
+    assert check_release(r, MIN) and "declare no relations" in check_release(r, MIN)[0]
