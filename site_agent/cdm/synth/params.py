@@ -16,11 +16,12 @@ Profile rates are rough orders of magnitude, not estimates:
 * histology (SEER-like): SCLC ~15 % of lung cancers, adenocarcinoma ~45 %, squamous ~25 %,
   NSCLC NOS ~15 %. Stage at diagnosis: SCLC I-II ~5 % (the seed study), NSCLC I ~25 %.
 * lung-registry: a thoracic-oncology registry (as several of the seed network's partners):
-  ~35 % of persons have an incident lung cancer during observation, SCLC-enriched (35 % of
-  lung cancers) and with early stages over-represented (SCLC I/II/III/IV = 22/18/25/35 %),
+  ~35 % of persons have an incident lung cancer during observation, SCLC-enriched (60 % of
+  lung cancers) and with early stages over-represented (SCLC I/II/III/IV = 50/30/10/10 %),
   so that a few thousand persons hold a stage I-II SCLC cohort that the study can describe;
   registry follow-up for vital status is complete for 5 years after diagnosis (no one is
-  diagnosed in the last 5 years of observation), so early survival is not censored.
+  diagnosed in the last 5 years of observation, one observation period per person), so early
+  survival is not censored.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ RATES = {
     "primary-care": ProfileRates(0.0075, 0.0008, 0.015, 0.005, 0.01, 0.03, 0.05, 0.04, 0.04, 0.0),
     "oncology": ProfileRates(0.085, 0.004, 0.15, 0.035, 0.07, 0.06, 0.35, 0.04, 0.08, 0.6),
     "lung-registry": ProfileRates(2.0, 0.004, 0.03, 0.01, 0.02, 0.04, 0.15, 0.05, 0.08, 0.8,
-                                  histology=(0.4, 0.32, 0.17, 0.11), sclc_stage=(0.35, 0.25, 0.2, 0.2),
+                                  histology=(0.6, 0.2, 0.12, 0.08), sclc_stage=(0.5, 0.3, 0.1, 0.1),
                                   lung_followup_days=5 * 365),
 }
 
@@ -105,7 +106,7 @@ class SiteParams:
             hispanic=float(r.uniform(0.03, 0.2)),
             smoker=float(r.uniform(0.12, 0.25)),
             visit_rate=float(r.uniform(0.7, 1.4)),
-            two_periods=float(r.uniform(0.08, 0.2)),
+            two_periods=float(r.uniform(0.08, 0.2)) * (0.0 if rates.lung_followup_days else 1.0),  # registry: one period
             cond_vocab=str(r.choice(["SNOMED", "ICD10CM", "ICD10"], p=[0.3, 0.45, 0.25])),
             icdo3=float(r.uniform(0.0, 0.6)),
             generic_first=float(r.uniform(0.1, 0.45)),
