@@ -246,6 +246,8 @@ EXAMPLES = {  # one example per command, shown under its --help
     "cdm eunomia": "cdm eunomia --out eunomia.duckdb",
     "cdm synth": "cdm synth --out site.duckdb --persons 3000 --profile lung-registry --site north",
     "cdm copy": "cdm copy site.duckdb --to postgresql+psycopg2://user@host/db --schema cdm",
+    "cdm vocab load": "cdm vocab load athena_download/ --cdm postgresql+psycopg2://user@host/db --vocab-schema vocab",
+    "vocab check": "vocab check --cdm duckdb:///site.duckdb --json",
     "cohorts": "cohorts --cdm duckdb:///site.duckdb --definitions cohort_definitions --json",
     "diagnostics": "diagnostics --cdm duckdb:///site.duckdb --definitions cohort_definitions --out diag/ --html",
     "run-study": "run-study cohort_definitions/studies/sclc_stage_i_ii.json --cdm duckdb:///site.duckdb --out study/",

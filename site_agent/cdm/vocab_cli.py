@@ -79,5 +79,5 @@ def add_parsers(sub, cdm_sub, add_cdm_options) -> None:
     p.add_argument("--cdm", required=True, help="SQLAlchemy URL or .duckdb path (a new DuckDB file is created)")
     p.add_argument("--cdm-schema", help="CDM schema (default: main for DuckDB, public for PostgreSQL)")
     p.add_argument("--vocab-schema", help="schema to load into (default: the CDM schema; created if absent)")
-    p.add_argument("--verbose", action="store_true", help="a progress line per table")
+    p.add_argument("-v", "--verbose", action="store_true", help="a progress line per table")
     p.set_defaults(func=cmd_vocab_load)
