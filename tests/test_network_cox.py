@@ -82,13 +82,20 @@ def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
     assert fit is None and notes == ["no site answered the Cox design request"]
     send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
                reply_timeout=300)
-    used = 0
-    # the real reason reaches the coordinator: the site's refusal (its budget), not "stopped answering"
-    with pytest.raises(CoordinatorError, match=r"Cox fit abandoned: cox_\w+ answered refused: .*budget 30"):
-        for _ in range(10):  # the spec allows 30 answers per manifest; each fit takes several
+    used, stopped = 0, ""
+    # the real reason reaches the coordinator: the site's refusal (its budget), not "stopped answering",
+    # whether the budget runs out inside a fit (the fit is abandoned) or between fits (sites left out)
+    for _ in range(12):  # the spec allows 30 answers per manifest; each fit takes several
+        try:
             fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
-            assert fit is not None, notes
-            used += fit.evaluations
+        except CoordinatorError as exc:
+            stopped = str(exc)
+            break
+        if fit is None:
+            stopped = " ".join(notes)
+            break
+        used += fit.evaluations
+    assert "refused" in stopped and "budget 30" in stopped, stopped
     assert 23 <= used <= 30  # refused once the budget would be exceeded, not before
     refused = [e for e in AuditLog(net.configs["cox_south"].parent / "state" / "audit.jsonl").entries()
                if e["event"] == "cox_refused" and e["manifest_id"] == manifest.manifest_id]
