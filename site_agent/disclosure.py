@@ -102,7 +102,7 @@ def protect_time_tables(result: SummarisedResult, min_cell_count: int) -> Summar
     if min_cell_count < 2:
         return result
     d = result.data.copy()
-    small = lambda v: (v > 0) & (v < min_cell_count)  # noqa: E731
+    small = lambda v: (v > 0) & (v < min_cell_count)
     for events_type, (estimates_type, summary_type) in TIME_TABLES.items():
         ev = d[_rows_of_type(result, events_type)]
         if ev.empty:

@@ -31,7 +31,7 @@ def released_and_truth(cdm_path: Path, out: Path, name: str):
     study = load_study(DEFINITIONS / "studies" / "sclc_stage_i_ii.json")
     raw_study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
     defs = collect_definitions([DEFINITIONS])
-    quiet = lambda _m: None  # noqa: E731
+    quiet = lambda _m: None
     with connect_cdm(f"duckdb:///{cdm_path}", write_schema="results") as cdm:
         truth_d = run_diagnostics(cdm, defs, out=None, min_cell_count=1, cdm_name=name, progress=quiet).result
         rel_d = run_diagnostics(cdm, defs, out=out / "diagnostics.csv", min_cell_count=MIN, cdm_name=name,

@@ -35,7 +35,13 @@ def ingest_bundle_file(path: str | Path, store: ResultsStore, trust_dir: str | P
 
 def check_own_manifest(manifest: StudyManifest, store: ResultsStore, coordinator_key: str | Path | None) -> None:
     """A manifest given on the command line: signed by the coordinator's pinned key; the stored one if known."""
-    from optima_common.bundle import BundleError, key_id, load_public_key, manifest_sha256, verify
+    from optima_common.bundle import (
+        BundleError,
+        key_id,
+        load_public_key,
+        manifest_sha256,
+        verify,
+    )
 
     if coordinator_key is None:
         raise BundleError("--manifest needs --coordinator-key (the coordinator's own public key) to check "
