@@ -57,6 +57,7 @@ from site_agent.audit import MAX_STR, AuditLog, canonical_json
 from site_agent.config import SiteConfig
 
 AUDIT_FILE = "audit.jsonl"
+ANALYSES = ("cohort_counts", "diagnostics", "sclc_study")  # what this agent version can run
 NONCE_FILE = "seen_manifests.sqlite3"
 
 
@@ -106,7 +107,7 @@ class NonceStore:
         con = self._connect()
         try:
             con.execute("INSERT INTO seen VALUES (?, ?, ?, ?)",
-                        (manifest_id, nonce, study_id, dt.datetime.now(dt.timezone.utc).isoformat()))
+                        (manifest_id, nonce, study_id, dt.datetime.now(dt.UTC).isoformat()))
             return True
         except sqlite3.IntegrityError:
             return False
@@ -137,7 +138,7 @@ class ManifestPolicy:
 
     def check(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
         """Accept (returns a :class:`Decision`) or refuse (raises :class:`PolicyRefusal`); audited."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         ids: dict[str, str | None] = {"manifest_id": None, "study_id": None}
         try:
             m = self._parse(manifest)
@@ -161,7 +162,7 @@ class ManifestPolicy:
 
     def evaluate(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
         """The rules of :meth:`check` for a dry run: the nonce is looked up, never claimed; nothing is audited."""
-        return self._apply_rules(self._parse(manifest), now or dt.datetime.now(dt.timezone.utc), claim=False)
+        return self._apply_rules(self._parse(manifest), now or dt.datetime.now(dt.UTC), claim=False)
 
     def _apply_rules(self, m: StudyManifest, now: dt.datetime, *, claim: bool) -> Decision:
         signer = self._check_signature(m)
@@ -185,9 +186,7 @@ class ManifestPolicy:
             effective_min_cell_count=self.config.effective_min_cell_count(m.min_cell_count),
             cohorts=m.cohorts, analyses=m.analyses,
         )
-        from site_agent.study_exec import preflight  # 8. study spec approved, analyses runnable
-
-        preflight(decision, self.config)
+        preflight(decision, self.config)  # 8. study spec approved, analyses runnable
         return decision
 
     # --- the individual rules -----------------------------------------------------------
@@ -256,3 +255,39 @@ class ManifestPolicy:
                     and canonical_json(json.loads(data)) == canonical_json(c.expression))
         except (OSError, ValueError):
             return False
+
+
+def approved_study_spec(config: SiteConfig, spec_sha256: str) -> Path:
+    """The study spec with this sha256 from a ``studies/`` folder beside an approved catalog."""
+    for catalog in config.approved_cohorts.catalogs:
+        for path in sorted((catalog.parent / "studies").glob("*.json")):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == spec_sha256:
+                return path
+    raise PolicyRefusal("study_not_approved", f"study spec sha256 {spec_sha256[:12]}… is not in an approved catalog")
+
+
+def preflight(decision: Decision, config: SiteConfig) -> Path | None:
+    """Every policy decision that still depends on the manifest, taken before the CDM is opened.
+
+    Analyses this agent cannot run, a study spec the site never approved (by sha256) and a study
+    whose cohorts are not among the manifest's are refused here, so a refused manifest opens no
+    database connection and writes nothing. Returns the approved study spec path (or None).
+    """
+    unknown = [a for a in decision.analyses if a not in ANALYSES]
+    if unknown:
+        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    if "sclc_study" not in decision.analyses:
+        return None
+    from site_agent.study_spec import load_study
+
+    params = decision.manifest.parameters.get("sclc_study") or {}
+    sha = params.get("spec_sha256")
+    if not isinstance(sha, str):
+        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
+    path = approved_study_spec(config, sha)
+    study = load_study(path)
+    have = {c.sha256 for c in decision.cohorts}
+    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
+    if missing:
+        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
+    return path

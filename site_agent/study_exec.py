@@ -39,11 +39,16 @@ from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
 from site_agent.disclosure import nested_from_facts, site_facts, withhold_cohorts
-from site_agent.policy import Decision, PolicyRefusal, cohort_file_bytes
+from site_agent.policy import (  # noqa: F401
+    ANALYSES,
+    Decision,
+    approved_study_spec,
+    cohort_file_bytes,
+    preflight,
+)
 
 log = logging.getLogger(__name__)
 
-ANALYSES = ("cohort_counts", "diagnostics", "sclc_study")
 SUPPRESSION_METHOD = "optima-federated suppress + audit v2 (declared relations, LP)"
 
 
@@ -59,48 +64,12 @@ def manifest_definitions(decision: Decision, config: SiteConfig) -> list[CohortD
     return out
 
 
-def approved_study_spec(config: SiteConfig, spec_sha256: str) -> Path:
-    """The study spec with this sha256 from a ``studies/`` folder beside an approved catalog."""
-    for catalog in config.approved_cohorts.catalogs:
-        for path in sorted((catalog.parent / "studies").glob("*.json")):
-            if hashlib.sha256(path.read_bytes()).hexdigest() == spec_sha256:
-                return path
-    raise PolicyRefusal("study_not_approved", f"study spec sha256 {spec_sha256[:12]}… is not in an approved catalog")
-
-
 def provenance(cdm: CdmConnection, cdm_name: str) -> bundle.Provenance:
     from site_agent.cdm.check import describe_cdm
 
     report = describe_cdm(cdm)
     return bundle.Provenance(cdm_name=cdm_name, cdm_release_date=report.cdm_release_date,
                              vocabulary_version=report.vocabulary_version, package_version=__version__)
-
-
-def preflight(decision: Decision, config: SiteConfig) -> Path | None:
-    """Every policy decision that still depends on the manifest, taken before the CDM is opened.
-
-    Analyses this agent cannot run, a study spec the site never approved (by sha256) and a study
-    whose cohorts are not among the manifest's are refused here, so a refused manifest opens no
-    database connection and writes nothing. Returns the approved study spec path (or None).
-    """
-    unknown = [a for a in decision.analyses if a not in ANALYSES]
-    if unknown:
-        raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
-    if "sclc_study" not in decision.analyses:
-        return None
-    from site_agent.study_spec import load_study
-
-    params = decision.manifest.parameters.get("sclc_study") or {}
-    sha = params.get("spec_sha256")
-    if not isinstance(sha, str):
-        raise PolicyRefusal("malformed", "sclc_study needs parameters.sclc_study.spec_sha256")
-    path = approved_study_spec(config, sha)
-    study = load_study(path)
-    have = {c.sha256 for c in decision.cohorts}
-    missing = [d.cohort_name for d in (study.target, study.progression, study.death) if d.sha256 not in have]
-    if missing:
-        raise PolicyRefusal("cohort_not_approved", f"the study's cohorts {missing} are not in the manifest")
-    return path
 
 
 def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str) -> SummarisedResult:
