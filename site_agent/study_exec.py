@@ -38,7 +38,7 @@ from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
-from site_agent.disclosure import nested_from_facts, site_facts, withhold_cohorts
+from site_agent.disclosure import drop_extremes, nested_from_facts, site_facts, withhold_cohorts
 from site_agent.policy import (  # noqa: F401
     ANALYSES,
     Decision,
@@ -129,6 +129,8 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     # the audit over the whole bundle: tables of different analyses, what the site knows (cohort
     # overlap from its cohort table) and the history's withheld cells; withheld counts as unknowns
     minimum = decision.effective_min_cell_count
+    if not config.release_extremes:
+        result = drop_extremes(result, config.exact_quantiles_min_group)
     result = withhold_cohorts(result, nested_from_facts(facts, minimum))
     protection = shared_disclosure.protect(result, result, minimum, facts=facts)
     result = protection.result
