@@ -38,7 +38,12 @@ from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
-from site_agent.disclosure import drop_extremes, nested_from_facts, site_facts, withhold_cohorts
+from site_agent.disclosure import (
+    drop_extremes,
+    nested_from_facts,
+    site_facts,
+    withhold_cohorts,
+)
 from site_agent.policy import (  # noqa: F401
     ANALYSES,
     Decision,
