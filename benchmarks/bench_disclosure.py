@@ -19,17 +19,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optima_common.disclosure import protect  # noqa: E402
-from optima_common.disclosure.frame import audit_frame  # noqa: E402
-from optima_common.results import bind  # noqa: E402
-from site_agent.analyses.study_run import run_study  # noqa: E402
-from site_agent.cdm import connect_cdm  # noqa: E402
-from site_agent.cdm.synth import generate_site, lung  # noqa: E402
-from site_agent.cohorts import collect_definitions  # noqa: E402
-from site_agent.diagnostics.runner import run_diagnostics  # noqa: E402
-from site_agent.disclosure import blank_linked, withhold_nested_cohorts  # noqa: E402
-from site_agent.study_spec import load_study  # noqa: E402
-from site_agent.suppression import suppress  # noqa: E402
+from optima_common.disclosure import protect
+from optima_common.disclosure.frame import audit_frame
+from optima_common.results import bind
+from site_agent.analyses.study_run import run_study
+from site_agent.cdm import connect_cdm
+from site_agent.cdm.synth import generate_site, lung
+from site_agent.cohorts import collect_definitions
+from site_agent.diagnostics.runner import run_diagnostics
+from site_agent.disclosure import blank_linked, withhold_nested_cohorts
+from site_agent.study_spec import load_study
+from site_agent.suppression import suppress
 
 MIN = 5
 

@@ -170,7 +170,7 @@ def cmd_diagnostics(args) -> int:
     if args.html:
         names = sorted(set(summary.result.data["cdm_name"].dropna()))
         write_html(summary.result, args.html, title=f"Cohort diagnostics: {', '.join(names)}",
-                   min_cell_count=args.min_cell_count)
+                   min_cell_count=args.min_cell_count, secondary=summary.secondary)
     print(summary.line, file=sys.stderr)
     return 0
 

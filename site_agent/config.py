@@ -13,6 +13,7 @@ the file and the field. Relative paths are relative to the TOML file's folder. E
     max_manifest_age = 604800                # seconds, or an ISO 8601 duration such as "P7D"
     clock_skew_seconds = 300                 # tolerated for issued_at in the future
     statement_timeout_seconds = 3600         # longest a single SQL statement may run on the CDM (0: no limit)
+    release_extremes = true                  # false: no min/max, no quantiles of groups < exact_quantiles_min_group
 
     [cdm]
     url = "duckdb:///site_a.duckdb"
@@ -101,6 +102,10 @@ class SiteConfig(_Strict):
     max_manifest_age: dt.timedelta = dt.timedelta(days=7)
     clock_skew_seconds: float = Field(300.0, ge=0)
     statement_timeout_seconds: float = Field(3600.0, ge=0)  # per SQL statement on the CDM; 0: no limit
+    # disclosure options: false drops minimum/maximum, and quantiles of groups smaller than
+    # exact_quantiles_min_group, from every released table (they are single persons' values)
+    release_extremes: bool = True
+    exact_quantiles_min_group: int = Field(20, ge=0)
 
     @field_validator("allowed_analyses")
     @classmethod

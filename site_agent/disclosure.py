@@ -102,7 +102,7 @@ def protect_time_tables(result: SummarisedResult, min_cell_count: int) -> Summar
     if min_cell_count < 2:
         return result
     d = result.data.copy()
-    small = lambda v: (v > 0) & (v < min_cell_count)  # noqa: E731
+    small = lambda v: (v > 0) & (v < min_cell_count)
     for events_type, (estimates_type, summary_type) in TIME_TABLES.items():
         ev = d[_rows_of_type(result, events_type)]
         if ev.empty:
@@ -218,3 +218,24 @@ def release_control(raw: SummarisedResult, min_cell_count: int, *, facts: shared
         bound = withhold_cohorts(bound, nested_from_facts(facts, min_cell_count))
     primary = suppress(bound, min_cell_count)
     return shared.protect(raw, primary, min_cell_count, facts=facts)
+
+
+QUANTILES = frozenset({"median", "q01", "q05", "q10", "q25", "q75", "q90", "q95", "q99"})
+EXTREMES = frozenset({"min", "max"})
+
+
+def drop_extremes(result: SummarisedResult, min_group: int) -> SummarisedResult:
+    """``release_extremes = false``: no minimum/maximum anywhere, and no quantile of a group whose
+    count (its cell's or group's ``count``/``Number subjects``) is below ``min_group``."""
+    d = result.data
+    name = d["estimate_name"].str.lower()
+    drop = name.isin(EXTREMES)
+    quant = name.isin(QUANTILES)
+    if quant.any():
+        key = ["result_id", "cdm_name", "group_name", "group_level", "strata_name", "strata_level",
+               "additional_name", "additional_level"]
+        cnt = d[(d["estimate_name"] == "count")].assign(n=lambda x: pd.to_numeric(x["estimate_value"], errors="coerce"))
+        size = cnt.groupby(key, dropna=False)["n"].max()
+        g = d[quant].join(size, on=key)
+        drop |= pd.Series(False, index=d.index).where(~quant, True) & d.index.isin(g.index[~(g["n"] >= min_group)])
+    return result.with_data(d[~drop])

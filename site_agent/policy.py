@@ -57,6 +57,7 @@ from site_agent.audit import MAX_STR, AuditLog, canonical_json
 from site_agent.config import SiteConfig
 
 AUDIT_FILE = "audit.jsonl"
+ANALYSES = protocol.ANALYSES  # what this agent version can run (site.toml may allow only these)
 NONCE_FILE = "seen_manifests.sqlite3"
 
 
@@ -106,7 +107,7 @@ class NonceStore:
         con = self._connect()
         try:
             con.execute("INSERT INTO seen VALUES (?, ?, ?, ?)",
-                        (manifest_id, nonce, study_id, dt.datetime.now(dt.timezone.utc).isoformat()))
+                        (manifest_id, nonce, study_id, dt.datetime.now(dt.UTC).isoformat()))
             return True
         except sqlite3.IntegrityError:
             return False
@@ -137,7 +138,7 @@ class ManifestPolicy:
 
     def check(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
         """Accept (returns a :class:`Decision`) or refuse (raises :class:`PolicyRefusal`); audited."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         ids: dict[str, str | None] = {"manifest_id": None, "study_id": None}
         try:
             m = self._parse(manifest)
@@ -161,7 +162,7 @@ class ManifestPolicy:
 
     def evaluate(self, manifest: StudyManifest | dict | str | bytes, *, now: dt.datetime | None = None) -> Decision:
         """The rules of :meth:`check` for a dry run: the nonce is looked up, never claimed; nothing is audited."""
-        return self._apply_rules(self._parse(manifest), now or dt.datetime.now(dt.timezone.utc), claim=False)
+        return self._apply_rules(self._parse(manifest), now or dt.datetime.now(dt.UTC), claim=False)
 
     def _apply_rules(self, m: StudyManifest, now: dt.datetime, *, claim: bool) -> Decision:
         signer = self._check_signature(m)
@@ -272,7 +273,7 @@ def preflight(decision: Decision, config: SiteConfig) -> Path | None:
     whose cohorts are not among the manifest's are refused here, so a refused manifest opens no
     database connection and writes nothing. Returns the approved study spec path (or None).
     """
-    unknown = [a for a in decision.analyses if a not in protocol.ANALYSES]
+    unknown = [a for a in decision.analyses if a not in ANALYSES]
     if unknown:
         raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
     if "sclc_study" not in decision.analyses:

@@ -24,28 +24,36 @@ its cohorts must be among the manifest's cohorts).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
 
-from optima_common import bundle, protocol
+from optima_common import bundle
 from optima_common import disclosure as shared_disclosure
 from optima_common.errors import ConfigError
+from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult, bind_frames
 from site_agent import __version__
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
-from site_agent.disclosure import nested_from_facts, site_facts, withhold_cohorts
-from site_agent.policy import (
+from site_agent.disclosure import (
+    drop_extremes,
+    nested_from_facts,
+    site_facts,
+    withhold_cohorts,
+)
+from site_agent.policy import (  # noqa: F401
+    ANALYSES,
     Decision,
+    approved_study_spec,
     cohort_file_bytes,
     preflight,
 )
 
 log = logging.getLogger(__name__)
 
-ANALYSES = protocol.ANALYSES  # what this agent can run
 SUPPRESSION_METHOD = "optima-federated suppress + audit v2 (declared relations, LP)"
 
 
@@ -78,7 +86,7 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
     spec_path = preflight(decision, config)  # again: run_analyses is also called on its own
     definitions = manifest_definitions(decision, config)
     parts: list[SummarisedResult] = []
-    quiet = lambda _msg: None  # noqa: E731
+    quiet = lambda _msg: None
     if "diagnostics" in decision.analyses:
         parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
                                      progress=quiet).result)
@@ -126,17 +134,28 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     # the audit over the whole bundle: tables of different analyses, what the site knows (cohort
     # overlap from its cohort table) and the history's withheld cells; withheld counts as unknowns
     minimum = decision.effective_min_cell_count
+    if not config.release_extremes:
+        result = drop_extremes(result, config.exact_quantiles_min_group)
     result = withhold_cohorts(result, nested_from_facts(facts, minimum))
-    result = shared_disclosure.protect(result, result, minimum, facts=facts).result
+    protection = shared_disclosure.protect(result, result, minimum, facts=facts)
+    result = protection.result
+    secondary_path(config.state_dir, decision.manifest.manifest_id).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(secondary_path(config.state_dir, decision.manifest.manifest_id),  # site-internal, no values
+                 protection.secondary_frame().to_csv(index=False).encode("utf-8"))
     unsigned = bundle.ResultBundle(
         site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
-        created_at=dt.datetime.now(dt.timezone.utc), provenance=prov,
+        created_at=dt.datetime.now(dt.UTC), provenance=prov,
         suppression=bundle.SuppressionRecord(min_cell_count=decision.effective_min_cell_count,
                                              site_floor=config.min_cell_count, method=SUPPRESSION_METHOD),
         results_csv=result_csv_text(result))
     signed = bundle.sign(unsigned, config.site_private_key())
     history.record(result, decision.manifest.manifest_id)  # queued for review counts as released
     return signed
+
+
+def secondary_path(state_dir: Path, manifest_id: str) -> Path:
+    """Where the bundle-level secondary suppressions of a manifest are kept for the reviewer."""
+    return Path(state_dir) / "secondary" / f"{hashlib.sha256(manifest_id.encode()).hexdigest()[:32]}.csv"
 
 
 def result_csv_text(result: SummarisedResult) -> str:

@@ -10,6 +10,7 @@ feasible interval no longer holds every value 1..min-1 although the truth is sma
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def read_relations(d: pd.DataFrame) -> Relations:
             num = g[g["variable_name"] == f"number_{w}"].set_index("step")["row"].sort_index()
             exc = g[g["variable_name"] == f"excluded_{w}"].set_index("step")["row"]
             steps = list(num.index)
-            for a, b in zip(steps, steps[1:]):
+            for a, b in pairwise(steps):
                 if b in exc.index:
                     R.eq.append({num[a]: 1.0, num[b]: -1.0, exc[b]: -1.0})
     # code use: codes within the codelist total, years within all years
@@ -121,7 +122,7 @@ def read_relations(d: pd.DataFrame) -> Relations:
     for cohort, g in cc[cc["variable_name"] == "Number subjects"].groupby("group_level"):
         subjects[cohort] += g["row"].tolist()
     for rows in subjects.values():
-        for a, b in zip(rows, rows[1:]):
+        for a, b in pairwise(rows):
             R.eq.append({a: 1.0, b: -1.0})
     lsc = c[(c["t"] == "summarise_large_scale_characteristics") & (c["estimate_name"] == "count")]
     for p, cohort in zip(lsc["row"], lsc["group_level"]):
@@ -161,7 +162,7 @@ def _study(c: pd.DataFrame, R: Relations) -> None:
         ev = c[c["t"] == t].assign(time=lambda x: pd.to_numeric(x["additional_level"]))
         for _, g in ev.groupby(["strata_level", "variable_level"]):
             w = g.pivot_table(index="time", columns="estimate_name", values="row", aggfunc="first").sort_index()
-            for a, b in zip(w.index, w.index[1:]):
+            for a, b in pairwise(w.index):
                 r = {int(w.at[a, "n_risk_count"]): 1.0, int(w.at[b, "n_risk_count"]): -1.0}
                 for o in outs:
                     r[int(w.at[a, o])] = r.get(int(w.at[a, o]), 0) - 1.0
@@ -202,7 +203,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
 
     for r, _ in rels:
         hs = [k for k in r if hidden[k]]
-        for a, b in zip(hs, hs[1:]):
+        for a, b in pairwise(hs):
             parent[find(a)] = find(b)
     groups = defaultdict(list)
     for k in np.flatnonzero(hidden):
@@ -228,8 +229,9 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
                     const += coef * val[k]
             (A_eq if kind == "eq" else A_ub).append(row)
             (b_eq if kind == "eq" else b_ub).append(-const)
-        kw = dict(A_eq=np.array(A_eq) if A_eq else None, b_eq=b_eq or None, A_ub=np.array(A_ub) if A_ub else None,
-                  b_ub=b_ub or None, bounds=[(0, None)] * len(members), method="highs")
+        kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
+              "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
+              "bounds": [(0, None)] * len(members), "method": "highs"}
         for m in small:
             obj = np.zeros(len(members))
             obj[idx[m]] = 1

@@ -146,3 +146,18 @@ def test_cumulative_horizon_increments_protected():
     assert out["within 3 months"] == "10" and out["within 6 months"] == "-"  # 12 - 10 = 2
     assert out["within 9 months"] == "20" and out["within 12 months"] == "-"  # 21 - 20 = 1
     assert out["within 5 years"] == "40"
+
+
+def test_release_extremes_false_drops_min_max_and_small_group_quantiles():
+    from site_agent.disclosure import drop_extremes
+
+    rows = []
+    for cohort, n in (("big", 40), ("small", 7)):
+        rows.append(row(1, "cohort_name", cohort, "Number subjects", n))
+        for est, v in (("min", 18), ("max", 97), ("median", 60), ("q25", 50), ("mean", 61.5)):
+            rows.append(row(1, "cohort_name", cohort, "Age", v, estimate=est))
+    out = drop_extremes(make(rows, {1: "summarise_characteristics"}), 20).data
+    kept = set(zip(out["group_level"], out["estimate_name"]))
+    assert not any(e in {"min", "max"} for _, e in kept)
+    assert ("big", "median") in kept and ("big", "q25") in kept and ("big", "mean") in kept
+    assert ("small", "median") not in kept and ("small", "q25") not in kept and ("small", "mean") in kept

@@ -31,7 +31,7 @@ def released_and_truth(cdm_path: Path, out: Path, name: str):
     study = load_study(DEFINITIONS / "studies" / "sclc_stage_i_ii.json")
     raw_study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
     defs = collect_definitions([DEFINITIONS])
-    quiet = lambda _m: None  # noqa: E731
+    quiet = lambda _m: None
     with connect_cdm(f"duckdb:///{cdm_path}", write_schema="results") as cdm:
         truth_d = run_diagnostics(cdm, defs, out=None, min_cell_count=1, cdm_name=name, progress=quiet).result
         rel_d = run_diagnostics(cdm, defs, out=out / "diagnostics.csv", min_cell_count=MIN, cdm_name=name,
@@ -118,3 +118,45 @@ def test_an_undeclared_result_type_is_not_released():
     with pytest.raises(DisclosureError, match="something_new"):
         protect(r, r, MIN)
     assert check_release(r, MIN) and "declare no relations" in check_release(r, MIN)[0]
+
+
+def test_refresh_two_more_patients_survival_estimates_do_not_give_n_risk_back(tmp_path):
+    """Two releases of one KM table, the second after 2 more patients: the history withholds the
+    at-risk counts that moved by 1..min-1, and every estimate (and CI) derived from them goes too."""
+    from optima_common.disclosure import protect
+    from site_agent.governance.release_history import ReleaseHistory
+
+    def release(n0: int) -> SummarisedResult:
+        rows, times = [], [0, 182, 365]
+        risk, s = n0, 1.0
+        for t in times:
+            ev = 10
+            for est, v in (("n_risk_count", risk), ("n_events_count", ev), ("n_censor_count", 20)):
+                rows.append({"result_id": 1, "cdm_name": "x", "group_name": "target_cohort", "group_level": "sclc",
+                             "variable_name": "outcome", "variable_level": "death", "estimate_name": est,
+                             "estimate_type": "integer", "estimate_value": str(v), "additional_name": "time",
+                             "additional_level": str(t)})
+            s *= 1 - ev / risk
+            for est, v in (("estimate", s), ("estimate_95CI_lower", s * 0.9), ("estimate_95CI_upper", min(1, s * 1.1))):
+                rows.append({"result_id": 2, "cdm_name": "x", "group_name": "target_cohort", "group_level": "sclc",
+                             "variable_name": "outcome", "variable_level": "death", "estimate_name": est,
+                             "estimate_type": "numeric", "estimate_value": f"{v:.6f}", "additional_name": "time",
+                             "additional_level": str(t)})
+            risk -= ev + 20
+        settings = [{"result_id": 1, "result_type": "survival_events", "package_name": "p", "package_version": "1"},
+                    {"result_id": 2, "result_type": "survival_estimates", "package_name": "p", "package_version": "1"}]
+        return SummarisedResult.from_records(rows, settings)
+
+    history = ReleaseHistory(tmp_path)
+    first = protect(release(88), release(88), MIN).result
+    history.record(first, "m1")
+    second, report = history.guard(release(90), MIN)
+    assert report.changed
+    out = protect(release(90), second, MIN).result.data
+    est = out[out["result_id"] == 2]
+    withheld_times = set(out[(out["result_id"] == 1) & (out["estimate_value"] == "-")]["additional_level"])
+    assert "0" in withheld_times  # n_risk 88 -> 90
+    # every estimate at or after the first withheld count is withheld: S(t) and its CI would give n_risk back
+    assert (est["estimate_value"] == "-").all()
+    # and the attacker, holding both releases, cannot solve n_risk from S: no number of the curve is left
+    assert not set(est["estimate_value"]) - {"-"}

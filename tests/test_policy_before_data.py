@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -39,7 +40,7 @@ def test_unapproved_study_opens_no_connection_and_writes_nothing(net, monkeypatc
     cfg = net.configs["site_east"]
     site = Site.from_file(str(cfg))
     cdm_file = site.config.cdm.url.removeprefix("duckdb:///")
-    before_tables, before_bytes = db_state(cdm_file), open(cdm_file, "rb").read()
+    before_tables, before_bytes = db_state(cdm_file), Path(cdm_file).read_bytes()
     opened = []
     real = cdm_pkg.connect_cdm
     monkeypatch.setattr(cdm_pkg, "connect_cdm", lambda *a, **k: opened.append(a) or real(*a, **k))
@@ -47,7 +48,7 @@ def test_unapproved_study_opens_no_connection_and_writes_nothing(net, monkeypatc
     assert status == P.REFUSED and "study_not_approved" in reason and text == ""
     assert opened == []
     assert db_state(cdm_file) == before_tables  # no cohort table, no diagnostics cache
-    assert open(cdm_file, "rb").read() == before_bytes
+    assert Path(cdm_file).read_bytes() == before_bytes
     state = site.config.state_dir
     assert not (state / "released").exists() or not any((state / "released").iterdir())
 

@@ -35,7 +35,7 @@ __all__ = ["build_manifest", "sign_manifest", "verify_bundle_file"]
 def _utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise BundleError(f"manifest time {value.isoformat()} has no time zone; give an aware datetime")
-    return value.astimezone(dt.timezone.utc)
+    return value.astimezone(dt.UTC)
 
 
 def build_manifest(
@@ -57,7 +57,7 @@ def build_manifest(
     """
     if valid_for <= dt.timedelta(0):
         raise BundleError(f"valid_for must be positive, got {valid_for}")
-    issued = _utc(now) if now is not None else dt.datetime.now(dt.timezone.utc)
+    issued = _utc(now) if now is not None else dt.datetime.now(dt.UTC)
     sites = tuple(target_sites)
     try:
         manifest = StudyManifest(

@@ -22,7 +22,7 @@ from optima_common.disclosure.frame import audit_frame
 from optima_common.errors import DisclosureError
 from optima_common.results import SUPPRESSED, SummarisedResult
 
-__all__ = ["SiteFacts", "Protection", "protect", "check_release", "require_declared", "audit_frame"]
+__all__ = ["Protection", "SiteFacts", "audit_frame", "check_release", "protect", "require_declared"]
 
 
 @dataclass(frozen=True)

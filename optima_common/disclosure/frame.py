@@ -66,5 +66,18 @@ def cohort_of(f: pd.DataFrame, wanted: str = "cohort_name") -> pd.Series:
     return out
 
 
-__all__ = ["GROUP_KEY", "CELL_KEY", "GROUP_COUNT_VARIABLES", "GROUP_COUNT_ESTIMATES", "OVERALL", "SEP",
-           "SUPPRESSED", "audit_frame", "key", "norm_variable", "part_of", "cohort_of", "is_count_name"]
+__all__ = [
+    "CELL_KEY",
+    "GROUP_COUNT_ESTIMATES",
+    "GROUP_COUNT_VARIABLES",
+    "GROUP_KEY",
+    "OVERALL",
+    "SEP",
+    "SUPPRESSED",
+    "audit_frame",
+    "cohort_of",
+    "is_count_name",
+    "key",
+    "norm_variable",
+    "part_of",
+]

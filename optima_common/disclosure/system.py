@@ -103,7 +103,7 @@ def sum_at_least(s: System, parts: pd.DataFrame, totals: pd.DataFrame, label: st
 
 def each_at_most(s: System, parts: pd.DataFrame, totals: pd.DataFrame, label: str, *, protect: bool = True) -> None:
     """part <= total(key) for every part: part + complement = total; the complement is protected."""
-    parts, totals, codes = _split(parts, totals)
+    parts, totals, _ = _split(parts, totals)
     if not len(parts):
         return
     t_row = pd.Series(totals["row"].to_numpy(), index=totals["key"].to_numpy())

@@ -49,7 +49,20 @@ def _section(result_type: str, data: pd.DataFrame, settings: pd.DataFrame, min_c
     return "\n".join(parts)
 
 
-def write_html(result: SummarisedResult, path: str | os.PathLike, *, title: str, min_cell_count: int) -> Path:
+def secondary_html(secondary) -> str:
+    """The secondary suppressions and the relation that made each necessary (no values)."""
+    if secondary is None or not len(secondary):
+        return "<h2 id='secondary'>Secondary suppressions</h2><p class='meta'>None were needed.</p>"
+    counts = secondary["relation"].value_counts()
+    summary = "".join(f"<li>{html.escape(str(k))}: {int(v)}</li>" for k, v in counts.items())
+    return (f"<h2 id='secondary'>Secondary suppressions ({len(secondary)})</h2>"
+            "<p class='meta'>Counts withheld although not small, because a declared relation would otherwise "
+            f"reveal a small one. By relation:</p><ul>{summary}</ul>"
+            + secondary.head(MAX_ROWS).to_html(index=False, escape=True, na_rep=""))
+
+
+def write_html(result: SummarisedResult, path: str | os.PathLike, *, title: str, min_cell_count: int,
+               secondary=None) -> Path:
     path = Path(path)
     types = list(dict.fromkeys(result.settings["result_type"]))
     toc = "".join(f"<li><a href='#{html.escape(t)}'>{html.escape(t)}</a></li>" for t in types)
@@ -62,5 +75,6 @@ def write_html(result: SummarisedResult, path: str | os.PathLike, *, title: str,
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p class='meta'>What would leave the site: counts below {min_cell_count} are suppressed "
             f"(shown as &lt;{min_cell_count}) together with every number that would reveal them.</p>"
-            f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
+            f"<ul>{toc}<li><a href='#secondary'>secondary suppressions</a></li></ul>{''.join(sections)}"
+            f"{secondary_html(secondary)}</body></html>")
     return write_atomic(path, page.encode("utf-8"))

@@ -39,6 +39,7 @@ class RunSummary:
     cohorts_built: int
     out: Path | None
     result: SummarisedResult
+    secondary: pd.DataFrame | None = None  # secondary suppressions and the relation behind each
 
     @property
     def line(self) -> str:
@@ -140,10 +141,11 @@ def run_diagnostics(
     for name in withheld:
         progress(f"withheld every number about cohort {name}: it differs from a cohort containing it "
                  f"by fewer than {min_cell_count} persons")
-    released = release_control(bound, min_cell_count).result  # primary + secondary, audited
+    protection = release_control(bound, min_cell_count)  # primary + secondary, audited
+    released = protection.result
     if out is not None:
         released.to_csv(out)
-    return RunSummary(computed, reused, len(stale), out, released)
+    return RunSummary(computed, reused, len(stale), out, released, protection.secondary_frame())
 
 
 def count_small_cells(result: SummarisedResult, min_cell_count: int) -> int:

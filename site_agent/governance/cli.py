@@ -68,6 +68,25 @@ def _signature_line(cfg, bundle) -> str:
     return f"signature: valid, site key {bundle.signature.key_id}"
 
 
+def _print_secondary(cfg, manifest_id: str) -> None:
+    """The secondary suppressions of the bundle and the relation behind each (site-internal record)."""
+    import pandas as pd
+
+    from site_agent.study_exec import secondary_path
+
+    path = secondary_path(cfg.state_dir, manifest_id)
+    if not path.is_file():
+        print("\nsecondary suppressions: no record for this bundle")
+        return
+    sec = pd.read_csv(path, dtype=str)
+    print(f"\n== secondary suppressions: {len(sec)} count(s) withheld because a relation would reveal a small one ==")
+    for rel, n in sec["relation"].value_counts().items():
+        print(f"   {n:>5}  {rel}")
+    if len(sec):
+        with pd.option_context("display.max_rows", 200, "display.width", 250, "display.max_colwidth", 60):
+            print(sec.to_string(index=False, max_rows=200))
+
+
 def cmd_review_show(args) -> int:
     import pandas as pd
 
@@ -103,6 +122,7 @@ def cmd_review_show(args) -> int:
             if constant:
                 print("   same in every row: " + ", ".join(f"{k}={v}" for k, v in constant.items()))
             print(rows.to_string(index=False) if len(rows.columns) else "   (no rows)")
+    _print_secondary(cfg, item.manifest_id)
     print(f"\nsha256 of the bundle file: {view.file_sha256}")
     if not view.unchanged:
         print(f"WARNING: the file changed after it was queued (queued as {item.sha256}); it cannot be approved")
