@@ -49,6 +49,7 @@ class StudyRun:
     patients: int
     min_cell_count: int
     result: SummarisedResult
+    secondary: pd.DataFrame | None = None  # secondary suppressions and the relation behind each
 
 
 def sequence_of(pathway: str, lines: int = SEQUENCE_LINES) -> str:
@@ -124,13 +125,14 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
                                        max_lines=tp.max_lines,
                                        extra_settings={"study_id": spec.study_id, "study_version": spec.version})
     bound = bind_frames([(r.data, r.settings) for r in (patterns, outcomes, survival)])
-    released = release_control(bound, minimum, time_tables=True).result  # primary + secondary, audited
+    protection = release_control(bound, minimum, time_tables=True)  # primary + secondary, audited
+    released = protection.result
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),
              plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
     log.info("study %s at %s: %d patients", spec.study_id, cdm_name, len(patients))
-    return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released)
+    return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released, protection.secondary_frame())
 
 
 def _visible_curves(result: SummarisedResult) -> SummarisedResult:
