@@ -42,6 +42,7 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
 from site_agent.disclosure import (
     drop_extremes,
+    history_anchors,
     nested_from_facts,
     site_facts,
     withhold_cohorts,
@@ -144,7 +145,8 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     if not config.release_extremes:
         result = drop_extremes(result, config.exact_quantiles_min_group)
     result = withhold_cohorts(result, nested_from_facts(facts, minimum))
-    protection = shared_disclosure.protect(result, result, minimum, facts=facts)
+    truth, anchors = history_anchors(result, guarded.blocked)
+    protection = shared_disclosure.protect(truth, result, minimum, facts=facts, anchors=anchors)
     result = protection.result
     secondary_path(config.state_dir, decision.manifest.manifest_id).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(secondary_path(config.state_dir, decision.manifest.manifest_id),  # site-internal, no values
