@@ -239,3 +239,31 @@ def drop_extremes(result: SummarisedResult, min_group: int) -> SummarisedResult:
         g = d[quant].join(size, on=key)
         drop |= pd.Series(False, index=d.index).where(~quant, True) & d.index.isin(g.index[~(g["n"] >= min_group)])
     return result.with_data(d[~drop])
+
+
+def history_anchors(result: SummarisedResult, blocked) -> tuple[SummarisedResult, dict[int, float]]:
+    """For the audit: the cells the release history withheld, with their true value (site-internal)
+    and the value released before (the anchor whose neighbourhood old±1..old±(min-1) must stay open).
+
+    Returns ``(truth, anchors)``: ``truth`` is ``result`` with those cells' true values back in (only
+    ever used as the audit's truth, never released) and ``anchors`` maps their row to the old value.
+    A blocked cell that matches several rows (the history key is coarser) is left without anchor.
+    """
+    if not blocked:
+        return result, {}
+    d = result.data
+    rtype = d["result_id"].map(dict(zip(result.settings["result_id"], result.settings["result_type"])))
+    level = d["variable_level"].fillna("<NA>")
+    index: dict[tuple, list[int]] = {}
+    for i, k in enumerate(zip(rtype, d["group_level"], d["strata_level"], d["variable_name"], level,
+                              d["estimate_name"])):
+        index.setdefault(k, []).append(i)
+    values = d["estimate_value"].copy()
+    anchors: dict[int, float] = {}
+    for b in blocked:
+        rows = index.get((b.result_type, b.group_level, b.strata_level, b.variable_name,
+                          b.variable_level if b.variable_level is not None else "<NA>", b.estimate_name), [])
+        if len(rows) == 1:
+            anchors[rows[0]] = float(b.earlier)
+            values.iat[rows[0]] = str(int(b.value)) if float(b.value).is_integer() else str(b.value)
+    return result.with_data(d.assign(estimate_value=values)), anchors

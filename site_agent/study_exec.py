@@ -29,6 +29,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from optima_common import bundle
 from optima_common import disclosure as shared_disclosure
 from optima_common.errors import ConfigError
@@ -40,6 +42,7 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
 from site_agent.disclosure import (
     drop_extremes,
+    history_anchors,
     nested_from_facts,
     site_facts,
     withhold_cohorts,
@@ -77,7 +80,8 @@ def provenance(cdm: CdmConnection, cdm_name: str) -> bundle.Provenance:
                              vocabulary_version=report.vocabulary_version, package_version=__version__)
 
 
-def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str) -> SummarisedResult:
+def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm_name: str,
+                 secondary: list | None = None) -> SummarisedResult:
     """Every requested analysis, each suppressed at ``decision.effective_min_cell_count``, bound."""
     from site_agent.diagnostics import cohort_summary
     from site_agent.diagnostics.runner import run_diagnostics
@@ -85,29 +89,32 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
     minimum = decision.effective_min_cell_count
     spec_path = preflight(decision, config)  # again: run_analyses is also called on its own
     definitions = manifest_definitions(decision, config)
-    parts: list[SummarisedResult] = []
     quiet = lambda _msg: None
+    runs = []
     if "diagnostics" in decision.analyses:
-        parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
-                                     progress=quiet).result)
+        runs.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
+                                    progress=quiet))
     elif "cohort_counts" in decision.analyses:
-        parts.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
-                                     diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet).result)
+        runs.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
+                                    diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet))
     if "sclc_study" in decision.analyses:
-        parts.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
+        runs.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
+    parts = [r.result for r in runs]
+    if secondary is not None:
+        secondary.extend(r.secondary for r in runs if r.secondary is not None)
     if not parts:
         return SummarisedResult.empty()
     return bind_frames([(p.data, p.settings) for p in parts])
 
 
-def _run_sclc(cdm: CdmConnection, spec_path: Path | None, cdm_name: str, minimum: int) -> SummarisedResult:
+def _run_sclc(cdm: CdmConnection, spec_path: Path | None, cdm_name: str, minimum: int):
     from site_agent.analyses.study_run import run_study
     from site_agent.study_spec import load_study
 
     assert spec_path is not None  # preflight found the approved spec
     study = load_study(spec_path)
     with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # plots stay at the site, then go
-        return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum).result
+        return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum)
 
 
 def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = None) -> bundle.ResultBundle:
@@ -122,7 +129,8 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
         raise ConfigError(f"site {config.site}: cannot open its CDM: {exc}") from None
     with conn as cdm:
         name = cdm_name or default_cdm_name(cdm)
-        result = run_analyses(cdm, decision, config, name)
+        part_secondary: list = []
+        result = run_analyses(cdm, decision, config, name, part_secondary)
         facts = site_facts(cdm, {c.cohort_definition_id: c.name for c in decision.cohorts})
         prov = provenance(cdm, name)
     # nothing released earlier may be subtracted from this release to reveal a small count
@@ -137,11 +145,13 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     if not config.release_extremes:
         result = drop_extremes(result, config.exact_quantiles_min_group)
     result = withhold_cohorts(result, nested_from_facts(facts, minimum))
-    protection = shared_disclosure.protect(result, result, minimum, facts=facts)
+    truth, anchors = history_anchors(result, guarded.blocked)
+    protection = shared_disclosure.protect(truth, result, minimum, facts=facts, anchors=anchors)
     result = protection.result
     secondary_path(config.state_dir, decision.manifest.manifest_id).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(secondary_path(config.state_dir, decision.manifest.manifest_id),  # site-internal, no values
-                 protection.secondary_frame().to_csv(index=False).encode("utf-8"))
+                 pd.concat([*part_secondary, protection.secondary_frame()], ignore_index=True)
+                 .to_csv(index=False).encode("utf-8"))
     unsigned = bundle.ResultBundle(
         site=config.site, manifest_id=decision.manifest.manifest_id, manifest_sha256=decision.manifest_sha256,
         created_at=dt.datetime.now(dt.UTC), provenance=prov,

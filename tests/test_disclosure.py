@@ -161,3 +161,18 @@ def test_release_extremes_false_drops_min_max_and_small_group_quantiles():
     assert not any(e in {"min", "max"} for _, e in kept)
     assert ("big", "median") in kept and ("big", "q25") in kept and ("big", "mean") in kept
     assert ("small", "median") not in kept and ("small", "q25") not in kept and ("small", "mean") in kept
+
+
+def test_html_review_page_lists_secondary_suppressions_and_their_relation(tmp_path):
+    from optima_common.disclosure import protect
+    from site_agent.diagnostics.html import write_html
+
+    rows = [row(1, "cohort_name", "c1", "Number records", 40), row(1, "cohort_name", "c1", "Number subjects", 40)]
+    rows.append(row(1, "cohort_name", "c1", "Any visit prior year", 38,
+                    additional=("table &&& window &&& value", "visit_occurrence &&& -365 to -1 &&& flag")))
+    raw = make(rows, {1: "summarise_characteristics"})
+    prot = protect(raw, suppress(raw, 5), 5)  # nothing is small, but 40 - 38 = 2 persons without a visit
+    sec = prot.secondary_frame()
+    assert list(sec["variable_name"]) == ["Any visit prior year"]
+    page = write_html(prot.result, tmp_path / "r.html", title="t", min_cell_count=5, secondary=sec).read_text()
+    assert "Secondary suppressions (1)" in page and "a flag is at most the records" in page

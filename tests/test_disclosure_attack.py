@@ -160,3 +160,33 @@ def test_refresh_two_more_patients_survival_estimates_do_not_give_n_risk_back(tm
     assert (est["estimate_value"] == "-").all()
     # and the attacker, holding both releases, cannot solve n_risk from S: no number of the curve is left
     assert not set(est["estimate_value"]) - {"-"}
+
+
+def test_history_withheld_count_keeps_its_neighbourhood_of_the_old_value_open():
+    """Subjects were 103 last time and are 105 now (withheld by the history); records 105 shown
+    would tell the attacker that at most 2 persons came: the audit withholds records too."""
+    from optima_common.disclosure import protect
+
+    def table(subjects: str, records: str) -> SummarisedResult:
+        rows = [{"cdm_name": "x", "group_name": "cohort_name", "group_level": "sclc", "variable_name": v,
+                 "estimate_name": "count", "estimate_type": "integer", "estimate_value": val}
+                for v, val in (("Number subjects", subjects), ("Number records", records))]
+        return SummarisedResult.from_records(rows, [{"result_id": 1, "result_type": "summarise_cohort_count",
+                                                     "package_name": "p", "package_version": "1"}])
+
+    truth, released = table("105", "105"), table("-", "105")
+    subjects_row = int((released.data["variable_name"] == "Number subjects").to_numpy().nonzero()[0][0])
+    plain = protect(truth, released, MIN).result.data
+    assert (plain["estimate_value"] == "-").sum() == 1  # without the history, 105 in [0, 105] is wide enough
+    anchored = protect(truth, released, MIN, anchors={subjects_row: 103.0}).result.data
+    assert (anchored["estimate_value"] == "-").all()  # 103+1..103+4 must stay possible: records goes too
+    # the site finds the anchor from the history's own record of the withheld cell
+    from site_agent.disclosure import history_anchors
+    from site_agent.governance.release_history import BlockedCell
+
+    blocked = [BlockedCell("summarise_cohort_count", "sclc", "overall", "Number subjects", None, "count",
+                           105.0, 103.0, "m1")]
+    found_truth, found = history_anchors(released, blocked)
+    assert found == {subjects_row: 103.0}
+    assert found_truth.data["estimate_value"].iat[subjects_row] == "105"
+    assert released.data["estimate_value"].iat[subjects_row] == "-"

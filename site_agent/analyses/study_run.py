@@ -51,6 +51,7 @@ class StudyRun:
     patients: int
     min_cell_count: int
     result: SummarisedResult
+    secondary: pd.DataFrame | None = None  # secondary suppressions and the relation behind each
 
 
 def sequence_of(pathway: str, lines: int = SEQUENCE_LINES) -> str:
@@ -174,14 +175,15 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
         survival, outcomes = _counts_only(survival), _counts_only(outcomes)
     bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
-    released = release_control(bound, minimum, time_tables=True).result  # primary + secondary, audited
+    protection = release_control(bound, minimum, time_tables=True)  # primary + secondary, audited
+    released = protection.result
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results_csv = released.to_csv(out_dir / "results.csv")
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),
              plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
     log.info("study %s at %s: %d patients", spec.study_id, cdm_name, len(patients))
-    return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released)
+    return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released, protection.secondary_frame())
 
 
 def _counts_only(result: SummarisedResult) -> SummarisedResult:

@@ -1,0 +1,30 @@
+"""`site-agent review show` lists the secondary suppressions of a queued bundle and their relation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from optima_common import protocol as P
+from site_agent.governance.outbox import Outbox
+from site_agent.service import Site
+from tests.conftest import REPO
+from tests.federation_sites import SITES, build_network
+
+
+def test_review_show_lists_secondary_suppressions(tmp_path):
+    net = build_network(tmp_path, sites=SITES[2:], review=("site_east",))
+    cfg = net.configs["site_east"]
+    site = Site.from_file(str(cfg))
+    m = net.manifest(sites=["site_east"], min_sites=1, analyses=("cohort_counts", "sclc_study"))
+    status, reason, _ = site.answer_manifest(m.model_dump_json())
+    assert status == P.AWAITING_REVIEW, reason
+    item = Outbox(site.config.state_dir).pending()[0]
+    p = subprocess.run([sys.executable, "-m", "site_agent", "review", "show", item.id, "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=REPO, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "== secondary suppressions:" in p.stdout
+    line = next(x for x in p.stdout.splitlines() if x.startswith("== secondary suppressions:"))
+    n = int(line.split(":")[1].split()[0])
+    if n:  # each listed with the relation that made it necessary
+        assert any(("add up" in x or "<=" in x or "=" in x) for x in p.stdout.splitlines()[-n:])
