@@ -63,7 +63,7 @@ def one(n: int, root: Path) -> None:
             f"LP components {prot.stats.get('lp_components', 0):,}, solves {prot.stats.get('lp_solves', 0):,}")
     if n <= 20_000:
         sys.path.insert(0, str(REPO / "tests"))
-        from tests.attacker import narrowed
+        from benchmarks.attacker import narrowed
 
         old = blank_linked(suppress(withhold_nested_cohorts(truth, MIN)[0], MIN))
         line += f" | attacker narrows: plain {len(narrowed(old, truth, MIN))}, audited " \

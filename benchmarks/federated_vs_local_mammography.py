@@ -55,6 +55,7 @@ def main(argv=None) -> int:
 
     from flwr.clientapp import ClientApp
 
+    from coordinator.flower.inprocess import InProcessGrid
     from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.imaging.pipeline import MammoConfig, load_site, run_detection
     from site_agent.imaging.stages import evaluate_stage, train_stages
@@ -62,7 +63,6 @@ def main(argv=None) -> int:
     from site_agent.imaging.task import global_model
     from site_agent.training.federated import handle_evaluate, handle_train
     from site_agent.training.loop import seed_everything
-    from tests.flower_inprocess import InProcessGrid
 
     root = Path(args.out or tempfile.mkdtemp(prefix="mammo-bench-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ def run_seed(seed: int, workdir: Path, *, slides: int, size: tuple[int, int], ba
              max_steps: int | None = None) -> dict:
     from flwr.clientapp import ClientApp
 
+    from coordinator.flower.inprocess import InProcessGrid
     from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.pathology.options import PathologyOptions
     from site_agent.pathology.pipeline import build_model
@@ -65,7 +66,6 @@ def run_seed(seed: int, workdir: Path, *, slides: int, size: tuple[int, int], ba
         handle_train,
     )
     from site_agent.training.loop import fit
-    from tests.flower_inprocess import InProcessGrid
 
     dirs = []
     for i, name in enumerate(SITES[:n_sites]):

@@ -12,13 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.trust.manifest import build_manifest, sign_manifest, verify_bundle_file
+from coordinator.trust.manifest import sign_manifest, verify_bundle_file
 from optima_common.bundle import (
     BundleError,
-    Provenance,
     ResultBundle,
     StudyManifest,
-    SuppressionRecord,
     canonical_bytes,
     key_id,
     manifest_sha256,
@@ -37,19 +35,7 @@ from optima_common.keys import (
     load_public_key,
     load_trust_dir,
 )
-
-NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-# a real summarised_result table (the coordinator audits every table it verifies): cohort counts,
-# one withheld; the non-ASCII cohort name checks the canonical bytes
-_H = '"result_id","cdm_name","group_name","group_level","strata_name","strata_level","variable_name",' \
-     '"variable_level","estimate_name","estimate_type","estimate_value","additional_name","additional_level"\n'
-_R = '1,"site_a","cohort_name","{c}","overall","overall","Number {w}",NA,"count","integer","{v}","overall","overall"\n'
-_S = '1,NA,"overall","overall","overall","overall","settings",NA,"{k}","character","{v}","overall","overall"\n'
-CSV = (_H + "".join(_R.format(c=c, w=w, v=v) for c, w, v in [
-    ("Müller, ünï", "records", "-"), ("Müller, ünï", "subjects", "-"),
-    ("sclc_stage_i_ii", "records", "42"), ("sclc_stage_i_ii", "subjects", "42")])
-    + "".join(_S.format(k=k, v=v) for k, v in [("result_type", "summarise_cohort_count"), ("package_name", "p"),
-                                              ("package_version", "1"), ("min_cell_count", "5")]))
+from tests.factories import NOW, bundle_doc, manifest_doc
 
 
 @pytest.fixture(scope="module")
@@ -62,28 +48,10 @@ def site_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def make_manifest(**kw) -> StudyManifest:
-    args = dict(
-        study_id="sclc", study_version="1.0",
-        cohorts=[{"cohort_definition_id": 1, "name": "SCLC stage I-II", "sha256": "a" * 64,
-                  "expression": {"PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {}}]}, "x": 1.5}}],
-        analyses=["cohort_counts", "sclc_study"], parameters={"km_times": [365, 730]}, min_cell_count=5,
-        target_sites=["site_a", "site_b"], min_sites=2, valid_for=dt.timedelta(days=7), now=NOW)
-    args.update(kw)
-    return build_manifest(**args)
-
-
-def make_bundle(manifest: StudyManifest, site: str = "site_a", **supp) -> ResultBundle:
-    rec = {"min_cell_count": 5, "site_floor": 5, "method": "optima suppress + disclosure v1", **supp}
-    return ResultBundle(site=site, manifest_id=manifest.manifest_id, manifest_sha256=manifest_sha256(manifest),
-                        created_at=NOW, provenance=Provenance(cdm_name=site, package_version="0.1.0"),
-                        suppression=SuppressionRecord(**rec), results_csv=CSV)
-
-
 @pytest.fixture()
 def signed(coord_key, site_key):
-    manifest = sign_manifest(make_manifest(), coord_key)
-    return manifest, sign(make_bundle(manifest), site_key)
+    manifest = sign_manifest(manifest_doc(), coord_key)
+    return manifest, sign(bundle_doc(manifest), site_key)
 
 
 def trust(*keys: Ed25519PrivateKey) -> dict:
@@ -93,7 +61,7 @@ def trust(*keys: Ed25519PrivateKey) -> dict:
 # --- canonical bytes and manifest building ---------------------------------------------------
 
 def test_canonical_bytes_ignore_key_order_and_signature(coord_key):
-    m = make_manifest()
+    m = manifest_doc()
     data = m.model_dump(mode="json")
     shuffled = dict(reversed(list(data.items())))
     shuffled["cohorts"] = [dict(reversed(list(c.items()))) for c in data["cohorts"]]
@@ -106,22 +74,22 @@ def test_canonical_bytes_ignore_key_order_and_signature(coord_key):
 
 
 def test_build_manifest_fields():
-    a, b = make_manifest(), make_manifest()
+    a, b = manifest_doc(), manifest_doc()
     assert a.manifest_id != b.manifest_id and a.nonce != b.nonce and len(a.nonce) == 32
     assert a.issued_at == NOW and a.expires_at - a.issued_at == dt.timedelta(days=7)
     assert a.expires_at.tzinfo is not None and a.signature is None
     cet = dt.timezone(dt.timedelta(hours=1))
-    assert make_manifest(now=NOW.astimezone(cet)).issued_at.utcoffset() == dt.timedelta(0)
+    assert manifest_doc(now=NOW.astimezone(cet)).issued_at.utcoffset() == dt.timedelta(0)
     for bad, msg in [(dict(valid_for=dt.timedelta(0)), "valid_for"), (dict(now=NOW.replace(tzinfo=None)), "time zone"),
                      (dict(min_sites=3), "min_sites"), (dict(target_sites=["a", "a"]), "distinct"),
                      (dict(cohorts=[{"cohort_definition_id": 1, "name": "x", "sha256": "zz", "expression": {}}]),
                       "cohorts.0.sha256")]:
         with pytest.raises(BundleError, match=msg):
-            make_manifest(**bad)
+            manifest_doc(**bad)
 
 
 def test_manifest_sha256_binds_the_signature(coord_key):
-    m = make_manifest()
+    m = manifest_doc()
     with pytest.raises(BundleError, match="unsigned"):
         manifest_sha256(m)
     s1, s2 = sign(m, coord_key), sign(m, Ed25519PrivateKey.generate())
@@ -146,7 +114,7 @@ def test_round_trip_in_memory_and_on_disk(signed, coord_key, site_key, tmp_path)
 
 def test_unsigned_refused(signed, coord_key, site_key):
     with pytest.raises(BundleError, match="study manifest is unsigned"):
-        verify(make_manifest(), trust(coord_key))
+        verify(manifest_doc(), trust(coord_key))
     with pytest.raises(BundleError, match="result bundle is unsigned"):
         verify(signed[1].model_copy(update={"signature": None}), trust(site_key))
 
@@ -160,7 +128,7 @@ def test_unknown_signer_refused(signed, coord_key):
 def test_coordinator_key_substituted_in_transit(coord_key):
     """A manifest re-signed by key A must not pass where only the coordinator's key B is pinned."""
     attacker = Ed25519PrivateKey.generate()
-    forged = sign(make_manifest(min_cell_count=1), attacker)
+    forged = sign(manifest_doc(min_cell_count=1), attacker)
     with pytest.raises(BundleError, match="unknown key"):
         verify(forged, trust(coord_key))
     # ... nor when the attacker also copies B's key id into the signature block
@@ -203,16 +171,16 @@ def test_non_canonical_base64_signature_refused(signed, site_key):
     (dict(method="  "), "no method"),
 ])
 def test_invalid_suppression_refused(coord_key, site_key, supp, msg):
-    manifest = sign(make_manifest(), coord_key)
-    bundle = sign(make_bundle(manifest, **supp), site_key)
+    manifest = sign(manifest_doc(), coord_key)
+    bundle = sign(bundle_doc(manifest, **supp), site_key)
     with pytest.raises(BundleError, match=msg):
         verify(bundle, trust(site_key))
 
 
 def test_small_cells_only_with_flag(coord_key, site_key):
-    bundle = sign(make_bundle(sign(make_manifest(), coord_key), min_cell_count=1, site_floor=1), site_key)
+    bundle = sign(bundle_doc(sign(manifest_doc(), coord_key), min_cell_count=1, site_floor=1), site_key)
     verify(bundle, trust(site_key), allow_small_cells=True)
-    bad = sign(make_bundle(sign(make_manifest(), coord_key), min_cell_count=1, site_floor=5), site_key)
+    bad = sign(bundle_doc(sign(manifest_doc(), coord_key), min_cell_count=1, site_floor=5), site_key)
     with pytest.raises(BundleError, match="floor"):
         verify(bad, trust(site_key), allow_small_cells=True)
 
@@ -297,23 +265,23 @@ def test_verify_bundle_file(tmp_path, coord_key):
     trust_dir.mkdir()
     for pub in (pub_a, pub_b):
         (trust_dir / pub.name).write_bytes(pub.read_bytes())
-    manifest = sign_manifest(make_manifest(), coord_key)
-    path = write_bundle(sign(make_bundle(manifest), load_private_key(priv_a)), tmp_path / "a.json")
+    manifest = sign_manifest(manifest_doc(), coord_key)
+    path = write_bundle(sign(bundle_doc(manifest), load_private_key(priv_a)), tmp_path / "a.json")
     assert verify_bundle_file(path, trust_dir, manifest=manifest).site == "site_a"
-    impostor = write_bundle(sign(make_bundle(manifest), load_private_key(priv_b)), tmp_path / "b.json")
+    impostor = write_bundle(sign(bundle_doc(manifest), load_private_key(priv_b)), tmp_path / "b.json")
     with pytest.raises(BundleError, match="claims site 'site_a' but is signed by key 'site_b'"):
         verify_bundle_file(impostor, trust_dir)
-    other = sign_manifest(make_manifest(), coord_key)
+    other = sign_manifest(manifest_doc(), coord_key)
     with pytest.raises(BundleError, match=f"answers manifest {manifest.manifest_id}, not {other.manifest_id}"):
         verify_bundle_file(path, trust_dir, manifest=other)
     with pytest.raises(BundleError, match="does not match the signed manifest"):
         verify_bundle_file(path, trust_dir, manifest=sign_manifest(manifest, Ed25519PrivateKey.generate()))
-    strict = sign_manifest(make_manifest(min_cell_count=10), coord_key)
-    low = write_bundle(sign(make_bundle(strict), load_private_key(priv_a)), tmp_path / "low.json")
+    strict = sign_manifest(manifest_doc(min_cell_count=10), coord_key)
+    low = write_bundle(sign(bundle_doc(strict), load_private_key(priv_a)), tmp_path / "low.json")
     with pytest.raises(BundleError, match="below the manifest's 10"):
         verify_bundle_file(low, trust_dir, manifest=strict)
-    outsider = sign_manifest(make_manifest(target_sites=["site_b"], min_sites=1), coord_key)
-    stray = write_bundle(sign(make_bundle(outsider), load_private_key(priv_a)), tmp_path / "stray.json")
+    outsider = sign_manifest(manifest_doc(target_sites=["site_b"], min_sites=1), coord_key)
+    stray = write_bundle(sign(bundle_doc(outsider), load_private_key(priv_a)), tmp_path / "stray.json")
     with pytest.raises(BundleError, match="not a target"):
         verify_bundle_file(stray, trust_dir, manifest=outsider)
 
@@ -392,7 +360,7 @@ def test_gzip_compressed_bundle_reads_the_same(tmp_path):
     from optima_common.bundle import read_bundle, write_bundle
 
     key = generate_keypair(tmp_path / "k", "site_a")[0]
-    bundle = sign(make_bundle(sign_manifest(make_manifest(), Ed25519PrivateKey.generate())), load_private_key(key))
+    bundle = sign(bundle_doc(sign_manifest(manifest_doc(), Ed25519PrivateKey.generate())), load_private_key(key))
     plain = write_bundle(bundle, tmp_path / "plain.bundle")
     packed = tmp_path / "packed.bundle"
     packed.write_bytes(gzip.compress(plain.read_bytes(), mtime=0))

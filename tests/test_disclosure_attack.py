@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.attacker import narrowed
 from optima_common.disclosure import check_release
 from optima_common.results import SummarisedResult
 from site_agent.analyses.study_run import run_study
@@ -20,7 +21,6 @@ from site_agent.cdm.synth import generate_site, lung
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.runner import run_diagnostics
 from site_agent.study_spec import load_study
-from tests.attacker import narrowed
 from tests.conftest import DEFINITIONS
 
 MIN = 5

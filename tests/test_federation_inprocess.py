@@ -17,6 +17,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.study import require_complete, send_study
 from coordinator.store import ResultsStore
 from coordinator.trust.manifest import sign_manifest
@@ -25,7 +26,6 @@ from optima_common.errors import StudyIncomplete
 from site_agent import client_app as site_app
 from site_agent.audit import AuditLog
 from tests.federation_sites import build_network
-from tests.flower_inprocess import InProcessGrid
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from site_agent.config import load_config
 from site_agent.governance.outbox import Outbox
 from site_agent.governance.release_history import ReleaseHistory
 from site_agent.policy import ManifestPolicy, PolicyRefusal
-from tests.test_governance_support import (
+from tests.factories import (
     clone_persons,
     make_bundle,
     make_keys,

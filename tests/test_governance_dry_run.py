@@ -12,7 +12,7 @@ from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.dry_run import dry_run
 from site_agent.policy import ManifestPolicy, PolicyRefusal
-from tests.test_governance_support import make_keys, make_manifest, write_site_config
+from tests.factories import make_keys, make_manifest, write_site_config
 
 
 @pytest.fixture()

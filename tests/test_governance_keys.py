@@ -12,7 +12,7 @@ from site_agent.cli import main
 from site_agent.config import load_config
 from site_agent.governance.keyring import Keyring
 from site_agent.policy import ManifestPolicy, PolicyRefusal
-from tests.test_governance_support import (
+from tests.factories import (
     make_bundle,
     make_keys,
     make_manifest,

@@ -21,7 +21,7 @@ from site_agent.audit import AuditLog
 from site_agent.cli import main
 from site_agent.governance.outbox import SHOWN_SUPPRESSED, Outbox, OutboxError
 from site_agent.suppression import suppress
-from tests.test_governance_support import make_bundle, make_keys, write_site_config
+from tests.factories import make_bundle, make_keys, write_site_config
 
 
 def _result() -> SummarisedResult:

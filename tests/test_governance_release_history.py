@@ -7,7 +7,7 @@ import pytest
 
 from optima_common.results import SUPPRESSED, SummarisedResult
 from site_agent.governance.release_history import KEY_COLUMNS, ReleaseHistory
-from tests.test_governance_support import clone_persons, cohort_subjects, run_site
+from tests.factories import clone_persons, cohort_subjects, run_site
 
 MIN = 5
 SCLC, BROAD = 4, 1  # catalog ids

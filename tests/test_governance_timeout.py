@@ -10,7 +10,7 @@ from psycopg2.errors import QueryCanceled
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.connection import StatementTimeoutError
 from site_agent.config import load_config
-from tests.test_governance_support import make_keys, write_site_config
+from tests.factories import make_keys, write_site_config
 
 SLOW_DUCKDB = "SELECT count(*) FROM range(100000000000) a"  # minutes of work
 

@@ -126,9 +126,9 @@ def test_cli_module_does_not_import_torch():
 def test_federated_round_over_two_sites(sites, tmp_path):
     from flwr.clientapp import ClientApp
 
+    from coordinator.flower.inprocess import InProcessGrid
     from coordinator.flower.training import load_checkpoint, run_federated_training
     from site_agent.training.federated import handle_evaluate, handle_train
-    from tests.flower_inprocess import InProcessGrid
 
     app = ClientApp()
     app.train()(handle_train)

@@ -15,7 +15,8 @@ from coordinator.store import ResultsStore, StoreError
 from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import BundleError, sign, write_bundle, write_manifest
 from tests.conftest import REPO
-from tests.test_bundle import make_bundle, make_manifest
+from tests.factories import bundle_doc as make_bundle
+from tests.factories import manifest_doc as make_manifest
 
 COORD = Ed25519PrivateKey.generate()
 KEYS = {"site_a": Ed25519PrivateKey.generate(), "site_b": Ed25519PrivateKey.generate()}
@@ -123,7 +124,7 @@ def test_ingest_refuses_a_manifest_the_coordinator_did_not_sign(setup):
 
 
 def test_correctly_signed_bundle_with_small_counts_is_refused(setup):
-    from tests.test_bundle import CSV
+    from tests.factories import CSV
 
     tmp, trust, manifest, mfile, _files = setup
     small = CSV.replace('"42"', '"3"', 1)  # a count of 3 under a signature that verifies

@@ -14,6 +14,7 @@ import pytest
 
 from coordinator.demo.sites import DemoSite
 from coordinator.flower.cox_rounds import cox_section, fit_network_cox
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore
 from optima_common.errors import CoordinatorError
@@ -25,7 +26,6 @@ from site_agent.config import load_config
 from site_agent.study_spec import load_study
 from tests.conftest import REPO
 from tests.federation_sites import build_network
-from tests.flower_inprocess import InProcessGrid
 from tests.test_federated_cox import reference_fit
 
 

@@ -30,7 +30,7 @@ from optima_common.bundle import (
 )
 from optima_common.results import SUPPRESSED, SummarisedResult, bind
 from tests.conftest import DEFINITIONS
-from tests.test_bundle import make_manifest
+from tests.factories import manifest_doc as make_manifest
 
 SITES = [("site_a", 2500, 21), ("site_b", 1500, 22)]
 GRID = list(range(0, 1461, 182))

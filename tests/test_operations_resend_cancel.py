@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.cli.main import main
 from coordinator.demo.sites import DemoSite
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.operations import cancel, resend
 from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore, StoreError, ops
@@ -27,7 +28,6 @@ from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
 from tests.conftest import REPO
 from tests.federation_sites import build_network
-from tests.flower_inprocess import InProcessGrid
 
 SITES = (DemoSite("site_north", "oncology", 700, 31), DemoSite("site_east", "oncology", 500, 33))
 

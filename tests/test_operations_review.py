@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.cli.main import main
 from coordinator.demo.sites import DemoSite
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore, ops
 from optima_common.bundle import write_manifest
@@ -20,7 +21,6 @@ from site_agent import client_app as site_app
 from site_agent.audit import AuditLog
 from tests.conftest import REPO
 from tests.federation_sites import build_network
-from tests.flower_inprocess import InProcessGrid
 
 SITES = (DemoSite("site_north", "oncology", 800, 21), DemoSite("site_south", "primary-care", 600, 22),
          DemoSite("site_east", "oncology", 500, 23))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from coordinator.demo.sites import DemoSite
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.schedule import load_schedule, next_run, serve
 from coordinator.flower.study import send_study
 from coordinator.pooling.versions import changes_section, version_changes
@@ -18,7 +19,6 @@ from optima_common.bundle import load_private_key
 from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
 from tests.federation_sites import SPEC, build_network
-from tests.flower_inprocess import InProcessGrid
 
 UTC = dt.UTC
 SITES = (DemoSite("site_north", "oncology", 700, 41), DemoSite("site_south", "primary-care", 600, 42))

@@ -23,7 +23,8 @@ from optima_common.bundle import (
     write_bundle,
 )
 from tests.conftest import REPO
-from tests.test_bundle import make_bundle, make_manifest
+from tests.factories import bundle_doc as make_bundle
+from tests.factories import manifest_doc as make_manifest
 
 
 @pytest.fixture()

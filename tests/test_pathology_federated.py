@@ -34,7 +34,7 @@ def test_site_data_folder_from_site_config(tmp_path):
 
     from optima_common.errors import ConfigError
     from site_agent.training.federated import site_data_dir
-    from tests.test_governance_support import make_keys, write_site_config
+    from tests.factories import make_keys, write_site_config
 
     (tmp_path / "slides").mkdir()
     ctx = lambda cfg: Context(run_id=1, node_id=1, node_config=cfg, state=RecordDict(), run_config={})

@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.reference_r import (
+    coxph_reference,
+    dataset,
+    rscript,
+    survfit_reference,
+)
 from coordinator.pooling.cox import fit_federated_cox
 from coordinator.pooling.survival import pooled_km, pooled_summary
 from optima_common.protocol import COX_MAX_ABS_BETA
 from site_agent.analyses.cox import SiteCoxData, design_matrix, site_score_information
 from site_agent.analyses.survival import summarise_survival
 from site_agent.study_spec import SurvivalSpec
-from tests.reference.rsurvival import (
-    coxph_reference,
-    dataset,
-    rscript,
-    survfit_reference,
-)
 
 if rscript() is None:
     if os.environ.get("CI"):

@@ -78,7 +78,7 @@ def test_no_bundles_no_report(tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from coordinator.trust.manifest import sign_manifest
-    from tests.test_bundle import make_manifest
+    from tests.factories import manifest_doc as make_manifest
 
     manifest = sign_manifest(make_manifest(), Ed25519PrivateKey.generate())
     with ResultsStore.open(tmp_path / "s.sqlite3") as store:
@@ -95,7 +95,7 @@ def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from optima_common.bundle import sign
-    from tests.test_bundle import make_bundle
+    from tests.factories import bundle_doc as make_bundle
 
     path, manifest = stored
     path = shutil.copy(path, tmp_path / "copy.sqlite3")  # the shared store stays as it was

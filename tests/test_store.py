@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.store import ResultsStore, StoreError, migrate
 from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import render, sign
-from tests.test_bundle import make_bundle, make_manifest
+from tests.factories import bundle_doc as make_bundle
+from tests.factories import manifest_doc as make_manifest
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 COORD, SITE_A, SITE_B = (Ed25519PrivateKey.generate() for _ in range(3))

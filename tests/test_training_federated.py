@@ -14,6 +14,7 @@ import torch
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.training import (
     DPConfig,
     TrainingError,
@@ -24,7 +25,6 @@ from coordinator.flower.training import (
     run_federated_training,
 )
 from site_agent.training.federated import handle_evaluate, handle_train, register_task
-from tests.flower_inprocess import InProcessGrid
 
 
 class ToyTask:

@@ -8,7 +8,8 @@ import sys
 from coordinator.trust.manifest import sign_manifest
 from optima_common.bundle import load_private_key, sign, write_bundle
 from tests.conftest import REPO
-from tests.test_bundle import make_bundle, make_manifest
+from tests.factories import bundle_doc as make_bundle
+from tests.factories import manifest_doc as make_manifest
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -249,8 +249,8 @@ def test_saved_check_gives_the_review_page_its_line(tmp_path, capsys):
 def test_review_show_prints_the_saved_vocab_check(tmp_path, capsys):
     from site_agent.audit import AuditLog
     from site_agent.governance.outbox import Outbox
+    from tests.factories import make_bundle, make_keys, write_site_config
     from tests.test_governance_outbox import _result
-    from tests.test_governance_support import make_bundle, make_keys, write_site_config
 
     keys = make_keys(tmp_path / "keys")
     cfg = str(write_site_config(tmp_path, keys))

@@ -1,4 +1,4 @@
-"""Shared pieces of the governance tests: a site on a real synthetic CDM, manifests, bundles.
+"""Builders the tests share: keys, site configs, a site on a real synthetic CDM, manifests, bundles.
 
 The site code run here is the agent's own (cohort building and cohort diagnostics through
 ``run_diagnostics``, suppression, disclosure control); a database refresh is a real change
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from coordinator.trust.manifest import build_manifest
 from optima_common.bundle import (
     ManifestCohort,
     Provenance,
@@ -22,6 +23,7 @@ from optima_common.bundle import (
     SuppressionRecord,
     generate_keypair,
     load_private_key,
+    manifest_sha256,
     sign,
 )
 from optima_common.results import SummarisedResult
@@ -161,3 +163,39 @@ def test_clone_persons_adds_exactly_those_persons(tmp_path):
     for t, n in before.items():
         assert con.execute(f"SELECT count(*) FROM {t} WHERE person_id IN (10000001, 10000002)").fetchone()[0] == n
     con.close()
+
+
+# -- documents without a site: fixed manifests and bundles for the contract tests --
+
+NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+# a real summarised_result table (the coordinator audits every table it verifies): cohort counts,
+# one withheld; the non-ASCII cohort name checks the canonical bytes
+_H = '"result_id","cdm_name","group_name","group_level","strata_name","strata_level","variable_name",' \
+     '"variable_level","estimate_name","estimate_type","estimate_value","additional_name","additional_level"\n'
+_R = '1,"site_a","cohort_name","{c}","overall","overall","Number {w}",NA,"count","integer","{v}","overall","overall"\n'
+_S = '1,NA,"overall","overall","overall","overall","settings",NA,"{k}","character","{v}","overall","overall"\n'
+CSV = (_H + "".join(_R.format(c=c, w=w, v=v) for c, w, v in [
+    ("Müller, ünï", "records", "-"), ("Müller, ünï", "subjects", "-"),
+    ("sclc_stage_i_ii", "records", "42"), ("sclc_stage_i_ii", "subjects", "42")])
+    + "".join(_S.format(k=k, v=v) for k, v in [("result_type", "summarise_cohort_count"), ("package_name", "p"),
+                                              ("package_version", "1"), ("min_cell_count", "5")]))
+
+
+def manifest_doc(**kw) -> StudyManifest:
+    """An unsigned study manifest with fixed contents (``kw`` overrides any field)."""
+    args = dict(
+        study_id="sclc", study_version="1.0",
+        cohorts=[{"cohort_definition_id": 1, "name": "SCLC stage I-II", "sha256": "a" * 64,
+                  "expression": {"PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {}}]}, "x": 1.5}}],
+        analyses=["cohort_counts", "sclc_study"], parameters={"km_times": [365, 730]}, min_cell_count=5,
+        target_sites=["site_a", "site_b"], min_sites=2, valid_for=dt.timedelta(days=7), now=NOW)
+    args.update(kw)
+    return build_manifest(**args)
+
+
+def bundle_doc(manifest: StudyManifest, site: str = "site_a", **supp) -> ResultBundle:
+    """An unsigned result bundle answering ``manifest`` with the small table :data:`CSV`."""
+    rec = {"min_cell_count": 5, "site_floor": 5, "method": "optima suppress + disclosure v1", **supp}
+    return ResultBundle(site=site, manifest_id=manifest.manifest_id, manifest_sha256=manifest_sha256(manifest),
+                        created_at=NOW, provenance=Provenance(cdm_name=site, package_version="0.1.0"),
+                        suppression=SuppressionRecord(**rec), results_csv=CSV)

@@ -1,8 +1,8 @@
 """An in-process Flower ``Grid``: the ServerApp's messages go straight to a ClientApp object.
 
-Tests of both apps run in milliseconds with it, through Flower's own Message/Context/
-ClientApp classes (no transport of ours: this stands in for the SuperLink only inside
-tests). Each node has its own ``node_config`` and a persistent ``Context.state``, as a
+Tests and benchmarks of both apps run in milliseconds with it, through Flower's own
+Message/Context/ClientApp classes (no transport of ours: it stands in for the SuperLink
+only in tests and benchmarks; a real network uses the SuperLink). Each node has its own ``node_config`` and a persistent ``Context.state``, as a
 SuperNode would keep. A handler that raises becomes an error reply, as on a
 SuperNode. A node listed in ``dead`` never answers, so callers see exactly what
 a killed SuperNode looks like to ``send_and_receive``: no reply before the timeout.
