@@ -52,13 +52,18 @@ def test_demo_network_end_to_end(tmp_path):
     types = dict(zip(net.settings["result_id"], net.settings["result_type"]))
     pooled = net.data[net.data["cdm_name"] == "network"]
     rtype = pooled["result_id"].map(types)
-    at_risk = pooled[(rtype == "survival_events") & (pooled["strata_level"] == "overall")
-                     & (pooled["estimate_name"] == "n_risk_count") & (pooled["additional_level"] == "0")]
-    assert len(at_risk) == 1 and int(at_risk["estimate_value"].iloc[0]) >= 40, at_risk  # patients at day 0
+    # the pooled stage I-II SCLC cohort (the study's own attrition, summed over the sites)
+    final = pooled[(rtype == "summarise_cohort_attrition") & pooled["group_level"].str.contains("sclc_stage_i_ii")
+                   & (pooled["variable_name"] == "number_subjects")]
+    assert pd.to_numeric(final["estimate_value"], errors="coerce").max() >= 40, final
+    # whatever part of the pooled curve the sites' audits let out is a survival curve
     curve = pooled[(rtype == "survival_estimates") & (pooled["strata_level"] == "overall")
-                   & (pooled["estimate_name"] == "estimate")]
-    shown = pd.to_numeric(curve["estimate_value"], errors="coerce").dropna()
-    assert len(shown) >= 2 and shown.min() < 0.95  # a pooled curve that drops below 1, not a flat line
+                   & (pooled["estimate_name"] == "estimate")].copy()
+    curve["t"] = pd.to_numeric(curve["additional_level"], errors="coerce")
+    shown = pd.to_numeric(curve.sort_values("t")["estimate_value"], errors="coerce").dropna()
+    assert ((shown >= 0) & (shown <= 1)).all() and (shown.diff().dropna() <= 1e-12).all()
+    # KNOWN LIMIT (docs/disclosure.md): at 3,000 persons per site the exact audit withholds most of
+    # each site's curve (sequence strata of a few patients each add up to the overall curve)
     assert (rtype == "treatment_pathways").any() and (rtype == "outcome_horizons").any()
     cox = pd.read_csv(out / "cox.csv")
     est = cox.dropna(subset=["hr"])

@@ -194,4 +194,43 @@ def test_diverging_coefficient_never_asks_sites_beyond_their_bound():
     fit = fit_federated_cox([lambda b, d=d: site(b, d) for d in datas], 4, names=datas[0].columns, max_abs_beta=5.0)
     assert max(asked) <= 5.0
     assert fit.diverging == ("noevent",) and np.isnan(fit.coef[2])
-    assert np.isfinite(fit.coef[[0, 1, 3]]).all()
+    ref = coxph_reference(df, ["trt", "karno", "noevent", "age"], control="eps = 1e-9")
+    # the other columns are still fitted (not left at the start value 0) given the held column
+    for i in (0, 1, 3):
+        assert fit.coef[i] == pytest.approx(ref["coef"][i], rel=0.2, abs=2e-3), (i, fit.coef[i], ref["coef"][i])
+    # at the sites' real bound the runaway column is held far out and the others are fitted
+    # given it: they agree with R's fit (which lets the coefficient run to about -20)
+    asked.clear()
+    fit = fit_federated_cox([lambda b, d=d: site(b, d) for d in datas], 4, names=datas[0].columns, max_abs_beta=20.0)
+    assert max(asked) <= 20.0 and fit.diverging == ("noevent",)
+    for i in (0, 1, 3):
+        assert fit.coef[i] == pytest.approx(ref["coef"][i], abs=1e-4)
+        assert fit.se[i] == pytest.approx(ref["se"][i], rel=1e-3)
+
+
+def test_a_runaway_column_leaves_the_others_fitted():
+    """A column whose first Newton step passes the sites' bound is held and reported diverging;
+    the other columns are fitted given it (their pooled score is zero at the estimate), not left at 0."""
+    df = _veteran_sites()
+    datas = []
+    for _, g in df.groupby("site", sort=True):
+        X, names = design_matrix(g, ["trt", "karno", "age"], {})
+        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    sites = [lambda b, d=d: site_score_information(d, b) for d in datas]
+    fit = fit_federated_cox(sites, 3, names=datas[0].columns, max_abs_beta=0.05)  # trt's first step passes it
+    assert fit.diverging == ("trt",)
+    est = ~np.isnan(fit.coef)
+    assert est.any() and np.all(fit.coef[est] != 0.0)
+    held = np.where(est, fit.coef, 0.0)
+    for i, n in enumerate(fit.names):
+        if n in fit.diverging:
+            held[i] = np.nan
+    # the held value is on one side of the bound: the optimum of the others is where their score vanishes
+    best = None
+    for sign in (1.0, -1.0):
+        b = np.where(np.isnan(held), sign * 0.75 * 0.05, held)
+        ll = sum(site_score_information(d, b)[0] for d in datas)
+        score = sum(site_score_information(d, b)[1] for d in datas)
+        if best is None or ll > best[0]:
+            best = (ll, score)
+    assert np.abs(best[1][est]).max() < 1e-6 * len(df)

@@ -42,6 +42,7 @@ SiteAnswer = tuple[float, np.ndarray, np.ndarray]
 Site = Callable[[np.ndarray], SiteAnswer]
 Z_975 = float(stats.norm.ppf(0.975))
 MAX_HALVINGS = 30
+HELD_FRACTION = 0.75  # a runaway coefficient is held at this share of the sites' |beta| bound
 TOLER_CHOL = float(np.finfo(float).eps) ** 0.75  # coxph.control(toler.chol)
 LOGLIK_EPS = 1e-9  # coxph.control(eps)
 TOLER_INF = LOGLIK_EPS ** 0.5  # coxph.control(toler.inf)
@@ -156,9 +157,10 @@ def fit_federated_cox(
     Starts at beta = 0. Aliased columns (see :func:`aliased_columns`) are left out and
     reported NA. Each iteration solves I(beta) step = U(beta); if the log partial
     likelihood at beta + step is lower, the step is halved (up to 30 times). Converged when
-    max |step| <= tol * (1 + max |beta|). A coefficient that diverges (the log-likelihood
-    has converged but its step has not, or it would pass ``max_abs_beta``) stops the fit and
-    is reported NA in ``diverging``. Standard errors from the inverse pooled information of
+    max |step| <= tol * (1 + max |beta|). A coefficient that would pass ``max_abs_beta`` runs
+    away (monotone likelihood): it is held at ``HELD_FRACTION`` of the bound on its side, the
+    others are fitted given it, and it is reported NA in ``diverging``. A coefficient whose
+    step has not converged when the log-likelihood has stops the fit the same way. Standard errors from the inverse pooled information of
     the estimable columns at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se).
     """
     if p < 1:
@@ -181,8 +183,18 @@ def fit_federated_cox(
         step = np.zeros(p)
         step[free] = _newton_step(score[free], info[np.ix_(free, free)])
         if max_abs_beta is not None and np.any(np.abs(beta + step) > max_abs_beta):
-            diverging = free & (np.abs(beta + step) > max_abs_beta)
-            break  # the sites would refuse: the coefficient is running away
+            # the sites would refuse: these coefficients run away (monotone likelihood). Hold them
+            # far out on their side (as coxph's own iterations end up) and fit the others.
+            runaway = free & (np.abs(beta + step) > max_abs_beta)
+            diverging |= runaway
+            free = free & ~runaway
+            beta = beta.copy()
+            beta[runaway] = np.sign(step[runaway]) * HELD_FRACTION * max_abs_beta
+            if not free.any():
+                break
+            loglik, score, info = _pooled(sites, beta, p)
+            evaluations += 1
+            continue
         small = float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max()))
         for _ in range(MAX_HALVINGS + 1):
             cand = beta + step
