@@ -75,6 +75,14 @@ def test_resend_to_a_missing_site_counts_for_the_study(net, tmp_path, capsys):
     assert main(["status", "--store", str(store_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["manifest_id"] for r in rows] == [manifest.manifest_id] and rows[0]["state"] == "complete"
+    # `report STUDY` and `status STUDY` name the same manifest after the re-send: the original one
+    # (the re-send is newer in the store and must not win)
+    assert ops.resolve_study(store, manifest.study_id) == manifest.manifest_id
+    capsys.readouterr()
+    assert main(["status", manifest.study_id, "--store", str(store_path)]) == 0
+    assert manifest.manifest_id in capsys.readouterr().out
+    assert main(["report", manifest.study_id, "--store", str(store_path), "--out", str(tmp_path / "report")]) == 0
+    assert manifest.manifest_id in (tmp_path / "report" / "report.html").read_text()
     with pytest.raises(CoordinatorError, match="already answered"):
         resend(store, manifest.manifest_id, "site_north", load_private_key(net.coordinator_key))
     with pytest.raises(CoordinatorError, match="not a target"):
