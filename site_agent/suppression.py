@@ -46,14 +46,14 @@ from collections.abc import Callable, Collection
 import numpy as np
 import pandas as pd
 
+from optima_common.disclosure.frame import (  # the cell keys both the suppression and the audit use
+    _NA,
+    CELL_KEY,
+    GROUP_COUNT_ESTIMATES,
+    GROUP_COUNT_VARIABLES,
+    GROUP_KEY,
+)
 from optima_common.results import OVERALL, SEP, SUPPRESSED, SummarisedResult
-
-GROUP_KEY = ["result_id", "cdm_name", "group_name", "group_level", "strata_name", "strata_level",
-             "additional_name", "additional_level"]
-CELL_KEY = GROUP_KEY + ["variable_name", "variable_level"]
-GROUP_COUNT_VARIABLES = frozenset({"number subjects", "number records"})
-GROUP_COUNT_ESTIMATES = frozenset({"denominator_count"})
-_NA = "\x00NA"
 
 FamilyBuilder = Callable[[pd.DataFrame, pd.Series, Collection[str]], pd.DataFrame]
 
