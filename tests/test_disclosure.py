@@ -176,3 +176,13 @@ def test_html_review_page_lists_secondary_suppressions_and_their_relation(tmp_pa
     assert list(sec["variable_name"]) == ["Any visit prior year"]
     page = write_html(prot.result, tmp_path / "r.html", title="t", min_cell_count=5, secondary=sec).read_text()
     assert "Secondary suppressions (1)" in page and "a flag is at most the records" in page
+
+
+def test_the_lp_solver_writes_nothing_on_stdout():
+    """HiGHS prints a banner from C on file descriptor 1; a command's --json output must stay clean."""
+    import subprocess
+    import sys
+
+    code = "from optima_common.disclosure.solve import _quiet_highs; _quiet_highs(); _quiet_highs(); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stdout

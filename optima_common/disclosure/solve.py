@@ -18,6 +18,8 @@ bounds; see docs/disclosure.md.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 
 import highspy
@@ -140,12 +142,27 @@ def _single_relations(r, v, a, rhs, lb, ub, want, lo, hi, out) -> None:
     out.infeasible.extend(v[k & bad].tolist())
 
 
+def _quiet_highs() -> highspy.Highs:
+    """A HiGHS instance that writes nothing: its constructor prints a banner on the process's
+    stdout (file descriptor 1, below Python), which would corrupt a command's --json output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out):
     ri = np.searchsorted(rels, cr)
     vi = np.searchsorted(vars_, cv)
     A = sparse.csr_matrix((cc, (ri, vi)), shape=(len(rels), len(vars_)))
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     inf = highspy.kHighsInf
     n = len(vars_)
     h.addVars(n, lb[vars_].astype(float), np.where(np.isfinite(ub[vars_]), ub[vars_], inf).astype(float))
