@@ -67,6 +67,15 @@ def _empty(ctx, unit):
     return SummarisedResult.from_records([], [settings_row(1, "test_nothing_found")])
 
 
+@pytest.fixture(autouse=True)
+def declared_test_types(monkeypatch):
+    """The runner refuses undeclared result types; these test-only ones declare no relations."""
+    from optima_common.disclosure import declarations
+
+    for rt in ("test_snapshot", "test_sex", "test_overlap", "test_nothing_found"):
+        monkeypatch.setitem(declarations.DECLARATIONS, rt, declarations.no_relations)
+
+
 SUITE = [Diagnostic("persons", "database", ("test_snapshot",), _persons),
          Diagnostic("by_sex", "cohort", ("test_sex",), _by_sex),
          Diagnostic("pair", "pair", ("test_overlap",), _pair),
