@@ -17,7 +17,7 @@ from optima_common.disclosure import check_release
 from optima_common.results import SummarisedResult
 from site_agent.analyses.study_run import run_study
 from site_agent.cdm import connect_cdm
-from site_agent.cdm.synth import generate_site, lung
+from site_agent.cdm.synth import generate_site
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.runner import run_diagnostics
 from site_agent.study_spec import load_study
@@ -44,8 +44,12 @@ def released_and_truth(cdm_path: Path, out: Path, name: str):
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     root = tmp_path_factory.mktemp("attack")
-    stage = list(lung.SCLC_STAGE)
-    lung.SCLC_STAGE[:] = [0.5, 0.4, 0.05, 0.05]  # stage I-II SCLC enriched
+    import dataclasses
+
+    from site_agent.cdm.synth import params
+
+    before = params.RATES["oncology"]
+    params.RATES["oncology"] = dataclasses.replace(before, sclc_stage=(0.5, 0.4, 0.05, 0.05))  # stage I-II enriched
     try:
         out = {}
         for name, n, seed in SITES:
@@ -53,7 +57,7 @@ def sites(tmp_path_factory):
             (root / name).mkdir()
             out[name] = released_and_truth(res.out, root / name, name)
     finally:
-        lung.SCLC_STAGE[:] = stage
+        params.RATES["oncology"] = before
     return out
 
 

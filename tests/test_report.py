@@ -99,7 +99,8 @@ def test_unreadable_site_table_is_left_out_with_a_note(stored, tmp_path):
 
     path, manifest = stored
     path = shutil.copy(path, tmp_path / "copy.sqlite3")  # the shared store stays as it was
-    odd = sign(make_bundle(manifest, site="site_c"), Ed25519PrivateKey.generate())  # CSV with 6 columns
+    broken = make_bundle(manifest, site="site_c").model_copy(update={"results_csv": "a,b,c\n1,2,3\n"})
+    odd = sign(broken, Ed25519PrivateKey.generate())  # a CSV with 3 columns, not a summarised_result
     with ResultsStore.open(path) as store:
         store.add_bundle(odd, render(odd))
         paths = write_report(store, manifest.manifest_id, tmp_path / "out")
