@@ -11,7 +11,7 @@ from coordinator import __version__
 from coordinator.cli import ingest as ingest_cli
 from coordinator.cli import network as network_cli
 from coordinator.cli import operations as operations_cli
-from coordinator.flower import training
+from coordinator.cli import training as training_cli
 from optima_common.cli import configure, conventions, run_main
 
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     network_cli.add_parsers(sub)  # demo, certs, study send|collect
-    training.add_train_parser(sub)  # train pathology|mammography
+    training_cli.add_train_parser(sub)  # train pathology|mammography
     operations_cli.add_parsers(sub)  # status, sites, serve
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)

@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import math
-import os
 import secrets
 import time
 from functools import partial
@@ -444,72 +443,3 @@ def run_training_job(grid, raw: dict) -> dict:
         raise TrainingError(f"bad training job {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     summary = run_request(grid, request)
     return {"ok": True, "summary": summary.model_dump(mode="json")}
-
-
-def add_train_parser(subparsers) -> None:
-    p = subparsers.add_parser("train", help="federated training of a site image model (Flower FedAvg/FedProx)")
-    p.add_argument("task", choices=TASKS)
-    p.add_argument("--out", default="federated-training", help="folder for global_round_<r>.npz and the history")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--min-replies", type=int, default=2, help="quorum: fewer good replies in a round stops the run")
-    p.add_argument("--round-timeout", type=float, default=900.0, help="seconds a round waits for the sites")
-    p.add_argument("--node-wait", type=float, default=60.0, help="seconds to wait for --min-replies sites to connect")
-    p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight (0: plain FedAvg)")
-    p.add_argument("--dp-clip", type=float, help="central DP: clip each site's update to this L2 norm")
-    p.add_argument("--dp-noise", type=float, help="central DP: noise multiplier (std = multiplier x clip / sites)")
-    p.add_argument("--dp-delta", type=float, default=1e-5, help="delta at which epsilon is reported")
-    p.add_argument("--dp-max-noise-ratio", type=float, default=1.0,
-                   help="refuse DP when expected noise norm / largest mean update exceeds this")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (round k+1)")
-    p.add_argument("--epochs", type=int, default=1, help="local epochs per round at each site")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backbone", help="model backbone the sites build (task default when omitted)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--federation", default="optima", help="SuperLink connection name in $FLWR_HOME/config.toml")
-    p.add_argument("--timeout", type=float, default=7200, help="seconds the whole run may take")
-    p.set_defaults(func=cli_train)
-
-
-def request_from_args(args) -> TrainRequest:
-    if (args.dp_clip is None) != (args.dp_noise is None):
-        raise TrainingError("give both --dp-clip and --dp-noise for differential privacy, or neither")
-    from pydantic import ValidationError
-
-    try:
-        dp = DPConfig(clip_norm=args.dp_clip, noise_multiplier=args.dp_noise, delta=args.dp_delta,
-                      max_noise_ratio=args.dp_max_noise_ratio) if args.dp_clip is not None else None
-        run_config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
-                      "seed": args.seed}
-        if args.backbone:
-            run_config["backbone"] = args.backbone
-        return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
-                            round_timeout=args.round_timeout, node_wait=args.node_wait, out=Path(args.out).resolve(),
-                            fedprox_mu=args.fedprox_mu, dp=dp, resume=args.resume, run_config=run_config)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-
-
-def cli_train(args) -> int:
-    """Start the ServerApp's "train" mode on the SuperLink named by ``--federation``."""
-    from coordinator.flower.network import flwr_run
-
-    request = request_from_args(args)
-    outcome = flwr_run("train", request.model_dump(mode="json"), workdir=request.out / "run", env=dict(os.environ),
-                       federation=args.federation, timeout=args.timeout)
-    if not outcome.get("ok"):
-        raise TrainingError(f"federated training failed: {outcome.get('error', 'no error reported')}")
-    summary = TrainingSummary.model_validate(outcome["summary"])
-    print(describe(summary, request.out))
-    return 0
-
-
-def describe(summary: TrainingSummary, out: Path) -> str:
-    last = summary.rounds[-1]
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last.eval_metrics.items()))
-    eps = f"; epsilon {summary.epsilon:.2f} at delta {summary.dp.delta:g}" if summary.epsilon is not None else ""
-    return (f"{len(summary.rounds)} rounds of federated {summary.task} training over {len(summary.nodes)} sites; "
-            f"last round {last.replies} replies, evaluation: {metrics or 'none'}{eps}; "
-            f"global model {Path(out) / summary.final_checkpoint}")
