@@ -53,6 +53,7 @@ from pydantic import (
 from optima_common.errors import ConfigError, OptimaError, validation_summary
 from optima_common.keys import key_id, load_private_key, load_public_key
 from optima_common.protocol import ANALYSES
+from site_agent.governance.keyring import Keyring
 
 
 class _Strict(BaseModel):
@@ -147,8 +148,6 @@ class SiteConfig(_Strict):
             except ConfigError as exc:
                 raise ConfigError(f"coordinator_keys[{i}]: {exc}") from None
             keys[key_id(pub)] = (path.stem, pub)
-        from site_agent.governance.keyring import Keyring
-
         ring = Keyring(self.state_dir)  # pinned and revoked with `site-agent keys …`
         keys.update(ring.pinned_coordinator_keys())
         for kid in ring.revoked_ids():
