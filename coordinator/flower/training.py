@@ -83,6 +83,7 @@ class TrainingSummary(BaseModel):
     dp: DPConfig | None = None
     epsilon: float | None = None
     accountant: str | None = None
+    secure_aggregation: bool = False
 
 
 # --- weights as numpy ---------------------------------------------------------------------
@@ -421,10 +422,20 @@ class TrainRequest(BaseModel):
     fedprox_mu: float = Field(0.0, ge=0)
     dp: DPConfig | None = None
     resume: bool = False
+    secagg: bool = False  # Flower SecAgg+ fit rounds (coordinator.flower.secagg)
+    secagg_range: float = Field(8.0, gt=0)
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
 
 
 def run_request(grid, request: TrainRequest) -> TrainingSummary:
+    if request.secagg:
+        from coordinator.flower.secagg import run_secagg_training
+
+        return run_secagg_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
+                                   out_dir=request.out, min_replies=request.min_replies,
+                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
+                                   node_wait=request.node_wait, resume=request.resume,
+                                   secagg_range=request.secagg_range)
     return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
                                   out_dir=request.out, min_replies=request.min_replies,
                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
