@@ -88,4 +88,5 @@ def describe(summary: TrainingSummary, out: Path) -> str:
         eps += "; secure aggregation (SecAgg+)"
     return (f"{len(summary.rounds)} rounds of federated {summary.task} training over {len(summary.nodes)} sites; "
             f"last round {last.replies} replies, evaluation: {metrics or 'none'}{eps}; "
-            f"global model {Path(out) / summary.final_checkpoint}")
+            f"global model {Path(out) / summary.final_checkpoint}"
+            + (f"; best round by pooled {summary.selection_metric}: {summary.best_round}" if summary.best_round else ""))

@@ -98,7 +98,8 @@ class UpdateStrategy(Strategy):
         for _, res in results:
             m = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
             metrics.append((int(m.pop("num-examples", 0)), m))
-        self.done[rnd] = {"survivors": len(results), "failed": [str(f)[:200] for f in failures],
+        failed = list(dict.fromkeys(str(f)[:300] for f in failures))  # the workflow lists a failure twice
+        self.done[rnd] = {"survivors": len(results), "failed": failed,
                           "metrics": metrics}
         return self._params(), {}
 
@@ -165,9 +166,11 @@ class PooledEvaluation:
                                           checkpoint=ckpt.name, epsilon=epsilon,
                                           seconds=time.perf_counter() - self.t0))
         self.t0 = time.perf_counter()
+        best, chosen_by = T.choose_round(self.history)
         self.summary = T.TrainingSummary(task=self.task, rounds=self.history, nodes=sorted(self.nodes),
                                          final_checkpoint=ckpt.name, dp=self.dp, epsilon=epsilon,
-                                         accountant=accountant, secure_aggregation=True)
+                                         accountant=accountant, secure_aggregation=True,
+                                         best_round=best, selection_metric=chosen_by)
         write_atomic(self.out_dir / "training_history.json", self.summary.model_dump_json(indent=2).encode())
         log.info("round %d (SecAgg+): %d survivors, eval %s", rnd, done["survivors"], eval_metrics)
 

@@ -84,6 +84,21 @@ class TrainingSummary(BaseModel):
     epsilon: float | None = None
     accountant: str | None = None
     secure_aggregation: bool = False
+    best_round: int | None = None  # the round a pooled validation metric chooses
+    selection_metric: str | None = None
+
+
+# pooled validation metrics that choose the round, first found wins (higher is better)
+SELECTION_METRICS = ("val_stage1_auroc_pooled", "val_tumor_auroc_pooled", "val_stage1_accuracy", "val_accuracy")
+
+
+def choose_round(rounds: list[RoundRecord]) -> tuple[int | None, str | None]:
+    """The round with the best pooled VALIDATION metric (never a test metric); ties: the earlier."""
+    for name in SELECTION_METRICS:
+        scored = [(r.eval_metrics[name], -r.round) for r in rounds if name in r.eval_metrics]
+        if scored:
+            return -max(scored)[1], name
+    return None, None
 
 
 # --- weights as numpy ---------------------------------------------------------------------
@@ -292,7 +307,11 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
             acc = summed.setdefault(prefix, {})
             for cell, v in cells.items():
                 acc[cell] = acc.get(cell, 0.0) + v
-    out = {k: v for k, v in means.items() if not _cm_groups({k: v})}
+    from optima_common import score_histogram as H
+
+    site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
+    out = {k: v for k, v in means.items() if not _cm_groups({k: v}) and H.TAG not in k}
+    out.update(H.pooled_metrics(site_metrics))  # AUROC of the pooled test (and validation) sets
     for prefix, cells in summed.items():
         k = max(max(i, j) for i, j in cells) + 1
         cm = np.zeros((k, k))
@@ -397,8 +416,9 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
+        best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
-                                  epsilon=epsilon, accountant=accountant)
+                                  epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)
         write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
         log.info("round %d: %d replies, eval %s", r, len(ok), json.dumps(eval_metrics))
     return summary

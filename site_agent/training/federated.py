@@ -198,4 +198,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         raise ConfigError("evaluate message carries no weights")
     bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
+    from optima_common.score_histogram import release_metrics
+
+    metrics = release_metrics(metrics, int(context.node_config.get("min-cell-count", 5)))
     return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)

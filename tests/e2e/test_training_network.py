@@ -47,3 +47,36 @@ def test_two_sites_two_rounds_over_flower(tmp_path):
     second = np.load(tmp_path / "training" / rounds[1]["checkpoint"])
     assert set(first.files) == set(second.files) and any(not np.array_equal(first[k], second[k]) for k in first.files)
     assert processes_mentioning(str(tmp_path / "network")) == []
+
+
+def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(tmp_path):
+    """Three SuperNodes; Flower's SecAgg+ workflow and mod over the real SuperLink. The third
+    site has a privacy budget, so it refuses a round without DP in SecAgg+ stage 2, after the key
+    exchange: a quorum of 2 completes with the survivors' mean, a quorum of 3 aborts."""
+    nodes = []
+    for i, site in enumerate(("sa_north", "sa_south", "sa_east")):
+        data = tmp_path / site
+        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
+                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        extra = {"image-root-pathology": str(data)}
+        if site == "sa_east":
+            extra.update({"state-dir": str(tmp_path / "east-state"), "privacy-epsilon-budget": "1.0"})
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    request = {"task": "pathology", "rounds": 1, "min_replies": 2, "round_timeout": 300, "secagg": True,
+               "out": str(tmp_path / "complete"),
+               "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
+                              "batch_size": 8, "device": "cpu", "lr": 1e-3}}
+    with LocalNetwork(tmp_path / "network", nodes) as network:
+        done = network.run("train", request, timeout=900)
+        aborted = network.run("train", {**request, "min_replies": 3, "out": str(tmp_path / "abort")}, timeout=900)
+    assert done["ok"], done
+    rnd = done["summary"]["rounds"][0]
+    assert done["summary"]["secure_aggregation"] and rnd["replies"] == 2
+    assert "without differential privacy" in " ".join(rnd["failed"])
+    assert rnd["eval_replies"] == 3 and 0 <= rnd["eval_metrics"]["accuracy"] <= 1
+    assert (tmp_path / "complete" / "global_round_1.npz").is_file()
+    assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
+    assert not (tmp_path / "abort" / "global_round_1.npz").exists()
+    assert processes_mentioning(str(tmp_path / "network")) == []
