@@ -24,6 +24,8 @@ class's row of the confusion matrix the site also sends.
 
 from __future__ import annotations
 
+import math
+
 FINE = 32
 TAG = "scorehist_"
 
@@ -32,7 +34,7 @@ def histogram(labels, scores, bins: int = FINE) -> tuple[list[int], list[int]]:
     """(negative counts, positive counts) per bin of [0, 1]; a score of 1 falls in the last bin."""
     neg, pos = [0] * bins, [0] * bins
     for y, s in zip(labels, scores):
-        b = max(min(int(float(s) * bins), bins - 1), 0) if s == s else 0
+        b = max(min(int(float(s) * bins), bins - 1), 0) if not math.isnan(float(s)) else 0
         (pos if int(y) == 1 else neg)[b] += 1
     return neg, pos
 
@@ -109,7 +111,7 @@ def parse(metrics: dict) -> dict[str, Cells]:
         if not sep or len(parts) != 3 or not all(x.isdigit() for x in parts):
             continue
         cls, lo, hi = map(int, parts)
-        found.setdefault(head, []).append((cls, lo, hi, int(round(float(value)))))
+        found.setdefault(head, []).append((cls, lo, hi, round(float(value))))
     return {h: sorted(cells) for h, cells in found.items()}
 
 
@@ -146,6 +148,6 @@ def pooled_metrics(site_metrics: list[dict]) -> dict[str, float]:
     out = {}
     for prefix, cells in by_prefix.items():
         value, bound = auroc_cells(cells)
-        if value == value:
+        if not math.isnan(value):
             out.update({f"{prefix}auroc_pooled": value, f"{prefix}auroc_pooled_bound": bound})
     return out

@@ -67,9 +67,9 @@ def query_cox(msg: Message, context: Context) -> Message:
 
 @app.train(mods=[secagg_when_asked])  # SecAgg+ rounds go through Flower's secaggplus_mod
 def train(msg: Message, context: Context) -> Message:
-    from site_agent.training.federated import handle_train
+    from site_agent.training.secagg import handle_train_any
 
-    return handle_train(msg, context)
+    return handle_train_any(msg, context)
 
 
 @app.evaluate()

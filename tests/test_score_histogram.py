@@ -3,6 +3,7 @@ released cells respect the minimum cell count; a pooled validation metric choose
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from coordinator.flower.inprocess import InProcessGrid
-from coordinator.flower.training import RoundRecord, choose_round, run_federated_training
+from coordinator.flower.training import (
+    RoundRecord,
+    choose_round,
+    run_federated_training,
+)
 from optima_common import score_histogram as H
 from site_agent.training.federated import handle_evaluate, handle_train, register_task
 
@@ -51,7 +56,7 @@ def test_released_cells_are_zero_or_at_least_the_minimum():
     for cls, counts in ((0, neg), (1, pos)):
         mine = [c for c in cells if c[0] == cls]
         assert sum(c[3] for c in mine) == sum(counts)
-        assert mine[0][1] == 0 and mine[-1][2] == 32 and all(a[2] == b[1] for a, b in zip(mine, mine[1:]))
+        assert mine[0][1] == 0 and mine[-1][2] == 32 and all(a[2] == b[1] for a, b in itertools.pairwise(mine))
     # hand-built (expectations written first): 6 bins, minimum 5
     assert H.release_class([2, 3, 0, 0, 6, 1], 5, 1) == [(1, 0, 2, 5), (1, 2, 4, 0), (1, 4, 6, 7)]
     assert H.release_class([0, 0, 5, 0, 2, 0], 5, 0) == [(0, 0, 2, 0), (0, 2, 6, 7)]

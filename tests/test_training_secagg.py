@@ -17,8 +17,8 @@ from torch import nn
 from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.secagg import run_secagg_training, secagg_threshold
 from coordinator.flower.training import DPConfig, TrainingError, load_checkpoint
-from site_agent.training.federated import handle_evaluate, handle_train, register_task
-from site_agent.training.secagg import secagg_when_asked
+from site_agent.training.federated import handle_evaluate, register_task
+from site_agent.training.secagg import handle_train_any, secagg_when_asked
 
 
 class SetTask:
@@ -49,7 +49,7 @@ register_task("sa_wide", SetTask(100, 50))
 
 def _app():
     app = ClientApp()
-    app.train(mods=[secagg_when_asked])(handle_train)
+    app.train(mods=[secagg_when_asked])(handle_train_any)
     app.evaluate()(handle_evaluate)
     return app
 

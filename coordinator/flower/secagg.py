@@ -31,7 +31,12 @@ from typing import cast
 
 import numpy as np
 from flwr.app import Context, RecordDict
-from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    FitIns,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import Strategy
@@ -156,7 +161,7 @@ class PooledEvaluation:
         arrays = self.s.arrays
         ckpt = T.save_checkpoint(arrays, self.out_dir / f"global_round_{rnd}.npz")
         record = T.numpy_to_record(arrays)
-        content = lambda node: T._round_content(record, self.task, self.run_config, rnd, node)  # noqa: E731
+        content = lambda node: T._round_content(record, self.task, self.run_config, rnd, node)
         ev_ok, ev_failed = T._send(grid, self.nodes, content, T.MessageType.EVALUATE, self.timeout, f"evaluate-{rnd}")
         _, eval_metrics = T._pooled_metrics(ev_ok)
         n_train, train_metrics = _weighted(done["metrics"])

@@ -445,32 +445,3 @@ class TrainRequest(BaseModel):
     secagg: bool = False  # Flower SecAgg+ fit rounds (coordinator.flower.secagg)
     secagg_range: float = Field(8.0, gt=0)
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
-
-
-def run_request(grid, request: TrainRequest) -> TrainingSummary:
-    if request.secagg:
-        from coordinator.flower.secagg import run_secagg_training
-
-        return run_secagg_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
-                                   out_dir=request.out, min_replies=request.min_replies,
-                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
-                                   node_wait=request.node_wait, resume=request.resume,
-                                   secagg_range=request.secagg_range)
-    return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
-                                  out_dir=request.out, min_replies=request.min_replies,
-                                  round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
-                                  node_wait=request.node_wait, resume=request.resume)
-
-
-def run_training_job(grid, raw: dict) -> dict:
-    """The ServerApp's "train" mode: ``raw`` is the job file's JSON (a :class:`TrainRequest`);
-    returns the outcome document (``ok`` plus the summary)."""
-    from pydantic import ValidationError
-
-    try:
-        request = TrainRequest.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise TrainingError(f"bad training job {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    summary = run_request(grid, request)
-    return {"ok": True, "summary": summary.model_dump(mode="json")}

@@ -166,10 +166,6 @@ def _prepare(msg: Message):
 
 
 def handle_train(msg: Message, context: Context) -> Message:
-    from site_agent.training.secagg import handle_secagg_fit, is_secagg_fit
-
-    if is_secagg_fit(msg):  # stage 2 of SecAgg+, called by secaggplus_mod (legacy FitIns layout)
-        return handle_secagg_fit(msg, context)
     task, config, adapter, model, arrays = _prepare(msg)
     if arrays is None:
         if not config.get("init"):

@@ -36,7 +36,10 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+)
 
 from optima_common.errors import ConfigError
 from optima_common.privacy import DP_CLIP, DP_NOISE
@@ -83,13 +86,28 @@ def site_noise(update: dict[str, np.ndarray], keys: list[str], *, clip: float, z
     return out
 
 
+def handle_train_any(msg: Message, context: Context) -> Message:
+    """The site's train handler: SecAgg+ stage 2 (legacy FitIns, from secaggplus_mod) or a plain round."""
+    if is_secagg_fit(msg):
+        return handle_secagg_fit(msg, context)
+    from site_agent.training.federated import handle_train
+
+    return handle_train(msg, context)
+
+
 def handle_secagg_fit(msg: Message, context: Context) -> Message:
     """Stage 2 of SecAgg+: train on the global weights and reply with the (noised) update as FitRes."""
     import copy
 
     import flwr.compat.common.recorddict_compat as compat
     import torch
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import (
+        Code,
+        FitRes,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
 
     from site_agent.training.federated import (
         _metrics,
