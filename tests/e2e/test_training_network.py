@@ -51,8 +51,8 @@ def test_two_sites_two_rounds_over_flower(tmp_path):
 
 def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(tmp_path):
     """Three SuperNodes; Flower's SecAgg+ workflow and mod over the real SuperLink. The third
-    site has a privacy budget, so it refuses a round without DP in SecAgg+ stage 2, after the key
-    exchange: a quorum of 2 completes with the survivors' mean, a quorum of 3 aborts."""
+    site has a privacy budget that one round cannot fit, so it refuses in SecAgg+ stage 2, after the
+    key exchange: a quorum of 2 completes with the survivors' mean, a quorum of 3 aborts."""
     nodes = []
     for i, site in enumerate(("sa_north", "sa_south", "sa_east")):
         data = tmp_path / site
@@ -68,14 +68,20 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
                "out": str(tmp_path / "complete"),
                "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
                               "batch_size": 8, "device": "cpu", "lr": 1e-3}}
+    # distributed DP: the round's weakest noise (2 of 3 survivors) would cost sa_east more than its budget
+    dp = {"clip_norm": 1.0, "noise_multiplier": 1.0, "max_noise_ratio": 1e9}
     with LocalNetwork(tmp_path / "network", nodes) as network:
-        done = network.run("train", request, timeout=900)
+        done = network.run("train", {**request, "dp": dp}, timeout=900)
         aborted = network.run("train", {**request, "min_replies": 3, "out": str(tmp_path / "abort")}, timeout=900)
     assert done["ok"], done
     rnd = done["summary"]["rounds"][0]
     assert done["summary"]["secure_aggregation"] and rnd["replies"] == 2
-    assert "without differential privacy" in " ".join(rnd["failed"])
+    assert "privacy budget spent" in " ".join(rnd["failed"]) and len(rnd["failed"]) == 1
+    assert rnd["epsilon"] > 0 and done["summary"]["epsilon"] == rnd["epsilon"]
     assert rnd["eval_replies"] == 3 and 0 <= rnd["eval_metrics"]["accuracy"] <= 1
+    # pooled from the sites' Tumor-score histograms, test and validation; the validation one chose the round
+    assert 0 <= rnd["eval_metrics"]["tumor_auroc_pooled"] <= 1 and "val_tumor_auroc_pooled" in rnd["eval_metrics"]
+    assert done["summary"]["best_round"] == 1
     assert (tmp_path / "complete" / "global_round_1.npz").is_file()
     assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
     assert not (tmp_path / "abort" / "global_round_1.npz").exists()
