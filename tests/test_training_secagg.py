@@ -141,3 +141,22 @@ def test_distributed_dp_clips_at_the_sites_and_sums_to_the_configured_noise(tmp_
     # each site charged its ledger at z*sqrt(threshold/n) = 1 (threshold 2 of 2)
     doc = json.loads((tmp_path / "st1" / "privacy_ledger.json").read_text())
     assert doc["entries"][0]["noise_multiplier"] == pytest.approx(1.0)
+
+
+def test_dp_epsilon_counts_the_survivors_and_sites_charge_the_weakest_noise(tmp_path):
+    from optima_common.privacy import epsilon_from_rho
+
+    ledgers = {n: {"state-dir": str(tmp_path / f"st{n}"), "privacy-epsilon-budget": 50.0} for n in (1, 2)}
+    ledgers[3] = {"state-dir": str(tmp_path / "st3"), "privacy-epsilon-budget": 1.0}  # one round is too much
+    configs = _sites(tmp_path, "sa_toy", {1: 1.0, 2: 2.0, 3: 0.0}, ledgers)
+    dp = DPConfig(clip_norm=1.0, noise_multiplier=1.0, max_noise_ratio=1000.0)
+    s = run_secagg_training(InProcessGrid(_app(), configs), "sa_toy", rounds=1, run_config={},
+                            out_dir=tmp_path / "o", min_replies=2, round_timeout=30, dp=dp)
+    assert s.rounds[0].replies == 2 and "privacy budget spent" in s.rounds[0].failed[0]
+    # 2 of 3 noise shares reached the sum: multiplier sqrt(2/3), rho = 1 / (2 * 2/3) = 0.75
+    assert s.epsilon == pytest.approx(epsilon_from_rho(0.75, 1e-5))
+    # threshold 2 of 3: each site charged itself at sqrt(2/3) before training
+    for n in (1, 2):
+        doc = json.loads((tmp_path / f"st{n}" / "privacy_ledger.json").read_text())
+        assert doc["entries"][0]["noise_multiplier"] == pytest.approx(np.sqrt(2 / 3))
+    assert not (tmp_path / "st3" / "privacy_ledger.json").exists()

@@ -74,7 +74,8 @@ class UpdateStrategy(Strategy):
         self.keys = list(start)
         self.arrays = dict(start)
         self.task, self.run_config, self.offset = task, run_config, offset
-        self.done: dict[int, dict] = {}  # real round -> {"survivors", "failed", "metrics", "n"}
+        self.done: dict[int, dict] = {}  # real round -> {"survivors", "failed", "metrics"}
+        self.sampled: dict[int, int] = {}  # real round -> sites asked
 
     def _params(self) -> Parameters:
         return ndarrays_to_parameters([self.arrays[k] for k in self.keys])
@@ -86,7 +87,9 @@ class UpdateStrategy(Strategy):
         rnd = server_round + self.offset
         config = dict(T._config(self.task, self.run_config, round=rnd, **{KEYS_DIGEST: keys_digest(self.keys)}))
         ins = FitIns(parameters, config)
-        return [(proxy, ins) for _, proxy in sorted(client_manager.all().items())]
+        chosen = [(proxy, ins) for _, proxy in sorted(client_manager.all().items())]
+        self.sampled[rnd] = len(chosen)
+        return chosen
 
     def aggregate_fit(self, server_round, results, failures):
         rnd = server_round + self.offset
@@ -152,7 +155,7 @@ class PooledEvaluation:
                                 f"to unmask); the global model was not updated")
         epsilon = accountant = None
         if self.dp is not None:
-            n, t = len(self.nodes), done["survivors"]
+            n, t = self.s.sampled.get(rnd, len(self.nodes)), done["survivors"]
             z_eff = self.dp.noise_multiplier * math.sqrt(t / n)
             T.check_noise(T.DPConfig(clip_norm=self.dp.clip_norm, noise_multiplier=z_eff, delta=self.dp.delta,
                                      max_noise_ratio=self.dp.max_noise_ratio), t, self.dim)
