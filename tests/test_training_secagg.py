@@ -160,3 +160,20 @@ def test_dp_epsilon_counts_the_survivors_and_sites_charge_the_weakest_noise(tmp_
         doc = json.loads((tmp_path / f"st{n}" / "privacy_ledger.json").read_text())
         assert doc["entries"][0]["noise_multiplier"] == pytest.approx(np.sqrt(2 / 3))
     assert not (tmp_path / "st3" / "privacy_ledger.json").exists()
+
+
+def test_secagg_resume_continues_at_round_k_plus_1_and_keeps_the_privacy_account(tmp_path):
+    from optima_common.privacy import epsilon_from_rho
+
+    configs = _sites(tmp_path, "sa_toy", {1: 1.0, 2: 2.0},
+                     {n: {"state-dir": str(tmp_path / f"st{n}"), "privacy-epsilon-budget": 50.0} for n in (1, 2)})
+    dp = DPConfig(clip_norm=1.0, noise_multiplier=1.0, max_noise_ratio=1000.0)
+    out = tmp_path / "o"
+    run_secagg_training(InProcessGrid(_app(), configs, run_id=1), "sa_toy", rounds=1, run_config={}, out_dir=out,
+                        min_replies=2, round_timeout=30, dp=dp)
+    s = run_secagg_training(InProcessGrid(_app(), configs, run_id=2), "sa_toy", rounds=2, run_config={},
+                            out_dir=out, min_replies=2, round_timeout=30, dp=dp, resume=True)
+    assert [r.round for r in s.rounds] == [1, 2] and (out / "global_round_2.npz").is_file()
+    assert s.epsilon == pytest.approx(epsilon_from_rho(2 * 0.5, 1e-5))  # both rounds at z = 1
+    doc = json.loads((tmp_path / "st1" / "privacy_ledger.json").read_text())
+    assert [(e["run_id"], e["round"]) for e in doc["entries"]] == [(1, 1), (2, 2)]
