@@ -177,3 +177,15 @@ def test_secagg_resume_continues_at_round_k_plus_1_and_keeps_the_privacy_account
     assert s.epsilon == pytest.approx(epsilon_from_rho(2 * 0.5, 1e-5))  # both rounds at z = 1
     doc = json.loads((tmp_path / "st1" / "privacy_ledger.json").read_text())
     assert [(e["run_id"], e["round"]) for e in doc["entries"]] == [(1, 1), (2, 2)]
+
+
+def test_a_dead_site_costs_only_the_timeout(tmp_path):
+    # a SuperNode that never answers (killed): left out at the SecAgg+ setup after round_timeout
+    import time
+
+    grid = InProcessGrid(_app(), _sites(tmp_path, "sa_toy", {1: 1.0, 2: 2.0, 3: 5.0}), dead=[3])
+    t0 = time.monotonic()
+    s = run_secagg_training(grid, "sa_toy", rounds=1, run_config={}, out_dir=tmp_path / "o", min_replies=2,
+                            round_timeout=1.0)
+    assert time.monotonic() - t0 < 20 and s.rounds[0].replies == 2
+    assert np.allclose(load_checkpoint(tmp_path / "o" / "global_round_1.npz")["0.weight"], 1.5, atol=1e-4)

@@ -121,6 +121,24 @@ class UpdateStrategy(Strategy):
         return None
 
 
+class SecAggPlus(SecAggPlusWorkflow):
+    """Flower 1.42's SecAgg+ workflow, except that a site that does not answer the setup stage
+    is left out of the round. In 1.42 such a site stays among the sampled sites; the unmask
+    stage then looks for shares of its keys, which it never sent, finds none and halts the round
+    ("Not enough shares to recover secret"), so one site that is down at the start of a round
+    would abort it. A site left out here has sent no key and added no mask, so the round's
+    security does not change; its threshold stays that of the sites first asked."""
+
+    def setup_stage(self, grid, context, state) -> bool:
+        ok = super().setup_stage(grid, context, state)
+        if not state.nid_to_neighbours:  # stopped before the setup messages went out
+            return ok
+        alive = set(state.active_node_ids)
+        state.sampled_node_ids = alive
+        state.nid_to_neighbours = {nid: nb & alive for nid, nb in state.nid_to_neighbours.items() if nid in alive}
+        return self._check_threshold(state)
+
+
 def _weighted(metrics: list[tuple[int, dict]]) -> tuple[int, dict[str, float]]:
     total, sums, weights = 0, {}, {}
     for n, m in metrics:
@@ -228,7 +246,7 @@ def run_secagg_training(grid, task: str, *, rounds: int, run_config: dict, out_d
     legacy = LegacyContext(base, config=ServerConfig(num_rounds=rounds - first + 1), strategy=strategy,
                            client_manager=SimpleClientManager())
     workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold, max_weight=1.0,
+        fit_workflow=SecAggPlus(num_shares=1.0, reconstruction_threshold=threshold, max_weight=1.0,
                                         clipping_range=float(secagg_range), timeout=round_timeout),
         evaluate_workflow=evaluation)
     workflow(grid, legacy)
