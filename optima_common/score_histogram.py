@@ -16,7 +16,7 @@ shrinks with the interval width: with one fine bin per interval it is the tie ma
 width 1/FINE.
 
 Released counts: each cell is a count of cases, so it leaves the site under the site's minimum
-cell count (node config ``min-cell-count``, default 5). :func:`release` merges adjacent bins
+cell count (node config ``min-cell-count``, else the site TOML's ``min_cell_count``; at least 2). :func:`release` merges adjacent bins
 of each class until every released cell is 0 or at least that minimum. Nothing is suppressed,
 so no cell can be recovered by subtraction. Declared relation: the cells of one class sum to that
 class's row of the confusion matrix the site also sends.
