@@ -17,6 +17,7 @@ from optima_common import protocol as P
 from optima_common.errors import CoxRefusal, OptimaError
 from site_agent.audit import MAX_STR
 from site_agent.service import Site
+from site_agent.training.secagg import secagg_when_asked
 
 app = ClientApp()
 
@@ -64,11 +65,11 @@ def query_cox(msg: Message, context: Context) -> Message:
                                             P.INFO: [float(v) for v in np.ravel(info)]})
 
 
-@app.train()
+@app.train(mods=[secagg_when_asked])  # SecAgg+ rounds go through Flower's secaggplus_mod
 def train(msg: Message, context: Context) -> Message:
-    from site_agent.training.federated import handle_train
+    from site_agent.training.secagg import handle_train_any
 
-    return handle_train(msg, context)
+    return handle_train_any(msg, context)
 
 
 @app.evaluate()

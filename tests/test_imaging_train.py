@@ -149,6 +149,10 @@ def test_federated_round_over_two_sites(sites, tmp_path):
     recall = [cm[k, k] / cm[k].sum() if cm[k].sum() else 0.0 for k in range(2)]
     assert ev["stage1_recall"] == pytest.approx(np.mean(recall))
     assert "stage1_train_loss" in summary.rounds[0].train_metrics
+    # AUROC pooled from the sites' released malignant-score histograms; the validation split chose the round
+    assert 0 <= ev["stage1_auroc_pooled"] <= 1 and 0 <= ev["stage1_auroc_pooled_bound"] <= 0.5
+    assert not any("scorehist" in k for k in ev) and "val_stage1_accuracy" in ev
+    assert summary.best_round in (1, 2) and summary.selection_metric.startswith("val_stage1")
     g1, g2 = load_checkpoint(tmp_path / "global_round_1.npz"), load_checkpoint(tmp_path / "global_round_2.npz")
     assert {k.split(".")[0] for k in g1} == {"stage1", "stage2"}  # both stages travel together
     assert any(not np.allclose(g1[k], g2[k]) for k in g1 if k.endswith("weight"))

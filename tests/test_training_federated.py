@@ -332,7 +332,8 @@ def test_resume_continues_at_the_next_round(tmp_path):
 
 
 def test_training_job_document_and_too_few_sites(tmp_path):
-    from coordinator.flower.training import TrainRequest, run_training_job
+    from coordinator.flower.train_job import run_training_job
+    from coordinator.flower.training import TrainRequest
 
     grid = InProcessGrid(_app(), _sites(tmp_path, {1: (2.0, 5), 2: (4.0, 15)}))
     job = TrainRequest(task="toy", rounds=1, min_replies=2, round_timeout=10, node_wait=0, out=tmp_path / "job")

@@ -28,6 +28,11 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--dp-delta", type=float, default=1e-5, help="delta at which epsilon is reported")
     p.add_argument("--dp-max-noise-ratio", type=float, default=1.0,
                    help="refuse DP when expected noise norm / largest mean update exceeds this")
+    p.add_argument("--secagg", action="store_true",
+                   help="secure aggregation (Flower SecAgg+): the coordinator sees only the sum of the sites' "
+                        "updates; DP clipping and noise move to the sites")
+    p.add_argument("--secagg-range", type=float, default=8.0,
+                   help="SecAgg+ clipping range: every update value must lie within +-this")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (round k+1)")
     p.add_argument("--epochs", type=int, default=1, help="local epochs per round at each site")
     p.add_argument("--batch-size", type=int, default=32)
@@ -54,7 +59,8 @@ def request_from_args(args) -> TrainRequest:
             run_config["backbone"] = args.backbone
         return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
                             round_timeout=args.round_timeout, node_wait=args.node_wait, out=Path(args.out).resolve(),
-                            fedprox_mu=args.fedprox_mu, dp=dp, resume=args.resume, run_config=run_config)
+                            fedprox_mu=args.fedprox_mu, dp=dp, resume=args.resume, run_config=run_config,
+                            secagg=args.secagg, secagg_range=args.secagg_range)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -78,6 +84,9 @@ def describe(summary: TrainingSummary, out: Path) -> str:
     last = summary.rounds[-1]
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last.eval_metrics.items()))
     eps = f"; epsilon {summary.epsilon:.2f} at delta {summary.dp.delta:g}" if summary.epsilon is not None else ""
+    if summary.secure_aggregation:
+        eps += "; secure aggregation (SecAgg+)"
     return (f"{len(summary.rounds)} rounds of federated {summary.task} training over {len(summary.nodes)} sites; "
             f"last round {last.replies} replies, evaluation: {metrics or 'none'}{eps}; "
-            f"global model {Path(out) / summary.final_checkpoint}")
+            f"global model {Path(out) / summary.final_checkpoint}"
+            + (f"; best round by pooled {summary.selection_metric}: {summary.best_round}" if summary.best_round else ""))

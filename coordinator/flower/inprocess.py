@@ -11,6 +11,7 @@ a killed SuperNode looks like to ``send_and_receive``: no reply before the timeo
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import itertools
 import time
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,7 @@ class InProcessGrid(Grid):
         # real SuperNodes run each message in its own process)
         self._pool = cf.ThreadPoolExecutor(max_workers=1)
         self.sent: list[Message] = []
+        self.received: list[Message] = []  # every reply handed to the ServerApp
 
     # --- Grid API -----------------------------------------------------------------------
     def set_run(self, run) -> None:  # noqa: D102
@@ -73,7 +75,9 @@ class InProcessGrid(Grid):
             if node in self.unavailable:
                 self._pending[mid] = self._pool.submit(self._unavailable, msg)
             elif node not in self.dead and node in self.node_configs:
-                self._pending[mid] = self._pool.submit(self._deliver, msg, node)
+                # a copy, as the SuperLink's serialization gives each node its own (Flower's SecAgg+
+                # workflow sends one RecordDict object to every node and its mod pops keys from it)
+                self._pending[mid] = self._pool.submit(self._deliver, copy.deepcopy(msg), node)
             ids.append(mid)
         return ids
 
@@ -84,6 +88,7 @@ class InProcessGrid(Grid):
             if fut is not None and fut.done():
                 replies.append(fut.result())
                 del self._pending[mid]
+        self.received += replies
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:

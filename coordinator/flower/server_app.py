@@ -76,7 +76,7 @@ def main(grid: Grid, context: Context) -> None:
         if mode in ("study", "collect"):
             doc = run_study_job(grid, StudyJob.model_validate(raw), collect_only=mode == "collect")
         elif mode == "train":
-            from coordinator.flower.training import run_training_job
+            from coordinator.flower.train_job import run_training_job
 
             doc = run_training_job(grid, raw)
         else:

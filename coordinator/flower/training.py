@@ -83,6 +83,22 @@ class TrainingSummary(BaseModel):
     dp: DPConfig | None = None
     epsilon: float | None = None
     accountant: str | None = None
+    secure_aggregation: bool = False
+    best_round: int | None = None  # the round a pooled validation metric chooses
+    selection_metric: str | None = None
+
+
+# pooled validation metrics that choose the round, first found wins (higher is better)
+SELECTION_METRICS = ("val_stage1_auroc_pooled", "val_tumor_auroc_pooled", "val_stage1_accuracy", "val_accuracy")
+
+
+def choose_round(rounds: list[RoundRecord]) -> tuple[int | None, str | None]:
+    """The round with the best pooled VALIDATION metric (never a test metric); ties: the earlier."""
+    for name in SELECTION_METRICS:
+        scored = [(r.eval_metrics[name], -r.round) for r in rounds if name in r.eval_metrics]
+        if scored:
+            return -max(scored)[1], name
+    return None, None
 
 
 # --- weights as numpy ---------------------------------------------------------------------
@@ -291,7 +307,11 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
             acc = summed.setdefault(prefix, {})
             for cell, v in cells.items():
                 acc[cell] = acc.get(cell, 0.0) + v
-    out = {k: v for k, v in means.items() if not _cm_groups({k: v})}
+    from optima_common import score_histogram as H
+
+    site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
+    out = {k: v for k, v in means.items() if not _cm_groups({k: v}) and H.TAG not in k}
+    out.update(H.pooled_metrics(site_metrics))  # AUROC of the pooled test (and validation) sets
     for prefix, cells in summed.items():
         k = max(max(i, j) for i, j in cells) + 1
         cm = np.zeros((k, k))
@@ -396,8 +416,9 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
+        best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
-                                  epsilon=epsilon, accountant=accountant)
+                                  epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)
         write_atomic(out_dir / "training_history.json", summary.model_dump_json(indent=2).encode())
         log.info("round %d: %d replies, eval %s", r, len(ok), json.dumps(eval_metrics))
     return summary
@@ -421,25 +442,6 @@ class TrainRequest(BaseModel):
     fedprox_mu: float = Field(0.0, ge=0)
     dp: DPConfig | None = None
     resume: bool = False
+    secagg: bool = False  # Flower SecAgg+ fit rounds (coordinator.flower.secagg)
+    secagg_range: float = Field(8.0, gt=0)
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
-
-
-def run_request(grid, request: TrainRequest) -> TrainingSummary:
-    return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
-                                  out_dir=request.out, min_replies=request.min_replies,
-                                  round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
-                                  node_wait=request.node_wait, resume=request.resume)
-
-
-def run_training_job(grid, raw: dict) -> dict:
-    """The ServerApp's "train" mode: ``raw`` is the job file's JSON (a :class:`TrainRequest`);
-    returns the outcome document (``ok`` plus the summary)."""
-    from pydantic import ValidationError
-
-    try:
-        request = TrainRequest.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise TrainingError(f"bad training job {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    summary = run_request(grid, request)
-    return {"ok": True, "summary": summary.model_dump(mode="json")}

@@ -88,6 +88,16 @@ class MammographyTask:
             raise TestSplitError(f"the mammography test split at {site_data_dir} is empty: no metrics to report")
         cfg = cfg.model_copy(update={"bootstrap": 0, "min_test_patients": 1})  # pooled at the coordinator
         metrics = {}
+        from optima_common import score_histogram as H
+
+        for split, prefix in (("test", "stage1_"), ("val", "val_stage1_")):  # malignant-score histograms
+            res = evaluate_stage(model, rois if split == "test" else site.rois("val"), 1, cfg)
+            if len(res.labels):
+                metrics.update(H.to_metrics(prefix, *H.histogram(res.labels, res.probs[:, 1])))
+                if split == "val":
+                    for i, row in enumerate(res.metrics["confusion_matrix"]):
+                        for j, v in enumerate(row):
+                            metrics[f"val_stage1_cm_{i}_{j}"] = float(v)
         for stage in (1, 2):
             m = evaluate_stage(model, rois, stage, cfg).metrics
             for k in ("accuracy", "precision", "recall", "f1", "auroc"):

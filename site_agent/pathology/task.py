@@ -62,8 +62,17 @@ class PathologyTask:
             from optima_common.errors import TestSplitError
 
             raise TestSplitError(f"the pathology test split at {site_data_dir} is empty: no metrics to report")
+        from optima_common import score_histogram as H
+
         pred = predict(model, ds, opts.train_config())
         m = summary_metrics(classification_metrics(pred.labels, pred.probs, list(CLASSES)))
+        # Tumor against the rest: histograms of the Tumor score (pooled AUROC at the coordinator)
+        m.update(H.to_metrics("tumor_", *H.histogram(pred.labels == 0, pred.probs[:, 0])))
+        if len(site.datasets["val"]):  # the validation split chooses the round
+            val = predict(model, site.datasets["val"], opts.train_config())
+            vm = summary_metrics(classification_metrics(val.labels, val.probs, list(CLASSES)))
+            m.update({f"val_{k}": v for k, v in vm.items()})
+            m.update(H.to_metrics("val_tumor_", *H.histogram(val.labels == 0, val.probs[:, 0])))
         m["loss"] = float(-np.mean(np.log(np.clip(pred.probs[np.arange(len(pred.labels)), pred.labels], 1e-12, 1))))
         return len(ds), m
 

@@ -128,6 +128,20 @@ def site_data_dir(context: Context, task: str) -> Path:
     return path
 
 
+def site_min_cell(node_config) -> int:
+    """The minimum cell count for released evaluation counts: node config ``min-cell-count``,
+    else the site TOML's ``min_cell_count`` (``site-config``), else 5; never below 2."""
+    if node_config.get("min-cell-count") is not None:
+        value = int(node_config["min-cell-count"])
+    elif node_config.get("site-config") and Path(str(node_config["site-config"])).is_file():
+        from site_agent.config import load_config
+
+        value = int(load_config(str(node_config["site-config"])).min_cell_count)
+    else:
+        value = 5
+    return max(value, 2)
+
+
 def _run_config(msg: Message) -> tuple[str, dict]:
     if P.CONFIG_RECORD not in msg.content.config_records:
         raise ConfigError("message carries no config record")
@@ -194,4 +208,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         raise ConfigError("evaluate message carries no weights")
     bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
+    from optima_common.score_histogram import release_metrics
+
+    metrics = release_metrics(metrics, site_min_cell(context.node_config))
     return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)

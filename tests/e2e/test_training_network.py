@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,13 +22,22 @@ from tests.e2e.test_flower_network import processes_mentioning
 pytestmark = pytest.mark.slow
 
 
+def left_running(text: str, wait: float = 20.0) -> list[int]:
+    """Processes naming ``text`` that are still alive ``wait`` seconds after the network stopped
+    (on a loaded host a SIGKILLed process can take a moment to leave /proc)."""
+    deadline = time.monotonic() + wait
+    while (found := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def test_two_sites_two_rounds_over_flower(tmp_path):
     nodes = []
     for i, site in enumerate(("path_north", "path_south")):
         data = tmp_path / site
         proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
                                str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
-                               "--height", "768"], capture_output=True, text=True, cwd=REPO)
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
         assert proc.returncode == 0, proc.stderr
         cfg = tmp_path / f"{site}.toml"  # the node only needs its data folder for training
         nodes.append(NodeSpec(site, cfg, {"image-root-pathology": str(data)}))
@@ -46,4 +56,49 @@ def test_two_sites_two_rounds_over_flower(tmp_path):
     first = np.load(tmp_path / "training" / rounds[0]["checkpoint"])
     second = np.load(tmp_path / "training" / rounds[1]["checkpoint"])
     assert set(first.files) == set(second.files) and any(not np.array_equal(first[k], second[k]) for k in first.files)
-    assert processes_mentioning(str(tmp_path / "network")) == []
+    assert left_running(str(tmp_path / "network")) == []
+
+
+def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(tmp_path):
+    """Three SuperNodes; Flower's SecAgg+ workflow and mod over the real SuperLink. The third
+    site has a privacy budget that one round cannot fit, so it refuses in SecAgg+ stage 2, after the
+    key exchange: a quorum of 2 completes with the survivors' mean, a quorum of 3 aborts."""
+    nodes = []
+    for i, site in enumerate(("sa_north", "sa_south", "sa_east")):
+        data = tmp_path / site
+        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
+                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
+        assert proc.returncode == 0, proc.stderr
+        extra = {"image-root-pathology": str(data)}
+        if site == "sa_east":
+            extra.update({"state-dir": str(tmp_path / "east-state"), "privacy-epsilon-budget": "1.0"})
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    request = {"task": "pathology", "rounds": 1, "min_replies": 2, "round_timeout": 300, "secagg": True,
+               "out": str(tmp_path / "complete"),
+               "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
+                              "batch_size": 8, "device": "cpu", "lr": 1e-3}}
+    # distributed DP: the round's weakest noise (2 of 3 survivors) would cost sa_east more than its budget
+    dp = {"clip_norm": 1.0, "noise_multiplier": 1.0, "max_noise_ratio": 1e9}
+    with LocalNetwork(tmp_path / "network", nodes) as network:
+        done = network.run("train", {**request, "dp": dp}, timeout=900)
+        aborted = network.run("train", {**request, "min_replies": 3, "out": str(tmp_path / "abort")}, timeout=900)
+    assert done["ok"], done
+    rnd = done["summary"]["rounds"][0]
+    assert done["summary"]["secure_aggregation"] and rnd["replies"] == 2
+    assert "privacy budget spent" in " ".join(rnd["failed"]) and len(rnd["failed"]) == 1
+    assert rnd["epsilon"] > 0 and done["summary"]["epsilon"] == rnd["epsilon"]
+    assert rnd["eval_replies"] == 3 and 0 <= rnd["eval_metrics"]["accuracy"] <= 1
+    # AUROC pooled from the sites' Tumor-score histograms exactly when the pooled split has Tumor and
+    # other patches (these tiny splits may lack Tumor); a pooled validation metric chose the round
+    ev = rnd["eval_metrics"]
+    for prefix in ("", "val_"):
+        tumor = sum(ev[f"{prefix}cm_0_{j}"] for j in range(8))
+        total = sum(v for k, v in ev.items() if k.startswith(f"{prefix}cm_") and k[len(prefix) + 3].isdigit())
+        assert (f"{prefix}tumor_auroc_pooled" in ev) == (0 < tumor < total), (prefix, tumor, total)
+        assert not any("scorehist" in k for k in ev)
+    assert done["summary"]["best_round"] == 1 and done["summary"]["selection_metric"].startswith("val_")
+    assert (tmp_path / "complete" / "global_round_1.npz").is_file()
+    assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
+    assert not (tmp_path / "abort" / "global_round_1.npz").exists()
+    assert left_running(str(tmp_path / "network")) == []
