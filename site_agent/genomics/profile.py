@@ -24,7 +24,7 @@ class ProfileRun:
 
 
 def run_profile(maf: list[Path], expression: Path | None, linkage: Path, *, clinical: Path | None = None,
-                cdm_url: str | None = None, cdm_name: str = "site", min_cell_count: int = 5,
+                cdm_url: str | None = None, cdm=None, cdm_name: str = "site", min_cell_count: int = 5,
                 actionability: Path | None = None, top_genes: int = 30, pair_genes: int = 10) -> ProfileRun:
     t = {}
     t0 = time.perf_counter()
@@ -42,10 +42,16 @@ def run_profile(maf: list[Path], expression: Path | None, linkage: Path, *, clin
     if clinical is not None:
         clin, cnotes = readers.read_clinical(Path(clinical))
         notes.lines.extend(cnotes.lines)
-    elif cdm_url is not None:
+    elif cdm is not None or cdm_url is not None:
         from site_agent.genomics.cdm_clinical import read_cdm_clinical
 
-        clin = read_cdm_clinical(cdm_url, persons)
+        if cdm is not None:
+            clin = read_cdm_clinical(cdm, persons)
+        else:
+            from site_agent.cdm import connect_cdm
+
+            with connect_cdm(cdm_url) as conn:
+                clin = read_cdm_clinical(conn, persons)
     else:
         raise ConfigError("give --clinical FILE or --cdm URL for age, race and ER/PR/HER2 status")
     notes.add("linked persons without a clinical row (status unknown)", persons.difference(clin.index))
