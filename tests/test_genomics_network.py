@@ -54,6 +54,12 @@ def test_network_pools_mutation_frequencies_with_random_effects(tmp_path):
     assert int(est["meta_sites"]) == 3
     assert int(est["count"]) == int(x.sum())  # the generic pooling sums the released counts
     assert 25 < float(est["random_effects_percentage"]) < 42
+    from coordinator.report.genomics import genomics_section
+    from coordinator.report.sections import View
+
+    html = genomics_section(View(net))
+    assert "<h2>Genomics</h2>" in html and f"<td>{float(est['random_effects_percentage']):.1f}</td>" in html
+    assert "PIK3CA H1047R" in html and "LumA" in html
 
 
 def test_clinical_from_a_hand_built_cdm(tmp_path):
