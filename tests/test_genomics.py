@@ -210,3 +210,20 @@ def test_bad_inputs_answer_one_line_and_exit_28(tmp_path, capsys):
                "--clinical", str(tmp_path / "c.csv"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 28 and len(err) == 1 and "no such file" in err[0]
+
+
+def test_expression_with_ensembl_ids_counts_and_a_comment_line(tmp_path):
+    gm = reference.gene_map().drop_duplicates("symbol")
+    pam = gm[gm["symbol"].isin(reference.pam50_centroids().index)]
+    rng = np.random.default_rng(1)
+    ids = [f"{e}.{i % 7 + 1}" for i, e in enumerate(pam["ensembl_gene_id"])] + ["ENSG99999999999.1"]
+    m = pd.DataFrame(rng.integers(0, 5000, size=(len(ids), 3)), index=ids, columns=["S1", "S2", "S3"])
+    m.iloc[0, 0] = 20000
+    path = tmp_path / "x.tsv"
+    path.write_text("# produced by a counting tool\n" + m.to_csv(sep="\t", index_label="gene_id"))
+    ex = readers.read_expression(path)
+    assert ex.kind == "counts"
+    assert set(reference.pam50_centroids().index) <= set(ex.values.index)
+    assert any("ENSG99999999999" in line and line.startswith("expression x.tsv: Ensembl ids outside") for line in ex.notes.lines)
+    cpm = m.iloc[0, 0] / m["S1"].sum() * 1e6
+    assert ex.values.iloc[0, 0] == pytest.approx(np.log2(cpm + 1))
