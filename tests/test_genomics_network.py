@@ -94,3 +94,22 @@ def test_clinical_from_a_hand_built_cdm(tmp_path):
     assert clin.loc[2, "er_status"] == "positive" and clin.loc[2, "her2_status"] == "negative"
     assert clin.loc[3, "er_status"] == "unknown" and clin.loc[1, "her2_status"] == "unknown"
     assert clin.loc[1, "race"] == "black or african american" and clin.loc[3, "ethnicity"] == "unknown"
+    # the specimen table as the linkage, end to end through the command line
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE specimen (specimen_id INT, person_id INT, specimen_source_id VARCHAR, "
+                "specimen_source_value VARCHAR)")
+    con.execute("INSERT INTO specimen VALUES (1,1,'TCGA-AA-0001',NULL),(2,2,NULL,'TCGA-AA-0002'),(3,3,NULL,NULL)")
+    con.close()
+    maf = tmp_path / "m.maf"
+    maf.write_text("Hugo_Symbol\tVariant_Classification\tTumor_Sample_Barcode\tHGVSp_Short\n"
+                   "TP53\tMissense_Mutation\tTCGA-AA-0001-01A-11D-A000-09\tp.R175H\n"
+                   "TP53\tSilent\tTCGA-AA-0002-01A-11D-A000-09\tp.R72R\n"
+                   "TP53\tMissense_Mutation\tTCGA-AA-0009-01A-11D-A000-09\tp.R248Q\n")
+    from site_agent.genomics.profile import run_profile
+
+    run = run_profile([maf], None, "cdm", cdm_url=f"duckdb:///{db}", cdm_name="hand", min_cell_count=1)
+    assert run.accounting["used"] == 2 and run.accounting["skipped"] == {"sample not linked": 1}
+    d = run.raw.data
+    n = d[(d["result_id"] == 1) & (d["variable_name"] == "number subjects")]["estimate_value"].iat[0]
+    tp53 = d[(d["result_id"] == 1) & (d["variable_level"] == "TP53") & (d["estimate_name"] == "count")]
+    assert n == "2" and tp53["estimate_value"].iat[0] == "1"  # persons 1 and 2 profiled, one non-silent TP53

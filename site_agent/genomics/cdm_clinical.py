@@ -46,3 +46,20 @@ def read_cdm_clinical(cdm, persons: pd.Index) -> pd.DataFrame:
         out = out.merge(m.rename(columns={"status": col}), on="person_id", how="left")
     out = out[out["person_id"].isin(persons)]
     return normalise_clinical(out.drop(columns=["year_of_birth", "first_year"]), f"CDM {cdm.display_url}")
+
+
+def read_cdm_linkage(cdm) -> pd.Series:
+    """barcode -> person_id from the OMOP ``specimen`` table (``specimen_source_id``, else
+    ``specimen_source_value``), for sites that record their sequenced samples there."""
+    from optima_common.errors import GenomicsDataError
+
+    t = cdm.query_df(f"SELECT DISTINCT COALESCE(specimen_source_id, specimen_source_value) AS barcode, person_id "
+                     f"FROM {cdm.cdm_schema}.specimen "
+                     f"WHERE COALESCE(specimen_source_id, specimen_source_value) IS NOT NULL")
+    if t.empty:
+        raise GenomicsDataError(f"CDM {cdm.display_url}: the specimen table links no sample barcode to a person",
+                                hint="give --linkage FILE")
+    if t["barcode"].duplicated().any():
+        dup = sorted(t.loc[t["barcode"].duplicated(), "barcode"])[:5]
+        raise GenomicsDataError(f"CDM specimen: barcode(s) linked to two persons: {', '.join(dup)}")
+    return pd.Series(t["person_id"].astype("int64").to_numpy(), index=t["barcode"].astype(str).str.strip())

@@ -26,8 +26,8 @@ def cmd_profile(args) -> int:
     from optima_common.errors import ConfigError
     from site_agent.genomics.profile import run_profile, write_outputs
 
-    if (args.clinical is None) == (args.cdm is None):
-        raise ConfigError("give exactly one of --clinical FILE or --cdm URL")
+    if args.clinical is None and args.cdm is None:
+        raise ConfigError("give --clinical FILE or --cdm URL (age, race and ER/PR/HER2 status)")
     if args.min_cell_count < 1:
         raise ConfigError("--min-cell-count must be at least 1")
     run = run_profile(args.maf, args.expression, args.linkage, clinical=args.clinical, cdm_url=args.cdm,
@@ -63,9 +63,11 @@ def add_parsers(sub) -> None:
     p = gs.add_parser("profile", help="profile MAF + expression + clinical into a suppressed summarised_result")
     p.add_argument("--maf", required=True, nargs="+", type=Path, help="GDC MAF file(s), .maf or .maf.gz")
     p.add_argument("--expression", type=Path, help="genes x samples TSV (counts or TPM); without it, IHC surrogate")
-    p.add_argument("--linkage", required=True, type=Path, help="CSV sample_barcode,person_id")
+    p.add_argument("--linkage", required=True, type=Path,
+                   help="CSV sample_barcode,person_id; or 'cdm' for the OMOP specimen table of --cdm")
     p.add_argument("--clinical", type=Path, help="CSV person_id,age_at_diagnosis,sex,race,ethnicity,er/pr/her2_status")
-    p.add_argument("--cdm", help="CDM URL to read age, race, ethnicity and ER/PR/HER2 from instead of --clinical")
+    p.add_argument("--cdm", help="CDM URL: age, race, ethnicity and ER/PR/HER2 when --clinical is not given; "
+                   "the specimen table with --linkage cdm")
     p.add_argument("--out", required=True, type=Path, help="folder for results.csv and the figures")
     p.add_argument("--cdm-name", default="site", help="cdm_name written in the results")
     p.add_argument("--min-cell-count", type=int, default=5)

@@ -29,7 +29,20 @@ def run_profile(maf: list[Path], expression: Path | None, linkage: Path, *, clin
     t = {}
     t0 = time.perf_counter()
     m = readers.read_maf([Path(p) for p in maf])
-    link = readers.read_linkage(Path(linkage))
+    if str(linkage) == "cdm":  # the OMOP specimen table
+        from site_agent.genomics.cdm_clinical import read_cdm_linkage
+
+        if cdm is not None:
+            link = read_cdm_linkage(cdm)
+        elif cdm_url is not None:
+            from site_agent.cdm import connect_cdm
+
+            with connect_cdm(cdm_url) as conn:
+                link = read_cdm_linkage(conn)
+        else:
+            raise ConfigError("--linkage cdm reads the specimen table: give --cdm URL too")
+    else:
+        link = readers.read_linkage(Path(linkage))
     notes = readers.Notes(list(m.notes.lines))
     v = m.variants.assign(person_id=readers.link(m.variants["barcode"], link))
     unlinked = v["person_id"].isna()
