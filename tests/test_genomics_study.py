@@ -22,6 +22,9 @@ def run(*args: str, module: str = "site_agent"):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO)
 
 
+pytestmark = pytest.mark.slow  # builds a synthetic OMOP site (about a minute)
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     root = tmp_path_factory.mktemp("gstudy")
