@@ -45,10 +45,15 @@ def _withheld_note(ax, n: int) -> None:
 def oncoplot(r, plt):
     """Persons per gene by variant class (stacked), top genes; the released gene percentage on the side."""
     vc = _rows(r, "variant_classification")
-    vc = vc[(vc["estimate_name"] == "count") & (vc["variable_name"] != "number subjects")]
+    from site_agent.genomics.readers import NON_SILENT
+
+    vc = vc[(vc["estimate_name"] == "count") & (vc["variable_name"] != "number subjects")
+            & vc["variable_level"].isin(NON_SILENT)]
     mf = _rows(r, "mutation_frequency")
     pct = mf[(mf["estimate_name"] == "percentage")].set_index("variable_level")["estimate_value"]
-    genes = list(mf.loc[mf["estimate_name"] == "count", "variable_level"].dropna())
+    cnt = mf[(mf["estimate_name"] == "count") & (mf["variable_name"] == "gene")]
+    order = _num(cnt["estimate_value"]).fillna(-1).to_numpy()
+    genes = list(cnt["variable_level"].to_numpy()[np.argsort(-order, kind="stable")])  # most mutated on top
     wide = vc.assign(v=_num(vc["estimate_value"])).pivot_table(index="variable_name", columns="variable_level",
                                                                 values="v", aggfunc="sum").reindex(genes[::-1]).fillna(0)
     fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(genes))))
@@ -58,8 +63,8 @@ def oncoplot(r, plt):
         left += wide[cls].to_numpy()
     for i, g in enumerate(wide.index):
         ax.text(left[i], i, f" {pct.get(g, SUPPRESSED)}%", va="center", fontsize=7)
-    ax.set_xlabel("persons with a variant of the class (released counts)")
-    ax.legend(fontsize=6, loc="lower right")
+    ax.set_xlabel("persons with a non-silent variant of the class (released counts)")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _withheld_note(ax, int((vc["estimate_value"] == SUPPRESSED).sum()))
     ax.set_title("Mutation landscape")
     return fig
@@ -117,6 +122,7 @@ def alluvial(r, plt):
     cols = [("strata_level", 0.0), ("mut", 1.0), ("drug", 2.0)]
     total = a["v"].sum()
     pos = {}
+    top = 0.0
     for col, x in cols:
         y = 0.0
         for lv, v in a.groupby(col)["v"].sum().sort_index().items():
@@ -125,6 +131,7 @@ def alluvial(r, plt):
             ax.text(x + (0.05 if x < 2 else -0.05), y + v / total * 0.45, f"{lv} ({int(v)})", fontsize=7,
                     va="center", ha="left" if x < 2 else "right")
             y += v / total * 0.9 + 0.02
+        top = max(top, y)
     out_cur = {k: v[0] for k, v in pos.items()}
     in_cur = dict(out_cur)
     for (c0, _), (c1, x1) in zip(cols[:-1], cols[1:]):
@@ -140,7 +147,7 @@ def alluvial(r, plt):
                      MPath.CURVE4, MPath.CURVE4, MPath.CLOSEPOLY]
             ax.add_patch(PathPatch(MPath(verts, codes), alpha=0.35, lw=0))
     ax.set_xlim(-0.3, 2.3)
-    ax.set_ylim(-0.02, max(v[1] for v in pos.values()) + 1.0)
+    ax.set_ylim(-0.02, top + 0.02)
     ax.axis("off")
     ax.set_title("subtype -> actionable mutation -> therapy (released counts; a person may appear in several bands)")
     return fig
