@@ -107,6 +107,9 @@ def test_lp_over_strata_narrows_no_small_count(small):
     d = _frame(raw)
     assert ((d["estimate_name"] == "count") & d["v"].between(1, MIN - 1)).sum() > 10  # something to protect
     assert lp_narrowed(released, raw) == []
+    from optima_common.disclosure import check_release
+
+    assert check_release(released, MIN) == []  # and the coordinator's audit accepts the file
     assert lp_narrowed(suppress(raw, MIN), raw) != []  # plain cell suppression leaks: the attack works
 
 
