@@ -40,6 +40,7 @@ class ExitCode(IntEnum):
     TRAINING = 25          # a federated training run cannot go on
     PRIVACY_BUDGET = 26    # a site's differential-privacy budget is spent (or DP is missing)
     TEST_SPLIT = 27        # a test split too small or lacking a class to report metrics on
+    GENOMICS_DATA = 28     # a MAF, expression matrix, linkage or clinical table is unreadable
 
 
 class OptimaError(Exception):
@@ -139,6 +140,12 @@ class PathologyDataError(OptimaError, ValueError):
     """A slide, annotation file or slide table cannot be read or makes no sense."""
 
     exit_code = ExitCode.PATHOLOGY_DATA
+
+
+class GenomicsDataError(OptimaError, ValueError):
+    """A MAF, expression matrix, sample linkage or clinical table cannot be read or makes no sense."""
+
+    exit_code = ExitCode.GENOMICS_DATA
 
 
 class CoxRefusal(OptimaError, ValueError):

@@ -268,6 +268,9 @@ EXAMPLES = {  # one example per command, shown under its --help
     "dry-run": "dry-run manifest.json --config site.toml --sql",
     "audit verify": "audit verify --config site.toml",
     "audit show": "audit show --config site.toml --limit 20 --json",
+    "genomics synth": "genomics synth --out brca/ --patients 500 --seed 1",
+    "genomics profile": "genomics profile --maf brca/mutations.maf --expression brca/expression.tsv "
+                        "--linkage brca/linkage.csv --clinical brca/clinical.csv --out brca/profile",
 }
 
 
@@ -365,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="task", required=True)
     for module in IMAGE_TASK_CLI:  # each task registers `images synth TASK` and `train TASK`
         importlib.import_module(module).add_parsers(synth, train)
+    importlib.import_module("site_agent.genomics.cli").add_parsers(sub)  # genomics synth / profile
     importlib.import_module("site_agent.governance.cli").add_parsers(sub)  # review, approve, dry-run, audit, keys …
     conventions(parser, EXAMPLES, prog="site-agent")  # defaults and an example in --help; -v/-q after the command
     return parser

@@ -85,6 +85,18 @@ class ApprovedCohorts(_Strict):
         return v
 
 
+class GenomicsInputs(_Strict):
+    """The site's genomics files for the ``genomics_profile`` analysis (see docs/genomics.md)."""
+
+    maf: list[Path] = Field(min_length=1)
+    linkage: Path
+    expression: Path | None = None
+    clinical: Path | None = None  # without it, age/race/ER/PR/HER2 come from the CDM
+    actionability: Path | None = None
+    top_genes: int = Field(30, ge=1)
+    pair_genes: int = Field(10, ge=2)
+
+
 class SiteConfig(_Strict):
     """Validated site settings; paths are absolute after :func:`load_config`."""
 
@@ -100,6 +112,7 @@ class SiteConfig(_Strict):
     review_mode: bool = False
     # local image archives the training tasks read, by task name ("pathology", "mammography")
     image_roots: dict[str, Path] = Field(default_factory=dict)
+    genomics: GenomicsInputs | None = None  # [genomics] inputs of the genomics_profile analysis
     max_manifest_age: dt.timedelta = dt.timedelta(days=7)
     clock_skew_seconds: float = Field(300.0, ge=0)
     statement_timeout_seconds: float = Field(3600.0, ge=0)  # per SQL statement on the CDM; 0: no limit
@@ -221,6 +234,10 @@ def load_config(path: str | Path) -> SiteConfig:
         "site_key": _resolve(base, cfg.site_key),
         "coordinator_keys": [_resolve(base, p) for p in cfg.coordinator_keys],
         "image_roots": {task: _resolve(base, p) for task, p in cfg.image_roots.items()},
+        "genomics": None if cfg.genomics is None else cfg.genomics.model_copy(update={
+            k: (None if v is None else [_resolve(base, x) for x in v] if isinstance(v, list) else _resolve(base, v))
+            for k, v in cfg.genomics.model_dump(include={"maf", "linkage", "expression", "clinical",
+                                                         "actionability"}).items()}),
         "approved_cohorts": cfg.approved_cohorts.model_copy(
             update={"catalogs": [_resolve(base, p) for p in cfg.approved_cohorts.catalogs],
                     "files": [_resolve(base, p) for p in cfg.approved_cohorts.files]}),

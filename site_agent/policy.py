@@ -276,6 +276,8 @@ def preflight(decision: Decision, config: SiteConfig) -> Path | None:
     unknown = [a for a in decision.analyses if a not in ANALYSES]
     if unknown:
         raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    if "genomics_profile" in decision.analyses and config.genomics is None:
+        raise PolicyRefusal("analysis", "genomics_profile: this site has no [genomics] inputs in site.toml")
     if "sclc_study" not in decision.analyses:
         return None
     from site_agent.study_spec import load_study

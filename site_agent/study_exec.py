@@ -99,6 +99,8 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
                                     diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet))
     if "sclc_study" in decision.analyses:
         runs.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
+    if "genomics_profile" in decision.analyses:
+        runs.append(_run_genomics(config, cdm, cdm_name, minimum))
     parts = [r.result for r in runs]
     if secondary is not None:
         secondary.extend(r.secondary for r in runs if r.secondary is not None)
@@ -115,6 +117,19 @@ def _run_sclc(cdm: CdmConnection, spec_path: Path | None, cdm_name: str, minimum
     study = load_study(spec_path)
     with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # plots stay at the site, then go
         return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum)
+
+
+def _run_genomics(config: SiteConfig, cdm: CdmConnection, cdm_name: str, minimum: int):
+    from types import SimpleNamespace
+
+    from site_agent.genomics.profile import run_profile
+
+    g = config.genomics
+    assert g is not None  # preflight refused a site without [genomics]
+    run = run_profile(g.maf, g.expression, g.linkage, clinical=g.clinical, cdm=cdm if g.clinical is None else None,
+                      cdm_name=cdm_name, min_cell_count=minimum, actionability=g.actionability,
+                      top_genes=g.top_genes, pair_genes=g.pair_genes)
+    return SimpleNamespace(result=run.result, secondary=None)
 
 
 def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = None) -> bundle.ResultBundle:
@@ -148,6 +163,10 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     truth, anchors = history_anchors(result, guarded.blocked)
     protection = shared_disclosure.protect(truth, result, minimum, facts=facts, anchors=anchors)
     result = protection.result
+    if "genomics_profile" in decision.analyses:  # estimates tied to counts the bundle audit withheld
+        from site_agent.genomics.release import linked_rules
+
+        result = linked_rules(result)
     secondary_path(config.state_dir, decision.manifest.manifest_id).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(secondary_path(config.state_dir, decision.manifest.manifest_id),  # site-internal, no values
                  pd.concat([*part_secondary, protection.secondary_frame()], ignore_index=True)

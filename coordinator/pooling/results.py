@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from coordinator.pooling.genomics import pool_mutation_frequency
 from coordinator.pooling.rates import pool_rates, pool_survival
 from optima_common.bundle import Provenance, ResultBundle, SuppressionRecord
 from optima_common.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
@@ -244,7 +245,8 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     types = settings.set_index("result_id")["result_type"]
     rates = pool_rates(view, types, pooled_name, notes)
     surv, extra_settings = pool_survival(view, settings, pooled_name, notes)
-    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv]
+    genes = pool_mutation_frequency(view, types, pooled_name)
+    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv, genes]
     merged = pd.concat([p for p in parts if len(p)], ignore_index=True)
     if len(extra_settings):
         settings = pd.concat([settings, extra_settings], ignore_index=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from optima_common.disclosure import genomics as _genomics
 from optima_common.disclosure import system as S
 from optima_common.disclosure.frame import (
     CELL_KEY,
@@ -359,6 +360,7 @@ DECLARATIONS: dict[str, Callable] = {
     "survival_summary": no_relations,
     "cumulative_incidence": no_relations,
 }
+DECLARATIONS.update(_genomics.DECLARATIONS)  # mutation_frequency, hotspot_counts, ... (see that module)
 
 
 @dataclass(frozen=True)
