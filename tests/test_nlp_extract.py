@@ -1,0 +1,83 @@
+"""The metastasis extractor on hand-written tricky reports (expectations in nlp_tricky_reports.py,
+written before the extractor existed) and small unit cases."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("medspacy", reason="the nlp extra is not installed: pip install -e '.[nlp]'")
+
+from site_agent.nlp import SITES, extract, extract_many  # noqa: E402
+from site_agent.nlp.pipeline import correct, strip_system_lines  # noqa: E402
+from tests.nlp_tricky_reports import CASES  # noqa: E402
+
+# every miss of the tricky set, with the reason (the test fails if the misses change)
+KNOWN_MISSES: dict[str, str] = {}
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {r.id: r for r in extract_many((cid, text) for cid, text, _, _ in CASES)}
+
+
+def test_tricky_set_is_large_enough():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert sum(c[2] for c in CASES) >= 15 and sum(not c[2] for c in CASES) >= 15
+
+
+def test_presence_f1_and_misses_are_the_explained_ones(results):
+    tp = fp = fn = 0
+    misses = set()
+    for cid, _, truth, _ in CASES:
+        got = results[cid].metastatic
+        tp += got and truth
+        fp += got and not truth
+        fn += truth and not got
+        if got != truth:
+            misses.add(cid)
+    assert _f1(tp, fp, fn) >= 0.9
+    assert misses == {k for k in KNOWN_MISSES if KNOWN_MISSES[k].startswith("presence")}
+
+
+def test_sites_match_except_explained(results):
+    wrong = {cid for cid, _, _, sites in CASES if set(results[cid].sites) != sites}
+    assert wrong == set(KNOWN_MISSES), {c: results[c].sites for c in wrong}
+
+
+def test_site_names_are_the_published_ones(results):
+    assert SITES == ("liver", "bone", "lung", "brain", "lymph_node", "pleura", "skin", "adrenal", "peritoneum", "other")
+    assert all(s in SITES for r in results.values() for s in r.sites)
+
+
+def test_evidence_points_at_the_text():
+    text = "Findings: two enhancing lesions in the cerebellum, likely metastases."
+    r = extract(text, "x")
+    assert r.metastatic and r.sites == ["brain"]
+    ev = r.evidence[0]
+    assert text[ev["offset"]:ev["offset"] + len(ev["text"])] == "metastases"
+    assert "hedged" in ev["modifiers"] and "cerebellum" in ev["snippet"]
+
+
+@pytest.mark.parametrize("typo, word", [("metastses", "metastases"), ("metastaes", "metastases"),
+                                        ("lvier", "liver"), ("hepattic", "hepatic"), ("osseuos", "osseous")])
+def test_spelling_correction(typo, word):
+    assert correct(typo) == word
+
+
+def test_spelling_leaves_ordinary_words():
+    for w in ("lesion", "normal", "stable", "lover", "model", "total"):
+        assert correct(w) is None
+
+
+def test_system_lines_are_stripped():
+    text = "Exam date: 2021-03-04 10:22\nModality: CT\nFindings: liver metastases.\nReported by: Dr X"
+    assert strip_system_lines(text) == "Findings: liver metastases."
+
+
+def test_abbreviations_and_negation_scope_across_lists():
+    assert extract("Multiple hep mets.").sites == ["liver"]
+    assert not extract("No evidence of hepatic, osseous, pulmonary or cerebral metastatic disease.").metastatic
