@@ -268,6 +268,8 @@ EXAMPLES = {  # one example per command, shown under its --help
     "dry-run": "dry-run manifest.json --config site.toml --sql",
     "audit verify": "audit verify --config site.toml",
     "audit show": "audit show --config site.toml --limit 20 --json",
+    "nlp extract": "nlp extract reports.jsonl --json",
+    "nlp metastasis": "nlp metastasis --cdm duckdb:///site.duckdb --out nlp/ --write-note-nlp",
 }
 
 
@@ -366,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in IMAGE_TASK_CLI:  # each task registers `images synth TASK` and `train TASK`
         importlib.import_module(module).add_parsers(synth, train)
     importlib.import_module("site_agent.governance.cli").add_parsers(sub)  # review, approve, dry-run, audit, keys …
+    importlib.import_module("site_agent.nlp.cli").add_parsers(sub, _add_cdm_options)  # nlp extract, nlp metastasis
     conventions(parser, EXAMPLES, prog="site-agent")  # defaults and an example in --help; -v/-q after the command
     return parser
 
