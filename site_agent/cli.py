@@ -73,7 +73,7 @@ def cmd_cdm_synth(args) -> int:
 
     with progress(f"generating {args.persons:,} synthetic persons for {args.site}"):
         res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
-                            seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary)
+                            seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary, notes=args.notes)
     if args.truth:
         from pathlib import Path
 
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
     p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")
     p.add_argument("--vocabulary", help="Athena download folder: patients use its concepts and hierarchy")
+    p.add_argument("--notes", action="store_true",
+                   help="also write radiology reports of breast cancer patients into note (truth: <out>.notes_truth.csv)")
     p.set_defaults(func=cmd_cdm_synth)
 
     p = cdm.add_parser("copy", help="copy a DuckDB CDM into a PostgreSQL schema")

@@ -191,6 +191,10 @@ def _section_rules():
     for cat, words in L.SECTIONS.items():
         pattern = [{"LOWER": {"IN": words}}, {"LOWER": {"IN": every}, "OP": "*"}, {"TEXT": {"IN": L.HEADING_END}}]
         rules.append(SectionRule(cat, cat, pattern=pattern))
+        # a heading alone on its line, without a delimiter ("FINDINGS\n")
+        bare = [{"IS_SPACE": True, "TEXT": {"REGEX": "\n"}}, {"LOWER": {"IN": words}}, {"LOWER": {"IN": every}, "OP": "*"},
+                {"IS_SPACE": True, "TEXT": {"REGEX": "\n"}}]
+        rules.append(SectionRule(cat, cat, pattern=bare))
     return rules
 
 
