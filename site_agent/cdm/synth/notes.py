@@ -155,8 +155,11 @@ def write_radiology_notes(cdm_path: str | Path, seed: int, breast_ids: list[int]
         pts = con.execute("""
             WITH dx AS (SELECT person_id, min(condition_start_date) AS dx FROM main.condition_occurrence
                         WHERE condition_concept_id IN (SELECT concept_id FROM _b) GROUP BY person_id),
-                 ends AS (SELECT person_id, max(observation_period_end_date) AS e FROM main.observation_period GROUP BY person_id)
-            SELECT dx.person_id, dx.dx, ends.e FROM dx JOIN ends USING (person_id) WHERE ends.e > dx.dx ORDER BY dx.person_id
+                 op AS (SELECT person_id, observation_period_start_date AS s, observation_period_end_date AS e
+                        FROM main.observation_period)
+            -- the breast_cancer cohort's persons: first diagnosis inside an observation period
+            SELECT dx.person_id, dx.dx, op.e FROM dx JOIN op ON op.person_id = dx.person_id AND dx.dx BETWEEN op.s AND op.e
+            WHERE op.e > dx.dx ORDER BY dx.person_id
         """).fetchall()
         mets = con.execute("""
             SELECT c.person_id, s.site, min(c.condition_start_date) FROM main.condition_occurrence c
