@@ -7,7 +7,8 @@
 3. Kept notes lose their system header lines and go through the extractor; with
    ``--write-note-nlp`` every metastasis mention becomes a ``note_nlp`` row in the write schema.
 4. Structured labels: condition records under "Secondary malignant neoplastic disease" (432851)
-   from 30 days before the diagnosis on, their site from the concept name.
+   and Cancer Modifier measurements under "Metastasis" (36769180), from 30 days before the
+   diagnosis on; their site from the concept name.
 5. Released (suppressed, audited): reports read/kept/filtered by reason (``nlp_report_counts``),
    and per site the persons with NLP metastasis, with a structured label, TP/FP/FN, precision,
    recall, F1 and CIs (``nlp_metastasis_agreement``) over the cohort's persons with a kept report.
@@ -27,11 +28,13 @@ from optima_common.results import SummarisedResult
 from site_agent import __version__
 from site_agent.nlp import lexicon as L
 from site_agent.nlp.agreement import metrics
+from site_agent.nlp.concepts import METASTASIS_MODIFIER
 
 REPORT_COUNTS = "nlp_report_counts"
 AGREEMENT = "nlp_metastasis_agreement"
 NLP_SYSTEM = f"optima-federated site_agent.nlp {__version__} (medspaCy ConText)"
 SECONDARY_MALIGNANT = 432851  # Secondary malignant neoplastic disease (cohort_definitions/vocab_evidence.csv)
+# structured labels: conditions under 432851 and Cancer Modifier measurements under "Metastasis" (36769180)
 BREAST_COHORT = "breast_cancer"
 MODALITY_SQL = r"""CASE
   WHEN t LIKE '%DENTAL%' OR t LIKE '%PANORAMIC%' OR t LIKE '%OPG%' THEN 'dental'
@@ -52,7 +55,7 @@ SITE_NAME_SQL = """CASE
   WHEN n LIKE '%skin%' OR n LIKE '%cutaneous%' THEN 'skin'
   WHEN n LIKE '%adrenal%' THEN 'adrenal'
   WHEN n LIKE '%peritone%' THEN 'peritoneum'
-  WHEN n = 'secondary malignant neoplastic disease' THEN 'unspecified'
+  WHEN n IN ('secondary malignant neoplastic disease', 'metastasis') THEN 'unspecified'
   ELSE 'other' END"""
 
 
@@ -89,11 +92,18 @@ def _structured(cdm, cohort_id: int) -> pd.DataFrame:
                  WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),
            sec AS (SELECT ca.descendant_concept_id AS concept_id, lower(k.concept_name) AS n
                    FROM {v}.concept_ancestor ca JOIN {v}.concept k ON k.concept_id = ca.descendant_concept_id
-                   WHERE ca.ancestor_concept_id = {SECONDARY_MALIGNANT})
-      SELECT DISTINCT co.person_id, {SITE_NAME_SQL} AS site
-      FROM {s}.condition_occurrence co JOIN sec ON sec.concept_id = co.condition_concept_id
-      JOIN c ON c.subject_id = co.person_id
-      WHERE co.condition_start_date >= c.dx - INTERVAL '30' DAY""")
+                   WHERE ca.ancestor_concept_id = {SECONDARY_MALIGNANT}),
+           modi AS (SELECT ca.descendant_concept_id AS concept_id, lower(k.concept_name) AS n
+                    FROM {v}.concept_ancestor ca JOIN {v}.concept k ON k.concept_id = ca.descendant_concept_id
+                    WHERE ca.ancestor_concept_id = {METASTASIS_MODIFIER}),
+           events AS (SELECT co.person_id, co.condition_start_date AS d, sec.n FROM {s}.condition_occurrence co
+                      JOIN sec ON sec.concept_id = co.condition_concept_id
+                      UNION ALL
+                      SELECT m.person_id, m.measurement_date AS d, modi.n FROM {s}.measurement m
+                      JOIN modi ON modi.concept_id = m.measurement_concept_id)
+      SELECT DISTINCT e.person_id, {SITE_NAME_SQL} AS site
+      FROM events e JOIN c ON c.subject_id = e.person_id
+      WHERE e.d >= c.dx - INTERVAL '30' DAY""")
 
 
 def _note_nlp_rows(results, note_ids, start_id: int) -> pd.DataFrame:
