@@ -16,7 +16,7 @@ from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site
 from site_agent.cdm.synth.notes import truth_path
 from site_agent.cdm.synth.vocabulary import Vocabulary
-from site_agent.nlp.agreement import f1_interval, metrics, wilson
+from optima_common.agreement import f1_interval, metrics, wilson
 
 pytest.importorskip("medspacy", reason="the nlp extra is not installed: pip install -e '.[nlp]'")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,7 @@ from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult
 from site_agent import __version__
 from site_agent.nlp import lexicon as L
-from site_agent.nlp.agreement import metrics
+from optima_common.agreement import metrics
 from site_agent.nlp.concepts import METASTASIS_MODIFIER
 
 REPORT_COUNTS = "nlp_report_counts"
@@ -228,6 +229,23 @@ def nlp_metastasis_result(cdm, cdm_name: str, min_cell_count: int, *, write_nlp:
         written = write_note_nlp(cdm, frame)
     return raw, {"reports_read": int(len(fates)), "reports_kept": int(len(kept)), "persons": int(len(persons)),
                  "note_nlp_rows": written}
+
+
+@dataclass
+class ManifestRun:
+    result: SummarisedResult
+    secondary: pd.DataFrame | None
+
+
+def run_for_manifest(cdm, cdm_name: str, min_cell_count: int) -> ManifestRun:
+    """The ``nlp_metastasis`` analysis of a study manifest: released (suppressed, audited) aggregates."""
+    from site_agent.disclosure import release_control
+    from site_agent.nlp.deps import require_nlp
+
+    require_nlp()
+    raw, _ = nlp_metastasis_result(cdm, cdm_name, min_cell_count)
+    protection = release_control(raw, min_cell_count)
+    return ManifestRun(protection.result, protection.secondary_frame())
 
 
 def release(raw: SummarisedResult, min_cell_count: int) -> SummarisedResult:

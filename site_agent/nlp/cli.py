@@ -8,15 +8,7 @@ from pathlib import Path
 
 from optima_common.errors import ConfigError
 
-MISSING_NLP = "the nlp extra is not installed (spacy/medspacy); install it with: pip install -e '.[nlp]'"
-
-
-def _require_nlp() -> None:
-    try:
-        import medspacy  # noqa: F401
-        import spacy  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(f"'nlp' needs spaCy and medspaCy ({e.name} is missing)", hint=MISSING_NLP) from e
+from site_agent.nlp.deps import require_nlp as _require_nlp
 
 
 def read_reports(path: str | Path) -> list[tuple[str, str]]:
