@@ -55,3 +55,26 @@ def test_extract_unreadable_file(tmp_path, capsys):
     bad.write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
     rc, _, err = _run(capsys, "nlp", "extract", str(bad))
     assert rc == 2 and "not UTF-8" in err
+
+
+def test_metastasis_command_on_a_cdm_without_reports(tmp_path, capsys):
+    from optima_common.results import SummarisedResult
+    from site_agent.cdm.synth import generate_site
+
+    cdm = tmp_path / "plain.duckdb"
+    generate_site(cdm, persons=1000, site="west", profile="oncology", seed=2)
+    rc, out, err = _run(capsys, "nlp", "metastasis", "--cdm", str(cdm), "--out", str(tmp_path / "nlp"),
+                        "--write-note-nlp")
+    assert rc == 0, err
+    assert "0 reports read" in out
+    res = SummarisedResult.from_csv(tmp_path / "nlp" / "results.csv")
+    d = res.data
+    assert d.loc[(d["variable_name"] == "reports") & (d["variable_level"] == "read"), "estimate_value"].tolist() == ["0"]
+    assert set(res.settings["result_type"]) == {"nlp_report_counts", "nlp_metastasis_agreement"}
+
+
+def test_metastasis_command_bad_out_is_one_line(tmp_path, capsys):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    rc, out, err = _run(capsys, "nlp", "metastasis", "--cdm", str(tmp_path / "none.duckdb"), "--out", str(f))
+    assert rc in (2, 3) and out == "" and len(err.strip().splitlines()) == 1
