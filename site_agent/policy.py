@@ -276,6 +276,10 @@ def preflight(decision: Decision, config: SiteConfig) -> Path | None:
     unknown = [a for a in decision.analyses if a not in ANALYSES]
     if unknown:
         raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
+    if "nlp_metastasis" in decision.analyses:  # before data: the extra and the cohort it builds
+        from site_agent.nlp.cdm_run import nlp_preflight
+
+        nlp_preflight(config)
     if "sclc_study" not in decision.analyses:
         return None
     from site_agent.study_spec import load_study

@@ -60,11 +60,32 @@ SITE_NAME_SQL = """CASE
   ELSE 'other' END"""
 
 
+BREAST_FILE = Path(__file__).resolve().parents[2] / "cohort_definitions" / "breast" / "breast_cancer.json"
+
+
+def nlp_preflight(config) -> None:
+    """A manifest asking for ``nlp_metastasis`` is refused unless the nlp extra is installed and the
+    site approved the breast_cancer definition the analysis builds (policy before data)."""
+    import hashlib
+
+    from optima_common.errors import PolicyRefusal
+
+    try:
+        from site_agent.nlp.deps import require_nlp
+
+        require_nlp()
+    except ConfigError as exc:
+        raise PolicyRefusal("analysis", f"nlp_metastasis: {exc}") from None
+    sha = hashlib.sha256(BREAST_FILE.read_bytes()).hexdigest()
+    if sha not in config.approved_cohort_files():
+        raise PolicyRefusal("cohort_not_approved", "nlp_metastasis builds the breast_cancer cohort, which this site "
+                                                   "has not approved")
+
+
 def _breast_cohort_id(cdm) -> int:
     from site_agent.cohorts import build_cohorts, collect_definitions
 
-    catalog = Path(__file__).resolve().parents[2] / "cohort_definitions"
-    defs = [d for d in collect_definitions([catalog / "breast" / "breast_cancer.json"]) if d.cohort_name == BREAST_COHORT]
+    defs = [d for d in collect_definitions([BREAST_FILE]) if d.cohort_name == BREAST_COHORT]
     if not defs:
         raise ConfigError("the catalog has no breast_cancer cohort", hint="reinstall optima-federated")
     build_cohorts(cdm, defs)
