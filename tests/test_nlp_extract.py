@@ -81,3 +81,22 @@ def test_system_lines_are_stripped():
 def test_abbreviations_and_negation_scope_across_lists():
     assert extract("Multiple hep mets.").sites == ["liver"]
     assert not extract("No evidence of hepatic, osseous, pulmonary or cerebral metastatic disease.").metastatic
+
+
+# held-out cases (written after the rules): misses recorded as first seen, not fixed afterwards
+HELDOUT_SITE_MISSES = {
+    "h05": "site in another sentence: 'right pleural effusion.' then 'malignant effusion due to metastatic breast "
+           "carcinoma' - sites are linked only within a sentence",
+    "h11": "'pathological fracture' reads as the benign word 'fracture', which unlinks L1/spine from the deposit",
+}
+
+
+def test_heldout_presence_and_site_misses():
+    from tests.nlp_tricky_reports import HELDOUT
+
+    got = {r.id: r for r in extract_many((c[0], c[1]) for c in HELDOUT)}
+    tp = sum(got[c].metastatic and m for c, _, m, _ in HELDOUT)
+    fp = sum(got[c].metastatic and not m for c, _, m, _ in HELDOUT)
+    fn = sum(m and not got[c].metastatic for c, _, m, _ in HELDOUT)
+    assert _f1(tp, fp, fn) >= 0.9
+    assert {c for c, _, _, s in HELDOUT if set(got[c].sites) != s} == set(HELDOUT_SITE_MISSES)
