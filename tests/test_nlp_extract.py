@@ -75,7 +75,11 @@ def test_spelling_leaves_ordinary_words():
 
 def test_system_lines_are_stripped():
     text = "Exam date: 2021-03-04 10:22\nModality: CT\nFindings: liver metastases.\nReported by: Dr X"
-    assert strip_system_lines(text) == "Findings: liver metastases."
+    clean = strip_system_lines(text)
+    assert len(clean) == len(text) and clean.split() == ["Findings:", "liver", "metastases."]
+    r = extract(clean)
+    ev = r.evidence[0]
+    assert text[ev["offset"]:ev["offset"] + len(ev["text"])] == "metastases"  # offsets into the original text
 
 
 def test_abbreviations_and_negation_scope_across_lists():

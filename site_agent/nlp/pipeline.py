@@ -293,6 +293,7 @@ _HEADER = re.compile(r"^\s*(exam(ination)? date|procedure date|date of (exam|pro
 
 
 def strip_system_lines(text: str) -> str:
-    """Drop the lines the RIS adds (procedure date/time, modality, reporter), keeping offsets' meaning
-    relative to the cleaned text."""
-    return "\n".join(line for line in text.splitlines() if not _HEADER.match(line))
+    """Blank the lines the RIS adds (procedure date/time, modality, reporter) with spaces of the same
+    length, so every offset the extractor reports is an offset into the original note text."""
+    return "".join(" " * len(line.rstrip("\r\n")) + line[len(line.rstrip("\r\n")):] if _HEADER.match(line) else line
+                   for line in text.splitlines(keepends=True))
