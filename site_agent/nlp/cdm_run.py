@@ -228,12 +228,11 @@ def nlp_metastasis_result(cdm, cdm_name: str, min_cell_count: int, *, write_nlp:
         raise ConfigError(f"the CDM schema {cdm.cdm_schema} has no note table", hint="load the OMOP note table first")
     cohort_id = _breast_cohort_id(cdm)
     progress("breast_cancer cohort built")
-    fates = cdm.query_df(_note_fates(cdm, cohort_id))
+    fates = cdm.query_df(f"SELECT note_id, person_id, fate FROM ({_note_fates(cdm, cohort_id)}) f")
     kept = fates[fates["fate"] == "kept"]
-    ids = ", ".join(str(int(i)) for i in kept["note_id"]) or "NULL"
-    texts = cdm.query_df(f"SELECT note_id, note_text FROM {cdm.cdm_schema}.note WHERE note_id IN ({ids})") \
-        if len(kept) else pd.DataFrame(columns=["note_id", "note_text"])
-    texts = kept[["note_id", "person_id"]].merge(texts, on="note_id")
+    texts = cdm.query_df(f"SELECT f.note_id, f.person_id, n.note_text FROM ({_note_fates(cdm, cohort_id)}) f "
+                         f"JOIN {cdm.cdm_schema}.note n ON n.note_id = f.note_id WHERE f.fate = 'kept' "
+                         "ORDER BY f.note_id")
     progress(f"{len(texts)} reports kept of {len(fates)}")
     results = list(extract_many(zip(texts["note_id"].astype(str), texts["note_text"].fillna("").map(strip_system_lines))))
     per_note = pd.DataFrame({"person_id": texts["person_id"].to_numpy(),
