@@ -151,3 +151,20 @@ def test_f1_interval_agrees_with_the_delta_method():
     m = metrics(tp, fp, fn, tn)
     assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) and m["precision"] == pytest.approx(tp / (tp + fp))
     assert math.isnan(metrics(0, 0, 0, 10)["precision"])
+
+
+@pytest.mark.postgres
+def test_same_counts_on_postgresql(run, pg_url):
+    """The same CDM copied into PostgreSQL gives the same released rows and writes note_nlp there."""
+    from site_agent.cdm.transfer import copy_duckdb_to_postgres
+    from site_agent.nlp.cdm_run import nlp_metastasis_result
+
+    out, raw, _, summary = run
+    copy_duckdb_to_postgres(out, pg_url, "nlp_cdm")
+    with connect_cdm(pg_url, cdm_schema="nlp_cdm", write_schema="nlp_results") as cdm:
+        pg_raw, pg_summary = nlp_metastasis_result(cdm, "east", 5, write_nlp=True)
+        n = cdm.scalar("SELECT count(*) FROM nlp_results.note_nlp")
+    counts = lambda r: r.data[r.data["estimate_name"].str.endswith("count")][
+        ["group_level", "variable_name", "variable_level", "estimate_name", "estimate_value"]].reset_index(drop=True)
+    assert counts(pg_raw).equals(counts(raw))
+    assert n == summary["note_nlp_rows"] == pg_summary["note_nlp_rows"]
