@@ -168,3 +168,31 @@ def test_same_counts_on_postgresql(run, pg_url):
         ["group_level", "variable_name", "variable_level", "estimate_name", "estimate_value"]].reset_index(drop=True)
     assert counts(pg_raw).equals(counts(raw))
     assert n == summary["note_nlp_rows"] == pg_summary["note_nlp_rows"]
+
+
+def test_modality_from_the_note_class_concept(tmp_path):
+    """A report without a title is kept when its class concept names a kept modality, filtered when
+    it names none (expectations written before running)."""
+    import shutil
+
+    from site_agent.nlp.cdm_run import nlp_metastasis_result
+
+    src = tmp_path / "a.duckdb"
+    generate_site(src, persons=1500, site="east", profile="oncology", seed=5, notes=True)
+    con = duckdb.connect(str(src))
+    con.execute("INSERT INTO main.concept VALUES (2099000001, 'CT Chest and Abdomen', 'Meas Value', 'LOINC', "
+                "'Doc Kind', NULL, 'x1', DATE '2000-01-01', DATE '2099-12-31', NULL)")
+    con.execute("INSERT INTO main.concept VALUES (2099000002, 'Discharge summary', 'Meas Value', 'LOINC', "
+                "'Doc Kind', NULL, 'x2', DATE '2000-01-01', DATE '2099-12-31', NULL)")
+    first, second = con.execute("SELECT note_id FROM main.note WHERE note_title = 'CT CHEST' ORDER BY note_id "
+                                "LIMIT 2").fetchall()
+    con.execute(f"UPDATE main.note SET note_title = NULL, note_class_concept_id = 2099000001 WHERE note_id = {first[0]}")
+    con.execute(f"UPDATE main.note SET note_title = NULL, note_class_concept_id = 2099000002 WHERE note_id = {second[0]}")
+    con.close()
+    with connect_cdm(f"duckdb:///{src}", write_schema="results") as cdm:
+        raw, _ = nlp_metastasis_result(cdm, "east", 5)
+    before = [t for t in csv.DictReader(open(truth_path(src), encoding="utf-8"))
+              if t["relevant"] == "1" and not t["note_title"].startswith("XR")]
+    assert int(_value(raw, "overall", "reports", "count", "kept")) == len(before) - 1
+    assert int(_value(raw, "overall", "reports", "count", "filtered: modality (other)")) >= 1
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -97,7 +97,11 @@ def _note_fates(cdm, cohort_id: int) -> str:
     return f"""
       WITH c AS (SELECT subject_id, min(cohort_start_date) AS dx FROM {w}.cohort
                  WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),
-           n AS (SELECT note_id, person_id, note_date, upper(coalesce(note_title, '')) AS t FROM {s}.note)
+           -- modality from the title, and from the note class concept's name (e.g. a LOINC document class)
+           n AS (SELECT x.note_id, x.person_id, x.note_date,
+                        upper(trim(coalesce(x.note_title, '') || ' ' || coalesce(k.concept_name, ''))) AS t
+                 FROM {s}.note x LEFT JOIN {cdm.vocab_schema}.concept k
+                   ON k.concept_id = x.note_class_concept_id AND x.note_class_concept_id <> 0)
       SELECT n.note_id, n.person_id, n.note_date, c.dx,
              CASE WHEN c.subject_id IS NULL THEN 'filtered: not in the breast_cancer cohort'
                   WHEN ({MODALITY_SQL}) NOT IN ({", ".join(f"'{m}'" for m in KEPT_MODALITIES)})
