@@ -50,7 +50,7 @@ SCORE: Final = "score"
 INFO: Final = "info"
 
 # the analyses a manifest may name and a site may allow (site.toml allowed_analyses)
-ANALYSES: Final = ("cohort_counts", "diagnostics", "sclc_study", "genomics_profile")
+ANALYSES: Final = ("cohort_counts", "diagnostics", "sclc_study", "genomics_profile", "nlp_metastasis")
 
 # a site refuses Cox requests with any |beta| above this (hazard ratio beyond exp(20)); the
 # coordinator stops a diverging coefficient before it gets there

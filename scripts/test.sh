@@ -2,7 +2,7 @@
 # Set up a fresh machine and run the whole test suite (README: "Run the tests").
 # Installs the PostgreSQL server if missing (the tests start a private cluster with it) and R
 # with its survival package (the independent reference for KM and Cox),
-# creates .venv, installs the package with its dev and train extras, runs pytest.
+# creates .venv, installs the package with its dev, train and nlp extras, runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +43,8 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,train]'
+.venv/bin/python -m pip install -q -e '.[dev,train,nlp]'
+# medspacy 1.3.1 pins spacy<3.8 on Python < 3.12 (numpy<2 through thinc); its code runs on the spaCy 3.8 of [nlp]
+.venv/bin/python -c 'import medspacy' 2>/dev/null || .venv/bin/python -m pip install -q --no-deps medspacy==1.3.1
 export MPLCONFIGDIR="${TMPDIR:-/tmp}/optima-mpl"
 exec .venv/bin/python -m pytest "$@"

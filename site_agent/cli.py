@@ -73,7 +73,7 @@ def cmd_cdm_synth(args) -> int:
 
     with progress(f"generating {args.persons:,} synthetic persons for {args.site}"):
         res = generate_site(out=args.out, persons=args.persons, site=args.site, profile=args.profile,
-                            seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary)
+                            seed=args.seed, chunk_size=args.chunk_size, vocabulary=args.vocabulary, notes=args.notes)
     if args.truth:
         from pathlib import Path
 
@@ -271,6 +271,8 @@ EXAMPLES = {  # one example per command, shown under its --help
     "genomics synth": "genomics synth --out brca/ --patients 500 --seed 1",
     "genomics profile": "genomics profile --maf brca/mutations.maf --expression brca/expression.tsv "
                         "--linkage brca/linkage.csv --clinical brca/clinical.csv --out brca/profile",
+    "nlp extract": "nlp extract reports.jsonl --json",
+    "nlp metastasis": "nlp metastasis --cdm duckdb:///site.duckdb --out nlp/ --write-note-nlp",
 }
 
 
@@ -300,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
     p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")
     p.add_argument("--vocabulary", help="Athena download folder: patients use its concepts and hierarchy")
+    p.add_argument("--notes", action="store_true",
+                   help="also write radiology reports of breast cancer patients into note (truth: <out>.notes_truth.csv)")
     p.set_defaults(func=cmd_cdm_synth)
 
     p = cdm.add_parser("copy", help="copy a DuckDB CDM into a PostgreSQL schema")
@@ -370,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).add_parsers(synth, train)
     importlib.import_module("site_agent.genomics.cli").add_parsers(sub)  # genomics synth / profile
     importlib.import_module("site_agent.governance.cli").add_parsers(sub)  # review, approve, dry-run, audit, keys …
+    importlib.import_module("site_agent.nlp.cli").add_parsers(sub, _add_cdm_options)  # nlp extract, nlp metastasis
     conventions(parser, EXAMPLES, prog="site-agent")  # defaults and an example in --help; -v/-q after the command
     return parser
 

@@ -18,7 +18,8 @@ This is the one road from a manifest to a release, shared by the Flower query ha
 Analyses: ``cohort_counts`` (cohort count and attrition), ``diagnostics`` (the whole cohort
 diagnostics suite) and ``sclc_study`` (``parameters["sclc_study"]["spec_sha256"]`` names a
 study spec that must lie, byte for byte, in a ``studies/`` folder next to an approved catalog;
-its cohorts must be among the manifest's cohorts).
+its cohorts must be among the manifest's cohorts) and ``nlp_metastasis`` (radiology-report NLP over
+``note``, aggregates only: :mod:`site_agent.nlp.cdm_run`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
         runs.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
     if "genomics_profile" in decision.analyses:
         runs.append(_run_genomics(config, cdm, cdm_name, minimum))
+    if "nlp_metastasis" in decision.analyses:  # radiology-report NLP (needs the nlp extra)
+        from site_agent.nlp.cdm_run import run_for_manifest
+
+        runs.append(run_for_manifest(cdm, cdm_name, minimum))
     parts = [r.result for r in runs]
     if secondary is not None:
         secondary.extend(r.secondary for r in runs if r.secondary is not None)

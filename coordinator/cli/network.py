@@ -103,7 +103,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--sites", required=True, help="comma-separated target sites")
     p.add_argument("--min-sites", type=int, help="sites that must answer (default: all)")
     p.add_argument("--analyses", nargs="+", default=["cohort_counts", "sclc_study"],
-                   choices=["cohort_counts", "diagnostics", "sclc_study"])
+                   choices=["cohort_counts", "diagnostics", "sclc_study", "nlp_metastasis"])
     p.add_argument("--extra-cohorts", nargs="*", default=[], help="more catalog cohorts (e.g. for diagnostics)")
     p.add_argument("--min-cell-count", type=int, help="default: the spec's")
     p.add_argument("--valid-hours", type=float, default=48, help="manifest validity window")

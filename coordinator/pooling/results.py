@@ -15,6 +15,7 @@ of what the sites released and can never reveal a suppressed site cell:
   ``suppressed_sites`` (integer). Where every site's cell is suppressed the pooled cell is
   ``-`` too. Percentages are recomputed from pooled counts and their denominators.
 * incidence, prevalence, KM, CIF and survival at horizons: see :mod:`coordinator.pooling.rates`.
+* NLP agreement (precision/recall/F1 from pooled TP/FP/FN): see :mod:`coordinator.pooling.nlp`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from coordinator.pooling.genomics import pool_mutation_frequency
+from coordinator.pooling.nlp import pool_agreement
 from coordinator.pooling.rates import pool_rates, pool_survival
 from optima_common.bundle import Provenance, ResultBundle, SuppressionRecord
 from optima_common.results import RESULT_COLUMNS, SUPPRESSED, SummarisedResult
@@ -246,7 +248,8 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     rates = pool_rates(view, types, pooled_name, notes)
     surv, extra_settings = pool_survival(view, settings, pooled_name, notes)
     genes = pool_mutation_frequency(view, types, pooled_name)
-    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv, genes]
+    nlp = pool_agreement(counts, flags, types, pooled_name, notes)
+    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv, genes, nlp]
     merged = pd.concat([p for p in parts if len(p)], ignore_index=True)
     if len(extra_settings):
         settings = pd.concat([settings, extra_settings], ignore_index=True)

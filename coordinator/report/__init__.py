@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from coordinator.pooling.results import network_result
 from coordinator.report import sections as S
 from coordinator.report.genomics import genomics_section
+from coordinator.report.nlp_section import nlp_section
 from coordinator.store import ResultsStore, StoreError
 from coordinator.store.ops import runs, study_bundles
 from optima_common.fileio import write_atomic
@@ -103,6 +104,7 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
         ("outcomes", "Outcomes at horizons", S.horizons_section(view)),
         ("survival", "Survival", S.km_section(view)),
         ("genomics", "Genomics", genomics_section(view)),
+        ("nlp", "NLP metastasis", nlp_section(view)),
         *[(f"extra{i + 1}", S.title_of(x, "More"), x) for i, x in enumerate(extra_sections)],
         ("lower-bounds", "Lower bounds", S.lower_bounds_section(view)),
         ("changes", "Changes", changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else ""),

@@ -117,11 +117,14 @@ def generate_site(
     seed: int = 1,
     chunk_size: int = 250_000,
     vocabulary: str | Path | None = None,
+    notes: bool = False,
 ) -> SynthResult:
     """Generate a synthetic OMOP CDM 5.4 DuckDB file for ``site`` and return its ground truth.
 
     ``vocabulary``: an Athena download folder; the clinical roles then use its concepts and its
     hierarchy (``athena.vocabulary_from_athena``), else the built-in vocabulary subset.
+    ``notes``: also write radiology reports of the breast cancer patients into ``note`` and their
+    ground truth next to the CDM (``notes.truth_path``); off by default, so other CDMs are unchanged.
     """
     path = _validate(out, persons, site, profile, seed, chunk_size)
     t0 = time.perf_counter()
@@ -159,6 +162,15 @@ def generate_site(
                 del chunk
         finally:
             writer.close()
+        if notes:
+            from site_agent.cdm.synth.notes import truth_path, write_radiology_notes
+
+            secondary = {"liver": ["SEC_LIVER"], "bone": ["SEC_BONE"], "brain": ["SEC_BRAIN"], "lung": ["LUNG_SECONDARY"]}
+            counts_notes = write_radiology_notes(
+                tmp, seed, [int(c) for c in sets["breast"]],
+                {s: [int(c) for c in vocab.ids_of(vocab.descendants(*keys))] for s, keys in secondary.items()},
+                vocab.id["TYPE_EHR"], truth_out=truth_path(path))
+            writer.counts["note"] = counts_notes["notes"]
         tmp.replace(path)
     except BaseException:
         discard(tmp)
