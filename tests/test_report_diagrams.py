@@ -33,15 +33,17 @@ SITES = {"a": (13, "-", 40, (50, 40, 10), (20, 7, "-")),
          "c": ("-", "-", 8, (9, 8, 1), ("-", "-", "-"))}
 
 
-def _bundle(site: str) -> ResultBundle:
+def _bundle(site: str, manifest_id: str = "m1", manifest_sha: str = "0" * 64) -> ResultBundle:
     seq, pneu, subj, (start, final, excl), (only_a, both, only_b) = SITES[site]
     rows = [_row(1, site, "sclc", "number subjects", None, subj),
             _row(1, site, "sclc", "pathway", "lobectomy-carboplatin+etoposide", seq),
             _row(1, site, "sclc", "pathway", "pneumonectomy", pneu)]
-    for step, reason, n, x in ((1, "Qualifying initial records", start, 0), (2, "Age >= 18", final, excl)):
-        for var, val in (("number_subjects", n), ("excluded_subjects", x)):
-            rows.append(_row(2, site, "sclc", var, None, val, strata=("reason", reason),
-                             additional=("reason_id", str(step)), group_name="cohort_name"))
+    for cohort, k in (("sclc", 1), ("death", 2)):  # death: twice the subjects
+        for step, reason, n, x in ((1, "Qualifying initial records", start, 0), (2, "Age >= 18", final, excl)):
+            for var, val in (("number_subjects", n), ("excluded_subjects", x)):
+                val = val if val == "-" else k * val
+                rows.append(_row(2, site, cohort, var, None, val, strata=("reason", reason),
+                                 additional=("reason_id", str(step)), group_name="cohort_name"))
     pair = ("cohort_name_reference &&& cohort_name_comparator", "sclc &&& death")
     for var, val in (("Only in reference cohort", only_a), ("In both cohorts", both),
                      ("Only in comparator cohort", only_b)):
@@ -50,7 +52,7 @@ def _bundle(site: str) -> ResultBundle:
                 for i, t in ((1, "treatment_pathways"), (2, "summarise_cohort_attrition"),
                              (3, "summarise_cohort_overlap"))]
     res = SummarisedResult.from_records(rows, settings)
-    return ResultBundle(site=site, manifest_id="m1", manifest_sha256="0" * 64, created_at=NOW,
+    return ResultBundle(site=site, manifest_id=manifest_id, manifest_sha256=manifest_sha, created_at=NOW,
                         provenance=Provenance(cdm_name=site, package_version="0.1.0"),
                         suppression=SuppressionRecord(min_cell_count=5, site_floor=5, method="test"),
                         results_csv=res.to_csv_text())
@@ -111,6 +113,7 @@ def test_diagram_data_keep_suppressed_cells_and_lower_bounds():
     assert [s["reason"] for s in att["network"]] == ["Qualifying initial records", "Age >= 18"]
     assert [s["left"]["t"] for s in att["network"]] == ["94", "78"]  # 50+35+9, 40+30+8
     assert att["network"][1]["excl"] == {"n": 16.0, "t": "16", "k": ""}  # 10 + 5 + 1
+    assert [s["left"]["t"] for s in _payload(D.attrition_diagram(v))["groups"]["death"]["network"]] == ["188", "156"]
 
     ven = _payload(D.overlap_diagram(v))["groups"]["sclc &&& death"]
     assert ven["network"]["names"] == ["sclc", "death"]
