@@ -90,7 +90,8 @@ def test_report_tables_show_all_sites_suppressed_and_lower_bounds():
     assert "&lt;5 at all 3 sites" in row and ">0<" not in row
     assert "&ge;24" in html
     lb = S.lower_bounds_section(v)
-    assert "Pooled cells suppressed at every site (" in lb and "pneumonectomy" in lb.split("suppressed at every site")[1]
+    assert "Pooled cells suppressed at every site (1)" in lb  # pneumonectomy only: the others are visible somewhere
+    assert "<td>treatment_pathways</td><td>1</td>" in lb and "<td>summarise_cohort_overlap</td><td>0" not in lb
 
 
 def _payload(div: str) -> dict:

@@ -433,11 +433,12 @@ def lower_bounds_section(v: View) -> str:
 
 
 def all_suppressed_table(v: View, d: pd.DataFrame, types: dict) -> str:
-    rows = [[esc(types.get(r.result_id)), esc(r.group_level), esc(r.strata_level), esc(r.variable_name),
-             esc(r.variable_level), esc(r.additional_level), esc(r.estimate_value)] for r in d.itertuples()]
+    """How many pooled cells each result type has that every site suppressed (the cells themselves are
+    marked where they appear: a list of them all would double the page)."""
+    per_type = d["result_id"].map(types).value_counts()
     return (f"<h3>Pooled cells suppressed at every site ({len(d)})</h3><p>Every site that has the cell suppressed "
-            "it: the network value is unknown (not 0), shown as &lt;N at all k sites. In the CSV the pooled "
-            "<code>estimate_value</code> is <code>-</code> with the estimates <code>all_sites_suppressed</code> and "
-            "<code>suppressed_sites</code>.</p>"
-            + table(["result type", "group", "strata", "variable", "level", "additional", "sites"], rows,
-                    name="all_sites_suppressed"))
+            "it: the network value is unknown (not 0) and shown as &lt;N at all k sites in the tables and diagrams. "
+            "In the CSV the pooled <code>estimate_value</code> is <code>-</code> (suppressed) with the estimates "
+            "<code>all_sites_suppressed</code> (TRUE) and <code>suppressed_sites</code> (k).</p>"
+            + table(["result type", "pooled cells suppressed at every site"],
+                    [[esc(t), esc(n)] for t, n in per_type.items()], name="all_sites_suppressed_by_type"))

@@ -46,10 +46,10 @@ def reasons(result: SummarisedResult, min_cell_count: int, secondary=None) -> pd
         f"primary: count below the minimum cell count ({min_cell_count}), or in a group whose count is")
     d.loc[sup & ~d["estimate_name"].str.match(COUNT), "reason"] = "derived: computed from a withheld count"
     if secondary is not None and len(secondary):
-        sec = secondary[[*SEC_KEY, "relation"]].astype(str).drop_duplicates(SEC_KEY)
-        key = d[SEC_KEY].astype(str).where(d[SEC_KEY].notna(), "None")
-        sec = sec.replace({"nan": "None"})
-        rel = key.merge(sec, on=SEC_KEY, how="left")["relation"].to_numpy()
+        def norm(f: pd.DataFrame) -> pd.DataFrame:  # a missing level: None, NaN or "" (as read from the CSV)
+            return f.fillna("").astype(str).replace({"None": "", "nan": "", "NA": ""})
+        sec = norm(secondary[SEC_KEY]).assign(relation=secondary["relation"].astype(str)).drop_duplicates(SEC_KEY)
+        rel = norm(d[SEC_KEY]).merge(sec, on=SEC_KEY, how="left")["relation"].to_numpy()
         hit = sup.to_numpy() & pd.notna(rel)
         d.loc[hit, "reason"] = ["secondary: " + str(r) for r in rel[hit]]
     return d
