@@ -65,3 +65,13 @@ def test_every_released_row_is_listed_and_each_suppressed_cell_has_a_reason(tmp_
     sec = prot.secondary_frame()
     assert flag[0][-2] == "<5" and flag[0][-1] == "secondary: " + sec.loc[0, "relation"]
     assert any(r[-1].startswith("derived:") for r in sup if r[9] == "mean")
+
+
+def test_the_site_page_uses_the_same_table_script_as_the_report():
+    """optima_common/web/tables.js is a copy of the report's table script (site_agent may not import
+    coordinator): the two must not drift apart."""
+    from importlib import resources
+
+    from coordinator.report import ASSETS
+
+    assert (resources.files("optima_common.web") / "tables.js").read_text() == (ASSETS / "report.js").read_text()

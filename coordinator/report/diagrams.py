@@ -116,6 +116,9 @@ def attrition_diagram(v) -> str:
             by = dict(zip(s["variable_name"], s["_cell"], strict=True))
             steps.append({"reason": reason, "left": by.get("number_subjects"), "excl": by.get("excluded_subjects")})
         data["groups"].setdefault(grp, {})[cdm] = steps
+    # first (shown first): cohorts before denominators, the longest flow first
+    order = sorted(data["groups"], key=lambda g: (g.startswith(("incidence: ", "prevalence: ")), -max(len(x) for x in data["groups"][g].values())))
+    data["groups"] = {g: data["groups"][g] for g in order}
     return embed("attrition", "Attrition flow (subjects left after each step; excluded to the right)", data,
                  "attrition")
 

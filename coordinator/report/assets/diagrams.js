@@ -54,7 +54,7 @@
       if (tot > 0) scale = Math.min(scale, (H - top - 10 - gap * (c.length - 1) - 4 * c.length) / tot);
     });
     if (!isFinite(scale)) scale = 1;
-    var colX = function (c) { return 10 + c * (W - 230) / Math.max(1, maxCol); };
+    var colX = function (c) { return 10 + c * (W - 350) / Math.max(1, maxCol); };
     cols.forEach(function (c) {
       c.sort(function (x, y) { return y.v - x.v || y.sup - x.sup; });
       var y = top;
