@@ -95,7 +95,7 @@ def test_report_tables_show_all_sites_suppressed_and_lower_bounds():
 
 
 def _payload(div: str) -> dict:
-    return json.loads(re.search(r'<script type="application/json">(.*?)</script>', div, re.S).group(1))
+    return json.loads(re.search(r'<script type="application/json">(.*?)</script>', div, re.DOTALL).group(1))
 
 
 def test_diagram_data_keep_suppressed_cells_and_lower_bounds():

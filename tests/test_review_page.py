@@ -37,9 +37,9 @@ def _raw() -> SummarisedResult:
 
 
 def _cells(page: str) -> list[list[str]]:
-    body = re.search(r"<table data-name='summarise_characteristics'.*?<tbody>(.*?)</tbody>", page, re.S).group(1)
-    return [[H.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
-            for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    body = re.search(r"<table data-name='summarise_characteristics'.*?<tbody>(.*?)</tbody>", page, re.DOTALL).group(1)
+    return [[H.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.DOTALL)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", body, re.DOTALL)]
 
 
 def test_every_released_row_is_listed_and_each_suppressed_cell_has_a_reason(tmp_path):

@@ -39,7 +39,7 @@ def test_review_show_lists_secondary_suppressions(tmp_path):
     released = SummarisedResult.from_csv_text(read_bundle(Outbox(site.config.state_dir)._bundle_path(item.id))
                                               .results_csv, source="t").data
     html = page.read_text()
-    rows = re.findall(r"<tr>(<td>.*?)</tr>", html.split("<h2 id='secondary'>")[0], re.S)
+    rows = re.findall(r"<tr>(<td>.*?)</tr>", html.split("<h2 id='secondary'>")[0], re.DOTALL)
     assert len(rows) == len(released)
     sup = [r for r in rows if "<td class='sup'>" in r]
     assert len(sup) == int((released["estimate_value"] == "-").sum()) > 0

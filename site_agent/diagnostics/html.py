@@ -70,8 +70,8 @@ def _table(d: pd.DataFrame, name: str) -> str:
 
 def _section(result_type: str, data: pd.DataFrame, settings: pd.DataFrame) -> str:
     n_sup = int((data["reason"] != "").sum())
-    parts = [f"<h2 id='{html.escape(result_type)}'>{html.escape(result_type)} ({len(data)} rows, {n_sup} suppressed)"
-             "</h2>"]
+    title = f"{html.escape(result_type)} ({len(data)} rows, {n_sup} suppressed)"
+    parts = [f"<h2 id='{html.escape(result_type)}'>{title}</h2>"]
     s = settings.drop(columns=["package_version"], errors="ignore").dropna(axis=1, how="all")
     parts.append(s.to_html(index=False, escape=True, na_rep="", classes="plain"))
     parts.append(_table(data, result_type) if len(data) else "<p class='meta'>Ran; no rows to report.</p>")
