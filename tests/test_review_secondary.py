@@ -26,6 +26,7 @@ def test_review_show_lists_secondary_suppressions(tmp_path):
                        capture_output=True, text=True, cwd=REPO, check=False)
     assert p.returncode == 0, p.stderr
     assert "== secondary suppressions:" in p.stdout
+    assert "primary: count below the minimum cell count (5)" in p.stdout  # each suppressed cell's reason
     line = next(x for x in p.stdout.splitlines() if x.startswith("== secondary suppressions:"))
     n = int(line.split(":")[1].split()[0])
     if n:  # each listed with the relation that made it necessary

@@ -77,6 +77,16 @@ def _secondary_frame(cfg, manifest_id: str):
     return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
 
 
+def _reasons(cfg, view):
+    """Every released cell of the reviewed bundle with the reason for each suppressed one."""
+    from optima_common.results import SummarisedResult
+    from site_agent.diagnostics.html import reasons
+
+    b = view.bundle
+    result = SummarisedResult.from_csv_text(b.results_csv, source=f"review item {view.item.id}")
+    return reasons(result, b.suppression.min_cell_count, _secondary_frame(cfg, view.item.manifest_id))
+
+
 def _write_review_html(cfg, view, target: str) -> None:
     """The bundle's every released cell, with the reason for each suppressed one, as one offline page."""
     from pathlib import Path
@@ -139,9 +149,13 @@ def cmd_review_show(args) -> int:
     from site_agent.cdm.vocab_check import saved_summary
 
     print(saved_summary(cfg.state_dir) or "vocabulary check: none saved (site-agent vocab check --out STATE_DIR/vocab_check.json)")
+    why = _reasons(cfg, view)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
                            "display.max_colwidth", 60):
         for t in view.tables:
+            r = why.loc[why["result_id"] == t.result_id, "reason"].to_numpy()
+            if t.suppressed and len(r) == len(t.rows):  # why each suppressed cell is withheld
+                t.rows["reason"] = r
             shown = {k: v for k, v in t.settings.items() if k != "result_type"}
             print(f"\n== result {t.result_id}: {t.result_type} ({len(t.rows)} rows, {t.suppressed} suppressed) ==")
             print("   settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
