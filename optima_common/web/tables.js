@@ -47,7 +47,7 @@
       var vals = {};
       data.forEach(function (d) { vals[d[j]] = (vals[d[j]] || 0) + 1; });
       var keys = Object.keys(vals);
-      if (keys.length < 2 || keys.length > 40 || keys.length === data.length) return;
+      if (keys.length < 2 || keys.length > 80 || keys.length === data.length) return;
       var s = el("select", {"aria-label": "filter " + h, "data-col": String(j)});
       s.appendChild(el("option", {value: ""}, h + ": all"));
       keys.sort().forEach(function (k) { s.appendChild(el("option", {value: k}, (k || "(blank)") + " (" + vals[k] + ")")); });
