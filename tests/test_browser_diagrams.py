@@ -42,6 +42,8 @@ def _tab(d, tab):
 
 
 def test_diagrams_render_and_redraw(report, browser):  # noqa: F811
+    text = report.read_text()
+    assert "http://" not in text and "https://" not in text  # offline, as the demo test checks
     d = browser
     d.get(report.as_uri())
     assert d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"

