@@ -17,7 +17,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-TABS = ("overview", "incidence", "survival", "extra1", "characteristics")
+TABS = ("overview", "incidence", "survival", "extra1", "characteristics", "pathways", "attrition", "overlap")
 
 
 def driver() -> webdriver.Chrome:

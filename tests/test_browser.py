@@ -83,6 +83,10 @@ def check_page(d) -> None:
     # sorting by a column keeps every row
     table.find_elements(By.CSS_SELECTOR, "thead th")[0].click()
     assert int(table.get_attribute("data-matching")) == total
+    # the attrition flow diagram is drawn (SVG, in the page, from its embedded data)
+    tabs[names.index("Attrition")].click()
+    svg = d.find_element(By.CSS_SELECTOR, "#attrition div.diagram svg")
+    assert svg.is_displayed() and svg.find_elements(By.CSS_SELECTOR, "rect.box")
     tabs[names.index("Survival")].click()
     assert d.find_element(By.ID, "survival").is_displayed()
     assert errors(d) == []

@@ -140,3 +140,50 @@ def test_v1_store_is_upgraded(store_url):
         assert store.add_bundle(bundle, raw)
         assert store.sites_to_ask(manifest.manifest_id) == ["site_b"]
         assert len(store.status_history(manifest.manifest_id)) == 2
+
+
+def test_bundles_are_stored_compressed_and_old_rows_are_compressed_by_0004(store_url):
+    """New bundles are stored gzip-compressed and read back byte for byte; a 0003 store's uncompressed
+    row reads as it is and the 0004 migration compresses it (sha256 of the signed bytes unchanged)."""
+    import gzip
+    import hashlib
+
+    manifest, bundle_a, raw_a = signed_pair()
+    _, bundle_b, raw_b = signed_pair("site_b", SITE_B, manifest)
+    url = store_url if "://" in store_url else f"sqlite:///{store_url}"
+    engine = sa.create_engine(url)
+    migrate.upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO manifests (manifest_id, study_id, study_version, spec_name, manifest_sha256, issued_at, "
+            "expires_at, min_sites, target_sites, document, added_at) VALUES (:id, 'sclc', '1.0', NULL, :sha, "
+            ":t, :t, 2, '[\"site_a\", \"site_b\"]', :doc, :t)"),
+            {"id": manifest.manifest_id, "sha": __import__("optima_common.bundle", fromlist=["x"]).manifest_sha256(
+                manifest), "t": T0.replace(tzinfo=None), "doc": render(manifest).decode()})
+        conn.execute(sa.text("INSERT INTO bundles (manifest_id, site, sha256, cdm_name, created_at, received_at, raw) "
+                             "VALUES (:id, 'site_a', :sha, 'site_a', :t, :t, :raw)"),
+                     {"id": manifest.manifest_id, "sha": hashlib.sha256(raw_a).hexdigest(),
+                      "t": T0.replace(tzinfo=None), "raw": raw_a})
+    with ResultsStore.open(store_url) as store:  # opening upgrades to 0004
+        assert store.revision == migrate.HEAD == "0004"
+        assert store.add_bundle(bundle_b, raw_b)
+        assert not store.add_bundle(bundle_b, raw_b)  # the same bytes again: recognised by their sha256
+        got = store.bundles_raw(manifest.manifest_id)
+        assert [r for _, r in got] == [raw_a, raw_b] and [b for b, _ in got] == [bundle_a, bundle_b]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT site, sha256, raw FROM bundles ORDER BY site")).all()
+    engine.dispose()
+    for (site, sha, stored), raw in zip(rows, (raw_a, raw_b), strict=True):
+        stored = bytes(stored)
+        assert stored[:2] == b"\x1f\x8b", f"{site} not compressed"
+        assert gzip.decompress(stored) == raw and sha == hashlib.sha256(raw).hexdigest()
+    # and the downgrade gives the uncompressed bytes back
+    from alembic import command
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0003")
+    with engine.connect() as conn:
+        back = [bytes(r) for r in conn.execute(sa.text("SELECT raw FROM bundles ORDER BY site")).scalars()]
+    engine.dispose()
+    assert back == [raw_a, raw_b]

@@ -13,7 +13,8 @@ of what the sites released and can never reveal a suppressed site cell:
   site's cell is suppressed the pooled value is the sum of the *visible* cells and the
   pooled variable gets two extra estimates: ``lower_bound`` (logical ``TRUE``) and
   ``suppressed_sites`` (integer). Where every site's cell is suppressed the pooled cell is
-  ``-`` too. Percentages are recomputed from pooled counts and their denominators.
+  ``-`` too (omopgenerics' mark for suppressed, never 0) with the estimates
+  ``all_sites_suppressed`` (logical ``TRUE``) and ``suppressed_sites``. Percentages are recomputed from pooled counts and their denominators.
 * incidence, prevalence, KM, CIF and survival at horizons: see :mod:`coordinator.pooling.rates`.
 * NLP agreement (precision/recall/F1 from pooled TP/FP/FN): see :mod:`coordinator.pooling.nlp`.
 """
@@ -162,8 +163,10 @@ def pooled_counts(data: pd.DataFrame, pooled_name: str) -> tuple[pd.DataFrame, p
                        index=cells.index)
     etype = np.where(cells["all_integer"], "integer", "numeric")
     rows = _rows(cells, pooled_name, values, pd.Series(etype, index=cells.index))
-    flags = cells.assign(lb=(cells["n_suppressed"] > 0) & shown).groupby(ROW_KEY, dropna=False)
-    flags = pd.DataFrame({"lower_bound": flags["lb"].any(), "suppressed_sites": flags["n_suppressed"].max()})
+    flags = cells.assign(lb=(cells["n_suppressed"] > 0) & shown, every=(cells["n_suppressed"] > 0) & ~shown)
+    flags = flags.groupby(ROW_KEY, dropna=False)
+    flags = pd.DataFrame({"lower_bound": flags["lb"].any(), "all_sites_suppressed": flags["every"].any(),
+                          "suppressed_sites": flags["n_suppressed"].max()})
     return rows, flags.reset_index()
 
 
@@ -195,11 +198,16 @@ def pooled_percentages(counts: pd.DataFrame, flags: pd.DataFrame, data: pd.DataF
 
 
 def flag_rows(flags: pd.DataFrame, pooled_name: str) -> pd.DataFrame:
-    f = flags[flags["lower_bound"]]
+    """``lower_bound`` TRUE where a pooled count includes suppressed site cells, ``all_sites_suppressed``
+    TRUE where every site that has the cell suppressed it (the pooled cell is ``-``, never 0), and
+    ``suppressed_sites`` (how many) for both."""
     parts = []
-    for est, etype, vals in (("lower_bound", "logical", pd.Series("TRUE", index=f.index)),
-                             ("suppressed_sites", "integer", f["suppressed_sites"].astype(int).astype(str))):
-        parts.append(_rows(f.assign(estimate_name=est), pooled_name, vals, etype))
+    for est, sel in (("lower_bound", flags["lower_bound"]), ("all_sites_suppressed", flags["all_sites_suppressed"])):
+        f = flags[sel]
+        parts.append(_rows(f.assign(estimate_name=est), pooled_name, pd.Series("TRUE", index=f.index), "logical"))
+    f = flags[flags["lower_bound"] | flags["all_sites_suppressed"]]
+    parts.append(_rows(f.assign(estimate_name="suppressed_sites"), pooled_name,
+                       f["suppressed_sites"].astype(int).astype(str), "integer"))
     return pd.concat(parts, ignore_index=True)
 
 

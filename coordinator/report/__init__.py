@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from coordinator.pooling.results import network_result
+from coordinator.report import diagrams as D
 from coordinator.report import sections as S
 from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
@@ -21,7 +22,8 @@ ASSETS = Path(__file__).parent / "assets"
 
 def assets() -> tuple[str, str]:
     """(CSS, JS) inlined into every page: the report works from a file, offline."""
-    return ((ASSETS / "report.css").read_text(encoding="utf-8"), (ASSETS / "report.js").read_text(encoding="utf-8"))
+    return ((ASSETS / "report.css").read_text(encoding="utf-8"),
+            "\n".join((ASSETS / f).read_text(encoding="utf-8") for f in ("report.js", "diagrams.js")))
 
 
 def page_html(title: str, header: str, panels: list[tuple[str, str, str]]) -> str:
@@ -94,13 +96,13 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
     panels = [
         ("overview", "Overview", overview),
         ("counts", "Cohort counts", S.counts_section(view)),
-        ("attrition", "Attrition", S.attrition_section(view)),
-        ("overlap", "Overlap", S.overlap_section(view)),
+        ("attrition", "Attrition", D.after_title(S.attrition_section(view), D.attrition_diagram(view))),
+        ("overlap", "Overlap", D.after_title(S.overlap_section(view), D.overlap_diagram(view))),
         ("code-use", "Code use", S.code_use_section(view)),
         ("characteristics", "Characteristics", S.characteristics_section(view)),
         ("incidence", "Incidence", S.rates_section(view, "incidence")),
         ("prevalence", "Prevalence", S.rates_section(view, "prevalence")),
-        ("pathways", "Treatment pathways", S.pathways_section(view)),
+        ("pathways", "Treatment pathways", D.after_title(S.pathways_section(view), D.pathways_diagram(view))),
         ("outcomes", "Outcomes at horizons", S.horizons_section(view)),
         ("survival", "Survival", S.km_section(view)),
         ("genomics", "Genomics", genomics_section(view)),

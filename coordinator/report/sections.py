@@ -46,6 +46,13 @@ class View:
         self.cdms = [x for x in dict.fromkeys(si.cdm_name for si in net.sites)] + [self.pooled]
         lb = self.d[(self.d["estimate_name"] == "lower_bound") & (self.d["cdm_name"] == self.pooled)]
         self.lower = set(map(tuple, lb[FLAG_KEY].fillna("").to_numpy().tolist()))
+        pooled = self.d[self.d["cdm_name"] == self.pooled]
+        every = pooled[pooled["estimate_name"] == "all_sites_suppressed"]
+        every = set(map(tuple, every[FLAG_KEY].fillna("").to_numpy().tolist()))
+        n_sup = pooled[pooled["estimate_name"] == "suppressed_sites"]
+        #: pooled cells suppressed at every site that has them -> how many sites
+        self.all_suppressed = {k: int(n) for k, n in zip(map(tuple, n_sup[FLAG_KEY].fillna("").to_numpy().tolist()),
+                                                          n_sup["estimate_value"], strict=True) if k in every}
         self.mcc = dict(zip(self.s["result_id"], self.s["min_cell_count"], strict=True))
 
     def ids(self, result_type: str) -> list[int]:
@@ -56,6 +63,12 @@ class View:
 
     def shown(self, row: pd.Series) -> str:
         v = row["estimate_value"]
+        if v == SUPPRESSED and row["cdm_name"] == self.pooled:
+            n = self.all_suppressed.get(tuple("" if pd.isna(row[k]) else row[k] for k in FLAG_KEY))
+            if n:
+                return (f'<span class="sup all" title="suppressed at all {n} sites that have this cell; the network '
+                        f'value is unknown, not 0">&lt;{esc(self.mcc.get(row["result_id"], ""))} at '
+                        f'{f"all {n} sites" if n > 1 else "its only site"}</span>')
         if v == SUPPRESSED:
             return f'<span class="sup">&lt;{esc(self.mcc.get(row["result_id"], ""))}</span>' \
                 if "count" in row["estimate_name"] else '<span class="sup">suppressed</span>'
@@ -402,6 +415,9 @@ def pathways_section(v: View) -> str:
 
 def lower_bounds_section(v: View) -> str:
     d = v.d[(v.d["estimate_name"] == "suppressed_sites") & (v.d["cdm_name"] == v.pooled)]
+    every = d[[tuple("" if pd.isna(x) else x for x in k) in v.all_suppressed
+               for k in d[FLAG_KEY].itertuples(index=False, name=None)]]
+    d = d.drop(index=every.index)
     types = dict(zip(v.s["result_id"], v.s["result_type"], strict=True))
     per_type = d["result_id"].map(types).value_counts()
     summary = table(["result type", "pooled rows that are lower bounds"],
@@ -413,4 +429,16 @@ def lower_bounds_section(v: View) -> str:
             "cell, counted as nothing: the true network value is at least the one shown (&ge;). In the CSV they carry "
             "the estimates <code>lower_bound</code> and <code>suppressed_sites</code>.</p>" + summary
             + table(["result type", "group", "strata", "variable", "level", "additional", "sites suppressed"], rows,
-                    name="lower_bounds"))
+                    name="lower_bounds") + all_suppressed_table(v, every, types))
+
+
+def all_suppressed_table(v: View, d: pd.DataFrame, types: dict) -> str:
+    """How many pooled cells each result type has that every site suppressed (the cells themselves are
+    marked where they appear: a list of them all would double the page)."""
+    per_type = d["result_id"].map(types).value_counts()
+    return (f"<h3>Pooled cells suppressed at every site ({len(d)})</h3><p>Every site that has the cell suppressed "
+            "it: the network value is unknown (not 0) and shown as &lt;N at all k sites in the tables and diagrams. "
+            "In the CSV the pooled <code>estimate_value</code> is <code>-</code> (suppressed) with the estimates "
+            "<code>all_sites_suppressed</code> (TRUE) and <code>suppressed_sites</code> (k).</p>"
+            + table(["result type", "pooled cells suppressed at every site"],
+                    [[esc(t), esc(n)] for t, n in per_type.items()], name="all_sites_suppressed_by_type"))

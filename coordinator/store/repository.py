@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from coordinator.store import migrate
+from coordinator.store.packing import pack, unpack
 from coordinator.store.tables import (
     bundles,
     manifests,
@@ -289,7 +290,7 @@ class ResultsStore:
                                  "its late answer is not stored")
             conn.execute(insert(bundles).values(
                 manifest_id=bundle.manifest_id, site=bundle.site, sha256=sha, cdm_name=bundle.provenance.cdm_name,
-                created_at=_db_time(bundle.created_at), received_at=_db_time(at or _now()), raw=raw))
+                created_at=_db_time(bundle.created_at), received_at=_db_time(at or _now()), raw=pack(raw)))
         return True
 
     def bundles(self, manifest_id: str) -> list[ResultBundle]:
@@ -300,7 +301,8 @@ class ResultsStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(bundles.c.raw).where(bundles.c.manifest_id == manifest_id)
                                 .order_by(bundles.c.site)).scalars().all()
-        return [(ResultBundle.model_validate_json(bytes(r)), bytes(r)) for r in rows]
+        raws = [unpack(r) for r in rows]  # stored gzip-compressed since 0004; older rows as they are
+        return [(ResultBundle.model_validate_json(r), r) for r in raws]
 
     def answered_sites(self, manifest_id: str) -> set[str]:
         with self.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables of the results store at the newest migration (``0003``).
+"""SQLAlchemy Core tables of the results store at the newest migration (``0004``: bundles stored gzip-compressed).
 
 Times are stored as naive UTC (``DateTime`` without zone works alike on SQLite and PostgreSQL)
 and handed out as aware UTC datetimes by the repository. The migrations in

@@ -68,6 +68,42 @@ def _signature_line(cfg, bundle) -> str:
     return f"signature: valid, site key {bundle.signature.key_id}"
 
 
+def _secondary_frame(cfg, manifest_id: str):
+    import pandas as pd
+
+    from site_agent.study_exec import secondary_path
+
+    path = secondary_path(cfg.state_dir, manifest_id)
+    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
+
+
+def _reasons(cfg, view):
+    """Every released cell of the reviewed bundle with the reason for each suppressed one."""
+    from optima_common.results import SummarisedResult
+    from site_agent.diagnostics.html import reasons
+
+    b = view.bundle
+    result = SummarisedResult.from_csv_text(b.results_csv, source=f"review item {view.item.id}")
+    return reasons(result, b.suppression.min_cell_count, _secondary_frame(cfg, view.item.manifest_id))
+
+
+def _write_review_html(cfg, view, target: str) -> None:
+    """The bundle's every released cell, with the reason for each suppressed one, as one offline page."""
+    from pathlib import Path
+
+    from optima_common.results import SummarisedResult
+    from site_agent.diagnostics.html import write_html
+
+    out = Path(target)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError(f"cannot write {out}", hint="--html must be a file path in an existing folder")
+    b = view.bundle
+    result = SummarisedResult.from_csv_text(b.results_csv, source=f"review item {view.item.id}")
+    write_html(result, out, title=f"Review {view.item.id}: what site {b.site} would release",
+               min_cell_count=b.suppression.min_cell_count, secondary=_secondary_frame(cfg, view.item.manifest_id))
+    print(f"wrote {out} (every released cell, with the reason for each suppressed one)")
+
+
 def _print_secondary(cfg, manifest_id: str) -> None:
     """The secondary suppressions of the bundle and the relation behind each (site-internal record)."""
     import pandas as pd
@@ -93,6 +129,8 @@ def cmd_review_show(args) -> int:
     cfg = _config(args)
     view = _outbox(cfg).show(args.id)
     item, b = view.item, view.bundle
+    if args.html:
+        _write_review_html(cfg, view, args.html)
     if args.json:
         print(json.dumps({"item": item.model_dump(mode="json"), "file_sha256": view.file_sha256,
                           "bundle": json.loads(b.model_dump_json()),
@@ -111,9 +149,13 @@ def cmd_review_show(args) -> int:
     from site_agent.cdm.vocab_check import saved_summary
 
     print(saved_summary(cfg.state_dir) or "vocabulary check: none saved (site-agent vocab check --out STATE_DIR/vocab_check.json)")
+    why = _reasons(cfg, view)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
                            "display.max_colwidth", 60):
         for t in view.tables:
+            r = why.loc[why["result_id"] == t.result_id, "reason"].to_numpy()
+            if t.suppressed and len(r) == len(t.rows):  # why each suppressed cell is withheld
+                t.rows["reason"] = r
             shown = {k: v for k, v in t.settings.items() if k != "result_type"}
             print(f"\n== result {t.result_id}: {t.result_type} ({len(t.rows)} rows, {t.suppressed} suppressed) ==")
             print("   settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
@@ -266,6 +308,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     show = p.add_subparsers(dest="review_command").add_parser("show", help="everything that would leave, and its sha256")
     _cfg_opt(show).add_argument("id", help="review id (from `site-agent review`)")
     show.add_argument("--json", action="store_true", help="print as JSON")
+    show.add_argument("--html", metavar="PATH", help="also write every released cell, with the reason for each "
+                      "suppressed one, as an offline page (default: none)")
     show.set_defaults(func=cmd_review_show)
 
     p = _cfg_opt(sub.add_parser("approve", help="release a reviewed bundle"))

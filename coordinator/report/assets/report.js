@@ -47,11 +47,15 @@
       var vals = {};
       data.forEach(function (d) { vals[d[j]] = (vals[d[j]] || 0) + 1; });
       var keys = Object.keys(vals);
-      if (keys.length < 2 || keys.length > 40 || keys.length === data.length) return;
+      if (keys.length < 2 || keys.length > 80 || keys.length === data.length) return;
       var s = el("select", {"aria-label": "filter " + h, "data-col": String(j)});
       s.appendChild(el("option", {value: ""}, h + ": all"));
       keys.sort().forEach(function (k) { s.appendChild(el("option", {value: k}, (k || "(blank)") + " (" + vals[k] + ")")); });
-      s.addEventListener("change", function () { state.filters[j] = s.value; state.page = 0; draw(); });
+      s.addEventListener("change", function () {
+        state.filters[j] = s.value; state.page = 0; draw();
+        /* diagrams linked to this table redraw for the chosen cohort/site (diagrams.js) */
+        document.dispatchEvent(new CustomEvent("tablefilter", {detail: {table: table.getAttribute("data-name") || "", column: h, value: s.value}}));
+      });
       selects.push(s);
       bar.appendChild(s);
     });

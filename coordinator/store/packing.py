@@ -1,0 +1,22 @@
+"""Bundles are kept gzip-compressed in the results store (a demo bundle: ~26 MB of JSON -> ~0.6 MB).
+
+The sha256 recorded for a bundle is always that of the signed bytes as received (uncompressed);
+reading accepts both forms, so a store written before migration ``0004`` reads as it is.
+"""
+
+from __future__ import annotations
+
+import gzip
+
+MAGIC = b"\x1f\x8b"
+
+
+def pack(raw: bytes) -> bytes:
+    """The bytes to store (gzip, fixed mtime so equal bundles store equal bytes)."""
+    return raw if raw[:2] == MAGIC else gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def unpack(stored: bytes) -> bytes:
+    """The signed bundle bytes from either stored form (a bundle's JSON never starts with gzip's magic)."""
+    stored = bytes(stored)
+    return gzip.decompress(stored) if stored[:2] == MAGIC else stored
