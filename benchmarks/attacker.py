@@ -25,7 +25,11 @@ def table(result: SummarisedResult) -> pd.DataFrame:
     v = pd.to_numeric(d["estimate_value"], errors="coerce")
     hidden = d["estimate_value"] == "-"
     cnt = d["estimate_name"].str.contains("count") & (v.notna() | hidden)
-    return d.assign(t=t, v=v, hidden=hidden, cnt=cnt)
+    st = result.settings
+    # a result released from rounded counts says so in its settings (count_rounding)
+    rounded = d["result_id"].map(dict(zip(st["result_id"], st["count_rounding"].fillna("").astype(str)))) \
+        if "count_rounding" in st.columns else pd.Series("", index=d.index)
+    return d.assign(t=t, v=v, hidden=hidden, cnt=cnt, rounded=rounded.fillna("").to_numpy())
 
 
 class Relations:
@@ -167,7 +171,8 @@ def _study(c: pd.DataFrame, R: Relations) -> None:
                 for o in outs:
                     r[int(w.at[a, o])] = r.get(int(w.at[a, o]), 0) - 1.0
                 R.eq.append(r)
-        for _, g in ev.groupby(["variable_level", "time", "estimate_name"]):
+        # strata rounded one by one do not add up to the overall curve: only exact tables
+        for _, g in ev[ev["rounded"] == ""].groupby(["variable_level", "time", "estimate_name"]):
             tot = g[g["strata_name"] == "overall"]["row"].tolist()
             if len(tot) == 1:
                 R.total(tot[0], g[g["strata_name"] == "treatment_sequence"]["row"].tolist())

@@ -183,7 +183,8 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
     if skip is not None:
         checked &= ~skip
     need_lo, need_hi = needs(p, checked, minimum, anchors)
-    iv = solve.intervals(p.rel, p.var, p.coef, p.built.system.n_rel, lb, ub, need_lo, need_hi, cache)
+    iv = solve.intervals(p.rel, p.var, p.coef, p.built.system.n_rel, lb, ub, need_lo, need_hi, cache,
+                         certify=_certifier(p, minimum, anchors), witness_cap=2.0 * minimum)
     if stats is not None:
         for k in ("lp_components", "algebra_components", "lp_solves"):
             stats[k] = stats.get(k, 0) + getattr(iv, k)
@@ -196,18 +197,39 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
     return bad
 
 
+def _certifier(p: Problem, minimum: int, anchors: dict[int, float]):
+    """For :func:`solve.intervals`: which variables already pass on an inner interval. Only
+    ``hi >= min - 1`` is accepted (every branch of :func:`passes` is then monotone: a wider
+    interval passes too; ``hi <= 0`` "pinned to nobody" is not, and is left to the exact solve)."""
+    def ok(vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, exact: bool = False) -> np.ndarray:
+        return np.array([(exact or h >= minimum - 1) and passes(float(l_), float(h), minimum, is_cell=v < p.n,
+                                                      true=float(p.true[v]), anchor=anchors.get(int(v)))
+                         for v, l_, h in zip(vs, lo, hi)], dtype=bool)
+    return ok
+
+
 class _Index:
     """Terms by variable and by relation (for the candidate search)."""
 
     def __init__(self, p: Problem):
-        self.by_var = pd.Series(p.rel).groupby(p.var).unique().to_dict()
-        self.by_rel = pd.Series(p.var).groupby(p.rel).unique().to_dict()
+        self._by_var = _csr(p.var, p.rel, p.n_var)
+        self._by_rel = _csr(p.rel, p.var, p.built.system.n_rel)
 
     def relations_of(self, v: int) -> np.ndarray:
-        return self.by_var.get(v, np.zeros(0, dtype=np.int64))
+        ptr, idx = self._by_var
+        return idx[ptr[v]:ptr[v + 1]] if v + 1 < len(ptr) else np.zeros(0, dtype=np.int64)
 
     def members(self, r: int) -> np.ndarray:
-        return self.by_rel.get(r, np.zeros(0, dtype=np.int64))
+        ptr, idx = self._by_rel
+        return idx[ptr[r]:ptr[r + 1]] if r + 1 < len(ptr) else np.zeros(0, dtype=np.int64)
+
+
+def _csr(keys: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``values`` per key as (pointer, indices): a sparse row index without pandas."""
+    pairs = np.unique(np.stack([np.asarray(keys, dtype=np.int64), np.asarray(values, dtype=np.int64)]), axis=1)
+    ptr = np.zeros(max(n, 0) + 1, dtype=np.int64)
+    np.add.at(ptr, pairs[0] + 1, 1) if pairs.size else None
+    return np.cumsum(ptr), pairs[1]
 
 
 def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[int, float] | None = None,
