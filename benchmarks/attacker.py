@@ -189,8 +189,17 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
     d["row"] = np.arange(len(d))
     true = pd.to_numeric(truth.data.reset_index(drop=True)["estimate_value"], errors="coerce").to_numpy()
     R = read_relations(d)
-    hidden = d["hidden"].to_numpy() & d["cnt"].to_numpy()
+    withheld = d["hidden"].to_numpy() & d["cnt"].to_numpy()
     val = d["v"].to_numpy()
+    # a count rounded to the nearest multiple of b (setting count_rounding = nearest_<b>) is only
+    # known to lie in its rounding's preimage: an unknown with those bounds, like a withheld one
+    near = d["rounded"].str.startswith("nearest_").to_numpy() & d["cnt"].to_numpy() & ~withheld & (val > 0)
+    box = {}
+    for k in np.flatnonzero(near):
+        b = int(d["rounded"].iat[k].split("_")[1])
+        v = val[k]
+        box[int(k)] = (minimum if v == b else max(v - b // 2, minimum), v + (b + 1) // 2 - 1)
+    hidden = withheld | near
     leaks = []
     # visible complements: a total minus a visible part that is a person count
     for p, t in R.complements:
@@ -219,7 +228,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
         if hs:
             rel_by_group[find(hs[0])].append((r, kind))
     for root, members in groups.items():
-        small = [m for m in members if 0 < true[m] < minimum]
+        small = [m for m in members if withheld[m] and 0 < true[m] < minimum]
         if not small or not rel_by_group[root]:
             continue
         idx = {m: i for i, m in enumerate(members)}
@@ -236,7 +245,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
             (b_eq if kind == "eq" else b_ub).append(-const)
         kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
               "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
-              "bounds": [(0, None)] * len(members), "method": "highs"}
+              "bounds": [box.get(m, (0, None)) for m in members], "method": "highs"}
         for m in small:
             obj = np.zeros(len(members))
             obj[idx[m]] = 1

@@ -106,8 +106,11 @@ def fill_hidden_truth(p: Problem) -> None:
         p.rel, p.var, p.coef = p.rel[keep], p.var[keep], p.coef[keep]
 
 
-def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lb, ub, checked): released counts fixed (or within the rounding), the rest non-negative."""
+def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: int = 0
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lb, ub, checked): released counts fixed (or within the rounding), the rest non-negative.
+    A count of a result rounded one by one (setting ``count_rounding = nearest_<b>``) lies in the
+    exact preimage of its rounding (:func:`optima_common.disclosure.rounding.preimage`)."""
     f = p.frame
     lb = np.zeros(p.n_var)
     ub = np.full(p.n_var, np.inf)
@@ -120,6 +123,15 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0) -> tuple[np
     if half:  # a released 0 stays an exact 0
         z = shown & (num == 0)
         ub[: p.n][z] = 0
+    if "rounding" in f.columns:
+        from optima_common.disclosure.rounding import PREFIX, preimage
+
+        rk = f["rounding"].astype(str)
+        near = shown & rk.str.startswith(PREFIX).to_numpy()
+        if near.any():
+            base = pd.to_numeric(rk[near].str[len(PREFIX):], errors="coerce").to_numpy()
+            lo, hi = preimage(num[near], base, minimum)
+            lb[: p.n][near], ub[: p.n][near] = lo, hi
     for v, val in p.fixed_hidden.items():
         lb[v] = ub[v] = val
     checked = np.zeros(p.n_var, dtype=bool)
@@ -179,7 +191,7 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
              skip: np.ndarray | None = None) -> list[tuple[int, float, float]]:
     """Variables that fail the rule, as (variable, lo, hi); ``skip``: variables known to pass."""
     anchors = anchors or {}
-    lb, ub, checked = bounds(p, suppressed, rounding=rounding)
+    lb, ub, checked = bounds(p, suppressed, rounding=rounding, minimum=minimum)
     if skip is not None:
         checked &= ~skip
     need_lo, need_hi = needs(p, checked, minimum, anchors)
@@ -247,7 +259,7 @@ def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, a
     # Withholding more only widens every interval, so a variable that passed once passes for good.
     passed = np.zeros(p.n_var, dtype=bool)
     for _ in range(max_rounds):
-        _, _, checked = bounds(p, sup, rounding=rounding)
+        _, _, checked = bounds(p, sup, rounding=rounding, minimum=minimum)
         bad = findings(p, sup, minimum, anchors=anchors, rounding=rounding, cache=cache, stats=stats, skip=passed)
         passed |= checked
         passed[[v for v, _, _ in bad]] = False
