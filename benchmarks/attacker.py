@@ -258,3 +258,66 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
             if not (lo_v <= 1 and hi_v >= minimum - 1):
                 leaks.append({"kind": "withheld", "row": m, "interval": (lo_v, hi_v), "type": d["t"].iat[m]})
     return leaks
+
+
+def narrowable(released: SummarisedResult, minimum: int) -> list[dict]:
+    """Without the truth (what anyone holding only the released file can do): every withheld count
+    whose feasible interval, by LP over the relations read off the table, says "a small non-zero
+    number" - at most min-2 possible values between 1 and min-1, or not 0 and below min-1."""
+    d = table(released).reset_index(drop=True)
+    d["row"] = np.arange(len(d))
+    R = read_relations(d)
+    withheld = d["hidden"].to_numpy() & d["cnt"].to_numpy()
+    val = d["v"].to_numpy()
+    rels = [(r, "eq") for r in R.eq] + [(r, "le") for r in R.le]
+    parent: dict[int, int] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r, _ in rels:
+        hs = [k for k in r if withheld[k]]
+        for a, b in pairwise(hs):
+            parent[find(a)] = find(b)
+    groups, by_group = defaultdict(list), defaultdict(list)
+    for k in np.flatnonzero(withheld):
+        groups[find(int(k))].append(int(k))
+    for r, kind in rels:
+        hs = [k for k in r if withheld[k]]
+        if hs:
+            by_group[find(hs[0])].append((r, kind))
+    leaks = []
+    for root, members in groups.items():
+        if not by_group[root]:
+            continue
+        idx = {m: i for i, m in enumerate(members)}
+        A_eq, b_eq, A_ub, b_ub = [], [], [], []
+        for r, kind in by_group[root]:
+            row = np.zeros(len(members))
+            const = sum(c * val[k] for k, c in r.items() if not withheld[k])
+            for k, c in r.items():
+                if withheld[k]:
+                    row[idx[k]] += c
+            (A_eq if kind == "eq" else A_ub).append(row)
+            (b_eq if kind == "eq" else b_ub).append(-const)
+        kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
+              "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
+              "bounds": [(0, None)] * len(members), "method": "highs"}
+        for m in members:
+            obj = np.zeros(len(members))
+            obj[idx[m]] = 1
+            hi = linprog(-obj, **kw)
+            if hi.status not in (0, 3):
+                continue
+            hi_v = np.inf if hi.status == 3 else np.floor(-hi.fun + 1e-6)
+            if hi_v <= 0 or hi_v >= minimum - 1 and hi_v == np.inf:
+                continue
+            lo = linprog(obj, **kw)
+            lo_v = np.ceil(lo.fun - 1e-6) if lo.status == 0 else 0.0
+            small_only = (0 < hi_v < minimum - 1) or (lo_v >= 1 and hi_v <= minimum - 1)
+            if small_only:
+                leaks.append({"row": m, "interval": (lo_v, hi_v), "type": d["t"].iat[m]})
+    return leaks

@@ -11,6 +11,7 @@ the audit's time against the suite's, and how many small counts the independent 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from optima_common.disclosure.frame import audit_frame
 from optima_common.results import bind
 from site_agent.analyses.study_run import study_tables
 from site_agent.cdm import connect_cdm
-from site_agent.cdm.synth import generate_site, lung
+from site_agent.cdm.synth import generate_site, params
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.runner import run_diagnostics
 from site_agent.disclosure import blank_linked, protect_horizons, protect_time_tables, withhold_nested_cohorts
@@ -35,10 +36,12 @@ MIN = 5
 
 
 def one(n: int, root: Path) -> None:
-    lung.SCLC_STAGE[:] = [0.5, 0.4, 0.05, 0.05]
+    before = params.RATES["oncology"]
+    params.RATES["oncology"] = dataclasses.replace(before, sclc_stage=(0.5, 0.4, 0.05, 0.05))  # stage I-II enriched
     t0 = time.perf_counter()
     res = generate_site(out=root / f"s{n}.duckdb", persons=n, site=f"bench_{n}", profile="oncology", seed=3)
     gen = time.perf_counter() - t0
+    params.RATES["oncology"] = before
     study = load_study(REPO / "cohort_definitions" / "studies" / "sclc_stage_i_ii.json")
     study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
     with connect_cdm(f"duckdb:///{res.out}", write_schema="results") as cdm:
