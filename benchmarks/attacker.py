@@ -313,7 +313,7 @@ def narrowable(released: SummarisedResult, minimum: int) -> list[dict]:
             if hi.status not in (0, 3):
                 continue
             hi_v = np.inf if hi.status == 3 else np.floor(-hi.fun + 1e-6)
-            if hi_v <= 0 or hi_v >= minimum - 1 and hi_v == np.inf:
+            if hi_v <= 0 or hi_v > minimum - 1:
                 continue
             lo = linprog(obj, **kw)
             lo_v = np.ceil(lo.fun - 1e-6) if lo.status == 0 else 0.0
