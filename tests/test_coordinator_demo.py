@@ -76,7 +76,8 @@ def test_demo_network_end_to_end(tmp_path):
     cox = pd.read_csv(out / "cox.csv")
     est = cox.dropna(subset=["hr"])
     assert len(est) >= 3 and (est["hr_lower"] < est["hr"]).all() and (est["hr"] < est["hr_upper"]).all()
-    assert "Hazard ratios" in html and "Survival (pooled Kaplan-Meier)" in html
+    assert "Hazard ratios" in html and "Survival (pooled Kaplan-Meier from the sites' risk tables)" in html
+    assert "no released survival curve" not in html
     outcome = json.loads((out / "outcome.json").read_text())
     assert outcome["ok"] and outcome["outcome"]["done"] == 3
     assert (out / "store.sqlite3").is_file() and sorted(p.stem for p in (out / "trust").glob("*.pub")) == sorted(sites)
