@@ -45,6 +45,7 @@ class Problem:
     protected_hidden: np.ndarray  # bool per variable (False for rows)
     true: np.ndarray  # site-only true values (NaN where unknown)
     fixed_hidden: dict[int, float] = field(default_factory=dict)  # hidden values the attacker knows (zeros)
+    _round_base: np.ndarray | None = None  # per row: base of a nearest_<b> rounding (0: exact), computed once
 
     @property
     def n(self) -> int:
@@ -126,11 +127,13 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: in
     if "rounding" in f.columns:
         from optima_common.disclosure.rounding import PREFIX, preimage
 
-        rk = f["rounding"].astype(str)
-        near = shown & rk.str.startswith(PREFIX).to_numpy()
+        if p._round_base is None:
+            rk = f["rounding"].astype(str)
+            is_near = rk.str.startswith(PREFIX)
+            p._round_base = np.where(is_near, pd.to_numeric(rk.str[len(PREFIX):].where(is_near), errors="coerce"), 0.0)
+        near = shown & (p._round_base > 0)
         if near.any():
-            base = pd.to_numeric(rk[near].str[len(PREFIX):], errors="coerce").to_numpy()
-            lo, hi = preimage(num[near], base, minimum)
+            lo, hi = preimage(num[near], p._round_base[near], minimum)
             lb[: p.n][near], ub[: p.n][near] = lo, hi
     for v, val in p.fixed_hidden.items():
         lb[v] = ub[v] = val
