@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optima_common.bundle import read_bundle  # noqa: E402
-from optima_common.results import SummarisedResult  # noqa: E402
+from optima_common.bundle import read_bundle
+from optima_common.results import SummarisedResult
 
 
 def _attacker():

@@ -28,7 +28,12 @@ from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site, params
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics.runner import run_diagnostics
-from site_agent.disclosure import blank_linked, protect_horizons, protect_time_tables, withhold_nested_cohorts
+from site_agent.disclosure import (
+    blank_linked,
+    protect_horizons,
+    protect_time_tables,
+    withhold_nested_cohorts,
+)
 from site_agent.study_spec import load_study
 from site_agent.suppression import suppress
 

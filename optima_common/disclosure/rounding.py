@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2, norm
 
-from optima_common.disclosure.frame import CELL_KEY, GROUP_KEY, ROUNDING, audit_frame, key, norm_variable
+from optima_common.disclosure.frame import (
+    CELL_KEY,
+    GROUP_KEY,
+    ROUNDING,
+    audit_frame,
+    key,
+    norm_variable,
+)
 from optima_common.results import SUPPRESSED, SummarisedResult
 
 PREFIX = "nearest_"

@@ -231,7 +231,6 @@ def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None):
     targets not yet certified (targets capped at :data:`WITNESS_CAP` so that the sum stays
     bounded); each point's values bound every target's interval from the inside.
     Returns (still to solve exactly, inner lo, inner hi), or (None, ...) if infeasible."""
-    Status = highspy.HighsModelStatus
     col_lb = np.asarray(h.getLp().col_lower_, dtype=float)[cols]
     wl = np.full(len(cols), np.inf)
     wh = np.full(len(cols), -np.inf)
