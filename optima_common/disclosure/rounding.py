@@ -78,7 +78,10 @@ def round_counts(result: SummarisedResult, base: int, minimum: int) -> Summarise
 
 
 def _recompute(d: pd.DataFrame, f: pd.DataFrame, new: np.ndarray, rounded_rows: np.ndarray) -> None:
-    from scipy.stats import chi2, norm  # here: the audit imports this module and needs neither
+    from scipy.stats import (  # here: the audit imports this module and needs neither
+        chi2,
+        norm,
+    )
     est = f["estimate_name"].to_numpy()
     ck, gk = key(f, CELL_KEY), key(f, GROUP_KEY)
     var = norm_variable(f["variable_name"])
