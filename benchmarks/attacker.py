@@ -25,7 +25,11 @@ def table(result: SummarisedResult) -> pd.DataFrame:
     v = pd.to_numeric(d["estimate_value"], errors="coerce")
     hidden = d["estimate_value"] == "-"
     cnt = d["estimate_name"].str.contains("count") & (v.notna() | hidden)
-    return d.assign(t=t, v=v, hidden=hidden, cnt=cnt)
+    st = result.settings
+    # a result released from rounded counts says so in its settings (count_rounding)
+    rounded = d["result_id"].map(dict(zip(st["result_id"], st["count_rounding"].fillna("").astype(str)))) \
+        if "count_rounding" in st.columns else pd.Series("", index=d.index)
+    return d.assign(t=t, v=v, hidden=hidden, cnt=cnt, rounded=rounded.fillna("").to_numpy())
 
 
 class Relations:
@@ -167,7 +171,8 @@ def _study(c: pd.DataFrame, R: Relations) -> None:
                 for o in outs:
                     r[int(w.at[a, o])] = r.get(int(w.at[a, o]), 0) - 1.0
                 R.eq.append(r)
-        for _, g in ev.groupby(["variable_level", "time", "estimate_name"]):
+        # strata rounded one by one do not add up to the overall curve: only exact tables
+        for _, g in ev[ev["rounded"] == ""].groupby(["variable_level", "time", "estimate_name"]):
             tot = g[g["strata_name"] == "overall"]["row"].tolist()
             if len(tot) == 1:
                 R.total(tot[0], g[g["strata_name"] == "treatment_sequence"]["row"].tolist())
@@ -184,8 +189,17 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
     d["row"] = np.arange(len(d))
     true = pd.to_numeric(truth.data.reset_index(drop=True)["estimate_value"], errors="coerce").to_numpy()
     R = read_relations(d)
-    hidden = d["hidden"].to_numpy() & d["cnt"].to_numpy()
+    withheld = d["hidden"].to_numpy() & d["cnt"].to_numpy()
     val = d["v"].to_numpy()
+    # a count rounded to the nearest multiple of b (setting count_rounding = nearest_<b>) is only
+    # known to lie in its rounding's preimage: an unknown with those bounds, like a withheld one
+    near = d["rounded"].str.startswith("nearest_").to_numpy() & d["cnt"].to_numpy() & ~withheld & (val > 0)
+    box = {}
+    for k in np.flatnonzero(near):
+        b = int(d["rounded"].iat[k].split("_")[1])
+        v = val[k]
+        box[int(k)] = (minimum if v == b else max(v - b // 2, minimum), v + (b + 1) // 2 - 1)
+    hidden = withheld | near
     leaks = []
     # visible complements: a total minus a visible part that is a person count
     for p, t in R.complements:
@@ -214,7 +228,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
         if hs:
             rel_by_group[find(hs[0])].append((r, kind))
     for root, members in groups.items():
-        small = [m for m in members if 0 < true[m] < minimum]
+        small = [m for m in members if withheld[m] and 0 < true[m] < minimum]
         if not small or not rel_by_group[root]:
             continue
         idx = {m: i for i, m in enumerate(members)}
@@ -231,7 +245,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
             (b_eq if kind == "eq" else b_ub).append(-const)
         kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
               "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
-              "bounds": [(0, None)] * len(members), "method": "highs"}
+              "bounds": [box.get(m, (0, None)) for m in members], "method": "highs"}
         for m in small:
             obj = np.zeros(len(members))
             obj[idx[m]] = 1
@@ -243,4 +257,67 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
             hi_v = np.inf if hi.status == 3 else np.floor(-hi.fun + 1e-6)
             if not (lo_v <= 1 and hi_v >= minimum - 1):
                 leaks.append({"kind": "withheld", "row": m, "interval": (lo_v, hi_v), "type": d["t"].iat[m]})
+    return leaks
+
+
+def narrowable(released: SummarisedResult, minimum: int) -> list[dict]:
+    """Without the truth (what anyone holding only the released file can do): every withheld count
+    whose feasible interval, by LP over the relations read off the table, says "a small non-zero
+    number" - at most min-2 possible values between 1 and min-1, or not 0 and below min-1."""
+    d = table(released).reset_index(drop=True)
+    d["row"] = np.arange(len(d))
+    R = read_relations(d)
+    withheld = d["hidden"].to_numpy() & d["cnt"].to_numpy()
+    val = d["v"].to_numpy()
+    rels = [(r, "eq") for r in R.eq] + [(r, "le") for r in R.le]
+    parent: dict[int, int] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r, _ in rels:
+        hs = [k for k in r if withheld[k]]
+        for a, b in pairwise(hs):
+            parent[find(a)] = find(b)
+    groups, by_group = defaultdict(list), defaultdict(list)
+    for k in np.flatnonzero(withheld):
+        groups[find(int(k))].append(int(k))
+    for r, kind in rels:
+        hs = [k for k in r if withheld[k]]
+        if hs:
+            by_group[find(hs[0])].append((r, kind))
+    leaks = []
+    for root, members in groups.items():
+        if not by_group[root]:
+            continue
+        idx = {m: i for i, m in enumerate(members)}
+        A_eq, b_eq, A_ub, b_ub = [], [], [], []
+        for r, kind in by_group[root]:
+            row = np.zeros(len(members))
+            const = sum(c * val[k] for k, c in r.items() if not withheld[k])
+            for k, c in r.items():
+                if withheld[k]:
+                    row[idx[k]] += c
+            (A_eq if kind == "eq" else A_ub).append(row)
+            (b_eq if kind == "eq" else b_ub).append(-const)
+        kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
+              "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
+              "bounds": [(0, None)] * len(members), "method": "highs"}
+        for m in members:
+            obj = np.zeros(len(members))
+            obj[idx[m]] = 1
+            hi = linprog(-obj, **kw)
+            if hi.status not in (0, 3):
+                continue
+            hi_v = np.inf if hi.status == 3 else np.floor(-hi.fun + 1e-6)
+            if hi_v <= 0 or hi_v > minimum - 1:
+                continue
+            lo = linprog(obj, **kw)
+            lo_v = np.ceil(lo.fun - 1e-6) if lo.status == 0 else 0.0
+            small_only = (0 < hi_v < minimum - 1) or (lo_v >= 1 and hi_v <= minimum - 1)
+            if small_only:
+                leaks.append({"row": m, "interval": (lo_v, hi_v), "type": d["t"].iat[m]})
     return leaks

@@ -14,6 +14,7 @@ the file and the field. Relative paths are relative to the TOML file's folder. E
     clock_skew_seconds = 300                 # tolerated for issued_at in the future
     statement_timeout_seconds = 3600         # longest a single SQL statement may run on the CDM (0: no limit)
     release_extremes = true                  # false: no min/max, no quantiles of groups < exact_quantiles_min_group
+    round_counts_to = 0                      # e.g. 5: released counts rounded to the nearest 5 (OpenSAFELY)
 
     [cdm]
     url = "duckdb:///site_a.duckdb"
@@ -120,6 +121,9 @@ class SiteConfig(_Strict):
     # exact_quantiles_min_group, from every released table (they are single persons' values)
     release_extremes: bool = True
     exact_quantiles_min_group: int = Field(20, ge=0)
+    # round every released count to the nearest multiple of this (0 = exact counts), as OpenSAFELY
+    # does with 5; applied before the audit, derived estimates recomputed (docs/disclosure.md)
+    round_counts_to: int = Field(0, ge=0)
 
     @field_validator("allowed_analyses")
     @classmethod

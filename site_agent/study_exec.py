@@ -164,6 +164,10 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
     minimum = decision.effective_min_cell_count
     if not config.release_extremes:
         result = drop_extremes(result, config.exact_quantiles_min_group)
+    if config.round_counts_to >= 2:
+        from optima_common.disclosure.rounding import round_counts
+
+        result = round_counts(result, config.round_counts_to, minimum)
     result = withhold_cohorts(result, nested_from_facts(facts, minimum))
     truth, anchors = history_anchors(result, guarded.blocked)
     protection = shared_disclosure.protect(truth, result, minimum, facts=facts, anchors=anchors)

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.attacker import narrowed
 from optima_common.disclosure import check_release
 from optima_common.results import SummarisedResult
-from site_agent.analyses.study_run import run_study
+from site_agent.analyses.study_run import run_study, study_tables
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site
 from site_agent.cohorts import collect_definitions
@@ -29,14 +29,14 @@ SITES = [("attack_small", 700, 21), ("attack_mid", 1800, 22)]
 
 def released_and_truth(cdm_path: Path, out: Path, name: str):
     study = load_study(DEFINITIONS / "studies" / "sclc_stage_i_ii.json")
-    raw_study = study.model_copy(update={"spec": study.spec.model_copy(update={"min_cell_count": 1})})
     defs = collect_definitions([DEFINITIONS])
     quiet = lambda _m: None
     with connect_cdm(f"duckdb:///{cdm_path}", write_schema="results") as cdm:
         truth_d = run_diagnostics(cdm, defs, out=None, min_cell_count=1, cdm_name=name, progress=quiet).result
         rel_d = run_diagnostics(cdm, defs, out=out / "diagnostics.csv", min_cell_count=MIN, cdm_name=name,
                                 progress=quiet)
-        truth_s = run_study(cdm, raw_study, out / "truth", cdm_name=name, site_min_cell_count=1).result
+        # the truth row for row: the study's tables as a release at MIN shapes them, before suppression
+        truth_s = study_tables(cdm, study, name, MIN)[0]
         rel_s = run_study(cdm, study, out / "study", cdm_name=name, site_min_cell_count=MIN)
     return ((SummarisedResult.from_csv(rel_d.out), truth_d), (SummarisedResult.from_csv(rel_s.results_csv), truth_s))
 

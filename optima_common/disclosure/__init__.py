@@ -91,6 +91,7 @@ def protect(raw: SummarisedResult, primary: SummarisedResult, min_cell_count: in
         return Protection(primary, {}, 0, time.perf_counter() - started)
     f = audit_frame(primary)
     true = pd.to_numeric(raw.data["estimate_value"], errors="coerce").to_numpy(dtype=float)
+    true[f["rounding"].astype(str).str.startswith("nearest_").to_numpy()] = np.nan  # a rounded count is not the truth
     built = D.build_system(f)
     p = A.problem(f, built, true)
     if facts is not None:
@@ -153,10 +154,21 @@ def check_release(result: SummarisedResult, min_cell_count: int) -> list[str]:
     return problems
 
 
+_PASSED: dict[tuple[str, int], bool] = {}  # (sha256 of a table, minimum) that passed, this process only
+
+
 def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> None:
-    """Coordinator: refuse (one-line :class:`DisclosureError`) a bundle table that fails :func:`check_release`."""
+    """Coordinator: refuse (one-line :class:`DisclosureError`) a bundle table that fails :func:`check_release`.
+
+    A table that passed once in this process (same bytes, same minimum) is not audited again
+    (``verify`` then ``ingest`` of one bundle); the memory never leaves the process."""
+    import hashlib
     import tempfile
     from pathlib import Path
+
+    memo = (hashlib.sha256(results_csv.encode("utf-8")).hexdigest(), int(min_cell_count))
+    if memo in _PASSED:
+        return
 
     with tempfile.TemporaryDirectory(prefix="optima-audit-") as tmp:
         path = Path(tmp) / "results.csv"
@@ -165,3 +177,4 @@ def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> Non
     problems = check_release(table, min_cell_count)
     if problems:
         raise DisclosureError(f"{where}: refused by the disclosure audit: {problems[0]}")
+    _PASSED[memo] = True

@@ -45,6 +45,7 @@ class Problem:
     protected_hidden: np.ndarray  # bool per variable (False for rows)
     true: np.ndarray  # site-only true values (NaN where unknown)
     fixed_hidden: dict[int, float] = field(default_factory=dict)  # hidden values the attacker knows (zeros)
+    _round_base: np.ndarray | None = None  # per row: base of a nearest_<b> rounding (0: exact), computed once
 
     @property
     def n(self) -> int:
@@ -106,8 +107,11 @@ def fill_hidden_truth(p: Problem) -> None:
         p.rel, p.var, p.coef = p.rel[keep], p.var[keep], p.coef[keep]
 
 
-def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lb, ub, checked): released counts fixed (or within the rounding), the rest non-negative."""
+def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: int = 0
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lb, ub, checked): released counts fixed (or within the rounding), the rest non-negative.
+    A count of a result rounded one by one (setting ``count_rounding = nearest_<b>``) lies in the
+    exact preimage of its rounding (:func:`optima_common.disclosure.rounding.preimage`)."""
     f = p.frame
     lb = np.zeros(p.n_var)
     ub = np.full(p.n_var, np.inf)
@@ -120,6 +124,17 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0) -> tuple[np
     if half:  # a released 0 stays an exact 0
         z = shown & (num == 0)
         ub[: p.n][z] = 0
+    if "rounding" in f.columns:
+        from optima_common.disclosure.rounding import PREFIX, preimage
+
+        if p._round_base is None:
+            rk = f["rounding"].astype(str)
+            is_near = rk.str.startswith(PREFIX)
+            p._round_base = np.where(is_near, pd.to_numeric(rk.str[len(PREFIX):].where(is_near), errors="coerce"), 0.0)
+        near = shown & (p._round_base > 0)
+        if near.any():
+            lo, hi = preimage(num[near], p._round_base[near], minimum)
+            lb[: p.n][near], ub[: p.n][near] = lo, hi
     for v, val in p.fixed_hidden.items():
         lb[v] = ub[v] = val
     checked = np.zeros(p.n_var, dtype=bool)
@@ -179,11 +194,12 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
              skip: np.ndarray | None = None) -> list[tuple[int, float, float]]:
     """Variables that fail the rule, as (variable, lo, hi); ``skip``: variables known to pass."""
     anchors = anchors or {}
-    lb, ub, checked = bounds(p, suppressed, rounding=rounding)
+    lb, ub, checked = bounds(p, suppressed, rounding=rounding, minimum=minimum)
     if skip is not None:
         checked &= ~skip
     need_lo, need_hi = needs(p, checked, minimum, anchors)
-    iv = solve.intervals(p.rel, p.var, p.coef, p.built.system.n_rel, lb, ub, need_lo, need_hi, cache)
+    iv = solve.intervals(p.rel, p.var, p.coef, p.built.system.n_rel, lb, ub, need_lo, need_hi, cache,
+                         certify=_certifier(p, minimum, anchors), witness_cap=2.0 * minimum)
     if stats is not None:
         for k in ("lp_components", "algebra_components", "lp_solves"):
             stats[k] = stats.get(k, 0) + getattr(iv, k)
@@ -196,18 +212,39 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
     return bad
 
 
+def _certifier(p: Problem, minimum: int, anchors: dict[int, float]):
+    """For :func:`solve.intervals`: which variables already pass on an inner interval. Only
+    ``hi >= min - 1`` is accepted (every branch of :func:`passes` is then monotone: a wider
+    interval passes too; ``hi <= 0`` "pinned to nobody" is not, and is left to the exact solve)."""
+    def ok(vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, exact: bool = False) -> np.ndarray:
+        return np.array([(exact or h >= minimum - 1) and passes(float(l_), float(h), minimum, is_cell=v < p.n,
+                                                      true=float(p.true[v]), anchor=anchors.get(int(v)))
+                         for v, l_, h in zip(vs, lo, hi)], dtype=bool)
+    return ok
+
+
 class _Index:
     """Terms by variable and by relation (for the candidate search)."""
 
     def __init__(self, p: Problem):
-        self.by_var = pd.Series(p.rel).groupby(p.var).unique().to_dict()
-        self.by_rel = pd.Series(p.var).groupby(p.rel).unique().to_dict()
+        self._by_var = _csr(p.var, p.rel, p.n_var)
+        self._by_rel = _csr(p.rel, p.var, p.built.system.n_rel)
 
     def relations_of(self, v: int) -> np.ndarray:
-        return self.by_var.get(v, np.zeros(0, dtype=np.int64))
+        ptr, idx = self._by_var
+        return idx[ptr[v]:ptr[v + 1]] if v + 1 < len(ptr) else np.zeros(0, dtype=np.int64)
 
     def members(self, r: int) -> np.ndarray:
-        return self.by_rel.get(r, np.zeros(0, dtype=np.int64))
+        ptr, idx = self._by_rel
+        return idx[ptr[r]:ptr[r + 1]] if r + 1 < len(ptr) else np.zeros(0, dtype=np.int64)
+
+
+def _csr(keys: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``values`` per key as (pointer, indices): a sparse row index without pandas."""
+    pairs = np.unique(np.stack([np.asarray(keys, dtype=np.int64), np.asarray(values, dtype=np.int64)]), axis=1)
+    ptr = np.zeros(max(n, 0) + 1, dtype=np.int64)
+    np.add.at(ptr, pairs[0] + 1, 1) if pairs.size else None
+    return np.cumsum(ptr), pairs[1]
 
 
 def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[int, float] | None = None,
@@ -225,7 +262,7 @@ def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, a
     # Withholding more only widens every interval, so a variable that passed once passes for good.
     passed = np.zeros(p.n_var, dtype=bool)
     for _ in range(max_rounds):
-        _, _, checked = bounds(p, sup, rounding=rounding)
+        _, _, checked = bounds(p, sup, rounding=rounding, minimum=minimum)
         bad = findings(p, sup, minimum, anchors=anchors, rounding=rounding, cache=cache, stats=stats, skip=passed)
         passed |= checked
         passed[[v for v, _, _ in bad]] = False

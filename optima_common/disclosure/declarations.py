@@ -328,8 +328,9 @@ def risk_table(f, s, co, rt):
         frame = frame.merge(o, on=["ck", "order"], how="left")
     frame = frame.fillna(-1).rename(columns={"ck": "key"})
     S.chain(s, frame, f"{rt}: at risk next = at risk - events - censored", out_at_prev=True)
-    _strata_sum(s, c, "treatment_sequence", ["variable_level", "estimate_name", "additional_level"],
-                f"{rt}: treatment sequences add up to overall")
+    # strata rounded on their own (cumulative rounding) no longer add up: only exact tables
+    _strata_sum(s, c[~c["rounding"].str.startswith("cumulative")], "treatment_sequence",
+                ["variable_level", "estimate_name", "additional_level"], f"{rt}: treatment sequences add up to overall")
 
 
 def nlp_report_counts(f, s, co):

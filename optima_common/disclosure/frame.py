@@ -13,6 +13,7 @@ CELL_KEY = GROUP_KEY + ["variable_name", "variable_level"]
 GROUP_COUNT_VARIABLES = frozenset({"number subjects", "number records"})
 GROUP_COUNT_ESTIMATES = frozenset({"denominator_count"})
 _NA = "\x00NA"
+ROUNDING = "count_rounding"  # setting: how a result's counts were rounded ("" = exact)
 
 
 def is_count_name(names: pd.Series) -> np.ndarray:
@@ -45,14 +46,19 @@ def part_of(level: pd.Series, name: pd.Series, wanted: str) -> pd.Series:
 
 def audit_frame(result: SummarisedResult) -> pd.DataFrame:
     """``result.data`` with ``row`` (position), ``result_type``, ``num`` (NaN if not numeric),
-    ``suppressed`` (value is "-") and ``is_count``."""
+    ``suppressed`` (value is "-"), ``is_count`` and ``rounding`` (the result's ``count_rounding``
+    setting: "" for exact counts, "cumulative_<b>" for risk tables from rounded cumulative counts,
+    "nearest_<b>" for counts rounded one by one)."""
     d = result.data
     rtype = d["result_id"].map(dict(zip(result.settings["result_id"], result.settings["result_type"])))
     num = pd.to_numeric(d["estimate_value"], errors="coerce")
     suppressed = (d["estimate_value"] == SUPPRESSED).to_numpy()
     is_count = is_count_name(d["estimate_name"]) & (num.notna().to_numpy() | suppressed)
+    st = result.settings
+    rounding = (d["result_id"].map(dict(zip(st["result_id"], st[ROUNDING].fillna("").astype(str))))
+                .fillna("").to_numpy() if ROUNDING in st.columns else np.full(len(d), "", dtype=object))
     return d.assign(row=np.arange(len(d)), result_type=rtype.fillna("").to_numpy(), num=num.to_numpy(),
-                    suppressed=suppressed, is_count=is_count)
+                    suppressed=suppressed, is_count=is_count, rounding=rounding)
 
 
 def cohort_of(f: pd.DataFrame, wanted: str = "cohort_name") -> pd.Series:

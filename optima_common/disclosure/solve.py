@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import highspy
@@ -49,7 +50,17 @@ def _ceil(x: np.ndarray) -> np.ndarray:
 
 
 def intervals(rel: np.ndarray, var: np.ndarray, coef: np.ndarray, n_rel: int, lb: np.ndarray, ub: np.ndarray,
-              need_lo: np.ndarray, need_hi: np.ndarray, cache: dict | None = None) -> Intervals:
+              need_lo: np.ndarray, need_hi: np.ndarray, cache: dict | None = None,
+              certify: Callable[..., np.ndarray] | None = None, witness_cap: float | None = None) -> Intervals:
+    """Feasible intervals of the wanted variables (NaN where not computed).
+
+    ``certify(vars, lo, hi)``: optional, says for which variables an *inner* interval
+    ``[lo, hi]`` (spanned by feasible points) is already enough: the caller's rule passes on it
+    and keeps passing on any wider interval. In LP components a few solves with the sum of
+    the still-uncertified targets as objective (maximised, then minimised) give such feasible
+    points for many targets at once; only the rest get their exact ends one by one. A
+    certified variable gets the inner interval, never a wider one than the truth.
+    """
     n_var = len(lb)
     lo = np.full(n_var, np.nan)
     hi = np.full(n_var, np.nan)
@@ -102,7 +113,7 @@ def intervals(rel: np.ndarray, var: np.ndarray, coef: np.ndarray, n_rel: int, lb
                     lo[targets], hi[targets] = res
                 continue
         out.lp_components += 1
-        res = _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out)
+        res = _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, certify, witness_cap)
         if cache is not None:
             cache[sig] = res
         if res is None:
@@ -158,26 +169,46 @@ def _quiet_highs() -> highspy.Highs:
     return h
 
 
-def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out):
+WITNESS_ROUNDS = 3
+WITNESS_CAP = 1e7  # targets are capped here in the witness solves only (no unbounded sums)
+
+
+def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, certify=None, witness_cap=None):
     ri = np.searchsorted(rels, cr)
     vi = np.searchsorted(vars_, cv)
     A = sparse.csr_matrix((cc, (ri, vi)), shape=(len(rels), len(vars_)))
     h = _quiet_highs()
     inf = highspy.kHighsInf
     n = len(vars_)
-    h.addVars(n, lb[vars_].astype(float), np.where(np.isfinite(ub[vars_]), ub[vars_], inf).astype(float))
+    col_ub = np.where(np.isfinite(ub[vars_]), ub[vars_], inf).astype(float)
+    h.addVars(n, lb[vars_].astype(float), col_ub)
     b = rhs[rels].astype(float)
     h.addRows(len(rels), b, b, A.nnz, A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32),
               A.data.astype(float))
     los = np.full(len(targets), np.nan)
     his = np.full(len(targets), np.nan)
     Status = highspy.HighsModelStatus
-    for k, t in enumerate(targets):
-        j = int(np.searchsorted(vars_, t))
+    cols = np.searchsorted(vars_, targets).astype(np.int32)
+    todo = np.ones(len(targets), dtype=bool)
+    wl_ = np.full(len(targets), np.inf)
+    if certify is not None and len(targets) > 2:
+        todo, wl, wh = _witnesses(h, cols, col_ub, certify, targets, out, witness_cap)
+        if todo is None:
+            return None
+        los[~todo], his[~todo] = wl[~todo], wh[~todo]
+        wl_ = wl
+    for k in np.flatnonzero(todo):
+        t = targets[k]
+        j = int(cols[k])
         h.changeColCost(j, 1.0)
-        for sense, need, store in ((highspy.ObjSense.kMinimize, need_lo[t], los),
-                                   (highspy.ObjSense.kMaximize, need_hi[t], his)):
+        for sense, need, store in ((highspy.ObjSense.kMaximize, need_hi[t], his),
+                                   (highspy.ObjSense.kMinimize, need_lo[t], los)):
             if not need:
+                continue
+            if sense == highspy.ObjSense.kMinimize and certify is not None and np.isfinite(his[k]) and (
+                    (his[k] <= lb[t]) or certify(targets[k:k + 1], np.ceil(np.minimum(wl_[k:k + 1], his[k:k + 1]) - 1e-6),
+                                                 np.floor(his[k:k + 1] + 1e-6))[0]):
+                los[k] = min(wl_[k], his[k])  # the exact hi and a feasible point already settle it
                 continue
             h.changeObjectiveSense(sense)
             h.run()
@@ -193,3 +224,67 @@ def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out):
                 store[k] = ub[t] if sense == highspy.ObjSense.kMaximize else lb[t]
         h.changeColCost(j, 0.0)
     return _ceil(los), _floor(his)
+
+
+def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None):
+    """Feasible points that settle many targets at once: maximise, then minimise, the sum of the
+    targets not yet certified (targets capped at :data:`WITNESS_CAP` so that the sum stays
+    bounded); each point's values bound every target's interval from the inside.
+    Returns (still to solve exactly, inner lo, inner hi), or (None, ...) if infeasible."""
+    col_lb = np.asarray(h.getLp().col_lower_, dtype=float)[cols]
+    wl = np.full(len(cols), np.inf)
+    wh = np.full(len(cols), -np.inf)
+    todo = np.ones(len(cols), dtype=bool)
+    done, wl, wh = _witness_rounds(h, cols, col_lb, np.minimum(col_ub[cols], WITNESS_CAP), certify, targets, out,
+                                   todo, wl, wh, final=True)
+    if done is None:
+        h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
+        return None, wl, wh
+    todo = done
+    if low_cap is not None and todo.any():
+        # a vertex raises few variables to a far cap; a near cap raises every one it can at once
+        # (infeasible under the near cap proves nothing: the points found so far stand)
+        capped = np.where(todo, np.maximum(np.minimum(col_ub[cols], low_cap), col_lb), np.minimum(col_ub[cols], WITNESS_CAP))
+        done, wl2, wh2 = _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, final=False)
+        if done is not None:
+            todo, wl, wh = done, wl2, wh2
+    h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
+    return todo, _ceil(wl), _floor(wh)
+
+
+def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, *, final):
+    Status = highspy.HighsModelStatus
+    h.changeColsBounds(len(cols), cols, col_lb, capped)
+    todo, wl, wh = todo.copy(), wl.copy(), wh.copy()
+    MAX, MIN = highspy.ObjSense.kMaximize, highspy.ObjSense.kMinimize
+    for _ in range(WITNESS_ROUNDS):
+        # all open targets up, the ones still at 0 up on their own (a largest sum of 0 pins them
+        # all to 0), then all open targets down
+        for sense, which in ((MAX, None), (MAX, "zero"), (MIN, None)):
+            sel = todo & (wh <= 0) if which == "zero" else todo.copy()
+            if not sel.any():
+                continue
+            active = cols[sel]
+            h.changeColsCost(len(active), active, np.ones(len(active)))
+            h.changeObjectiveSense(sense)
+            h.run()
+            out.lp_solves += 1
+            st = h.getModelStatus()
+            x = np.asarray(h.getSolution().col_value)[cols] if st == Status.kOptimal else None
+            best = h.getInfo().objective_function_value if x is not None else np.nan
+            h.changeColsCost(len(active), active, np.zeros(len(active)))
+            if st == Status.kInfeasible:
+                return None, wl, wh
+            if x is None:
+                continue
+            wl, wh = np.minimum(wl, x), np.maximum(wh, x)
+            if final and sense == MAX and best <= 1e-6:
+                # the largest sum is 0: every one of them is pinned to 0 (exactly [0, 0])
+                pinned = sel & (col_lb <= 0)
+                wl[pinned], wh[pinned] = 0.0, 0.0
+                todo &= ~(pinned & np.asarray(certify(targets, wl, wh, exact=True), dtype=bool))
+            todo &= ~np.asarray(certify(targets, _ceil(wl), _floor(wh)), dtype=bool)
+        if not todo.any():
+            break
+    return todo, wl, wh
+

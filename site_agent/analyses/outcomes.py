@@ -129,12 +129,17 @@ def horizon_counts(p: np.ndarray, d: np.ndarray, f: np.ndarray,
 def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.DataFrame],
                        grid: Sequence[int], *, strata_name: str = "treatment_sequence",
                        progression_name: str = "disease_progression", death_name: str = "death",
-                       windows: Sequence[tuple[str, str, int]] = DEFAULT_WINDOWS) -> SummarisedResult:
+                       windows: Sequence[tuple[str, str, int]] = DEFAULT_WINDOWS,
+                       count_rounding: int = 0) -> SummarisedResult:
     """``outcome_horizons`` (1), ``cumulative_incidence`` (2), ``cumulative_incidence_events`` (3).
 
     ``strata`` maps a level (``"overall"`` = unstratified) to per-patient rows with columns
     ``time_to_progression``, ``time_to_death``, ``followup_end``.  Unsuppressed.
+    ``count_rounding`` (a base >= 2): the cumulative-incidence risk tables are released from
+    rounded cumulative counts, the curves recomputed from them (:mod:`site_agent.analyses.rounding`).
     """
+    from site_agent.analyses.rounding import SETTING, round_risk_table, setting_value
+
     g = check_grid(grid)
     names = {"progression": progression_name, "death": death_name}
     rows: list[dict] = []
@@ -156,7 +161,8 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
                       "estimate_value": str(h["population"])},
                      {**cell, "estimate_name": "percentage", "estimate_type": "percentage",
                       "estimate_value": None if pct is None else fmt_float(pct)}]
-        aj = aalen_johansen_from_table(competing_risk_table(*first_event(*args), g))
+        aj = aalen_johansen_from_table(round_risk_table(competing_risk_table(*first_event(*args), g), count_rounding,
+                                                        events=("n_event", "n_competing")))
         for r in aj.itertuples(index=False):
             t = {**base, **st, "additional_name": "time", "additional_level": str(int(r.time)),
                  "variable_name": "outcome", "variable_level": progression_name}
@@ -174,4 +180,7 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
     settings = [settings_row(1, RESULT_TYPES[0], **common),
                 settings_row(2, RESULT_TYPES[1], analysis_type="competing_risk", **common),
                 settings_row(3, RESULT_TYPES[2], analysis_type="competing_risk", **common)]
+    if count_rounding >= 2:
+        for row in settings[1:]:
+            row[SETTING] = setting_value(count_rounding)
     return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), pd.DataFrame(settings))

@@ -147,34 +147,10 @@ def study_attrition(cdm: CdmConnection, study: LoadedStudy, cdm_name: str, kept:
 
 def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name: str | None = None,
               site_min_cell_count: int = DEFAULT_SITE_MIN_CELL_COUNT) -> StudyRun:
-    spec = study.spec
-    minimum = max(spec.min_cell_count, site_min_cell_count)
+    minimum = max(study.spec.min_cell_count, site_min_cell_count)
     validate_cdm(cdm)
     cdm_name = cdm_name or default_cdm_name(cdm)
-    patients, pathways, _ = study_population(cdm, study)
-    attrition = study_attrition(cdm, study, cdm_name, patients)
-    tp = spec.treatment_patterns
-    target = study.target.cohort_name
-    grid = spec.survival.grid
-    strata = {OVERALL: patients, **{s: g for s, g in patients.groupby("sequence", sort=True)}}
-    survival = summarise_survival(
-        cdm_name, target, study.death.cohort_name,
-        {k: pd.DataFrame({"time": g["time_death"], "event": g["death"]}) for k, g in strata.items()},
-        grid, horizons=spec.survival.horizons, estimator=spec.survival.estimator)
-    windows = [(label, kind, days) for label, (kind, days) in spec.outcome_horizons_days.items()]
-    outcomes = summarise_outcomes(
-        cdm_name, target,
-        {k: pd.DataFrame({"time_to_progression": g["time_progression"].where(g["progression"] == 1),
-                          "time_to_death": g["time_death"].where(g["death"] == 1),
-                          "followup_end": g["time_followup"]})
-         for k, g in strata.items()},
-        grid, progression_name=study.progression.cohort_name, death_name=study.death.cohort_name, windows=windows)
-    patterns = summarise_pathway_frame(pathways, cdm_name, study.target.cohort_definition_id, target,
-                                       max_lines=tp.max_lines,
-                                       extra_settings={"study_id": spec.study_id, "study_version": spec.version})
-    if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
-        survival, outcomes = _counts_only(survival), _counts_only(outcomes)
-    bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
+    bound, patients = study_tables(cdm, study, cdm_name, minimum)
     protection = release_control(bound, minimum, time_tables=True)  # primary + secondary, audited
     released = protection.result
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
@@ -182,8 +158,57 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
              plot_pathways(released, out_dir / "treatment_pathways.png"),
              plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
-    log.info("study %s at %s: %d patients", spec.study_id, cdm_name, len(patients))
+    log.info("study %s at %s: %d patients", study.spec.study_id, cdm_name, len(patients))
     return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released, protection.secondary_frame())
+
+
+def study_tables(cdm: CdmConnection, study: LoadedStudy, cdm_name: str, minimum: int
+                 ) -> tuple[SummarisedResult, pd.DataFrame]:
+    """The study's tables before suppression (site-internal), shaped for a release at ``minimum``:
+    small treatment sequences merged into "other" and risk tables from rounded cumulative
+    counts (when ``minimum >= 2``); and the patients."""
+    spec = study.spec
+    patients, pathways, _ = study_population(cdm, study)
+    attrition = study_attrition(cdm, study, cdm_name, patients)
+    tp = spec.treatment_patterns
+    target = study.target.cohort_name
+    grid = spec.survival.grid
+    sequence = merge_small_sequences(patients["sequence"], minimum)
+    strata = {OVERALL: patients, **{s: g for s, g in patients.groupby(sequence, sort=True)}}
+    survival = summarise_survival(
+        cdm_name, target, study.death.cohort_name,
+        {k: pd.DataFrame({"time": g["time_death"], "event": g["death"]}) for k, g in strata.items()},
+        grid, horizons=spec.survival.horizons, estimator=spec.survival.estimator,
+        count_rounding=minimum if minimum >= 2 else 0)
+    windows = [(label, kind, days) for label, (kind, days) in spec.outcome_horizons_days.items()]
+    outcomes = summarise_outcomes(
+        cdm_name, target,
+        {k: pd.DataFrame({"time_to_progression": g["time_progression"].where(g["progression"] == 1),
+                          "time_to_death": g["time_death"].where(g["death"] == 1),
+                          "followup_end": g["time_followup"]})
+         for k, g in strata.items()},
+        grid, progression_name=study.progression.cohort_name, death_name=study.death.cohort_name, windows=windows,
+        count_rounding=minimum if minimum >= 2 else 0)
+    patterns = summarise_pathway_frame(pathways, cdm_name, study.target.cohort_definition_id, target,
+                                       max_lines=tp.max_lines,
+                                       extra_settings={"study_id": spec.study_id, "study_version": spec.version})
+    if patients.empty:  # an empty target cohort releases its count, never a curve of S = 1
+        survival, outcomes = _counts_only(survival), _counts_only(outcomes)
+    bound = bind_frames([(r.data, r.settings) for r in (attrition, patterns, outcomes, survival)])
+    return bound, patients
+
+
+OTHER_SEQUENCE = "other"
+
+
+def merge_small_sequences(sequence: pd.Series, minimum: int) -> pd.Series:
+    """Treatment sequences with fewer than ``2 x minimum`` patients at this site become one
+    ``"other"`` stratum (a stratum that small would have its curves and horizons withheld almost
+    entirely, and its few patients would only force more withholding in the overall curve)."""
+    if minimum < 2:
+        return sequence
+    size = sequence.map(sequence.value_counts())
+    return sequence.where(size >= 2 * minimum, OTHER_SEQUENCE)
 
 
 def _counts_only(result: SummarisedResult) -> SummarisedResult:

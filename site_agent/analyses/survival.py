@@ -182,13 +182,18 @@ def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
                        strata: Mapping[str, pd.DataFrame], grid: Sequence[int], *,
                        strata_name: str = "treatment_sequence",
                        horizons: Sequence[int] = DEFAULT_HORIZONS,
-                       estimator: str = "actuarial") -> SummarisedResult:
+                       estimator: str = "actuarial", count_rounding: int = 0) -> SummarisedResult:
     """KM per stratum as ``survival_estimates`` (1), ``survival_events`` (2), ``survival_summary`` (3).
 
     ``strata`` maps a strata level (e.g. a treatment sequence; the key ``"overall"`` gives the
     unstratified curve) to per-patient rows with columns ``time`` (days) and ``event`` (0/1).
     Everything released is computed from the grid risk table.  Unsuppressed.
+    ``count_rounding`` (a base >= 2): the risk tables are released from rounded cumulative
+    counts and every estimate is recomputed from them (:mod:`site_agent.analyses.rounding`);
+    the summary's ``number_records_count`` stays the stratum's exact size.
     """
+    from site_agent.analyses.rounding import SETTING, round_risk_table, setting_value
+
     g = check_grid(grid)
     base = {"cdm_name": cdm_name, "group_name": "target_cohort", "group_level": target_name,
             "variable_name": "outcome", "variable_level": outcome_name}
@@ -197,7 +202,8 @@ def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
         df = strata[level]
         st = {"strata_name": OVERALL, "strata_level": OVERALL} if level == OVERALL else \
             {"strata_name": strata_name, "strata_level": str(level)}
-        km = km_from_table(risk_table(df["time"].to_numpy(), df["event"].to_numpy(), g), estimator=estimator)
+        exact = risk_table(df["time"].to_numpy(), df["event"].to_numpy(), g)
+        km = km_from_table(round_risk_table(exact, count_rounding), estimator=estimator)
         for r in km.itertuples(index=False):
             add = {"additional_name": "time", "additional_level": str(int(r.time))}
             for est, val in (("n_risk_count", r.n_risk), ("n_events_count", r.n_event),
@@ -209,13 +215,17 @@ def summarise_survival(cdm_name: str, target_name: str, outcome_name: str,
                                  ("estimate_95CI_upper", r.upper)):
                     rows.append({**base, **st, **add, "result_id": 1, "estimate_name": est,
                                  "estimate_type": "numeric", "estimate_value": _num(val)})
-        for est, val in summary_from_km(km, horizons, estimator).items():
+        summary = summary_from_km(km, horizons, estimator)
+        summary["number_records_count"] = float(len(df))
+        for est, val in summary.items():
             rows.append({**base, **st, "additional_name": OVERALL, "additional_level": OVERALL,
                          "result_id": 3, "estimate_name": est, "estimate_type": "numeric",
                          "estimate_value": _num(val) if "count" not in est else str(int(val))})
     common = {"analysis_type": "single_event", "outcome": outcome_name, "competing_outcome": "none",
               "time_grid": ",".join(str(int(x)) for x in g), "time_discretisation": "ceiling_to_grid",
               "estimator": _estimator(estimator), "conf_type": "log", "horizons": ",".join(str(int(h)) for h in horizons)}
+    if count_rounding >= 2:
+        common[SETTING] = setting_value(count_rounding)
     settings = [settings_row(i + 1, rt, **common) for i, rt in enumerate(RESULT_TYPES)]
     data = pd.DataFrame(rows, columns=["result_id", "cdm_name", "group_name", "group_level", "strata_name",
                                        "strata_level", "variable_name", "variable_level", "estimate_name",
