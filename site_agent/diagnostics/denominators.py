@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from site_agent.cdm.connection import CdmConnection
-from site_agent.cdm.dialect import add_years
+from site_agent.cdm.dialect import add_years, analyze_temp
 
 AGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 150), (0, 17), (18, 64), (65, 150))
 SEXES: tuple[str, ...] = ("Both", "Male", "Female")
@@ -208,6 +208,9 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
         FROM iv WHERE entry_date <= exit_date""",
         f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte} {common} UNION ALL {per_stratum}",
     ]
+    if ("denominator_analyzed", den.table) not in cdm.memo:  # planner statistics, once per connection
+        statements += analyze_temp(dia, den.table) + analyze_temp(dia, den.attrition_table)
+        cdm.memo[("denominator_analyzed", den.table)] = True
     cur = cdm.connection().connection.cursor()
     try:
         for st in statements:
