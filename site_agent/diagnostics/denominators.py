@@ -129,7 +129,14 @@ def date_lit(d: dt.date) -> str:
 
 
 def years_sql(first: str, last: str) -> str:
-    """A table (yr, ystart, yend) of calendar years from SQL integer expressions, in SQL."""
+    """A table (yr, ystart, yend) of calendar years from SQL integer expressions, in SQL.
+
+    With whole-number bounds the years are a VALUES list of date literals: joined to millions
+    of denominator rows, a generated series made PostgreSQL recompute ``make_date`` for every
+    (row, year) pair of the join filter (docs/performance.md)."""
+    if first.strip().lstrip("-").isdigit() and last.strip().lstrip("-").isdigit() and int(first) <= int(last):
+        rows = ", ".join(f"({y}, DATE '{y:04d}-01-01', DATE '{y:04d}-12-31')" for y in range(int(first), int(last) + 1))
+        return f"(SELECT * FROM (VALUES {rows}) AS v(yr, ystart, yend))"
     return (f"(SELECT CAST(g AS INTEGER) AS yr, make_date(CAST(g AS INTEGER), 1, 1) AS ystart, "
             f"make_date(CAST(g AS INTEGER), 12, 31) AS yend FROM generate_series({first}, {last}) AS t(g))")
 

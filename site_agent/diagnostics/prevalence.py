@@ -82,20 +82,25 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     span_first = (f"prev_exit IS NULL OR prev_exit < {date_lit(span_s)}" if span_s else "1 = 0")
     dens = f"""
     WITH py AS (SELECT dn.*, y.yr, y.ystart, y.yend FROM {den.table} dn
-                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date)
-    SELECT 'period' AS kind, stratum_id, sex, yr,
-           SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v FROM py GROUP BY {gs}
+                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date),
+    agg AS MATERIALIZED (SELECT stratum_id, sex, yr,
+                   SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v_period,
+                   SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) AS v_point
+            FROM py GROUP BY {gs}),
+    tot AS MATERIALIZED (SELECT stratum_id, sex,
+                   SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END) AS v_period,
+                   SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END) AS v_records,
+                   SUM(CASE WHEN ({span_cond}) AND ({span_first}) THEN 1 ELSE 0 END) AS v_subjects
+            FROM {den.table} GROUP BY {gs_all})
+    SELECT 'period' AS kind, stratum_id, sex, yr, v_period AS v FROM agg
     UNION ALL
-    SELECT 'point', stratum_id, sex, yr, SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) FROM py GROUP BY {gs}
+    SELECT 'point', stratum_id, sex, yr, v_point FROM agg
     UNION ALL
-    SELECT 'period', stratum_id, sex, NULL, SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}
+    SELECT 'period', stratum_id, sex, NULL, v_period FROM tot
     UNION ALL
-    SELECT 'span_records', stratum_id, sex, NULL, SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}
+    SELECT 'span_records', stratum_id, sex, NULL, v_records FROM tot
     UNION ALL
-    SELECT 'span_subjects', stratum_id, sex, NULL, SUM(CASE WHEN ({span_cond}) AND ({span_first}) THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}"""
+    SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
     outs = f"""
     WITH c AS (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date,
                       dn.exit_date, oc.cohort_start_date AS os, oc.cohort_end_date AS oe
