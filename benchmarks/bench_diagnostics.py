@@ -3,20 +3,27 @@
     python benchmarks/bench_diagnostics.py                     # 100k and 1M persons, DuckDB
     python benchmarks/bench_diagnostics.py --sizes 100000,1000000,3000000 --with-10m
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg postgresql+psycopg2://…
+    python benchmarks/bench_diagnostics.py --sizes 1000000 --pg private   # a throw-away local cluster
 
 For each size it generates an oncology site (timed separately), then times one full scan
 of the clinical event tables (count, person_id sum, max date and concept sum of every row
 of condition_occurrence, drug_exposure, procedure_occurrence, measurement,
 visit_occurrence, observation) and the full diagnostics suite on the lung study's cohorts
 (cohort building included), from scratch, then a second run with nothing changed.
-Peak RSS is measured for the suite in a child process. A 10M-person site needs about
+Peak RSS is measured for the suite in a child process (the agent; PostgreSQL's own
+processes are not counted). ``--pg private`` starts a PostgreSQL cluster under a temp dir
+(benchmarks/pg_private.py) and copies each CDM into it with ``cdm copy``'s code; the
+``ratio`` column is the PostgreSQL suite time over the DuckDB one, measured in the same run.
+``OPTIMA_DUCKDB_MEMORY_LIMIT`` etc. apply as at a site. A 10M-person site needs about
 4 GB of disk (checked before generating).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -90,14 +97,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--with-10m", action="store_true", help="also run 10,000,000 persons (~4 GB disk)")
-    ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced)")
+    ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced), "
+                    "or 'private' for a throw-away local cluster")
     ap.add_argument("--workdir", help="where to put the CDM files (default: a temp dir)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="optima-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'scan_s':>7} {'suite_s':>8} {'rerun_s':>7} "
-          f"{'ratio':>6} {'suite_rss_mb':>12} {'rows':>7}")
+    with contextlib.ExitStack() as stack:
+        if args.pg == "private":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from pg_private import private_cluster
+
+            args.pg = stack.enter_context(private_cluster()).url
+        run_sizes(args, sizes, work)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_sizes(args, sizes: list[int], work: Path) -> None:
+    print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'copy_s':>7} {'scan_s':>7} {'suite_s':>8} "
+          f"{'rerun_s':>7} {'suite/scan':>10} {'pg/duck':>7} {'suite_rss_mb':>12} {'rows':>7} {'load_1m':>7}")
     for n in sizes:
         need = n * BYTES_PER_PERSON * 1.5
         free = shutil.disk_usage(work).free
@@ -106,22 +126,37 @@ def main() -> None:
             continue
         path = work / f"bench_{n}.duckdb"
         gen = child(["generate", str(path), str(n)])
-        targets = [("duckdb", str(path), "-")]
+        targets = [("duckdb", str(path), "-", 0.0)]
         if args.pg:
             from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
+            t = time.perf_counter()
             copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
-            targets.append(("postgres", args.pg, "bench_cdm"))
-        for backend, url, schema in targets:
+            targets.append(("postgres", args.pg, "bench_cdm", time.perf_counter() - t))
+        duck_s = None
+        for backend, url, schema, copy_s in targets:
             scan = child(["scan", url, schema])
             suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
             rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
-            print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {scan['seconds']:>7.2f} {suite['seconds']:>8.1f} "
-                  f"{rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>6.1f} {suite['peak_rss_mb']:>12.0f} "
-                  f"{suite['rows']:>7}", flush=True)
+            duck_s = suite["seconds"] if backend == "duckdb" else duck_s
+            ratio = f"{suite['seconds'] / duck_s:>7.2f}" if backend != "duckdb" and duck_s else f"{'':>7}"
+            print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {copy_s:>7.1f} {scan['seconds']:>7.2f} "
+                  f"{suite['seconds']:>8.1f} {rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>10.1f} "
+                  f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f}", flush=True)
+        if args.pg:
+            same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
+            print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)
         path.unlink(missing_ok=True)
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _same_result(a: Path, b: Path) -> bool:
+    """The two released CSVs hold the same rows (order aside)."""
+    import pandas as pd
+
+    x, y = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (a, b))
+    cols = sorted(x.columns)
+    return x.shape == y.shape and x[cols].sort_values(cols).reset_index(drop=True).equals(
+        y[cols].sort_values(cols).reset_index(drop=True))
 
 
 if __name__ == "__main__":

@@ -44,10 +44,11 @@ def quantile(dialect: str, expr: str, p: float) -> str:
     return f"percentile_cont({p}) WITHIN GROUP (ORDER BY CAST({expr} AS DOUBLE PRECISION))"
 
 
-def analyze_temp(dialect: str, table: str, index_columns: tuple[str, ...] = ()) -> list[str]:
-    """Statements giving a freshly filled TEMP table an index and planner statistics.
+def index_and_analyze(dialect: str, table: str, index_columns: tuple[str, ...] = ()) -> list[str]:
+    """Statements giving a freshly filled table (TEMP or in the write schema) an index and planner statistics.
 
-    PostgreSQL's autovacuum never analyzes TEMP tables, so without ``ANALYZE`` the planner
+    PostgreSQL's autovacuum never analyzes TEMP tables (and reaches a just-filled table only
+    after its next nap), so without ``ANALYZE`` the planner
     guesses their size and value spread (it put a 21-fold year expansion of the whole
     denominator before a join that keeps 3% of it; docs/performance.md). DuckDB keeps
     statistics as it writes and needs neither.
