@@ -72,8 +72,9 @@ def step_suite(url: str, schema: str | None, out: str) -> dict:
         t = time.perf_counter()
         s = run_diagnostics(cdm, defs, out=Path(out), progress=lambda m: print(m, file=sys.stderr))
         secs = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": secs, "computed": s.computed, "reused": s.reused, "peak_rss_mb": rss, "rows": len(s.result)}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": secs, "computed": s.computed, "reused": s.reused, "peak_rss_mb": use.ru_maxrss / 1024,
+            "rows": len(s.result), "cpu_s": use.ru_utime + use.ru_stime}
 
 
 def step_generate(out: str, persons: int) -> dict:
@@ -109,15 +110,18 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from pg_private import private_cluster
 
-            args.pg = stack.enter_context(private_cluster()).url
+            cluster = stack.enter_context(private_cluster())
+            args.pg, args.server_cpu = cluster.url, cluster.server_cpu_seconds
         run_sizes(args, sizes, work)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def run_sizes(args, sizes: list[int], work: Path) -> None:
+    server_cpu = getattr(args, "server_cpu", None)
     print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'copy_s':>7} {'scan_s':>7} {'suite_s':>8} "
-          f"{'rerun_s':>7} {'suite/scan':>10} {'pg/duck':>7} {'suite_rss_mb':>12} {'rows':>7} {'load_1m':>7}")
+          f"{'rerun_s':>7} {'suite/scan':>10} {'pg/duck':>7} {'suite_rss_mb':>12} {'rows':>7} {'load_1m':>7} "
+          f"{'agent_cpu_s':>11} {'pg_cpu_s':>8} {'cpu_ratio':>9}")
     for n in sizes:
         need = n * BYTES_PER_PERSON * 1.5
         free = shutil.disk_usage(work).free
@@ -133,16 +137,22 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             t = time.perf_counter()
             copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
             targets.append(("postgres", args.pg, "bench_cdm", time.perf_counter() - t))
-        duck_s = None
+        duck_s = duck_cpu = None
         for backend, url, schema, copy_s in targets:
             scan = child(["scan", url, schema])
+            pg0 = server_cpu() if server_cpu and backend == "postgres" else None
             suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
+            pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
             rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
-            duck_s = suite["seconds"] if backend == "duckdb" else duck_s
+            cpu = suite["cpu_s"] + pg_cpu  # all CPU the suite cost: the agent (DuckDB in-process) and the server
+            if backend == "duckdb":
+                duck_s, duck_cpu = suite["seconds"], cpu
             ratio = f"{suite['seconds'] / duck_s:>7.2f}" if backend != "duckdb" and duck_s else f"{'':>7}"
+            cpu_ratio = f"{cpu / duck_cpu:>9.2f}" if backend != "duckdb" and duck_cpu and pg0 is not None else f"{'':>9}"
             print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {copy_s:>7.1f} {scan['seconds']:>7.2f} "
                   f"{suite['seconds']:>8.1f} {rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>10.1f} "
-                  f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f}", flush=True)
+                  f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f} "
+                  f"{suite['cpu_s']:>11.1f} {pg_cpu:>8.1f} {cpu_ratio}", flush=True)
         if args.pg:
             same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
             print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)

@@ -51,6 +51,26 @@ class PrivateCluster:
     def log_path(self) -> Path:
         return self.root / "log"
 
+    def server_cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server: the postmaster, its reaped children (backends,
+        parallel workers) and the live ones. On a shared machine this, not wall time, is the
+        work PostgreSQL did."""
+        pid = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def fields(p: int) -> list[int]:
+            try:
+                text = Path(f"/proc/{p}/stat").read_text()
+            except OSError:
+                return [0, 0, 0, 0]
+            return [int(x) for x in text.rsplit(")", 1)[1].split()[11:15]]
+
+        total = sum(fields(pid))
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        for child in (children.read_text().split() if children.exists() else []):
+            total += sum(fields(int(child))[:2])
+        return total / tick
+
 
 def _run(cmd: list[str]) -> None:
     if os.geteuid() == 0:
