@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pg_private import private_cluster  # noqa: E402  (benchmarks/ is on sys.path as the script folder)
+from pg_private import private_cluster  # benchmarks/ is on sys.path as the script folder
 
 _LINE = re.compile(r"duration: ([0-9.]+) ms\s+statement: (.*)")
 

@@ -202,7 +202,7 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     pp = ("pp AS MATERIALIZED (SELECT person_id, "
           + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{i + 1}" for i, c in enumerate(steps_common))
           + " FROM base GROUP BY person_id)")
-    ps = (f"ps AS MATERIALIZED (SELECT s.stratum_id, op.sex, op.person_id, "
+    ps = ("ps AS MATERIALIZED (SELECT s.stratum_id, op.sex, op.person_id, "
           + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{6 + i}" for i, c in enumerate([c6, c7, c8]))
           + f" FROM op CROSS JOIN {_strata_values(strata)} GROUP BY s.stratum_id, op.sex, op.person_id)")
     common = " UNION ALL ".join(
