@@ -3,20 +3,27 @@
     python benchmarks/bench_diagnostics.py                     # 100k and 1M persons, DuckDB
     python benchmarks/bench_diagnostics.py --sizes 100000,1000000,3000000 --with-10m
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg postgresql+psycopg2://…
+    python benchmarks/bench_diagnostics.py --sizes 1000000 --pg private   # a throw-away local cluster
 
 For each size it generates an oncology site (timed separately), then times one full scan
 of the clinical event tables (count, person_id sum, max date and concept sum of every row
 of condition_occurrence, drug_exposure, procedure_occurrence, measurement,
 visit_occurrence, observation) and the full diagnostics suite on the lung study's cohorts
 (cohort building included), from scratch, then a second run with nothing changed.
-Peak RSS is measured for the suite in a child process. A 10M-person site needs about
+Peak RSS is measured for the suite in a child process (the agent; PostgreSQL's own
+processes are not counted). ``--pg private`` starts a PostgreSQL cluster under a temp dir
+(benchmarks/pg_private.py) and copies each CDM into it with ``cdm copy``'s code; the
+``ratio`` column is the PostgreSQL suite time over the DuckDB one, measured in the same run.
+``OPTIMA_DUCKDB_MEMORY_LIMIT`` etc. apply as at a site. A 10M-person site needs about
 4 GB of disk (checked before generating).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -65,8 +72,9 @@ def step_suite(url: str, schema: str | None, out: str) -> dict:
         t = time.perf_counter()
         s = run_diagnostics(cdm, defs, out=Path(out), progress=lambda m: print(m, file=sys.stderr))
         secs = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": secs, "computed": s.computed, "reused": s.reused, "peak_rss_mb": rss, "rows": len(s.result)}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": secs, "computed": s.computed, "reused": s.reused, "peak_rss_mb": use.ru_maxrss / 1024,
+            "rows": len(s.result), "cpu_s": use.ru_utime + use.ru_stime}
 
 
 def step_generate(out: str, persons: int) -> dict:
@@ -90,14 +98,30 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--with-10m", action="store_true", help="also run 10,000,000 persons (~4 GB disk)")
-    ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced)")
+    ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced), "
+                    "or 'private' for a throw-away local cluster")
     ap.add_argument("--workdir", help="where to put the CDM files (default: a temp dir)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="optima-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'scan_s':>7} {'suite_s':>8} {'rerun_s':>7} "
-          f"{'ratio':>6} {'suite_rss_mb':>12} {'rows':>7}")
+    with contextlib.ExitStack() as stack:
+        if args.pg == "private":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from pg_private import private_cluster
+
+            cluster = stack.enter_context(private_cluster())
+            args.pg, args.server_cpu = cluster.url, cluster.server_cpu_seconds
+        run_sizes(args, sizes, work)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_sizes(args, sizes: list[int], work: Path) -> None:
+    server_cpu = getattr(args, "server_cpu", None)
+    print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'copy_s':>7} {'scan_s':>7} {'suite_s':>8} "
+          f"{'rerun_s':>7} {'suite/scan':>10} {'pg/duck':>7} {'suite_rss_mb':>12} {'rows':>7} {'load_1m':>7} "
+          f"{'agent_cpu_s':>11} {'pg_cpu_s':>8} {'cpu_ratio':>9}")
     for n in sizes:
         need = n * BYTES_PER_PERSON * 1.5
         free = shutil.disk_usage(work).free
@@ -106,22 +130,44 @@ def main() -> None:
             continue
         path = work / f"bench_{n}.duckdb"
         gen = child(["generate", str(path), str(n)])
-        targets = [("duckdb", str(path), "-")]
+        targets = [("duckdb", str(path), "-", 0.0)]
         if args.pg:
             from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
+            t = time.perf_counter()
             copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
-            targets.append(("postgres", args.pg, "bench_cdm"))
-        for backend, url, schema in targets:
+            targets.append(("postgres", args.pg, "bench_cdm", time.perf_counter() - t))
+        duck_s = duck_cpu = None
+        for backend, url, schema, copy_s in targets:
             scan = child(["scan", url, schema])
+            pg0 = server_cpu() if server_cpu and backend == "postgres" else None
             suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
+            pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
             rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
-            print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {scan['seconds']:>7.2f} {suite['seconds']:>8.1f} "
-                  f"{rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>6.1f} {suite['peak_rss_mb']:>12.0f} "
-                  f"{suite['rows']:>7}", flush=True)
+            cpu = suite["cpu_s"] + pg_cpu  # all CPU the suite cost: the agent (DuckDB in-process) and the server
+            if backend == "duckdb":
+                duck_s, duck_cpu = suite["seconds"], cpu
+            ratio = f"{suite['seconds'] / duck_s:>7.2f}" if backend != "duckdb" and duck_s else f"{'':>7}"
+            cpu_ratio = f"{cpu / duck_cpu:>9.2f}" if backend != "duckdb" and duck_cpu and pg0 is not None else f"{'':>9}"
+            print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {copy_s:>7.1f} {scan['seconds']:>7.2f} "
+                  f"{suite['seconds']:>8.1f} {rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>10.1f} "
+                  f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f} "
+                  f"{suite['cpu_s']:>11.1f} {pg_cpu:>8.1f} {cpu_ratio}", flush=True)
+        if args.pg:
+            same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
+            print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)
         path.unlink(missing_ok=True)
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _same_result(a: Path, b: Path) -> bool:
+    """The two released CSVs hold the same rows (order aside), but the snapshot's source_type (the DBMS)."""
+    import pandas as pd
+
+    x, y = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (a, b))
+    x, y = (f[f["estimate_name"] != "source_type"] for f in (x, y))
+    cols = sorted(x.columns)
+    return x.shape == y.shape and x[cols].sort_values(cols).reset_index(drop=True).equals(
+        y[cols].sort_values(cols).reset_index(drop=True))
 
 
 if __name__ == "__main__":

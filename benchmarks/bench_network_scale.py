@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import resource
 import shutil
 import tempfile
@@ -56,7 +57,8 @@ class Step:
     def __exit__(self, *exc):
         wall, cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{self.name:<34} {wall:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss:6.0f} MB", flush=True)
+        print(f"{self.name:<34} {wall:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss:6.0f} MB   "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def scaled(result: SummarisedResult, site: str, factor: float) -> str:

@@ -219,6 +219,24 @@ def _tune_duckdb(cdm: "CdmConnection") -> None:
         cur.close()
 
 
+def pg_session_options(statement_timeout_seconds: float = 0.0) -> str:
+    """PostgreSQL settings the agent sets for its own session (libpq ``options``), none server-wide.
+
+    The diagnostics are a few large aggregations over the CDM, not many short queries, so:
+    ``work_mem`` 256MB (hash aggregates and sorts of a few million rows stay in memory instead
+    of external merges on disk), ``temp_buffers`` 256MB (the denominator and the other TEMP
+    tables live in session-local buffers, 8MB by default), ``jit`` off (its compile time, up to
+    0.7 s per statement as profiled, exceeded what it saved on these queries; docs/performance.md).
+    ``OPTIMA_PG_WORK_MEM``, ``OPTIMA_PG_TEMP_BUFFERS`` and ``OPTIMA_PG_JIT`` (on/off) override them.
+    """
+    opts = [f"-c work_mem={os.environ.get('OPTIMA_PG_WORK_MEM', '256MB')}",
+            f"-c temp_buffers={os.environ.get('OPTIMA_PG_TEMP_BUFFERS', '256MB')}",
+            f"-c jit={os.environ.get('OPTIMA_PG_JIT', 'off')}"]
+    if statement_timeout_seconds > 0:
+        opts.append(f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}")
+    return " ".join(opts)
+
+
 def connect_cdm(
     cdm: str,
     *,
@@ -258,8 +276,8 @@ def connect_cdm(
         )
     try:
         connect_args = {}
-        if dialect == "postgresql" and statement_timeout_seconds > 0:
-            connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+        if dialect == "postgresql":
+            connect_args["options"] = pg_session_options(statement_timeout_seconds)
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
         cdm_conn = CdmConnection(engine, url, dialect, cdm_schema, write_schema, vocab_schema,
                                  statement_timeout=float(statement_timeout_seconds))

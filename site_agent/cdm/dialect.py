@@ -42,3 +42,21 @@ def quantile(dialect: str, expr: str, p: float) -> str:
     if dialect == DUCKDB:
         return f"quantile_cont(CAST({expr} AS DOUBLE), {p})"
     return f"percentile_cont({p}) WITHIN GROUP (ORDER BY CAST({expr} AS DOUBLE PRECISION))"
+
+
+def index_and_analyze(dialect: str, table: str, index_columns: tuple[str, ...] = ()) -> list[str]:
+    """Statements giving a freshly filled table (TEMP or in the write schema) an index and planner statistics.
+
+    PostgreSQL's autovacuum never analyzes TEMP tables (and reaches a just-filled table only
+    after its next nap), so without ``ANALYZE`` the planner
+    guesses their size and value spread (it put a 21-fold year expansion of the whole
+    denominator before a join that keeps 3% of it; docs/performance.md). DuckDB keeps
+    statistics as it writes and needs neither.
+    """
+    if dialect != POSTGRESQL:
+        return []
+    out = []
+    if index_columns:
+        name = f"{table.split('.')[-1]}_{'_'.join(index_columns)}"[:63]
+        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(index_columns)})")
+    return [*out, f"ANALYZE {table}"]

@@ -11,6 +11,7 @@ from optima_common.errors import CohortBuildError
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.ddl import results_ddl
+from site_agent.cdm.dialect import index_and_analyze
 from site_agent.cdm.fingerprint import cdm_fingerprint
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
@@ -77,6 +78,8 @@ def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> li
                 f"cohort {cid} ({definition.cohort_name}, {definition.path.name}) failed on {cdm.display_url}: {first}"
             ) from None
         log.info("built cohort %s (%s) in %.2fs", cid, definition.cohort_name, time.perf_counter() - started)
+    with cdm.transaction() as script:  # PostgreSQL: index + fresh statistics for the diagnostics' cohort lookups
+        script.execute_all(index_and_analyze(cdm.dialect, f"{ws}.cohort", ("cohort_definition_id", "subject_id")))
     return cohort_counts(cdm, definitions)
 
 

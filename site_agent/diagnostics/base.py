@@ -41,6 +41,8 @@ class DiagnosticContext:
     cdm: CdmConnection
     cdm_name: str
     cohorts: tuple[CohortDefinition, ...]
+    # per-run memo of set-based queries answering every cohort at once (cohorts do not change within a run)
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def cohort_table(self) -> str:

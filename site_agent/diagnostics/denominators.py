@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from site_agent.cdm.connection import CdmConnection
-from site_agent.cdm.dialect import add_years
+from site_agent.cdm.dialect import add_years, index_and_analyze
 
 AGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 150), (0, 17), (18, 64), (65, 150))
 SEXES: tuple[str, ...] = ("Both", "Male", "Female")
@@ -129,7 +129,14 @@ def date_lit(d: dt.date) -> str:
 
 
 def years_sql(first: str, last: str) -> str:
-    """A table (yr, ystart, yend) of calendar years from SQL integer expressions, in SQL."""
+    """A table (yr, ystart, yend) of calendar years from SQL integer expressions, in SQL.
+
+    With whole-number bounds the years are a VALUES list of date literals: joined to millions
+    of denominator rows, a generated series made PostgreSQL recompute ``make_date`` for every
+    (row, year) pair of the join filter (docs/performance.md)."""
+    if first.strip().lstrip("-").isdigit() and last.strip().lstrip("-").isdigit() and int(first) <= int(last):
+        rows = ", ".join(f"({y}, DATE '{y:04d}-01-01', DATE '{y:04d}-12-31')" for y in range(int(first), int(last) + 1))
+        return f"(SELECT * FROM (VALUES {rows}) AS v(yr, ystart, yend))"
     return (f"(SELECT CAST(g AS INTEGER) AS yr, make_date(CAST(g AS INTEGER), 1, 1) AS ystart, "
             f"make_date(CAST(g AS INTEGER), 12, 31) AS yend FROM generate_series({first}, {last}) AS t(g))")
 
@@ -188,16 +195,25 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     c7 = f"{c6} AND op.op_start + s.prior_days <= LEAST(op.op_end, {e0})"
     c8 = f"{c7} AND {entry} <= {exit_}"
     op_cte = f"WITH base AS ({person}), op AS (SELECT * FROM base WHERE {c5})"
+    # attrition: per person first (records meeting each step, a flag per step), then sums; counting
+    # distinct persons as COUNT(DISTINCT CASE ...) made PostgreSQL sort every step's rows
+    # (8 sorts of the person x period x stratum rows; docs/performance.md)
+    steps_common = ["1 = 1", c2, c3, c4, c5]
+    pp = ("pp AS MATERIALIZED (SELECT person_id, "
+          + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{i + 1}" for i, c in enumerate(steps_common))
+          + " FROM base GROUP BY person_id)")
+    ps = ("ps AS MATERIALIZED (SELECT s.stratum_id, op.sex, op.person_id, "
+          + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{6 + i}" for i, c in enumerate([c6, c7, c8]))
+          + f" FROM op CROSS JOIN {_strata_values(strata)} GROUP BY s.stratum_id, op.sex, op.person_id)")
     common = " UNION ALL ".join(
-        f"SELECT CAST(NULL AS INTEGER) AS stratum_id, CAST(NULL AS VARCHAR(6)) AS sex, {i + 1} AS reason_id, "
-        f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS records, "
-        f"COUNT(DISTINCT CASE WHEN {c} THEN person_id END) AS subjects FROM base"
-        for i, c in enumerate(["1 = 1", c2, c3, c4, c5]))
+        f"SELECT CAST(NULL AS INTEGER) AS stratum_id, CAST(NULL AS VARCHAR(6)) AS sex, {i} AS reason_id, "
+        f"SUM(r{i}) AS records, SUM(CASE WHEN r{i} > 0 THEN 1 ELSE 0 END) AS subjects FROM pp"
+        for i in range(1, 6))
     per_stratum = " UNION ALL ".join(
-        f"SELECT s.stratum_id, op.sex, {6 + i} AS reason_id, SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS records, "
-        f"COUNT(DISTINCT CASE WHEN {c} THEN op.person_id END) AS subjects "
-        f"FROM op CROSS JOIN {_strata_values(strata)} GROUP BY GROUPING SETS ((s.stratum_id), (s.stratum_id, op.sex))"
-        for i, c in enumerate([c6, c7, c8]))
+        f"SELECT stratum_id, sex, {i} AS reason_id, SUM(r{i}) AS records, "
+        f"SUM(CASE WHEN r{i} > 0 THEN 1 ELSE 0 END) AS subjects "
+        f"FROM ps GROUP BY GROUPING SETS ((stratum_id), (stratum_id, sex))"
+        for i in range(6, 9))
     statements = [
         f"""CREATE TEMP TABLE IF NOT EXISTS {den.table} AS
         {op_cte},
@@ -206,8 +222,11 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
         SELECT stratum_id, person_id, sex, entry_date, exit_date,
                LAG(exit_date) OVER (PARTITION BY stratum_id, person_id ORDER BY entry_date) AS prev_exit
         FROM iv WHERE entry_date <= exit_date""",
-        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte} {common} UNION ALL {per_stratum}",
+        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte}, {pp}, {ps} {common} UNION ALL {per_stratum}",
     ]
+    if ("denominator_analyzed", den.table) not in cdm.memo:  # planner statistics, once per connection
+        statements += index_and_analyze(dia, den.table) + index_and_analyze(dia, den.attrition_table)
+        cdm.memo[("denominator_analyzed", den.table)] = True
     cur = cdm.connection().connection.cursor()
     try:
         for st in statements:

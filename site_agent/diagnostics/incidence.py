@@ -53,31 +53,33 @@ def poisson_ci(k: int, py: float) -> tuple[float, float]:
     return lo / py * 1e5, hi / py * 1e5
 
 
-def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int, mode: str = "actual") -> str:
-    """Per (stratum, sex | Both, year | overall): persons, person-days and first events.
+def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...], mode: str = "actual") -> str:
+    """Per (outcome cohort, stratum, sex | Both, year | overall): persons, person-days and first events.
 
     Every aggregate is a sum over denominator rows, so the result over all rows equals
-    ``base`` (all rows, outcome ignored: the same for every outcome, computed once per run)
-    minus ``base_outcome`` (the outcome persons' rows, outcome ignored) plus ``actual``
-    (the outcome persons' rows with washout and censoring at the first outcome). Only the
-    last two depend on the cohort, and they touch only its persons.
+    ``base`` (all rows, outcome ignored: the same for every outcome, computed once per run,
+    ``cid`` 0) minus ``base_outcome`` (the outcome persons' rows, outcome ignored) plus
+    ``actual`` (the outcome persons' rows with washout and censoring at the first outcome).
+    Only the last two depend on the cohort, and they touch only its persons; each is one
+    set-based query for all ``cohort_ids`` (grouped by ``cid``), not one query per cohort.
     """
     y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
-    o = (f"o AS (SELECT subject_id AS person_id, MIN(cohort_start_date) AS first_out "
-         f"FROM {ctx.cohort_table} WHERE cohort_definition_id = {cohort_id} GROUP BY subject_id),")
+    ids = ", ".join(str(int(i)) for i in cohort_ids)
+    o = (f"o AS (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out "
+         f"FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids}) GROUP BY cohort_definition_id, subject_id),")
     if mode == "actual":
-        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+        d = f"""d AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
                  CASE WHEN o.first_out <= dn.exit_date THEN o.first_out ELSE dn.exit_date END AS end_date,
                  CASE WHEN o.first_out <= dn.exit_date THEN 1 ELSE 0 END AS has_out
           FROM {den.table} dn JOIN o ON o.person_id = dn.person_id
           WHERE o.first_out >= dn.entry_date)"""
     elif mode == "base_outcome":
-        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+        d = f"""d AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
                  dn.exit_date AS end_date, 0 AS has_out
           FROM {den.table} dn JOIN o ON o.person_id = dn.person_id)"""
     else:  # base
         o = ""
-        d = f"""d AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
+        d = f"""d AS (SELECT 0 AS cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
                  dn.exit_date AS end_date, 0 AS has_out FROM {den.table} dn)"""
     return f"""
     WITH {o}
@@ -85,17 +87,18 @@ def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int, mode
     py AS (SELECT d.*, y.yr, y.ystart, y.yend,
                   GREATEST(d.entry_date, y.ystart) AS s, LEAST(d.end_date, y.yend) AS e
            FROM d JOIN {y} y ON y.ystart <= d.end_date AND y.yend >= d.entry_date)
-    SELECT stratum_id, sex, yr,
+    SELECT cid, stratum_id, sex, yr,
            SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS n_year,
            SUM(CASE WHEN prev_exit IS NULL AND entry_date >= ystart THEN 1 ELSE 0 END) AS n_overall,
            SUM(e - s + 1) AS days,
            SUM(CASE WHEN has_out = 1 AND end_date <= yend THEN 1 ELSE 0 END) AS k,
            SUM(CASE WHEN entry_date >= ystart THEN 1 ELSE 0 END) AS n_records
     FROM py
-    GROUP BY GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr), (stratum_id, sex), (stratum_id))"""
+    GROUP BY GROUPING SETS ((cid, stratum_id, sex, yr), (cid, stratum_id, yr), (cid, stratum_id, sex), (cid, stratum_id))"""
 
 
 _SUMS = ["n_year", "n_overall", "days", "k", "n_records"]
+_KEY = ["cid", "stratum_id", "sex", "yr"]
 
 
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:
@@ -103,19 +106,36 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     df["sex"] = df["sex"].astype(object).where(df["sex"].notna(), "Both")
     df["yr"] = pd.to_numeric(df["yr"], errors="coerce").fillna(-1).astype("int64")
     df["stratum_id"] = df["stratum_id"].astype("int64")
+    df["cid"] = df["cid"].astype("int64")
     for c in _SUMS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype("int64")
-    return df.set_index(["stratum_id", "sex", "yr"])[_SUMS]
+    return df.set_index(_KEY)[_SUMS]
+
+
+def _one(frame: pd.DataFrame, cid: int) -> pd.DataFrame:
+    """The rows of one cohort, keyed by (stratum_id, sex, yr)."""
+    if frame.empty:
+        return frame.droplevel("cid")
+    cids = frame.index.get_level_values("cid")
+    return frame[cids == cid].droplevel("cid")
 
 
 def incidence_counts(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> pd.DataFrame:
-    """base - base_outcome + actual, keyed by (stratum_id, sex, yr) with yr -1 for overall."""
+    """base - base_outcome + actual, keyed by (stratum_id, sex, yr) with yr -1 for overall.
+
+    The two outcome queries run once per run for every cohort of the run (set-based; the
+    per-cohort version repeated the denominator scan and year expansion once per cohort).
+    """
     memo_key = ("incidence_base", den.table)
     if memo_key not in ctx.cdm.memo:
-        ctx.cdm.memo[memo_key] = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "base")))
+        ctx.cdm.memo[memo_key] = _one(_keyed(ctx.cdm.query_df(incidence_sql(ctx, den, (), "base"))), 0)
     base = ctx.cdm.memo[memo_key]
-    minus = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "base_outcome")))
-    plus = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, cohort_id, "actual")))
+    ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort_id}))
+    run_key = ("incidence_outcomes", den.table, ids)
+    if run_key not in ctx.memo:
+        ctx.memo[run_key] = (_keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "base_outcome"))),
+                             _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "actual"))))
+    minus, plus = (_one(f, cohort_id) for f in ctx.memo[run_key])
     return base.sub(minus, fill_value=0).add(plus, fill_value=0).astype("int64")
 
 

@@ -66,45 +66,55 @@ def complete_years(den: Denominator) -> tuple[int, int]:
     return first, last
 
 
-def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> tuple[str, str]:
-    """Two queries of (kind, stratum_id, sex, yr, value): denominators and outcomes."""
+def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...]) -> tuple[str, str]:
+    """Two queries: denominators (kind, stratum_id, sex, yr, value) and outcomes (cid, kind, ...).
+
+    The outcome query answers every cohort of ``cohort_ids`` at once (grouped by ``cid``)."""
     first, last = complete_years(den)
     y = years_sql(str(first), str(last))
     span_s, span_e = dt.date(first, 1, 1) if first <= last else None, dt.date(last, 12, 31) if first <= last else None
     gs = "GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr))"
     gs_all = "GROUPING SETS ((stratum_id, sex), (stratum_id))"
+    ogs = "GROUPING SETS ((cid, stratum_id, sex, yr), (cid, stratum_id, yr))"
+    ogs_all = "GROUPING SETS ((cid, stratum_id, sex), (cid, stratum_id))"
+    ids = ", ".join(str(int(i)) for i in cohort_ids)
     span_cond = (f"entry_date <= {date_lit(span_e)} AND exit_date >= {date_lit(span_s)}" if span_s else "1 = 0")
     span_first = (f"prev_exit IS NULL OR prev_exit < {date_lit(span_s)}" if span_s else "1 = 0")
     dens = f"""
     WITH py AS (SELECT dn.*, y.yr, y.ystart, y.yend FROM {den.table} dn
-                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date)
-    SELECT 'period' AS kind, stratum_id, sex, yr,
-           SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v FROM py GROUP BY {gs}
+                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date),
+    agg AS MATERIALIZED (SELECT stratum_id, sex, yr,
+                   SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v_period,
+                   SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) AS v_point
+            FROM py GROUP BY {gs}),
+    tot AS MATERIALIZED (SELECT stratum_id, sex,
+                   SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END) AS v_period,
+                   SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END) AS v_records,
+                   SUM(CASE WHEN ({span_cond}) AND ({span_first}) THEN 1 ELSE 0 END) AS v_subjects
+            FROM {den.table} GROUP BY {gs_all})
+    SELECT 'period' AS kind, stratum_id, sex, yr, v_period AS v FROM agg
     UNION ALL
-    SELECT 'point', stratum_id, sex, yr, SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) FROM py GROUP BY {gs}
+    SELECT 'point', stratum_id, sex, yr, v_point FROM agg
     UNION ALL
-    SELECT 'period', stratum_id, sex, NULL, SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}
+    SELECT 'period', stratum_id, sex, NULL, v_period FROM tot
     UNION ALL
-    SELECT 'span_records', stratum_id, sex, NULL, SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}
+    SELECT 'span_records', stratum_id, sex, NULL, v_records FROM tot
     UNION ALL
-    SELECT 'span_subjects', stratum_id, sex, NULL, SUM(CASE WHEN ({span_cond}) AND ({span_first}) THEN 1 ELSE 0 END)
-    FROM {den.table} GROUP BY {gs_all}"""
+    SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
     outs = f"""
-    WITH c AS (SELECT dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.exit_date,
-                      oc.cohort_start_date AS os, oc.cohort_end_date AS oe
+    WITH c AS (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date,
+                      dn.exit_date, oc.cohort_start_date AS os, oc.cohort_end_date AS oe
                FROM {den.table} dn JOIN {ctx.cohort_table} oc
-                 ON oc.subject_id = dn.person_id AND oc.cohort_definition_id = {cohort_id}
+                 ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
                 AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date),
     py AS (SELECT c.*, y.yr, y.ystart, y.yend FROM c JOIN {y} y ON y.ystart <= c.exit_date AND y.yend >= c.entry_date)
-    SELECT 'period' AS kind, stratum_id, sex, yr, COUNT(DISTINCT person_id) AS v FROM py
-    WHERE GREATEST(entry_date, ystart, os) <= LEAST(exit_date, yend, oe) GROUP BY {gs}
+    SELECT cid, 'period' AS kind, stratum_id, sex, yr, COUNT(DISTINCT person_id) AS v FROM py
+    WHERE GREATEST(entry_date, ystart, os) <= LEAST(exit_date, yend, oe) GROUP BY {ogs}
     UNION ALL
-    SELECT 'point', stratum_id, sex, yr, COUNT(DISTINCT person_id) FROM py
-    WHERE entry_date <= ystart AND os <= ystart AND oe >= ystart GROUP BY {gs}
+    SELECT cid, 'point', stratum_id, sex, yr, COUNT(DISTINCT person_id) FROM py
+    WHERE entry_date <= ystart AND os <= ystart AND oe >= ystart GROUP BY {ogs}
     UNION ALL
-    SELECT 'period', stratum_id, sex, NULL, COUNT(DISTINCT person_id) FROM c GROUP BY {gs_all}"""
+    SELECT cid, 'period', stratum_id, sex, NULL, COUNT(DISTINCT person_id) FROM c GROUP BY {ogs_all}"""
     return dens, outs
 
 
@@ -121,12 +131,17 @@ def run_prevalence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -
     """``prevalence`` + ``prevalence_attrition``: ids 1-24 point, 25-48 period, then attrition."""
     (cohort,) = unit
     den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")})
-    dens_sql, outs_sql = prevalence_sql(ctx, den, cohort.cohort_definition_id)
-    memo_key = ("prevalence_denominators", den.table)  # outcome-independent: once per run
+    ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort.cohort_definition_id}))
+    dens_sql, outs_sql = prevalence_sql(ctx, den, ids)
+    memo_key = ("prevalence_denominators", den.table)  # outcome-independent: once per connection
     if memo_key not in ctx.cdm.memo:
         ctx.cdm.memo[memo_key] = _collect(ctx.cdm.query_df(dens_sql))
     n = ctx.cdm.memo[memo_key]
-    k = _collect(ctx.cdm.query_df(outs_sql))
+    run_key = ("prevalence_outcomes", den.table, ids)  # every cohort of the run in one query, once per run
+    if run_key not in ctx.memo:
+        ctx.memo[run_key] = ctx.cdm.query_df(outs_sql)
+    outs = ctx.memo[run_key]
+    k = _collect(outs[pd.to_numeric(outs["cid"]) == cohort.cohort_definition_id].drop(columns="cid"))
     attr = denominator_attrition(ctx.cdm, den)
     first, last = complete_years(den)
     n_strata = len(den.strata)

@@ -1,0 +1,109 @@
+"""A private, throw-away PostgreSQL cluster for the benchmarks (initdb under a temp dir).
+
+    from benchmarks.pg_private import private_cluster
+    with private_cluster(log_min_duration_ms=200) as pg:
+        ... pg.url ..., pg.log_path
+
+Uses the server binaries of the local install (Debian keeps ``initdb``/``pg_ctl`` in
+``/usr/lib/postgresql/<version>/bin``); as root the cluster runs as the ``postgres`` user.
+Settings are those of a small dedicated server (``shared_buffers`` 1 GB, ``fsync`` off
+because the cluster is thrown away); ``log_min_duration_statement`` writes every statement
+slower than the given milliseconds, with its duration, to ``log_path``, and ``explain_ms``
+adds the ``EXPLAIN (ANALYZE, BUFFERS)`` plan of each statement slower than that (auto_explain;
+temp-table statements included, which a later EXPLAIN on another connection could not see).
+The profile in docs/performance.md comes from there.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def pg_bin() -> Path:
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name),
+                         reverse=True):
+        if (Path(folder) / "initdb").exists():
+            return Path(folder)
+    found = shutil.which("initdb")
+    if not found:
+        raise SystemExit("PostgreSQL server binaries not found (apt-get install postgresql)")
+    return Path(found).parent
+
+
+@dataclass
+class PrivateCluster:
+    root: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log"
+
+    def server_cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server: the postmaster, its reaped children (backends,
+        parallel workers) and the live ones. On a shared machine this, not wall time, is the
+        work PostgreSQL did."""
+        pid = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def fields(p: int) -> list[int]:
+            try:
+                text = Path(f"/proc/{p}/stat").read_text()
+            except OSError:
+                return [0, 0, 0, 0]
+            return [int(x) for x in text.rsplit(")", 1)[1].split()[11:15]]
+
+        total = sum(fields(pid))
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        for child in (children.read_text().split() if children.exists() else []):
+            total += sum(fields(int(child))[:2])
+        return total / tick
+
+
+def _run(cmd: list[str]) -> None:
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextmanager
+def private_cluster(log_min_duration_ms: int = -1, shared_buffers: str = "1GB", explain_ms: int = -1):
+    binary = pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="optima-bench-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        os.chmod(root, 0o755)
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(sock, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = PrivateCluster(root, port)
+    _run([str(binary / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
+    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
+            f"-c shared_buffers={shared_buffers} -c log_min_duration_statement={log_min_duration_ms} "
+            "-c max_wal_size=4GB")
+    if explain_ms >= 0:  # auto_explain: the plan of every statement slower than explain_ms, with ANALYZE and BUFFERS
+        opts += (f" -c session_preload_libraries=auto_explain -c auto_explain.log_min_duration={explain_ms}"
+                 " -c auto_explain.log_analyze=on -c auto_explain.log_buffers=on -c auto_explain.log_nested_statements=on")
+    _run([str(binary / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cluster.log_path), "-w", "start"])
+    try:
+        yield cluster
+    finally:
+        try:
+            _run([str(binary / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
