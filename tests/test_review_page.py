@@ -68,10 +68,11 @@ def test_every_released_row_is_listed_and_each_suppressed_cell_has_a_reason(tmp_
 
 
 def test_the_site_page_uses_the_same_table_script_as_the_report():
-    """optima_common/web/tables.js is a copy of the report's table script (site_agent may not import
-    coordinator): the two must not drift apart."""
+    """One table script, optima_common/web's: the report and the site's review page both inline it."""
     from importlib import resources
 
-    from coordinator.report import ASSETS
+    from coordinator.report import assets
 
-    assert (resources.files("optima_common.web") / "tables.js").read_text() == (ASSETS / "report.js").read_text()
+    script = (resources.files("optima_common.web") / "tables.js").read_text(encoding="utf-8")
+    css, js = assets()
+    assert js.startswith(script) and "d-venn" in css

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -21,9 +22,14 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 def assets() -> tuple[str, str]:
-    """(CSS, JS) inlined into every page: the report works from a file, offline."""
-    return ((ASSETS / "report.css").read_text(encoding="utf-8"),
-            "\n".join((ASSETS / f).read_text(encoding="utf-8") for f in ("report.js", "diagrams.js")))
+    """(CSS, JS) inlined into every page: the report works from a file, offline.
+
+    The table script and its styles are optima_common/web's, shared with the site's review page;
+    the diagrams are the report's own."""
+    web = resources.files("optima_common.web")
+    css = (web / "tables.css").read_text(encoding="utf-8") + (ASSETS / "diagrams.css").read_text(encoding="utf-8")
+    js = (web / "tables.js").read_text(encoding="utf-8") + "\n" + (ASSETS / "diagrams.js").read_text(encoding="utf-8")
+    return css, js
 
 
 def page_html(title: str, header: str, panels: list[tuple[str, str, str]]) -> str:
