@@ -19,6 +19,28 @@ from scipy.optimize import linprog
 from optima_common.results import SummarisedResult
 
 
+def linked_groups(rels, unknown) -> tuple[dict, dict]:
+    """Unknown cells linked by relations (union-find): ({root: [cells]}, {root: [(relation, kind)]})."""
+    parent: dict[int, int] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r, _ in rels:
+        for a, b in pairwise([k for k in r if unknown[k]]):
+            parent[find(a)] = find(b)
+    groups, by_group = defaultdict(list), defaultdict(list)
+    for k in np.flatnonzero(unknown):
+        groups[find(int(k))].append(int(k))
+    for r, kind in rels:
+        hs = [k for k in r if unknown[k]]
+        if hs:
+            by_group[find(hs[0])].append((r, kind))
+    return groups, by_group
+
 def table(result: SummarisedResult) -> pd.DataFrame:
     d = result.data.reset_index(drop=True)
     t = d["result_id"].map(dict(zip(result.settings["result_id"], result.settings["result_type"])))
@@ -207,26 +229,7 @@ def narrowed(released: SummarisedResult, truth: SummarisedResult, minimum: int) 
             leaks.append({"kind": "complement", "row": p, "interval": (val[t] - val[p],) * 2})
     rels = [(r, "eq") for r in R.eq] + [(r, "le") for r in R.le]
     # group linked hidden cells (union-find over relations with hidden members)
-    parent = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for r, _ in rels:
-        hs = [k for k in r if hidden[k]]
-        for a, b in pairwise(hs):
-            parent[find(a)] = find(b)
-    groups = defaultdict(list)
-    for k in np.flatnonzero(hidden):
-        groups[find(int(k))].append(int(k))
-    rel_by_group = defaultdict(list)
-    for r, kind in rels:
-        hs = [k for k in r if hidden[k]]
-        if hs:
-            rel_by_group[find(hs[0])].append((r, kind))
+    groups, rel_by_group = linked_groups(rels, hidden)
     for root, members in groups.items():
         small = [m for m in members if withheld[m] and 0 < true[m] < minimum]
         if not small or not rel_by_group[root]:
@@ -270,25 +273,7 @@ def narrowable(released: SummarisedResult, minimum: int) -> list[dict]:
     withheld = d["hidden"].to_numpy() & d["cnt"].to_numpy()
     val = d["v"].to_numpy()
     rels = [(r, "eq") for r in R.eq] + [(r, "le") for r in R.le]
-    parent: dict[int, int] = {}
-
-    def find(x):
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for r, _ in rels:
-        hs = [k for k in r if withheld[k]]
-        for a, b in pairwise(hs):
-            parent[find(a)] = find(b)
-    groups, by_group = defaultdict(list), defaultdict(list)
-    for k in np.flatnonzero(withheld):
-        groups[find(int(k))].append(int(k))
-    for r, kind in rels:
-        hs = [k for k in r if withheld[k]]
-        if hs:
-            by_group[find(hs[0])].append((r, kind))
+    groups, by_group = linked_groups(rels, withheld)
     leaks = []
     for root, members in groups.items():
         if not by_group[root]:
