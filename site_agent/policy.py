@@ -278,6 +278,10 @@ def preflight(decision: Decision, config: SiteConfig) -> Path | None:
         raise PolicyRefusal("analysis", f"this agent version cannot run analyses {unknown}")
     if "genomics_profile" in decision.analyses and config.genomics is None:
         raise PolicyRefusal("analysis", "genomics_profile: this site has no [genomics] inputs in site.toml")
+    if "genomics_profile" in decision.analyses and config.genomics.clinical is None:  # clinical from the CDM
+        from site_agent.nlp.cdm_run import require_breast_approved
+
+        require_breast_approved(config, "genomics_profile (clinical data from the CDM)")
     if "nlp_metastasis" in decision.analyses:  # before data: the extra and the cohort it builds
         from site_agent.nlp.cdm_run import nlp_preflight
 

@@ -1,51 +1,59 @@
-"""Age at diagnosis, sex, race, ethnicity and ER/PR/HER2 status from the site's OMOP CDM.
+"""Age at diagnosis, sex, race, ethnicity and ER/PR/HER2 status from the site's OMOP CDM, by concept ids.
 
-One aggregate query per item, by concept names (so it works with any vocabulary load that carries
-SNOMED/LOINC names): the diagnosis is the earliest condition whose concept name speaks of a
-malignant breast neoplasm; a receptor status is the latest measurement whose concept name names the
-receptor, read from its value concept ("positive"/"negative" in the name) or, failing that, from
-``value_source_value``. Persons without either are "unknown".
+* Diagnosis: the network catalog's ``breast_cancer`` cohort (built into ``<write_schema>.cohort`` by
+  the same code as ``site-agent nlp metastasis``); the first cohort start per person.
+* Sex, race, ethnicity: the person's gender/race/ethnicity concept ids (site_agent/genomics/concepts.py).
+* ER, PR, HER2: the latest measurement whose ``measurement_concept_id`` is one of the receptor's ids,
+  positive or negative by ``value_as_concept_id``; anything else (no such measurement, another value)
+  is "unknown". Concept names are never matched.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from site_agent.genomics.readers import normalise_clinical
-
-RECEPTORS = {"er_status": ("%estrogen receptor%", "%oestrogen receptor%"),
-             "pr_status": ("%progesterone receptor%", "%progesterone receptor%"),
-             "her2_status": ("%her2%", "%erbb2%")}
+from site_agent.genomics import concepts as K
+from site_agent.genomics.readers import Notes, normalise_clinical
 
 
-def read_cdm_clinical(cdm, persons: pd.Index) -> pd.DataFrame:
-    c, v = cdm.cdm_schema, cdm.vocab_schema
+def _receptor_sql(c: str) -> str:
+    which = " ".join(f"WHEN m.measurement_concept_id IN ({K.sql_ids(ids)}) THEN '{col}'"
+                     for col, ids in K.RECEPTORS.items())
+    return (f"SELECT person_id, receptor, status FROM (SELECT m.person_id, CASE {which} END AS receptor, "
+            f"  CASE WHEN m.value_as_concept_id IN ({K.sql_ids(K.POSITIVE)}) THEN 'positive' "
+            f"       WHEN m.value_as_concept_id IN ({K.sql_ids(K.NEGATIVE)}) THEN 'negative' ELSE 'unknown' END AS status, "
+            f"  ROW_NUMBER() OVER (PARTITION BY m.person_id, CASE {which} END "
+            f"                     ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS k "
+            f"  FROM {c}.measurement m "
+            f"  WHERE m.measurement_concept_id IN ({K.sql_ids(set().union(*K.RECEPTORS.values()))})) x WHERE k = 1")
+
+
+def read_cdm_clinical(cdm, persons: pd.Index) -> tuple[pd.DataFrame, list[str]]:
+    """(clinical frame indexed by person_id, note lines). Builds the ``breast_cancer`` cohort."""
+    from site_agent.nlp.cdm_run import build_breast_cohort
+
+    cohort_id = build_breast_cohort(cdm)
+    c, w = cdm.cdm_schema, cdm.write_schema
     demo = cdm.query_df(
-        f"SELECT p.person_id, p.year_of_birth, LOWER(g.concept_name) AS sex, LOWER(r.concept_name) AS race, "
-        f"LOWER(e.concept_name) AS ethnicity, dx.first_year "
-        f"FROM {c}.person p "
-        f"LEFT JOIN {v}.concept g ON g.concept_id = p.gender_concept_id "
-        f"LEFT JOIN {v}.concept r ON r.concept_id = p.race_concept_id "
-        f"LEFT JOIN {v}.concept e ON e.concept_id = p.ethnicity_concept_id "
-        f"LEFT JOIN (SELECT co.person_id, MIN(EXTRACT(YEAR FROM co.condition_start_date)) AS first_year "
-        f"           FROM {c}.condition_occurrence co JOIN {v}.concept k ON k.concept_id = co.condition_concept_id "
-        f"           WHERE LOWER(k.concept_name) LIKE '%breast%' AND (LOWER(k.concept_name) LIKE '%malignant%' "
-        f"             OR LOWER(k.concept_name) LIKE '%carcinoma%' OR LOWER(k.concept_name) LIKE '%cancer%') "
-        f"           GROUP BY co.person_id) dx ON dx.person_id = p.person_id")
+        f"SELECT p.person_id, p.year_of_birth, {K.sql_case('p.gender_concept_id', K.SEX)} AS sex, "
+        f"{K.sql_case('p.race_concept_id', K.RACE)} AS race, "
+        f"{K.sql_case('p.ethnicity_concept_id', K.ETHNICITY)} AS ethnicity, "
+        f"EXTRACT(YEAR FROM dx.dx) AS first_year "
+        f"FROM {c}.person p LEFT JOIN (SELECT subject_id, MIN(cohort_start_date) AS dx FROM {w}.cohort "
+        f"  WHERE cohort_definition_id = {int(cohort_id)} GROUP BY subject_id) dx ON dx.subject_id = p.person_id")
     out = demo.assign(age_at_diagnosis=pd.to_numeric(demo["first_year"]) - pd.to_numeric(demo["year_of_birth"]))
-    for col, (a, b) in RECEPTORS.items():
-        m = cdm.query_df(
-            f"SELECT person_id, status FROM (SELECT m.person_id, "
-            f"  CASE WHEN LOWER(COALESCE(val.concept_name, m.value_source_value, '')) LIKE '%negative%' THEN 'negative' "
-            f"       WHEN LOWER(COALESCE(val.concept_name, m.value_source_value, '')) LIKE '%positive%' THEN 'positive' "
-            f"       ELSE 'unknown' END AS status, "
-            f"  ROW_NUMBER() OVER (PARTITION BY m.person_id ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS k "
-            f"  FROM {c}.measurement m JOIN {v}.concept q ON q.concept_id = m.measurement_concept_id "
-            f"  LEFT JOIN {v}.concept val ON val.concept_id = m.value_as_concept_id "
-            f"  WHERE LOWER(q.concept_name) LIKE '{a}' OR LOWER(q.concept_name) LIKE '{b}') x WHERE k = 1")
-        out = out.merge(m.rename(columns={"status": col}), on="person_id", how="left")
+    rec = cdm.query_df(_receptor_sql(c))
+    wide = rec.pivot(index="person_id", columns="receptor", values="status").reindex(columns=list(K.RECEPTORS))
+    out = out.merge(wide, left_on="person_id", right_index=True, how="left")
     out = out[out["person_id"].isin(persons)]
-    return normalise_clinical(out.drop(columns=["year_of_birth", "first_year"]), f"CDM {cdm.display_url}")
+    notes = Notes()
+    notes.add("CDM: persons with no ER/PR/HER2 measurement under the receptor concept ids of "
+              "site_agent/genomics/concepts.py (receptor status unknown)",
+              out.loc[~out["person_id"].isin(rec["person_id"]), "person_id"])
+    notes.add("CDM: persons not in the breast_cancer cohort (age at diagnosis unknown)",
+              out.loc[out["first_year"].isna(), "person_id"])
+    clin = normalise_clinical(out.drop(columns=["year_of_birth", "first_year"]), f"CDM {cdm.display_url}")
+    return clin, notes.lines
 
 
 def read_cdm_linkage(cdm) -> pd.Series:

@@ -59,12 +59,13 @@ def run_profile(maf: list[Path], expression: Path | None, linkage: Path, *, clin
         from site_agent.genomics.cdm_clinical import read_cdm_clinical
 
         if cdm is not None:
-            clin = read_cdm_clinical(cdm, persons)
+            clin, cnotes = read_cdm_clinical(cdm, persons)
         else:
             from site_agent.cdm import connect_cdm
 
             with connect_cdm(cdm_url) as conn:
-                clin = read_cdm_clinical(conn, persons)
+                clin, cnotes = read_cdm_clinical(conn, persons)
+        notes.lines.extend(cnotes)
     else:
         raise ConfigError("give --clinical FILE or --cdm URL for age, race and ER/PR/HER2 status")
     notes.add("linked persons without a clinical row (status unknown)", persons.difference(clin.index))

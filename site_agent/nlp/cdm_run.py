@@ -66,8 +66,6 @@ BREAST_FILE = Path(__file__).resolve().parents[2] / "cohort_definitions" / "brea
 def nlp_preflight(config) -> None:
     """A manifest asking for ``nlp_metastasis`` is refused unless the nlp extra is installed and the
     site approved the breast_cancer definition the analysis builds (policy before data)."""
-    import hashlib
-
     from optima_common.errors import PolicyRefusal
 
     try:
@@ -76,9 +74,18 @@ def nlp_preflight(config) -> None:
         require_nlp()
     except ConfigError as exc:
         raise PolicyRefusal("analysis", f"nlp_metastasis: {exc}") from None
+    require_breast_approved(config, "nlp_metastasis")
+
+
+def require_breast_approved(config, analysis: str) -> None:
+    """Refuse (policy before data) unless the site approved the breast_cancer definition file."""
+    import hashlib
+
+    from optima_common.errors import PolicyRefusal
+
     sha = hashlib.sha256(BREAST_FILE.read_bytes()).hexdigest()
     if sha not in config.approved_cohort_files():
-        raise PolicyRefusal("cohort_not_approved", "nlp_metastasis builds the breast_cancer cohort, which this site "
+        raise PolicyRefusal("cohort_not_approved", f"{analysis} builds the breast_cancer cohort, which this site "
                                                    "has not approved")
 
 
@@ -90,6 +97,9 @@ def _breast_cohort_id(cdm) -> int:
         raise ConfigError("the catalog has no breast_cancer cohort", hint="reinstall optima-federated")
     build_cohorts(cdm, defs)
     return defs[0].cohort_definition_id
+
+
+build_breast_cohort = _breast_cohort_id  # also the diagnosis date of ``genomics profile --cdm``
 
 
 def _note_fates(cdm, cohort_id: int) -> str:
