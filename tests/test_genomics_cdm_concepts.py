@@ -128,3 +128,22 @@ def test_every_id_has_an_evidence_row():
         assert rows[cid]["evidence"].strip() and rows[cid]["strength"] in ("STRONG", "MODERATE", "WEAK")
     assert rows[3004390]["concept_name"] == "Estrogen receptor [Interpretation] in Tissue"
     assert rows[45884084]["concept_code"] == "LA6576-8" and rows[45878583]["concept_code"] == "LA6577-6"
+
+
+def test_synthetic_cdm_has_no_receptor_measurements_and_says_so(tmp_path):
+    """The generator writes no ER/PR/HER2 measurements (site_agent/cdm/synth writes none), so every
+    person's receptor status is unknown and one note line counts all of them."""
+    from site_agent.cdm.synth import generate_site
+
+    db = tmp_path / "s.duckdb"
+    generate_site(db, persons=600, site="east", profile="oncology", seed=3)
+    con = duckdb.connect(str(db), read_only=True)
+    persons = pd.Index([r[0] for r in con.execute("SELECT person_id FROM main.person ORDER BY person_id "
+                                                    "LIMIT 50").fetchall()])
+    con.close()
+    with connect_cdm(f"duckdb:///{db}", write_schema="results") as cdm:
+        clin, notes = read_cdm_clinical(cdm, persons)
+    assert len(clin) == 50 and (clin[["er_status", "pr_status", "her2_status"]] == "unknown").all().all()
+    receptor = [n for n in notes if "ER/PR/HER2" in n]
+    assert len(receptor) == 1 and ": 50 (" in receptor[0]
+    assert set(clin["sex"]) <= {"female", "male"}  # the generator writes only 8532/8507

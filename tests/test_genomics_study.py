@@ -71,3 +71,34 @@ def test_a_site_without_genomics_inputs_refuses(net, tmp_path):
     mfile = write_manifest(manifest, tmp_path / "manifest.json")
     proc = run("run-manifest", str(mfile), "--config", str(bare), "--out", str(tmp_path / "x.bundle"))
     assert proc.returncode == 8 and "[genomics]" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_clinical_from_the_cdm_through_a_manifest(net, tmp_path):
+    """Without a clinical file the site reads age/ER/PR/HER2 from its CDM by concept ids; the site
+    approved the catalog (breast_cancer included), so the manifest is answered."""
+    cfg = net.configs["site_north"]
+    nocl = cfg.with_name("nocl.toml")
+    nocl.write_text(cfg.read_text().replace('clinical = "genomics/clinical.csv"\n', ""))
+    assert "clinical =" not in nocl.read_text()
+    manifest = net.manifest(sites=["site_north"], min_sites=1, analyses=("genomics_profile",))
+    mfile = write_manifest(manifest, tmp_path / "manifest.json")
+    proc = run("run-manifest", str(mfile), "--config", str(nocl), "--out", str(tmp_path / "n.bundle"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cdm_clinical_needs_the_breast_cancer_approval():
+    import hashlib
+
+    from optima_common.errors import PolicyRefusal
+    from site_agent.nlp.cdm_run import BREAST_FILE, require_breast_approved
+
+    class Approved:  # the one method the check reads
+        def __init__(self, shas):
+            self.shas = shas
+
+        def approved_cohort_files(self):
+            return {s: None for s in self.shas}
+
+    with pytest.raises(PolicyRefusal, match="genomics_profile builds the breast_cancer cohort"):
+        require_breast_approved(Approved([]), "genomics_profile")
+    require_breast_approved(Approved([hashlib.sha256(BREAST_FILE.read_bytes()).hexdigest()]), "genomics_profile")
