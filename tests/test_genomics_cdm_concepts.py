@@ -92,7 +92,7 @@ def test_clinical_frame_by_concept_ids(tmp_path):
     assert list(clin["ethnicity"]) == ["not hispanic or latino", "hispanic or latino", "unknown", "unknown"]
     receptor = [n for n in notes if "ER/PR/HER2" in n]
     assert len(receptor) == 1 and receptor[0].endswith(": 2 (3, 4)")  # person 3 has only the decoy
-    assert [n for n in notes if "breast_cancer cohort" in n][0].endswith(": 2 (3, 4)")
+    assert next(n for n in notes if "breast_cancer cohort" in n).endswith(": 2 (3, 4)")
 
 
 def test_profile_through_the_specimen_linkage(tmp_path):
