@@ -54,7 +54,7 @@ def is_flag(key: str) -> bool:
 
 def release_evaluation(n: int, metrics: dict, min_cell: int) -> tuple[int, dict]:
     """(n, metrics) as they may leave the site under ``min_cell`` (see the module text)."""
-    small = lambda c: 0 < round(float(c)) < min_cell  # noqa: E731
+    small = lambda c: 0 < round(float(c)) < min_cell
     everything = small(n)
     cms, hists = cm_groups(metrics), H.parse(metrics)
     cm_keys = {f"{p}cm_{i}_{j}" for p, cells in cms.items() for i, j in cells}

@@ -24,6 +24,7 @@ class's row of the confusion matrix the site also sends.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 FINE = 32
@@ -50,7 +51,7 @@ def release_class(counts: list[int], min_cell: int, cls: int, breaks: tuple[int,
     no interval may straddle (each segment merged on its own), dropped when a segment's count
     is between 1 and ``min_cell`` - 1."""
     edges = [0, *sorted(b for b in breaks if 0 < b < len(counts)), len(counts)]
-    segments = [(a, b) for a, b in zip(edges, edges[1:])]
+    segments = list(itertools.pairwise(edges))
     if len(segments) > 1 and all(sum(counts[a:b]) == 0 or sum(counts[a:b]) >= min_cell for a, b in segments):
         return [(c, lo + a, hi + a, n) for a, b in segments
                 for c, lo, hi, n in release_class(counts[a:b], min_cell, cls)]

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from flwr.clientapp import ClientApp
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from torch import nn
 
 from coordinator.flower.inprocess import InProcessGrid
@@ -25,8 +31,8 @@ MIN = 5
 
 def _split(rng, tn, fp, fn, tp):
     """Labels and malignant scores with the given confusion cells at the argmax threshold 0.5."""
-    lo = lambda k: rng.uniform(0.02, 0.48, k)  # noqa: E731
-    hi = lambda k: rng.uniform(0.52, 0.98, k)  # noqa: E731
+    lo = lambda k: rng.uniform(0.02, 0.48, k)
+    hi = lambda k: rng.uniform(0.52, 0.98, k)
     y = np.r_[np.zeros(tn + fp, int), np.ones(fn + tp, int)]
     s = np.r_[lo(tn), hi(fp), lo(fn), hi(tp)]
     return y, s
@@ -89,7 +95,7 @@ def _bounds(cells, cls, below: bool):
 
 
 def test_a_confusion_cell_of_two_cannot_be_derived_from_the_reply(tmp_path):
-    grid, data = _grid(tmp_path)
+    grid, _ = _grid(tmp_path)
     run_federated_training(grid, "binarytoy", rounds=1, run_config={}, out_dir=tmp_path / "o", min_replies=3,
                            round_timeout=30)
     evaluate = [rep for rep in grid.received if rep.metadata.group_id.startswith("evaluate")]

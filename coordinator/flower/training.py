@@ -311,7 +311,6 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
             for cell, v in cells.items():
                 acc[cell] = acc.get(cell, 0.0) + v
     from optima_common import score_histogram as H
-
     from optima_common.eval_release import is_flag
 
     site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
