@@ -166,3 +166,33 @@ def test_release_by_hand():
     # a split of 4 cases: nothing count-derived leaves, n is sent as 0
     n, out = release_evaluation(4, {"accuracy": 0.75, "loss": 0.5}, 5)
     assert (n, out) == (0, {"loss": 0.5})
+
+
+def test_every_small_cell_hides_in_an_interval_of_at_least_the_minimum():
+    """Many random binary splits: when the matrix is withheld, the released histogram bounds each
+    small cell (TN, FP, FN, TP between 1 and min - 1) no tighter than [0, >= min]; when it is
+    sent, the histogram's sides equal the released cells (nothing finer is implied)."""
+    rng = np.random.default_rng(3)
+    withheld = 0
+    for _ in range(400):
+        cells = [int(c) for c in rng.choice([0, 1, 2, 3, 4, 5, 6, 9, 20], 4)]
+        y, s = _split(rng, *cells)
+        if len(y) == 0:
+            continue
+        hist = H.to_metrics("k_", *H.histogram(y, s))
+        cm = {f"k_cm_{i}_{j}": float(c) for (i, j), c in zip(itertools.product((0, 1), (0, 1)), cells)}
+        _, out = release_evaluation(len(y), {**hist, **cm}, MIN)
+        if "k_hist_withheld" in out:  # a class total under the minimum
+            continue
+        released = H.parse(out)["k_"]
+        assert all(c == 0 or c >= MIN for *_, c in released)
+        # (cls, below 0.5) for TN, FP, FN, TP
+        for cell, (cls, below) in zip(cells, ((0, True), (0, False), (1, True), (1, False))):
+            least, most = _bounds(released, cls, below)
+            assert least <= cell <= most
+            if "k_cm_withheld" in out and 0 < cell < MIN:
+                withheld += 1
+                assert least == 0 and most >= MIN, (cells, released)
+            if "k_cm_withheld" not in out:
+                assert least == most == cell
+    assert withheld > 50  # the attack was tried often enough
