@@ -24,6 +24,7 @@ class's row of the confusion matrix the site also sends.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 FINE = 32
@@ -42,11 +43,18 @@ def histogram(labels, scores, bins: int = FINE) -> tuple[list[int], list[int]]:
 Cells = list[tuple[int, int, int, int]]  # (cls, lo, hi, count): cases of class cls in bins lo..hi-1
 
 
-def release_class(counts: list[int], min_cell: int, cls: int) -> Cells:
+def release_class(counts: list[int], min_cell: int, cls: int, breaks: tuple[int, ...] = ()) -> Cells:
     """One class's bins merged, left to right, into intervals whose count is 0 or at least
     ``min_cell`` (empty bins form empty intervals); a short remainder joins the last non-empty
     interval. Only a class with fewer than ``min_cell`` cases in all keeps a smaller cell (its
-    total, which the confusion matrix releases anyway)."""
+    total; :mod:`optima_common.eval_release` withholds such a histogram). ``breaks``: bin edges
+    no interval may straddle (each segment merged on its own), dropped when a segment's count
+    is between 1 and ``min_cell`` - 1."""
+    edges = [0, *sorted(b for b in breaks if 0 < b < len(counts)), len(counts)]
+    segments = list(itertools.pairwise(edges))
+    if len(segments) > 1 and all(sum(counts[a:b]) == 0 or sum(counts[a:b]) >= min_cell for a, b in segments):
+        return [(c, lo + a, hi + a, n) for a, b in segments
+                for c, lo, hi, n in release_class(counts[a:b], min_cell, cls)]
     runs: list[list[int]] = []
     lo, acc = 0, 0
     for b, c in enumerate(counts):

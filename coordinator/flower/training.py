@@ -299,7 +299,10 @@ def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
 def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
     """Weighted means of the sites' scalars, except that accuracy/precision/recall/F1 are
     recomputed from the sites' summed confusion matrices where the sites send them (a weighted
-    mean of macro metrics is not the macro metric of the pooled test set)."""
+    mean of macro metrics is not the macro metric of the pooled test set). A site that withheld
+    a group (``{p}cm_withheld``, ``{p}hist_withheld``: a cell under its minimum cell count) is
+    left out of that group's pooling; ``{p}cm_withheld_sites`` / ``{p}hist_withheld_sites`` count
+    such sites and ``{p}cm_sites`` the sites pooled."""
     total, means = _weighted_metrics(replies)
     summed: dict[str, dict[tuple[int, int], float]] = {}
     for rep in replies:
@@ -308,9 +311,14 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
             for cell, v in cells.items():
                 acc[cell] = acc.get(cell, 0.0) + v
     from optima_common import score_histogram as H
+    from optima_common.eval_release import is_flag
 
     site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
-    out = {k: v for k, v in means.items() if not _cm_groups({k: v}) and H.TAG not in k}
+    out = {k: v for k, v in means.items() if not _cm_groups({k: v}) and H.TAG not in k and not is_flag(k)}
+    for m in site_metrics:  # groups a site withheld (small cells): pooled over the sites that sent
+        for k in filter(is_flag, m):
+            out[f"{k}_sites"] = out.get(f"{k}_sites", 0.0) + 1.0
+            log.warning("a site withheld %s (a cell under its minimum cell count): pooled without it", k)
     out.update(H.pooled_metrics(site_metrics))  # AUROC of the pooled test (and validation) sets
     for prefix, cells in summed.items():
         k = max(max(i, j) for i, j in cells) + 1
@@ -320,6 +328,7 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
         for name, value in metrics_from_confusion(cm).items():
             out[f"{prefix}{name}"] = value
         out.update({f"{prefix}cm_{i}_{j}": v for (i, j), v in cells.items()})
+        out[f"{prefix}cm_sites"] = float(sum(1 for m in site_metrics if prefix in _cm_groups(m)))
     return total, out
 
 

@@ -8,6 +8,8 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
 (``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+An evaluate reply passes :func:`optima_common.eval_release.release_evaluation` first: confusion
+matrices and score histograms with a cell between 1 and the site's minimum cell count are withheld.
 A train message with ``init = True`` and no arrays answers with the task's freshly initialised,
 seeded weights, so the coordinator never needs torch to build the starting model, plus a
 ConfigRecord "model-info" whose ``trainable`` lists the keys of trainable parameters (the only
@@ -208,7 +210,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         raise ConfigError("evaluate message carries no weights")
     bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
-    from optima_common.score_histogram import release_metrics
+    from optima_common.eval_release import release_evaluation
 
-    metrics = release_metrics(metrics, site_min_cell(context.node_config))
+    n, metrics = release_evaluation(n, metrics, site_min_cell(context.node_config))  # small cells stay here
     return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)
