@@ -122,7 +122,7 @@ def main() -> None:
         net = network_result(store.bundles(manifest.manifest_id))
     with Step("report (pools again, plots, CSV)"):
         paths = write_report(store, manifest.manifest_id, root / "report")
-    size = lambda p: p.stat().st_size / 1e6  # noqa: E731
+    size = lambda p: p.stat().st_size / 1e6
     bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
     print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site, {len(net.result.data)} in the network result")
     print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(root / 'store.sqlite3'):.1f} MB, "

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.reference_r import dataset, survfit_reference  # noqa: E402
-from site_agent.analyses.survival import km_from_table, risk_table, summary_from_km  # noqa: E402
-from site_agent.study_spec import SurvivalSpec  # noqa: E402
+from benchmarks.reference_r import dataset, survfit_reference
+from site_agent.analyses.survival import km_from_table, risk_table, summary_from_km
+from site_agent.study_spec import SurvivalSpec
 
 OLD_GRID = (0, 182, 365, 730, 1096, 1461, 1826, 2557, 3652)
 HORIZONS = [365, 730, 1826]

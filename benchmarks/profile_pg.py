@@ -23,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pg_private import private_cluster  # benchmarks/ is on sys.path as the script folder
+from pg_private import (
+    private_cluster,  # benchmarks/ is on sys.path as the script folder
+)
 
 _LINE = re.compile(r"duration: ([0-9.]+) ms\s+statement: (.*)")
 
@@ -105,7 +107,7 @@ def main() -> None:
             for i, (sh, _) in enumerate(ranked[:args.top]):
                 (d / f"stmt_{i:02d}.sql").write_text(example[sh])
         if args.plans:
-            plans = re.findall(r"duration: ([0-9.]+) ms\s+plan:\n(.*?)(?=\n\S|\Z)", text, flags=re.S)
+            plans = re.findall(r"duration: ([0-9.]+) ms\s+plan:\n(.*?)(?=\n\S|\Z)", text, flags=re.DOTALL)
             plans.sort(key=lambda p: -float(p[0]))
             Path(args.plans).write_text("\n\n".join(f"-- {float(ms) / 1000:.2f} s\n{body}" for ms, body in plans))
             print(f"{len(plans)} plans (slowest first) in {args.plans}")

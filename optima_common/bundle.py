@@ -50,11 +50,32 @@ from optima_common.keys import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "ALGORITHM", "REPLY_STATUSES", "BundleError", "Signature",
+    "ALGORITHM",
+    "REPLY_STATUSES",
+    "SCHEMA_VERSION",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "BundleError",
     "ManifestCohort",
-    "StudyManifest", "SuppressionRecord", "Provenance", "ResultBundle", "canonical_bytes", "manifest_sha256",
-    "sign", "verify", "check_suppression", "render", "write_bundle", "read_bundle", "write_manifest",
-    "read_manifest", "key_id", "generate_keypair", "load_private_key", "load_public_key", "load_trust_dir",
+    "Provenance",
+    "ResultBundle",
+    "Signature",
+    "StudyManifest",
+    "SuppressionRecord",
+    "canonical_bytes",
+    "check_suppression",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "load_trust_dir",
+    "manifest_sha256",
+    "read_bundle",
+    "read_manifest",
+    "render",
+    "sign",
+    "verify",
+    "write_bundle",
+    "write_manifest",
 ]
 
 SCHEMA_VERSION = 1

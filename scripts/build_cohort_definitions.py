@@ -58,7 +58,7 @@ PLACEHOLDER_MIN_ID = 2_000_000_000
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cohort_declarations import (  # noqa: E402  (the declarations live beside this script)
+from cohort_declarations import (
     _DOMAIN_CRITERIA,
     COHORTS,
     CONCEPT_SETS,

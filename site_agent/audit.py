@@ -106,7 +106,7 @@ class AuditLog:
                 last = self._last_entry()
                 entry: dict[str, Any] = {
                     "seq": (last["seq"] + 1) if last else 1,
-                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                    "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                     "event": event,
                     "manifest_id": manifest_id,
                     "study_id": study_id,

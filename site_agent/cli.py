@@ -113,7 +113,7 @@ def cmd_cohorts(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    shown = lambda v: f"<{args.min_cell_count}" if v is None else str(v)  # noqa: E731
+    shown = lambda v: f"<{args.min_cell_count}" if v is None else str(v)
     print(f"{'cohort_definition_id':>20}  {'cohort_name':<28} {'number_records':>14} {'number_subjects':>15}")
     for r in rows:
         print(f"{r['cohort_definition_id']:>20}  {r['cohort_name']:<28} {shown(r['number_records']):>14} "
@@ -128,7 +128,7 @@ def cmd_cohorts(args) -> int:
 
 def _suppress_count_row(row: dict, minimum: int) -> dict:
     """Blank a cohort's counts when its subjects are 1..minimum-1 (records would reveal them)."""
-    small = lambda v: 0 < v < minimum  # noqa: E731
+    small = lambda v: 0 < v < minimum
     if small(row["number_subjects"]) or small(row["number_records"]):
         return {**row, "number_records": None, "number_subjects": None}
     return row
@@ -137,7 +137,7 @@ def _suppress_count_row(row: dict, minimum: int) -> dict:
 def _suppress_attrition(steps: list[dict], minimum: int) -> list[dict]:
     """Blank attrition counts of 1..minimum-1, and an excluded count next to a blanked step
     (the difference of two shown counts would reveal it)."""
-    small = lambda v: v is not None and 0 < v < minimum  # noqa: E731
+    small = lambda v: v is not None and 0 < v < minimum
     out, prev_blank = [], False
     for s in steps:
         blank = small(s["number_records"]) or small(s["number_subjects"])

@@ -126,7 +126,7 @@ class Site:
             policy.audit.append("refused", manifest_id=m.manifest_id, study_id=m.study_id,
                                 detail={"check": refusal.check, "reason": refusal.reason[:MAX_STR]})
             return P.REFUSED, f"{refusal.check}: {refusal.reason}", ""
-        except Exception as exc:  # noqa: BLE001 - a failed study is an answer, not a crashed node
+        except Exception as exc:
             log.exception("manifest %s failed", m.manifest_id)
             policy.audit.append("failed", manifest_id=m.manifest_id, study_id=m.study_id,
                                 detail={"error": failure_line(exc)})

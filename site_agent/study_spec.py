@@ -73,7 +73,7 @@ class SurvivalSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _horizons_on_grid(self) -> "SurvivalSpec":
+    def _horizons_on_grid(self) -> SurvivalSpec:
         for years in self.summary_years:
             days = self.horizon_days(years)
             if days >= self.grid_days[-1]:
@@ -151,7 +151,7 @@ class StudySpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _event_names(self) -> "StudySpec":
+    def _event_names(self) -> StudySpec:
         bad = [n for n in self.treatment_events if not n.replace("_", "").isalnum()]
         if bad:
             raise ValueError(f"treatment event names must be letters, digits and _: {bad}")

@@ -31,7 +31,7 @@ from site_agent import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "cohort_definitions" / "catalog.json"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def make_keys(folder: Path) -> dict[str, Path]:
@@ -167,7 +167,7 @@ def test_clone_persons_adds_exactly_those_persons(tmp_path):
 
 # -- documents without a site: fixed manifests and bundles for the contract tests --
 
-NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 # a real summarised_result table (the coordinator audits every table it verifies): cohort counts,
 # one withheld; the non-ASCII cohort name checks the canonical bytes
 _H = '"result_id","cdm_name","group_name","group_level","strata_name","strata_level","variable_name",' \

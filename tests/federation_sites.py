@@ -65,4 +65,4 @@ def build_network(root: Path, sites=SITES, *, review: tuple[str, ...] = (), min_
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

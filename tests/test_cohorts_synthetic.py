@@ -79,7 +79,7 @@ def _check_attrition(attrition: dict, truth: dict) -> None:
 
 def test_cli_synth_and_cohorts_json(tmp_path, pg_url):
     """The user's path: generate with the CLI, copy to PostgreSQL, build the lung folder on both."""
-    run = lambda *a: subprocess.run([sys.executable, "-m", "site_agent", *a], capture_output=True, text=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "site_agent", *a], capture_output=True, text=True,
                                     cwd=REPO)
     out = tmp_path / "cli_site.duckdb"
     truth = tmp_path / "truth.json"

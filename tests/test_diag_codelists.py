@@ -128,7 +128,7 @@ def test_resolve_concept_set_matches_circe_and_hand(site):
     cdm, ctx, _, t = site
     key, desc, mapped_from = _hand_vocab(t["concept"])
     existing = set(t["concept"]["concept_id"].astype(int))
-    item = lambda k, exc=False, d=True, m=False: {"concept": {"CONCEPT_ID": key[k]}, "isExcluded": exc,  # noqa: E731
+    item = lambda k, exc=False, d=True, m=False: {"concept": {"CONCEPT_ID": key[k]}, "isExcluded": exc,
                                                   "includeDescendants": d, "includeMapped": m}
     sets = [cs["expression"]["items"] for d in collect_definitions([LUNG]) for cs in d.expression["ConceptSets"]]
     sets += [[item("LUNG_MALIGNANT", m=True), item("SCLC", exc=True), item("ICD10CM_C34_10", exc=True, d=False)],
@@ -285,7 +285,7 @@ def test_unmapped_codes(site):
     cdm, ctx, defs, t = site
     co = t["condition_occurrence"]
     zero = co[co["concept_id"] == 0]
-    n_code = lambda code: int((zero["source_value"] == code).sum())  # noqa: E731
+    n_code = lambda code: int((zero["source_value"] == code).sum())
     n_c34 = int((zero["source_concept_id"] == C34_90).sum())
 
     def got(name: str) -> dict[tuple[str, str], tuple[int, str]]:

@@ -88,7 +88,7 @@ def test_release_audit_by_subtraction(synth_site, tmp_path):
     d, s = res.data, res.settings
     typ = d["result_id"].map(dict(zip(s["result_id"], s["result_type"])))
     num = pd.to_numeric(d["estimate_value"], errors="coerce")
-    small = lambda v: 0 < v < 5  # noqa: E731
+    small = lambda v: 0 < v < 5
     counts = {lvl: v for lvl, v, t, var in zip(d["group_level"], num, typ, d["variable_name"])
               if t == "summarise_cohort_count" and var == "Number subjects" and pd.notna(v)}
     # nested pairs: |A| - |B| must not be a small count when B lies inside A

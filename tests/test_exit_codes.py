@@ -41,7 +41,7 @@ def test_errors_are_defined_only_in_the_table():
 
 def test_exit_codes_doc_lists_every_code():
     text = (REPO / "docs" / "exit-codes.md").read_text(encoding="utf-8")
-    rows = dict(re.findall(r"^\|\s*(\d+)\s*\|\s*`([A-Z_]+)`\s*\|", text, flags=re.M))
+    rows = dict(re.findall(r"^\|\s*(\d+)\s*\|\s*`([A-Z_]+)`\s*\|", text, flags=re.MULTILINE))
     assert {int(k): v for k, v in rows.items()} == {int(c): c.name for c in ExitCode}
 
 

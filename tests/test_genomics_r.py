@@ -13,6 +13,7 @@ import pytest
 
 from site_agent.genomics import reference, stats, subtype
 
+
 def rscript() -> str | None:
     return shutil.which("Rscript")
 

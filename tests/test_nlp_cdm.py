@@ -11,12 +11,12 @@ import duckdb
 import numpy as np
 import pytest
 
+from optima_common.agreement import f1_interval, metrics, wilson
 from optima_common.results import SUPPRESSED
 from site_agent.cdm import connect_cdm
 from site_agent.cdm.synth import generate_site
 from site_agent.cdm.synth.notes import truth_path
 from site_agent.cdm.synth.vocabulary import Vocabulary
-from optima_common.agreement import f1_interval, metrics, wilson
 
 pytest.importorskip("medspacy", reason="the nlp extra is not installed: pip install -e '.[nlp]'")
 

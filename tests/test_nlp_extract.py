@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("medspacy", reason="the nlp extra is not installed: pip install -e '.[nlp]'")
 
-from site_agent.nlp import SITES, extract, extract_many  # noqa: E402
-from site_agent.nlp.pipeline import correct, strip_system_lines  # noqa: E402
-from tests.nlp_tricky_reports import CASES  # noqa: E402
+from site_agent.nlp import SITES, extract, extract_many
+from site_agent.nlp.pipeline import correct, strip_system_lines
+from tests.nlp_tricky_reports import CASES
 
 # every miss of the tricky set, with the reason (the test fails if the misses change)
 KNOWN_MISSES: dict[str, str] = {}

@@ -63,7 +63,7 @@ def test_pooled_metrics_from_pooled_counts():
 
 
 def test_no_agreement_no_section():
-    from coordinator.pooling.nlp import pool_agreement
-
     import pandas as pd
+
+    from coordinator.pooling.nlp import pool_agreement
     assert pool_agreement(pd.DataFrame(), pd.DataFrame(), pd.Series({1: "incidence"}), "network", []).empty

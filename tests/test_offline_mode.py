@@ -63,7 +63,7 @@ def test_wrong_cdm_setting_is_one_line_and_keeps_the_nonce(net, tmp_path):
     text = good.read_text()
     import re
 
-    url = re.search(r'^url\s*=\s*"([^"]+)"', text, flags=re.M)
+    url = re.search(r'^url\s*=\s*"([^"]+)"', text, flags=re.MULTILINE)
     assert url, text
     bad.write_text(text.replace(url.group(1), "duckdb:///" + str(tmp_path / "no_such_folder" / "cdm.duckdb")))
     manifest = net.manifest(sites=["site_north"], min_sites=1, analyses=("cohort_counts",))

@@ -98,7 +98,7 @@ def test_site_toml_refuses_an_unknown_analysis_name(tmp_path):
     text = net.configs["site_north"].read_text()
     import re
 
-    line = re.search(r"^allowed_analyses\s*=.*$", text, flags=re.M)
+    line = re.search(r"^allowed_analyses\s*=.*$", text, flags=re.MULTILINE)
     new = 'allowed_analyses = ["cohort_counts", "sclc_studdy"]'
     bad = net.configs["site_north"].with_name("site_bad.toml")
     bad.write_text(text.replace(line.group(0), new) if line else text.replace("[cdm]", new + "\n\n[cdm]", 1))

@@ -32,7 +32,7 @@ from site_agent.policy import (
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "cohort_definitions" / "catalog.json"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _catalog_cohorts() -> list[dict]:

@@ -55,7 +55,7 @@ def test_pooled_kaplan_meier_on_a_daily_grid_equals_survfit(name):
     curve, log CI, median with its CI, survival (with CI) at 1/2/5 years, missing past follow-up."""
     df = dataset(name)
     ref = survfit_reference(df, HORIZONS)
-    grid = list(range(0, int(df["time"].max()) + 1))
+    grid = list(range(int(df["time"].max()) + 1))
     km, summ = _pooled(df, grid, "kaplan_meier")
     at = km.set_index("time").loc[ref["time"]]
     np.testing.assert_allclose(at["survival"], ref["surv"], rtol=0, atol=1e-12)

@@ -127,7 +127,7 @@ def test_pooled_km_equals_lifelines_on_union(sites, results, level):
     summ = summ.iloc[0]
     lf_med = kmf.median_survival_time_
     assert (np.isinf(lf_med) and np.isnan(summ["median_survival"])) or summ["median_survival"] == lf_med
-    first = lambda v: next((GRID[k] for k in range(len(GRID)) if live[k] and v[k] <= 0.5), np.nan)  # noqa: E731
+    first = lambda v: next((GRID[k] for k in range(len(GRID)) if live[k] and v[k] <= 0.5), np.nan)
     # survfit: lower limit where the lower band reaches 0.5, upper where the upper band does;
     # bands are missing where S = 0 and then never reach it
     assert np.array_equal([summ["median_survival_95CI_lower"], summ["median_survival_95CI_higher"]],
@@ -271,7 +271,7 @@ def test_median_ci_limits_all_events_1_to_100():
     lo_day = int(t[np.argmax(s * np.exp(-z * se) <= 0.5)])
     up_day = int(t[np.argmax(np.minimum(s * np.exp(z * se), 1) <= 0.5)])
     assert (lo_day, up_day) == (42, 61)
-    site, pooled = _summary(t, np.ones(100, int), list(range(0, 101)), "kaplan_meier")
+    site, pooled = _summary(t, np.ones(100, int), list(range(101)), "kaplan_meier")
     # S = 0.5 exactly from day 50 to 51: survfit takes the midpoint
     for got in (site, pooled):
         assert (got["median_survival"], got["median_survival_95CI_lower"], got["median_survival_95CI_higher"]) == \

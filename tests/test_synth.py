@@ -126,7 +126,7 @@ def test_concept_ancestor_is_the_closure_of_is_a(site: SynthResult):
 
 def test_data_sanity(site: SynthResult):
     con = duckdb.connect(str(site.out), read_only=True)
-    one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    one = lambda sql: con.execute(sql).fetchone()[0]
     for t, col in [("condition_occurrence", "condition_start_date"), ("drug_exposure", "drug_exposure_start_date"),
                    ("procedure_occurrence", "procedure_date"), ("measurement", "measurement_date"),
                    ("visit_occurrence", "visit_start_date"), ("observation_period", "observation_period_start_date")]:
@@ -182,7 +182,7 @@ def _sql_truth(path: Path, v: Vocabulary) -> tuple[dict[str, dict[str, int]], li
                    JOIN observation_period op ON op.person_id = f.person_id
                     AND f.d BETWEEN op.observation_period_start_date AND op.observation_period_end_date {extra}"""
 
-    one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    one = lambda sql: con.execute(sql).fetchone()[0]
     out: dict[str, dict[str, int]] = {}
     for name, cs, prior in [("lung_cancer_broad", d("LUNG_MALIGNANT", "LUNG_PRIMARY_MALIGNANT"), None),
                             ("lung_cancer_narrow", d("NSCLC", "SCLC"), 365), ("nsclc", d("NSCLC"), None),

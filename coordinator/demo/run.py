@@ -126,4 +126,4 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
     return outcome
 
 
-__all__ = ["run_demo", "default_sites", "DemoSite"]
+__all__ = ["DemoSite", "default_sites", "run_demo"]

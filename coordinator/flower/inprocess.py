@@ -50,11 +50,11 @@ class InProcessGrid(Grid):
         self.received: list[Message] = []  # every reply handed to the ServerApp
 
     # --- Grid API -----------------------------------------------------------------------
-    def set_run(self, run) -> None:  # noqa: D102
+    def set_run(self, run) -> None:
         self._run = run
 
     @property
-    def run(self):  # noqa: D102
+    def run(self):
         return self._run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,

@@ -91,7 +91,7 @@ def create_pki(folder: str | Path, sites: Iterable[str], *, hosts: Iterable[str]
     for s in sites:
         if not s or not all(ch.isalnum() or ch in "-_." for ch in s) or s.startswith("."):
             raise PkiError(f"site name {s!r} must be letters, digits, '-', '_' or '.'")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(CURVE)
     ca = (x509.CertificateBuilder().subject_name(_name("optima-federated network CA"))
           .issuer_name(_name("optima-federated network CA")).public_key(ca_key.public_key())

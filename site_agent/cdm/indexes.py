@@ -47,7 +47,7 @@ def index_statements(version: str, schema: str, tables: set[str] | None = None, 
 
 
 def _table_of(stmt: str) -> str | None:
-    m = re.search(r"(?:ON|TABLE|CLUSTER)\s+[A-Za-z0-9_]+\.([A-Za-z0-9_]+)", stmt, flags=re.I)
+    m = re.search(r"(?:ON|TABLE|CLUSTER)\s+[A-Za-z0-9_]+\.([A-Za-z0-9_]+)", stmt, flags=re.IGNORECASE)
     return m.group(1).lower() if m else None
 
 
@@ -81,7 +81,7 @@ def add_keys_and_indexes(cur, version: str, schema: str, *, cluster: bool = Fals
             cur.execute(stmt)
         except psycopg2.errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT optima_pk")
-            m = re.search(r"TABLE\s+\S+\.(\w+)\s+ADD CONSTRAINT\s+(\w+)\s+PRIMARY KEY\s*\((\w+)\)", stmt, re.I)
+            m = re.search(r"TABLE\s+\S+\.(\w+)\s+ADD CONSTRAINT\s+(\w+)\s+PRIMARY KEY\s*\((\w+)\)", stmt, re.IGNORECASE)
             table, name, column = (g.lower() for g in m.groups()) if m else ("?", "pk", "?")
             cur.execute(f"CREATE INDEX {name}_dup ON {schema}.{table} ({column})")
             warnings.append(f"{schema}.{table}.{column} has duplicate values: no primary key, a plain index instead")

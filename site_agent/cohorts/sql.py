@@ -55,7 +55,7 @@ def cohort_sql(
     return statements
 
 
-_QUALIFIED_CLEANUP = re.compile(r"^\s*(DELETE\s+FROM|TRUNCATE\s+TABLE|DROP\s+TABLE)\s+qualified_events\b", re.I)
+_QUALIFIED_CLEANUP = re.compile(r"^\s*(DELETE\s+FROM|TRUNCATE\s+TABLE|DROP\s+TABLE)\s+qualified_events\b", re.IGNORECASE)
 
 
 def _with_qualifying_stats(statements: list[str], ws: str, cid: int) -> list[str]:

@@ -201,7 +201,7 @@ def run_unmapped_codes(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...
     if len(zero):
         zero = zero.assign(source_concept_id=zero["source_concept_id"].fillna(0).astype("int64"),
                            source_value=zero["source_value"].map(lambda x: None if pd.isna(x) else str(x)))
-        key = lambda cid, val: (int(cid) if not pd.isna(cid) else 0, None if pd.isna(val) else str(val))  # noqa: E731
+        key = lambda cid, val: (int(cid) if not pd.isna(cid) else 0, None if pd.isna(val) else str(val))
         methods: dict[tuple[int, int, str | None], set[str]] = defaultdict(set)
         for row in mapped.itertuples(index=False):  # few rows: matched codes only
             methods[(int(row.codelist_id), *key(row.source_concept_id, row.source_value))].add(row.match_method)

@@ -105,7 +105,7 @@ def run_profile(maf: list[Path], expression: Path | None, linkage: Path, *, clin
     t0 = time.perf_counter()
     prot = release.release(raw, min_cell_count)
     t["release"] = time.perf_counter() - t0
-    accounting = {"maf_rows": m.rows, "used": int(len(v)), "skipped": skipped,
+    accounting = {"maf_rows": m.rows, "used": len(v), "skipped": skipped,
                   "non_silent_used": int(v["non_silent"].sum())}
     if accounting["used"] + sum(skipped.values()) != m.rows:  # every row is used or named as skipped
         raise GenomicsDataError("MAF accounting does not add up (a bug): report it")

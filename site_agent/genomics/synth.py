@@ -173,7 +173,7 @@ def generate(out: Path, patients: int, seed: int, *, genes: int = 0, passenger_r
         "has_expression": dict(zip(map(str, pid), has_expr.tolist())),
         "immune": dict(zip(map(str, pid), np.round(immune, 4).tolist())),
         "stromal": dict(zip(map(str, pid), np.round(stromal, 4).tolist())),
-        "variants": int(len(maf)),
+        "variants": len(maf),
     }
     write_atomic(out / "truth.json", json.dumps(truth, indent=1, sort_keys=True).encode())
     return SynthResult(out, n, len(maf), len(expr))

@@ -62,7 +62,7 @@ class _History(_Model):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _pem(public_key: Ed25519PublicKey) -> bytes:

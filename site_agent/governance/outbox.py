@@ -85,7 +85,7 @@ class ReviewView:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _sha256(data: bytes) -> str:

@@ -146,7 +146,7 @@ class ReleaseHistory:
     def record(self, result: SummarisedResult, manifest_id: str) -> int:
         """Remember the released count cells of ``result`` (recording a manifest twice is a no-op)."""
         rows = _count_rows(result)
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        now = dt.datetime.now(dt.UTC).isoformat()
         values = [(r["result_type"], r["cell_key"], *[None if pd.isna(r[c]) else r[c] for c in KEY_COLUMNS],
                    float(r["value"]), manifest_id, now) for _, r in rows.iterrows()]
         con = self._connect()

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from optima_common.agreement import metrics
 from optima_common.errors import ConfigError
 from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult
 from site_agent import __version__
 from site_agent.nlp import lexicon as L
-from optima_common.agreement import metrics
 from site_agent.nlp.concepts import METASTASIS_MODIFIER
 
 REPORT_COUNTS = "nlp_report_counts"
@@ -195,7 +195,7 @@ def _records(cdm_name: str, fates: pd.Series, persons: pd.DataFrame, structured:
     recs = []
     counts = fates.value_counts()
     recs.append(dict(result_id=1, cdm_name=cdm_name, variable_name="reports", variable_level="read",
-                     estimate_name="count", estimate_type="integer", estimate_value=str(int(len(fates)))))
+                     estimate_name="count", estimate_type="integer", estimate_value=str(len(fates))))
     for fate, n in sorted(counts.items()):
         recs.append(dict(result_id=1, cdm_name=cdm_name, variable_name="reports", variable_level=fate,
                          estimate_name="count", estimate_type="integer", estimate_value=str(int(n))))
@@ -261,7 +261,7 @@ def nlp_metastasis_result(cdm, cdm_name: str, min_cell_count: int, *, write_nlp:
         start = 1
         frame = _note_nlp_rows(results, texts["note_id"], start)
         written = write_note_nlp(cdm, frame)
-    return raw, {"reports_read": int(len(fates)), "reports_kept": int(len(kept)), "persons": int(len(persons)),
+    return raw, {"reports_read": len(fates), "reports_kept": len(kept), "persons": len(persons),
                  "note_nlp_rows": written}
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from optima_common.errors import ConfigError
-
 from site_agent.nlp.deps import require_nlp as _require_nlp
 
 

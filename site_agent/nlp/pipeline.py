@@ -289,7 +289,7 @@ def extract_many(items: Iterable[tuple[str, str]], batch_size: int = 64) -> Iter
 
 _HEADER = re.compile(r"^\s*(exam(ination)? date|procedure date|date of (exam|procedure)|time|modality|accession"
                      r"|reported by|reporter|signed by|dictated by|electronically signed|verified by|radiologist)"
-                     r"\s*[:#]", re.I)
+                     r"\s*[:#]", re.IGNORECASE)
 
 
 def strip_system_lines(text: str) -> str:

@@ -125,7 +125,7 @@ class CdmWriter:
                 }
             ),
         )
-        pid = lambda local: person_offset + 1 + np.asarray(local, dtype=np.int64)  # noqa: E731
+        pid = lambda local: person_offset + 1 + np.asarray(local, dtype=np.int64)
         op = chunk["observation_period"]
         self.append(
             "observation_period",
@@ -156,7 +156,7 @@ class CdmWriter:
                 }
             ),
         )
-        vref = lambda local: _int(np.where(local >= 0, local + visit_base, -1), 0)  # noqa: E731
+        vref = lambda local: _int(np.where(local >= 0, local + visit_base, -1), 0)
         c = chunk["condition"]
         self.append(
             "condition_occurrence",
