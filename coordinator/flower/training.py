@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from optima_common import protocol as P
 from optima_common.errors import TrainingError
+from optima_common.eval_release import cm_groups, is_flag
 from optima_common.fileio import write_atomic
 from optima_common.privacy import (
     DP_CLIP,
@@ -268,19 +269,6 @@ def initial_weights(grid, task: str, run_config: dict, nodes: list[int],
 
 
 # --- pooled evaluation --------------------------------------------------------------------
-def _cm_groups(metrics: dict[str, float]) -> dict[str, dict[tuple[int, int], float]]:
-    """``{prefix}cm_{i}_{j}`` keys -> {prefix: {(i, j): count}}."""
-    groups: dict[str, dict[tuple[int, int], float]] = {}
-    for key, value in metrics.items():
-        head, sep, tail = key.rpartition("cm_")
-        if not sep or (head and not head.endswith("_")):
-            continue
-        parts = tail.split("_")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            groups.setdefault(head, {})[(int(parts[0]), int(parts[1]))] = float(value)
-    return groups
-
-
 def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
     """Accuracy and macro precision/recall/F1 over ALL classes from a confusion matrix (rows:
     truth, columns: prediction); a class with nothing to divide by scores 0 (scikit-learn's
@@ -306,15 +294,14 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
     total, means = _weighted_metrics(replies)
     summed: dict[str, dict[tuple[int, int], float]] = {}
     for rep in replies:
-        for prefix, cells in _cm_groups(dict(rep.content.metric_records["metrics"])).items():
+        for prefix, cells in cm_groups(dict(rep.content.metric_records["metrics"])).items():
             acc = summed.setdefault(prefix, {})
             for cell, v in cells.items():
                 acc[cell] = acc.get(cell, 0.0) + v
     from optima_common import score_histogram as H
-    from optima_common.eval_release import is_flag
 
     site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
-    out = {k: v for k, v in means.items() if not _cm_groups({k: v}) and H.TAG not in k and not is_flag(k)}
+    out = {k: v for k, v in means.items() if not cm_groups({k: v}) and H.TAG not in k and not is_flag(k)}
     for m in site_metrics:  # groups a site withheld (small cells): pooled over the sites that sent
         for k in filter(is_flag, m):
             out[f"{k}_sites"] = out.get(f"{k}_sites", 0.0) + 1.0
@@ -328,7 +315,7 @@ def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
         for name, value in metrics_from_confusion(cm).items():
             out[f"{prefix}{name}"] = value
         out.update({f"{prefix}cm_{i}_{j}": v for (i, j), v in cells.items()})
-        out[f"{prefix}cm_sites"] = float(sum(1 for m in site_metrics if prefix in _cm_groups(m)))
+        out[f"{prefix}cm_sites"] = float(sum(1 for m in site_metrics if prefix in cm_groups(m)))
     return total, out
 
 
