@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from optima_common.disclosure import genomics as _genomics
+from optima_common.disclosure import nlp as _nlp
 from optima_common.disclosure import system as S
 from optima_common.disclosure.frame import (
     CELL_KEY,
@@ -30,6 +31,7 @@ from optima_common.disclosure.frame import (
     OVERALL,
     SEP,
     cohort_of,
+    count_rows,
     key,
     norm_variable,
 )
@@ -63,11 +65,6 @@ class Cohorts:
         return self.vars[k]
 
 
-def _counts(f: pd.DataFrame, rt: str | tuple[str, ...]) -> pd.DataFrame:
-    rts = (rt,) if isinstance(rt, str) else rt
-    return f[f["is_count"] & f["result_type"].isin(rts)]
-
-
 def _pairs_in_cell(s: S.System, c: pd.DataFrame, small: str, big: str, label: str) -> None:
     ck = key(c, CELL_KEY)
     a = c[c["estimate_name"] == small].assign(k=ck)
@@ -91,7 +88,7 @@ def _group_totals(c: pd.DataFrame, is_total: pd.Series, extra_group: list[str], 
 
 def cohort_count(f, s, co):
     """Number subjects <= number records of each cohort; the same numbers as in characteristics."""
-    c = _counts(f, COHORT_COUNT)
+    c = count_rows(f, COHORT_COUNT)
     v = norm_variable(c["variable_name"])
     m = c[v == "number subjects"].merge(c[v == "number records"], on="group_level", suffixes=("_s", "_r"))
     S.at_most(s, m["row_s"], m["row_r"], "subjects <= records")
@@ -99,7 +96,7 @@ def cohort_count(f, s, co):
 
 def attrition(f, s, co, rt):
     """Attrition chain: number at step k-1 - number at step k = excluded at step k (subjects, records)."""
-    c = _counts(f, rt)
+    c = count_rows(f, rt)
     order = pd.to_numeric(c["additional_level"], errors="coerce")
     c = c.assign(order=order, v=c["variable_name"].str.lower(), gk=key(c, ["result_id", "group_level"]))
     for what in ("subjects", "records"):
@@ -115,7 +112,7 @@ def attrition(f, s, co, rt):
 
 def overlap(f, s, co):
     """Only in A + in both = subjects of A; only in B + in both = subjects of B."""
-    c = _counts(f, "summarise_cohort_overlap")
+    c = count_rows(f, "summarise_cohort_overlap")
     c = c[c["estimate_name"] == "count"]
     for gl, g in c.groupby("group_level", sort=False):
         ref, comp = gl.split(SEP)
@@ -131,8 +128,8 @@ def overlap(f, s, co):
 
 def timing(f, s, co):
     """Timing of a pair: its number of subjects is the overlap's 'in both'."""
-    c = _counts(f, "summarise_cohort_timing")
-    ov = _counts(f, "summarise_cohort_overlap")
+    c = count_rows(f, "summarise_cohort_timing")
+    ov = count_rows(f, "summarise_cohort_overlap")
     ov = ov[(ov["variable_name"] == "In both cohorts") & (ov["estimate_name"] == "count")]
     both = {frozenset(gl.split(SEP)): r for gl, r in zip(ov["group_level"], ov["row"])}
     v = norm_variable(c["variable_name"])
@@ -150,7 +147,7 @@ def characteristics(f, s, co):
     """Per cohort: levels of a categorical variable add up to the number of records; a flag
     (e.g. any visit in the prior year) is at most the number of records (its complement is
     protected); subjects <= records."""
-    c = _counts(f, CHARS)
+    c = count_rows(f, CHARS)
     c = c[c["estimate_name"] == "count"]
     v = norm_variable(c["variable_name"])
     grp = ["result_id", "group_level", "strata_name", "strata_level"]
@@ -168,7 +165,7 @@ def characteristics(f, s, co):
 
 def large_scale(f, s, co):
     """Each concept count is at most the cohort's records (its complement is protected)."""
-    c = _counts(f, "summarise_large_scale_characteristics")
+    c = count_rows(f, "summarise_large_scale_characteristics")
     c = c[c["estimate_name"] == "count"]
     big = [co.var(x, "number records") for x in c["group_level"]]
     S.at_most(s, c["row"].to_numpy(), np.asarray(big), "large scale: concept <= records (complement protected)",
@@ -179,7 +176,7 @@ def code_use(f, s, co, rt):
     """Records: codes add up to the codelist total, years add up to all years. Persons: the total
     is at most the sum of codes (a person can have several codes), each code at most the total
     (complement protected); the same across years; persons <= records in each cell."""
-    c = _counts(f, rt)
+    c = count_rows(f, rt)
     is_total = c["variable_name"] == OVERALL
     for est, kind in (("record_count", "eq"), ("person_count", "le")):
         e = c[c["estimate_name"] == est]
@@ -202,13 +199,13 @@ def code_use(f, s, co, rt):
 
 def orphan_code_use(f, s, co):
     """No totals; persons <= records in each cell."""
-    _pairs_in_cell(s, _counts(f, "orphan_code_use"), "person_count", "record_count", "orphan codes: persons <= records")
+    _pairs_in_cell(s, count_rows(f, "orphan_code_use"), "person_count", "record_count", "orphan codes: persons <= records")
 
 
 def incidence(f, s, co):
     """Outcome counts of the years add up to the overall period; denominator of the overall period
     is at most the sum of the years and each year at most the overall (complement protected)."""
-    c = _counts(f, "incidence")
+    c = count_rows(f, "incidence")
     interval = c["additional_level"].str.split(SEP, regex=False).str[-1]
     c = c.assign(interval=interval)
     c = c[c["interval"].isin(["years", "overall"])]
@@ -225,7 +222,7 @@ def incidence(f, s, co):
 
 def prevalence(f, s, co):
     """Outcome <= denominator in each period (the persons without the outcome are protected)."""
-    c = _counts(f, "prevalence")
+    c = count_rows(f, "prevalence")
     k = key(c, ["result_id", "group_level", "additional_level"])
     o = c[c["estimate_name"] == "outcome_count"].assign(k=k)
     d = c[c["estimate_name"] == "denominator_count"].assign(k=k)
@@ -235,7 +232,7 @@ def prevalence(f, s, co):
 
 def observation_period(f, s, co):
     """Subjects <= records for each observation period ordinal."""
-    c = _counts(f, "summarise_observation_period")
+    c = count_rows(f, "summarise_observation_period")
     v = norm_variable(c["variable_name"])
     m = c[v == "number subjects"].merge(c[v == "number records"], on=["result_id", "group_level"],
                                         suffixes=("_s", "_r"))
@@ -254,7 +251,7 @@ def treatment_patterns(f, s, co):
     """Pathways add up to the treated subjects, who are at most the target cohort (untreated
     protected); each line's treatments add up to the line's subjects, and line k's treatment T is
     the sum of the pathways whose k-th step is T ("None" past a pathway's end)."""
-    pw = _counts(f, "treatment_pathways")
+    pw = count_rows(f, "treatment_pathways")
     pw = pw[pw["estimate_name"] == "count"]
     grp = ["result_id", "group_level", "strata_name", "strata_level"]
     v = norm_variable(pw["variable_name"])
@@ -263,7 +260,7 @@ def treatment_patterns(f, s, co):
     tot = pw[v == "number subjects"]
     S.at_most(s, tot["row"].to_numpy(), np.asarray([co.var(t) for t in _target(tot)]),
               "treated <= target cohort (untreated protected)", protect=True)
-    lf = _counts(f, "treatment_line_frequency")
+    lf = count_rows(f, "treatment_line_frequency")
     lf = lf[lf["estimate_name"] == "count"]
     lv = norm_variable(lf["variable_name"])
     parts, totals = _group_totals(lf, lv == "number subjects", [], grp)
@@ -277,7 +274,7 @@ def treatment_patterns(f, s, co):
             members = mine.loc[step == treat, "row"].to_numpy()
             s.add(np.zeros(len(members) + 1), np.r_[r, members], np.r_[1.0, -np.ones(len(members))], 1,
                   f"line {line} treatment {treat} = sum of pathways with it at step {line}")
-    ttf = _counts(f, "time_to_first_treatment")
+    ttf = count_rows(f, "time_to_first_treatment")
     ttf = ttf[ttf["estimate_name"] == "count"]
     S.at_most(s, ttf["row"].to_numpy(), np.asarray([co.var(t) for t in _target(ttf)]),
               "time to first treatment: n <= target cohort (complement protected)", protect=True)
@@ -286,7 +283,7 @@ def treatment_patterns(f, s, co):
 def outcome_horizons(f, s, co):
     """Per stratum: every count is at most the stratum's subjects (complement protected); 'within'
     counts grow with the horizon (increments protected); treatment-sequence strata add up to overall."""
-    c = _counts(f, "outcome_horizons")
+    c = count_rows(f, "outcome_horizons")
     grp = ["result_id", "group_level", "strata_name", "strata_level"]
     v = norm_variable(c["variable_name"])
     parts, totals = _group_totals(c, v == "number subjects", [], grp)
@@ -317,7 +314,7 @@ def _strata_sum(s, c, strata_name, cols, label):
 
 def risk_table(f, s, co, rt):
     """At risk at the next time = at risk now - events - censored (- competing events); strata add up."""
-    c = _counts(f, rt)
+    c = count_rows(f, rt)
     c = c.assign(order=pd.to_numeric(c["additional_level"], errors="coerce"),
                  ck=key(c, ["result_id", "group_level", "strata_name", "strata_level", "variable_level"]))
     risk = c[c["estimate_name"] == "n_risk_count"][["ck", "order", "row"]].rename(columns={"row": "cur"})
@@ -331,40 +328,6 @@ def risk_table(f, s, co, rt):
     # strata rounded on their own (cumulative rounding) no longer add up: only exact tables
     _strata_sum(s, c[~c["rounding"].str.startswith("cumulative")], "treatment_sequence",
                 ["variable_level", "estimate_name", "additional_level"], f"{rt}: treatment sequences add up to overall")
-
-
-def nlp_report_counts(f, s, co):
-    """Reports read = kept + every filtered reason."""
-    c = _counts(f, "nlp_report_counts")
-    c = c[c["variable_name"] == "reports"]
-    c = c.assign(key=c["result_id"].astype(str))
-    S.sum_equals(s, c[c["variable_level"] != "read"][["key", "row"]], c[c["variable_level"] == "read"][["key", "row"]],
-                 "NLP reports: read = kept + filtered")
-
-
-def nlp_agreement(f, s, co):
-    """Per site: TP + FP = NLP positive, TP + FN = structured positive, TP + FP + FN <= persons
-    evaluated (the true negatives, the complement, protected). Precision, recall, F1 and their CIs
-    sit in the cell of TP/FP/FN, so derived_mask withholds them with any of the three."""
-    c = _counts(f, "nlp_metastasis_agreement")
-    n = c[norm_variable(c["variable_name"]) == "number subjects"]
-    cell = c[c["group_name"] == "metastasis_site"]
-    by = {(g, v, e): r for g, v, e, r in zip(cell["group_level"], cell["variable_name"], cell["estimate_name"], cell["row"])}
-    total = {rid: r for rid, r in zip(n["result_id"], n["row"])}
-    for (site, rid) in sorted(set(zip(cell["group_level"], cell["result_id"]))):
-        tp, fp, fn = (by.get((site, "agreement", e)) for e in ("tp_count", "fp_count", "fn_count"))
-        nlp, st = by.get((site, "nlp positive", "count")), by.get((site, "structured positive", "count"))
-        if tp is None or fp is None or fn is None:
-            continue
-        if nlp is not None:
-            s.add(np.zeros(3), np.r_[nlp, tp, fp], np.r_[1.0, -1.0, -1.0], 1, f"NLP {site}: TP + FP = NLP positive")
-        if st is not None:
-            s.add(np.zeros(3), np.r_[st, tp, fn], np.r_[1.0, -1.0, -1.0], 1,
-                  f"NLP {site}: TP + FN = structured positive")
-        if rid in total:
-            tn = s.new_hidden(1, protect=True)[0]
-            s.add(np.zeros(5), np.r_[total[rid], tp, fp, fn, tn], np.r_[1.0, -1.0, -1.0, -1.0, -1.0], 1,
-                  f"NLP {site}: TP + FP + FN + TN = persons evaluated (TN protected)")
 
 
 DECLARATIONS: dict[str, Callable] = {
@@ -390,14 +353,13 @@ DECLARATIONS: dict[str, Callable] = {
     "outcome_horizons": outcome_horizons,
     "survival_events": lambda f, s, co: risk_table(f, s, co, "survival_events"),
     "cumulative_incidence_events": lambda f, s, co: risk_table(f, s, co, "cumulative_incidence_events"),
-    "nlp_report_counts": nlp_report_counts,
-    "nlp_metastasis_agreement": nlp_agreement,
     # derived only (no counts of their own): see derived_mask
     "survival_estimates": no_relations,
     "survival_summary": no_relations,
     "cumulative_incidence": no_relations,
 }
 DECLARATIONS.update(_genomics.DECLARATIONS)  # mutation_frequency, hotspot_counts, ... (see that module)
+DECLARATIONS.update(_nlp.DECLARATIONS)  # nlp_report_counts, nlp_metastasis_agreement
 
 
 @dataclass(frozen=True)

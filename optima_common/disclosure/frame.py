@@ -21,6 +21,12 @@ def is_count_name(names: pd.Series) -> np.ndarray:
     return names.str.lower().str.contains("count", regex=False).to_numpy()
 
 
+def count_rows(f: pd.DataFrame, rt: str | tuple[str, ...]) -> pd.DataFrame:
+    """The count cells of one result type (or several)."""
+    rts = (rt,) if isinstance(rt, str) else rt
+    return f[f["is_count"] & f["result_type"].isin(rts)]
+
+
 def key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
     """One string per row identifying the given columns (NA-safe, vectorised)."""
     parts = [df[c].astype(str) if c == "result_id" else df[c].fillna(_NA).astype(str) for c in cols]
