@@ -124,3 +124,30 @@ def test_km_figure_when_every_curve_stops_at_day_0():
                  {"network": [(0.0, "12"), (91.0, "<"), (3652.0, "<")]})
     width, height = Image.open(io.BytesIO(base64.b64decode(png))).size
     assert 100 < width < 2000 and 100 < height < 2000
+
+
+def test_km_risk_table_labels_do_not_collide():
+    """The risk table's row names once ran into the day-0 counts ("network245"), and the hidden
+    table axis took the day ticks with it: every text of the table must sit apart, and the curve
+    panel must show its day tick labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from coordinator.report.plots import km_figure
+
+    fig = km_figure("sclc: death", {"network": ([0, 100, 730, 3652], [1, .9, .5, .4], [1, .85, .45, .35], [1, .95, .55, .45]),
+                                    "stage II": ([0, 100], [1, .8], [1, .7], [1, .9])},
+                    {"network": [(0, "245"), (730, "120"), (1460, "60")], "stage II": [(0, "95"), (730, "40")]})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax, tab = fig.axes
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in tab.texts]
+    boxes.append(("title", tab.title.get_window_extent(renderer)))
+    boxes += [(t.get_text(), t.get_window_extent(renderer)) for t in ax.get_xticklabels() if t.get_text()]
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1:]:
+            assert not ba.overlaps(bb), f"{a!r} overlaps {b!r}"
+    assert [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()], "no day tick labels"
+    plt.close(fig)

@@ -53,16 +53,25 @@ def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: 
 
 def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
            at_risk: dict[str, list[tuple[float, str]]]) -> str:
-    """Step KM curves with CI bands and an at-risk table under the axis."""
+    """Step KM curves with CI bands and an at-risk table under the axis, as a base64 PNG."""
+    return _png(km_figure(title, curves, at_risk))
+
+
+def km_figure(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
+              at_risk: dict[str, list[tuple[float, str]]]):
+    """The matplotlib figure behind :func:`km_png` (tests measure its text layout)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax, tab) = plt.subplots(2, 1, figsize=(7, 4.6 + 0.25 * len(at_risk)),
-                                  gridspec_kw={"height_ratios": [4, 0.4 + 0.3 * len(at_risk)]}, sharex=True)
+                                  gridspec_kw={"height_ratios": [4, 0.4 + 0.3 * len(at_risk)], "hspace": 0.55},
+                                  sharex=True)
+    colours: dict[str, str] = {}
     for name, (t, s, lo, hi) in curves.items():
         line, = ax.step(t, s, where="post", label=name)
+        colours[name] = line.get_color()
         ax.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("survival")
@@ -75,10 +84,14 @@ def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[fl
     times = [float(x) for t, *_ in curves.values() for x in t] + [float(t) for c in at_risk.values() for t, _ in c]
     finite = [x for x in times if x == x and abs(x) != float("inf")]
     ax.set_xlim(0, max([1.0, *finite]) * 1.02)
+    # the table axis is hidden, so the shared x axis shows its tick labels on the curve panel
+    ax.tick_params(labelbottom=True)
     tab.set_axis_off()
     for i, (name, cells) in enumerate(at_risk.items()):
         y = len(at_risk) - i - 0.5
-        tab.text(-0.01, y / max(len(at_risk), 1), name, transform=tab.transAxes, ha="right", va="center", fontsize=7)
+        # the row name sits clear of the day-0 count, which is centred on x = 0
+        tab.text(-0.05, y / max(len(at_risk), 1), name, transform=tab.transAxes, ha="right", va="center",
+                 fontsize=7, color=colours.get(name, "black"))
         for t, label in cells:
             if not (0 <= t <= ax.get_xlim()[1]):
                 continue
@@ -86,7 +99,7 @@ def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[fl
                      va="center", fontsize=7)
     tab.set_title("number at risk (pooled)", fontsize=7, loc="left")
     ax.set_xlabel("days")
-    return _png(fig)
+    return fig
 
 
 def rate_panels_png(w, by: str, title: str) -> str:
