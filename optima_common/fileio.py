@@ -1,10 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it."""
+"""Files in and out: atomic writes (a reader sees the old file or the whole new one, never half
+of it) and config documents read with one-line errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any, TypeVar
+
+M = TypeVar("M")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> Path:
@@ -23,3 +29,41 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_document(path: str | os.PathLike, *, fmt: str, what: str, error: type[Exception]) -> Any:
+    """The parsed JSON or TOML document at ``path``; every failure is one ``error`` line that
+    names the file, ``what`` it should be, and where it went wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: the {what} is not a UTF-8 text file") from None
+    try:
+        if fmt == "toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: malformed TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read (the {what} must be a plain document)") from None
+
+
+def validate_document(model: type[M], doc: Any, path: str | os.PathLike, *, what: str,
+                      error: type[Exception]) -> M:
+    """``doc`` validated as ``model``; a validation failure is one ``error`` line naming the
+    first offending field (and how many more there are)."""
+    from pydantic import ValidationError
+
+    from optima_common.errors import validation_summary
+
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise error(f"{path}: invalid {what} at {validation_summary(exc)}") from None

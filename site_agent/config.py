@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import tomllib
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -46,12 +45,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from optima_common.errors import ConfigError, OptimaError, validation_summary
+from optima_common.errors import ConfigError, OptimaError
+from optima_common.fileio import read_document, validate_document
 from optima_common.keys import key_id, load_private_key, load_public_key
 from optima_common.protocol import ANALYSES
 from site_agent.governance.keyring import Keyring
@@ -218,20 +217,8 @@ def _resolve(base: Path, p: Path) -> Path:
 def load_config(path: str | Path) -> SiteConfig:
     """Read, validate and check a site TOML file (keys and catalogs are read once here)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    try:
-        cfg = SiteConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {validation_summary(exc)}") from None
+    raw = read_document(path, fmt="toml", what="site config", error=ConfigError)
+    cfg = validate_document(SiteConfig, raw, path, what="site config", error=ConfigError)
     base = path.resolve().parent
     cfg = cfg.model_copy(update={
         "state_dir": _resolve(base, cfg.state_dir),

@@ -14,12 +14,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from optima_common.errors import ConfigError, validation_summary
+from optima_common.errors import ConfigError
+from optima_common.fileio import read_document, validate_document
 from site_agent.cohorts.definitions import (
     CohortDefinition,
     collect_definitions,
@@ -174,16 +174,8 @@ class LoadedStudy(BaseModel):
 
 def load_study(path: str | Path) -> LoadedStudy:
     path = Path(path).expanduser().resolve()
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read study spec ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    try:
-        spec = StudySpec.model_validate(doc)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid study spec at {validation_summary(exc)}") from None
+    doc = read_document(path, fmt="json", what="study spec", error=ConfigError)
+    spec = validate_document(StudySpec, doc, path, what="study spec", error=ConfigError)
     catalog_path = (path.parent / spec.catalog).resolve()
     if not catalog_path.is_file():
         raise ConfigError(f"{path}: catalog {catalog_path} not found")

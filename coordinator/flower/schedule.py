@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,13 +30,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from coordinator.store import ResultsStore, ops
 from optima_common.errors import CoordinatorError
+from optima_common.fileio import read_document, validate_document
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +92,8 @@ class RunResult(BaseModel):
 
 def load_schedule(path: str | Path) -> ScheduleFile:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CoordinatorError(f"{path}: cannot read the schedule file ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CoordinatorError(f"{path}: malformed TOML: {exc}") from None
-    try:
-        sched = ScheduleFile.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(map(str, first["loc"])) or "(top)"
-        raise CoordinatorError(f"{path}: invalid schedule at {loc}: {first['msg']}") from None
+    doc = read_document(path, fmt="toml", what="schedule file", error=CoordinatorError)
+    sched = validate_document(ScheduleFile, doc, path, what="schedule", error=CoordinatorError)
     for s in sched.study:
         s.spec = (path.parent / s.spec).resolve()
         if not s.spec.is_file():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optima_common.errors import CohortDefinitionError
+from optima_common.fileio import read_document
 
 CATALOG_FILE = "catalog.json"
 #: ids of cohorts not in any catalog start here, above every network catalog id, so a user's
@@ -59,16 +60,7 @@ def _json_depth(doc) -> int:
 
 
 def _read_json(path: Path):
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except RecursionError:
-        raise CohortDefinitionError(f"{path}: JSON nested too deeply to read (at most {MAX_JSON_DEPTH} levels)") from None
-    except UnicodeDecodeError:
-        raise CohortDefinitionError(f"{path}: not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise CohortDefinitionError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except OSError as exc:
-        raise CohortDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
+    doc = read_document(path, fmt="json", what="cohort definition", error=CohortDefinitionError)
     depth = _json_depth(doc)
     if depth > MAX_JSON_DEPTH:
         raise CohortDefinitionError(f"{path}: JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
