@@ -171,7 +171,8 @@ def _context_rules():
     mets = {"MET"}
     sites = {f"SITE_{s}" for s in L.SITES}
     add(L.NEGATIONS_FORWARD, "NEGATED_EXISTENCE", "FORWARD")
-    add([w for w in L.NEGATIONS_BACKWARD if w not in L.SITE_ONLY_BACKWARD], "NEGATED_EXISTENCE", "BACKWARD", max_scope=6)
+    add([w for w in L.NEGATIONS_BACKWARD if w not in L.SITE_ONLY_BACKWARD], "NEGATED_EXISTENCE", "BACKWARD",
+        max_scope=6)
     # "Hepatic metastases with a normal skeleton": "normal" says the skeleton is normal, not the metastases
     add(L.SITE_ONLY_BACKWARD, "NEGATED_EXISTENCE", "BACKWARD", max_scope=6, allowed_types=sites)
     add(["normal"], "NEGATED_EXISTENCE", "FORWARD", max_scope=1, allowed_types=sites)  # "a normal skeleton"
