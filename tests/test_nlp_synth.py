@@ -67,3 +67,15 @@ def test_default_cdm_has_no_notes(tmp_path):
     con = duckdb.connect(str(out), read_only=True)
     assert con.execute("SELECT count(*) FROM main.note").fetchone()[0] == 0
     assert not truth_path(out).exists()
+
+
+def test_breast_centre_profile(tmp_path):
+    """The demo's breast cancer unit: mostly women, a quarter or more of persons with breast cancer,
+    a fifth to two fifths of them metastatic (design in site_agent/cdm/synth/params.py)."""
+    out = tmp_path / "breast.duckdb"
+    res = generate_site(out, persons=1000, site="breast_centre", profile="breast-centre", seed=4)
+    con = duckdb.connect(str(out), read_only=True)
+    women = con.execute("SELECT avg(CASE WHEN gender_concept_id = 8532 THEN 1.0 ELSE 0 END) FROM main.person").fetchone()[0]
+    assert women > 0.75
+    breast, met = res.truth["breast_cancer"]["subjects"], res.truth["metastatic_breast_cancer"]["subjects"]
+    assert breast >= 200 and 0.15 <= met / breast <= 0.4, (breast, met)
