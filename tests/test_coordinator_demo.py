@@ -130,12 +130,14 @@ def check_nlp(out: Path, net: SummarisedResult, types: dict, html: str) -> None:
     agree = d[(d["t"] == "nlp_metastasis_agreement") & (d["group_level"] == "any")]
     pooled = agree[agree["cdm_name"] == "network"].set_index("estimate_name")["estimate_value"]
     truth = nlp_truth(out / "sites" / "breast_centre" / "breast_centre.duckdb")
-    assert truth["persons"] > 200 and truth["tp_count"] >= 40, truth
+    assert truth["persons"] > 200 and truth["tp_count"] >= 40 and min(truth["fp_count"], truth["fn_count"]) >= 5, truth
     for k in ("tp_count", "fp_count", "fn_count"):  # the other sites hold no reports: they add zeros
         assert int(pooled[k]) == truth[k], (k, pooled[k], truth)
     tp, fp, fn = truth["tp_count"], truth["fp_count"], truth["fn_count"]
     f1 = float(pooled["f1"])
-    assert f1 == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4) and 0.8 <= f1 <= 1.0
+    # plausible: the generator states 85 % of known metastases per report and 3 % of patients have one seen
+    # on imaging that nobody coded (site_agent/cdm/synth/notes.py); F1 0.80 with the demo's seed
+    assert f1 == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4) and 0.7 <= f1 <= 0.95
     assert float(pooled["precision"]) == pytest.approx(tp / (tp + fp), abs=1e-4)
     assert float(pooled["recall"]) == pytest.approx(tp / (tp + fn), abs=1e-4)
     assert float(pooled["f1_95CI_lower"]) < f1 < float(pooled["f1_95CI_upper"])

@@ -36,13 +36,20 @@ def test_reports_and_truth_are_written(cdm):
     truth = list(csv.DictReader(open(truth_path(out), encoding="utf-8")))
     assert n == len(truth) == res.counts["note"] > 200
     assert titles >= 8 and dental > 0
-    # every report stated metastatic belongs to a patient with a structured metastasis on or before it
+    # every report stated metastatic belongs to a patient with a structured metastasis on or before it,
+    # but for the uncoded ones (a metastasis seen on imaging, never coded): those patients have none at all
     bad = con.execute("""
-        SELECT count(*) FROM read_csv_auto(?) t WHERE t.metastatic = 1 AND NOT EXISTS (
+        SELECT count(*) FROM read_csv_auto(?) t WHERE t.metastatic = 1 AND t.uncoded = 0 AND NOT EXISTS (
           SELECT 1 FROM main.condition_occurrence c JOIN main.concept k ON k.concept_id = c.condition_concept_id
           WHERE c.person_id = t.person_id AND k.concept_name LIKE 'Secondary malignant%'
             AND c.condition_start_date <= CAST(t.note_date AS DATE))""", [str(truth_path(out))]).fetchone()[0]
     assert bad == 0
+    uncoded = con.execute("""
+        SELECT count(DISTINCT t.person_id), sum(CASE WHEN EXISTS (
+          SELECT 1 FROM main.condition_occurrence c JOIN main.concept k ON k.concept_id = c.condition_concept_id
+          WHERE c.person_id = t.person_id AND k.concept_name LIKE 'Secondary malignant%') THEN 1 ELSE 0 END)
+        FROM read_csv_auto(?) t WHERE t.uncoded = 1""", [str(truth_path(out))]).fetchone()
+    assert uncoded[0] >= 1 and uncoded[1] == 0  # some, and none of them has a coded metastasis
     assert not str(truth_path(out)).startswith(str(out) + "/")  # beside the CDM file, not inside anything released
 
 
