@@ -296,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="DuckDB file to write")
     p.add_argument("--persons", type=int, default=20000)
     p.add_argument("--site", default="site_a", help="site name (drives size/age/coding differences)")
-    p.add_argument("--profile", choices=["primary-care", "oncology", "lung-registry"], default="oncology",
-                   help="population kind: general practice, cancer centre, or SCLC-enriched lung registry")
+    p.add_argument("--profile", choices=["primary-care", "oncology", "lung-registry", "breast-centre"],
+                   default="oncology",
+                   help="population kind: general practice, cancer centre, SCLC-enriched lung registry, "
+                        "or breast cancer unit")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunk-size", type=int, default=250_000, help="persons generated per chunk (memory bound)")
     p.add_argument("--truth", help="also write the generator's ground truth (JSON) here")

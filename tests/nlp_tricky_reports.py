@@ -83,6 +83,24 @@ CASES: list[tuple[str, str, bool, set[str]]] = [
     ("t45", "CT: Peritoneal deposits and ascites, compatible with peritoneal metastatic disease. "
             "Known liver metastases, slightly larger.", True, {"peritoneum", "liver"}),
     ("t46", "MRI: Metastases in the brain?  Follow-up recommended.", False, set()),
+    # same-sentence linking (written 19:10 on 3 Dec, before running the extractor on them): a metastasis
+    # mention names the site it modifies, not every site of its sentence
+    ("t47", "Metastatic disease to the liver; the bone lesions are benign.", True, {"liver"}),
+    ("t48", "Lesions in the liver and lung, the latter consistent with metastasis.", True, {"lung"}),
+    ("t49", "Lesions in the liver and lung, the former consistent with metastases.", True, {"liver"}),
+    ("t50", "Hepatic metastases with a normal skeleton.", True, {"liver"}),
+    ("t51", "Metastasis in the right femur; the liver is unremarkable.", True, {"bone"}),
+    ("t52", "Bone metastases. The liver and lungs are clear.", True, {"bone"}),
+    ("t53", "Liver metastases, and a stable benign haemangioma in the spleen.", True, {"liver"}),
+    ("t54", "A metastasis in the left cerebellum, with no liver abnormality on the concurrent CT.", True, {"brain"}),
+    ("t55", "Pleural effusion and liver metastases.", True, {"liver"}),
+    ("t56", "Right adrenal adenoma and multiple liver metastases.", True, {"liver"}),
+    ("t57", "Metastases to liver and bone; the lungs are clear.", True, {"liver", "bone"}),
+    ("t58", "Enlarged axillary lymph nodes, likely reactive, and new hepatic metastases.", True, {"liver"}),
+    ("t59", "Liver metastases. Lung nodule, likely metastasis.", True, {"liver", "lung"}),
+    ("t60", "Subpleural lung nodule and a liver metastasis.", True, {"liver"}),
+    ("t61", "Osseous metastases in the thoracic spine and a pleural effusion.", True, {"bone"}),
+    ("t62", "Right pleural effusion and a sclerotic rib lesion in keeping with metastasis.", True, {"bone"}),
 ]
 
 # Held out: written after the extractor's rules (15:16), committed before running it on them, so they

@@ -36,13 +36,20 @@ def test_reports_and_truth_are_written(cdm):
     truth = list(csv.DictReader(open(truth_path(out), encoding="utf-8")))
     assert n == len(truth) == res.counts["note"] > 200
     assert titles >= 8 and dental > 0
-    # every report stated metastatic belongs to a patient with a structured metastasis on or before it
+    # every report stated metastatic belongs to a patient with a structured metastasis on or before it,
+    # but for the uncoded ones (a metastasis seen on imaging, never coded): those patients have none at all
     bad = con.execute("""
-        SELECT count(*) FROM read_csv_auto(?) t WHERE t.metastatic = 1 AND NOT EXISTS (
+        SELECT count(*) FROM read_csv_auto(?) t WHERE t.metastatic = 1 AND t.uncoded = 0 AND NOT EXISTS (
           SELECT 1 FROM main.condition_occurrence c JOIN main.concept k ON k.concept_id = c.condition_concept_id
           WHERE c.person_id = t.person_id AND k.concept_name LIKE 'Secondary malignant%'
             AND c.condition_start_date <= CAST(t.note_date AS DATE))""", [str(truth_path(out))]).fetchone()[0]
     assert bad == 0
+    uncoded = con.execute("""
+        SELECT count(DISTINCT t.person_id), sum(CASE WHEN EXISTS (
+          SELECT 1 FROM main.condition_occurrence c JOIN main.concept k ON k.concept_id = c.condition_concept_id
+          WHERE c.person_id = t.person_id AND k.concept_name LIKE 'Secondary malignant%') THEN 1 ELSE 0 END)
+        FROM read_csv_auto(?) t WHERE t.uncoded = 1""", [str(truth_path(out))]).fetchone()
+    assert uncoded[0] >= 1 and uncoded[1] == 0  # some, and none of them has a coded metastasis
     assert not str(truth_path(out)).startswith(str(out) + "/")  # beside the CDM file, not inside anything released
 
 
@@ -67,3 +74,15 @@ def test_default_cdm_has_no_notes(tmp_path):
     con = duckdb.connect(str(out), read_only=True)
     assert con.execute("SELECT count(*) FROM main.note").fetchone()[0] == 0
     assert not truth_path(out).exists()
+
+
+def test_breast_centre_profile(tmp_path):
+    """The demo's breast cancer unit: mostly women, a quarter or more of persons with breast cancer,
+    a fifth to two fifths of them metastatic (design in site_agent/cdm/synth/params.py)."""
+    out = tmp_path / "breast.duckdb"
+    res = generate_site(out, persons=1000, site="breast_centre", profile="breast-centre", seed=4)
+    con = duckdb.connect(str(out), read_only=True)
+    women = con.execute("SELECT avg(CASE WHEN gender_concept_id = 8532 THEN 1.0 ELSE 0 END) FROM main.person").fetchone()[0]
+    assert women > 0.75
+    breast, met = res.truth["breast_cancer"]["subjects"], res.truth["metastatic_breast_cancer"]["subjects"]
+    assert breast >= 200 and 0.15 <= met / breast <= 0.4, (breast, met)

@@ -78,7 +78,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="run the lung study over a local Flower network of synthetic sites")
     p.add_argument("--out", default="demo-network", help="folder for the sites, report, bundles, keys and store")
-    p.add_argument("--sites", type=int, default=3, help="number of synthetic sites (1-5)")
+    p.add_argument("--sites", type=int, default=4,
+                   help="number of synthetic sites (1-6): two lung registries, primary care, a breast cancer unit "
+                        "with radiology reports, ...")
     p.add_argument("--persons", type=int, default=3000, help="persons at the first site (others scale from it)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--definitions", help="the network's cohort definitions folder (default: the packaged copy)")

@@ -3,7 +3,9 @@
 1. Synthetic sites (different profiles and sizes), each with its own DuckDB CDM, signing key
    and site TOML (:mod:`coordinator.demo.sites`); their public keys pinned in ``OUT/trust``.
 2. The coordinator key, and a manifest for the lung study (the lung cohorts' diagnostics and
-   the stage I-II SCLC treatment-sequence study) signed with it: ``OUT/manifest.json``.
+   the stage I-II SCLC treatment-sequence study) signed with it: ``OUT/manifest.json``. Where a
+   site holds radiology reports (the breast cancer unit) and the nlp extra is installed, the
+   manifest also asks for ``nlp_metastasis``; sites without reports answer it with zero reports.
 3. A SuperLink and one SuperNode per site as local processes, with TLS and SuperNode
    authentication (:class:`coordinator.flower.network.LocalNetwork`); ``flwr run`` starts the
    ServerApp, which sends the manifest, verifies and stores each bundle, and writes the report.
@@ -52,6 +54,19 @@ def prepare_images(out: Path, sites: list[DemoSite], task: str, echo) -> dict[st
     return extra
 
 
+def with_nlp(analyses: tuple[str, ...], sites: list[DemoSite], echo) -> tuple[str, ...]:
+    """``nlp_metastasis`` added when a site holds radiology reports and medspaCy is importable here
+    (the demo's sites run in this environment); without the extra the lung study runs alone."""
+    import importlib.util
+
+    if "nlp_metastasis" in analyses or not any(s.notes for s in sites):
+        return analyses
+    if importlib.util.find_spec("medspacy") is None:
+        echo("  the nlp extra is not installed: the demo runs without nlp_metastasis (pip install -e '.[nlp]')")
+        return analyses
+    return (*analyses, "nlp_metastasis")
+
+
 def coordinator_key(out: Path) -> tuple[Path, Path]:
     keys = out / "coordinator_keys"
     private, public = keys / "coordinator.key", keys / "coordinator.pub"
@@ -79,6 +94,7 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
         with progress(f"  site {s.name}: synthetic CDM ({s.profile}, {s.persons:,} persons), key, site.toml"):
             prepared.append(prepare_site(out / "sites", s, catalog=catalog.resolve(), coordinator_pub=public,
                                          trust=out / "trust", min_cell_count=min_cell_count, echo=echo))
+    analyses = with_nlp(tuple(analyses), sites, echo)
     manifest = manifest_from_spec(spec, target_sites=[s.name for s in sites],
                                   min_sites=min_sites or max(1, len(sites) - 1), analyses=analyses,
                                   extra_cohorts=LUNG_DIAGNOSTIC_COHORTS, min_cell_count=min_cell_count,
@@ -96,7 +112,8 @@ def run_demo(out: Path, sites: list[DemoSite], definitions: Path, *, min_cell_co
         echo(f"logs: {logs}/ (superlink.log, supernode-<site>.log, run-study.log); follow with: tail -f {logs}/*.log")
         if network_hook is not None:
             network_hook(network)
-        with progress("network study: the sites build cohorts, run diagnostics and the SCLC study, then Cox"):
+        nlp = ", the radiology-report NLP" if "nlp_metastasis" in analyses else ""
+        with progress(f"network study: the sites build cohorts, run diagnostics{nlp} and the SCLC study, then Cox"):
             outcome = network.run("study", job, timeout=reply_timeout + 180)
         training = None
         if train and outcome.get("ok"):

@@ -26,6 +26,7 @@ class DemoSite:
     persons: int
     seed: int
     review_mode: bool = False
+    notes: bool = False  # radiology reports in ``note`` (``cdm synth --notes``) for the NLP analysis
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,25 @@ class PreparedSite:
     cdm: Path
 
 
-SITE_KINDS = (  # name, synth profile, size relative to --persons
-    ("lung_registry_north", "lung-registry", 1.0),
-    ("primary_care_south", "primary-care", 1.0),
-    ("lung_registry_east", "lung-registry", 1.0),
-    ("oncology_west", "oncology", 1.5),
-    ("primary_care_central", "primary-care", 1.5),
+SITE_KINDS = (  # name, synth profile, size relative to --persons, radiology reports
+    ("lung_registry_north", "lung-registry", 1.0, False),
+    ("primary_care_south", "primary-care", 1.0, False),
+    ("lung_registry_east", "lung-registry", 1.0, False),
+    ("breast_centre", "breast-centre", 0.5, True),
+    ("oncology_west", "oncology", 1.5, False),
+    ("primary_care_central", "primary-care", 1.5, False),
 )
 
 
 def default_sites(count: int, persons: int, seed: int) -> list[DemoSite]:
     """Sites that differ in kind and size, as in the seed's network: SCLC-enriched lung-cancer
-    registries (they hold the stage I-II SCLC patients the study is about), a larger
-    primary-care source, and a general oncology EMR."""
+    registries (they hold the stage I-II SCLC patients the study is about), a primary-care
+    source, a breast cancer unit whose CDM holds radiology reports (the NLP metastasis analysis),
+    a general oncology EMR and a larger primary-care source."""
     if not 1 <= count <= len(SITE_KINDS):
         raise CoordinatorError(f"--sites must be between 1 and {len(SITE_KINDS)}, got {count}")
-    return [DemoSite(name, profile, max(int(persons * size), 100), seed + i)
-            for i, (name, profile, size) in enumerate(SITE_KINDS[:count])]
+    return [DemoSite(name, profile, max(int(persons * size), 100), seed + i, notes=notes)
+            for i, (name, profile, size, notes) in enumerate(SITE_KINDS[:count])]
 
 
 def agent(*args: str, cwd: Path | None = None) -> str:
@@ -85,7 +88,8 @@ def site_toml(site: DemoSite, *, cdm: Path, catalog: Path, coordinator_pub: Path
 
 
 def prepare_site(root: Path, site: DemoSite, *, catalog: Path, coordinator_pub: Path, trust: Path,
-                 min_cell_count: int = 5, analyses: tuple[str, ...] = ("cohort_counts", "diagnostics", "sclc_study"),
+                 min_cell_count: int = 5,
+                 analyses: tuple[str, ...] = ("cohort_counts", "diagnostics", "sclc_study", "nlp_metastasis"),
                  echo=print) -> PreparedSite:
     """CDM, key and config of one site under ``root/<site>``; its public key pinned in ``trust``."""
     folder = root / site.name
@@ -93,7 +97,7 @@ def prepare_site(root: Path, site: DemoSite, *, catalog: Path, coordinator_pub: 
     cdm = folder / f"{site.name}.duckdb"
     if not cdm.exists():
         agent("cdm", "synth", "--out", str(cdm), "--persons", str(site.persons), "--site", site.name,
-              "--profile", site.profile, "--seed", str(site.seed))
+              "--profile", site.profile, "--seed", str(site.seed), *(["--notes"] if site.notes else []))
     key = folder / "keys" / f"{site.name}.key"
     if not key.exists():
         agent("keys", "generate", "--out", str(folder / "keys"), "--name", site.name)
@@ -105,6 +109,7 @@ def prepare_site(root: Path, site: DemoSite, *, catalog: Path, coordinator_pub: 
     config = folder / "site.toml"
     config.write_text(site_toml(site, cdm=cdm, catalog=catalog, coordinator_pub=coordinator_pub,
                                 min_cell_count=min_cell_count, analyses=analyses), encoding="utf-8")
-    echo(f"  site {site.name}: {site.profile}, {site.persons} persons, review mode "
+    echo(f"  site {site.name}: {site.profile}, {site.persons} persons{', radiology reports' if site.notes else ''}, "
+         "review mode "
          f"{'on' if site.review_mode else 'off'}")
     return PreparedSite(site, folder, config, cdm)

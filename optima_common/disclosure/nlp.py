@@ -20,7 +20,8 @@ def nlp_report_counts(f, s, co):
 
 def nlp_agreement(f, s, co):
     """Per site: TP + FP = NLP positive, TP + FN = structured positive, TP + FP + FN <= persons
-    evaluated (the true negatives, the complement, protected). Precision, recall, F1 and their CIs
+    evaluated (the true negatives, the complement, protected); a site's NLP positive, structured
+    positive and TP at most those of ``any`` (the difference protected). Precision, recall, F1 and their CIs
     sit in the cell of TP/FP/FN, so derived_mask withholds them with any of the three."""
     c = count_rows(f, "nlp_metastasis_agreement")
     n = c[norm_variable(c["variable_name"]) == "number subjects"]
@@ -41,6 +42,16 @@ def nlp_agreement(f, s, co):
             tn = s.new_hidden(1, protect=True)[0]
             s.add(np.zeros(5), np.r_[total[rid], tp, fp, fn, tn], np.r_[1.0, -1.0, -1.0, -1.0, -1.0], 1,
                   f"NLP {site}: TP + FP + FN + TN = persons evaluated (TN protected)")
+    # a person positive at a site is positive for "any": the difference (positive, but not at this
+    # site) is a person count too, protected like TN (found by tests/test_nlp_attack.py)
+    for (site, rid) in sorted(set(zip(cell["group_level"], cell["result_id"]))):
+        if site == "any":
+            continue
+        for v, e in (("nlp positive", "count"), ("structured positive", "count"), ("agreement", "tp_count")):
+            part, whole = by.get((site, v, e)), by.get(("any", v, e))
+            if part is not None and whole is not None:
+                S.at_most(s, np.r_[part], np.r_[whole], f"NLP {site}: {v} {e} <= any (difference protected)",
+                          protect=True)
 
 
 DECLARATIONS = {

@@ -248,7 +248,9 @@ def nlp_metastasis_result(cdm, cdm_name: str, min_cell_count: int, *, write_nlp:
                          f"JOIN {cdm.cdm_schema}.note n ON n.note_id = f.note_id WHERE f.fate = 'kept' "
                          "ORDER BY f.note_id")
     progress(f"{len(texts)} reports kept of {len(fates)}")
-    results = list(extract_many(zip(texts["note_id"].astype(str), texts["note_text"].fillna("").map(strip_system_lines))))
+    # no kept report (e.g. a site whose note table is empty): the spaCy pipeline is not even loaded
+    pairs = zip(texts["note_id"].astype(str), texts["note_text"].fillna("").map(strip_system_lines))
+    results = list(extract_many(pairs)) if len(texts) else []
     per_note = pd.DataFrame({"person_id": texts["person_id"].to_numpy(),
                              "metastatic": [r.metastatic for r in results],
                              "sites": [set(r.sites) for r in results]})

@@ -3,8 +3,9 @@
 Only ids with STRONG public evidence (rows in cohort_definitions/vocab_evidence.csv, all from
 OHDSI/PhenotypeLibrary ATLAS exports) are used: SNOMED secondary-malignancy conditions where one
 was found, else the OMOP Cancer Modifier "Metastasis to X". Sites without a verified id (brain:
-only weak evidence for 4300544; lymph node; other) get the generic "Secondary malignant neoplastic
-disease" (432851).
+4300544 has only weak and contradicted evidence; lymph node: no public OHDSI file pairs an id with
+the name; other) get the generic "Secondary malignant neoplastic disease" (432851); the searches
+are in cohort_definitions/SOURCES.md.
 """
 
 from __future__ import annotations

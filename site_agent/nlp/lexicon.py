@@ -79,6 +79,8 @@ NEGATIONS_FORWARD = ["no", "not", "without", "negative for", "free of", "no evid
 NEGATIONS_BACKWARD = ["not seen", "not identified", "not demonstrated", "is normal", "are normal", "normal",
                       "are clear", "is clear", "clear", "unremarkable", "absent", "ruled out", "excluded",
                       "within normal limits", "not present"]
+# backward negations that speak of an organ, not of a lesion: they negate site mentions only
+SITE_ONLY_BACKWARD = ["normal", "is normal", "are normal", "clear", "are clear", "is clear", "unremarkable"]
 ASKED_FORWARD = ["assess for", "evaluate for", "evaluation for", "rule out", "rule_out", "to exclude",
                  "query", "screening for", "exclude", "look for", "restaging for"]
 ASKED_BOTH = ["?"]  # "? liver mets", "metastases in the brain?"

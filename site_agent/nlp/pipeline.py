@@ -5,7 +5,8 @@
 line breaks) -> medspaCy Sectionizer (headings in any case, merged "Findings/Impression") ->
 medspaCy TargetMatcher (metastasis words and site words, as overlapping spans in a span group)
 -> medspaCy ConText (negation, asked, weak and strong hedges, history, other primaries, benign
-words). ``extract`` then links each site mention to a metastasis mention of the same sentence.
+words). ``extract`` then links each metastasis mention to the sites it names in its sentence
+(:mod:`site_agent.nlp.linking`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from site_agent.nlp import lexicon as L
+from site_agent.nlp.linking import linked_sites
 
 GROUP = "medspacy_spans"
-LINK_WINDOW = 12  # tokens between a site word and a metastasis word of the same sentence
+LINK_WINDOW = 12  # tokens between a metastasis word and the nearest site list it may name (linking.py)
 SPAN_ATTRS = {
     "NEGATED_EXISTENCE": {"is_negated": True},
     "POSSIBLE_EXISTENCE": {"is_uncertain": True},     # strong hedge: still counted
@@ -169,7 +171,11 @@ def _context_rules():
     mets = {"MET"}
     sites = {f"SITE_{s}" for s in L.SITES}
     add(L.NEGATIONS_FORWARD, "NEGATED_EXISTENCE", "FORWARD")
-    add(L.NEGATIONS_BACKWARD, "NEGATED_EXISTENCE", "BACKWARD", max_scope=6)
+    add([w for w in L.NEGATIONS_BACKWARD if w not in L.SITE_ONLY_BACKWARD], "NEGATED_EXISTENCE", "BACKWARD",
+        max_scope=6)
+    # "Hepatic metastases with a normal skeleton": "normal" says the skeleton is normal, not the metastases
+    add(L.SITE_ONLY_BACKWARD, "NEGATED_EXISTENCE", "BACKWARD", max_scope=6, allowed_types=sites)
+    add(["normal"], "NEGATED_EXISTENCE", "FORWARD", max_scope=1, allowed_types=sites)  # "a normal skeleton"
     add(L.ASKED_FORWARD, "HYPOTHETICAL", "FORWARD")
     add(L.ASKED_BOTH, "HYPOTHETICAL", "BIDIRECTIONAL", max_scope=6)
     add(L.WEAK_FORWARD, "WEAK_HEDGE", "FORWARD")
@@ -230,15 +236,40 @@ def _section(span) -> str:
     return (sec.category if sec is not None and sec.category else "body")
 
 
+# words a modifier of a site does not reach across: "adrenal adenoma and multiple liver metastases",
+# "hepatic metastases with a normal skeleton"
+_SITE_BARRIERS = {"BENIGN": frozenset({"and"}), "NEGATED_EXISTENCE": frozenset({"with"})}
+
+
+def _site_flag(sp, category: str, flag: bool) -> bool:
+    """``flag`` unless every ``category`` modifier of the site span ``sp`` lies beyond a barrier word."""
+    if not flag or sp.label_ == "MET" or category not in _SITE_BARRIERS:
+        return flag
+    barrier, doc = _SITE_BARRIERS[category], sp.doc
+    mods = [m for m in sp._.modifiers if m.category == category]
+    if category == "NEGATED_EXISTENCE":
+        mods = [m for m in mods if m.rule.literal in L.SITE_ONLY_BACKWARD]
+        if len(mods) < len([m for m in sp._.modifiers if m.category == category]):
+            return flag  # another negation applies as well
+    if not mods:
+        return flag
+    for m in mods:
+        a, b = m.modifier_span
+        lo, hi = (b, sp.start) if b <= sp.start else (sp.end, a)
+        if not any(doc[i].lower_ in barrier for i in range(lo, hi)):
+            return flag
+    return False
+
+
 def _mentions(doc) -> list[Mention]:
     out = []
     for sp in doc.spans[GROUP]:
         kind = "metastasis" if sp.label_ == "MET" else sp.label_[5:]
         out.append(Mention(
             kind=kind, text=sp.text, start_char=sp.start_char, end_char=sp.end_char, sentence=sp.sent.text.strip(),
-            section=_section(sp), negated=sp._.is_negated, asked=sp._.is_hypothetical, weak=sp._.nlp_weak,
-            hedged=sp._.is_uncertain, historical=sp._.is_historical, other_primary=sp._.nlp_other_primary,
-            benign=sp._.nlp_benign))
+            section=_section(sp), negated=_site_flag(sp, "NEGATED_EXISTENCE", sp._.is_negated),
+            asked=sp._.is_hypothetical, weak=sp._.nlp_weak, hedged=sp._.is_uncertain, historical=sp._.is_historical,
+            other_primary=sp._.nlp_other_primary, benign=_site_flag(sp, "BENIGN", sp._.nlp_benign)))
         out[-1]._span = sp  # type: ignore[attr-defined]
     return out
 
@@ -247,18 +278,11 @@ def _result(rid: str, doc) -> ReportResult:
     mentions = _mentions(doc)
     mets = [m for m in mentions if m.kind == "metastasis" and m.counted]
     sites_found: set[str] = set()
+    counted_sites = [s for s in mentions if s.kind != "metastasis" and s.counted]
     for m in mets:
-        ms = m._span  # type: ignore[attr-defined]
-        for s in mentions:
-            if s.kind == "metastasis" or not s.counted:
-                continue
-            ss = s._span  # type: ignore[attr-defined]
-            if ss.sent.start != ms.sent.start:
-                continue
-            gap = max(ss.start - ms.end, ms.start - ss.end, 0)
-            if gap <= LINK_WINDOW:
-                m.linked_sites.append(s.kind)
-                sites_found.add(s.kind)
+        for s in linked_sites(m, counted_sites, LINK_WINDOW):
+            m.linked_sites.append(s.kind)
+            sites_found.add(s.kind)
     for m in mentions:
         m.__dict__.pop("_span", None)
     evidence = [{"snippet": m.sentence[:250], "text": m.text, "offset": m.start_char,

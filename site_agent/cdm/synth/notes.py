@@ -13,9 +13,11 @@ reporter) the reader must strip; headings in varied case and delimiters, sometim
 both kinds (counted: "in keeping with", "likely"; not counted: "cannot be excluded", "possibly"),
 history ("known bony mets, stable"), benign lesions (cysts, haemangioma, bone island), other
 cancers' metastases in the history, and a report dated before the breast cancer diagnosis.
-Only a metastasis the patient really has (a structured secondary-malignancy record dated on or
-before the report) is ever stated as present, so the truth of a report is what the generator
-chose to state.
+A metastasis is stated as present only from its date on: one the patient has as a structured
+secondary-malignancy record, or, for 3 % of the patients without one (``UNCODED``), one seen on
+imaging that nobody coded (under-coding of metastatic status is what makes report NLP worth
+having; the truth column ``uncoded`` marks these reports). The truth of a report is what the
+generator chose to state.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ HEAD_FIND = ["FINDINGS:", "Findings:", "findings -", "Report:", "FINDINGS"]
 HEAD_IMP = ["IMPRESSION:", "Conclusion:", "CONCLUSION -", "Opinion:", "impression:"]
 HEAD_MERGED = ["FINDINGS/IMPRESSION:", "Findings and conclusion:", "REPORT/CONCLUSION:"]
 TRUTH_SUFFIX = ".notes_truth.csv"
+UNCODED = 0.03  # share of breast cancer patients without a coded metastasis whose reports show one
 
 
 def truth_path(cdm: str | Path) -> Path:
@@ -140,6 +143,16 @@ def _patient_reports(r, dx: dt.date, end: dt.date, mets: dict[str, dt.date]):
     return out
 
 
+def _uncoded(r: np.random.Generator, dx: dt.date, end: dt.date) -> dict[str, dt.date]:
+    """A metastasis seen on imaging that nobody coded (no secondary-malignancy record): for a share
+    ``UNCODED`` of the patients without a structured metastasis; its own random stream, so the other
+    patients' reports do not change."""
+    if r.random() >= UNCODED or (end - dx).days < 60:
+        return {}
+    site = str(r.choice(["bone", "liver", "lung", "brain"], p=[0.5, 0.2, 0.2, 0.1]))
+    return {site: dx + dt.timedelta(days=int(r.integers(30, max((end - dx).days // 2, 31))))}
+
+
 def write_radiology_notes(cdm_path: str | Path, seed: int, breast_ids: list[int], secondary_sites: dict[str, list[int]],
                           note_type_concept_id: int, truth_out: str | Path | None = None) -> dict[str, int]:
     """Append reports to ``note`` of the DuckDB CDM and write the truth CSV; returns counts."""
@@ -172,10 +185,13 @@ def write_radiology_notes(cdm_path: str | Path, seed: int, breast_ids: list[int]
         nid = int(con.execute("SELECT coalesce(max(note_id), 0) FROM main.note").fetchone()[0])
         for pid, dx, end in pts:
             r = np.random.default_rng([seed, int(pid), 19])
-            for d, title, text, relevant, metastatic, sites in _patient_reports(r, dx, end, by_person.get(pid, {})):
+            coded = by_person.get(pid, {})
+            mets = coded or _uncoded(np.random.default_rng([seed, int(pid), 23]), dx, end)
+            for d, title, text, relevant, metastatic, sites in _patient_reports(r, dx, end, mets):
                 nid += 1
                 rows.append((nid, pid, d, note_type_concept_id, 0, title, text, 0, 0, f"RIS-{nid}"))
-                truth.append((nid, pid, d.isoformat(), title, int(relevant), int(metastatic), ";".join(sites)))
+                truth.append((nid, pid, d.isoformat(), title, int(relevant), int(metastatic), ";".join(sites),
+                              int(bool(metastatic) and not coded)))
         cols = ["note_id", "person_id", "note_date", "note_type_concept_id", "note_class_concept_id", "note_title",
                 "note_text", "encoding_concept_id", "language_concept_id", "note_source_value"]
         frame = pd.DataFrame(rows, columns=cols)
@@ -187,6 +203,6 @@ def write_radiology_notes(cdm_path: str | Path, seed: int, breast_ids: list[int]
     tp = Path(truth_out) if truth_out else truth_path(path)
     with open(tp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["note_id", "person_id", "note_date", "note_title", "relevant", "metastatic", "sites"])
+        w.writerow(["note_id", "person_id", "note_date", "note_title", "relevant", "metastatic", "sites", "uncoded"])
         w.writerows(truth)
     return {"notes": len(rows), "patients": len(pts), "metastatic_reports": sum(t[5] for t in truth)}

@@ -8,7 +8,8 @@ In the oncology profile a share of cancer patients are referred and observed fro
 before diagnosis, and lung cancer patients more often carry an earlier other cancer or skin
 cancer (recorded possibly before their observation started: ``legacy`` records kept as-is,
 which is what the "no history of cancer" rule, ignoring observation periods, must see).
-Breast cancer: ~75 % ductal, tamoxifen in ~60 %, metastases (bone, liver, brain, lung) in ~20 %,
+Breast cancer: ~75 % ductal, tamoxifen in ~60 %, metastases (bone, liver, brain, lung) in ~20 %
+(``ProfileRates.breast_met``),
 some of them at diagnosis (a few just before the -30 day window).
 """
 
@@ -52,7 +53,7 @@ def plan(b: Block) -> None:
     white = b.race == b.V["RACE_WHITE"]
     b.onc["uncertain"] = _incident(b, R.lung_uncertain, ((age - 35).clip(0) / 40) ** 2, 30)
     bp, bdx = _incident(b, R.breast_f * 0.5, np.where(b.female, 1.0, 0.01) / (1 + np.exp(-(age - 50) / 8)), 25, R.referral)
-    met = r.random(bp.size) < 0.2
+    met = r.random(bp.size) < R.breast_met
     met_date = bdx + np.where(r.random(bp.size) < 0.4, r.integers(-45, 30, bp.size), r.integers(180, 2000, bp.size))
     set_death(b, bp[met], met_date[met] + _survival(r, np.full(met.sum(), 30.0), np.zeros(met.sum(), bool)))
     b.onc["breast"] = (bp, bdx, met, met_date)

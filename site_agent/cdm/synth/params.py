@@ -22,6 +22,10 @@ Profile rates are rough orders of magnitude, not estimates:
   registry follow-up for vital status is complete for 5 years after diagnosis (no one is
   diagnosed in the last 5 years of observation, one observation period per person), so early
   survival is not censored.
+* breast-centre: a breast cancer unit (the seed's metastasis-NLP workflow ran at one): ~85 % of
+  persons are women, ~25-30 % of persons have an incident breast cancer during observation, many
+  referred shortly before diagnosis, ~30 % of them with metastases; little lung cancer. It gives a
+  few thousand persons enough breast cancer patients for the NLP analysis (``cdm synth --notes``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROFILES = ("primary-care", "oncology", "lung-registry")  # append only: the index seeds the blocks
+PROFILES = ("primary-care", "oncology", "lung-registry", "breast-centre")  # append only: the index seeds the blocks
 STAGING_STYLES = ("combined", "clinical", "pathological", "tnm", "ptnm")  # see lung.staging
 
 
@@ -50,6 +54,8 @@ class ProfileRates:
     histology: tuple[float, float, float, float] = (0.15, 0.45, 0.25, 0.15)  # SCLC, adeno, squamous, NSCLC NOS
     sclc_stage: tuple[float, float, float, float] = (0.03, 0.02, 0.30, 0.65)  # SCLC stage I..IV at diagnosis
     lung_followup_days: int = 0  # registry: lung cancers diagnosed at least this long before observation ends
+    breast_met: float = 0.2  # share of breast cancer patients with metastases
+    female_extra: float = 0.0  # added to the site's share of women
 
 
 RATES = {
@@ -58,6 +64,8 @@ RATES = {
     "lung-registry": ProfileRates(2.0, 0.004, 0.03, 0.01, 0.02, 0.04, 0.15, 0.05, 0.08, 0.8,
                                   histology=(0.6, 0.2, 0.12, 0.08), sclc_stage=(0.5, 0.3, 0.1, 0.1),
                                   lung_followup_days=5 * 365),
+    "breast-centre": ProfileRates(0.01, 0.002, 0.6, 0.01, 0.005, 0.03, 0.4, 0.04, 0.04, 0.3,
+                                  breast_met=0.3, female_extra=0.35),
 }
 
 
@@ -101,7 +109,7 @@ class SiteParams:
             profile=profile,
             rates=rates,
             age_tilt=float(r.uniform(-0.4, 0.5) + rates.age_tilt),
-            female_frac=float(r.uniform(0.49, 0.53) + (0.03 if profile == "oncology" else 0)),
+            female_frac=float(r.uniform(0.49, 0.53) + (0.03 if profile == "oncology" else 0) + rates.female_extra),
             race_p=(white, black, asian, unknown),
             hispanic=float(r.uniform(0.03, 0.2)),
             smoker=float(r.uniform(0.12, 0.25)),
