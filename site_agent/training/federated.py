@@ -8,6 +8,9 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
 (``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+A train reply's "num-examples" (the FedAvg weight) is the training-set size rounded to the
+site's base (default 10), never the exact size. Both kinds of reply are written as the declared
+tables of :mod:`optima_common.disclosure.model_replies` and audited before they leave.
 An evaluate reply passes :func:`optima_common.eval_release.release_evaluation` first: confusion
 matrices and score histograms with a cell between 1 and the site's minimum cell count are withheld.
 A train message with ``init = True`` and no arrays answers with the task's freshly initialised,
@@ -154,6 +157,43 @@ def _run_config(msg: Message) -> tuple[str, dict]:
     return task, config
 
 
+def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
+    """A train reply's scalars: ``num-examples`` (the FedAvg weight) is the training-set size
+    rounded to the site's base (:func:`optima_common.eval_release.released_weight`, node config
+    ``fedavg-weight-base``, default 10, never below the minimum cell count), checked as the declared
+    ``model_training_weight`` table before it leaves."""
+    from optima_common.disclosure.model_replies import check_reply, training_table
+    from optima_common.errors import DisclosureError
+    from optima_common.eval_release import released_weight, weight_base
+
+    min_cell = site_min_cell(node_config)
+    configured = node_config.get("fedavg-weight-base")
+    base = weight_base(min_cell, int(configured) if configured is not None else None)
+    weight = released_weight(int(num_examples), base)
+    problems = check_reply(training_table(weight, base), min_cell)
+    if problems:
+        raise DisclosureError(f"train reply refused by the disclosure audit: {problems[0]}")
+    return _metrics(weight, metrics)
+
+
+def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
+    """An evaluate reply's scalars after :func:`optima_common.eval_release.release_evaluation`,
+    checked as the declared ``model_evaluation`` table (withheld matrices of known size as
+    withheld cells) before they leave; a reply that fails the audit is refused, not sent."""
+    from optima_common.disclosure.model_replies import check_reply, reply_table
+    from optima_common.errors import DisclosureError
+    from optima_common.eval_release import cm_groups, release_evaluation
+
+    min_cell = site_min_cell(node_config)
+    sizes = {p: max(max(i, j) for i, j in cells) + 1 for p, cells in cm_groups(metrics).items() if cells}
+    n, released = release_evaluation(num_examples, metrics, min_cell)  # small cells stay here
+    record = _metrics(n, released)
+    problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
+    if problems:
+        raise DisclosureError(f"evaluate reply refused by the disclosure audit: {problems[0]}")
+    return record
+
+
 def _metrics(num_examples: int, metrics: dict) -> MetricRecord:
     """Only scalar numbers go back (aggregates), plus num-examples."""
     clean = {k: float(v) for k, v in metrics.items()
@@ -200,8 +240,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     n, metrics = adapter.local_train(model, data_dir, config, global_model)
     if spent is not None:
         metrics = {**metrics, "site_epsilon_spent": spent}
-    return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)), "metrics": _metrics(n, metrics)}),
-                   reply_to=msg)
+    return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)),
+                               "metrics": train_reply_metrics(n, metrics, context.node_config)}), reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
@@ -210,7 +250,4 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         raise ConfigError("evaluate message carries no weights")
     bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
-    from optima_common.eval_release import release_evaluation
-
-    n, metrics = release_evaluation(n, metrics, site_min_cell(context.node_config))  # small cells stay here
-    return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)
+    return Message(RecordDict({"metrics": evaluate_reply_metrics(n, metrics, context.node_config)}), reply_to=msg)
