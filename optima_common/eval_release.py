@@ -100,8 +100,10 @@ def weight_base(min_cell: int, configured: int | None = None) -> int:
 def released_weight(n: int, base: int) -> int:
     """The FedAvg weight a train reply carries instead of the exact training-set size ``n``:
     ``n`` rounded to the nearest multiple of ``base`` (halves up), at least ``base``; 0 stays 0
-    (:func:`optima_common.disclosure.rounding.rounded`, the project's ``nearest_<b>`` rounding).
-    The training set is fixed within a run, so every round of a run sends the same weight."""
-    from optima_common.disclosure.rounding import rounded
+    (the project's ``nearest_<b>`` rounding, :func:`optima_common.disclosure.rounding.rounded`,
+    written in plain Python so that a site's train handler needs no pandas). The training set is
+    fixed within a run, so every round of a run sends the same weight."""
+    import math
 
-    return int(rounded(float(n), int(base)))
+    n, base = int(n), int(base)
+    return 0 if n <= 0 else base * max(1, math.floor(n / base + 0.5))

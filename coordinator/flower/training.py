@@ -21,7 +21,9 @@ site also charges every round to its own budget ledger. A run is refused when th
 swamp the update: expected noise norm over the largest possible mean update
 (``z * sqrt(trainable weights) / sites``) above ``max_noise_ratio``.
 
-``resume``: continue a stopped run from its last checkpoint (round k+1) with its history.
+``resume``: continue a stopped run from its last checkpoint (round k+1) with its history. Each
+round records ``start_sha256``, the digest of the weights it sent (:func:`weights_sha256`), so
+round k+1 of a resumed run can be checked against ``global_round_<k>.npz``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class RoundRecord(BaseModel):
     checkpoint: str
     epsilon: float | None = None
     seconds: float
+    start_sha256: str | None = None  # the global weights this round trained from (weights_sha256)
 
 
 class TrainingSummary(BaseModel):
@@ -109,6 +112,19 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def weights_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """A digest of a set of weights (keys, dtypes, shapes and bytes, keys sorted): the round's
+    starting point in the history, so a resumed run can be checked against its checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\x1f{a.dtype.str}\x1f{a.shape}\x1e".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(arrays: dict[str, np.ndarray], path: Path) -> Path:
@@ -389,6 +405,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         t0 = time.perf_counter()
         nodes = _connected(grid, fixed, 0, 0.0)
         seen |= set(nodes)
+        start_sha = weights_sha256(global_arrays)
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
@@ -411,7 +428,8 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         _, eval_metrics = _pooled_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
-                                   checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
+                                   checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0,
+                                   start_sha256=start_sha))
         best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)

@@ -46,6 +46,7 @@ from flwr.app import (
 from torch import nn
 
 from optima_common import protocol as P
+from optima_common.disclosure.model_replies import check_reply, reply_table  # imported with the app, not per reply
 from optima_common.errors import ConfigError
 
 # task name -> module whose import registers it (tasks register themselves on import)
@@ -160,9 +161,9 @@ def _run_config(msg: Message) -> tuple[str, dict]:
 def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
     """A train reply's scalars: ``num-examples`` (the FedAvg weight) is the training-set size
     rounded to the site's base (:func:`optima_common.eval_release.released_weight`, node config
-    ``fedavg-weight-base``, default 10, never below the minimum cell count), checked as the declared
-    ``model_training_weight`` table before it leaves."""
-    from optima_common.disclosure.model_replies import check_reply, training_table
+    ``fedavg-weight-base``, default 10, never below the minimum cell count). Its declared table
+    (``model_training_weight``: one rounded count, no relations) passes the audit exactly when the
+    weight is 0 or at least the minimum cell count, which is checked here without the LP."""
     from optima_common.errors import DisclosureError
     from optima_common.eval_release import released_weight, weight_base
 
@@ -170,9 +171,8 @@ def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> Metric
     configured = node_config.get("fedavg-weight-base")
     base = weight_base(min_cell, int(configured) if configured is not None else None)
     weight = released_weight(int(num_examples), base)
-    problems = check_reply(training_table(weight, base), min_cell)
-    if problems:
-        raise DisclosureError(f"train reply refused by the disclosure audit: {problems[0]}")
+    if 0 < weight < min_cell:
+        raise DisclosureError(f"train reply refused: FedAvg weight {weight} is under the minimum cell count {min_cell}")
     return _metrics(weight, metrics)
 
 
@@ -180,7 +180,6 @@ def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> Met
     """An evaluate reply's scalars after :func:`optima_common.eval_release.release_evaluation`,
     checked as the declared ``model_evaluation`` table (withheld matrices of known size as
     withheld cells) before they leave; a reply that fails the audit is refused, not sent."""
-    from optima_common.disclosure.model_replies import check_reply, reply_table
     from optima_common.errors import DisclosureError
     from optima_common.eval_release import cm_groups, release_evaluation
 
