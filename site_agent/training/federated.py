@@ -46,7 +46,11 @@ from flwr.app import (
 from torch import nn
 
 from optima_common import protocol as P
-from optima_common.disclosure.model_replies import check_reply, reply_table  # imported with the app, not per reply
+from optima_common.disclosure.model_replies import (  # imported with the app, not per reply
+    check_reply,
+    reply_table,
+)
+from optima_common.disclosure.model_replies import hist_target as _hist_target
 from optima_common.errors import ConfigError
 
 # task name -> module whose import registers it (tasks register themselves on import)
@@ -176,10 +180,17 @@ def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> Metric
     return _metrics(weight, metrics)
 
 
+def hist_target_cm(hist_prefix: str) -> str:
+    """The confusion-matrix prefix a histogram prefix scores (``tumor_`` -> ``""``)."""
+    return _hist_target(hist_prefix)[0]
+
+
 def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
     """An evaluate reply's scalars after :func:`optima_common.eval_release.release_evaluation`,
     checked as the declared ``model_evaluation`` table (withheld matrices of known size as
-    withheld cells) before they leave; a reply that fails the audit is refused, not sent."""
+    withheld cells) before they leave. When the audit fails (the released histogram pins a cell
+    of a withheld matrix, even a large one), the histograms of the withheld matrices are withheld
+    too and the reply is audited again; a reply that still fails is refused, not sent."""
     from optima_common.errors import DisclosureError
     from optima_common.eval_release import cm_groups, release_evaluation
 
@@ -188,6 +199,15 @@ def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> Met
     n, released = release_evaluation(num_examples, metrics, min_cell)  # small cells stay here
     record = _metrics(n, released)
     problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
+    if problems:  # e.g. a withheld matrix whose large cells the histogram pins exactly: withhold it too
+        from optima_common import score_histogram as H
+        from optima_common.eval_release import CM_WITHHELD, HIST_WITHHELD
+
+        hists = {p for p in H.parse(released) if f"{hist_target_cm(p)}{CM_WITHHELD}" in released}
+        released = {k: v for k, v in released.items() if not any(k.startswith(f"{p}{H.TAG}") for p in hists)}
+        released.update({f"{p}{HIST_WITHHELD}": 1.0 for p in hists})
+        record = _metrics(n, released)
+        problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
     if problems:
         raise DisclosureError(f"evaluate reply refused by the disclosure audit: {problems[0]}")
     return record
