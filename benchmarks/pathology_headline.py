@@ -2,7 +2,7 @@
 95% CIs and the Grad-CAM pointing game on annotated tissue regions, from one synthetic site.
 
     python benchmarks/pathology_headline.py --work /tmp/path-headline [--slides 70] [--seed 1]
-    python benchmarks/pathology_headline.py --work DIR --pointing-only   # pointing game of DIR/run/model_best.pt
+    python benchmarks/pathology_headline.py --work DIR --checkpoint FILE   # evaluate a saved model_best.pt
 
 Synthetic slides (``site-agent images synth pathology``: per-slide stain, brightness, gamma and
 focus variation, overlapping class textures), the default CPU settings of ``site-agent train
@@ -31,20 +31,30 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def pointing_of_run(data: Path, run: Path, seed: int) -> dict:
-    """The pointing game of a finished run's ``model_best.pt`` on its test split."""
+def evaluate_checkpoint(data: Path, checkpoint: Path, seed: int) -> dict:
+    """Test-split metrics with patient-level bootstrap CIs and the pointing game of a saved
+    ``model_best.pt`` (a finished run's, or the best epoch so far of a run stopped early)."""
     import torch
 
+    from site_agent.pathology import CLASSES
     from site_agent.pathology.dataset import load_site
     from site_agent.pathology.options import PathologyOptions
-    from site_agent.pathology.pipeline import build_model
+    from site_agent.pathology.pipeline import _intervals, build_model
     from site_agent.pathology.pointing import tissue_pointing_game
+    from site_agent.training.loop import predict
+    from site_agent.training.metrics import classification_metrics
 
     opts = PathologyOptions(device="cpu", seed=seed)
     site = load_site(data, opts.tiling(), input_size=opts.input_size, seed=opts.seed, train_stride=opts.train_stride)
     model = build_model(opts)
-    model.load_state_dict(torch.load(run / "model_best.pt", map_location="cpu"))
-    return tissue_pointing_game(model, site, site.datasets["test"], seed=opts.seed)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+    ds = site.datasets["test"]
+    pred = predict(model, ds, opts.train_config())
+    m = classification_metrics(pred.labels, pred.probs, list(CLASSES))
+    m.update(_intervals(site, ds, pred, opts.seed))
+    m["explanations"] = tissue_pointing_game(model, site, ds, seed=opts.seed)
+    return {k: m.get(k) for k in ("n", "accuracy", "auroc", "f1", "ci95", "ci95_method", "test_patients",
+                                  "reportable", "refusal", "explanations")}
 
 
 def main(argv=None) -> int:
@@ -53,14 +63,15 @@ def main(argv=None) -> int:
     ap.add_argument("--slides", type=int, default=70)
     ap.add_argument("--seed", type=int, default=1, help="synthetic site seed")
     ap.add_argument("--train-seed", type=int, default=0)
-    ap.add_argument("--pointing-only", action="store_true")
+    ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model_best.pt instead of training")
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLCONFIGDIR", str(args.work / "mpl"))
     data, run = args.work / "site", args.work / "run"
     t0, c0 = time.perf_counter(), cpu_seconds()
-    if args.pointing_only:
-        print(json.dumps({"explanations": pointing_of_run(data, run, args.train_seed),
-                          "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)}))
+    if args.checkpoint:
+        print(json.dumps({**evaluate_checkpoint(data, args.checkpoint, args.train_seed),
+                          "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)},
+                         indent=2))
         return 0
     from site_agent.pathology.options import PathologyOptions
     from site_agent.pathology.pipeline import run_local_training
