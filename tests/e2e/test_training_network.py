@@ -181,7 +181,6 @@ def test_coordinator_killed_mid_training_resumes_at_the_next_round(tmp_path):
         assert 1 <= k < 3, k
         ckpt = out / f"global_round_{k}.npz"
         ckpt_bytes = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-        assert not (out / f"global_round_{k + 1}.npz").exists() or k + 1 > 3
         resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
                                  timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
