@@ -185,8 +185,18 @@ def main(argv=None) -> int:
     report["ratio"] = round(report["our_loop_img_s"] / report["plain_torchvision_img_s"], 3)
     print(f"throughput on {report['device']}: ours {report['our_loop_img_s']} img/s, plain torchvision "
           f"{report['plain_torchvision_img_s']} img/s (ratio {report['ratio']})", flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))  # kept even if the end-to-end part fails
     if not args.skip_end_to_end:
-        report["seed_setting"] = seed_setting_end_to_end(device, tmp / "e2e", args.patients, args.epochs, args.smoke)
+        try:
+            report["seed_setting"] = seed_setting_end_to_end(device, tmp / "e2e", args.patients, args.epochs,
+                                                             args.smoke)
+        except Exception as exc:  # noqa: BLE001 - one line, the throughput figures are already written
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            report["seed_setting_error"] = f"{type(exc).__name__}: {line}"
+            Path(args.out).write_text(json.dumps(report, indent=2))
+            print(f"bench_gpu_training: the end-to-end run failed: {report['seed_setting_error']} "
+                  f"(throughput kept in {args.out})", file=sys.stderr)
+            return 1
         s1 = report["seed_setting"]["stage1"]
         print(f"seed setting end to end: {report['seed_setting']['seconds']} s, stage 1 AUROC {s1.get('auroc')} "
               f"CI {s1.get('ci95', {}).get('auroc')}", flush=True)

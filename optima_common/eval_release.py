@@ -85,3 +85,25 @@ def release_evaluation(n: int, metrics: dict, min_cell: int) -> tuple[int, dict]
         released = H.release_class(fine[0], min_cell, 0, breaks) + H.release_class(fine[1], min_cell, 1, breaks)
         out.update(H.cells_to_metrics(prefix, released))
     return (0 if everything else int(n)), out
+
+
+# --- train replies: the FedAvg weight -----------------------------------------------------
+DEFAULT_WEIGHT_BASE = 10
+
+
+def weight_base(min_cell: int, configured: int | None = None) -> int:
+    """The rounding base of a site's FedAvg weight: ``configured`` (node config
+    ``fedavg-weight-base``) else :data:`DEFAULT_WEIGHT_BASE`, never below the site's minimum cell count."""
+    return max(int(configured) if configured else DEFAULT_WEIGHT_BASE, int(min_cell), 2)
+
+
+def released_weight(n: int, base: int) -> int:
+    """The FedAvg weight a train reply carries instead of the exact training-set size ``n``:
+    ``n`` rounded to the nearest multiple of ``base`` (halves up), at least ``base``; 0 stays 0
+    (the project's ``nearest_<b>`` rounding, :func:`optima_common.disclosure.rounding.rounded`,
+    written in plain Python so that a site's train handler needs no pandas). The training set is
+    fixed within a run, so every round of a run sends the same weight."""
+    import math
+
+    n, base = int(n), int(base)
+    return 0 if n <= 0 else base * max(1, math.floor(n / base + 0.5))

@@ -172,12 +172,16 @@ def test_federated_round_over_two_sites(sites, tmp_path):
     g1, g2 = load_checkpoint(tmp_path / "global_round_1.npz"), load_checkpoint(tmp_path / "global_round_2.npz")
     assert {k.split(".")[0] for k in g1} == {"stage1", "stage2"}  # both stages travel together
     assert any(not np.allclose(g1[k], g2[k]) for k in g1 if k.endswith("weight"))
-    # the examples behind the FedAvg weights are the sites' training images
+    # the FedAvg weights are the sites' training-image counts rounded to the base 10 (never exact)
+    from optima_common.eval_release import released_weight
+
     counts = []
     for s in sites:
         rows, split = _truth(s)
-        counts.append(2 * sum(split[r["ID1"]] == "train" for r in rows))
+        counts.append(released_weight(2 * sum(split[r["ID1"]] == "train" for r in rows), 10))
     assert summary.rounds[0].num_examples == sum(counts)
+    train = [rep for rep in grid.received if rep.metadata.group_id.startswith("train-")]
+    assert all(rep.content.metric_records["metrics"]["num-examples"] % 10 == 0 for rep in train)
 
 
 def test_batchnorm_moments_on_the_wire_pool_the_variance():

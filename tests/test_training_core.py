@@ -375,3 +375,23 @@ def test_gpu_benchmark_without_a_gpu_is_one_line_and_exit_2(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and "--smoke" in err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
+    """The CI check of the GPU benchmark: ``--smoke`` runs both loops (and, unless skipped, the
+    end-to-end setting) on CPU and writes its report."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_gpu_training.py"), "--smoke",
+                           "--skip-end-to-end", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] and report["device"] == "cpu"
+    assert report["plain_torchvision_img_s"] > 0 and report["our_loop_img_s"] > 0 and report["ratio"] > 0

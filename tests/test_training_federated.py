@@ -339,7 +339,8 @@ def test_training_job_document_and_too_few_sites(tmp_path):
     job = TrainRequest(task="toy", rounds=1, min_replies=2, round_timeout=10, node_wait=0, out=tmp_path / "job")
     doc = run_training_job(grid, json.loads(job.model_dump_json()))
     assert doc["ok"] and doc["summary"]["rounds"][0]["replies"] == 2 and doc["summary"]["nodes"] == [1, 2]
-    assert np.allclose(load_checkpoint(tmp_path / "job" / "global_round_1.npz")["0.bias"], 3.5)
+    # FedAvg weights are the released sizes (5 -> 10, 15 -> 20 at the default base 10), not 5 and 15
+    assert np.allclose(load_checkpoint(tmp_path / "job" / "global_round_1.npz")["0.bias"], (2 * 10 + 4 * 20) / 30)
     with pytest.raises(TrainingError, match="bad training job rounds"):
         run_training_job(grid, {**json.loads(job.model_dump_json()), "rounds": 0})
     t0 = time.monotonic()

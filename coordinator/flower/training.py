@@ -21,7 +21,9 @@ site also charges every round to its own budget ledger. A run is refused when th
 swamp the update: expected noise norm over the largest possible mean update
 (``z * sqrt(trainable weights) / sites``) above ``max_noise_ratio``.
 
-``resume``: continue a stopped run from its last checkpoint (round k+1) with its history.
+``resume``: continue a stopped run from its last checkpoint (round k+1) with its history. Each
+round records ``start_sha256``, the digest of the weights it sent (:func:`weights_sha256`), so
+round k+1 of a resumed run can be checked against ``global_round_<k>.npz``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from pydantic import BaseModel, ConfigDict, Field
 
 from optima_common import protocol as P
+from coordinator.flower.pooled_eval import (  # noqa: F401 - metrics_from_confusion is part of this module's API
+    _pooled_metrics,
+    _weighted_metrics,
+    metrics_from_confusion,
+)
 from optima_common.errors import TrainingError
-from optima_common.eval_release import cm_groups, is_flag
 from optima_common.fileio import write_atomic
 from optima_common.privacy import (
     DP_CLIP,
@@ -74,6 +80,7 @@ class RoundRecord(BaseModel):
     checkpoint: str
     epsilon: float | None = None
     seconds: float
+    start_sha256: str | None = None  # the global weights this round trained from (weights_sha256)
 
 
 class TrainingSummary(BaseModel):
@@ -109,6 +116,19 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def weights_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """A digest of a set of weights (keys, dtypes, shapes and bytes, keys sorted): the round's
+    starting point in the history, so a resumed run can be checked against its checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\x1f{a.dtype.str}\x1f{a.shape}\x1e".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(arrays: dict[str, np.ndarray], path: Path) -> Path:
@@ -238,19 +258,6 @@ def _send(grid, nodes, content_for, message_type: str, timeout: float, group: st
     return ok, failed
 
 
-def _weighted_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
-    total, sums, weights = 0, {}, {}
-    for rep in replies:
-        m = dict(rep.content.metric_records["metrics"])
-        n = int(m.pop("num-examples", 0))
-        total += n
-        for k, v in m.items():
-            if isinstance(v, (int, float)):
-                sums[k] = sums.get(k, 0.0) + n * float(v)
-                weights[k] = weights.get(k, 0) + n
-    return total, {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
-
-
 def initial_weights(grid, task: str, run_config: dict, nodes: list[int],
                     timeout: float) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """Ask the sites in turn for the task's seeded starting model until one answers; also the
@@ -266,57 +273,6 @@ def initial_weights(grid, task: str, run_config: dict, nodes: list[int],
             return record_to_numpy(content.array_records["arrays"]), trainable
         reasons += failed
     raise TrainingError(f"no site returned a starting model for task {task!r}: {'; '.join(reasons)[:300]}")
-
-
-# --- pooled evaluation --------------------------------------------------------------------
-def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 over ALL classes from a confusion matrix (rows:
-    truth, columns: prediction); a class with nothing to divide by scores 0 (scikit-learn's
-    ``zero_division=0``)."""
-    cm = np.asarray(cm, dtype=float)
-    tp = np.diag(cm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
-        rec = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
-        f1 = np.where(prec + rec > 0, 2 * prec * rec / (prec + rec), 0.0)
-    total = cm.sum()
-    return {"accuracy": float(tp.sum() / total) if total else float("nan"), "precision": float(prec.mean()),
-            "recall": float(rec.mean()), "f1": float(f1.mean())}
-
-
-def _pooled_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
-    """Weighted means of the sites' scalars, except that accuracy/precision/recall/F1 are
-    recomputed from the sites' summed confusion matrices where the sites send them (a weighted
-    mean of macro metrics is not the macro metric of the pooled test set). A site that withheld
-    a group (``{p}cm_withheld``, ``{p}hist_withheld``: a cell under its minimum cell count) is
-    left out of that group's pooling; ``{p}cm_withheld_sites`` / ``{p}hist_withheld_sites`` count
-    such sites and ``{p}cm_sites`` the sites pooled."""
-    total, means = _weighted_metrics(replies)
-    summed: dict[str, dict[tuple[int, int], float]] = {}
-    for rep in replies:
-        for prefix, cells in cm_groups(dict(rep.content.metric_records["metrics"])).items():
-            acc = summed.setdefault(prefix, {})
-            for cell, v in cells.items():
-                acc[cell] = acc.get(cell, 0.0) + v
-    from optima_common import score_histogram as H
-
-    site_metrics = [dict(rep.content.metric_records["metrics"]) for rep in replies]
-    out = {k: v for k, v in means.items() if not cm_groups({k: v}) and H.TAG not in k and not is_flag(k)}
-    for m in site_metrics:  # groups a site withheld (small cells): pooled over the sites that sent
-        for k in filter(is_flag, m):
-            out[f"{k}_sites"] = out.get(f"{k}_sites", 0.0) + 1.0
-            log.warning("a site withheld %s (a cell under its minimum cell count): pooled without it", k)
-    out.update(H.pooled_metrics(site_metrics))  # AUROC of the pooled test (and validation) sets
-    for prefix, cells in summed.items():
-        k = max(max(i, j) for i, j in cells) + 1
-        cm = np.zeros((k, k))
-        for (i, j), v in cells.items():
-            cm[i, j] = v
-        for name, value in metrics_from_confusion(cm).items():
-            out[f"{prefix}{name}"] = value
-        out.update({f"{prefix}cm_{i}_{j}": v for (i, j), v in cells.items()})
-        out[f"{prefix}cm_sites"] = float(sum(1 for m in site_metrics if prefix in cm_groups(m)))
-    return total, out
 
 
 def _connected(grid, fixed: list[int] | None, want: int, wait: float) -> list[int]:
@@ -389,6 +345,7 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         t0 = time.perf_counter()
         nodes = _connected(grid, fixed, 0, 0.0)
         seen |= set(nodes)
+        start_sha = weights_sha256(global_arrays)
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
@@ -411,7 +368,8 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         _, eval_metrics = _pooled_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
-                                   checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0))
+                                   checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0,
+                                   start_sha256=start_sha))
         best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)

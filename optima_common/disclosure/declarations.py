@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from optima_common.disclosure import genomics as _genomics
+from optima_common.disclosure import model_replies as _model_replies
 from optima_common.disclosure import nlp as _nlp
 from optima_common.disclosure import system as S
 from optima_common.disclosure.frame import (
@@ -360,6 +361,7 @@ DECLARATIONS: dict[str, Callable] = {
 }
 DECLARATIONS.update(_genomics.DECLARATIONS)  # mutation_frequency, hotspot_counts, ... (see that module)
 DECLARATIONS.update(_nlp.DECLARATIONS)  # nlp_report_counts, nlp_metastasis_agreement
+DECLARATIONS.update(_model_replies.DECLARATIONS)  # federated training replies: model_evaluation, model_training_weight
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,9 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
         sel = np.random.default_rng(opts.seed).permutation(len(pred.labels))[:opts.tsne_max]
         plot_tsne(pred.embeddings[sel], pred.labels[sel], names, out / "tsne.png", seed=opts.seed)
     gradcams = _gradcams(model, ds, pred.probs, out, opts.gradcam_samples)
+    from site_agent.pathology.pointing import tissue_pointing_game
+
+    explanations = tissue_pointing_game(model, site, ds, seed=opts.seed)  # Grad-CAM on annotated regions
     overlays = _whole_slides(model, site, opts, cfg, out)
     probe = None
     if opts.probe_encoder is not None:
@@ -166,7 +169,7 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
                "patches": {s: len(d) for s, d in site.datasets.items()},
                "slides": {s: len(site.slides_in(s)) for s in ("train", "val", "test", "heldout")},
                "fit": res.model_dump(), "seconds": round(time.perf_counter() - t0, 1),
-               "gradcam_files": gradcams, "overlay_files": overlays,
+               "gradcam_files": gradcams, "overlay_files": overlays, "explanations": explanations,
                "linear_probe": {k: probe[k] for k in ("accuracy", "f1", "auroc")} if probe else None}
     write_atomic(out / "metrics.json", json.dumps(summary, indent=2).encode())
     return summary

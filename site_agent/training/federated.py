@@ -8,6 +8,9 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
 (``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+A train reply's "num-examples" (the FedAvg weight) is the training-set size rounded to the
+site's base (default 10), never the exact size. Both kinds of reply are written as the declared
+tables of :mod:`optima_common.disclosure.model_replies` and audited before they leave.
 An evaluate reply passes :func:`optima_common.eval_release.release_evaluation` first: confusion
 matrices and score histograms with a cell between 1 and the site's minimum cell count are withheld.
 A train message with ``init = True`` and no arrays answers with the task's freshly initialised,
@@ -43,6 +46,11 @@ from flwr.app import (
 from torch import nn
 
 from optima_common import protocol as P
+from optima_common.disclosure.model_replies import (  # imported with the app, not per reply
+    check_reply,
+    reply_table,
+)
+from optima_common.disclosure.model_replies import hist_target as _hist_target
 from optima_common.errors import ConfigError
 
 # task name -> module whose import registers it (tasks register themselves on import)
@@ -154,6 +162,57 @@ def _run_config(msg: Message) -> tuple[str, dict]:
     return task, config
 
 
+def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
+    """A train reply's scalars: ``num-examples`` (the FedAvg weight) is the training-set size
+    rounded to the site's base (:func:`optima_common.eval_release.released_weight`, node config
+    ``fedavg-weight-base``, default 10, never below the minimum cell count). Its declared table
+    (``model_training_weight``: one rounded count, no relations) passes the audit exactly when the
+    weight is 0 or at least the minimum cell count, which is checked here without the LP."""
+    from optima_common.errors import DisclosureError
+    from optima_common.eval_release import released_weight, weight_base
+
+    min_cell = site_min_cell(node_config)
+    configured = node_config.get("fedavg-weight-base")
+    base = weight_base(min_cell, int(configured) if configured is not None else None)
+    weight = released_weight(int(num_examples), base)
+    if 0 < weight < min_cell:
+        raise DisclosureError(f"train reply refused: FedAvg weight {weight} is under the minimum cell count {min_cell}")
+    return _metrics(weight, metrics)
+
+
+def hist_target_cm(hist_prefix: str) -> str:
+    """The confusion-matrix prefix a histogram prefix scores (``tumor_`` -> ``""``)."""
+    return _hist_target(hist_prefix)[0]
+
+
+def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
+    """An evaluate reply's scalars after :func:`optima_common.eval_release.release_evaluation`,
+    checked as the declared ``model_evaluation`` table (withheld matrices of known size as
+    withheld cells) before they leave. When the audit fails (the released histogram pins a cell
+    of a withheld matrix, even a large one), the histograms of the withheld matrices are withheld
+    too and the reply is audited again; a reply that still fails is refused, not sent."""
+    from optima_common.errors import DisclosureError
+    from optima_common.eval_release import cm_groups, release_evaluation
+
+    min_cell = site_min_cell(node_config)
+    sizes = {p: max(max(i, j) for i, j in cells) + 1 for p, cells in cm_groups(metrics).items() if cells}
+    n, released = release_evaluation(num_examples, metrics, min_cell)  # small cells stay here
+    record = _metrics(n, released)
+    problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
+    if problems:  # e.g. a withheld matrix whose large cells the histogram pins exactly: withhold it too
+        from optima_common import score_histogram as H
+        from optima_common.eval_release import CM_WITHHELD, HIST_WITHHELD
+
+        hists = {p for p in H.parse(released) if f"{hist_target_cm(p)}{CM_WITHHELD}" in released}
+        released = {k: v for k, v in released.items() if not any(k.startswith(f"{p}{H.TAG}") for p in hists)}
+        released.update({f"{p}{HIST_WITHHELD}": 1.0 for p in hists})
+        record = _metrics(n, released)
+        problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
+    if problems:
+        raise DisclosureError(f"evaluate reply refused by the disclosure audit: {problems[0]}")
+    return record
+
+
 def _metrics(num_examples: int, metrics: dict) -> MetricRecord:
     """Only scalar numbers go back (aggregates), plus num-examples."""
     clean = {k: float(v) for k, v in metrics.items()
@@ -200,8 +259,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     n, metrics = adapter.local_train(model, data_dir, config, global_model)
     if spent is not None:
         metrics = {**metrics, "site_epsilon_spent": spent}
-    return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)), "metrics": _metrics(n, metrics)}),
-                   reply_to=msg)
+    return Message(RecordDict({"arrays": model_to_arrays(bn_to_wire(model)),
+                               "metrics": train_reply_metrics(n, metrics, context.node_config)}), reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
@@ -210,7 +269,4 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         raise ConfigError("evaluate message carries no weights")
     bn_from_wire(arrays_to_model(model, arrays))
     n, metrics = adapter.local_evaluate(model, site_data_dir(context, task), config)
-    from optima_common.eval_release import release_evaluation
-
-    n, metrics = release_evaluation(n, metrics, site_min_cell(context.node_config))  # small cells stay here
-    return Message(RecordDict({"metrics": _metrics(n, metrics)}), reply_to=msg)
+    return Message(RecordDict({"metrics": evaluate_reply_metrics(n, metrics, context.node_config)}), reply_to=msg)

@@ -110,11 +110,11 @@ def handle_secagg_fit(msg: Message, context: Context) -> Message:
     )
 
     from site_agent.training.federated import (
-        _metrics,
         bn_from_wire,
         bn_to_wire,
         get_task,
         site_data_dir,
+        train_reply_metrics,
         trainable_keys,
     )
     from site_agent.training.loop import seed_everything
@@ -163,7 +163,7 @@ def handle_secagg_fit(msg: Message, context: Context) -> Message:
                           hint="lower the learning rate or raise --secagg-range")
     if spent is not None:
         metrics = {**metrics, "site_epsilon_spent": spent}
-    clean = dict(_metrics(n, metrics))
+    clean = dict(train_reply_metrics(n, metrics, context.node_config))  # num-examples: the rounded weight
     fitres = FitRes(status=Status(code=Code.OK, message=""), num_examples=1,
                     parameters=ndarrays_to_parameters([update[k] for k in floats]), metrics=clean)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

@@ -115,3 +115,80 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
     assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
     assert not (tmp_path / "abort" / "global_round_1.npz").exists()
     assert left_running(str(tmp_path / "network")) == []
+
+
+def _serverapps(workdir) -> list[int]:
+    """The flwr-serverapp processes of this network (the coordinator's ServerApp runs)."""
+    from pathlib import Path
+
+    found = []
+    for pid in processes_mentioning(str(workdir)):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-serverapp" in cmd:
+            found.append(pid)
+    return found
+
+
+def test_coordinator_killed_mid_training_resumes_at_the_next_round(tmp_path):
+    """A real SuperLink and two SuperNodes; ``coordinator train`` is started as a process and its
+    ServerApp is SIGKILLed (with the command) once round 1 is checkpointed. ``coordinator train
+    --resume`` then continues at round k+1 from ``global_round_<k>.npz`` (its digest is the
+    weights round k+1 sent) and leaves rounds 1..k as they were."""
+    import hashlib
+    import os
+    import signal
+
+    from coordinator.flower.training import load_checkpoint, weights_sha256
+
+    nodes = []
+    for i, site in enumerate(("kill_north", "kill_south")):
+        data = tmp_path / site
+        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
+                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
+        assert proc.returncode == 0, proc.stderr
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", {"image-root-pathology": str(data)}))
+    out = tmp_path / "training"
+    args = [sys.executable, "-m", "coordinator", "train", "pathology", "--out", str(out), "--rounds", "3",
+            "--min-replies", "2", "--round-timeout", "300", "--node-wait", "60", "--backbone", "tiny",
+            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--timeout", "900"]
+    history = out / "training_history.json"
+    with LocalNetwork(tmp_path / "network", nodes) as network:
+        env = network._env("flwr_home")
+        first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 900
+        rounds = []
+        while time.monotonic() < deadline and first.poll() is None:
+            if history.is_file():
+                rounds = json.loads(history.read_text())["rounds"]
+                if rounds:
+                    break
+            time.sleep(0.2)
+        assert rounds, f"round 1 never finished (coordinator exit {first.poll()})"
+        killed = _serverapps(tmp_path / "network")
+        for pid in killed:  # the crash: the ServerApp and the command that started it
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        assert killed, "no flwr-serverapp process found to kill"
+        time.sleep(1.0)
+        before = json.loads(history.read_text())["rounds"]
+        k = len(before)
+        assert 1 <= k < 3, k
+        ckpt = out / f"global_round_{k}.npz"
+        ckpt_bytes = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    after = json.loads(history.read_text())["rounds"]
+    assert [r["round"] for r in after] == [1, 2, 3]
+    assert after[:k] == before  # rounds 1..k are not run again
+    assert after[k]["start_sha256"] == weights_sha256(load_checkpoint(ckpt))  # round k+1 from checkpoint k
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == ckpt_bytes
+    fresh = weights_sha256(load_checkpoint(out / "global_round_1.npz"))
+    assert after[0]["start_sha256"] != fresh and all(r["replies"] == 2 for r in after)
+    assert left_running(str(tmp_path / "network")) == []
