@@ -81,7 +81,7 @@ def require_declared(result: SummarisedResult) -> None:
 
 
 def protect(raw: SummarisedResult, primary: SummarisedResult, min_cell_count: int, *,
-            facts: SiteFacts | None = None, anchors: dict[int, float] | None = None,
+            facts: SiteFacts | None = None, anchors: dict | None = None,
             rounding: int = 0) -> Protection:
     """Site side: secondary suppression on ``primary`` (``raw`` after primary suppression, same rows)
     until the audit passes, then every derived estimate of a withheld count withheld."""

@@ -294,7 +294,9 @@ def outcome_horizons(f, s, co):
         r = g["row"].to_numpy()
         S.at_most(s, r[:-1], r[1:], "horizons: within a shorter horizon <= within a longer one (increment protected)",
                   protect=True)
-    _strata_sum(s, c, "treatment_sequence", ["variable_name", "variable_level", "estimate_name", "additional_level"],
+    # horizons read off rounded tables (count_rounding = cumulative_<b>) are rounded per stratum
+    _strata_sum(s, c[~c["rounding"].str.startswith("cumulative")], "treatment_sequence",
+                ["variable_name", "variable_level", "estimate_name", "additional_level"],
                 "horizons: treatment sequences add up to overall")
 
 
