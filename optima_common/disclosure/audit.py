@@ -128,9 +128,10 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: in
         from optima_common.disclosure.rounding import PREFIX, preimage
 
         if p._round_base is None:
-            rk = f["rounding"].astype(str)
-            is_near = rk.str.startswith(PREFIX)
-            p._round_base = np.where(is_near, pd.to_numeric(rk.str[len(PREFIX):].where(is_near), errors="coerce"), 0.0)
+            rk = f["rounding"]
+            is_near = rk.str.startswith(PREFIX).astype(bool)
+            p._round_base = np.where(is_near, pd.to_numeric(rk.astype(object).str[len(PREFIX):].where(is_near),
+                                                            errors="coerce"), 0.0)
         near = shown & (p._round_base > 0)
         if near.any():
             lo, hi = preimage(num[near], p._round_base[near], minimum)
@@ -221,6 +222,36 @@ def passes(lo: float, hi: float, minimum: int, *, is_cell: bool, true: float = f
     return not is_cell or hi - lo >= minimum - 2
 
 
+def passes_many(lo: np.ndarray, hi: np.ndarray, minimum: int, is_cell: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """:func:`passes` without anchors, for many variables at once (same answers, NaN included)."""
+    lo, hi, true = (np.asarray(x, dtype=float) for x in (lo, hi, true))
+    is_cell = np.asarray(is_cell, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        wide = ~is_cell | (hi - lo >= minimum - 2)
+        known = ~np.isnan(true)
+        zero = known & (true < 0.5)
+        small = known & ~zero & (true <= minimum - 1)
+        big = known & ~zero & ~small
+        out = np.zeros(len(lo), dtype=bool)
+        out[zero] = (hi[zero] <= 0) | (hi[zero] >= minimum - 1)
+        out[small] = ((true[small] <= 1) | (lo[small] <= 1)) & ((true[small] >= minimum - 1) | (hi[small] >= minimum - 1))
+        out[big] = wide[big]
+        unk = ~known
+        out[unk] = (hi[unk] <= 0) | (~(hi[unk] < minimum - 1) & wide[unk])
+    return out
+
+
+def _passes_all(p: Problem, vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, minimum: int, anchors: dict) -> np.ndarray:
+    vs = np.asarray(vs, dtype=np.int64)
+    out = passes_many(lo, hi, minimum, vs < p.n, p.true[vs])
+    if anchors:
+        n = p.n
+        for i in np.flatnonzero(np.isin(vs, np.fromiter(anchors, dtype=np.int64, count=len(anchors)))):
+            v = int(vs[i])
+            out[i] = passes(float(lo[i]), float(hi[i]), minimum, is_cell=v < n, true=float(p.true[v]), anchor=anchors[v])
+    return out
+
+
 def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict | None = None,
              rounding: int = 0, cache: dict | None = None, stats: dict | None = None,
              skip: np.ndarray | None = None) -> list[tuple[int, float, float]]:
@@ -235,13 +266,10 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict 
     if stats is not None:
         for k in ("lp_components", "algebra_components", "lp_solves"):
             stats[k] = stats.get(k, 0) + getattr(iv, k)
-    bad = []
     computed = ~np.isnan(iv.lo) | ~np.isnan(iv.hi)
-    for v in np.flatnonzero(checked & computed):
-        lo, hi = float(iv.lo[v]), float(iv.hi[v])
-        if not passes(lo, hi, minimum, is_cell=v < p.n, true=float(p.true[v]), anchor=anchors.get(int(v))):
-            bad.append((int(v), lo, hi))
-    return bad
+    vs = np.flatnonzero(checked & computed)
+    ok = _passes_all(p, vs, iv.lo[vs], iv.hi[vs], minimum, anchors)
+    return [(int(v), float(iv.lo[v]), float(iv.hi[v])) for v in vs[~ok]]
 
 
 def _certifier(p: Problem, minimum: int, anchors: dict):
@@ -250,10 +278,12 @@ def _certifier(p: Problem, minimum: int, anchors: dict):
     interval passes too; ``hi <= 0`` "pinned to nobody" is not, and is left to the exact solve).
     A cell anchored by the release history always gets its exact interval (the rule on the change
     since the earlier release is not monotone on both sides)."""
+    anchored = np.fromiter(anchors, dtype=np.int64, count=len(anchors)) if anchors else np.zeros(0, dtype=np.int64)
+
     def ok(vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, exact: bool = False) -> np.ndarray:
-        return np.array([(exact or (h >= minimum - 1 and int(v) not in anchors)) and passes(float(l_), float(h), minimum, is_cell=v < p.n,
-                                                      true=float(p.true[v]), anchor=anchors.get(int(v)))
-                         for v, l_, h in zip(vs, lo, hi)], dtype=bool)
+        vs, lo, hi = np.asarray(vs, dtype=np.int64), np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        gate = np.ones(len(vs), dtype=bool) if exact else ((hi >= minimum - 1) & ~np.isin(vs, anchored))
+        return gate & _passes_all(p, vs, lo, hi, minimum, anchors)
     return ok
 
 

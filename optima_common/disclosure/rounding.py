@@ -81,7 +81,7 @@ def round_counts(result: SummarisedResult, base: int, minimum: int) -> Summarise
         return result
     f = audit_frame(result)
     d = result.data.copy()
-    target = f["is_count"].to_numpy() & ~f["suppressed"].to_numpy() & ~f["rounding"].str.startswith("cumulative").to_numpy()
+    target = f["is_count"].to_numpy() & ~f["suppressed"].to_numpy() & ~f["rounding"].str.startswith("cumulative").to_numpy(dtype=bool)
     num = f["num"].to_numpy()
     new = num.copy()
     new[target] = rounded(num[target], base)
