@@ -105,7 +105,7 @@ def one(n: int, root: Path, cache: bool = False, attacker_max: int = 20_000) -> 
     assert not problems, problems
     whole = suite_cpu + c_primary + audit_cpu
     line = (f"{n:>9,} persons | {len(truth.data):>7,} rows | generate {gen[0]:6.1f}s ({gen[1]:.0f} CPU s) | "
-            f"suite {suite:7.1f}s ({suite_cpu:.1f} CPU s) | primary {t_primary:5.1f}s | "
+            f"suite {suite:7.1f}s ({suite_cpu:.1f} CPU s) | primary {t_primary:5.1f}s ({c_primary:.1f} CPU s) | "
             f"audit {audit:6.1f}s ({audit_cpu:.1f} CPU s; {audit_cpu / suite_cpu:5.1%} of the suite's CPU, "
             f"{audit_cpu / whole:5.1%} of suite+release control) | "
             f"coordinator re-check {recheck:5.1f}s ({recheck_cpu:.1f} CPU s) | "
