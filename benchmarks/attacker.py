@@ -198,7 +198,7 @@ def _study(c: pd.DataFrame, R: Relations) -> None:
             tot = g[g["strata_name"] == "overall"]["row"].tolist()
             if len(tot) == 1:
                 R.total(tot[0], g[g["strata_name"] == "treatment_sequence"]["row"].tolist())
-    oh = c[c["t"] == "outcome_horizons"]
+    oh = c[(c["t"] == "outcome_horizons") & (c["rounded"] == "")]  # strata rounded one by one do not add up
     for _, g in oh.groupby(["variable_name", "variable_level", "estimate_name"], dropna=False):
         tot = g[g["strata_name"] == "overall"]["row"].tolist()
         if len(tot) == 1:
@@ -306,3 +306,86 @@ def narrowable(released: SummarisedResult, minimum: int) -> list[dict]:
             if small_only:
                 leaks.append({"row": m, "interval": (lo_v, hi_v), "type": d["t"].iat[m]})
     return leaks
+
+
+# ------------------------------------------------------------------ two releases of the same cells
+
+KEY = ["t", "cdm_name", "group_name", "group_level", "strata_name", "strata_level", "variable_name", "variable_level",
+       "estimate_name", "additional_name", "additional_level"]
+
+
+def reader_intervals(released: SummarisedResult, minimum: int) -> pd.DataFrame:
+    """What a reader of one release knows of every count cell: ``lo``, ``hi`` (a visible exact count:
+    itself; rounded to the nearest b: its preimage; read off a table rounded cumulatively: b-1 either
+    way; withheld: its LP interval over every relation read off the table)."""
+    d = table(released).reset_index(drop=True)
+    d["row"] = np.arange(len(d))
+    val = d["v"].to_numpy()
+    cnt = d["cnt"].to_numpy()
+    withheld = d["hidden"].to_numpy() & cnt
+    lo = np.where(withheld, 0.0, val)
+    hi = np.where(withheld, np.inf, val)
+    base = pd.to_numeric(d["rounded"].str.extract(r"_(\d+)$")[0], errors="coerce").fillna(0).to_numpy()
+    near = d["rounded"].str.startswith("nearest_").to_numpy() & cnt & ~withheld & (val > 0)
+    for k in np.flatnonzero(near):
+        b, v = base[k], val[k]
+        lo[k], hi[k] = (minimum if v == b else max(v - b // 2, minimum)), v + (b + 1) // 2 - 1
+    cum = d["rounded"].str.startswith("cumulative_").to_numpy() & cnt & ~withheld
+    lo[cum], hi[cum] = np.maximum(val[cum] - (base[cum] - 1), 0), val[cum] + base[cum] - 1
+    R = read_relations(d)
+    unknown = withheld | near
+    rels = [(r, "eq") for r in R.eq] + [(r, "le") for r in R.le]
+    groups, by_group = linked_groups(rels, unknown)
+    for root, members in groups.items():
+        targets = [m for m in members if withheld[m]]
+        if not targets or not by_group[root]:
+            continue
+        idx = {m: i for i, m in enumerate(members)}
+        A_eq, b_eq, A_ub, b_ub = [], [], [], []
+        for r, kind in by_group[root]:
+            row = np.zeros(len(members))
+            const = sum(c * val[k] for k, c in r.items() if not unknown[k])
+            for k, c in r.items():
+                if unknown[k]:
+                    row[idx[k]] += c
+            (A_eq if kind == "eq" else A_ub).append(row)
+            (b_eq if kind == "eq" else b_ub).append(-const)
+        kw = {"A_eq": np.array(A_eq) if A_eq else None, "b_eq": b_eq or None,
+              "A_ub": np.array(A_ub) if A_ub else None, "b_ub": b_ub or None,
+              "bounds": [(lo[m], hi[m] if np.isfinite(hi[m]) else None) if near[m] else (0, None) for m in members],
+              "method": "highs"}
+        for m in targets:
+            obj = np.zeros(len(members))
+            obj[idx[m]] = 1
+            a, b = linprog(obj, **kw), linprog(-obj, **kw)
+            if a.status == 0:
+                lo[m] = np.ceil(a.fun - 1e-6)
+            hi[m] = np.inf if b.status == 3 else (np.floor(-b.fun + 1e-6) if b.status == 0 else np.inf)
+    return d.assign(lo=lo, hi=hi)[cnt]
+
+
+def differenced(first: SummarisedResult, second: SummarisedResult, truth_first: SummarisedResult,
+                truth_second: SummarisedResult, minimum: int) -> list[dict]:
+    """Cells released (or withheld) in both releases whose true change (second - first) is 1..min-1
+    persons, where a reader of both releases bounds the change, ``[lo2 - hi1, hi2 - lo1]``, tighter
+    than every value 1..min-1 of its sign: the new (or gone) persons counted by subtraction."""
+    out = []
+    a, b = reader_intervals(first, minimum), reader_intervals(second, minimum)
+    ta = pd.to_numeric(truth_first.data.reset_index(drop=True)["estimate_value"], errors="coerce")
+    tb = pd.to_numeric(truth_second.data.reset_index(drop=True)["estimate_value"], errors="coerce")
+    a = a.assign(true=ta.to_numpy()[a["row"].to_numpy()])
+    b = b.assign(true=tb.to_numpy()[b["row"].to_numpy()])
+    ka = a[KEY].astype(str).agg("\x1f".join, axis=1)
+    kb = b[KEY].astype(str).agg("\x1f".join, axis=1)
+    a, b = a.assign(k=ka.to_numpy()).drop_duplicates("k", keep=False), b.assign(k=kb.to_numpy()).drop_duplicates("k", keep=False)
+    m = a.merge(b, on="k", suffixes=("_1", "_2"))
+    for r in m.itertuples():
+        change = r.true_2 - r.true_1
+        if not (0 < abs(change) < minimum):
+            continue
+        dlo, dhi = r.lo_2 - r.hi_1, r.hi_2 - r.lo_1
+        ok = (dlo <= 1 and dhi >= minimum - 1) if change > 0 else (dhi >= -1 and dlo <= -(minimum - 1))
+        if not ok:
+            out.append({"cell": r.k.replace("\x1f", " | "), "change": change, "interval": (dlo, dhi),
+                        "first": (r.lo_1, r.hi_1), "second": (r.lo_2, r.hi_2)})
+    return out

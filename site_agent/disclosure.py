@@ -241,9 +241,10 @@ def drop_extremes(result: SummarisedResult, min_group: int) -> SummarisedResult:
     return result.with_data(d[~drop])
 
 
-def history_anchors(result: SummarisedResult, blocked) -> tuple[SummarisedResult, dict[int, float]]:
+def history_anchors(result: SummarisedResult, blocked) -> tuple[SummarisedResult, dict]:
     """For the audit: the cells the release history withheld, with their true value (site-internal)
-    and the value released before (the anchor whose neighbourhood old±1..old±(min-1) must stay open).
+    and the value released before (the anchor whose neighbourhood old±1..old±(min-1) must stay open;
+    for a rounded earlier release, ``(lo, hi, change)``: the interval it stood for and the true change).
 
     Returns ``(truth, anchors)``: ``truth`` is ``result`` with those cells' true values back in (only
     ever used as the audit's truth, never released) and ``anchors`` maps their row to the old value.
@@ -264,6 +265,28 @@ def history_anchors(result: SummarisedResult, blocked) -> tuple[SummarisedResult
         rows = index.get((b.result_type, b.group_level, b.strata_level, b.variable_name,
                           b.variable_level if b.variable_level is not None else "<NA>", b.estimate_name), [])
         if len(rows) == 1:
-            anchors[rows[0]] = float(b.earlier)
+            anchors[rows[0]] = b.anchor() if hasattr(b, "anchor") else float(b.earlier)
             values.iat[rows[0]] = str(int(b.value)) if float(b.value).is_integer() else str(b.value)
     return result.with_data(d.assign(estimate_value=values)), anchors
+
+
+def release_with_history(result: SummarisedResult, minimum: int, history, *, round_to: int = 0,
+                         facts: shared.SiteFacts | None = None):
+    """The bundle-level release control of ``study_exec`` after the analyses: rounding (site option
+    ``round_counts_to``), the release history on the table as it will be released (rounded counts
+    compared as the intervals they stand for), the site's nested cohorts, then the audit with the
+    history's withheld cells anchored. ``history``: a
+    :class:`~site_agent.governance.release_history.ReleaseHistory` (not recorded here).
+
+    Returns ``(protection, exact, guard_report)``; ``exact`` is the table before rounding (same rows,
+    site-internal) for :meth:`ReleaseHistory.record`."""
+    exact = result
+    if round_to >= 2:
+        from optima_common.disclosure.rounding import round_counts
+
+        result = round_counts(result, round_to, minimum)
+    result, guarded = history.guard(result, minimum, exact=exact)
+    if facts is not None:
+        result = withhold_cohorts(result, nested_from_facts(facts, minimum))
+    truth, anchors = history_anchors(result, guarded.blocked)
+    return shared.protect(truth, result, minimum, facts=facts, anchors=anchors), exact, guarded

@@ -43,10 +43,8 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.config import SiteConfig
 from site_agent.disclosure import (
     drop_extremes,
-    history_anchors,
-    nested_from_facts,
+    release_with_history,
     site_facts,
-    withhold_cohorts,
 )
 from site_agent.policy import (  # noqa: F401
     ANALYSES,
@@ -153,24 +151,19 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
         result = run_analyses(cdm, decision, config, name, part_secondary)
         facts = site_facts(cdm, {c.cohort_definition_id: c.name for c in decision.cohorts})
         prov = provenance(cdm, name)
-    # nothing released earlier may be subtracted from this release to reveal a small count
-    history = ReleaseHistory(config.state_dir)
-    result, guarded = history.guard(result, decision.effective_min_cell_count)
-    if guarded.changed:
-        log.info("release history withheld %d count(s) of manifest %s", len(guarded.blocked),
-                 decision.manifest.manifest_id)
-    # the audit over the whole bundle: tables of different analyses, what the site knows (cohort
-    # overlap from its cohort table) and the history's withheld cells; withheld counts as unknowns
     minimum = decision.effective_min_cell_count
     if not config.release_extremes:
         result = drop_extremes(result, config.exact_quantiles_min_group)
-    if config.round_counts_to >= 2:
-        from optima_common.disclosure.rounding import round_counts
-
-        result = round_counts(result, config.round_counts_to, minimum)
-    result = withhold_cohorts(result, nested_from_facts(facts, minimum))
-    truth, anchors = history_anchors(result, guarded.blocked)
-    protection = shared_disclosure.protect(truth, result, minimum, facts=facts, anchors=anchors)
+    # rounding (site option), then the release history on the table as it will be released: nothing
+    # released earlier may be subtracted from it to reveal a small count (rounded counts compared as
+    # the intervals they stand for); then the audit over the whole bundle: tables of different
+    # analyses, what the site knows (cohort overlap from its cohort table) and the history's cells
+    history = ReleaseHistory(config.state_dir)
+    protection, exact, guarded = release_with_history(result, minimum, history, round_to=config.round_counts_to,
+                                                      facts=facts)
+    if guarded.changed:
+        log.info("release history withheld %d count(s) of manifest %s", len(guarded.blocked),
+                 decision.manifest.manifest_id)
     result = protection.result
     if "genomics_profile" in decision.analyses:  # estimates tied to counts the bundle audit withheld
         from site_agent.genomics.release import linked_rules
@@ -187,7 +180,8 @@ def execute(decision: Decision, config: SiteConfig, *, cdm_name: str | None = No
                                              site_floor=config.min_cell_count, method=SUPPRESSION_METHOD),
         results_csv=result_csv_text(result))
     signed = bundle.sign(unsigned, config.site_private_key())
-    history.record(result, decision.manifest.manifest_id)  # queued for review counts as released
+    history.record(result, decision.manifest.manifest_id, minimum=minimum,  # queued for review counts as released
+                   exact=exact if len(exact.data) == len(result.data) else None)
     return signed
 
 

@@ -8,6 +8,7 @@ the rounding's preimage as bounds), not the production audit.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from benchmarks.attacker import narrowed
@@ -81,3 +82,55 @@ def test_round_counts_to_five_attacker_side():
     assert narrowed(prot.result, truth, 5) == []
     assert check_release(prot.result, 5) == []
     assert set(prot.result.settings["count_rounding"]) == {"nearest_5"}
+
+
+def test_horizon_counts_are_read_off_the_rounded_tables_attacker_side():
+    """Before: "deaths within 12 months" was exact beside a risk table rounded cumulatively, so a
+    reader had the cumulative deaths at day 365 exactly (and, against the table's rounded step
+    before it, the deaths of a grid interval to within the rounding band). Now every "within X"
+    horizon (X a grid time) is the released table's own events up to X: the attacker who sums the
+    released events finds the horizon count and nothing more; the exact count is not released."""
+    from site_agent.analyses.outcomes import summarise_outcomes
+
+    rng = np.random.default_rng(7)
+    grid = [0, 91, 183, 274, 365, 548, 730]
+    n = 43
+    death = rng.integers(1, 900, n).astype(float)
+    fu = rng.integers(100, 1000, n).astype(float)
+    prog = np.where(rng.random(n) < 0.5, rng.integers(1, 800, n), np.nan)
+    d = np.where(death <= fu, death, np.nan)
+    pats = pd.DataFrame({"time_to_progression": prog, "time_to_death": d, "followup_end": fu})
+    strata = {"overall": pats}
+    windows = [("within 6 months", "within", 183), ("within 12 months", "within", 365),
+               ("after 3 months", "after", 91), ("within 200 days", "within", 200)]
+    surv = summarise_survival("s", "t", "death",
+                              {"overall": pd.DataFrame({"time": np.where(np.isnan(d), fu, d),
+                                                        "event": (~np.isnan(d)).astype(int)})},
+                              grid, count_rounding=5)
+    out = summarise_outcomes("s", "t", strata, grid, windows=windows, count_rounding=5, death_name="death")
+    assert set(out.settings["count_rounding"]) == {"cumulative_5"}
+    ev = surv.data[(surv.data["result_id"] == 2) & (surv.data["estimate_name"] == "n_events_count")]
+    released_cum = dict(zip(pd.to_numeric(ev["additional_level"]), pd.to_numeric(ev["estimate_value"]).cumsum()))
+    h = out.data[(out.data["result_id"] == 1) & (out.data["estimate_name"] == "count")
+                 & (out.data["variable_name"] == "death")].set_index("variable_level")["estimate_value"].astype(int)
+    true_within = {x: int(np.sum(d <= x)) for x in (183, 365)}
+    # the attacker's sum of the released events is the horizon count: nothing beyond the table
+    assert h["within 6 months"] == released_cum[183] and h["within 12 months"] == released_cum[365]
+    # and it is the rounded count, within the band of the true one (not the exact count)
+    for label, x in (("within 6 months", 183), ("within 12 months", 365)):
+        assert h[label] % 5 == 0 and abs(h[label] - true_within[x]) <= 2
+    assert any(h[lbl] != true_within[x] for lbl, x in (("within 6 months", 183), ("within 12 months", 365)))
+    # a window off the grid: nearest multiple of 5, between the table's values around it
+    assert released_cum[183] <= h["within 200 days"] <= released_cum[274] and h["within 200 days"] % 5 == 0
+    # "after 3 months": its population is the rounded table's at-risk count at the next grid time
+    pop = out.data[(out.data["variable_name"] == "death") & (out.data["variable_level"] == "after 3 months")
+                   & (out.data["estimate_name"] == "population_count")]["estimate_value"].astype(int).iat[0]
+    nr = surv.data[(surv.data["result_id"] == 2) & (surv.data["estimate_name"] == "n_risk_count")
+                   & (surv.data["additional_level"] == "183")]["estimate_value"].astype(int).iat[0]
+    assert pop == min(nr, n)
+    # no count between 1 and 4 anywhere in the horizons; percentages from the released numbers
+    cnt = pd.to_numeric(out.data.loc[out.data["estimate_name"].str.contains("count"), "estimate_value"])
+    assert not ((cnt > 0) & (cnt < 5)).any()
+    pct = out.data[(out.data["variable_name"] == "death") & (out.data["variable_level"] == "within 12 months")
+                   & (out.data["estimate_name"] == "percentage")]["estimate_value"].astype(float).iat[0]
+    assert pct == pytest.approx(100 * h["within 12 months"] / n, rel=1e-6)

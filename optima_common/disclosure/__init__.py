@@ -81,7 +81,7 @@ def require_declared(result: SummarisedResult) -> None:
 
 
 def protect(raw: SummarisedResult, primary: SummarisedResult, min_cell_count: int, *,
-            facts: SiteFacts | None = None, anchors: dict[int, float] | None = None,
+            facts: SiteFacts | None = None, anchors: dict | None = None,
             rounding: int = 0) -> Protection:
     """Site side: secondary suppression on ``primary`` (``raw`` after primary suppression, same rows)
     until the audit passes, then every derived estimate of a withheld count withheld."""
@@ -91,7 +91,7 @@ def protect(raw: SummarisedResult, primary: SummarisedResult, min_cell_count: in
         return Protection(primary, {}, 0, time.perf_counter() - started)
     f = audit_frame(primary)
     true = pd.to_numeric(raw.data["estimate_value"], errors="coerce").to_numpy(dtype=float)
-    true[f["rounding"].astype(str).str.startswith("nearest_").to_numpy()] = np.nan  # a rounded count is not the truth
+    true[f["rounding"].str.startswith("nearest_").to_numpy(dtype=bool)] = np.nan  # a rounded count is not the truth
     built = D.build_system(f)
     p = A.problem(f, built, true)
     if facts is not None:

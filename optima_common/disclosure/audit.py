@@ -128,9 +128,10 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: in
         from optima_common.disclosure.rounding import PREFIX, preimage
 
         if p._round_base is None:
-            rk = f["rounding"].astype(str)
-            is_near = rk.str.startswith(PREFIX)
-            p._round_base = np.where(is_near, pd.to_numeric(rk.str[len(PREFIX):].where(is_near), errors="coerce"), 0.0)
+            rk = f["rounding"]
+            is_near = rk.str.startswith(PREFIX).astype(bool)
+            p._round_base = np.where(is_near, pd.to_numeric(rk.astype(object).str[len(PREFIX):].where(is_near),
+                                                            errors="coerce"), 0.0)
         near = shown & (p._round_base > 0)
         if near.any():
             lo, hi = preimage(num[near], p._round_base[near], minimum)
@@ -146,7 +147,7 @@ def bounds(p: Problem, suppressed: np.ndarray, *, rounding: int = 0, minimum: in
     return lb, ub, checked
 
 
-def needs(p: Problem, checked: np.ndarray, minimum: int, anchors: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+def needs(p: Problem, checked: np.ndarray, minimum: int, anchors: dict) -> tuple[np.ndarray, np.ndarray]:
     """Which ends of each interval the rule needs. With the true value known (site) most checks
     need one end only: a small value needs ``lo`` only if above 1 and ``hi`` only if below min-1;
     a large hidden complement cannot reveal a small number whatever its interval."""
@@ -168,12 +169,44 @@ def needs(p: Problem, checked: np.ndarray, minimum: int, anchors: dict[int, floa
     return need_lo, need_hi
 
 
+def change_passes(dlo: float, dhi: float, change: float, minimum: int) -> bool:
+    """The rule for the change of one cell between two releases (new - old), whose feasible
+    interval for a reader of both is ``[dlo, dhi]`` and whose true value is ``change`` (NaN if the
+    site does not know it, e.g. both releases rounded): the same rule as for a withheld count, on
+    each side of zero. A change of 1..min-1 keeps every value from 1 to min-1 (same sign) possible;
+    a change of 0 or an unknown change must not be known to be a small non-zero number."""
+    if not math.isnan(change):
+        if change >= minimum or change <= -minimum:
+            return True
+        if change > 0:
+            return dlo <= 1 and dhi >= minimum - 1
+        if change < 0:
+            return dhi >= -1 and dlo <= -(minimum - 1)
+    return (dhi <= 0 or dhi >= minimum - 1) and (dlo >= 0 or dlo <= -(minimum - 1))
+
+
+def anchor_tuple(anchor) -> tuple[float, float, float]:
+    """An anchor of the release history as (lo, hi, true change offset): a plain number is an exact
+    earlier release (lo = hi = the old value, the change known from the truth)."""
+    if isinstance(anchor, tuple):
+        return anchor
+    return float(anchor), float(anchor), float("nan")
+
+
 def passes(lo: float, hi: float, minimum: int, *, is_cell: bool, true: float = float("nan"),
-           anchor: float | None = None) -> bool:
-    """The rule for one withheld count or protected hidden quantity (NaN: end not computed)."""
-    if anchor is not None and not math.isnan(true) and true != anchor:
-        want = (anchor + 1, anchor + minimum - 1) if true > anchor else (max(anchor - minimum + 1, 0), anchor - 1)
-        if not (lo <= want[0] and hi >= want[1]):
+           anchor=None) -> bool:
+    """The rule for one withheld count or protected hidden quantity (NaN: end not computed).
+
+    ``anchor``: the release history's earlier release of the same cell, a number (released exactly)
+    or ``(lo, hi, change)``: the interval the earlier release stands for (rounded counts) and the
+    true change since (NaN if unknown); the change, as a reader of both releases bounds it, must
+    pass :func:`change_passes`."""
+    if anchor is not None:
+        a_lo, a_hi, change = anchor_tuple(anchor)
+        if math.isnan(change) and not math.isnan(true) and a_lo == a_hi:
+            change = true - a_lo
+        if not (math.isnan(change) and math.isnan(true) and a_lo == a_hi) and \
+                not change_passes(lo - a_hi, hi - a_lo, change, minimum):
             return False
     if not math.isnan(true):
         if true < 0.5:
@@ -189,7 +222,37 @@ def passes(lo: float, hi: float, minimum: int, *, is_cell: bool, true: float = f
     return not is_cell or hi - lo >= minimum - 2
 
 
-def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[int, float] | None = None,
+def passes_many(lo: np.ndarray, hi: np.ndarray, minimum: int, is_cell: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """:func:`passes` without anchors, for many variables at once (same answers, NaN included)."""
+    lo, hi, true = (np.asarray(x, dtype=float) for x in (lo, hi, true))
+    is_cell = np.asarray(is_cell, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        wide = ~is_cell | (hi - lo >= minimum - 2)
+        known = ~np.isnan(true)
+        zero = known & (true < 0.5)
+        small = known & ~zero & (true <= minimum - 1)
+        big = known & ~zero & ~small
+        out = np.zeros(len(lo), dtype=bool)
+        out[zero] = (hi[zero] <= 0) | (hi[zero] >= minimum - 1)
+        out[small] = ((true[small] <= 1) | (lo[small] <= 1)) & ((true[small] >= minimum - 1) | (hi[small] >= minimum - 1))
+        out[big] = wide[big]
+        unk = ~known
+        out[unk] = (hi[unk] <= 0) | (~(hi[unk] < minimum - 1) & wide[unk])
+    return out
+
+
+def _passes_all(p: Problem, vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, minimum: int, anchors: dict) -> np.ndarray:
+    vs = np.asarray(vs, dtype=np.int64)
+    out = passes_many(lo, hi, minimum, vs < p.n, p.true[vs])
+    if anchors:
+        n = p.n
+        for i in np.flatnonzero(np.isin(vs, np.fromiter(anchors, dtype=np.int64, count=len(anchors)))):
+            v = int(vs[i])
+            out[i] = passes(float(lo[i]), float(hi[i]), minimum, is_cell=v < n, true=float(p.true[v]), anchor=anchors[v])
+    return out
+
+
+def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict | None = None,
              rounding: int = 0, cache: dict | None = None, stats: dict | None = None,
              skip: np.ndarray | None = None) -> list[tuple[int, float, float]]:
     """Variables that fail the rule, as (variable, lo, hi); ``skip``: variables known to pass."""
@@ -203,23 +266,24 @@ def findings(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[
     if stats is not None:
         for k in ("lp_components", "algebra_components", "lp_solves"):
             stats[k] = stats.get(k, 0) + getattr(iv, k)
-    bad = []
     computed = ~np.isnan(iv.lo) | ~np.isnan(iv.hi)
-    for v in np.flatnonzero(checked & computed):
-        lo, hi = float(iv.lo[v]), float(iv.hi[v])
-        if not passes(lo, hi, minimum, is_cell=v < p.n, true=float(p.true[v]), anchor=anchors.get(int(v))):
-            bad.append((int(v), lo, hi))
-    return bad
+    vs = np.flatnonzero(checked & computed)
+    ok = _passes_all(p, vs, iv.lo[vs], iv.hi[vs], minimum, anchors)
+    return [(int(v), float(iv.lo[v]), float(iv.hi[v])) for v in vs[~ok]]
 
 
-def _certifier(p: Problem, minimum: int, anchors: dict[int, float]):
+def _certifier(p: Problem, minimum: int, anchors: dict):
     """For :func:`solve.intervals`: which variables already pass on an inner interval. Only
     ``hi >= min - 1`` is accepted (every branch of :func:`passes` is then monotone: a wider
-    interval passes too; ``hi <= 0`` "pinned to nobody" is not, and is left to the exact solve)."""
+    interval passes too; ``hi <= 0`` "pinned to nobody" is not, and is left to the exact solve).
+    A cell anchored by the release history always gets its exact interval (the rule on the change
+    since the earlier release is not monotone on both sides)."""
+    anchored = np.fromiter(anchors, dtype=np.int64, count=len(anchors)) if anchors else np.zeros(0, dtype=np.int64)
+
     def ok(vs: np.ndarray, lo: np.ndarray, hi: np.ndarray, exact: bool = False) -> np.ndarray:
-        return np.array([(exact or h >= minimum - 1) and passes(float(l_), float(h), minimum, is_cell=v < p.n,
-                                                      true=float(p.true[v]), anchor=anchors.get(int(v)))
-                         for v, l_, h in zip(vs, lo, hi)], dtype=bool)
+        vs, lo, hi = np.asarray(vs, dtype=np.int64), np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        gate = np.ones(len(vs), dtype=bool) if exact else ((hi >= minimum - 1) & ~np.isin(vs, anchored))
+        return gate & _passes_all(p, vs, lo, hi, minimum, anchors)
     return ok
 
 
@@ -247,7 +311,7 @@ def _csr(keys: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     return np.cumsum(ptr), pairs[1]
 
 
-def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict[int, float] | None = None,
+def secondary_suppression(p: Problem, suppressed: np.ndarray, minimum: int, *, anchors: dict | None = None,
                           rounding: int = 0, max_rounds: int = 200, stats: dict | None = None
                           ) -> tuple[np.ndarray, dict[int, str]]:
     """Withhold more counts, smallest first, until :func:`findings` is empty. Returns the new mask and,

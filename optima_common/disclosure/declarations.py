@@ -31,6 +31,7 @@ from optima_common.disclosure.frame import (
     GROUP_KEY,
     OVERALL,
     SEP,
+    codes,
     cohort_of,
     count_rows,
     key,
@@ -295,7 +296,9 @@ def outcome_horizons(f, s, co):
         r = g["row"].to_numpy()
         S.at_most(s, r[:-1], r[1:], "horizons: within a shorter horizon <= within a longer one (increment protected)",
                   protect=True)
-    _strata_sum(s, c, "treatment_sequence", ["variable_name", "variable_level", "estimate_name", "additional_level"],
+    # horizons read off rounded tables (count_rounding = cumulative_<b>) are rounded per stratum
+    _strata_sum(s, c[~c["rounding"].str.startswith("cumulative").astype(bool)], "treatment_sequence",
+                ["variable_name", "variable_level", "estimate_name", "additional_level"],
                 "horizons: treatment sequences add up to overall")
 
 
@@ -327,7 +330,7 @@ def risk_table(f, s, co, rt):
     frame = frame.fillna(-1).rename(columns={"ck": "key"})
     S.chain(s, frame, f"{rt}: at risk next = at risk - events - censored", out_at_prev=True)
     # strata rounded on their own (cumulative rounding) no longer add up: only exact tables
-    _strata_sum(s, c[~c["rounding"].str.startswith("cumulative")], "treatment_sequence",
+    _strata_sum(s, c[~c["rounding"].str.startswith("cumulative").astype(bool)], "treatment_sequence",
                 ["variable_level", "estimate_name", "additional_level"], f"{rt}: treatment sequences add up to overall")
 
 
@@ -405,16 +408,15 @@ def derived_mask(f: pd.DataFrame, suppressed: np.ndarray, cohorts: Cohorts | Non
     cnt = f["is_count"].to_numpy()
     hit = np.zeros(len(f), dtype=bool)
 
-    def spread(keys: pd.Series, sources: np.ndarray) -> np.ndarray:
-        bad = set(keys[sources])
-        return keys.isin(bad).to_numpy() if bad else np.zeros(len(f), dtype=bool)
+    def spread(keys: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        return np.isin(keys, keys[sources]) if sources.any() else np.zeros(len(f), dtype=bool)
 
-    hit |= spread(key(f, CELL_KEY), sup & cnt)
+    hit |= spread(codes(f, CELL_KEY), sup & cnt)
     group_count = cnt & (norm_variable(f["variable_name"]).isin(GROUP_COUNT_VARIABLES).to_numpy()
                          | f["estimate_name"].isin(GROUP_COUNT_ESTIMATES).to_numpy())
-    hit |= spread(key(f, GROUP_KEY), sup & group_count)
+    hit |= spread(codes(f, GROUP_KEY), sup & group_count)
     ip = f["result_type"].isin(["incidence", "prevalence", "summarise_cohort_overlap"]).to_numpy()
-    hit |= spread(key(f, ["result_id", "group_level", "additional_level"]), sup & cnt & ip) & ip
+    hit |= spread(codes(f, ["result_id", "group_level", "additional_level"]), sup & cnt & ip) & ip
     lsc = (f["result_type"] == "summarise_large_scale_characteristics").to_numpy()
     if cohorts is not None and lsc.any():
         rec = {c: v for (c, w), v in cohorts.vars.items() if w == "number records" and v < len(f)}
@@ -425,7 +427,8 @@ def derived_mask(f: pd.DataFrame, suppressed: np.ndarray, cohorts: Cohorts | Non
         tab = (f["result_type"] == table).to_numpy() & cnt & sup
         if not est.any() or not tab.any():
             continue
-        ck = key(f, ["cdm_name", "group_level", "strata_name", "strata_level", "variable_level"])
+        ck = pd.Series(codes(f, ["cdm_name", "group_level", "strata_name", "strata_level", "variable_level"]),
+                       index=f.index)
         t = pd.to_numeric(f["additional_level"], errors="coerce")
         first = t[tab].groupby(ck[tab]).min()
         start = ck.map(first)

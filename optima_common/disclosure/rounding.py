@@ -53,6 +53,25 @@ def preimage(v: np.ndarray, base: np.ndarray, minimum: int) -> tuple[np.ndarray,
     return np.where(v > 0, lo, 0.0), np.where(v > 0, hi, 0.0)
 
 
+def released_intervals(v: np.ndarray, rounding: np.ndarray, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of the true counts a reader can infer from released counts ``v`` with their result's
+    ``count_rounding`` setting: ``""`` exact (lo = hi = v); ``nearest_<b>`` the preimage above;
+    ``cumulative_<b>`` (differences of counts rounded cumulatively, or read off such a table) within
+    ``b - 1`` either way, never below 0. Used by the release history to compare like with like."""
+    v = np.asarray(v, dtype=float)
+    rk = pd.Series(np.asarray(rounding, dtype=object)).fillna("").astype(str)
+    base = pd.to_numeric(rk.str.extract(r"_(\d+)$")[0], errors="coerce").fillna(0).to_numpy(dtype=float)
+    lo, hi = v.copy(), v.copy()
+    near = rk.str.startswith(PREFIX).to_numpy() & (base >= 2)
+    if near.any():
+        lo[near], hi[near] = preimage(v[near], base[near], minimum)
+    cum = rk.str.startswith("cumulative_").to_numpy() & (base >= 2)
+    if cum.any():
+        lo[cum] = np.maximum(v[cum] - (base[cum] - 1), 0.0)
+        hi[cum] = v[cum] + base[cum] - 1
+    return lo, hi
+
+
 def _fmt(x: float) -> str | None:
     return None if x is None or not np.isfinite(x) else f"{x:.10g}"
 
@@ -62,7 +81,7 @@ def round_counts(result: SummarisedResult, base: int, minimum: int) -> Summarise
         return result
     f = audit_frame(result)
     d = result.data.copy()
-    target = f["is_count"].to_numpy() & ~f["suppressed"].to_numpy() & ~f["rounding"].str.startswith("cumulative").to_numpy()
+    target = f["is_count"].to_numpy() & ~f["suppressed"].to_numpy() & ~f["rounding"].str.startswith("cumulative").to_numpy(dtype=bool)
     num = f["num"].to_numpy()
     new = num.copy()
     new[target] = rounded(num[target], base)

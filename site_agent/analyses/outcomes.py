@@ -136,9 +136,10 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
     ``strata`` maps a level (``"overall"`` = unstratified) to per-patient rows with columns
     ``time_to_progression``, ``time_to_death``, ``followup_end``.  Unsuppressed.
     ``count_rounding`` (a base >= 2): the cumulative-incidence risk tables are released from
-    rounded cumulative counts, the curves recomputed from them (:mod:`site_agent.analyses.rounding`).
+    rounded cumulative counts, the curves recomputed from them, and the horizon counts are read off
+    the same rounded tables (:func:`site_agent.analyses.rounding.rounded_horizon_counts`).
     """
-    from site_agent.analyses.rounding import SETTING, round_risk_table, setting_value
+    from site_agent.analyses.rounding import SETTING, round_risk_table, rounded_horizon_counts, setting_value
 
     g = check_grid(grid)
     names = {"progression": progression_name, "death": death_name}
@@ -153,7 +154,10 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
         p, d, f = observed_events(*args)
         rows.append({**base, **st, "result_id": 1, "variable_name": "Number subjects", "variable_level": None,
                      "estimate_name": "count", "estimate_type": "integer", "estimate_value": str(len(f))})
-        for h in horizon_counts(p, d, f, windows):
+        horizons = horizon_counts(p, d, f, windows)
+        if count_rounding >= 2:  # read off the released rounded tables: no exact count beside the curves
+            horizons = rounded_horizon_counts(horizons, p, d, f, g, count_rounding, windows)
+        for h in horizons:
             cell = {**base, **st, "result_id": 1, "variable_name": names[h["outcome"]], "variable_level": h["label"]}
             pct = 100.0 * h["count"] / h["population"] if h["population"] else None
             rows += [{**cell, "estimate_name": "count", "estimate_type": "integer", "estimate_value": str(h["count"])},
@@ -181,6 +185,6 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
                 settings_row(2, RESULT_TYPES[1], analysis_type="competing_risk", **common),
                 settings_row(3, RESULT_TYPES[2], analysis_type="competing_risk", **common)]
     if count_rounding >= 2:
-        for row in settings[1:]:
+        for row in settings:
             row[SETTING] = setting_value(count_rounding)
     return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), pd.DataFrame(settings))

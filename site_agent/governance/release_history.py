@@ -24,6 +24,20 @@ queued for review or sent), so a blocked value never becomes a reference itself.
 queue time: a bundle waiting for review counts as released (if it is then rejected, the
 history only errs on the safe side).
 
+**Like with like.** A released count stands for an interval of true counts: itself when exact, the
+preimage of its rounding when the site rounds (``round_counts_to``: ``count_rounding = nearest_<b>``),
+``b - 1`` either way for risk tables released from rounded cumulative counts (``cumulative_<b>``).
+The history keeps each released cell's interval (``lo``, ``hi``) and, site-internal, its exact value
+when the site knew it. The guard runs on the table *as it will be released* (after the rounding)
+and bounds the change of each cell the way a reader of both releases can: ``[lo_new - hi_old,
+hi_new - lo_old]``. It withholds the cell when that interval says a small non-zero number of
+persons came or went (the audit's rule, :func:`optima_common.disclosure.audit.change_passes`: a
+true change of 1..min-1 must keep every value 1..min-1 of its sign possible; a change of 0, or one
+the site does not know, must not be known to be small and non-zero). Two exact releases reduce to
+the plain rule above; a rounded release is not compared as if it were exact (no spurious
+withholding of 101 because 100 was released for 98..102), and an exact release after a rounded one
+is compared with the whole interval the rounded value stood for.
+
 Residual risk: differences between *different* keys across releases (e.g. a cohort in release 1
 against a nested cohort in release 2) are not compared here; :mod:`site_agent.disclosure`
 covers nesting within one release only.
@@ -62,6 +76,15 @@ class BlockedCell:
     value: float  # the value withheld now (site-internal; do not send it anywhere)
     earlier: float  # the released value it is too close to
     earlier_manifest_id: str
+    earlier_lo: float | None = None  # the interval the earlier release stands for (None: exactly ``earlier``)
+    earlier_hi: float | None = None
+    change: float = float("nan")  # the true change since (site-internal; NaN if the site does not know it)
+
+    def anchor(self):
+        """For the audit (:func:`optima_common.disclosure.audit.passes`): the earlier release."""
+        if self.earlier_lo is None or self.earlier_hi is None or self.earlier_lo == self.earlier_hi:
+            return float(self.earlier)
+        return float(self.earlier_lo), float(self.earlier_hi), float(self.change)
 
 
 @dataclass(frozen=True)
@@ -79,14 +102,27 @@ def _cell_keys(data: pd.DataFrame) -> pd.Series:
     return parts[0].str.cat(parts[1:], sep="\x1f")
 
 
-def _count_rows(result: SummarisedResult) -> pd.DataFrame:
-    """Released numeric count cells with their result type and key."""
+def _count_rows(result: SummarisedResult, minimum: int = 0, exact: SummarisedResult | None = None) -> pd.DataFrame:
+    """Released numeric count cells with their result type, key, the interval of true counts a reader
+    infers (``lo``, ``hi``) and the exact count where the site knows it (``exact``; NaN otherwise).
+    ``exact``: the same table before rounding (same rows), if it was rounded."""
+    from optima_common.disclosure.rounding import released_intervals
+
     d = result.data
-    rtype = d["result_id"].map(dict(zip(result.settings["result_id"], result.settings["result_type"])))
+    st = result.settings
+    rtype = d["result_id"].map(dict(zip(st["result_id"], st["result_type"])))
+    rounding = (d["result_id"].map(dict(zip(st["result_id"], st["count_rounding"].fillna("").astype(str))))
+                .fillna("") if "count_rounding" in st.columns else pd.Series("", index=d.index))
     value = pd.to_numeric(d["estimate_value"], errors="coerce")
     is_count = d["estimate_name"].str.lower().str.contains("count", regex=False) & value.notna()
     rows = d.loc[is_count].assign(result_type=rtype[is_count], value=value[is_count])
-    return rows.assign(cell_key=_cell_keys(rows))
+    lo, hi = released_intervals(rows["value"].to_numpy(), rounding[is_count].to_numpy(), max(minimum, 0))
+    known = np.where(lo == hi, rows["value"].to_numpy(dtype=float), np.nan)
+    if exact is not None and len(exact.data) == len(d):
+        ex = pd.to_numeric(pd.Series(exact.data["estimate_value"].to_numpy(), index=d.index), errors="coerce")[is_count]
+        near = rounding[is_count].str.startswith("nearest_").to_numpy()
+        known = np.where(near, ex.to_numpy(dtype=float), known)
+    return rows.assign(cell_key=_cell_keys(rows), lo=lo, hi=hi, exact=known)
 
 
 class ReleaseHistory:
@@ -99,7 +135,12 @@ class ReleaseHistory:
             con.execute("CREATE TABLE IF NOT EXISTS released (result_type TEXT NOT NULL, cell_key TEXT NOT NULL, "
                         + ", ".join(f"{c} TEXT" for c in KEY_COLUMNS)
                         + ", value REAL NOT NULL, manifest_id TEXT NOT NULL, released_at TEXT NOT NULL, "
+                          "lo REAL, hi REAL, exact REAL, "
                           "UNIQUE (manifest_id, result_type, cell_key))")
+            have = {r[1] for r in con.execute("PRAGMA table_info(released)")}
+            for col in ("lo", "hi", "exact"):  # a history written before intervals were kept
+                if col not in have:
+                    con.execute(f"ALTER TABLE released ADD COLUMN {col} REAL")
             con.execute("CREATE INDEX IF NOT EXISTS released_key ON released (result_type, cell_key)")
 
     def _connect(self) -> sqlite3.Connection:
@@ -116,20 +157,31 @@ class ReleaseHistory:
         finally:
             con.close()
 
-    def guard(self, result: SummarisedResult, min_cell_count: int) -> tuple[SummarisedResult, GuardReport]:
-        """The result with every count that an earlier release would reveal by subtraction withheld."""
+    def guard(self, result: SummarisedResult, min_cell_count: int, *, exact: SummarisedResult | None = None
+              ) -> tuple[SummarisedResult, GuardReport]:
+        """The result with every count that an earlier release would reveal by subtraction withheld.
+
+        ``result`` is the table as it will be released (rounded, if the site rounds); ``exact`` the
+        same rows before rounding (site-internal), so that the true change of a cell is known."""
+        from optima_common.disclosure.audit import change_passes
+
         if min_cell_count < 2 or result.data.empty:
             return result, GuardReport((), 0)
-        new = _count_rows(result)
+        new = _count_rows(result, min_cell_count, exact)
         if new.empty:
             return result, GuardReport((), 0)
         old = self.earlier()
         old = old[old["cell_key"].isin(set(new["cell_key"]))]
-        pairs = new.reset_index().merge(old[["result_type", "cell_key", "value", "manifest_id"]],
+        old = old.assign(lo=old["lo"].astype(float).fillna(old["value"]), hi=old["hi"].astype(float).fillna(old["value"]),
+                         exact=old["exact"].astype(float))
+        old = old.assign(exact=old["exact"].where(old["exact"].notna(), old["value"].where(old["lo"] == old["hi"])))
+        pairs = new.reset_index().merge(old[["result_type", "cell_key", "value", "manifest_id", "lo", "hi", "exact"]],
                                         on=["result_type", "cell_key"], suffixes=("", "_earlier"))
-        gap = (pairs["value"] - pairs["value_earlier"]).abs()
-        hits = pairs[(gap > 0) & (gap < min_cell_count)].sort_values(["index", "value_earlier"], kind="mergesort")
-        hits = hits.drop_duplicates("index")
+        dlo = (pairs["lo"] - pairs["hi_earlier"]).to_numpy(dtype=float)
+        dhi = (pairs["hi"] - pairs["lo_earlier"]).to_numpy(dtype=float)
+        change = (pairs["exact"] - pairs["exact_earlier"]).to_numpy(dtype=float)
+        bad = np.array([not change_passes(a, b, c, min_cell_count) for a, b, c in zip(dlo, dhi, change)], dtype=bool)
+        hits = pairs[bad].sort_values(["index", "value_earlier"], kind="mergesort").drop_duplicates("index")
         if hits.empty:
             return result, GuardReport((), 0)
         data = result.data.copy()
@@ -139,21 +191,28 @@ class ReleaseHistory:
         after = (protected.data["estimate_value"] == SUPPRESSED).to_numpy()
         blocked = tuple(BlockedCell(r.result_type, r.group_level, r.strata_level, r.variable_name,
                                     None if pd.isna(r.variable_level) else r.variable_level, r.estimate_name,
-                                    float(r.value), float(r.value_earlier), r.manifest_id)
+                                    float(r.exact) if pd.notna(r.exact) else float(r.value), float(r.value_earlier),
+                                    r.manifest_id, float(r.lo_earlier), float(r.hi_earlier),
+                                    float(r.exact - r.exact_earlier) if pd.notna(r.exact) and pd.notna(r.exact_earlier)
+                                    else float("nan"))
                         for r in hits.itertuples())
         return protected, GuardReport(blocked, int(np.sum(after & ~before)))
 
-    def record(self, result: SummarisedResult, manifest_id: str) -> int:
-        """Remember the released count cells of ``result`` (recording a manifest twice is a no-op)."""
-        rows = _count_rows(result)
+    def record(self, result: SummarisedResult, manifest_id: str, *, minimum: int = 0,
+               exact: SummarisedResult | None = None) -> int:
+        """Remember the released count cells of ``result`` (recording a manifest twice is a no-op),
+        each with the interval of true counts it stands for and, where known, its exact value."""
+        rows = _count_rows(result, minimum, exact)
         now = dt.datetime.now(dt.UTC).isoformat()
         values = [(r["result_type"], r["cell_key"], *[None if pd.isna(r[c]) else r[c] for c in KEY_COLUMNS],
-                   float(r["value"]), manifest_id, now) for _, r in rows.iterrows()]
+                   float(r["value"]), manifest_id, now, float(r["lo"]), float(r["hi"]),
+                   None if pd.isna(r["exact"]) else float(r["exact"])) for _, r in rows.iterrows()]
+        cols = ["result_type", "cell_key", *KEY_COLUMNS, "value", "manifest_id", "released_at", "lo", "hi", "exact"]
         con = self._connect()
         try:
             with con:
-                cur = con.executemany(f"INSERT OR IGNORE INTO released VALUES ({', '.join('?' * (len(KEY_COLUMNS) + 5))})",
-                                      values)
+                cur = con.executemany(f"INSERT OR IGNORE INTO released ({', '.join(cols)}) "
+                                      f"VALUES ({', '.join('?' * len(cols))})", values)
                 return cur.rowcount
         finally:
             con.close()
