@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ def cox_columns(config: SiteConfig, manifest_id: str) -> tuple[str, ...]:
 def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple[float, np.ndarray, np.ndarray]:
     """(loglik, score, information) of this site's stratum, or :class:`CoxRefusal` (audited)."""
     audit = AuditLog(config.state_dir / AUDIT_FILE)
+    started = time.perf_counter()
     try:
         manifest = _released_study_manifest(config, manifest_id, released_path(config.state_dir, manifest_id))
         guard, study_id = _guard(config, manifest)
@@ -75,7 +77,8 @@ def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple
         audit.append("cox_refused", manifest_id=manifest_id[:80], detail={"reason": str(exc)[:MAX_STR]})
         raise CoxRefusal(str(exc)) from None
     audit.append("cox_answered", manifest_id=manifest_id, study_id=study_id,
-                 detail={"answers": guard.answers_given(manifest_id), "budget": guard.max_iterations})
+                 detail={"answers": guard.answers_given(manifest_id), "budget": guard.max_iterations,
+                         "site_ms": round(1000 * (time.perf_counter() - started), 2)})  # this answer's cost here
     return out
 
 
