@@ -12,8 +12,10 @@ lung-cancer registries (synthetic, profile ``lung-registry``, the demo network's
 Prints: the whole ``flwr run`` (study + Cox fit), the Cox fit alone (``cox_seconds`` in the
 ServerApp's outcome: every round of messages, from the design request to convergence), the
 number of evaluations and seconds per round, and each site's own cost per answer from its
-audit log (``site_ms``): the first answer builds the per-manifest design matrix from the CDM,
-the later ones read it from the site's cache. CPU seconds are those of the whole deployment
+audit log (``site_ms``, wall time inside the answer): the design request (the first round) builds
+the per-manifest design matrix from the CDM, every answer reads it from the site's cache. Each
+message also starts a fresh ClientApp process at each site (Flower's process isolation), whose
+start is not in ``site_ms``. CPU seconds are those of the whole deployment
 (the processes this script started and reaped), the load-independent figure on a shared machine.
 """
 
@@ -128,8 +130,9 @@ def main() -> int:
         ms = site_costs(configs[s], manifest.manifest_id)
         if ms:
             rest = ms[1:] or [float("nan")]
-            print(f"site {s:<22} answers {len(ms):3d}: first {ms[0]:8.1f} ms (builds the design matrix), "
-                  f"then median {statistics.median(rest):6.1f} ms, max {max(rest):6.1f} ms")
+            print(f"site {s:<22} answers {len(ms):3d}: first {ms[0]:8.1f} ms, then median "
+                  f"{statistics.median(rest):6.1f} ms, max {max(rest):6.1f} ms (the design-request round "
+                  f"built the cached design)")
     if args.keep:
         print(f"kept {root}")
     else:
