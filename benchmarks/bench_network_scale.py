@@ -32,7 +32,7 @@ from coordinator.cli.ingest import ingest_bundle_files
 from coordinator.pooling.results import network_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
-from coordinator.trust.manifest import build_manifest, sign_manifest
+from coordinator.trust.manifest import build_manifest, sign_manifest, verify_bundle_file
 from coordinator.viewer import make_server
 from optima_common.bundle import (
     Provenance,
@@ -104,6 +104,56 @@ def scaled(result: SummarisedResult, site: str, factor: float) -> str:
     return SummarisedResult(data, result.settings).to_csv_text()
 
 
+def reuse(root: Path, sample: int) -> None:
+    """Pool, report and viewer over the bundles of an earlier run, with a sample fully verified."""
+    from optima_common.bundle import read_bundle, verify
+    from optima_common.keys import load_trust_dir
+
+    paths = sorted((root / "bundles").glob("*.bundle"))
+    shutil.copyfile(root / "store.sqlite3", root / "store-reuse.sqlite3")  # the manifest only
+    store = ResultsStore.open(root / "store-reuse.sqlite3")
+    (manifest,) = [store.manifest(m.manifest_id) for m in store.manifests()]
+    trust = root / "trust"
+    for p in paths[:sample]:
+        with Step(f"full verification of {p.name} (1 process)"):
+            verify_bundle_file(p, trust, manifest=manifest)
+    with Step(f"store {len(paths)} bundles (signature check only)"):
+        trusted = load_trust_dir(trust)
+        for p in paths:
+            bundle = read_bundle(p)
+            verify(bundle, trusted)
+            store.add_bundle(bundle, p.read_bytes())
+    finish(store, manifest, root / "report-reuse", root / "store-reuse.sqlite3", root / "bundles", None)
+
+
+def finish(store, manifest, out: Path, store_path: Path, bundle_dir: Path, real) -> None:
+    with Step("pool (network_result)"):
+        net = network_result(store.bundles(manifest.manifest_id))
+    with Step("report (pools again, plots, CSV)"):
+        report = write_report(store, manifest.manifest_id, out)
+    server = make_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with Step("viewer: study page (built on request)"):
+        page = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
+    with Step("viewer: page again + results.csv.gz"):
+        urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
+        gz = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}/results.csv.gz", timeout=3600).read()
+    server.shutdown()
+    server.server_close()
+    coordinator_s = sum(RESULTS[k][0] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
+    coordinator_cpu = sum(RESULTS[k][1] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
+    print(f"ingest + pooling + report: {coordinator_s:.1f} s wall, {coordinator_cpu:.1f} s CPU (target <= 60 s)")
+    size = lambda p: p.stat().st_size / 1e6
+    bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
+    if real:
+        print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site")
+    print(f"rows in the network result: {len(net.result.data)}")
+    print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(store_path):.1f} MB, "
+          f"results.csv {size(report.csv):.1f} MB, report.html {size(report.html):.1f} MB, "
+          f"viewer page {len(page) / 1e6:.1f} MB, results.csv.gz {len(gz) / 1e6:.1f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=20)
@@ -112,7 +162,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes verifying bundles at once (coordinator ingest --workers)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--reuse", help="the folder a --keep run left: its signed bundles, trust folder and manifest")
+    ap.add_argument("--verify-sample", type=int, default=0,
+                    help="with --reuse: fully verify (disclosure re-check included) only this many bundles, timed "
+                    "one by one, and store the rest after their signature check alone (the figure then says so)")
     args = ap.parse_args()
+    if args.reuse:
+        return reuse(Path(args.reuse), args.verify_sample)
     if not 1 <= args.real <= args.sites or args.persons < 500 or args.workers < 1:
         raise SystemExit("need 1 <= --real <= --sites, --persons >= 500 and --workers >= 1")
     root = Path(tempfile.mkdtemp(prefix="bench-net-scale-"))
@@ -152,29 +208,7 @@ def main() -> None:
     paths = [bundle_dir / f"{name}.bundle" for name in names]
     with Step(f"verify + store {args.sites} bundles ({args.workers} workers)"):
         ingest_bundle_files(paths, store, trust, workers=args.workers)
-    with Step("pool (network_result)"):
-        net = network_result(store.bundles(manifest.manifest_id))
-    with Step("report (pools again, plots, CSV)"):
-        report = write_report(store, manifest.manifest_id, root / "report")
-    server = make_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    with Step("viewer: study page (built on request)"):
-        page = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
-    with Step("viewer: page again + results.csv.gz"):
-        urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
-        gz = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}/results.csv.gz", timeout=3600).read()
-    server.shutdown()
-    server.server_close()
-    coordinator_s = sum(RESULTS[k][0] for k in RESULTS if k.startswith(("verify", "pool", "report")))
-    coordinator_cpu = sum(RESULTS[k][1] for k in RESULTS if k.startswith(("verify", "pool", "report")))
-    print(f"ingest + pooling + report: {coordinator_s:.1f} s wall, {coordinator_cpu:.1f} s CPU (target <= 60 s)")
-    size = lambda p: p.stat().st_size / 1e6
-    bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
-    print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site, {len(net.result.data)} in the network result")
-    print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(root / 'store.sqlite3'):.1f} MB, "
-          f"results.csv {size(report.csv):.1f} MB, report.html {size(report.html):.1f} MB, "
-          f"viewer page {len(page) / 1e6:.1f} MB, results.csv.gz {len(gz) / 1e6:.1f} MB")
+    finish(store, manifest, root / "report", root / "store.sqlite3", bundle_dir, real)
     if args.keep:
         print(f"kept {root}")
     else:
