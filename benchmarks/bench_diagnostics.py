@@ -4,6 +4,7 @@
     python benchmarks/bench_diagnostics.py --sizes 100000,1000000,3000000 --with-10m
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg postgresql+psycopg2://…
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg private   # a throw-away local cluster
+    python benchmarks/bench_diagnostics.py --cdm cdm_1m.duckdb --pg private  # an existing CDM (copied first)
 
 For each size it generates an oncology site (timed separately), then times one full scan
 of the clinical event tables (count, person_id sum, max date and concept sum of every row
@@ -14,6 +15,10 @@ Peak RSS is measured for the suite in a child process (the agent; PostgreSQL's o
 processes are not counted). ``--pg private`` starts a PostgreSQL cluster under a temp dir
 (benchmarks/pg_private.py) and copies each CDM into it with ``cdm copy``'s code; the
 ``ratio`` column is the PostgreSQL suite time over the DuckDB one, measured in the same run.
+``--cdm`` runs on a CDM generated before (``site-agent cdm synth``) instead of generating one:
+it is copied into the work folder first, so its own file stays without cohorts or cache and
+every run starts from scratch. Besides wall seconds it prints CPU seconds (the agent's, and
+the PostgreSQL server's from /proc), the load-independent figure on a shared machine.
 ``OPTIMA_DUCKDB_MEMORY_LIMIT`` etc. apply as at a site. A 10M-person site needs about
 4 GB of disk (checked before generating).
 """
@@ -101,8 +106,16 @@ def main() -> None:
     ap.add_argument("--pg", help="also run each size on this PostgreSQL URL (schema bench_cdm, replaced), "
                     "or 'private' for a throw-away local cluster")
     ap.add_argument("--workdir", help="where to put the CDM files (default: a temp dir)")
+    ap.add_argument("--cdm", help="an existing DuckDB CDM to run on instead of generating (--sizes ignored)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
+    if args.cdm:
+        if not Path(args.cdm).is_file():
+            raise SystemExit(f"--cdm: no DuckDB file at {args.cdm}")
+        import duckdb
+
+        with duckdb.connect(args.cdm, read_only=True) as con:
+            sizes = [int(con.execute("SELECT count(*) FROM person").fetchone()[0])]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="optima-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -121,7 +134,8 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
     server_cpu = getattr(args, "server_cpu", None)
     print(f"{'persons':>10} {'backend':>8} {'generate_s':>10} {'copy_s':>7} {'scan_s':>7} {'suite_s':>8} "
           f"{'rerun_s':>7} {'suite/scan':>10} {'pg/duck':>7} {'suite_rss_mb':>12} {'rows':>7} {'load_1m':>7} "
-          f"{'agent_cpu_s':>11} {'pg_cpu_s':>8} {'cpu_ratio':>9}")
+          f"{'agent_cpu_s':>11} {'pg_cpu_s':>8} {'cpu_ratio':>9} {'rerun_cpu_s':>11} {'rerun_pg_cpu_s':>14} "
+          f"{'rerun_rss_mb':>12} {'copy_pg_cpu_s':>13}", flush=True)
     for n in sizes:
         need = n * BYTES_PER_PERSON * 1.5
         free = shutil.disk_usage(work).free
@@ -129,13 +143,20 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             print(f"{n:>10} skipped: needs ~{need / 1e9:.1f} GB free in {work}, {free / 1e9:.1f} GB available")
             continue
         path = work / f"bench_{n}.duckdb"
-        gen = child(["generate", str(path), str(n)])
+        if args.cdm:
+            shutil.copyfile(args.cdm, path)
+            gen = {"seconds": 0.0}
+        else:
+            gen = child(["generate", str(path), str(n)])
         targets = [("duckdb", str(path), "-", 0.0)]
+        copy_pg_cpu = 0.0
         if args.pg:
             from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
             t = time.perf_counter()
+            pg0 = server_cpu() if server_cpu else None
             copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
+            copy_pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
             targets.append(("postgres", args.pg, "bench_cdm", time.perf_counter() - t))
         duck_s = duck_cpu = None
         for backend, url, schema, copy_s in targets:
@@ -143,7 +164,9 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             pg0 = server_cpu() if server_cpu and backend == "postgres" else None
             suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
             pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
+            pg1 = server_cpu() if server_cpu and backend == "postgres" else None
             rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
+            rerun_pg_cpu = server_cpu() - pg1 if pg1 is not None else 0.0
             cpu = suite["cpu_s"] + pg_cpu  # all CPU the suite cost: the agent (DuckDB in-process) and the server
             if backend == "duckdb":
                 duck_s, duck_cpu = suite["seconds"], cpu
@@ -152,7 +175,8 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {copy_s:>7.1f} {scan['seconds']:>7.2f} "
                   f"{suite['seconds']:>8.1f} {rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>10.1f} "
                   f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f} "
-                  f"{suite['cpu_s']:>11.1f} {pg_cpu:>8.1f} {cpu_ratio}", flush=True)
+                  f"{suite['cpu_s']:>11.1f} {pg_cpu:>8.1f} {cpu_ratio} {rerun['cpu_s']:>11.1f} {rerun_pg_cpu:>14.1f} "
+                  f"{rerun['peak_rss_mb']:>12.0f} {copy_pg_cpu if backend == 'postgres' else 0.0:>13.1f}", flush=True)
         if args.pg:
             same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
             print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)

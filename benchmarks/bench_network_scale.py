@@ -1,14 +1,18 @@
 """A network of many sites at the coordinator: verify, store, pool and report (issue 18's 20-site target).
 
-    python benchmarks/bench_network_scale.py --sites 20 --real 2 --persons 3000
+    python benchmarks/bench_network_scale.py --sites 20 --real 2 --persons 3000 --workers 2
 
-``--real`` synthetic sites run the full lung diagnostics and the SCLC study and sign real
-bundles; the rest of the ``--sites`` are clones of those bundles under their own site name
-and key, with every count scaled by a per-site factor (so pooled sums differ per site but
-each table keeps its size and layout). Every bundle is written to a file and goes through
-the coordinator's own verification (``verify_bundle_file`` against a trust folder), then
-the results store, pooling and the report. Prints, per step, wall and CPU seconds, peak RSS,
-and the sizes of the store, the bundles, ``results.csv`` and ``report.html``.
+``--real`` synthetic sites run the full lung diagnostics and sign real bundles; the rest of
+the ``--sites`` are **clones of those bundles** under their own site name and key, with every
+count scaled by a per-site factor (so pooled sums differ per site but each table keeps its
+size and layout), each signed by its own key. Every bundle is written to a file and goes
+through the coordinator's own ingest (``ingest_bundle_files``: ``verify_bundle_file`` against
+a trust folder, including the disclosure re-check of every table, in ``--workers`` processes;
+then the results store), pooling, the report and the viewer (``coordinator view``'s server:
+the study page and the network CSV over HTTP). Prints, per step, wall and CPU seconds (this
+process and its worker processes) and the step's own peak RSS (the high-water mark is reset
+before each step; the workers' peak beside it), and the sizes of the store, the bundles,
+``results.csv`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
+from coordinator.cli.ingest import ingest_bundle_files
 from coordinator.pooling.results import network_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
 from coordinator.trust.manifest import build_manifest, sign_manifest, verify_bundle_file
+from coordinator.viewer import make_server
 from optima_common.bundle import (
     Provenance,
     ResultBundle,
@@ -46,19 +54,43 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_CELL = 5
 
 
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Step:
+    """Wall and CPU seconds (with reaped worker processes) and this step's own peak RSS."""
+
     def __init__(self, name: str):
         self.name = name
 
     def __enter__(self):
-        self.c0, self.w0 = time.process_time(), time.perf_counter()
+        try:  # reset the high-water mark of RSS, so each step reports its own peak (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.c0, self.w0 = _cpu(), time.perf_counter()
+        self.kids0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         return self
 
     def __exit__(self, *exc):
-        wall, cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{self.name:<34} {wall:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {rss:6.0f} MB   "
+        wall, cpu = time.perf_counter() - self.w0, _cpu() - self.c0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        workers = f"   workers' peak {kids / 1024:5.0f} MB" if kids > self.kids0 else ""
+        print(f"{self.name:<40} {wall:8.1f} s wall {cpu:8.1f} s CPU   peak RSS {_hwm_mb():6.0f} MB{workers}   "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
+        RESULTS[self.name] = (wall, cpu)
+
+
+RESULTS: dict[str, tuple[float, float]] = {}
 
 
 def scaled(result: SummarisedResult, site: str, factor: float) -> str:
@@ -72,13 +104,73 @@ def scaled(result: SummarisedResult, site: str, factor: float) -> str:
     return SummarisedResult(data, result.settings).to_csv_text()
 
 
+def reuse(root: Path, sample: int) -> None:
+    """Pool, report and viewer over the bundles of an earlier run, with a sample fully verified."""
+    from optima_common.bundle import read_bundle, verify
+    from optima_common.keys import load_trust_dir
+
+    paths = sorted((root / "bundles").glob("*.bundle"))
+    shutil.copyfile(root / "store.sqlite3", root / "store-reuse.sqlite3")  # the manifest only
+    store = ResultsStore.open(root / "store-reuse.sqlite3")
+    (manifest,) = [store.manifest(m.manifest_id) for m in store.manifests()]
+    trust = root / "trust"
+    for p in paths[:sample]:
+        with Step(f"full verification of {p.name} (1 process)"):
+            verify_bundle_file(p, trust, manifest=manifest)
+    with Step(f"store {len(paths)} bundles (signature check only)"):
+        trusted = load_trust_dir(trust)
+        for p in paths:
+            bundle = read_bundle(p)
+            verify(bundle, trusted)
+            store.add_bundle(bundle, p.read_bytes())
+    finish(store, manifest, root / "report-reuse", root / "store-reuse.sqlite3", root / "bundles", None)
+
+
+def finish(store, manifest, out: Path, store_path: Path, bundle_dir: Path, real) -> None:
+    with Step("pool (network_result)"):
+        net = network_result(store.bundles(manifest.manifest_id))
+    with Step("report (pools again, plots, CSV)"):
+        report = write_report(store, manifest.manifest_id, out)
+    server = make_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with Step("viewer: study page (built on request)"):
+        page = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
+    with Step("viewer: page again + results.csv.gz"):
+        urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}", timeout=3600).read()
+        gz = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}/results.csv.gz", timeout=3600).read()
+    server.shutdown()
+    server.server_close()
+    coordinator_s = sum(RESULTS[k][0] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
+    coordinator_cpu = sum(RESULTS[k][1] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
+    print(f"ingest + pooling + report: {coordinator_s:.1f} s wall, {coordinator_cpu:.1f} s CPU (target <= 60 s)")
+    size = lambda p: p.stat().st_size / 1e6
+    bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
+    if real:
+        print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site")
+    print(f"rows in the network result: {len(net.result.data)}")
+    print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(store_path):.1f} MB, "
+          f"results.csv {size(report.csv):.1f} MB, report.html {size(report.html):.1f} MB, "
+          f"viewer page {len(page) / 1e6:.1f} MB, results.csv.gz {len(gz) / 1e6:.1f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sites", type=int, default=20)
     ap.add_argument("--real", type=int, default=2, help="sites that really run the diagnostics")
     ap.add_argument("--persons", type=int, default=3000, help="persons at the first real site")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="processes verifying bundles at once (coordinator ingest --workers)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--reuse", help="the folder a --keep run left: its signed bundles, trust folder and manifest")
+    ap.add_argument("--verify-sample", type=int, default=0,
+                    help="with --reuse: fully verify (disclosure re-check included) only this many bundles, timed "
+                    "one by one, and store the rest after their signature check alone (the figure then says so)")
     args = ap.parse_args()
+    if args.reuse:
+        return reuse(Path(args.reuse), args.verify_sample)
+    if not 1 <= args.real <= args.sites or args.persons < 500 or args.workers < 1:
+        raise SystemExit("need 1 <= --real <= --sites, --persons >= 500 and --workers >= 1")
     root = Path(tempfile.mkdtemp(prefix="bench-net-scale-"))
     names = [f"site_{i:02d}" for i in range(args.sites)]
     trust, keys = root / "trust", root / "keys"
@@ -113,20 +205,10 @@ def main() -> None:
             write_bundle(bundle, bundle_dir / f"{name}.bundle")
     store = ResultsStore.open(root / "store.sqlite3")
     store.add_manifest(manifest)
-    with Step("verify + store every bundle"):
-        for name in names:
-            path = bundle_dir / f"{name}.bundle"
-            bundle = verify_bundle_file(path, trust, manifest=manifest)
-            store.add_bundle(bundle, path.read_bytes())
-    with Step("pool (network_result)"):
-        net = network_result(store.bundles(manifest.manifest_id))
-    with Step("report (pools again, plots, CSV)"):
-        paths = write_report(store, manifest.manifest_id, root / "report")
-    size = lambda p: p.stat().st_size / 1e6
-    bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
-    print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site, {len(net.result.data)} in the network result")
-    print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(root / 'store.sqlite3'):.1f} MB, "
-          f"results.csv {size(paths.csv):.1f} MB, report.html {size(paths.html):.1f} MB")
+    paths = [bundle_dir / f"{name}.bundle" for name in names]
+    with Step(f"verify + store {args.sites} bundles ({args.workers} workers)"):
+        ingest_bundle_files(paths, store, trust, workers=args.workers)
+    finish(store, manifest, root / "report", root / "store.sqlite3", bundle_dir, real)
     if args.keep:
         print(f"kept {root}")
     else:

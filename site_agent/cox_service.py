@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ def cox_columns(config: SiteConfig, manifest_id: str) -> tuple[str, ...]:
 def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple[float, np.ndarray, np.ndarray]:
     """(loglik, score, information) of this site's stratum, or :class:`CoxRefusal` (audited)."""
     audit = AuditLog(config.state_dir / AUDIT_FILE)
+    started = time.perf_counter()
     try:
         manifest = _released_study_manifest(config, manifest_id, released_path(config.state_dir, manifest_id))
         guard, study_id = _guard(config, manifest)
@@ -75,7 +77,8 @@ def answer_cox(config: SiteConfig, manifest_id: str, beta: list[float]) -> tuple
         audit.append("cox_refused", manifest_id=manifest_id[:80], detail={"reason": str(exc)[:MAX_STR]})
         raise CoxRefusal(str(exc)) from None
     audit.append("cox_answered", manifest_id=manifest_id, study_id=study_id,
-                 detail={"answers": guard.answers_given(manifest_id), "budget": guard.max_iterations})
+                 detail={"answers": guard.answers_given(manifest_id), "budget": guard.max_iterations,
+                         "site_ms": round(1000 * (time.perf_counter() - started), 2)})  # this answer's cost here
     return out
 
 
@@ -90,20 +93,23 @@ def _released_study_manifest(config: SiteConfig, manifest_id: str, released: Pat
 
 
 def _guard(config: SiteConfig, manifest: StudyManifest) -> tuple[CoxGuard, str]:
-    from site_agent.analyses.study_run import site_cox_data, study_patients
-    from site_agent.study_spec import load_study
-
-    sha = (manifest.parameters.get("sclc_study") or {}).get("spec_sha256", "")
-    study = load_study(approved_study_spec(config, str(sha)))
+    """The guard over this manifest's design. Only the first request reads the spec and the CDM
+    (the heavy imports included); later ones, each in a fresh ClientApp process, read the cache."""
+    sha = str((manifest.parameters.get("sclc_study") or {}).get("spec_sha256", ""))
+    spec_path = approved_study_spec(config, sha)  # still an approved spec, on every request
     cache = cox_cache_path(config.state_dir, manifest.manifest_id)
-    data = read_cox_cache(cache)
-    if data is None:  # the first request of this fit builds the design from the CDM, later ones reuse it
+    cached = read_cox_cache(cache, sha)
+    if cached is None:  # the first request of this fit builds the design from the CDM, later ones reuse it
+        from site_agent.analyses.study_run import site_cox_data, study_patients
+        from site_agent.study_spec import load_study
+
+        study = load_study(spec_path)
         with config.open_cdm() as cdm:
             patients, _ = study_patients(cdm, study)
-        data = site_cox_data(study, patients)
-        write_cox_cache(cache, data)
-    cox = study.spec.cox
-    return CoxGuard(max_iterations=cox.max_iterations, min_events=cox.min_events, data=data), manifest.study_id
+        cached = site_cox_data(study, patients), study.spec.cox.max_iterations, study.spec.cox.min_events
+        write_cox_cache(cache, *cached, spec_sha256=sha)
+    data, max_iterations, min_events = cached
+    return CoxGuard(max_iterations=max_iterations, min_events=min_events, data=data), manifest.study_id
 
 
 def cox_cache_path(state_dir: Path, manifest_id: str) -> Path:
@@ -111,18 +117,24 @@ def cox_cache_path(state_dir: Path, manifest_id: str) -> Path:
     return Path(state_dir) / CACHE_DIR / f"{safe}.npz"
 
 
-def write_cox_cache(path: Path, data: SiteCoxData) -> None:
-    """The design matrix of one manifest's fit, kept at the site (owner-only file, never sent)."""
+def write_cox_cache(path: Path, data: SiteCoxData, max_iterations: int, min_events: int, *, spec_sha256: str) -> None:
+    """The design matrix of one manifest's fit and its spec's limits, kept at the site (owner-only
+    file, never sent)."""
     buf = io.BytesIO()
-    np.savez(buf, X=data.X, time=data.time, event=data.event, columns=np.array(data.columns, dtype=str))
+    np.savez(buf, X=data.X, time=data.time, event=data.event, columns=np.array(data.columns, dtype=str),
+             limits=np.array([max_iterations, min_events], dtype=np.int64), spec_sha256=np.array(spec_sha256))
     write_atomic(path, buf.getvalue(), mode=0o600)
 
 
-def read_cox_cache(path: Path) -> SiteCoxData | None:
+def read_cox_cache(path: Path, spec_sha256: str) -> tuple[SiteCoxData, int, int] | None:
+    """(design, max_iterations, min_events) cached for this spec, or None (then it is rebuilt)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return SiteCoxData(X=z["X"], time=z["time"], event=z["event"], columns=tuple(str(c) for c in z["columns"]))
+            if str(z["spec_sha256"]) != spec_sha256:
+                return None
+            data = SiteCoxData(X=z["X"], time=z["time"], event=z["event"], columns=tuple(str(c) for c in z["columns"]))
+            return data, int(z["limits"][0]), int(z["limits"][1])
     except (OSError, ValueError, KeyError):  # unreadable or from another version: rebuild it
         return None

@@ -156,3 +156,27 @@ def test_released_csv_is_valid_and_suppressed(eunomia_cdm, two_cohorts, tmp_path
     raw = pd.read_csv(tmp_path / "r.csv", dtype=str, keep_default_na=False)
     assert list(raw.columns)[:3] == ["result_id", "cdm_name", "group_name"] and raw.shape[1] == 13
     assert summary.result == res
+
+
+def test_rerun_with_nothing_changed_reuses_the_release(eunomia_cdm, two_cohorts, tmp_path, monkeypatch):
+    from site_agent.diagnostics import release_cache, runner
+
+    url, schema, write = eunomia_cdm
+    first = _run(url, two_cohorts, tmp_path / "a.csv", schema=schema, write=write, min_cell_count=10)
+    released = []
+    real = runner.release_control
+    monkeypatch.setattr(runner, "release_control", lambda *a, **k: released.append(1) or real(*a, **k))
+    CALLS.clear()
+    second = _run(url, two_cohorts, tmp_path / "b.csv", schema=schema, write=write, min_cell_count=10)
+    assert released == [] and CALLS == [] and (second.computed, second.reused) == (0, 5)  # no audit, no query
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert second.result == first.result and second.result.to_csv_text() == first.result.to_csv_text()
+    pd.testing.assert_frame_equal(second.secondary, first.secondary, check_dtype=False)
+    # the release depends on the minimum cell count and on the release code: either change releases anew
+    third = _run(url, two_cohorts, tmp_path / "c.csv", schema=schema, write=write, min_cell_count=50)
+    assert released == [1] and count_small_cells(validate_csv(tmp_path / "c.csv"), 50) == 0
+    monkeypatch.setattr(release_cache, "code_digest", lambda: "another version of the rules")
+    fourth = _run(url, two_cohorts, tmp_path / "d.csv", schema=schema, write=write, min_cell_count=10)
+    assert released == [1, 1] and fourth.result == first.result and third.result != first.result
+    # a suppressed cell stays suppressed in the reused release (read back from the file alone)
+    assert count_small_cells(validate_csv(tmp_path / "b.csv"), 10) == 0

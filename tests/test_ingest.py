@@ -138,3 +138,27 @@ def test_correctly_signed_bundle_with_small_counts_is_refused(setup):
     assert v.returncode != 0 and v.stderr.count("\n") == 1 and "disclosure audit" in v.stderr, v.stderr
     with ResultsStore.open(store) as s:
         assert s.manifests() == []
+
+
+def test_ingest_several_files_verifies_in_parallel_and_stores_all_or_none(setup):
+    tmp, trust, manifest, mfile, files = setup
+    store = tmp / "results.sqlite3"
+    data = files["site_b"].read_bytes()
+    bad = tmp / "tampered.bundle"
+    bad.write_bytes(data[:200] + bytes([data[200] ^ 0x01]) + data[201:])
+    p = ingest(str(files["site_a"]), str(bad), "--store", str(store), "--trust", str(trust), "--manifest", str(mfile),
+               "--workers", "2")
+    assert p.returncode != 0 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+    with ResultsStore.open(store) as s:
+        assert s.manifests() == []  # site_a verified, but nothing is stored when one file is refused
+    p = ingest(str(files["site_a"]), "--store", str(store), "--trust", str(trust), "--manifest", str(mfile),
+               "--workers", "0")
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "--workers" in p.stderr, p.stderr
+    p = ingest(str(files["site_a"]), str(files["site_b"]), "--store", str(store), "--trust", str(trust),
+               "--manifest", str(mfile), "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    assert [ln.split()[4] for ln in p.stdout.splitlines()] == ["site_a", "site_b"]  # in the order given
+    with ResultsStore.open(store) as s:
+        assert [(x.site, x.status, x.has_bundle) for x in s.site_statuses(manifest.manifest_id)] == \
+            [("site_a", "done", True), ("site_b", "done", True)]
+        assert [b.site for b in s.bundles(manifest.manifest_id)] == ["site_a", "site_b"]

@@ -116,7 +116,10 @@ def test_site_answers_later_evaluations_from_its_design_cache(net, tmp_path):
         config = load_config(net.configs[site])
         cache = cox_cache_path(config.state_dir, manifest.manifest_id)
         assert cache.stat().st_mode & 0o077 == 0  # owner-only: person-level data
-        cached, fresh = read_cox_cache(cache), site_data(net, site)
+        sha = manifest.parameters["sclc_study"]["spec_sha256"]
+        assert read_cox_cache(cache, "another spec") is None  # a design is reused only for its own spec
+        (cached, max_iterations, min_events), fresh = read_cox_cache(cache, sha), site_data(net, site)
+        assert (max_iterations, min_events) == (30, 5)  # the test spec's limits, kept beside the design
         np.testing.assert_array_equal(cached.X, fresh.X)
         np.testing.assert_array_equal(cached.time, fresh.time)
         assert cached.columns == fresh.columns

@@ -1,4 +1,4 @@
-"""``coordinator ingest FILE``: load a site's signed bundle file into the results store (offline mode).
+"""``coordinator ingest FILE...``: load sites' signed bundle files into the results store (offline mode).
 
 The bundle is verified first (:func:`coordinator.trust.manifest.verify_bundle_file`: pinned site key
 named like the site, signature, suppression record, and the exact signed manifest it answers);
@@ -8,11 +8,18 @@ key (``--coordinator-key``, its public key; a site's signature over a manifest t
 never issued vouches for nothing), and if the store knows that manifest id it must be the very
 manifest stored. Every table of the bundle goes through the same disclosure audit the site ran.
 A refusal stores nothing.
+
+Several files are verified in parallel (``--workers`` processes; the disclosure re-check is the
+coordinator's main cost per bundle), then stored one by one in the order given; if any file is
+refused, none is stored.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from coordinator.store import DEFAULT_STORE, ResultsStore, StoreError
@@ -57,18 +64,48 @@ def check_own_manifest(manifest: StudyManifest, store: ResultsStore, coordinator
         raise BundleError(f"manifest {manifest.manifest_id} differs from the one in the results store; refused")
 
 
+def ingest_bundle_files(paths: list[str | Path], store: ResultsStore, trust_dir: str | Path, *,
+                        manifest: StudyManifest | None = None, coordinator_key: str | Path | None = None,
+                        workers: int | None = None) -> list[tuple[ResultBundle, bool]]:
+    """Verify every file (``workers`` processes at once), then store them in order; all or nothing.
+
+    Returns ``(bundle, added)`` per file. A verification refusal (the first in the order given) is
+    raised before anything is stored; a refusal by the store itself (a site's second, different
+    answer) stops at that file, the files before it staying stored."""
+    paths = [Path(p) for p in paths]
+    if manifest is not None:
+        check_own_manifest(manifest, store, coordinator_key)
+    manifests = [manifest or _stored_manifest(p, store) for p in paths]
+    workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
+    if workers == 1:
+        bundles = [verify_bundle_file(p, trust_dir, manifest=m) for p, m in zip(paths, manifests)]
+    else:  # spawn: the workers share nothing with this process (open store, threads)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(verify_bundle_file, p, trust_dir, manifest=m) for p, m in zip(paths, manifests)]
+            bundles = [f.result() for f in futures]  # the first refusal in the order given is raised
+    return [_store(p, b, m, store) for p, b, m in zip(paths, bundles, manifests)]
+
+
+def _stored_manifest(path: Path, store: ResultsStore) -> StudyManifest:
+    manifest_id = read_bundle(path).manifest_id  # parsing only, to find the manifest
+    if not store.has_manifest(manifest_id):
+        raise StoreError(f"{path}: manifest {manifest_id} is not in the results store; give the manifest "
+                         "file with --manifest")
+    return store.manifest(manifest_id)
+
+
 def _ingest(path: str | Path, store: ResultsStore, trust_dir: str | Path,
             manifest: StudyManifest | None, coordinator_key: str | Path | None = None) -> tuple[ResultBundle, bool]:
     path = Path(path)
     if manifest is not None:
         check_own_manifest(manifest, store, coordinator_key)
     if manifest is None:
-        manifest_id = read_bundle(path).manifest_id  # parsing only, to find the manifest
-        if not store.has_manifest(manifest_id):
-            raise StoreError(f"{path}: manifest {manifest_id} is not in the results store; give the manifest "
-                             "file with --manifest")
-        manifest = store.manifest(manifest_id)
-    bundle = verify_bundle_file(path, trust_dir, manifest=manifest)
+        manifest = _stored_manifest(path, store)
+    return _store(path, verify_bundle_file(path, trust_dir, manifest=manifest), manifest, store)
+
+
+def _store(path: Path, bundle: ResultBundle, manifest: StudyManifest, store: ResultsStore) -> tuple[ResultBundle, bool]:
+    """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest``; mark the site done."""
     raw = path.read_bytes()
     if render(bundle) != raw:  # verify_bundle_file read the same bytes; a file swapped in between is refused
         raise StoreError(f"{path} changed while it was being ingested; try again")
@@ -80,11 +117,18 @@ def _ingest(path: str | Path, store: ResultsStore, trust_dir: str | Path,
 
 
 def cmd_ingest(args) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise StoreError(f"--workers must be at least 1, got {args.workers}")
     manifest = read_manifest(args.manifest) if args.manifest else None
     with ResultsStore.open(args.store) as store:
-        bundle, added = _ingest(args.bundle, store, args.trust, manifest, args.coordinator_key)
-    again = "" if added else " (already stored: unchanged)"
-    print(f"stored bundle from site {bundle.site} for manifest {bundle.manifest_id} in {args.store}{again}")
+        if len(args.bundle) == 1:
+            done = [_ingest(args.bundle[0], store, args.trust, manifest, args.coordinator_key)]
+        else:
+            done = ingest_bundle_files(args.bundle, store, args.trust, manifest=manifest,
+                                       coordinator_key=args.coordinator_key, workers=args.workers)
+    for bundle, added in done:
+        again = "" if added else " (already stored: unchanged)"
+        print(f"stored bundle from site {bundle.site} for manifest {bundle.manifest_id} in {args.store}{again}")
     return 0
 
 
@@ -121,13 +165,16 @@ def cmd_view(args) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``coordinator ingest`` and ``coordinator report`` (called from ``coordinator.cli.main.build_parser``)."""
-    p = sub.add_parser("ingest", help="verify a site's bundle file and load it into the results store")
-    p.add_argument("bundle", help="a .bundle file written by the site (site-agent run-manifest or release)")
+    p = sub.add_parser("ingest", help="verify sites' bundle files and load them into the results store")
+    p.add_argument("bundle", nargs="+", help=".bundle files written by the sites (site-agent run-manifest or "
+                   "release); several are verified in parallel, and stored only if all pass")
     p.add_argument("--store", default=DEFAULT_STORE, help="results store: SQLite file or SQLAlchemy URL "
                    f"(default: ./{DEFAULT_STORE})")
     p.add_argument("--trust", default="trust", help="folder of pinned site public keys <site>.pub (default: ./trust)")
     p.add_argument("--manifest", help="the signed manifest file the bundle answers, if not in the store yet")
     p.add_argument("--coordinator-key", help="the coordinator's own public key; a --manifest must be signed by it")
+    p.add_argument("--workers", type=int, help="processes verifying bundles at once (default: one per CPU, "
+                   "at most one per file)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("report", help="write the offline HTML report and the network summarised_result CSV")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from flwr.app import Context
@@ -48,7 +49,10 @@ def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> d
         from coordinator.flower.cox_rounds import cox_section, fit_network_cox
 
         done = {s.site for s in outcome.sites if s.status == "done"}
+        started = time.perf_counter()
         fit, notes = fit_network_cox(grid, manifest.manifest_id, done, timeout=job.cox_timeout)
+        doc["cox_seconds"] = round(time.perf_counter() - started, 3)  # the fit's rounds of messages, end to end
+        doc["cox_evaluations"] = fit.evaluations if fit is not None else 0
         sections = (cox_section(fit, notes),)
         doc["cox_notes"] = notes
         if fit is not None:

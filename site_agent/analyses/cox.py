@@ -22,13 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from optima_common.errors import CoxRefusal
 from optima_common.protocol import COX_MAX_ABS_BETA
-from site_agent.cdm.connection import CdmConnection
+
+if TYPE_CHECKING:  # numpy only at import: a Cox answer from the cached design runs in a fresh process per message
+    import pandas as pd
+
+    from site_agent.cdm.connection import CdmConnection
 
 MAX_ABS_BETA = COX_MAX_ABS_BETA
 
@@ -168,6 +172,8 @@ def design_matrix(
     missing, raises (the study spec must name every level). Other covariates are numeric,
     divided by ``scale[covariate]`` if given (age per 10 years: ``scale={"age": 10}``).
     """
+    import pandas as pd
+
     scale = dict(scale or {})
     cols: list[np.ndarray] = []
     names: list[str] = []
@@ -211,6 +217,8 @@ def cohort_survival_rows(
     end of the observation period holding the index) and, for each ``name: (cohort_id,
     days)`` in ``flag_cohorts``, a 0/1 column: an entry of that cohort 0..days after index.
     """
+    import pandas as pd
+
     ws, cs = cdm.write_schema, cdm.cdm_schema
     flags = dict(flag_cohorts or {})
     for name in flags:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult, bind_frames
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
@@ -25,7 +26,7 @@ from site_agent.cohorts import build_cohorts
 from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.state import stale_cohorts
-from site_agent.diagnostics import cache
+from site_agent.diagnostics import cache, release_cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 from site_agent.disclosure import release_control, withhold_nested_cohorts
 
@@ -116,6 +117,18 @@ def run_diagnostics(
     diagnostics = registry() if diagnostics is None else diagnostics
     plan = [(d, u) for d in diagnostics for u in units_of(d, definitions)]
     have = cache.cached_keys(cdm)
+    keys = [cache.unit_key(d.name, {**d.params, "cdm_name": ctx.cdm_name}, fingerprint, u) for d, u in plan]
+    release_cache.ensure_table(cdm)
+    rkey = release_cache.release_key(keys, [d.name for d in diagnostics], min_cell_count, ctx.cdm_name)
+    if all(k in have for k in keys):  # nothing changed: the release made from these very units, if kept
+        hit = release_cache.load(cdm, rkey)
+        if hit is not None:
+            text, released, secondary, withheld = hit
+            _say_withheld(progress, withheld, min_cell_count)
+            progress(f"all {len(plan)} units unchanged: the release of the previous run is reused")
+            if out is not None:
+                write_atomic(out, text.encode("utf-8"))
+            return RunSummary(0, len(plan), len(stale), out, released, secondary)
     results: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     computed = reused = 0
     for diag in diagnostics:  # no unit (e.g. pairs of a single cohort): still say it ran, found nothing
@@ -123,8 +136,7 @@ def run_diagnostics(
             empty = SummarisedResult.from_records(
                 [], [settings_row(i, rt, package_name=diag.package_name) for i, rt in enumerate(diag.result_types, 1)])
             results.append((empty.data, empty.settings))
-    for i, (diag, unit) in enumerate(plan, start=1):
-        key = cache.unit_key(diag.name, {**diag.params, "cdm_name": ctx.cdm_name}, fingerprint, unit)
+    for i, ((diag, unit), key) in enumerate(zip(plan, keys), start=1):
         label = f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
         if key in have:
             results.append(cache.load(cdm, key))
@@ -138,14 +150,21 @@ def run_diagnostics(
         progress(f"[{i}/{len(plan)}] {label}: {time.perf_counter() - started:.1f}s")
     bound = merge_identical_settings(bind_frames(results))
     _, withheld = withhold_nested_cohorts(bound, min_cell_count)
+    _say_withheld(progress, withheld, min_cell_count)
+    protection = release_control(bound, min_cell_count)  # primary + secondary, audited
+    released = protection.result
+    text = released.to_csv_text()
+    secondary = protection.secondary_frame()
+    release_cache.store(cdm, rkey, text, secondary, list(withheld))
+    if out is not None:
+        write_atomic(out, text.encode("utf-8"))
+    return RunSummary(computed, reused, len(stale), out, released, secondary)
+
+
+def _say_withheld(progress: Callable[[str], None], withheld: Iterable[str], min_cell_count: int) -> None:
     for name in withheld:
         progress(f"withheld every number about cohort {name}: it differs from a cohort containing it "
                  f"by fewer than {min_cell_count} persons")
-    protection = release_control(bound, min_cell_count)  # primary + secondary, audited
-    released = protection.result
-    if out is not None:
-        released.to_csv(out)
-    return RunSummary(computed, reused, len(stale), out, released, protection.secondary_frame())
 
 
 def count_small_cells(result: SummarisedResult, min_cell_count: int) -> int:
