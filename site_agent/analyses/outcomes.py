@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from optima_common.results import OVERALL, RESULT_COLUMNS, SummarisedResult
-from site_agent.analyses.survival import check_grid, grid_index
+from site_agent.analyses.survival import check_grid, grid_index, risk_table
 from site_agent.diagnostics.base import fmt_float, settings_row
 
 RESULT_TYPES = ("outcome_horizons", "cumulative_incidence", "cumulative_incidence_events")
@@ -137,9 +137,9 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
     ``time_to_progression``, ``time_to_death``, ``followup_end``.  Unsuppressed.
     ``count_rounding`` (a base >= 2): the cumulative-incidence risk tables are released from
     rounded cumulative counts, the curves recomputed from them, and the horizon counts are read off
-    the same rounded tables (:func:`site_agent.analyses.rounding.rounded_horizon_counts`).
+    the same rounded tables (:func:`rounded_horizon_counts`).
     """
-    from site_agent.analyses.rounding import SETTING, round_risk_table, rounded_horizon_counts, setting_value
+    from site_agent.analyses.rounding import SETTING, round_risk_table, setting_value
 
     g = check_grid(grid)
     names = {"progression": progression_name, "death": death_name}
@@ -188,3 +188,57 @@ def summarise_outcomes(cdm_name: str, target_name: str, strata: Mapping[str, pd.
         for row in settings:
             row[SETTING] = setting_value(count_rounding)
     return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), pd.DataFrame(settings))
+
+
+def rounded_horizon_counts(horizons: list[dict], p: np.ndarray, d: np.ndarray, f: np.ndarray,
+                           grid, base: int, windows) -> list[dict]:
+    """The horizon counts of one stratum (``outcomes.horizon_counts`` rows) as a release with rounded
+    risk tables must show them, so that no exact count narrows the rounded curves:
+
+    * "within X" with X a grid time: read off the *same* rounded cumulative table the study releases
+      (deaths: the survival table; progression: the competing-risk table, whose first events are
+      progression before death), i.e. the released events up to X summed; the horizon then says
+      nothing the risk table does not;
+    * "after X" with X a grid time before the last: its population (followed beyond X) is the
+      rounded table's at-risk count at the next grid time; its count (events after X, beyond the
+      grid too) is rounded to the nearest multiple of ``base``;
+    * any other window: count and population rounded to the nearest multiple of ``base``, a
+      "within" count kept between the table's values at the grid times around X.
+
+    Counts never exceed the population, populations never the stratum size ``n`` (released
+    exactly as the number of subjects). ``p``, ``d``, ``f``: ``outcomes.observed_events`` arrays."""
+    from site_agent.analyses.rounding import _nearest, round_risk_table
+
+    g = np.asarray(grid, dtype=float)
+    n = len(f)
+    death_time = np.where(np.isnan(d), f, d)
+    tables = {"death": round_risk_table(risk_table(death_time, (~np.isnan(d)).astype(int), g), base)}
+    time, cause = first_event(p, d, f)
+    tables["progression"] = round_risk_table(competing_risk_table(time, cause, g), base,
+                                             events=("n_event", "n_competing"))
+    cum = {k: np.cumsum(t["n_event"].to_numpy(float)) for k, t in tables.items()}
+    kinds = {label: (kind, x) for label, kind, x in windows}
+    out = []
+    for h in horizons:
+        kind, x = kinds[h["label"]]
+        c, t = cum[h["outcome"]], tables[h["outcome"]]
+        on_grid = np.flatnonzero(g == x)
+        if kind == "within":
+            pop = float(n)
+            if len(on_grid):
+                cnt = c[on_grid[0]]
+            else:
+                cnt = _nearest(np.array([h["count"]]), base)[0]
+                before, after = np.flatnonzero(g < x), np.flatnonzero(g > x)
+                lo = c[before[-1]] if len(before) else 0.0
+                hi = c[after[0]] if len(after) else np.inf
+                cnt = min(max(cnt, lo), hi)
+        else:
+            if len(on_grid) and on_grid[0] + 1 < len(g):
+                pop = float(t["n_risk"].iat[on_grid[0] + 1])
+            else:
+                pop = _nearest(np.array([h["population"]]), base)[0]
+            cnt = _nearest(np.array([h["count"]]), base)[0]
+        pop = min(pop, float(n))
+        out.append({**h, "count": int(min(cnt, pop)), "population": int(pop)})
+    return out
