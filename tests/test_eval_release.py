@@ -38,6 +38,19 @@ def _split(rng, tn, fp, fn, tp):
     return y, s
 
 
+def random_binary_replies(rng, count: int, prefix: str = "k_"):
+    """``count`` random binary evaluations with small and large cells: (TN, FP, FN, TP, labels,
+    the site's unreleased metrics: 2x2 matrix and score histogram under ``prefix``); empty splits skipped."""
+    for _ in range(count):
+        cells = [int(c) for c in rng.choice([0, 1, 2, 3, 4, 5, 6, 9, 20], 4)]
+        y, s = _split(rng, *cells)
+        if len(y) == 0:
+            continue
+        hist = H.to_metrics(prefix, *H.histogram(y, s))
+        cm = {f"{prefix}cm_{i}_{j}": float(c) for (i, j), c in zip(itertools.product((0, 1), (0, 1)), cells)}
+        yield cells, y, {**hist, **cm}
+
+
 class BinaryTask:
     """A stage-1-like binary task: test.npy / val.npy hold labels and scores; evaluation sends the
     confusion matrix, headline metrics and the score histogram of each split, as the image tasks do."""
@@ -174,14 +187,8 @@ def test_every_small_cell_hides_in_an_interval_of_at_least_the_minimum():
     sent, the histogram's sides equal the released cells (nothing finer is implied)."""
     rng = np.random.default_rng(3)
     withheld = 0
-    for _ in range(400):
-        cells = [int(c) for c in rng.choice([0, 1, 2, 3, 4, 5, 6, 9, 20], 4)]
-        y, s = _split(rng, *cells)
-        if len(y) == 0:
-            continue
-        hist = H.to_metrics("k_", *H.histogram(y, s))
-        cm = {f"k_cm_{i}_{j}": float(c) for (i, j), c in zip(itertools.product((0, 1), (0, 1)), cells)}
-        _, out = release_evaluation(len(y), {**hist, **cm}, MIN)
+    for cells, y, metrics in random_binary_replies(rng, 400):
+        _, out = release_evaluation(len(y), metrics, MIN)
         if "k_hist_withheld" in out:  # a class total under the minimum
             continue
         released = H.parse(out)["k_"]

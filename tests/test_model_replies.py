@@ -8,7 +8,6 @@ an attacker who reads only the replies the coordinator received cannot narrow a 
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from site_agent.training.federated import handle_evaluate, handle_train, registe
 from site_agent.training.metrics import classification_metrics, summary_metrics
 from tests.test_eval_release import SITES as EVAL_SITES
 from tests.test_eval_release import _grid as eval_grid
-from tests.test_eval_release import _split
+from tests.test_eval_release import _split, random_binary_replies
 
 MIN = 5
 TRAIN_SIZES = {1: 23, 2: 47, 3: 6}  # exact training-set sizes, never sent
@@ -225,17 +224,11 @@ def test_random_released_binary_replies_pass_the_audit():
 
     rng = np.random.default_rng(11)
     tried = fallback = 0
-    for _ in range(40):
-        cells = [int(c) for c in rng.choice([0, 1, 2, 3, 4, 5, 6, 9, 20], 4)]
-        y, s = _split(rng, *cells)
-        if len(y) == 0:
-            continue
-        hist = H.to_metrics("k_", *H.histogram(y, s))
-        cm = {f"k_cm_{i}_{j}": float(c) for (i, j), c in zip(itertools.product((0, 1), (0, 1)), cells)}
-        out = dict(evaluate_reply_metrics(len(y), {**hist, **cm}, {"min-cell-count": MIN}))
+    for cells, y, metrics in random_binary_replies(rng, 40):
+        out = dict(evaluate_reply_metrics(len(y), metrics, {"min-cell-count": MIN}))
         table = reply_table(out, n_classes={"k_": 2})
         assert check_reply(table, MIN) == [], (cells, out)
-        _, plain = release_evaluation(len(y), {**hist, **cm}, MIN)
+        _, plain = release_evaluation(len(y), metrics, MIN)
         if "k_hist_withheld" in out and "k_hist_withheld" not in plain:
             fallback += 1
             assert check_reply(reply_table({**plain, "num-examples": len(y)}, n_classes={"k_": 2}), MIN)

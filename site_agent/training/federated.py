@@ -48,9 +48,9 @@ from torch import nn
 from optima_common import protocol as P
 from optima_common.disclosure.model_replies import (  # imported with the app, not per reply
     check_reply,
+    hist_target,
     reply_table,
 )
-from optima_common.disclosure.model_replies import hist_target as _hist_target
 from optima_common.errors import ConfigError
 
 # task name -> module whose import registers it (tasks register themselves on import)
@@ -180,11 +180,6 @@ def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> Metric
     return _metrics(weight, metrics)
 
 
-def hist_target_cm(hist_prefix: str) -> str:
-    """The confusion-matrix prefix a histogram prefix scores (``tumor_`` -> ``""``)."""
-    return _hist_target(hist_prefix)[0]
-
-
 def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
     """An evaluate reply's scalars after :func:`optima_common.eval_release.release_evaluation`,
     checked as the declared ``model_evaluation`` table (withheld matrices of known size as
@@ -203,7 +198,7 @@ def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> Met
         from optima_common import score_histogram as H
         from optima_common.eval_release import CM_WITHHELD, HIST_WITHHELD
 
-        hists = {p for p in H.parse(released) if f"{hist_target_cm(p)}{CM_WITHHELD}" in released}
+        hists = {p for p in H.parse(released) if f"{hist_target(p)[0]}{CM_WITHHELD}" in released}
         released = {k: v for k, v in released.items() if not any(k.startswith(f"{p}{H.TAG}") for p in hists)}
         released.update({f"{p}{HIST_WITHHELD}": 1.0 for p in hists})
         record = _metrics(n, released)
