@@ -31,13 +31,14 @@ from optima_common.bundle import (
     read_manifest,
     render,
 )
+from optima_common.errors import CoordinatorError
 
 
 def ingest_bundle_file(path: str | Path, store: ResultsStore, trust_dir: str | Path, *,
                        manifest: StudyManifest | None = None, coordinator_key: str | Path | None = None
                        ) -> ResultBundle:
     """Verify the bundle at ``path``, store it with its raw bytes, mark its site done; return it."""
-    return _ingest(path, store, trust_dir, manifest, coordinator_key)[0]
+    return ingest_bundle_files([path], store, trust_dir, manifest=manifest, coordinator_key=coordinator_key)[0][0]
 
 
 def check_own_manifest(manifest: StudyManifest, store: ResultsStore, coordinator_key: str | Path | None) -> None:
@@ -94,16 +95,6 @@ def _stored_manifest(path: Path, store: ResultsStore) -> StudyManifest:
     return store.manifest(manifest_id)
 
 
-def _ingest(path: str | Path, store: ResultsStore, trust_dir: str | Path,
-            manifest: StudyManifest | None, coordinator_key: str | Path | None = None) -> tuple[ResultBundle, bool]:
-    path = Path(path)
-    if manifest is not None:
-        check_own_manifest(manifest, store, coordinator_key)
-    if manifest is None:
-        manifest = _stored_manifest(path, store)
-    return _store(path, verify_bundle_file(path, trust_dir, manifest=manifest), manifest, store)
-
-
 def _store(path: Path, bundle: ResultBundle, manifest: StudyManifest, store: ResultsStore) -> tuple[ResultBundle, bool]:
     """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest``; mark the site done."""
     raw = path.read_bytes()
@@ -118,14 +109,11 @@ def _store(path: Path, bundle: ResultBundle, manifest: StudyManifest, store: Res
 
 def cmd_ingest(args) -> int:
     if args.workers is not None and args.workers < 1:
-        raise StoreError(f"--workers must be at least 1, got {args.workers}")
+        raise CoordinatorError(f"--workers must be at least 1, got {args.workers}")
     manifest = read_manifest(args.manifest) if args.manifest else None
     with ResultsStore.open(args.store) as store:
-        if len(args.bundle) == 1:
-            done = [_ingest(args.bundle[0], store, args.trust, manifest, args.coordinator_key)]
-        else:
-            done = ingest_bundle_files(args.bundle, store, args.trust, manifest=manifest,
-                                       coordinator_key=args.coordinator_key, workers=args.workers)
+        done = ingest_bundle_files(args.bundle, store, args.trust, manifest=manifest,
+                                   coordinator_key=args.coordinator_key, workers=args.workers)
     for bundle, added in done:
         again = "" if added else " (already stored: unchanged)"
         print(f"stored bundle from site {bundle.site} for manifest {bundle.manifest_id} in {args.store}{again}")
