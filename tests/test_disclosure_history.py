@@ -120,3 +120,40 @@ def test_reader_intervals_of_a_rounded_table():
     iv = reader_intervals(r, MIN)
     assert iv[["lo", "hi"]].to_numpy().tolist() == [[98, 102], [48, 52], [48, 52]]
     assert np.isfinite(iv["hi"]).all()
+
+
+def test_vectorised_change_rule_matches_the_scalar_rule():
+    """The guard applies the change rule to every cell at once; on random intervals, true changes
+    (unknown ones included) and minimums it answers exactly as the scalar rule does."""
+    from optima_common.disclosure.audit import change_passes, change_passes_many
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    a, b = rng.integers(-15, 16, n).astype(float), rng.integers(-15, 16, n).astype(float)
+    dlo, dhi = np.minimum(a, b), np.maximum(a, b)
+    change = rng.integers(-12, 13, n).astype(float)
+    change[rng.random(n) < 0.25] = np.nan
+    for minimum in (2, 5, 11):
+        want = np.array([change_passes(x, y, c, minimum) for x, y, c in zip(dlo, dhi, change)])
+        got = change_passes_many(dlo, dhi, change, minimum)
+        assert want.any() and not want.all()
+        assert np.array_equal(got, want), minimum
+
+
+def test_history_record_round_trips_missing_levels_and_exact_values(tmp_path):
+    """What ``record`` writes reads back cell for cell: a missing variable level stays missing, an
+    exact value stays, an unknown exact value is NULL."""
+    from optima_common.disclosure.rounding import round_counts
+    from tests.test_governance_release_history import _sex_table
+
+    history = ReleaseHistory(tmp_path)
+    exact = _sex_table(51, 50)
+    rounded = round_counts(exact, 5, MIN)
+    assert history.record(rounded, "m1", minimum=MIN, exact=exact) == 3
+    back = history.earlier().sort_values("value").reset_index(drop=True)
+    assert back["value"].tolist() == [50.0, 50.0, 100.0]
+    assert back["lo"].tolist() == [48.0, 48.0, 98.0] and back["hi"].tolist() == [52.0, 52.0, 102.0]
+    assert sorted(back["exact"].tolist()) == [50.0, 51.0, 101.0]
+    assert back["variable_level"].isna().sum() == (exact.data["variable_level"].isna()
+                                                   & exact.data["estimate_name"].str.contains("count")).sum()
+    assert history.record(rounded, "m1", minimum=MIN, exact=exact) == 0

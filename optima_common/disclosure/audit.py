@@ -185,6 +185,23 @@ def change_passes(dlo: float, dhi: float, change: float, minimum: int) -> bool:
     return (dhi <= 0 or dhi >= minimum - 1) and (dlo >= 0 or dlo <= -(minimum - 1))
 
 
+def change_passes_many(dlo: np.ndarray, dhi: np.ndarray, change: np.ndarray, minimum: int) -> np.ndarray:
+    """:func:`change_passes` for many cells at once (same answers, NaN changes included)."""
+    dlo, dhi, change = (np.asarray(x, dtype=float) for x in (dlo, dhi, change))
+    with np.errstate(invalid="ignore"):
+        unknown_or_zero = (dhi <= 0) | (dhi >= minimum - 1)
+        unknown_or_zero &= (dlo >= 0) | (dlo <= -(minimum - 1))
+        known = ~np.isnan(change)
+        big = known & ((change >= minimum) | (change <= -minimum))
+        up = known & ~big & (change > 0)
+        down = known & ~big & (change < 0)
+        out = unknown_or_zero.copy()
+        out[big] = True
+        out[up] = (dlo[up] <= 1) & (dhi[up] >= minimum - 1)
+        out[down] = (dhi[down] >= -1) & (dlo[down] <= -(minimum - 1))
+    return out
+
+
 def anchor_tuple(anchor) -> tuple[float, float, float]:
     """An anchor of the release history as (lo, hi, true change offset): a plain number is an exact
     earlier release (lo = hi = the old value, the change known from the truth)."""

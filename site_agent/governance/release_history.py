@@ -163,7 +163,7 @@ class ReleaseHistory:
 
         ``result`` is the table as it will be released (rounded, if the site rounds); ``exact`` the
         same rows before rounding (site-internal), so that the true change of a cell is known."""
-        from optima_common.disclosure.audit import change_passes
+        from optima_common.disclosure.audit import change_passes_many
 
         if min_cell_count < 2 or result.data.empty:
             return result, GuardReport((), 0)
@@ -180,7 +180,7 @@ class ReleaseHistory:
         dlo = (pairs["lo"] - pairs["hi_earlier"]).to_numpy(dtype=float)
         dhi = (pairs["hi"] - pairs["lo_earlier"]).to_numpy(dtype=float)
         change = (pairs["exact"] - pairs["exact_earlier"]).to_numpy(dtype=float)
-        bad = np.array([not change_passes(a, b, c, min_cell_count) for a, b, c in zip(dlo, dhi, change)], dtype=bool)
+        bad = ~change_passes_many(dlo, dhi, change, min_cell_count)
         hits = pairs[bad].sort_values(["index", "value_earlier"], kind="mergesort").drop_duplicates("index")
         if hits.empty:
             return result, GuardReport((), 0)
@@ -204,10 +204,11 @@ class ReleaseHistory:
         each with the interval of true counts it stands for and, where known, its exact value."""
         rows = _count_rows(result, minimum, exact)
         now = dt.datetime.now(dt.UTC).isoformat()
-        values = [(r["result_type"], r["cell_key"], *[None if pd.isna(r[c]) else r[c] for c in KEY_COLUMNS],
-                   float(r["value"]), manifest_id, now, float(r["lo"]), float(r["hi"]),
-                   None if pd.isna(r["exact"]) else float(r["exact"])) for _, r in rows.iterrows()]
         cols = ["result_type", "cell_key", *KEY_COLUMNS, "value", "manifest_id", "released_at", "lo", "hi", "exact"]
+        frame = rows.assign(manifest_id=manifest_id, released_at=now)[cols].astype(object)
+        for c in ("value", "lo", "hi", "exact"):
+            frame[c] = rows[c].astype(float).astype(object)
+        values = list(frame.where(frame.notna(), None).itertuples(index=False, name=None))
         con = self._connect()
         try:
             with con:
