@@ -32,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True, help="DuckDB file or PostgreSQL URL")
     ap.add_argument("--schema", help="CDM schema (PostgreSQL)")
+    ap.add_argument("--write-schema", help="where the cohorts are built (default: the agent's)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--pg-root", help="private cluster folder, to read the server's CPU")
     ap.add_argument("--repeat", type=int, default=1)
@@ -51,7 +52,7 @@ def main() -> None:
 
         server = running_cluster(Path(args.pg_root)).server_cpu_seconds
     defs = collect_definitions([REPO / "cohort_definitions" / "lung"])
-    with connect_cdm(args.url, cdm_schema=args.schema) as cdm:
+    with connect_cdm(args.url, cdm_schema=args.schema, write_schema=args.write_schema) as cdm:
         ensure_results_tables(cdm)
         stale = stale_cohorts(cdm, defs, cdm_fingerprint(cdm))
         if stale:
