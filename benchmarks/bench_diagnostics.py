@@ -192,6 +192,8 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv"), *ws])
             rerun_pg_cpu = server_cpu() - pg1 if pg1 is not None else 0.0
             measured[backend] = (scan, suite, pg_cpu, rerun, rerun_pg_cpu, pg0 is not None)
+            print(json.dumps({"backend": backend, "suite": suite, "server_cpu_s": pg_cpu, "rerun": rerun,
+                              "rerun_server_cpu_s": rerun_pg_cpu}), file=sys.stderr, flush=True)  # as each ends
 
         if args.concurrent:
             threads = [threading.Thread(target=measure, args=(b, u, sc)) for b, u, sc, _ in targets]
