@@ -53,6 +53,8 @@ def window_name(lo: int, hi: int) -> str:
 ENTRIES_TABLE = "optima_lsc_entries"
 SPANS_TABLE = "optima_lsc_spans"
 PERSONS_TABLE = "optima_lsc_persons"
+DEN_TABLE = "optima_lsc_den"
+TEMP_TABLES = (DEN_TABLE, PERSONS_TABLE, SPANS_TABLE, ENTRIES_TABLE)
 
 
 def _spans_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> list[str]:
@@ -78,9 +80,7 @@ def _spans_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> list[str]
         f"GROUP BY cid, subject_id, g{k}"
         for k, (lo, hi) in enumerate(WINDOWS))
     dia = ctx.cdm.dialect
-    return [f"DROP TABLE IF EXISTS {ENTRIES_TABLE}",
-            f"DROP TABLE IF EXISTS {SPANS_TABLE}",
-            f"DROP TABLE IF EXISTS {PERSONS_TABLE}",
+    return [*(f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES),
             f"CREATE TEMP TABLE {ENTRIES_TABLE} AS SELECT DISTINCT cohort_definition_id AS cid, subject_id, "
             f"cohort_start_date AS s FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})",
             f"""CREATE TEMP TABLE {SPANS_TABLE} AS
@@ -95,6 +95,8 @@ g AS (
 {spans}""",
             f"CREATE TEMP TABLE {PERSONS_TABLE} AS SELECT subject_id, MIN(a) AS a, MAX(b) AS b FROM {SPANS_TABLE} "
             "GROUP BY subject_id",
+            f"CREATE TEMP TABLE {DEN_TABLE} AS SELECT cid, COUNT(DISTINCT subject_id) AS n FROM {ENTRIES_TABLE} "
+            "GROUP BY cid",
             *index_and_analyze(dia, ENTRIES_TABLE), *index_and_analyze(dia, SPANS_TABLE),
             *index_and_analyze(dia, PERSONS_TABLE)]
 
@@ -114,8 +116,7 @@ def _table_sql(ctx: DiagnosticContext, table: str) -> str:
     # count / denominator >= f  <=>  count * 10000 >= f * 10000 * denominator (exact integers)
     scaled = round(MINIMUM_FREQUENCY * 10000)
     return f"""
-WITH den AS (SELECT cid, COUNT(DISTINCT subject_id) AS n FROM {ENTRIES_TABLE} GROUP BY cid),
-ev AS MATERIALIZED (
+WITH ev AS MATERIALIZED (
   SELECT t.person_id, t.{col} AS concept_id, t.{dcol} AS d
   FROM {PERSONS_TABLE} p JOIN {ctx.cdm_schema}.{table} t ON t.person_id = p.subject_id
    AND t.{dcol} >= p.a AND t.{dcol} <= p.b
@@ -128,7 +129,7 @@ hit AS (
 a AS (SELECT cid, k, concept_id, COUNT(*) AS n FROM hit GROUP BY cid, k, concept_id)
 SELECT a.cid, '{table}' AS table_name, w.window_name, a.concept_id, a.n, den.n AS denominator,
        COALESCE(co.concept_name, 'UNKNOWN CONCEPT') AS concept_name
-FROM a JOIN den ON den.cid = a.cid
+FROM a JOIN {DEN_TABLE} den ON den.cid = a.cid
 JOIN (VALUES {windows}) AS w(k, window_name) ON w.k = a.k
 LEFT JOIN {ctx.vocab_schema}.concept co ON co.concept_id = a.concept_id
 WHERE a.n * 10000 >= {scaled} * den.n"""
@@ -141,7 +142,7 @@ def lsc_frame(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> pd.DataFra
     ``cohort_ids`` at once: each table is read once per run."""
     _execute(ctx, _spans_sql(ctx, cohort_ids))
     frames = [ctx.cdm.query_df(_table_sql(ctx, t)) for t in EVENT_TABLES]
-    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in (PERSONS_TABLE, SPANS_TABLE, ENTRIES_TABLE)])
+    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
     return pd.concat(frames, ignore_index=True)
 
 
