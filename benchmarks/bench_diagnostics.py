@@ -5,6 +5,8 @@
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg postgresql+psycopg2://…
     python benchmarks/bench_diagnostics.py --sizes 1000000 --pg private   # a throw-away local cluster
     python benchmarks/bench_diagnostics.py --cdm cdm_1m.duckdb --pg private  # an existing CDM (copied first)
+    python benchmarks/pg_private.py start /tmp/pg-1m && site-agent cdm copy …   # a cluster kept across runs
+    python benchmarks/bench_diagnostics.py --cdm cdm_1m.duckdb --pg-root /tmp/pg-1m --pg-schema cdm --concurrent
 
 For each size it generates an oncology site (timed separately), then times one full scan
 of the clinical event tables (count, person_id sum, max date and concept sum of every row
@@ -17,7 +19,11 @@ processes are not counted). ``--pg private`` starts a PostgreSQL cluster under a
 ``ratio`` column is the PostgreSQL suite time over the DuckDB one, measured in the same run.
 ``--cdm`` runs on a CDM generated before (``site-agent cdm synth``) instead of generating one:
 it is copied into the work folder first, so its own file stays without cohorts or cache and
-every run starts from scratch. Besides wall seconds it prints CPU seconds (the agent's, and
+every run starts from scratch. ``--pg-root DIR --pg-schema S`` runs on a cluster kept under
+DIR (``benchmarks/pg_private.py start``) whose schema S already holds the same CDM: no copy;
+the suites write into a new write schema each time (dropped first), so they still start from
+scratch. ``--concurrent`` runs the DuckDB and the PostgreSQL suites at the same time (wall
+times then inflate each other; the CPU seconds and the ratio do not). Besides wall seconds it prints CPU seconds (the agent's, and
 the PostgreSQL server's from /proc), the load-independent figure on a shared machine.
 ``OPTIMA_DUCKDB_MEMORY_LIMIT`` etc. apply as at a site. A 10M-person site needs about
 4 GB of disk (checked before generating).
@@ -34,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,13 +74,13 @@ def step_scan(url: str, schema: str | None) -> dict:
         return {"seconds": time.perf_counter() - t}
 
 
-def step_suite(url: str, schema: str | None, out: str) -> dict:
+def step_suite(url: str, schema: str | None, out: str, write_schema: str | None = None) -> dict:
     from site_agent.cdm import connect_cdm
     from site_agent.cohorts import collect_definitions
     from site_agent.diagnostics.runner import run_diagnostics
 
     defs = collect_definitions([REPO / "cohort_definitions" / "lung"])
-    with connect_cdm(url, cdm_schema=schema) as cdm:
+    with connect_cdm(url, cdm_schema=schema, write_schema=write_schema) as cdm:
         t = time.perf_counter()
         s = run_diagnostics(cdm, defs, out=Path(out), progress=lambda m: print(m, file=sys.stderr))
         secs = time.perf_counter() - t
@@ -96,7 +103,7 @@ def main() -> None:
         step, rest = sys.argv[1], sys.argv[2:]
         schema = None if len(rest) < 2 or rest[1] == "-" else rest[1]
         res = {"scan": lambda: step_scan(rest[0], schema),
-               "suite": lambda: step_suite(rest[0], schema, rest[2]),
+               "suite": lambda: step_suite(rest[0], schema, rest[2], rest[3] if len(rest) > 3 else None),
                "generate": lambda: step_generate(rest[0], int(rest[1]))}[step]()
         print(json.dumps(res))
         return
@@ -107,7 +114,12 @@ def main() -> None:
                     "or 'private' for a throw-away local cluster")
     ap.add_argument("--workdir", help="where to put the CDM files (default: a temp dir)")
     ap.add_argument("--cdm", help="an existing DuckDB CDM to run on instead of generating (--sizes ignored)")
+    ap.add_argument("--pg-root", help="a running cluster of benchmarks/pg_private.py (with --pg-schema: no copy)")
+    ap.add_argument("--pg-schema", help="the schema of --pg-root that already holds the CDM of --cdm")
+    ap.add_argument("--concurrent", action="store_true", help="run the DuckDB and PostgreSQL suites at the same time")
     args = ap.parse_args()
+    if bool(args.pg_root) != bool(args.pg_schema) or (args.pg_root and (args.pg or not args.cdm)):
+        raise SystemExit("--pg-root needs --pg-schema and --cdm, and no --pg")
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
     if args.cdm:
         if not Path(args.cdm).is_file():
@@ -124,6 +136,12 @@ def main() -> None:
             from pg_private import private_cluster
 
             cluster = stack.enter_context(private_cluster())
+            args.pg, args.server_cpu = cluster.url, cluster.server_cpu_seconds
+        elif args.pg_root:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from pg_private import running_cluster
+
+            cluster = running_cluster(Path(args.pg_root))
             args.pg, args.server_cpu = cluster.url, cluster.server_cpu_seconds
         run_sizes(args, sizes, work)
     if not args.workdir:
@@ -150,7 +168,11 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             gen = child(["generate", str(path), str(n)])
         targets = [("duckdb", str(path), "-", 0.0)]
         copy_pg_cpu = 0.0
-        if args.pg:
+        write_schema = None
+        if args.pg and args.pg_schema:  # a kept cluster that holds the CDM: a fresh write schema, no copy
+            write_schema = f"bench_w{int(time.time())}"
+            targets.append(("postgres", args.pg, args.pg_schema, 0.0))
+        elif args.pg:
             from site_agent.cdm.transfer import copy_duckdb_to_postgres
 
             t = time.perf_counter()
@@ -158,25 +180,47 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
             copy_duckdb_to_postgres(path, args.pg, "bench_cdm")
             copy_pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
             targets.append(("postgres", args.pg, "bench_cdm", time.perf_counter() - t))
-        duck_s = duck_cpu = None
-        for backend, url, schema, copy_s in targets:
+        measured: dict[str, tuple] = {}
+
+        def measure(backend: str, url: str, schema: str) -> None:
+            ws = [write_schema] if backend == "postgres" and write_schema else []
             scan = child(["scan", url, schema])
             pg0 = server_cpu() if server_cpu and backend == "postgres" else None
-            suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv")])
+            suite = child(["suite", url, schema, str(work / f"res_{n}_{backend}.csv"), *ws])
             pg_cpu = server_cpu() - pg0 if pg0 is not None else 0.0
             pg1 = server_cpu() if server_cpu and backend == "postgres" else None
-            rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv")])
+            rerun = child(["suite", url, schema, str(work / f"res_{n}_{backend}_2.csv"), *ws])
             rerun_pg_cpu = server_cpu() - pg1 if pg1 is not None else 0.0
+            measured[backend] = (scan, suite, pg_cpu, rerun, rerun_pg_cpu, pg0 is not None)
+            print(json.dumps({"backend": backend, "suite": suite, "server_cpu_s": pg_cpu, "rerun": rerun,
+                              "rerun_server_cpu_s": rerun_pg_cpu}), file=sys.stderr, flush=True)  # as each ends
+
+        if args.concurrent:
+            threads = [threading.Thread(target=measure, args=(b, u, sc)) for b, u, sc, _ in targets]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+        else:
+            for backend, url, schema, _ in targets:
+                measure(backend, url, schema)
+        duck_s = duck_cpu = None
+        for backend, url, schema, copy_s in targets:
+            if backend not in measured:
+                raise SystemExit(f"the {backend} suite failed (see above)")
+            scan, suite, pg_cpu, rerun, rerun_pg_cpu, have_pg_cpu = measured[backend]
             cpu = suite["cpu_s"] + pg_cpu  # all CPU the suite cost: the agent (DuckDB in-process) and the server
             if backend == "duckdb":
                 duck_s, duck_cpu = suite["seconds"], cpu
             ratio = f"{suite['seconds'] / duck_s:>7.2f}" if backend != "duckdb" and duck_s else f"{'':>7}"
-            cpu_ratio = f"{cpu / duck_cpu:>9.2f}" if backend != "duckdb" and duck_cpu and pg0 is not None else f"{'':>9}"
+            cpu_ratio = f"{cpu / duck_cpu:>9.2f}" if backend != "duckdb" and duck_cpu and have_pg_cpu else f"{'':>9}"
             print(f"{n:>10} {backend:>8} {gen['seconds']:>10.1f} {copy_s:>7.1f} {scan['seconds']:>7.2f} "
                   f"{suite['seconds']:>8.1f} {rerun['seconds']:>7.1f} {suite['seconds'] / scan['seconds']:>10.1f} "
                   f"{ratio} {suite['peak_rss_mb']:>12.0f} {suite['rows']:>7} {os.getloadavg()[0]:>7.2f} "
                   f"{suite['cpu_s']:>11.1f} {pg_cpu:>8.1f} {cpu_ratio} {rerun['cpu_s']:>11.1f} {rerun_pg_cpu:>14.1f} "
                   f"{rerun['peak_rss_mb']:>12.0f} {copy_pg_cpu if backend == 'postgres' else 0.0:>13.1f}", flush=True)
+        if write_schema:
+            print(f"{n:>10} PostgreSQL write schema of this run: {write_schema}", flush=True)
         if args.pg:
             same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
             print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)

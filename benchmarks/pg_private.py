@@ -78,12 +78,29 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@contextmanager
-def private_cluster(log_min_duration_ms: int = -1, shared_buffers: str = "1GB", explain_ms: int = -1):
+def _options(port: int, sock: Path, log_min_duration_ms: int, shared_buffers: str, explain_ms: int) -> str:
+    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
+            f"-c shared_buffers={shared_buffers} -c log_min_duration_statement={log_min_duration_ms} "
+            "-c max_wal_size=4GB -c shared_preload_libraries=pg_stat_statements,auto_explain "
+            "-c pg_stat_statements.track=all -c pg_stat_statements.max=10000")
+    if explain_ms >= 0:  # auto_explain: the plan of every statement slower than explain_ms, with ANALYZE and BUFFERS
+        opts += (f" -c auto_explain.log_min_duration={explain_ms}"
+                 " -c auto_explain.log_analyze=on -c auto_explain.log_buffers=on -c auto_explain.log_nested_statements=on")
+    return opts
+
+
+def start_cluster(root: Path, *, log_min_duration_ms: int = -1, shared_buffers: str = "1GB",
+                  explain_ms: int = -1) -> PrivateCluster:
+    """initdb (unless ``root/data`` exists) and start a cluster under ``root``; its port is kept in ``root/port``.
+
+    ``pg_stat_statements`` and ``auto_explain`` are preloaded (off until asked: ``explain_ms``, or
+    ``ALTER DATABASE … SET auto_explain.log_min_duration``), so a kept cluster can be profiled
+    without a restart."""
     binary = pg_bin()
-    root = Path(tempfile.mkdtemp(prefix="optima-bench-pg-"))
+    root = Path(root)
     data, sock = root / "data", root / "sock"
-    sock.mkdir()
+    fresh = not data.exists()
+    sock.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         os.chmod(root, 0o755)
         shutil.chown(root, "postgres", "postgres")
@@ -91,19 +108,58 @@ def private_cluster(log_min_duration_ms: int = -1, shared_buffers: str = "1GB", 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    (root / "port").write_text(str(port))
     cluster = PrivateCluster(root, port)
-    _run([str(binary / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
-    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
-            f"-c shared_buffers={shared_buffers} -c log_min_duration_statement={log_min_duration_ms} "
-            "-c max_wal_size=4GB")
-    if explain_ms >= 0:  # auto_explain: the plan of every statement slower than explain_ms, with ANALYZE and BUFFERS
-        opts += (f" -c session_preload_libraries=auto_explain -c auto_explain.log_min_duration={explain_ms}"
-                 " -c auto_explain.log_analyze=on -c auto_explain.log_buffers=on -c auto_explain.log_nested_statements=on")
+    if fresh:
+        _run([str(binary / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
+    opts = _options(port, sock, log_min_duration_ms, shared_buffers, explain_ms)
     _run([str(binary / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cluster.log_path), "-w", "start"])
+    return cluster
+
+
+def running_cluster(root: Path) -> PrivateCluster:
+    """A cluster started before with ``start_cluster`` (e.g. ``python benchmarks/pg_private.py start DIR``)."""
+    root = Path(root)
+    if not (root / "data" / "postmaster.pid").exists():
+        raise SystemExit(f"no running private cluster under {root}")
+    return PrivateCluster(root, int((root / "port").read_text()))
+
+
+def stop_cluster(root: Path) -> None:
+    _run([str(pg_bin() / "pg_ctl"), "-D", str(Path(root) / "data"), "-m", "fast", "stop"])
+
+
+@contextmanager
+def private_cluster(log_min_duration_ms: int = -1, shared_buffers: str = "1GB", explain_ms: int = -1):
+    root = Path(tempfile.mkdtemp(prefix="optima-bench-pg-"))
     try:
+        cluster = start_cluster(root, log_min_duration_ms=log_min_duration_ms, shared_buffers=shared_buffers,
+                                explain_ms=explain_ms)
         yield cluster
     finally:
         try:
-            _run([str(binary / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+            if (root / "data" / "postmaster.pid").exists():
+                _run([str(pg_bin() / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"])
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    """``start DIR`` / ``stop DIR`` / ``url DIR``: a cluster kept across experiments (e.g. a 1M CDM copied once)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="a private PostgreSQL cluster kept under DIR")
+    ap.add_argument("action", choices=["start", "stop", "url"])
+    ap.add_argument("root")
+    ap.add_argument("--log-min-duration-ms", type=int, default=-1)
+    args = ap.parse_args()
+    if args.action == "start":
+        print(start_cluster(Path(args.root), log_min_duration_ms=args.log_min_duration_ms).url)
+    elif args.action == "stop":
+        stop_cluster(Path(args.root))
+    else:
+        print(running_cluster(Path(args.root)).url)
+
+
+if __name__ == "__main__":
+    main()

@@ -314,3 +314,57 @@ def test_eunomia_gi_bleed_person_days(eunomia_cdm):
     assert yearly["person_days"].astype(int).sum() == int(hand["pdays"])
     assert yearly["outcome_count"].astype(int).sum() == int(hand["k"])
     assert (prev["prevalence"].astype(float).between(0, 1)).all() and len(prev) > 0
+
+
+# ---------- random intervals: several periods a year, overlapping outcome entries ----------
+def _random_cdm(path: Path, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """300 persons with 1-3 observation periods (often two in one calendar year) and 0-4 outcome
+    entries each, overlapping one another and the periods' edges (cohort 5)."""
+    rng = np.random.default_rng(seed)
+    persons, obs, outs = [], [], []
+    for pid in range(1, 301):
+        persons.append((pid, int(rng.choice([8507, 8532, 8507, 8532, 0])), int(rng.integers(1935, 2016)),
+                        None if rng.random() < 0.2 else int(rng.integers(1, 13)),
+                        None if rng.random() < 0.2 else int(rng.integers(1, 29))))
+        day = D(2004, 1, 1) + dt.timedelta(days=int(rng.integers(0, 2500)))
+        for _ in range(int(rng.integers(1, 4))):
+            end = day + dt.timedelta(days=int(rng.choice([rng.integers(0, 120), rng.integers(0, 2000)])))
+            if end > D(2016, 12, 31):
+                break
+            obs.append((pid, day, end))
+            day = end + dt.timedelta(days=int(rng.integers(1, 200)))
+        for _ in range(int(rng.integers(0, 9))):
+            s = D(2003, 6, 1) + dt.timedelta(days=int(rng.integers(0, 4900)))
+            outs.append((pid, s, s + dt.timedelta(days=int(rng.choice([0, rng.integers(0, 60), rng.integers(0, 900)])))))
+    con = duckdb.connect(str(path))
+    for s in cdm_ddl("duckdb", "5.4", "main") + results_ddl("results"):
+        con.execute(s)
+    con.executemany("INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,"
+                    " race_concept_id, ethnicity_concept_id) VALUES (?, ?, ?, ?, ?, 0, 0)", persons)
+    con.executemany("INSERT INTO observation_period VALUES (?, ?, ?, ?, 32880)",
+                    [(i, *o) for i, o in enumerate(obs, start=1)])
+    con.executemany("INSERT INTO results.cohort VALUES (5, ?, ?, ?)", outs)
+    con.close()
+    person = pd.DataFrame(persons, columns=["person_id", "gender_concept_id", "year_of_birth", "month_of_birth",
+                                            "day_of_birth"])
+    op = pd.DataFrame(obs, columns=["person_id", "observation_period_start_date", "observation_period_end_date"])
+    cohort = pd.DataFrame(outs, columns=["subject_id", "cohort_start_date", "cohort_end_date"])
+    for df in (op, cohort):
+        for c in df.columns[1:]:
+            df[c] = pd.to_datetime(df[c])
+    return person, op, cohort
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_random_overlapping_intervals_match_pandas(tmp_path, seed):
+    """Interval arithmetic (no year expansion) and merged outcome ranges against plain pandas."""
+    person, op, cohort = _random_cdm(tmp_path / "random.duckdb", seed)
+    # several periods of one person within a calendar year, and outcome entries overlapping each other
+    op_years = op.assign(y=op["observation_period_start_date"].dt.year)
+    assert op_years.duplicated(["person_id", "y"]).any()
+    c = cohort.sort_values(["subject_id", "cohort_start_date"])
+    assert ((c["subject_id"] == c["subject_id"].shift()) & (c["cohort_start_date"] <= c["cohort_end_date"].shift())).any()
+    start, end = op["observation_period_start_date"].min().date(), op["observation_period_end_date"].max().date()
+    with connect_cdm(str(tmp_path / "random.duckdb")) as cdm:
+        _compare_with_pandas(cdm, person, op, cohort, _outcome(), start, end,
+                             years=list(range(start.year + 1, end.year)))

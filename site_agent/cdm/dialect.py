@@ -60,3 +60,8 @@ def index_and_analyze(dialect: str, table: str, index_columns: tuple[str, ...] =
         name = f"{table.split('.')[-1]}_{'_'.join(index_columns)}"[:63]
         out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(index_columns)})")
     return [*out, f"ANALYZE {table}"]
+
+
+def placeholder(dialect: str) -> str:
+    """The DB-API parameter marker of the dialect's driver (duckdb: ``?``, psycopg2: ``%s``)."""
+    return "?" if dialect == DUCKDB else "%s"

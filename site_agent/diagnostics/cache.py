@@ -17,6 +17,7 @@ import pandas as pd
 
 from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.dialect import placeholder
 from site_agent.cohorts.definitions import CohortDefinition
 
 CACHE_TABLE = "optima_diagnostics_cache"
@@ -57,10 +58,11 @@ def load(cdm: CdmConnection, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def store(cdm: CdmConnection, key: str, diagnostic: str, unit: str, result: SummarisedResult) -> None:
     doc = {"data": _columns(result.data), "settings": _columns(result.settings)}
     ws = cdm.write_schema
-    with cdm.transaction() as script:
-        script.execute(f"DELETE FROM {ws}.{CACHE_TABLE} WHERE unit_key = {_sql_text(key)}")
-        script.execute(f"INSERT INTO {ws}.{CACHE_TABLE} VALUES ({_sql_text(key)}, {_sql_text(diagnostic)}, "
-                       f"{_sql_text(unit[:1000])}, {_sql_text(json.dumps(doc, sort_keys=True))})")
+    p = placeholder(cdm.dialect)
+    with cdm.transaction() as script:  # bound parameters: the payload is not parsed as a SQL literal
+        script.cursor.execute(f"DELETE FROM {ws}.{CACHE_TABLE} WHERE unit_key = {p}", (key,))
+        script.cursor.execute(f"INSERT INTO {ws}.{CACHE_TABLE} VALUES ({p}, {p}, {p}, {p})",
+                              (key, diagnostic, unit[:1000], json.dumps(doc, sort_keys=True)))
 
 
 def _columns(df: pd.DataFrame) -> dict[str, list]:

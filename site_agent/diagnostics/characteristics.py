@@ -81,8 +81,11 @@ def pct(count: int, denominator: int) -> str | None:
     return None if denominator == 0 else fmt_value(100.0 * count / denominator)
 
 
-def _feature_sql(ctx: DiagnosticContext, cohort_id: int) -> str:
-    """Person-level (record-level) features at index, then one row of aggregates."""
+def _feature_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> str:
+    """Person-level (record-level) features at index, then one row of aggregates per cohort (``cid``).
+
+    Every cohort of the run at once: visit_occurrence, person and observation_period are
+    scanned once per run instead of once per cohort."""
     cdm = ctx.cdm_schema
     lo, hi = VISIT_WINDOW
     mob, dob = "COALESCE(p.month_of_birth, 1)", "COALESCE(p.day_of_birth, 1)"
@@ -103,9 +106,9 @@ def _feature_sql(ctx: DiagnosticContext, cohort_id: int) -> str:
     agg_sql = ",\n  ".join(aggs)
     return f"""
 WITH c AS (
-  SELECT ROW_NUMBER() OVER (ORDER BY subject_id, cohort_start_date, cohort_end_date) AS rid,
-         subject_id, cohort_start_date AS s, cohort_end_date AS e
-  FROM {ctx.cohort_table} WHERE cohort_definition_id = {int(cohort_id)}
+  SELECT ROW_NUMBER() OVER (ORDER BY cohort_definition_id, subject_id, cohort_start_date, cohort_end_date) AS rid,
+         cohort_definition_id AS cid, subject_id, cohort_start_date AS s, cohort_end_date AS e
+  FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({", ".join(str(int(i)) for i in cohort_ids)})
 ),
 vis AS (
   SELECT c.rid, COUNT(*) AS n
@@ -114,7 +117,7 @@ vis AS (
   GROUP BY c.rid
 ),
 f AS (
-  SELECT c.rid, c.subject_id, c.s, c.e,
+  SELECT c.rid, c.cid, c.subject_id, c.s, c.e,
     CASE p.gender_concept_id WHEN 8532 THEN 'Female' WHEN 8507 THEN 'Male' ELSE 'None' END AS sex,
     CAST(EXTRACT(YEAR FROM c.s) AS INTEGER) - p.year_of_birth
       - CASE WHEN {m} < {mob} OR ({m} = {mob} AND {d} < {dob}) THEN 1 ELSE 0 END AS age,
@@ -128,9 +131,9 @@ f AS (
    AND c.s >= op.observation_period_start_date AND c.s <= op.observation_period_end_date
   LEFT JOIN vis ON vis.rid = c.rid
 )
-SELECT
+SELECT cid,
   {agg_sql}
-FROM f"""
+FROM f GROUP BY cid"""
 
 
 def _rows_from_aggregates(r: dict[str, Any], cdm_name: str, cohort_name: str) -> list[dict]:
@@ -184,8 +187,16 @@ def _rows_from_aggregates(r: dict[str, Any], cdm_name: str, cohort_name: str) ->
 def summarise_characteristics(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``summariseCharacteristics()`` of one cohort: one SQL query, aggregates only."""
     (cohort,) = unit
-    df = ctx.cdm.query_df(_feature_sql(ctx, cohort.cohort_definition_id))
-    agg = {k: (None if pd.isna(v) else v) for k, v in df.iloc[0].to_dict().items()}
+    ids = tuple(sorted({int(c.cohort_definition_id) for c in (*ctx.cohorts, cohort)}))
+    key = ("summarise_characteristics", ids)
+    if key not in ctx.memo:  # every cohort of the run in one query, once per run
+        ctx.memo[key] = ctx.cdm.query_df(_feature_sql(ctx, ids))
+    df = ctx.memo[key]
+    mine = df[pd.to_numeric(df["cid"]) == int(cohort.cohort_definition_id)].drop(columns="cid")
+    if mine.empty:  # an empty cohort: what the aggregates of no rows are (counts 0, the rest NULL)
+        agg = {k: (0 if k in ("n_records", "n_subjects") else None) for k in mine.columns}
+    else:
+        agg = {k: (None if pd.isna(v) else v) for k, v in mine.iloc[0].to_dict().items()}
     rows = _rows_from_aggregates(agg, ctx.cdm_name, cohort.cohort_name)
     settings = pd.DataFrame([settings_row(1, RESULT_TYPE, table_name="cohort")])
     return SummarisedResult(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), settings)

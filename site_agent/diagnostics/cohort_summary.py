@@ -87,6 +87,25 @@ def summarise_cohort_attrition(ctx: DiagnosticContext, unit: tuple[CohortDefinit
 
 
 # ---------------------------------------------------------------- overlap
+def _run_ids(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> tuple[int, ...]:
+    """Every cohort of the run (and the unit's): the pair diagnostics answer all pairs in one query."""
+    return tuple(sorted({int(c.cohort_definition_id) for c in (*ctx.cohorts, *unit)}))
+
+
+def _overlap_counts(ctx: DiagnosticContext, ids: tuple[int, ...]) -> dict[tuple[int, int], int]:
+    """(a, b) with a <= b -> subjects in both cohorts ((a, a): the cohort's subjects), for every
+    pair of ``ids`` at once (once per run: one scan of the cohort table instead of one per pair)."""
+    key = ("cohort_overlap", ids)
+    if key not in ctx.memo:
+        t, in_ids = ctx.cohort_table, ", ".join(str(i) for i in ids)
+        df = ctx.cdm.query_df(f"""
+WITH s AS (SELECT DISTINCT cohort_definition_id AS cid, subject_id FROM {t} WHERE cohort_definition_id IN ({in_ids}))
+SELECT x.cid AS a, y.cid AS b, count(*) AS n FROM s x JOIN s y ON y.subject_id = x.subject_id AND y.cid >= x.cid
+GROUP BY x.cid, y.cid""")
+        ctx.memo[key] = {(int(a), int(b)): int(n) for a, b, n in df.itertuples(index=False)}  # <= ids^2 rows
+    return ctx.memo[key]
+
+
 def _pct(part: int, total: int) -> str | None:
     return fmt_number(100.0 * part / total) if total else None
 
@@ -95,14 +114,10 @@ def summarise_cohort_overlap(ctx: DiagnosticContext, unit: tuple[CohortDefinitio
     """``summariseCohortOverlap(overlapBy = "subject_id")``: subjects only in the reference,
     in both, only in the comparator; ``count`` and ``percentage`` of the union (×100)."""
     ref, comp = unit
-    t, a, b = ctx.cohort_table, int(ref.cohort_definition_id), int(comp.cohort_definition_id)
-    row = ctx.cdm.query_df(f"""
-WITH r AS (SELECT DISTINCT subject_id FROM {t} WHERE cohort_definition_id = {a}),
-     c AS (SELECT DISTINCT subject_id FROM {t} WHERE cohort_definition_id = {b})
-SELECT (SELECT count(*) FROM r) AS n_ref, (SELECT count(*) FROM c) AS n_comp,
-       (SELECT count(*) FROM r INNER JOIN c ON r.subject_id = c.subject_id) AS n_both
-""").iloc[0]
-    n_ref, n_comp, n_both = int(row["n_ref"]), int(row["n_comp"]), int(row["n_both"])
+    a, b = int(ref.cohort_definition_id), int(comp.cohort_definition_id)
+    counts = _overlap_counts(ctx, _run_ids(ctx, unit))
+    n_ref, n_comp = counts.get((a, a), 0), counts.get((b, b), 0)
+    n_both = counts.get((min(a, b), max(a, b)), 0)
     records = []
     for r_def, c_def, only_r, only_c in ((ref, comp, n_ref - n_both, n_comp - n_both),
                                          (comp, ref, n_comp - n_both, n_ref - n_both)):
@@ -120,21 +135,20 @@ SELECT (SELECT count(*) FROM r) AS n_ref, (SELECT count(*) FROM c) AS n_comp,
 
 
 # ---------------------------------------------------------------- timing
-def _timing_sql(ctx: DiagnosticContext, a: int, b: int) -> str:
+def _timing_sql(ctx: DiagnosticContext, ids: tuple[int, ...]) -> str:
+    """For every ordered pair (reference ``a``, comparator ``b``) of ``ids`` at once: the subjects
+    in both and the distribution of b's first start - a's first start (days)."""
     d, t = ctx.cdm.dialect, ctx.cohort_table
     aggs = ", ".join(["count(*) AS n_records", "count(DISTINCT subject_id) AS n_subjects",
                       "min(days) AS d_min", "max(days) AS d_max",
                       *(f"{quantile(d, 'days', p)} AS d_{name}" for name, p in TIMING_QUANTILES)])
+    in_ids = ", ".join(str(i) for i in ids)
     return f"""
-WITH r AS (SELECT subject_id, min(cohort_start_date) AS start_date FROM {t}
-           WHERE cohort_definition_id = {a} GROUP BY subject_id),
-     c AS (SELECT subject_id, min(cohort_start_date) AS start_date FROM {t}
-           WHERE cohort_definition_id = {b} GROUP BY subject_id),
-     j AS (SELECT r.subject_id, {days_between(d, 'r.start_date', 'c.start_date')} AS diff
-           FROM r INNER JOIN c ON r.subject_id = c.subject_id),
-     both_ways AS (SELECT 0 AS direction, subject_id, diff AS days FROM j
-                   UNION ALL SELECT 1 AS direction, subject_id, -diff AS days FROM j)
-SELECT direction, {aggs} FROM both_ways GROUP BY direction
+WITH f AS (SELECT cohort_definition_id AS cid, subject_id, min(cohort_start_date) AS start_date FROM {t}
+           WHERE cohort_definition_id IN ({in_ids}) GROUP BY cohort_definition_id, subject_id),
+     pairs AS (SELECT r.cid AS a, c.cid AS b, r.subject_id, {days_between(d, 'r.start_date', 'c.start_date')} AS days
+               FROM f r INNER JOIN f c ON r.subject_id = c.subject_id AND r.cid <> c.cid)
+SELECT a, b, {aggs} FROM pairs GROUP BY a, b
 """
 
 
@@ -147,8 +161,14 @@ def summarise_cohort_timing(ctx: DiagnosticContext, unit: tuple[CohortDefinition
     without common subjects gives the two counts as ``0`` and no distribution rows.
     """
     ref, comp = unit
-    df = ctx.cdm.query_df(_timing_sql(ctx, int(ref.cohort_definition_id), int(comp.cohort_definition_id)))
-    by_dir = {int(r["direction"]): r for _, r in df.iterrows()}  # at most two rows
+    ids = _run_ids(ctx, unit)
+    key = ("cohort_timing", ids)
+    if key not in ctx.memo:  # every ordered pair of the run in one query, once per run
+        df = ctx.cdm.query_df(_timing_sql(ctx, ids))
+        ctx.memo[key] = {(int(r["a"]), int(r["b"])): r for _, r in df.iterrows()}  # <= ids^2 rows
+    by_pair = ctx.memo[key]
+    a, b = int(ref.cohort_definition_id), int(comp.cohort_definition_id)
+    by_dir = {d: by_pair[k] for d, k in enumerate(((a, b), (b, a))) if k in by_pair}
     records = []
     for direction, (r_def, c_def) in enumerate(((ref, comp), (comp, ref))):
         level = f"{r_def.cohort_name}{SEP}{c_def.cohort_name}"

@@ -16,7 +16,9 @@ Each interval's time is split over calendar years (clipped to the study period; 
 and last years may be partial). ``person_days`` = days (both ends inclusive),
 ``person_years`` = days / 365.25, IR = events / PY x 100,000, exact Poisson 95% CI
 ``qchisq(.025, 2k)/2/PY`` and ``qchisq(.975, 2(k+1))/2/PY`` (x 1e5; 0 for k = 0). One SQL
-query per cohort computes all 24 strata x (years + overall) with ``GROUPING SETS``.
+query for every cohort of the run computes all 24 strata x (years + overall) with
+``GROUPING SETS``, by interval arithmetic: no denominator row is expanded into one row per
+calendar year (:func:`incidence_sql`).
 
 Deviation: ``denominator_count`` counts persons (several observation periods of a person in
 one interval count once); ``analysis_interval`` is in ``additional`` only (not a setting),
@@ -53,47 +55,67 @@ def poisson_ci(k: int, py: float) -> tuple[float, float]:
     return lo / py * 1e5, hi / py * 1e5
 
 
-def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...], mode: str = "actual") -> str:
+def _year_of(col: str) -> str:
+    return f"CAST(EXTRACT(YEAR FROM {col}) AS INTEGER)"
+
+
+def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...], mode: str = "delta") -> str:
     """Per (outcome cohort, stratum, sex | Both, year | overall): persons, person-days and first events.
 
     Every aggregate is a sum over denominator rows, so the result over all rows equals
-    ``base`` (all rows, outcome ignored: the same for every outcome, computed once per run,
-    ``cid`` 0) minus ``base_outcome`` (the outcome persons' rows, outcome ignored) plus
-    ``actual`` (the outcome persons' rows with washout and censoring at the first outcome).
-    Only the last two depend on the cohort, and they touch only its persons; each is one
-    set-based query for all ``cohort_ids`` (grouped by ``cid``), not one query per cohort.
+    ``base`` (all rows, outcome ignored: the same for every outcome, computed once per
+    connection, ``cid`` 0) plus ``delta``: minus the outcome persons' rows as ``base`` counts
+    them, plus the same rows with washout and censoring at the first outcome. Rows whose first
+    outcome comes after their exit contribute the same to both and are left out. ``delta``
+    touches only the outcome persons' rows and answers every cohort of ``cohort_ids`` at once
+    (grouped by ``cid``).
+
+    No row is expanded into one row per calendar year. A row's contribution to year ``y``
+    depends only on its entry year ``ey``, its end year ``xy`` and (in ``ey`` and ``xy``) its
+    own dates, so rows are first summed per (cid, stratum, sex, ey, xy) (count, sums of the
+    entry and end day numbers, first intervals, events); that small table is then joined with
+    the years ``ey <= y <= xy``: person-days in ``y`` are
+    ``(y = xy ? sum(end) : n * yend) - (y = ey ? sum(entry) : n * ystart) + n`` (day numbers),
+    the row counts in ``y`` unless ``y = ey`` and the person's previous interval ended in that
+    year too, it is counted as a record and (if first) an overall person in ``ey``, and its
+    event in ``xy``.
     """
     y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
     ids = ", ".join(str(int(i)) for i in cohort_ids)
-    o = (f"o AS (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out "
-         f"FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids}) GROUP BY cohort_definition_id, subject_id),")
-    if mode == "actual":
-        d = f"""d AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
-                 CASE WHEN o.first_out <= dn.exit_date THEN o.first_out ELSE dn.exit_date END AS end_date,
-                 CASE WHEN o.first_out <= dn.exit_date THEN 1 ELSE 0 END AS has_out
-          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id
-          WHERE o.first_out >= dn.entry_date)"""
-    elif mode == "base_outcome":
-        d = f"""d AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
-                 dn.exit_date AS end_date, 0 AS has_out
-          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id)"""
+    cols = "cid, stratum_id, sex, entry_date, end_date, prev_exit, has_out, w"
+    if mode == "delta":
+        d = f"""o AS (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out
+               FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids}) GROUP BY cohort_definition_id, subject_id),
+    j AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.entry_date, dn.exit_date, dn.prev_exit, o.first_out
+          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id WHERE o.first_out <= dn.exit_date),
+    d ({cols}) AS (
+          SELECT cid, stratum_id, sex, entry_date, exit_date, prev_exit, 0, -1 FROM j
+          UNION ALL
+          SELECT cid, stratum_id, sex, entry_date, first_out, prev_exit, 1, 1 FROM j WHERE first_out >= entry_date)"""
     else:  # base
-        o = ""
-        d = f"""d AS (SELECT 0 AS cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date, dn.prev_exit,
-                 dn.exit_date AS end_date, 0 AS has_out FROM {den.table} dn)"""
+        d = f"d ({cols}) AS (SELECT 0, stratum_id, sex, entry_date, exit_date, prev_exit, 0, 1 FROM {den.table})"
+    ep = "DATE '1970-01-01'"
     return f"""
-    WITH {o}
-    {d},
-    py AS (SELECT d.*, y.yr, y.ystart, y.yend,
-                  GREATEST(d.entry_date, y.ystart) AS s, LEAST(d.end_date, y.yend) AS e
-           FROM d JOIN {y} y ON y.ystart <= d.end_date AND y.yend >= d.entry_date)
+    WITH {d},
+    g AS (SELECT cid, stratum_id, sex, {_year_of('entry_date')} AS ey, {_year_of('end_date')} AS xy,
+                 SUM(w) AS n,
+                 SUM(CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {_year_of('entry_date')}
+                          THEN w ELSE 0 END) AS n_late,
+                 SUM(CASE WHEN prev_exit IS NULL THEN w ELSE 0 END) AS n_first,
+                 SUM(w * (entry_date - {ep})) AS s_entry,
+                 SUM(w * (end_date - {ep})) AS s_end,
+                 SUM(w * has_out) AS k
+          FROM d GROUP BY cid, stratum_id, sex, {_year_of('entry_date')}, {_year_of('end_date')}),
+    gy AS (SELECT g.*, y.yr, y.ystart - {ep} AS ys, y.yend - {ep} AS ye
+           FROM g JOIN {y} y ON y.yr >= g.ey AND y.yr <= g.xy)
     SELECT cid, stratum_id, sex, yr,
-           SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS n_year,
-           SUM(CASE WHEN prev_exit IS NULL AND entry_date >= ystart THEN 1 ELSE 0 END) AS n_overall,
-           SUM(e - s + 1) AS days,
-           SUM(CASE WHEN has_out = 1 AND end_date <= yend THEN 1 ELSE 0 END) AS k,
-           SUM(CASE WHEN entry_date >= ystart THEN 1 ELSE 0 END) AS n_records
-    FROM py
+           CAST(SUM(n - CASE WHEN yr = ey THEN n_late ELSE 0 END) AS BIGINT) AS n_year,
+           CAST(SUM(CASE WHEN yr = ey THEN n_first ELSE 0 END) AS BIGINT) AS n_overall,
+           CAST(SUM(CASE WHEN yr = xy THEN s_end ELSE n * ye END - CASE WHEN yr = ey THEN s_entry ELSE n * ys END + n)
+                AS BIGINT) AS days,
+           CAST(SUM(CASE WHEN yr = xy THEN k ELSE 0 END) AS BIGINT) AS k,
+           CAST(SUM(CASE WHEN yr = ey THEN n ELSE 0 END) AS BIGINT) AS n_records
+    FROM gy
     GROUP BY GROUPING SETS ((cid, stratum_id, sex, yr), (cid, stratum_id, yr), (cid, stratum_id, sex), (cid, stratum_id))"""
 
 
@@ -121,22 +143,20 @@ def _one(frame: pd.DataFrame, cid: int) -> pd.DataFrame:
 
 
 def incidence_counts(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -> pd.DataFrame:
-    """base - base_outcome + actual, keyed by (stratum_id, sex, yr) with yr -1 for overall.
+    """base + delta, keyed by (stratum_id, sex, yr) with yr -1 for overall.
 
-    The two outcome queries run once per run for every cohort of the run (set-based; the
-    per-cohort version repeated the denominator scan and year expansion once per cohort).
+    ``base`` is computed once per connection, ``delta`` once per run for every cohort of the
+    run (set-based; the per-cohort version repeated the denominator scan once per cohort).
     """
     memo_key = ("incidence_base", den.table)
     if memo_key not in ctx.cdm.memo:
         ctx.cdm.memo[memo_key] = _one(_keyed(ctx.cdm.query_df(incidence_sql(ctx, den, (), "base"))), 0)
     base = ctx.cdm.memo[memo_key]
     ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort_id}))
-    run_key = ("incidence_outcomes", den.table, ids)
+    run_key = ("incidence_delta", den.table, ids)
     if run_key not in ctx.memo:
-        ctx.memo[run_key] = (_keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "base_outcome"))),
-                             _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "actual"))))
-    minus, plus = (_one(f, cohort_id) for f in ctx.memo[run_key])
-    return base.sub(minus, fill_value=0).add(plus, fill_value=0).astype("int64")
+        ctx.memo[run_key] = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "delta")))
+    return base.add(_one(ctx.memo[run_key], cohort_id), fill_value=0).astype("int64")
 
 
 def _year(d) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import pandas as pd
 
 from optima_common.results import RESULT_COLUMNS, SummarisedResult
+from site_agent.cdm.dialect import index_and_analyze
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 
@@ -48,50 +49,110 @@ def window_name(lo: int, hi: int) -> str:
     return f"{lo} to {hi}"
 
 
-def _lsc_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> str:
-    """Counts of distinct subjects per (cohort, table, window, concept) at or above the threshold.
+#: TEMP tables (per connection) of one run: the cohort entries, and per window their merged spans
+ENTRIES_TABLE = "optima_lsc_entries"
+SPANS_TABLE = "optima_lsc_spans"
+PERSONS_TABLE = "optima_lsc_persons"
+DEN_TABLE = "optima_lsc_den"
+TEMP_TABLES = (DEN_TABLE, PERSONS_TABLE, SPANS_TABLE, ENTRIES_TABLE)
 
-    One set-based query for every cohort of ``cohort_ids`` (column ``cid``): the event tables
-    are scanned once per run instead of once per cohort."""
-    cdm = ctx.cdm_schema
-    lo_all = min(w[0] for w in WINDOWS)
-    hi_all = max(w[1] for w in WINDOWS)
-    events = "\n  UNION ALL\n  ".join(
-        f"SELECT '{t}' AS table_name, person_id, {col} AS concept_id, {dcol} AS d "
-        f"FROM {cdm}.{t} WHERE {col} IS NOT NULL AND {col} <> 0"
-        for t, (col, dcol) in EVENT_TABLES.items())
-    # the windows are disjoint, so a record's window is one CASE (no join with a window table), and
-    # distinct subjects are counted as COUNT(*) over DISTINCT rows: hash aggregates on PostgreSQL,
-    # where COUNT(DISTINCT) sorts every group's rows (docs/performance.md)
-    window_case = "CASE " + " ".join(f"WHEN dt >= {lo} AND dt <= {hi} THEN '{window_name(lo, hi)}'"
-                                     for lo, hi in WINDOWS) + " END"
+
+def _spans_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> list[str]:
+    """TEMP tables of the entries (cid, subject_id, s) and of their window spans (cid, subject_id, k, a, b).
+
+    A subject with several entries in a cohort (a treatment cohort: up to ~18 per subject at
+    1M persons) has overlapping windows, so joining events to entries matches one record many
+    times (9.2M record-entry pairs for 2.8M distinct (cohort, record) at 1M). Per (cohort,
+    subject, window k) the entries' windows ``[s + lo, s + hi]`` all have one length, so they
+    merge into spans by a running sum over consecutive entries (a new span where the gap
+    exceeds ``hi - lo + 1`` days); a record then meets at most one span per (cohort, subject,
+    window), and "in the window of some entry" is "inside a span". Both tables are filled
+    once and ``ANALYZE``d on PostgreSQL: as a CTE the entries were estimated at a tenth of
+    their size and the planner sorted all 31M event rows for a merge join (docs/performance.md).
+    """
+    ids = ", ".join(str(int(i)) for i in cohort_ids)
+    flags = ",\n    ".join(
+        f"SUM(CASE WHEN prev IS NULL OR s - prev > {hi - lo + 1} THEN 1 ELSE 0 END) "
+        f"OVER (PARTITION BY cid, subject_id ORDER BY s ROWS UNBOUNDED PRECEDING) AS g{k}"
+        for k, (lo, hi) in enumerate(WINDOWS))
+    spans = "\nUNION ALL\n".join(
+        f"SELECT cid, subject_id, {k} AS k, MIN(s) + ({lo}) AS a, MAX(s) + ({hi}) AS b FROM g "
+        f"GROUP BY cid, subject_id, g{k}"
+        for k, (lo, hi) in enumerate(WINDOWS))
+    dia = ctx.cdm.dialect
+    return [*(f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES),
+            f"CREATE TEMP TABLE {ENTRIES_TABLE} AS SELECT DISTINCT cohort_definition_id AS cid, subject_id, "
+            f"cohort_start_date AS s FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})",
+            f"""CREATE TEMP TABLE {SPANS_TABLE} AS
+WITH o AS (
+  SELECT cid, subject_id, s, LAG(s) OVER (PARTITION BY cid, subject_id ORDER BY s) AS prev FROM {ENTRIES_TABLE}
+),
+g AS (
+  SELECT cid, subject_id, s,
+    {flags}
+  FROM o
+)
+{spans}""",
+            f"CREATE TEMP TABLE {PERSONS_TABLE} AS SELECT subject_id, MIN(a) AS a, MAX(b) AS b FROM {SPANS_TABLE} "
+            "GROUP BY subject_id",
+            f"CREATE TEMP TABLE {DEN_TABLE} AS SELECT cid, COUNT(DISTINCT subject_id) AS n FROM {ENTRIES_TABLE} "
+            "GROUP BY cid",
+            *index_and_analyze(dia, ENTRIES_TABLE), *index_and_analyze(dia, SPANS_TABLE),
+            *index_and_analyze(dia, PERSONS_TABLE)]
+
+
+def _table_sql(ctx: DiagnosticContext, table: str) -> str:
+    """Subjects per (cohort, window, concept) of one event table, at or above the threshold.
+
+    First the table's records of cohort subjects near any of their entries (``ev``: one pass
+    over the table against the per-subject envelope, a hash join or an index lookup per
+    subject, never per entry or span: PostgreSQL's nested loop over 2M spans with an index
+    lookup each cost 130 s at 1M), then each record's spans. Distinct subjects in two steps:
+    the distinct (cohort, window, concept, subject) rows, then ``COUNT(*)`` per (cohort,
+    window, concept): hash aggregates keyed on integers (PostgreSQL sorts every group's rows
+    for ``COUNT(DISTINCT)``)."""
+    col, dcol = EVENT_TABLES[table]
+    windows = ", ".join(f"({k}, '{window_name(lo, hi)}')" for k, (lo, hi) in enumerate(WINDOWS))
     # count / denominator >= f  <=>  count * 10000 >= f * 10000 * denominator (exact integers)
     scaled = round(MINIMUM_FREQUENCY * 10000)
     return f"""
-WITH c AS (
-  SELECT DISTINCT cohort_definition_id AS cid, subject_id, cohort_start_date AS s
-  FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({", ".join(str(int(i)) for i in cohort_ids)})
+WITH ev AS MATERIALIZED (
+  SELECT t.person_id, t.{col} AS concept_id, t.{dcol} AS d
+  FROM {PERSONS_TABLE} p JOIN {ctx.cdm_schema}.{table} t ON t.person_id = p.subject_id
+   AND t.{dcol} >= p.a AND t.{dcol} <= p.b
+  WHERE t.{col} IS NOT NULL AND t.{col} <> 0
 ),
-den AS (SELECT cid, COUNT(DISTINCT subject_id) AS n FROM c GROUP BY cid),
-ev AS (
-  {events}
+hit AS (
+  SELECT DISTINCT sp.cid, sp.k, ev.concept_id, sp.subject_id
+  FROM ev JOIN {SPANS_TABLE} sp ON sp.subject_id = ev.person_id AND ev.d >= sp.a AND ev.d <= sp.b
 ),
-near AS (
-  SELECT c.cid, ev.table_name, ev.concept_id, c.subject_id, ev.d - c.s AS dt
-  FROM c JOIN ev ON ev.person_id = c.subject_id
-   AND ev.d >= c.s + ({lo_all}) AND ev.d <= c.s + ({hi_all})
-),
-hits AS (
-  SELECT cid, table_name, window_name, concept_id, COUNT(*) AS n
-  FROM (SELECT DISTINCT cid, table_name, concept_id, subject_id, {window_case} AS window_name FROM near) x
-  WHERE window_name IS NOT NULL
-  GROUP BY cid, table_name, window_name, concept_id
-)
-SELECT hits.cid, hits.table_name, hits.window_name, hits.concept_id, hits.n, den.n AS denominator,
+a AS (SELECT cid, k, concept_id, COUNT(*) AS n FROM hit GROUP BY cid, k, concept_id)
+SELECT a.cid, '{table}' AS table_name, w.window_name, a.concept_id, a.n, den.n AS denominator,
        COALESCE(co.concept_name, 'UNKNOWN CONCEPT') AS concept_name
-FROM hits JOIN den ON den.cid = hits.cid
-LEFT JOIN {ctx.vocab_schema}.concept co ON co.concept_id = hits.concept_id
-WHERE hits.n * 10000 >= {scaled} * den.n"""
+FROM a JOIN {DEN_TABLE} den ON den.cid = a.cid
+JOIN (VALUES {windows}) AS w(k, window_name) ON w.k = a.k
+LEFT JOIN {ctx.vocab_schema}.concept co ON co.concept_id = a.concept_id
+WHERE a.n * 10000 >= {scaled} * den.n"""
+
+
+def lsc_frame(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> pd.DataFrame:
+    """Columns cid, table_name, window_name, concept_id, n, denominator, concept_name.
+
+    One statement per event table (each joins its table to the spans), for every cohort of
+    ``cohort_ids`` at once: each table is read once per run."""
+    _execute(ctx, _spans_sql(ctx, cohort_ids))
+    frames = [ctx.cdm.query_df(_table_sql(ctx, t)) for t in EVENT_TABLES]
+    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _execute(ctx: DiagnosticContext, statements: list[str]) -> None:
+    cur = ctx.cdm.connection().connection.cursor()
+    try:
+        for st in statements:
+            cur.execute(st)
+    finally:
+        cur.close()
 
 
 def summarise_large_scale_characteristics(ctx: DiagnosticContext,
@@ -108,7 +169,7 @@ def summarise_large_scale_characteristics(ctx: DiagnosticContext,
     ids_run = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort.cohort_definition_id}))
     memo_key = ("large_scale", ids_run)  # every cohort of the run in one query, once per run
     if memo_key not in ctx.memo:
-        ctx.memo[memo_key] = ctx.cdm.query_df(_lsc_sql(ctx, ids_run))
+        ctx.memo[memo_key] = lsc_frame(ctx, ids_run)
     df = ctx.memo[memo_key]
     df = df[pd.to_numeric(df["cid"]) == cohort.cohort_definition_id]
     rows: list[dict] = []

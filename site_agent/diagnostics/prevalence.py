@@ -66,27 +66,49 @@ def complete_years(den: Denominator) -> tuple[int, int]:
     return first, last
 
 
+def _year_of(col: str) -> str:
+    return f"CAST(EXTRACT(YEAR FROM {col}) AS INTEGER)"
+
+
 def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...]) -> tuple[str, str]:
     """Two queries: denominators (kind, stratum_id, sex, yr, value) and outcomes (cid, kind, ...).
 
-    The outcome query answers every cohort of ``cohort_ids`` at once (grouped by ``cid``)."""
+    The outcome query answers every cohort of ``cohort_ids`` at once (grouped by ``cid``).
+
+    Nothing is expanded into one row per calendar year. A denominator row counts in the
+    period of year ``y`` for ``y`` in [``lb``, end year] (``lb``: its entry year, or the year
+    after when the person's previous interval ended in that year too, so persons count once)
+    and at the point ``y``-01-01 for ``y`` in [year(entry - 1) + 1, end year]; rows are
+    counted per (stratum, sex, ``lb``, point start, end year) and that small table is joined
+    with the years. An outcome pair (denominator row x overlapping cohort entry) covers the
+    years [year(ls), year(le)] of its overlap [ls, le] for the period and [year(ls - 1) + 1,
+    year(le)] for the point; a person's distinct ranges per (cohort, stratum) are merged into
+    disjoint ones (gaps and islands) before they are counted the same way, so each person
+    counts once per year.
+    """
     first, last = complete_years(den)
     y = years_sql(str(first), str(last))
     span_s, span_e = dt.date(first, 1, 1) if first <= last else None, dt.date(last, 12, 31) if first <= last else None
     gs = "GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr))"
     gs_all = "GROUPING SETS ((stratum_id, sex), (stratum_id))"
-    ogs = "GROUPING SETS ((cid, stratum_id, sex, yr), (cid, stratum_id, yr))"
+    ogs = "GROUPING SETS ((cid, kind, stratum_id, sex, yr), (cid, kind, stratum_id, yr))"
     ogs_all = "GROUPING SETS ((cid, stratum_id, sex), (cid, stratum_id))"
     ids = ", ".join(str(int(i)) for i in cohort_ids)
     span_cond = (f"entry_date <= {date_lit(span_e)} AND exit_date >= {date_lit(span_s)}" if span_s else "1 = 0")
     span_first = (f"prev_exit IS NULL OR prev_exit < {date_lit(span_s)}" if span_s else "1 = 0")
+    ey = _year_of("entry_date")
     dens = f"""
-    WITH py AS (SELECT dn.*, y.yr, y.ystart, y.yend FROM {den.table} dn
-                JOIN {y} y ON y.ystart <= dn.exit_date AND y.yend >= dn.entry_date),
+    WITH g AS (SELECT stratum_id, sex, lb, pl, xy, COUNT(*) AS n
+               FROM (SELECT stratum_id, sex,
+                            {ey} + CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {ey}
+                                        THEN 1 ELSE 0 END AS lb,
+                            {_year_of('entry_date - 1')} + 1 AS pl, {_year_of('exit_date')} AS xy
+                     FROM {den.table}) r
+               GROUP BY stratum_id, sex, lb, pl, xy),
     agg AS MATERIALIZED (SELECT stratum_id, sex, yr,
-                   SUM(CASE WHEN prev_exit IS NULL OR prev_exit < ystart THEN 1 ELSE 0 END) AS v_period,
-                   SUM(CASE WHEN entry_date <= ystart THEN 1 ELSE 0 END) AS v_point
-            FROM py GROUP BY {gs}),
+                   CAST(SUM(CASE WHEN yr >= lb THEN n ELSE 0 END) AS BIGINT) AS v_period,
+                   CAST(SUM(CASE WHEN yr >= pl THEN n ELSE 0 END) AS BIGINT) AS v_point
+            FROM g JOIN {y} y ON y.yr >= LEAST(g.lb, g.pl) AND y.yr <= g.xy GROUP BY {gs}),
     tot AS MATERIALIZED (SELECT stratum_id, sex,
                    SUM(CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END) AS v_period,
                    SUM(CASE WHEN {span_cond} THEN 1 ELSE 0 END) AS v_records,
@@ -101,18 +123,30 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     SELECT 'span_records', stratum_id, sex, NULL, v_records FROM tot
     UNION ALL
     SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
+    # (a, b) is unique within a partition (DISTINCT), so both windows see the rows in the same order
+    part = "PARTITION BY cid, kind, stratum_id, person_id ORDER BY a, b"
     outs = f"""
-    WITH c AS (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id, dn.entry_date,
-                      dn.exit_date, oc.cohort_start_date AS os, oc.cohort_end_date AS oe
+    WITH c AS MATERIALIZED (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id,
+                      GREATEST(dn.entry_date, oc.cohort_start_date) AS ls,
+                      LEAST(dn.exit_date, oc.cohort_end_date) AS le
                FROM {den.table} dn JOIN {ctx.cohort_table} oc
                  ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
                 AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date),
-    py AS (SELECT c.*, y.yr, y.ystart, y.yend FROM c JOIN {y} y ON y.ystart <= c.exit_date AND y.yend >= c.entry_date)
-    SELECT cid, 'period' AS kind, stratum_id, sex, yr, COUNT(DISTINCT person_id) AS v FROM py
-    WHERE GREATEST(entry_date, ystart, os) <= LEAST(exit_date, yend, oe) GROUP BY {ogs}
-    UNION ALL
-    SELECT cid, 'point', stratum_id, sex, yr, COUNT(DISTINCT person_id) FROM py
-    WHERE entry_date <= ystart AND os <= ystart AND oe >= ystart GROUP BY {ogs}
+    r AS (SELECT DISTINCT * FROM (
+            SELECT cid, 'period' AS kind, stratum_id, sex, person_id,
+                   GREATEST({_year_of('ls')}, {first}) AS a, LEAST({_year_of('le')}, {last}) AS b FROM c
+            UNION ALL
+            SELECT cid, 'point', stratum_id, sex, person_id,
+                   GREATEST({_year_of('ls - 1')} + 1, {first}), LEAST({_year_of('le')}, {last}) FROM c) u
+          WHERE a <= b),
+    m AS (SELECT r.*, MAX(b) OVER ({part} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pmax FROM r),
+    isl AS (SELECT m.*, SUM(CASE WHEN pmax IS NULL OR a > pmax THEN 1 ELSE 0 END)
+                          OVER ({part} ROWS UNBOUNDED PRECEDING) AS island FROM m),
+    merged AS (SELECT cid, kind, stratum_id, sex, MIN(a) AS a, MAX(b) AS b
+               FROM isl GROUP BY cid, kind, stratum_id, sex, person_id, island),
+    g AS (SELECT cid, kind, stratum_id, sex, a, b, COUNT(*) AS n FROM merged GROUP BY cid, kind, stratum_id, sex, a, b)
+    SELECT cid, kind, stratum_id, sex, yr, CAST(SUM(n) AS BIGINT) AS v
+    FROM g JOIN {y} y ON y.yr >= g.a AND y.yr <= g.b GROUP BY {ogs}
     UNION ALL
     SELECT cid, 'period', stratum_id, sex, NULL, COUNT(DISTINCT person_id) FROM c GROUP BY {ogs_all}"""
     return dens, outs

@@ -24,6 +24,7 @@ import pandas as pd
 
 from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.dialect import placeholder
 
 TABLE = "optima_release_cache"
 KEEP = 4
@@ -73,10 +74,12 @@ def load(cdm: CdmConnection, key: str) -> tuple[str, SummarisedResult, pd.DataFr
 def store(cdm: CdmConnection, key: str, text: str, secondary: pd.DataFrame | None, withheld: list[str]) -> None:
     ws = cdm.write_schema
     sec = json.dumps(None if secondary is None else secondary.to_json(orient="split", index=False))
-    with cdm.transaction() as script:
-        script.execute(f"DELETE FROM {ws}.{TABLE} WHERE release_key = {_text(key)}")
-        script.execute(f"INSERT INTO {ws}.{TABLE} SELECT {_text(key)}, COALESCE(MAX(stored_seq), 0) + 1, "
-                       f"{_text(text)}, {_text(sec)}, {_text(json.dumps(withheld))} FROM {ws}.{TABLE}")
+    p = placeholder(cdm.dialect)
+    with cdm.transaction() as script:  # bound parameters: the ~30 MB text is not parsed as a SQL literal
+        script.cursor.execute(f"DELETE FROM {ws}.{TABLE} WHERE release_key = {p}", (key,))
+        seq = f"(SELECT COALESCE(MAX(stored_seq), 0) + 1 FROM {ws}.{TABLE})"
+        script.cursor.execute(f"INSERT INTO {ws}.{TABLE} VALUES ({p}, {seq}, {p}, {p}, {p})",
+                              (key, text, sec, json.dumps(withheld)))
         script.execute(f"DELETE FROM {ws}.{TABLE} WHERE stored_seq <= (SELECT MAX(stored_seq) FROM {ws}.{TABLE}) - {KEEP}")
 
 
