@@ -113,22 +113,32 @@ def align(results: Sequence[SummarisedResult]) -> tuple[pd.DataFrame, pd.DataFra
 def pooling_view(data: pd.DataFrame) -> pd.DataFrame:
     """The rows as pooled: calendar intervals (``years``/``overall``) of sites whose observation
     spans differ are put together by calendar year (or as one overall interval), labelled with
-    the earliest start and latest end. Site rows themselves keep their own labels."""
-    name = data["additional_name"]
-    parts = data["additional_level"].str.split(" &&& ")
-    interval = parts.str[-1]
-    dated = name.isin([f"{k}_start_date &&& {k}_end_date &&& analysis_interval" for k in ("incidence", "prevalence")]) \
-        & interval.isin(["years", "overall"]) & (parts.str.len() == 3)
+    the earliest start and latest end. Site rows themselves keep their own labels.
+
+    Levels are split once per distinct value (a few thousand), not once per row (millions)."""
+    names = [f"{k}_start_date &&& {k}_end_date &&& analysis_interval" for k in ("incidence", "prevalence")]
+    rows = np.flatnonzero(data["additional_name"].isin(names).to_numpy())
+    if not len(rows):
+        return data
+    codes, levels = pd.factorize(data["additional_level"].to_numpy()[rows])
+    parts = [str(u).split(" &&& ") for u in levels]
+    ok = np.array([len(p) == 3 and p[-1] in ("years", "overall") for p in parts], dtype=bool)
+    dated = ok[codes]
     if not dated.any():
         return data
-    d = data.loc[dated]
-    start, end = parts[dated].str[0], parts[dated].str[1]
-    bucket = np.where(interval[dated] == "years", start.str[:4], "all")
-    keys = [d["result_id"], d["additional_name"], interval[dated], pd.Series(bucket, index=d.index)]
+    rows, codes = rows[dated], codes[dated]
+    start = pd.Series(np.array([p[0] for p in parts], dtype=object)[codes])
+    end = pd.Series(np.array([p[1] if len(p) > 1 else "" for p in parts], dtype=object)[codes])
+    interval = pd.Series(np.array([p[-1] for p in parts], dtype=object)[codes])
+    bucket = pd.Series(np.where(interval == "years", start.str[:4], "all"))
+    keys = [pd.Series(data["result_id"].to_numpy()[rows]), pd.Series(data["additional_name"].to_numpy()[rows]),
+            interval, bucket]
     first = start.groupby(keys).transform("min")
     last = end.groupby(keys).transform("max")
-    out = data.copy()
-    out.loc[dated, "additional_level"] = first + " &&& " + last + " &&& " + interval[dated]
+    level = data["additional_level"].to_numpy().copy()
+    level[rows] = (first + " &&& " + last + " &&& " + interval).to_numpy()
+    out = data.copy(deep=False)  # the other columns shared, read-only
+    out["additional_level"] = level
     return out
 
 
