@@ -267,10 +267,44 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     surv, extra_settings = pool_survival(view, settings, pooled_name, notes)
     genes = pool_mutation_frequency(view, types, pooled_name)
     nlp = pool_agreement(counts, flags, types, pooled_name, notes)
-    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv, genes, nlp]
-    merged = pd.concat([p for p in parts if len(p)], ignore_index=True)
     if len(extra_settings):
         settings = pd.concat([settings, extra_settings], ignore_index=True)
+    merged = _assemble(data, [counts, pct, flag_rows(flags, pooled_name), rates, surv, genes, nlp], settings)
     sites = [SiteInfo(b.site, ", ".join(sorted(set(r.data["cdm_name"].dropna()))) or b.provenance.cdm_name,
                       b.provenance, b.suppression) for b, r in zip(bundles, results, strict=True)]
-    return NetworkResult(SummarisedResult(merged, settings), sites, pooled_name, notes)
+    return NetworkResult(merged, sites, pooled_name, notes)
+
+
+def _assemble(sites: pd.DataFrame, pooled: list[pd.DataFrame], settings: pd.DataFrame) -> SummarisedResult:
+    """The network result: the sites' rows and the pooled rows, in the canonical row order.
+
+    The same result as ``SummarisedResult(concat(sites, pooled), settings)``, without sorting and
+    checking millions of site rows again: each site's rows were validated and sorted when its
+    bundle was read, their result ids renumbered one to one and their ``cdm_name`` is the site's
+    own (no two sites share one, none is the pooled name), so a site's rows cannot duplicate
+    another's or a pooled row, and within one (result id, ``cdm_name``) they are in order
+    already. The pooled rows are validated and sorted as a result of their own; then one stable
+    sort by (result id, ``cdm_name``) gives the canonical order of the whole.
+    """
+    parts = [p for p in pooled if len(p)]
+    pooled_res = SummarisedResult(pd.concat(parts, ignore_index=True) if parts else SummarisedResult.empty().data,
+                                  settings)
+    data = pd.concat([d for d in (sites, pooled_res.data) if len(d)], ignore_index=True)
+    rid = data["result_id"].to_numpy()
+    cdm = pd.factorize(data["cdm_name"], sort=True)[0]
+    order = np.lexsort((cdm, rid))  # stable: ties keep the order of the rows
+    if (np.diff(order) != 1).any():
+        data = data.take(order).reset_index(drop=True)
+    if (cdm < 0).any() or data["result_id"].isna().any():  # never: sites' cdm_name and result ids are validated
+        return SummarisedResult(data, settings)
+    out = object.__new__(SummarisedResult)  # the checks SummarisedResult runs, less those proven above
+    out.data = data
+    out.settings = SummarisedResult._normalise_settings(settings, data)
+    from optima_common.errors import ResultFormatError
+
+    for col in ("result_type", "package_name", "package_version"):
+        if out.settings[col].isna().any():
+            raise ResultFormatError(f"settings column {col!r} has missing values")
+    if missing := set(np.unique(rid)) - set(out.settings["result_id"]):
+        raise ResultFormatError(f"result_id(s) {sorted(missing)} have no settings row")
+    return out
