@@ -302,14 +302,15 @@ class SummarisedResult:
     def to_csv_text(self) -> str:
         """The omopgenerics CSV layout as text (settings as extra long rows; NA for missing)."""
         long = self.to_long()
-        cols = [long["result_id"].astype("int64").astype(str)]
+        # each distinct value quoted once (columns repeat a few thousand values over millions of rows)
+        codes, ids = pd.factorize(long["result_id"].astype("int64"))
+        cols = [np.array([str(int(i)) for i in ids], dtype=object)[codes]]
         for col in RESULT_COLUMNS[1:]:
-            v = long[col]
-            quoted = '"' + v.fillna("").astype(str).str.replace('"', '""', regex=False) + '"'
-            cols.append(quoted.where(v.notna(), "NA"))
-        lines = cols[0].str.cat(cols[1:], sep=",") if len(long) else pd.Series([], dtype=object)
+            codes, uniques = pd.factorize(long[col], use_na_sentinel=True)
+            quoted = ['"' + str(u).replace('"', '""') + '"' for u in uniques] + ["NA"]  # code -1: missing
+            cols.append(np.array(quoted, dtype=object)[codes])
         header = ",".join(f'"{c}"' for c in RESULT_COLUMNS)
-        return "\n".join([header, *lines.tolist()]) + "\n"
+        return "\n".join([header, *map(",".join, zip(*(c.tolist() for c in cols), strict=True))]) + "\n"
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_csv_text` atomically (temp file + rename)."""
