@@ -16,6 +16,11 @@ from optima_common.results import SUPPRESSED
 FLAG_KEY = ["result_id", "group_level", "strata_level", "variable_name", "variable_level", "additional_level"]
 
 
+#: tables longer than this are written without the optional ``</td>``/``</tr>`` (20 sites: characteristics,
+#: lower bounds); browsers build the same rows, and the 20-site report stays under 10 MB
+COMPACT_ROWS = 2000
+
+
 def esc(x: object) -> str:
     return html.escape("" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x))
 
@@ -24,7 +29,10 @@ def table(header: list[str], rows: list[list[str]], cls: str = "", name: str = "
     """An HTML table; the page's script adds search, filters, sorting, paging and CSV download
     (``cls="plain"`` leaves it static). Every row is written: nothing is cut."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    if len(rows) > COMPACT_ROWS:  # HTML's optional end tags left out: the same table, a quarter smaller
+        body = "".join("<tr><td>" + "<td>".join(map(str, r)) for r in rows)
+    else:
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return (f'<table class="{cls}" data-name="{esc(name)}" data-rows="{len(rows)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>")
 
