@@ -8,11 +8,16 @@ count scaled by a per-site factor (so pooled sums differ per site but each table
 size and layout), each signed by its own key. Every bundle is written to a file and goes
 through the coordinator's own ingest (``ingest_bundle_files``: ``verify_bundle_file`` against
 a trust folder, including the disclosure re-check of every table, in ``--workers`` processes;
-then the results store), pooling, the report and the viewer (``coordinator view``'s server:
-the study page and the network CSV over HTTP). Prints, per step, wall and CPU seconds (this
+then the results store), pooling (once: the store keeps the pooled result), the report and the
+viewer (``coordinator view``'s server: the study page and the network CSV over HTTP), both of
+which read the kept pooled result. Prints, per step, wall and CPU seconds (this
 process and its worker processes) and the step's own peak RSS (the high-water mark is reset
 before each step; the workers' peak beside it), and the sizes of the store, the bundles,
 ``results.csv`` and ``report.html``.
+
+``--keep`` keeps the work folder (under ``$TMPDIR``); ``--reuse FOLDER`` then runs the coordinator
+side again over its signed bundles (every bundle fully verified, into a fresh store) without
+generating and signing the sites again.
 """
 
 from __future__ import annotations
