@@ -10,6 +10,7 @@ import datetime as dt
 from typing import NamedTuple
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from coordinator.store.repository import ResultsStore
 from coordinator.store.tables import pooled_results
@@ -33,11 +34,14 @@ def get_pooled(store: ResultsStore, manifest_id: str, key: str) -> PooledRow | N
 def put_pooled(store: ResultsStore, manifest_id: str, key: str, row: PooledRow) -> None:
     """Keep ``row`` as the pooled result of ``manifest_id`` under ``key`` (replacing an older one)."""
     t = pooled_results
-    with store.engine.begin() as conn:
-        conn.execute(delete(t).where(t.c.manifest_id == manifest_id))
-        conn.execute(insert(t).values(manifest_id=manifest_id, pool_key=key, meta=row.meta, data=row.data,
-                                      settings=row.settings,
-                                      created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.manifest_id == manifest_id))
+            conn.execute(insert(t).values(manifest_id=manifest_id, pool_key=key, meta=row.meta, data=row.data,
+                                          settings=row.settings,
+                                          created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    except IntegrityError:  # another process kept its pooling at the same moment: the next reader re-checks its key
+        pass
 
 
 def drop_pooled(store: ResultsStore, manifest_id: str | None = None) -> None:
