@@ -43,9 +43,3 @@ def put_pooled(store: ResultsStore, manifest_id: str, key: str, row: PooledRow) 
     except IntegrityError:  # another process kept its pooling at the same moment: the next reader re-checks its key
         pass
 
-
-def drop_pooled(store: ResultsStore, manifest_id: str | None = None) -> None:
-    """Forget kept pooled results (of one manifest, or all)."""
-    t = pooled_results
-    with store.engine.begin() as conn:
-        conn.execute(delete(t) if manifest_id is None else delete(t).where(t.c.manifest_id == manifest_id))
