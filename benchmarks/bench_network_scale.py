@@ -8,11 +8,16 @@ count scaled by a per-site factor (so pooled sums differ per site but each table
 size and layout), each signed by its own key. Every bundle is written to a file and goes
 through the coordinator's own ingest (``ingest_bundle_files``: ``verify_bundle_file`` against
 a trust folder, including the disclosure re-check of every table, in ``--workers`` processes;
-then the results store), pooling, the report and the viewer (``coordinator view``'s server:
-the study page and the network CSV over HTTP). Prints, per step, wall and CPU seconds (this
+then the results store), pooling (once: the store keeps the pooled result), the report and the
+viewer (``coordinator view``'s server: the study page and the network CSV over HTTP), both of
+which read the kept pooled result. Prints, per step, wall and CPU seconds (this
 process and its worker processes) and the step's own peak RSS (the high-water mark is reset
 before each step; the workers' peak beside it), and the sizes of the store, the bundles,
 ``results.csv`` and ``report.html``.
+
+``--keep`` keeps the work folder (under ``$TMPDIR``); ``--reuse FOLDER`` then runs the coordinator
+side again over its signed bundles (every bundle fully verified, into a fresh store) without
+generating and signing the sites again.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 from coordinator.cli.ingest import ingest_bundle_files
-from coordinator.pooling.results import network_result
+from coordinator.pooling.cache import pooled_result
 from coordinator.report import write_report
 from coordinator.store import ResultsStore
 from coordinator.trust.manifest import build_manifest, sign_manifest, verify_bundle_file
@@ -104,33 +109,46 @@ def scaled(result: SummarisedResult, site: str, factor: float) -> str:
     return SummarisedResult(data, result.settings).to_csv_text()
 
 
-def reuse(root: Path, sample: int) -> None:
-    """Pool, report and viewer over the bundles of an earlier run, with a sample fully verified."""
+def reuse(root: Path, sample: int, workers: int) -> None:
+    """Ingest, pool, report and viewer over the bundles of an earlier run, into a fresh store.
+
+    Every bundle is verified in full (``coordinator ingest``'s own path, ``workers`` processes)
+    unless ``sample`` is given: then only that many, one by one, and the rest stored after their
+    signature check alone."""
     from optima_common.bundle import read_bundle, verify
     from optima_common.keys import load_trust_dir
 
     paths = sorted((root / "bundles").glob("*.bundle"))
-    shutil.copyfile(root / "store.sqlite3", root / "store-reuse.sqlite3")  # the manifest only
-    store = ResultsStore.open(root / "store-reuse.sqlite3")
-    (manifest,) = [store.manifest(m.manifest_id) for m in store.manifests()]
+    with ResultsStore.open(root / "store.sqlite3") as old:
+        manifests = [old.manifest(m.manifest_id) for m in old.manifests()]
+    (manifest,) = manifests
+    store_path = root / "store-reuse.sqlite3"
+    store_path.unlink(missing_ok=True)
+    store = ResultsStore.open(store_path)  # a fresh store: nothing stored, nothing pooled yet
+    store.add_manifest(manifest)
     trust = root / "trust"
-    for p in paths[:sample]:
-        with Step(f"full verification of {p.name} (1 process)"):
-            verify_bundle_file(p, trust, manifest=manifest)
-    with Step(f"store {len(paths)} bundles (signature check only)"):
-        trusted = load_trust_dir(trust)
-        for p in paths:
-            bundle = read_bundle(p)
-            verify(bundle, trusted)
-            store.add_bundle(bundle, p.read_bytes())
-    finish(store, manifest, root / "report-reuse", root / "store-reuse.sqlite3", root / "bundles", None)
+    if not sample:
+        with Step(f"verify + store {len(paths)} bundles ({workers} workers)"):
+            ingest_bundle_files(paths, store, trust, workers=workers)
+    else:
+        for p in paths[:sample]:
+            with Step(f"full verification of {p.name} (1 process)"):
+                verify_bundle_file(p, trust, manifest=manifest)
+        with Step(f"store {len(paths)} bundles (signature check only)"):
+            trusted = load_trust_dir(trust)
+            for p in paths:
+                bundle = read_bundle(p)
+                verify(bundle, trusted)
+                store.add_bundle(bundle, p.read_bytes())
+    finish(store, manifest, root / "report-reuse", store_path, root / "bundles", None)
 
 
 def finish(store, manifest, out: Path, store_path: Path, bundle_dir: Path, real) -> None:
-    with Step("pool (network_result)"):
-        net = network_result(store.bundles(manifest.manifest_id))
-    with Step("report (pools again, plots, CSV)"):
+    with Step("pool (network_result, kept in the store)"):
+        net = pooled_result(store, manifest.manifest_id)
+    with Step("report (the kept pooled result)"):
         report = write_report(store, manifest.manifest_id, out)
+    del net  # the viewer and the report above read the pooled result the store keeps
     server = make_server(store, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -141,14 +159,16 @@ def finish(store, manifest, out: Path, store_path: Path, bundle_dir: Path, real)
         gz = urllib.request.urlopen(f"{base}/m/{manifest.manifest_id}/results.csv.gz", timeout=3600).read()
     server.shutdown()
     server.server_close()
-    coordinator_s = sum(RESULTS[k][0] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
-    coordinator_cpu = sum(RESULTS[k][1] for k in RESULTS if k.startswith(("verify", "store", "pool", "report")))
+    steps = [k for k in RESULTS if k.startswith(("verify", "store", "pool", "report"))]
+    coordinator_s = sum(RESULTS[k][0] for k in steps)
+    coordinator_cpu = sum(RESULTS[k][1] for k in steps)
     print(f"ingest + pooling + report: {coordinator_s:.1f} s wall, {coordinator_cpu:.1f} s CPU (target <= 60 s)")
     size = lambda p: p.stat().st_size / 1e6
     bundles_mb = sum(size(p) for p in bundle_dir.iterdir())
     if real:
         print(f"rows: {sum(len(r.data) for r in real) // len(real)} per site")
-    print(f"rows in the network result: {len(net.result.data)}")
+    rows = len(pooled_result(store, manifest.manifest_id).result.data)
+    print(f"rows in the network result: {rows}")
     print(f"sizes: bundles {bundles_mb:.1f} MB in all, store {size(store_path):.1f} MB, "
           f"results.csv {size(report.csv):.1f} MB, report.html {size(report.html):.1f} MB, "
           f"viewer page {len(page) / 1e6:.1f} MB, results.csv.gz {len(gz) / 1e6:.1f} MB")
@@ -165,10 +185,14 @@ def main() -> None:
     ap.add_argument("--reuse", help="the folder a --keep run left: its signed bundles, trust folder and manifest")
     ap.add_argument("--verify-sample", type=int, default=0,
                     help="with --reuse: fully verify (disclosure re-check included) only this many bundles, timed "
-                    "one by one, and store the rest after their signature check alone (the figure then says so)")
+                    "one by one, and store the rest after their signature check alone (the figure then says so); "
+                    "default: every bundle through the coordinator's ingest, --workers processes")
     args = ap.parse_args()
     if args.reuse:
-        return reuse(Path(args.reuse), args.verify_sample)
+        if not Path(args.reuse, "bundles").is_dir() or args.workers < 1 or args.verify_sample < 0:
+            raise SystemExit(f"--reuse {args.reuse}: not a folder a --keep run left (no bundles/), or a bad "
+                             "--workers/--verify-sample")
+        return reuse(Path(args.reuse), args.verify_sample, args.workers)
     if not 1 <= args.real <= args.sites or args.persons < 500 or args.workers < 1:
         raise SystemExit("need 1 <= --real <= --sites, --persons >= 500 and --workers >= 1")
     root = Path(tempfile.mkdtemp(prefix="bench-net-scale-"))

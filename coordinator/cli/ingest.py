@@ -17,8 +17,10 @@ refused, none is stored.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -79,26 +81,47 @@ def ingest_bundle_files(paths: list[str | Path], store: ResultsStore, trust_dir:
     manifests = [manifest or _stored_manifest(p, store) for p in paths]
     workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
     if workers == 1:
-        bundles = [verify_bundle_file(p, trust_dir, manifest=m) for p, m in zip(paths, manifests)]
+        done = [_verify(p, trust_dir, m) for p, m in zip(paths, manifests)]
     else:  # spawn: the workers share nothing with this process (open store, threads)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(verify_bundle_file, p, trust_dir, manifest=m) for p, m in zip(paths, manifests)]
-            bundles = [f.result() for f in futures]  # the first refusal in the order given is raised
-    return [_store(p, b, m, store) for p, b, m in zip(paths, bundles, manifests)]
+            futures = [pool.submit(_verify, p, trust_dir, m) for p, m in zip(paths, manifests)]
+            done = [f.result() for f in futures]  # the first refusal in the order given is raised
+    return [_store(p, b, sha, m, store) for p, (b, sha), m in zip(paths, done, manifests)]
+
+
+def _verify(path: Path, trust_dir: str | Path, manifest: StudyManifest) -> tuple[ResultBundle, str]:
+    """``verify_bundle_file``, and the sha256 of the verified bundle's signed bytes (computed in the worker)."""
+    bundle = verify_bundle_file(path, trust_dir, manifest=manifest)
+    return bundle, hashlib.sha256(render(bundle)).hexdigest()
+
+
+_MANIFEST_ID = re.compile(rb'"manifest_id"\s*:\s*"([A-Za-z0-9_.-]{1,80})"')
+
+
+def _manifest_id_of(path: Path) -> str:
+    """The manifest id a bundle file names, read from its first bytes (a 30 MB bundle is not parsed for it).
+
+    Only a hint: the verification refuses a bundle that answers another manifest than the one
+    looked up here, so a wrong guess can only refuse, never admit."""
+    with open(path, "rb") as f:
+        m = _MANIFEST_ID.search(f.read(1 << 16))
+    return m.group(1).decode("ascii") if m else read_bundle(path).manifest_id
 
 
 def _stored_manifest(path: Path, store: ResultsStore) -> StudyManifest:
-    manifest_id = read_bundle(path).manifest_id  # parsing only, to find the manifest
+    manifest_id = _manifest_id_of(path)  # to find the manifest; the bundle is verified against it later
     if not store.has_manifest(manifest_id):
         raise StoreError(f"{path}: manifest {manifest_id} is not in the results store; give the manifest "
                          "file with --manifest")
     return store.manifest(manifest_id)
 
 
-def _store(path: Path, bundle: ResultBundle, manifest: StudyManifest, store: ResultsStore) -> tuple[ResultBundle, bool]:
-    """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest``; mark the site done."""
+def _store(path: Path, bundle: ResultBundle, sha256: str, manifest: StudyManifest, store: ResultsStore
+           ) -> tuple[ResultBundle, bool]:
+    """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest`` (``sha256``: of its
+    signed bytes); mark the site done."""
     raw = path.read_bytes()
-    if render(bundle) != raw:  # verify_bundle_file read the same bytes; a file swapped in between is refused
+    if hashlib.sha256(raw).hexdigest() != sha256:  # verified from the same bytes; a file swapped in between: refused
         raise StoreError(f"{path} changed while it was being ingested; try again")
     store.add_manifest(manifest)
     added = store.add_bundle(bundle, raw)

@@ -113,22 +113,32 @@ def align(results: Sequence[SummarisedResult]) -> tuple[pd.DataFrame, pd.DataFra
 def pooling_view(data: pd.DataFrame) -> pd.DataFrame:
     """The rows as pooled: calendar intervals (``years``/``overall``) of sites whose observation
     spans differ are put together by calendar year (or as one overall interval), labelled with
-    the earliest start and latest end. Site rows themselves keep their own labels."""
-    name = data["additional_name"]
-    parts = data["additional_level"].str.split(" &&& ")
-    interval = parts.str[-1]
-    dated = name.isin([f"{k}_start_date &&& {k}_end_date &&& analysis_interval" for k in ("incidence", "prevalence")]) \
-        & interval.isin(["years", "overall"]) & (parts.str.len() == 3)
+    the earliest start and latest end. Site rows themselves keep their own labels.
+
+    Levels are split once per distinct value (a few thousand), not once per row (millions)."""
+    names = [f"{k}_start_date &&& {k}_end_date &&& analysis_interval" for k in ("incidence", "prevalence")]
+    rows = np.flatnonzero(data["additional_name"].isin(names).to_numpy())
+    if not len(rows):
+        return data
+    codes, levels = pd.factorize(data["additional_level"].to_numpy()[rows])
+    parts = [str(u).split(" &&& ") for u in levels]
+    ok = np.array([len(p) == 3 and p[-1] in ("years", "overall") for p in parts], dtype=bool)
+    dated = ok[codes]
     if not dated.any():
         return data
-    d = data.loc[dated]
-    start, end = parts[dated].str[0], parts[dated].str[1]
-    bucket = np.where(interval[dated] == "years", start.str[:4], "all")
-    keys = [d["result_id"], d["additional_name"], interval[dated], pd.Series(bucket, index=d.index)]
+    rows, codes = rows[dated], codes[dated]
+    start = pd.Series(np.array([p[0] for p in parts], dtype=object)[codes])
+    end = pd.Series(np.array([p[1] if len(p) > 1 else "" for p in parts], dtype=object)[codes])
+    interval = pd.Series(np.array([p[-1] for p in parts], dtype=object)[codes])
+    bucket = pd.Series(np.where(interval == "years", start.str[:4], "all"))
+    keys = [pd.Series(data["result_id"].to_numpy()[rows]), pd.Series(data["additional_name"].to_numpy()[rows]),
+            interval, bucket]
     first = start.groupby(keys).transform("min")
     last = end.groupby(keys).transform("max")
-    out = data.copy()
-    out.loc[dated, "additional_level"] = first + " &&& " + last + " &&& " + interval[dated]
+    level = data["additional_level"].to_numpy().copy()
+    level[rows] = (first + " &&& " + last + " &&& " + interval).to_numpy()
+    out = data.copy(deep=False)  # the other columns shared, read-only
+    out["additional_level"] = level
     return out
 
 
@@ -155,8 +165,9 @@ def _rows(cells: pd.DataFrame, cdm_name: str, value: pd.Series, etype: pd.Series
 
 def pooled_counts(data: pd.DataFrame, pooled_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Summed count rows and the per-row-key flag table (``n_suppressed`` > 0 means lower bound)."""
-    name = data["estimate_name"]
-    mask = (name.str.match(COUNT_NAME) | name.isin(SUMMED_EXTRA)) & data["estimate_type"].isin(["integer", "numeric"])
+    codes, names = pd.factorize(data["estimate_name"])  # a few hundred names over millions of rows
+    summed = np.array([bool(COUNT_NAME.match(str(n))) or n in SUMMED_EXTRA for n in names], dtype=bool)
+    mask = pd.Series(summed[codes] & (codes >= 0), index=data.index) & data["estimate_type"].isin(["integer", "numeric"])
     cells = _cell_sums(data, mask)
     shown = cells["n_visible"] > 0
     values = pd.Series([fmt(v) if s else SUPPRESSED for v, s in zip(cells["value"], shown, strict=True)],
@@ -257,10 +268,44 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     surv, extra_settings = pool_survival(view, settings, pooled_name, notes)
     genes = pool_mutation_frequency(view, types, pooled_name)
     nlp = pool_agreement(counts, flags, types, pooled_name, notes)
-    parts = [data, counts, pct, flag_rows(flags, pooled_name), rates, surv, genes, nlp]
-    merged = pd.concat([p for p in parts if len(p)], ignore_index=True)
     if len(extra_settings):
         settings = pd.concat([settings, extra_settings], ignore_index=True)
+    merged = _assemble(data, [counts, pct, flag_rows(flags, pooled_name), rates, surv, genes, nlp], settings)
     sites = [SiteInfo(b.site, ", ".join(sorted(set(r.data["cdm_name"].dropna()))) or b.provenance.cdm_name,
                       b.provenance, b.suppression) for b, r in zip(bundles, results, strict=True)]
-    return NetworkResult(SummarisedResult(merged, settings), sites, pooled_name, notes)
+    return NetworkResult(merged, sites, pooled_name, notes)
+
+
+def _assemble(sites: pd.DataFrame, pooled: list[pd.DataFrame], settings: pd.DataFrame) -> SummarisedResult:
+    """The network result: the sites' rows and the pooled rows, in the canonical row order.
+
+    The same result as ``SummarisedResult(concat(sites, pooled), settings)``, without sorting and
+    checking millions of site rows again: each site's rows were validated and sorted when its
+    bundle was read, their result ids renumbered one to one and their ``cdm_name`` is the site's
+    own (no two sites share one, none is the pooled name), so a site's rows cannot duplicate
+    another's or a pooled row, and within one (result id, ``cdm_name``) they are in order
+    already. The pooled rows are validated and sorted as a result of their own; then one stable
+    sort by (result id, ``cdm_name``) gives the canonical order of the whole.
+    """
+    parts = [p for p in pooled if len(p)]
+    pooled_res = SummarisedResult(pd.concat(parts, ignore_index=True) if parts else SummarisedResult.empty().data,
+                                  settings)
+    data = pd.concat([d for d in (sites, pooled_res.data) if len(d)], ignore_index=True)
+    rid = data["result_id"].to_numpy()
+    cdm = pd.factorize(data["cdm_name"], sort=True)[0]
+    order = np.lexsort((cdm, rid))  # stable: ties keep the order of the rows
+    if (np.diff(order) != 1).any():
+        data = data.take(order).reset_index(drop=True)
+    if (cdm < 0).any() or data["result_id"].isna().any():  # never: sites' cdm_name and result ids are validated
+        return SummarisedResult(data, settings)
+    out = object.__new__(SummarisedResult)  # the checks SummarisedResult runs, less those proven above
+    out.data = data
+    out.settings = SummarisedResult._normalise_settings(settings, data)
+    from optima_common.errors import ResultFormatError
+
+    for col in ("result_type", "package_name", "package_version"):
+        if out.settings[col].isna().any():
+            raise ResultFormatError(f"settings column {col!r} has missing values")
+    if missing := set(np.unique(rid)) - set(out.settings["result_id"]):
+        raise ResultFormatError(f"result_id(s) {sorted(missing)} have no settings row")
+    return out

@@ -24,12 +24,11 @@ COLUMNS = ["study_id", "version", "previous_version", *KEY, "previous", "current
 
 def version_cells(store: ResultsStore, manifest_id: str) -> pd.DataFrame:
     """One version's network result as cells: KEY columns (plus an occurrence index) and ``value``."""
-    from coordinator.pooling.results import network_result
+    from coordinator.pooling.cache import pooled_result
 
-    bundles = ops.study_bundles(store, manifest_id)
-    if not bundles:
+    if not ops.study_digests(store, manifest_id):
         return pd.DataFrame(columns=[*KEY, "n", "value"])
-    res = network_result(bundles).result
+    res = pooled_result(store, manifest_id).result  # pooled once, kept in the store
     types = res.settings.set_index("result_id")["result_type"]
     data = res.data.assign(result_type=res.data["result_id"].map(types))
     data = data[KEY + ["estimate_value"]].fillna("").rename(columns={"estimate_value": "value"})
@@ -55,7 +54,7 @@ def version_changes(store: ResultsStore, study_id: str, version: int | None = No
     Columns: :data:`COLUMNS`; ``change`` is current - previous where both are numbers. Empty
     (with the columns) when the study has a single version with results or nothing changed.
     """
-    runs = [r for r in ops.runs(store, study_id) if ops.study_bundles(store, r.manifest_id)]
+    runs = [r for r in ops.runs(store, study_id) if ops.study_digests(store, r.manifest_id)]
     if not runs:
         raise CoordinatorError(f"study {study_id!r} has no versioned runs with results in the store")
     if version is None:

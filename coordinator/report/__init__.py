@@ -9,13 +9,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from coordinator.pooling.results import network_result
+from coordinator.pooling.cache import pooled_result
+from coordinator.pooling.results import NetworkResult
 from coordinator.report import diagrams as D
 from coordinator.report import sections as S
 from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
 from coordinator.store import ResultsStore, StoreError
-from coordinator.store.ops import runs, study_bundles
+from coordinator.store.ops import runs
 from optima_common.fileio import write_atomic
 
 ASSETS = Path(__file__).parent / "assets"
@@ -50,16 +51,17 @@ class ReportPaths(BaseModel):
     csv_gz: Path | None = None
 
 
-def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = ()
-                 ) -> ReportPaths:
+def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_sections: tuple[str, ...] = (),
+                 net: NetworkResult | None = None) -> ReportPaths:
     """Write ``out_dir/report.html`` and ``out_dir/results.csv`` (each atomically) for one manifest.
 
-    ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model).
+    ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model). ``net``: the
+    manifest's pooled result if the caller holds it (else the one kept in the store, pooled once).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreError(f"--out {out_dir} exists and is not a folder")
-    page, csv_bytes = render_report(store, manifest_id, extra_sections=extra_sections)
+    page, csv_bytes = render_report(store, manifest_id, extra_sections=extra_sections, net=net)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_atomic(out_dir / "results.csv", csv_bytes)
     # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
@@ -68,8 +70,8 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
     return ReportPaths(html=html_path, csv=csv_path, csv_gz=gz_path)
 
 
-def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = ()
-                  ) -> tuple[str, bytes]:
+def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = (),
+                  net: NetworkResult | None = None) -> tuple[str, bytes]:
     """(the page, the network CSV) for one manifest, from the store; nothing written."""
     from coordinator.pooling.versions import (
         changes_section,  # versions pools through network_results too
@@ -77,11 +79,8 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
 
     manifest = store.manifest(manifest_id)
     statuses = store.site_statuses(manifest_id)
-    bundles = study_bundles(store, manifest_id)  # with the answers to re-sends of this manifest
-    if not bundles:
-        raise StoreError(f"manifest {manifest_id} has no stored site bundles yet; nothing to report")
-    try:
-        net = network_result(bundles)
+    try:  # pooled once and kept in the store (with the answers to re-sends of this manifest)
+        net = net or pooled_result(store, manifest_id)
     except ValueError as exc:
         raise StoreError(f"cannot pool manifest {manifest_id}: {str(exc).splitlines()[0]}") from None
     csv_bytes = net.result.to_csv_text().encode("utf-8")

@@ -84,17 +84,31 @@ def children(store: ResultsStore, manifest_id: str) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def study_sources(store: ResultsStore, manifest_id: str) -> dict[str, str]:
+    """Per site, the manifest whose stored bundle counts for a study send (see :func:`study_bundles`)."""
+    found = {site: manifest_id for site in store.answered_sites(manifest_id)}
+    for child, _site in reversed(children(store, manifest_id)):
+        for site, source in study_sources(store, child).items():
+            found.setdefault(site, source)
+    return dict(sorted(found.items()))
+
+
 def study_bundles(store: ResultsStore, manifest_id: str) -> list[ResultBundle]:
     """The bundles that count for a study send: its own, plus each re-send's for a site it lacks.
 
     This is what the report should pool for ``manifest_id`` (one bundle per site; the
     original's bundle wins, then the newest re-send's).
     """
-    found = {b.site: b for b in store.bundles(manifest_id)}
-    for child, _site in reversed(children(store, manifest_id)):
-        for b in study_bundles(store, child):
-            found.setdefault(b.site, b)
+    sources = study_sources(store, manifest_id)
+    found = {b.site: b for m in dict.fromkeys(sources.values()) for b in store.bundles(m) if sources[b.site] == m}
     return [found[s] for s in sorted(found)]
+
+
+def study_digests(store: ResultsStore, manifest_id: str) -> dict[str, str]:
+    """Site -> sha256 of the signed bytes of the bundle :func:`study_bundles` returns for it (nothing parsed)."""
+    sources = study_sources(store, manifest_id)
+    digests = {m: store.bundle_digests(m) for m in dict.fromkeys(sources.values())}
+    return {site: digests[m][site] for site, m in sources.items()}
 
 
 def is_resend(store: ResultsStore, manifest_id: str) -> bool:

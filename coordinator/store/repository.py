@@ -304,6 +304,13 @@ class ResultsStore:
         raws = [unpack(r) for r in rows]  # stored gzip-compressed since 0004; older rows as they are
         return [(ResultBundle.model_validate_json(r), r) for r in raws]
 
+    def bundle_digests(self, manifest_id: str) -> dict[str, str]:
+        """Site -> sha256 of the signed bytes of its stored bundle (nothing read but the digests)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(bundles.c.site, bundles.c.sha256).where(
+                bundles.c.manifest_id == manifest_id)).all()
+        return {r[0]: r[1] for r in rows}
+
     def answered_sites(self, manifest_id: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.execute(select(bundles.c.site).where(bundles.c.manifest_id == manifest_id)).scalars())

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables of the results store at the newest migration (``0004``: bundles stored gzip-compressed).
+"""SQLAlchemy Core tables of the results store at the newest migration (``0005``: pooled results kept).
 
 Times are stored as naive UTC (``DateTime`` without zone works alike on SQLite and PostgreSQL)
 and handed out as aware UTC datetimes by the repository. The migrations in
@@ -107,4 +107,15 @@ study_runs = Table(  # one versioned result set per run of a (scheduled) study
     Column("state", String(32), nullable=False),  # running, complete, incomplete, failed
     Column("detail", Text),
     UniqueConstraint("study_id", "version", name="uq_study_runs_version"),
+)
+
+# ---- 0005: the pooled network result of a manifest (coordinator/pooling/cache.py) ----
+pooled_results = Table(
+    "pooled_results", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("pool_key", String(64), nullable=False),  # sha256 of the bundles' digests and the pooling code
+    Column("created_at", DateTime, nullable=False),
+    Column("meta", Text, nullable=False),  # JSON: pooled name, sites, notes
+    Column("data", LargeBinary, nullable=False),  # Parquet (zstd) of the result's data
+    Column("settings", LargeBinary, nullable=False),  # Parquet of its settings
 )

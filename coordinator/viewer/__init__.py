@@ -5,7 +5,8 @@ from the internet) over the same pages as the offline ``report.html``: tabs per 
 and analysis, tables with search, per-column filters (cohort, site, strata ...), sorting,
 paging and CSV download, incidence/prevalence by year, age and sex with CIs, KM with CI bands
 and risk tables, forest plots with I², lower-bound marks and provenance. Pages are built
-from the store on first request and kept in memory; ``/reload`` rebuilds them.
+from the store on first request and kept in memory (the pooled result itself is pooled once and kept in the results store,
+:mod:`coordinator.pooling.cache`); ``/reload`` rebuilds them.
 
 Routes: ``/`` (the stored studies), ``/m/<manifest id>`` (a study's page),
 ``/m/<manifest id>/results.csv`` (the network ``summarised_result``, R-importable),
@@ -42,6 +43,7 @@ class Pages:
     def __init__(self, store: ResultsStore):
         self.store = store
         self._cache: dict[str, tuple[str, bytes]] = {}
+        self._gz: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     def index(self) -> str:
@@ -72,9 +74,18 @@ class Pages:
                 self._cache[manifest_id] = (page, csv_bytes)
             return self._cache[manifest_id]
 
+    def csv_gz(self, manifest_id: str) -> bytes:
+        """The study's network CSV gzip-compressed, once (the page and the CSV are built from the kept pooled result)."""
+        _, csv_bytes = self.study(manifest_id)
+        with self._lock:
+            if manifest_id not in self._gz:
+                self._gz[manifest_id] = gzip.compress(csv_bytes, 6, mtime=0)
+            return self._gz[manifest_id]
+
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._gz.clear()
 
 
 def make_server(store: ResultsStore, host: str = "127.0.0.1", port: int = 8050) -> ThreadingHTTPServer:
@@ -113,7 +124,7 @@ def make_server(store: ResultsStore, host: str = "127.0.0.1", port: int = 8050) 
                     return self._send(404, b"not found", "text/plain; charset=utf-8")
                 page, csv_bytes = pages.study(m.group(1))
                 if m.group(3):
-                    return self._send(200, gzip.compress(csv_bytes, 6), "application/gzip",
+                    return self._send(200, pages.csv_gz(m.group(1)), "application/gzip",
                                       {"Content-Disposition": f'attachment; filename="{m.group(1)}-results.csv.gz"'})
                 if m.group(2):
                     return self._send(200, csv_bytes, "text/csv; charset=utf-8",

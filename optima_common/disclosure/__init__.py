@@ -163,17 +163,12 @@ def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> Non
     A table that passed once in this process (same bytes, same minimum) is not audited again
     (``verify`` then ``ingest`` of one bundle); the memory never leaves the process."""
     import hashlib
-    import tempfile
-    from pathlib import Path
 
     memo = (hashlib.sha256(results_csv.encode("utf-8")).hexdigest(), int(min_cell_count))
     if memo in _PASSED:
         return
 
-    with tempfile.TemporaryDirectory(prefix="optima-audit-") as tmp:
-        path = Path(tmp) / "results.csv"
-        path.write_text(results_csv, encoding="utf-8")
-        table = SummarisedResult.from_csv(path)
+    table = SummarisedResult.from_csv_text(results_csv, source=where)  # the same reader as from a file
     problems = check_release(table, min_cell_count)
     if problems:
         raise DisclosureError(f"{where}: refused by the disclosure audit: {problems[0]}")
