@@ -1,7 +1,8 @@
 """The pathology headline figures: accuracy and macro AUROC with slide/patient-level bootstrap
 95% CIs and the Grad-CAM pointing game on annotated tissue regions, from one synthetic site.
 
-    python benchmarks/pathology_headline.py --work /tmp/path-headline [--slides 70] [--seed 1]
+    python benchmarks/pathology_headline.py --work /tmp/path-headline [--slides 100] [--seed 1] \
+        [--width 1024 --height 768] [--patch-size 128] [--input-size 112] [--epochs 8] [--max-steps N]
     python benchmarks/pathology_headline.py --work DIR --checkpoint FILE   # evaluate a saved model_best.pt
 
 Synthetic slides (``site-agent images synth pathology``: per-slide stain, brightness, gamma and
@@ -31,20 +32,41 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def evaluate_checkpoint(data: Path, checkpoint: Path, seed: int) -> dict:
+def options(args):
+    from site_agent.pathology.options import PathologyOptions
+
+    return PathologyOptions(device="cpu", seed=args.train_seed, patch_size=args.patch_size,
+                            input_size=args.input_size, epochs=args.epochs, patience=args.patience,
+                            max_steps_per_epoch=args.max_steps)
+
+
+def split_table(site) -> dict:
+    """Patients, slides and patches per split, and patches per class in each split."""
+    from site_agent.pathology import CLASSES
+
+    out = {}
+    for s, ds in site.datasets.items():
+        slides = {p.slide for p in ds.patches}
+        per_class = {c: 0 for c in CLASSES}
+        for p in ds.patches:
+            per_class[CLASSES[p.label]] += 1
+        out[s] = {"patients": len({site.records[i].patient_id for i in slides}), "slides": len(slides),
+                  "patches": len(ds), "per_class": per_class}
+    return out
+
+
+def evaluate_checkpoint(data: Path, checkpoint: Path, opts) -> dict:
     """Test-split metrics with patient-level bootstrap CIs and the pointing game of a saved
     ``model_best.pt`` (a finished run's, or the best epoch so far of a run stopped early)."""
     import torch
 
     from site_agent.pathology import CLASSES
     from site_agent.pathology.dataset import load_site
-    from site_agent.pathology.options import PathologyOptions
     from site_agent.pathology.pipeline import _intervals, build_model
     from site_agent.pathology.pointing import tissue_pointing_game
     from site_agent.training.loop import predict
     from site_agent.training.metrics import classification_metrics
 
-    opts = PathologyOptions(device="cpu", seed=seed)
     site = load_site(data, opts.tiling(), input_size=opts.input_size, seed=opts.seed, train_stride=opts.train_stride)
     model = build_model(opts)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
@@ -53,14 +75,22 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, seed: int) -> dict:
     m = classification_metrics(pred.labels, pred.probs, list(CLASSES))
     m.update(_intervals(site, ds, pred, opts.seed))
     m["explanations"] = tissue_pointing_game(model, site, ds, seed=opts.seed)
-    return {k: m.get(k) for k in ("n", "accuracy", "auroc", "f1", "ci95", "ci95_method", "test_patients",
-                                  "reportable", "refusal", "explanations")}
+    out = {k: m.get(k) for k in ("n", "accuracy", "auroc", "f1", "ci95", "ci95_method", "test_patients",
+                                 "reportable", "refusal", "explanations")}
+    return {**out, "splits": split_table(site)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, type=Path)
-    ap.add_argument("--slides", type=int, default=70)
+    ap.add_argument("--slides", type=int, default=100)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=768)
+    ap.add_argument("--patch-size", type=int, default=128)
+    ap.add_argument("--input-size", type=int, default=112)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch")
     ap.add_argument("--seed", type=int, default=1, help="synthetic site seed")
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model_best.pt instead of training")
@@ -69,22 +99,26 @@ def main(argv=None) -> int:
     data, run = args.work / "site", args.work / "run"
     t0, c0 = time.perf_counter(), cpu_seconds()
     if args.checkpoint:
-        print(json.dumps({**evaluate_checkpoint(data, args.checkpoint, args.train_seed),
+        print(json.dumps({**evaluate_checkpoint(data, args.checkpoint, options(args)),
                           "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)},
                          indent=2))
         return 0
-    from site_agent.pathology.options import PathologyOptions
+    from site_agent.pathology.dataset import load_site
     from site_agent.pathology.pipeline import run_local_training
     from site_agent.pathology.synth import generate_site
 
     if not (data / "slides.csv").is_file():
-        generate_site(data, "north", args.seed, slides=args.slides, width=1536, height=1024)
-    synth_cpu = cpu_seconds() - c0
-    m = run_local_training(data, run, PathologyOptions(device="cpu", seed=args.train_seed))
+        generate_site(data, "north", args.seed, slides=args.slides, width=args.width, height=args.height)
+    synth_cpu, synth_wall = cpu_seconds() - c0, time.perf_counter() - t0
+    opts = options(args)
+    m = run_local_training(data, run, opts)
     keep = {k: m.get(k) for k in ("n", "accuracy", "auroc", "f1", "ci95", "ci95_method", "test_patients",
-                                  "reportable", "refusal", "explanations", "patches", "slides")}
-    print(json.dumps({**keep, "synth_cpu_s": round(synth_cpu, 1), "wall_s": round(time.perf_counter() - t0, 1),
-                      "cpu_s": round(cpu_seconds() - c0, 1)}, indent=2))
+                                  "reportable", "refusal", "explanations", "patches", "slides", "fit")}
+    site = load_site(data, opts.tiling(), input_size=opts.input_size, seed=opts.seed)
+    print(json.dumps({**keep, "splits": split_table(site), "options": opts.model_dump(mode="json"),
+                      "synth_cpu_s": round(synth_cpu, 1), "synth_wall_s": round(synth_wall, 1),
+                      "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)},
+                     indent=2))
     return 0
 
 
