@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import sys
@@ -40,21 +41,6 @@ def options(args):
                             max_steps_per_epoch=args.max_steps)
 
 
-def split_table(site) -> dict:
-    """Patients, slides and patches per split, and patches per class in each split."""
-    from site_agent.pathology import CLASSES
-
-    out = {}
-    for s, ds in site.datasets.items():
-        slides = {p.slide for p in ds.patches}
-        per_class = {c: 0 for c in CLASSES}
-        for p in ds.patches:
-            per_class[CLASSES[p.label]] += 1
-        out[s] = {"patients": len({site.records[i].patient_id for i in slides}), "slides": len(slides),
-                  "patches": len(ds), "per_class": per_class}
-    return out
-
-
 def evaluate_checkpoint(data: Path, checkpoint: Path, opts) -> dict:
     """Test-split metrics with patient-level bootstrap CIs and the pointing game of a saved
     ``model_best.pt`` (a finished run's, or the best epoch so far of a run stopped early)."""
@@ -62,7 +48,7 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, opts) -> dict:
 
     from site_agent.pathology import CLASSES
     from site_agent.pathology.dataset import load_site
-    from site_agent.pathology.pipeline import _intervals, build_model
+    from site_agent.pathology.pipeline import _intervals, build_model, split_table
     from site_agent.pathology.pointing import tissue_pointing_game
     from site_agent.training.loop import predict
     from site_agent.training.metrics import classification_metrics
@@ -91,11 +77,17 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 wastes least on a shared machine)")
     ap.add_argument("--seed", type=int, default=1, help="synthetic site seed")
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, help="evaluate this saved model_best.pt instead of training")
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLCONFIGDIR", str(args.work / "mpl"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     data, run = args.work / "site", args.work / "run"
     t0, c0 = time.perf_counter(), cpu_seconds()
     if args.checkpoint:
@@ -103,19 +95,18 @@ def main(argv=None) -> int:
                           "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)},
                          indent=2))
         return 0
-    from site_agent.pathology.dataset import load_site
     from site_agent.pathology.pipeline import run_local_training
     from site_agent.pathology.synth import generate_site
 
     if not (data / "slides.csv").is_file():
         generate_site(data, "north", args.seed, slides=args.slides, width=args.width, height=args.height)
+        print(f"synthetic site written: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     synth_cpu, synth_wall = cpu_seconds() - c0, time.perf_counter() - t0
     opts = options(args)
     m = run_local_training(data, run, opts)
     keep = {k: m.get(k) for k in ("n", "accuracy", "auroc", "f1", "ci95", "ci95_method", "test_patients",
-                                  "reportable", "refusal", "explanations", "patches", "slides", "fit")}
-    site = load_site(data, opts.tiling(), input_size=opts.input_size, seed=opts.seed)
-    print(json.dumps({**keep, "splits": split_table(site), "options": opts.model_dump(mode="json"),
+                                  "reportable", "refusal", "explanations", "patches", "slides", "fit", "splits")}
+    print(json.dumps({**keep, "options": opts.model_dump(mode="json"),
                       "synth_cpu_s": round(synth_cpu, 1), "synth_wall_s": round(synth_wall, 1),
                       "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu_seconds() - c0, 1)},
                      indent=2))

@@ -23,7 +23,12 @@ from site_agent.pathology import CLASSES
 from site_agent.pathology.annotations import load_geojson, write_geojson
 from site_agent.pathology.dataset import load_site
 from site_agent.pathology.pointing import tissue_pointing_game
-from site_agent.pathology.synth import render_slide, site_profile, slide_layout, write_pyramid
+from site_agent.pathology.synth import (
+    render_slide,
+    site_profile,
+    slide_layout,
+    write_pyramid,
+)
 from site_agent.pathology.tiling import TilingParams
 
 torch = pytest.importorskip("torch")
