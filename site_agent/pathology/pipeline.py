@@ -153,6 +153,9 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
         raise TestSplitError(f"the test split of {data_dir} has no labelled patch: no metrics to report",
                              hint="annotate the test patients' slides or add patients")
     cfg = opts.train_config()
+    import torch
+
+    torch.manual_seed(opts.seed)  # the new classification head's initial weights follow the run's seed
     model = build_model(opts)
     log.info("pathology: %s", {s: len(d) for s, d in site.datasets.items()})
     res = fit(model, site.datasets["train"], site.datasets["val"], cfg, out / "model_best.pt")
