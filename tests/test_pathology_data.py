@@ -210,3 +210,27 @@ def test_synthetic_slides_vary_per_slide_and_classes_overlap():
     fixed = np.std([mean_colour(s, False) for s in range(4)], axis=0).mean()
     varied = np.std([mean_colour(s, True) for s in range(4)], axis=0).mean()
     assert varied > 2 * fixed and varied > 3.0  # staining batch and scanner differ slide to slide
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_patient_splits_stratified_over_label_sets(seed):
+    """A rare class (two or three patients of 60) reaches the test split, every class reaches
+    train, split sizes stay those of split_counts; an unstratified split misses the rare class."""
+    rng = np.random.default_rng(seed)
+    patients = [f"p{i:02d}" for i in range(60)]
+    labels = {p: set(rng.choice([0, 2, 4, 5, 6, 7], size=3, replace=False).tolist()) for p in patients}
+    rare = {1: rng.choice(60, 2, replace=False), 3: rng.choice(60, 3, replace=False)}
+    for c, who in rare.items():
+        for k in who:
+            labels[patients[k]].add(c)
+    split = patient_splits(patients, seed=seed, labels=labels)
+    sizes = [sum(v == s for v in split.values()) for s in ("train", "val", "test")]
+    assert tuple(sizes) == split_counts(60)
+    for s in ("train", "test"):
+        assert set().union(*(labels[p] for p in patients if split[p] == s)) == set(range(8)), s
+    assert 3 in set().union(*(labels[p] for p in patients if split[p] == "val"))
+    misses = 0  # the plain split (no labels) loses a rare class from test for most seeds
+    for s2 in range(20):
+        plain = patient_splits(patients, seed=s2)
+        misses += not {1, 3} <= set().union(*(labels[p] for p in patients if plain[p] == "test"))
+    assert misses >= 10

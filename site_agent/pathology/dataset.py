@@ -32,23 +32,36 @@ class SiteData:
 
 def load_site(data_dir: Path, params: TilingParams, *, input_size: int, seed: int = 0,
               train_stride: int | None = None) -> SiteData:
-    """Tile every annotated slide; ``train_stride`` (patch pixels) overlaps training patches."""
+    """Tile every annotated slide; ``train_stride`` (patch pixels) overlaps training patches.
+
+    Patients are split stratified over the classes of their labelled patches, so a class
+    carried by two or more patients reaches the test split (see :func:`patient_splits`)."""
     records = read_slide_table(data_dir)
-    splits = patient_splits([r.patient_id for r in records], seed=seed)
     paths = [r.slide for r in records]
-    patches: dict[str, list[Patch]] = {"train": [], "val": [], "test": []}
+    tiled: dict[int, list[Patch]] = {}
     masks = {}
     for i, rec in enumerate(records):
-        split = splits[rec.patient_id]
         with Slide(rec.slide) as slide:
             thumb, scale = slide.thumbnail()
             masks[i] = (tissue_mask(thumb), scale)
-            if split == "heldout" or rec.annotations is None:
-                continue
-            p = params if split != "train" or not train_stride else TilingParams(
-                size=params.size, downsample=params.downsample, stride=train_stride,
-                min_overlap=params.min_overlap, min_tissue=params.min_tissue)
-            patches[split] += tile_slide(slide, load_geojson(rec.annotations), p, slide_index=i, mask=masks[i])
+            if rec.annotations is not None:
+                tiled[i] = tile_slide(slide, load_geojson(rec.annotations), params, slide_index=i, mask=masks[i])
+    labels: dict[str, set[int]] = {}
+    for i, rec in enumerate(records):
+        labels.setdefault(rec.patient_id, set()).update(p.label for p in tiled.get(i, []) if p.label >= 0)
+    splits = patient_splits([r.patient_id for r in records], seed=seed, labels=labels)
+    patches: dict[str, list[Patch]] = {"train": [], "val": [], "test": []}
+    for i, rec in enumerate(records):
+        split = splits[rec.patient_id]
+        if split == "heldout" or i not in tiled:
+            continue
+        if split == "train" and train_stride:
+            with Slide(rec.slide) as slide:
+                p = TilingParams(size=params.size, downsample=params.downsample, stride=train_stride,
+                                 min_overlap=params.min_overlap, min_tissue=params.min_tissue, mpp=params.mpp)
+                patches[split] += tile_slide(slide, load_geojson(rec.annotations), p, slide_index=i, mask=masks[i])
+        else:
+            patches[split] += tiled[i]
     if not patches["train"]:
         raise PathologyDataError(f"no labelled patches in the training slides of {data_dir}",
                                  hint="check that the GeoJSON annotations overlap tissue")

@@ -80,6 +80,19 @@ def _whole_slides(model, site: SiteData, opts: PathologyOptions, cfg, out: Path)
     return written
 
 
+def split_table(site: SiteData) -> dict:
+    """Patients, slides and patches per split, and patches per class in each split."""
+    out = {}
+    for s, ds in site.datasets.items():
+        slides = {p.slide for p in ds.patches}
+        per_class = dict.fromkeys(CLASSES, 0)
+        for p in ds.patches:
+            per_class[CLASSES[p.label]] += 1
+        out[s] = {"patients": len({site.records[i].patient_id for i in slides}), "slides": len(slides),
+                  "patches": len(ds), "per_class": per_class}
+    return out
+
+
 def _intervals(site: SiteData, ds, pred, seed: int, n_boot: int = 1000) -> dict:
     """Patient-level bootstrap 95% CIs (patches of one patient move together) and whether the
     test split can be reported (every class present, 10+ patients)."""
@@ -140,7 +153,11 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
         raise TestSplitError(f"the test split of {data_dir} has no labelled patch: no metrics to report",
                              hint="annotate the test patients' slides or add patients")
     cfg = opts.train_config()
+    import torch
+
+    torch.manual_seed(opts.seed)  # the new classification head's initial weights follow the run's seed
     model = build_model(opts)
+    log.info("pathology: %s", {s: len(d) for s, d in site.datasets.items()})
     res = fit(model, site.datasets["train"], site.datasets["val"], cfg, out / "model_best.pt")
     ds = site.datasets[eval_split]
     pred = predict(model, ds, cfg, embeddings=opts.tsne_max > 0)
@@ -168,6 +185,7 @@ def _run(data_dir: Path, out: Path, opts: PathologyOptions) -> dict:
     summary = {**metrics, "evaluated_on": eval_split, "backbone": opts.backbone,
                "patches": {s: len(d) for s, d in site.datasets.items()},
                "slides": {s: len(site.slides_in(s)) for s in ("train", "val", "test", "heldout")},
+               "splits": split_table(site),
                "fit": res.model_dump(), "seconds": round(time.perf_counter() - t0, 1),
                "gradcam_files": gradcams, "overlay_files": overlays, "explanations": explanations,
                "linear_probe": {k: probe[k] for k in ("accuracy", "f1", "auroc")} if probe else None}

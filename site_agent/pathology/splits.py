@@ -2,7 +2,8 @@
 
 Fractions 70 / 10 / 15 (train / validation / test); the rest of the patients are held out.
 With few patients each of validation and test gets at least one patient when there are four
-or more, and train always gets at least one.
+or more, and train always gets at least one. Given each patient's classes, the split is
+stratified over the label set so that rare classes reach the test split (issue 17).
 """
 
 from __future__ import annotations
@@ -71,16 +72,49 @@ def split_counts(n: int, fractions=(0.7, 0.1, 0.15)) -> tuple[int, int, int]:
     return n_train, n_val, n_test
 
 
-def patient_splits(patient_ids, *, seed: int = 0, fractions=(0.7, 0.1, 0.15)) -> dict[str, str]:
-    """patient id -> one of train/val/test/heldout (shuffled with ``seed``)."""
+def patient_splits(patient_ids, *, seed: int = 0, fractions=(0.7, 0.1, 0.15),
+                   labels: dict[str, set[int]] | None = None) -> dict[str, str]:
+    """patient id -> one of train/val/test/heldout (shuffled with ``seed``).
+
+    ``labels`` (patient id -> the classes of its labelled patches) stratify the split at patient
+    level over the label set: before the splits are filled at random, train, then test, then
+    validation each take patients (rarest missing class first, then the patient covering most
+    missing classes) until every class that an unassigned patient still carries is in the split,
+    within the split's size. A class with one patient thus lands in train, with two in train and
+    test, with three or more in all three. Split sizes are those of :func:`split_counts`."""
     patients = sorted(set(patient_ids))
     if not patients:
         raise PathologyDataError("no patients to split")
     order = np.random.default_rng(seed).permutation(len(patients))
     n_train, n_val, n_test = split_counts(len(patients), fractions)
-    bounds = np.cumsum([n_train, n_val, n_test])
-    out = {}
-    for rank, idx in enumerate(order):
-        out[patients[idx]] = "train" if rank < bounds[0] else "val" if rank < bounds[1] else \
-            "test" if rank < bounds[2] else "heldout"
-    return out
+    if labels is None:
+        bounds = np.cumsum([n_train, n_val, n_test])
+        out = {}
+        for rank, idx in enumerate(order):
+            out[patients[idx]] = "train" if rank < bounds[0] else "val" if rank < bounds[1] else \
+                "test" if rank < bounds[2] else "heldout"
+        return out
+    ranked = [patients[i] for i in order]
+    rank = {p: k for k, p in enumerate(ranked)}
+    has = {p: set(labels.get(p, ())) for p in patients}
+    size = {"train": n_train, "val": n_val, "test": n_test}
+    out: dict[str, str] = {}
+    for split in ("train", "test", "val"):
+        got: set[int] = set()
+        while sum(v == split for v in out.values()) < size[split]:
+            free = [p for p in ranked if p not in out]
+            missing = {c for p in free for c in has[p]} - got
+            if not missing:
+                break
+            carriers = {c: sum(c in has[p] for p in free) for c in missing}
+            rarest = min(missing, key=lambda c: (carriers[c], c))
+            pick = min((p for p in free if rarest in has[p]), key=lambda p: (-len(has[p] & missing), rank[p]))
+            out[pick] = split
+            got |= has[pick]
+    for split in ("test", "val", "train"):
+        for p in ranked:
+            if sum(v == split for v in out.values()) >= size[split]:
+                break
+            if p not in out:
+                out[p] = split
+    return {p: out.get(p, "heldout") for p in patients}
