@@ -41,12 +41,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
-from optima_common import protocol as P
 from coordinator.flower.pooled_eval import (  # noqa: F401 - metrics_from_confusion is part of this module's API
     _pooled_metrics,
     _weighted_metrics,
     metrics_from_confusion,
 )
+from coordinator.flower.reply_audit import DEFAULT_FLOOR, audit_replies
+from optima_common import protocol as P
 from optima_common.errors import TrainingError
 from optima_common.fileio import write_atomic
 from optima_common.privacy import (
@@ -81,6 +82,7 @@ class RoundRecord(BaseModel):
     epsilon: float | None = None
     seconds: float
     start_sha256: str | None = None  # the global weights this round trained from (weights_sha256)
+    refused: list[str] = Field(default_factory=list)  # replies the coordinator's re-audit kept out of pooling
 
 
 class TrainingSummary(BaseModel):
@@ -307,10 +309,12 @@ def _resume_state(out_dir: Path, task: str) -> tuple[list[RoundRecord], dict[str
 def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
                            round_timeout: float, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
                            nodes: list[int] | None = None, node_wait: float = 0.0,
-                           resume: bool = False) -> TrainingSummary:
+                           resume: bool = False, min_cell_floor: int = DEFAULT_FLOOR) -> TrainingSummary:
     """``nodes``: a fixed set of node ids (default: whoever is connected, asked again each
     round); ``node_wait``: seconds to wait at the start for ``min_replies`` nodes to connect;
-    ``resume``: continue from the last checkpoint in ``out_dir`` (round k+1 up to ``rounds``)."""
+    ``resume``: continue from the last checkpoint in ``out_dir`` (round k+1 up to ``rounds``);
+    ``min_cell_floor``: the network's floor for the minimum cell count each reply states
+    (:mod:`coordinator.flower.reply_audit`: a reply that fails the re-audit is not pooled)."""
     out_dir = Path(out_dir)
     fixed = nodes
     nodes = _connected(grid, fixed, min_replies, node_wait)
@@ -349,9 +353,10 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
+        ok, refused = audit_replies(ok, "train", min_cell_floor)
         if len(ok) < min_replies:
-            raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied, the quorum is {min_replies} "
-                                f"({'; '.join(failed)[:300]})")
+            raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied usably, the quorum is "
+                                f"{min_replies} ({'; '.join(failed + refused)[:300]})")
         arrays = [record_to_numpy(rep.content.array_records["arrays"]) for rep in ok]
         n_train, train_metrics = _weighted_metrics(ok)
         counts = [int(rep.content.metric_records["metrics"].get("num-examples", 0)) for rep in ok]
@@ -365,11 +370,12 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ev_ok, ev_failed = _send(grid, nodes, content, MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
+        ev_ok, ev_refused = audit_replies(ev_ok, "evaluate", min_cell_floor)
         _, eval_metrics = _pooled_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0,
-                                   start_sha256=start_sha))
+                                   start_sha256=start_sha, refused=refused + ev_refused))
         best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)
@@ -398,4 +404,5 @@ class TrainRequest(BaseModel):
     resume: bool = False
     secagg: bool = False  # Flower SecAgg+ fit rounds (coordinator.flower.secagg)
     secagg_range: float = Field(8.0, gt=0)
+    min_cell_floor: int = Field(DEFAULT_FLOOR, ge=2)  # the network's floor for the sites' minimum cell counts
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites
