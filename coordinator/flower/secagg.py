@@ -85,6 +85,7 @@ class UpdateStrategy(Strategy):
         self.task, self.run_config, self.offset = task, run_config, offset
         self.done: dict[int, dict] = {}  # real round -> {"survivors", "failed", "metrics"}
         self.sampled: dict[int, int] = {}  # real round -> sites asked
+        self.asked: dict[int, list] = {}  # real round -> node ids asked
 
     def _params(self) -> Parameters:
         return ndarrays_to_parameters([self.arrays[k] for k in self.keys])
@@ -98,6 +99,7 @@ class UpdateStrategy(Strategy):
         ins = FitIns(parameters, config)
         chosen = [(proxy, ins) for _, proxy in sorted(client_manager.all().items())]
         self.sampled[rnd] = len(chosen)
+        self.asked[rnd] = [getattr(proxy, "node_id", proxy.cid) for proxy, _ in chosen]
         return chosen
 
     def aggregate_fit(self, server_round, results, failures):
@@ -122,6 +124,10 @@ class UpdateStrategy(Strategy):
             m = without_policy(m)
             metrics.append((int(m.pop("num-examples", 0)), m))
         failed = list(dict.fromkeys(str(f)[:300] for f in failures))  # the workflow lists a failure twice
+        answered = {getattr(proxy, "node_id", proxy.cid) for proxy, _ in results}
+        missing = [n for n in self.asked.get(rnd, []) if n not in answered]
+        if len(missing) > len(failed):  # a site that died sends no error: name the sites without an update
+            failed += [f"node {n}: sent no masked update (dropped out of the SecAgg+ round)" for n in missing]
         self.done[rnd] = {"survivors": len(results), "failed": failed,
                           "metrics": metrics, "refused": refused}
         return self._params(), {}

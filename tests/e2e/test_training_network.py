@@ -192,3 +192,69 @@ def test_coordinator_killed_mid_training_resumes_at_the_next_round(tmp_path):
     fresh = weights_sha256(load_checkpoint(out / "global_round_1.npz"))
     assert after[0]["start_sha256"] != fresh and all(r["replies"] == 2 for r in after)
     assert left_running(str(tmp_path / "network")) == []
+
+
+def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(tmp_path):
+    """Three SuperNodes, SecAgg+ on. ``kx_east`` holds in the SecAgg+ fit stage (node config
+    ``test-hold-secagg-fit``: it writes a marker after the key exchange, then waits); the test
+    then SIGKILLs its SuperNode and the ClientApp it started (the whole process group). A quorum
+    of 3 aborts ("secure aggregation aborted", no global model); after the site is restarted and
+    killed again in the next run's fit stage, a quorum of 2 completes with the two survivors and
+    names the dead site as failed. Small round timeout: the dead site costs it twice (collect and
+    evaluate)."""
+    import resource
+    from concurrent.futures import ThreadPoolExecutor
+
+    t_wall, ru = time.perf_counter(), (resource.getrusage(resource.RUSAGE_SELF),
+                                       resource.getrusage(resource.RUSAGE_CHILDREN))
+    marker = tmp_path / "east-in-fit"
+    nodes = []
+    for i, site in enumerate(("kx_north", "kx_south", "kx_east")):
+        data = tmp_path / site
+        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
+                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
+        assert proc.returncode == 0, proc.stderr
+        extra = {"image-root-pathology": str(data)}
+        if site == "kx_east":
+            extra.update({"test-hold-secagg-fit": str(marker), "test-hold-seconds": "150"})
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    request = {"task": "pathology", "rounds": 1, "min_replies": 3, "round_timeout": 60, "node_wait": 60,
+               "secagg": True,
+               "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
+                              "batch_size": 8, "device": "cpu", "lr": 1e-3}}
+
+    def run_and_kill(network, job):
+        marker.unlink(missing_ok=True)
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(network.run, "train", job, timeout=600)
+            deadline = time.monotonic() + 400
+            while not marker.exists() and not future.done() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            held = marker.exists()
+            if held:  # mid-round, after the key exchange: the SuperNode and its ClientApp die
+                network.kill_node("kx_east")
+            return held, future.result()
+
+    with LocalNetwork(tmp_path / "network", nodes) as network:
+        held_3, aborted = run_and_kill(network, {**request, "out": str(tmp_path / "abort")})
+        network.start_node(nodes[2])
+        time.sleep(10.0)  # the restarted SuperNode reconnects (same key, same node)
+        held_2, done = run_and_kill(network, {**request, "min_replies": 2, "out": str(tmp_path / "complete")})
+    assert held_3 and held_2, "kx_east never reached the SecAgg+ fit stage"
+    assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
+    assert not (tmp_path / "abort" / "global_round_1.npz").exists()
+    assert done["ok"], done
+    rnd = done["summary"]["rounds"][0]
+    assert done["summary"]["secure_aggregation"] and rnd["replies"] == 2 and rnd["eval_replies"] == 2
+    dead = [f for f in rnd["failed"] if "dropped out of the SecAgg+ round" in f]
+    assert len(dead) == 1, rnd["failed"]
+    node = dead[0].split(":")[0]  # "node N": the same site's evaluation found no one either
+    assert any(f.startswith(node) and "no reply within" in f for f in rnd["failed"]), rnd["failed"]
+    assert rnd["refused"] == []  # the survivors' replies pass the coordinator's re-audit
+    assert (tmp_path / "complete" / "global_round_1.npz").is_file()
+    assert left_running(str(tmp_path / "network")) == []
+    after = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, ru))
+    print(f"\nkilled-supernode test: wall {time.perf_counter() - t_wall:.0f} s, "
+          f"CPU (this process + reaped children) {cpu:.0f} s")
