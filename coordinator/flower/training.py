@@ -6,7 +6,10 @@ most ``round_timeout`` seconds, requires ``min_replies`` good replies (else
 :class:`TrainingError`), averages them (FedAvg weighted by ``num-examples``; FedProx is the
 sites' proximal term, ``fedprox_mu`` in the config), checkpoints ``global_round_<r>.npz``
 atomically, sends evaluate messages and writes the weighted metrics of every round to
-``training_history.json``. A dead site only costs the timeout.
+``training_history.json``. A dead site only costs the timeout. Every train and evaluate reply
+is re-audited before it is pooled (:mod:`coordinator.flower.reply_audit`, with the minimum cell
+count the site states and the network's ``min_cell_floor``); a reply that fails is left out
+and listed under the round's ``refused``.
 
 Optional central differential privacy (:class:`DPConfig`): each site's update of the TRAINABLE
 weights (the keys the site lists when it sends the starting model) is clipped to L2 norm

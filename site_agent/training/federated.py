@@ -7,7 +7,9 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 ``site-config`` (the site TOML, whose ``image_roots[task]`` is used).
 
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
-(``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+(``MetricRecord`` "metrics" with "num-examples", plus the site's policy: its minimum cell count
+and weight base, :func:`site_policy`, which the coordinator re-audits the reply with): no image,
+heatmap or embedding leaves the site.
 A train reply's "num-examples" (the FedAvg weight) is the training-set size rounded to the
 site's base (default 10), never the exact size. Both kinds of reply are written as the declared
 tables of :mod:`optima_common.disclosure.model_replies` and audited before they leave.
