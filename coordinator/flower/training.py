@@ -251,12 +251,16 @@ def _send(grid, nodes, content_for, message_type: str, timeout: float, group: st
     msgs = [Message(content=content_for(node), dst_node_id=node, message_type=message_type, group_id=group)
             for node in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    # the SuperLink answers for an unavailable node itself (its own id as the source): name the
+    # node a reply is for by the message it replies to
+    dst = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id}
     ok, failed = [], []
     answered = set()
     for rep in replies:
-        answered.add(rep.metadata.src_node_id)
+        node = dst.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+        answered.add(node)
         if rep.has_error():
-            failed.append(f"node {rep.metadata.src_node_id}: {rep.error.reason}")
+            failed.append(f"node {node}: {rep.error.reason}")
         else:
             ok.append(rep)
     failed += [f"node {n}: no reply within {timeout:g}s" for n in nodes if n not in answered]
