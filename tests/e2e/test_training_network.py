@@ -117,6 +117,30 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
     assert left_running(str(tmp_path / "network")) == []
 
 
+def _local_update(data_dir, config):
+    """(start weights, one site's SecAgg+ update) as site_agent.training.secagg computes them."""
+    import copy
+
+    from site_agent.training.federated import bn_from_wire, bn_to_wire, get_task
+    from site_agent.training.loop import seed_everything
+
+    adapter = get_task("pathology")
+    seed_everything(0)
+    start = {k: v.detach().clone() for k, v in bn_to_wire(adapter.init_model({**config, "init": True})).state_dict().items()}
+    seed_everything(0)
+    model = adapter.init_model(config)
+    model.load_state_dict(start)
+    bn_from_wire(model)
+    frozen = copy.deepcopy(model)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    adapter.local_train(model, data_dir, config, frozen)
+    local = bn_to_wire(model).state_dict()
+    floats = [k for k, v in start.items() if v.is_floating_point()]
+    return ({k: start[k].numpy().astype(np.float64) for k in floats},
+            {k: local[k].detach().numpy().astype(np.float64) - start[k].numpy().astype(np.float64) for k in floats})
+
+
 def _serverapps(workdir) -> list[int]:
     """The flwr-serverapp processes of this network (the coordinator's ServerApp runs)."""
     from pathlib import Path
@@ -200,7 +224,8 @@ def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(
     then SIGKILLs its SuperNode and the ClientApp it started (the whole process group). A quorum
     of 3 aborts ("secure aggregation aborted", no global model); after the site is restarted and
     killed again in the next run's fit stage, a quorum of 2 completes with the two survivors and
-    names the dead site as failed. Small round timeout: the dead site costs it twice (collect and
+    names the dead site as failed; the new global model is the start plus the mean of the two
+    survivors' updates, recomputed in the test. Small round timeout: the dead site costs it twice (collect and
     evaluate)."""
     import resource
     from concurrent.futures import ThreadPoolExecutor
@@ -252,7 +277,20 @@ def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(
     node = dead[0].split(":")[0]  # "node N": its evaluation failed too
     assert all(f.startswith(f"{node}:") for f in rnd["failed"]) and len(rnd["failed"]) == 2, rnd["failed"]
     assert rnd["refused"] == []  # the survivors' replies pass the coordinator's re-audit
-    assert (tmp_path / "complete" / "global_round_1.npz").is_file()
+    # the global update is the mean of the two survivors' updates, recomputed here as each site
+    # computes it (same seeded model, data and run config); SecAgg+ quantizes to ~4e-6
+    from coordinator.flower.training import load_checkpoint
+
+    config = {**request["run_config"], "fedprox_mu": 0.0, "secagg-range": 8.0, "task": "pathology", "round": 1}
+    start, updates = zip(*(_local_update(tmp_path / site, config) for site in ("kx_north", "kx_south")))
+    got = load_checkpoint(tmp_path / "complete" / "global_round_1.npz")
+    moved = worst = alone = 0.0
+    for k, upd in updates[0].items():
+        mean = start[0][k] + (upd + updates[1][k]) / 2
+        worst = max(worst, float(np.abs(got[k] - mean).max()))
+        moved = max(moved, float(np.abs(got[k] - start[0][k]).max()))
+        alone = max(alone, float(np.abs(got[k] - (start[0][k] + upd)).max()))
+    assert worst < 2e-4 and moved > 50 * 2e-4 and alone > 10 * 2e-4, (worst, moved, alone)
     assert left_running(str(tmp_path / "network")) == []
     after = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
     cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, ru))
