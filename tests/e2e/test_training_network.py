@@ -117,6 +117,25 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
     assert left_running(str(tmp_path / "network")) == []
 
 
+def _restart(network, spec, wait: float = 240.0) -> None:
+    """Start a killed site's SuperNode again until it is activated ("SuperNode ID" in its log).
+    The SuperLink refuses to activate a node with the same key while the dead one still counts as
+    online (up to 2 heartbeat intervals); the SuperNode then exits (code 305): kill what it left
+    (its SuperExec) and try again."""
+    log = network.workdir / "logs" / f"supernode-{spec.site}.log"
+    deadline = time.monotonic() + wait
+    while True:
+        offset = log.stat().st_size
+        proc = network.start_node(spec)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if b"SuperNode ID" in log.read_bytes()[offset:]:
+                return
+            time.sleep(0.5)
+        network.kill_node(spec.site)
+        assert time.monotonic() < deadline, f"{spec.site}'s SuperNode was not activated again within {wait:g} s"
+        time.sleep(5.0)
+
+
 def _local_update(data_dir, config):
     """(start weights, one site's SecAgg+ update) as site_agent.training.secagg computes them."""
     import copy
@@ -263,8 +282,7 @@ def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(
 
     with LocalNetwork(tmp_path / "network", nodes) as network:
         held_3, aborted = run_and_kill(network, {**request, "out": str(tmp_path / "abort")})
-        network.start_node(nodes[2])
-        time.sleep(10.0)  # the restarted SuperNode reconnects (same key, same node)
+        _restart(network, nodes[2])  # same key, same node id, once the SuperLink has seen the old one die
         held_2, done = run_and_kill(network, {**request, "min_replies": 2, "out": str(tmp_path / "complete")})
     assert held_3 and held_2, "kx_east never reached the SecAgg+ fit stage"
     assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
