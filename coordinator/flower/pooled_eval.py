@@ -10,6 +10,7 @@ import logging
 import numpy as np
 from flwr.app import Message
 
+from optima_common.disclosure.model_replies import POLICY_KEYS
 from optima_common.eval_release import cm_groups, is_flag
 
 log = logging.getLogger("coordinator.flower.training")
@@ -22,7 +23,7 @@ def _weighted_metrics(replies: list[Message]) -> tuple[int, dict[str, float]]:
         n = int(m.pop("num-examples", 0))
         total += n
         for k, v in m.items():
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float)) and k not in POLICY_KEYS:  # a site's policy is not a metric
                 sums[k] = sums.get(k, 0.0) + n * float(v)
                 weights[k] = weights.get(k, 0) + n
     return total, {k: sums[k] / weights[k] for k in sums if weights[k] > 0}

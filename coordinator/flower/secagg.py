@@ -45,6 +45,13 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from coordinator.flower import training as T
+from coordinator.flower.reply_audit import (
+    DEFAULT_FLOOR,
+    audit_replies,
+    audit_train,
+    refusal,
+    without_policy,
+)
 from optima_common.errors import TrainingError
 from optima_common.fileio import write_atomic
 from optima_common.privacy import epsilon_from_rho, gaussian_rho
@@ -70,12 +77,15 @@ class UpdateStrategy(Strategy):
     """Starts from the site's model; each round sends the global weights with the run config to
     every connected site and adds the securely summed mean update to the global weights."""
 
-    def __init__(self, start: dict[str, np.ndarray], task: str, run_config: dict, offset: int):
+    def __init__(self, start: dict[str, np.ndarray], task: str, run_config: dict, offset: int,
+                 min_cell_floor: int = DEFAULT_FLOOR):
+        self.floor = min_cell_floor
         self.keys = list(start)
         self.arrays = dict(start)
         self.task, self.run_config, self.offset = task, run_config, offset
         self.done: dict[int, dict] = {}  # real round -> {"survivors", "failed", "metrics"}
         self.sampled: dict[int, int] = {}  # real round -> sites asked
+        self.asked: dict[int, list] = {}  # real round -> node ids asked
 
     def _params(self) -> Parameters:
         return ndarrays_to_parameters([self.arrays[k] for k in self.keys])
@@ -89,6 +99,7 @@ class UpdateStrategy(Strategy):
         ins = FitIns(parameters, config)
         chosen = [(proxy, ins) for _, proxy in sorted(client_manager.all().items())]
         self.sampled[rnd] = len(chosen)
+        self.asked[rnd] = [getattr(proxy, "node_id", proxy.cid) for proxy, _ in chosen]
         return chosen
 
     def aggregate_fit(self, server_round, results, failures):
@@ -102,13 +113,23 @@ class UpdateStrategy(Strategy):
                                 f"{len(floats)} float arrays")
         for k, upd in zip(floats, mean_update):
             self.arrays[k] = (self.arrays[k].astype(np.float64) + upd).astype(self.arrays[k].dtype)
-        metrics = []
-        for _, res in results:
+        metrics, refused = [], []
+        for proxy, res in results:  # the clear scalars are re-audited; the masked update is already summed
             m = {k: float(v) for k, v in res.metrics.items() if isinstance(v, (int, float))}
+            why = audit_train(m, self.floor)
+            if why is not None:
+                refused.append(refusal(getattr(proxy, "node_id", proxy.cid), f"train metrics not pooled: {why}"))
+                log.warning("%s", refused[-1])
+                continue
+            m = without_policy(m)
             metrics.append((int(m.pop("num-examples", 0)), m))
         failed = list(dict.fromkeys(str(f)[:300] for f in failures))  # the workflow lists a failure twice
+        answered = {getattr(proxy, "node_id", proxy.cid) for proxy, _ in results}
+        missing = [n for n in self.asked.get(rnd, []) if n not in answered]
+        if len(missing) > len(failed):  # a site that died sends no error: name the sites without an update
+            failed += [f"node {n}: sent no masked update (dropped out of the SecAgg+ round)" for n in missing]
         self.done[rnd] = {"survivors": len(results), "failed": failed,
-                          "metrics": metrics}
+                          "metrics": metrics, "refused": refused}
         return self._params(), {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
@@ -154,10 +175,10 @@ class PooledEvaluation:
     every site, pool the metrics and write the history."""
 
     def __init__(self, strategy: UpdateStrategy, *, task, run_config, out_dir: Path, history, nodes, timeout,
-                 dp: T.DPConfig | None, dim: int, min_replies: int):
+                 dp: T.DPConfig | None, dim: int, min_replies: int, min_cell_floor: int = DEFAULT_FLOOR):
         self.s, self.task, self.run_config, self.out_dir = strategy, task, run_config, out_dir
         self.history, self.nodes, self.timeout, self.dp, self.dim = history, nodes, timeout, dp, dim
-        self.min_replies = min_replies
+        self.min_replies, self.floor = min_replies, min_cell_floor
         self.rho = 0.0  # zCDP spent so far (set from the history on resume)
         self.summary: T.TrainingSummary | None = None
         self.t0 = time.perf_counter()
@@ -184,13 +205,15 @@ class PooledEvaluation:
         record = T.numpy_to_record(arrays)
         content = lambda node: T._round_content(record, self.task, self.run_config, rnd, node)
         ev_ok, ev_failed = T._send(grid, self.nodes, content, T.MessageType.EVALUATE, self.timeout, f"evaluate-{rnd}")
+        ev_ok, ev_refused = audit_replies(ev_ok, "evaluate", self.floor)
         _, eval_metrics = T._pooled_metrics(ev_ok)
         n_train, train_metrics = _weighted(done["metrics"])
         self.history.append(T.RoundRecord(round=rnd, replies=done["survivors"], failed=done["failed"] + ev_failed,
                                           num_examples=n_train, train_metrics=train_metrics,
                                           eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                           checkpoint=ckpt.name, epsilon=epsilon,
-                                          seconds=time.perf_counter() - self.t0))
+                                          seconds=time.perf_counter() - self.t0,
+                                          refused=done["refused"] + ev_refused))
         self.t0 = time.perf_counter()
         best, chosen_by = T.choose_round(self.history)
         self.summary = T.TrainingSummary(task=self.task, rounds=self.history, nodes=sorted(self.nodes),
@@ -204,8 +227,12 @@ class PooledEvaluation:
 def run_secagg_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
                         round_timeout: float, fedprox_mu: float = 0.0, dp: T.DPConfig | None = None,
                         node_wait: float = 0.0, resume: bool = False, secagg_range: float = 8.0,
-                        context: Context | None = None) -> T.TrainingSummary:
-    """As :func:`coordinator.flower.training.run_federated_training`, with SecAgg+ fit rounds."""
+                        context: Context | None = None, min_cell_floor: int = DEFAULT_FLOOR) -> T.TrainingSummary:
+    """As :func:`coordinator.flower.training.run_federated_training`, with SecAgg+ fit rounds. A
+    train reply that fails the coordinator's re-audit (:mod:`coordinator.flower.reply_audit`) has
+    its clear metrics left out of the round's train metrics and is listed as refused; its masked
+    update cannot be taken out of the secure sum (it carries no count the coordinator can read),
+    and its weight is not used (the sum is unweighted)."""
     out_dir = Path(out_dir)
     nodes = T._connected(grid, None, min_replies, node_wait)
     if len(nodes) < min_replies:
@@ -236,9 +263,10 @@ def run_secagg_training(grid, task: str, *, rounds: int, run_config: dict, out_d
         T.check_noise(T.DPConfig(clip_norm=dp.clip_norm, delta=dp.delta, max_noise_ratio=dp.max_noise_ratio,
                                  noise_multiplier=dp.noise_multiplier * math.sqrt(threshold / len(nodes))),
                       threshold, dim)
-    strategy = UpdateStrategy(start, task, run_config, offset=first - 1)
+    strategy = UpdateStrategy(start, task, run_config, offset=first - 1, min_cell_floor=min_cell_floor)
     evaluation = PooledEvaluation(strategy, task=task, run_config=run_config, out_dir=out_dir, history=history,
-                                  nodes=nodes, timeout=round_timeout, dp=dp, dim=dim, min_replies=threshold)
+                                  nodes=nodes, timeout=round_timeout, dp=dp, dim=dim, min_replies=threshold,
+                                  min_cell_floor=min_cell_floor)
     if dp is not None:
         evaluation.rho = sum(gaussian_rho(dp.noise_multiplier * math.sqrt(r.replies / len(nodes))) for r in history)
     base = context or Context(run_id=int(getattr(grid.run, "run_id", 0)), node_id=0, node_config={},

@@ -18,11 +18,12 @@ def run_request(grid, request: TrainRequest) -> TrainingSummary:
                                    out_dir=request.out, min_replies=request.min_replies,
                                    round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
                                    node_wait=request.node_wait, resume=request.resume,
-                                   secagg_range=request.secagg_range)
+                                   secagg_range=request.secagg_range, min_cell_floor=request.min_cell_floor)
     return run_federated_training(grid, request.task, rounds=request.rounds, run_config=request.run_config,
                                   out_dir=request.out, min_replies=request.min_replies,
                                   round_timeout=request.round_timeout, fedprox_mu=request.fedprox_mu, dp=request.dp,
-                                  node_wait=request.node_wait, resume=request.resume)
+                                  node_wait=request.node_wait, resume=request.resume,
+                                  min_cell_floor=request.min_cell_floor)
 
 
 def run_training_job(grid, raw: dict) -> dict:

@@ -6,7 +6,10 @@ most ``round_timeout`` seconds, requires ``min_replies`` good replies (else
 :class:`TrainingError`), averages them (FedAvg weighted by ``num-examples``; FedProx is the
 sites' proximal term, ``fedprox_mu`` in the config), checkpoints ``global_round_<r>.npz``
 atomically, sends evaluate messages and writes the weighted metrics of every round to
-``training_history.json``. A dead site only costs the timeout.
+``training_history.json``. A dead site only costs the timeout. Every train and evaluate reply
+is re-audited before it is pooled (:mod:`coordinator.flower.reply_audit`, with the minimum cell
+count the site states and the network's ``min_cell_floor``); a reply that fails is left out
+and listed under the round's ``refused``.
 
 Optional central differential privacy (:class:`DPConfig`): each site's update of the TRAINABLE
 weights (the keys the site lists when it sends the starting model) is clipped to L2 norm
@@ -41,12 +44,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
-from optima_common import protocol as P
 from coordinator.flower.pooled_eval import (  # noqa: F401 - metrics_from_confusion is part of this module's API
     _pooled_metrics,
     _weighted_metrics,
     metrics_from_confusion,
 )
+from coordinator.flower.reply_audit import DEFAULT_FLOOR, audit_replies
+from optima_common import protocol as P
 from optima_common.errors import TrainingError
 from optima_common.fileio import write_atomic
 from optima_common.privacy import (
@@ -81,6 +85,7 @@ class RoundRecord(BaseModel):
     epsilon: float | None = None
     seconds: float
     start_sha256: str | None = None  # the global weights this round trained from (weights_sha256)
+    refused: list[str] = Field(default_factory=list)  # replies the coordinator's re-audit kept out of pooling
 
 
 class TrainingSummary(BaseModel):
@@ -246,12 +251,16 @@ def _send(grid, nodes, content_for, message_type: str, timeout: float, group: st
     msgs = [Message(content=content_for(node), dst_node_id=node, message_type=message_type, group_id=group)
             for node in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    # the SuperLink answers for an unavailable node itself (its own id as the source): name the
+    # node a reply is for by the message it replies to
+    dst = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id}
     ok, failed = [], []
     answered = set()
     for rep in replies:
-        answered.add(rep.metadata.src_node_id)
+        node = dst.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+        answered.add(node)
         if rep.has_error():
-            failed.append(f"node {rep.metadata.src_node_id}: {rep.error.reason}")
+            failed.append(f"node {node}: {rep.error.reason}")
         else:
             ok.append(rep)
     failed += [f"node {n}: no reply within {timeout:g}s" for n in nodes if n not in answered]
@@ -307,10 +316,12 @@ def _resume_state(out_dir: Path, task: str) -> tuple[list[RoundRecord], dict[str
 def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, out_dir: Path, min_replies: int,
                            round_timeout: float, fedprox_mu: float = 0.0, dp: DPConfig | None = None,
                            nodes: list[int] | None = None, node_wait: float = 0.0,
-                           resume: bool = False) -> TrainingSummary:
+                           resume: bool = False, min_cell_floor: int = DEFAULT_FLOOR) -> TrainingSummary:
     """``nodes``: a fixed set of node ids (default: whoever is connected, asked again each
     round); ``node_wait``: seconds to wait at the start for ``min_replies`` nodes to connect;
-    ``resume``: continue from the last checkpoint in ``out_dir`` (round k+1 up to ``rounds``)."""
+    ``resume``: continue from the last checkpoint in ``out_dir`` (round k+1 up to ``rounds``);
+    ``min_cell_floor``: the network's floor for the minimum cell count each reply states
+    (:mod:`coordinator.flower.reply_audit`: a reply that fails the re-audit is not pooled)."""
     out_dir = Path(out_dir)
     fixed = nodes
     nodes = _connected(grid, fixed, min_replies, node_wait)
@@ -349,9 +360,10 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ok, failed = _send(grid, nodes, content, MessageType.TRAIN, round_timeout, f"train-{r}")
+        ok, refused = audit_replies(ok, "train", min_cell_floor)
         if len(ok) < min_replies:
-            raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied, the quorum is {min_replies} "
-                                f"({'; '.join(failed)[:300]})")
+            raise TrainingError(f"round {r}: {len(ok)} of {len(nodes)} sites replied usably, the quorum is "
+                                f"{min_replies} ({'; '.join(failed + refused)[:300]})")
         arrays = [record_to_numpy(rep.content.array_records["arrays"]) for rep in ok]
         n_train, train_metrics = _weighted_metrics(ok)
         counts = [int(rep.content.metric_records["metrics"].get("num-examples", 0)) for rep in ok]
@@ -365,11 +377,12 @@ def run_federated_training(grid, task: str, *, rounds: int, run_config: dict, ou
         record = numpy_to_record(global_arrays)
         content = partial(_round_content, record, task, run_config, r)
         ev_ok, ev_failed = _send(grid, nodes, content, MessageType.EVALUATE, round_timeout, f"evaluate-{r}")
+        ev_ok, ev_refused = audit_replies(ev_ok, "evaluate", min_cell_floor)
         _, eval_metrics = _pooled_metrics(ev_ok)
         history.append(RoundRecord(round=r, replies=len(ok), failed=failed + ev_failed, num_examples=n_train,
                                    train_metrics=train_metrics, eval_replies=len(ev_ok), eval_metrics=eval_metrics,
                                    checkpoint=ckpt.name, epsilon=epsilon, seconds=time.perf_counter() - t0,
-                                   start_sha256=start_sha))
+                                   start_sha256=start_sha, refused=refused + ev_refused))
         best, chosen_by = choose_round(history)
         summary = TrainingSummary(task=task, rounds=history, nodes=sorted(seen), final_checkpoint=ckpt.name, dp=dp,
                                   epsilon=epsilon, accountant=accountant, best_round=best, selection_metric=chosen_by)
@@ -398,4 +411,5 @@ class TrainRequest(BaseModel):
     resume: bool = False
     secagg: bool = False  # Flower SecAgg+ fit rounds (coordinator.flower.secagg)
     secagg_range: float = Field(8.0, gt=0)
+    min_cell_floor: int = Field(DEFAULT_FLOOR, ge=2)  # the network's floor for the sites' minimum cell counts
     run_config: dict[str, float | int | str | bool] = Field(default_factory=dict)  # sent to the sites

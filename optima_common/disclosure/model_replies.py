@@ -36,6 +36,11 @@ Declared relations, all exact on the site's true counts:
 
 Metrics derived from a withheld matrix (accuracy, precision, recall, F1, AUROC of its group)
 must not be released: :func:`check_reply` says so when they are.
+
+Every train and evaluate reply also states the site's disclosure policy (not data):
+``policy-min-cell-count`` and ``policy-fedavg-weight-base`` (:data:`POLICY_KEYS`), so that the
+coordinator can run the same audit on what it receives
+(:mod:`coordinator.flower.reply_audit`). They are not part of the released table.
 """
 
 from __future__ import annotations
@@ -46,13 +51,21 @@ import pandas as pd
 from optima_common import score_histogram as H
 from optima_common.disclosure import system as S
 from optima_common.disclosure.frame import count_rows
-from optima_common.eval_release import CM_WITHHELD, HEADLINE, HIST_WITHHELD, cm_groups, is_flag
+from optima_common.eval_release import (
+    CM_WITHHELD,
+    HEADLINE,
+    HIST_WITHHELD,
+    cm_groups,
+    is_flag,
+)
 from optima_common.results import SUPPRESSED, SummarisedResult
 
 TRAINING, EVALUATION = "model_training_weight", "model_evaluation"
 NUM_EXAMPLES = "num-examples"
 REPLY_GROUP = "reply"
 _PKG = ("optima_federated", "1")
+POLICY_MIN_CELL, POLICY_WEIGHT_BASE = "policy-min-cell-count", "policy-fedavg-weight-base"
+POLICY_KEYS = (POLICY_MIN_CELL, POLICY_WEIGHT_BASE)
 
 
 def group_name(prefix: str) -> str:
@@ -95,7 +108,7 @@ def reply_table(metrics: dict, site: str = "site", n_classes: dict[str, int] | N
     ``n_classes``: {prefix: classes} of matrices whose size is known although they were withheld
     (binary groups with a histogram of the same prefix are known to be 2x2)."""
     rows = []
-    m = dict(metrics)
+    m = {k: v for k, v in metrics.items() if k not in POLICY_KEYS}  # the site's policy, not data
     if NUM_EXAMPLES in m:
         rows.append(_row(site, REPLY_GROUP, "number examples", None, "count", _fmt(m.pop(NUM_EXAMPLES)), 1))
     cms, hists = cm_groups(m), H.parse(m)

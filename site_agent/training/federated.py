@@ -7,7 +7,9 @@ from the SuperNode's node config: ``image-root-<task>`` (a path, for tests and t
 ``site-config`` (the site TOML, whose ``image_roots[task]`` is used).
 
 Replies carry only the model weights (``ArrayRecord`` "arrays") and scalar aggregates
-(``MetricRecord`` "metrics" with "num-examples"): no image, heatmap or embedding leaves the site.
+(``MetricRecord`` "metrics" with "num-examples", plus the site's policy: its minimum cell count
+and weight base, :func:`site_policy`, which the coordinator re-audits the reply with): no image,
+heatmap or embedding leaves the site.
 A train reply's "num-examples" (the FedAvg weight) is the training-set size rounded to the
 site's base (default 10), never the exact size. Both kinds of reply are written as the declared
 tables of :mod:`optima_common.disclosure.model_replies` and audited before they leave.
@@ -47,6 +49,8 @@ from torch import nn
 
 from optima_common import protocol as P
 from optima_common.disclosure.model_replies import (  # imported with the app, not per reply
+    POLICY_MIN_CELL,
+    POLICY_WEIGHT_BASE,
     check_reply,
     hist_target,
     reply_table,
@@ -152,6 +156,17 @@ def site_min_cell(node_config) -> int:
     return max(value, 2)
 
 
+def site_policy(node_config) -> dict[str, int]:
+    """The site's disclosure policy every train and evaluate reply states (not data): its minimum
+    cell count and FedAvg weight base, so the coordinator can re-audit the reply with them."""
+    from optima_common.eval_release import weight_base
+
+    min_cell = site_min_cell(node_config)
+    configured = node_config.get("fedavg-weight-base")
+    return {POLICY_MIN_CELL: min_cell,
+            POLICY_WEIGHT_BASE: weight_base(min_cell, int(configured) if configured is not None else None)}
+
+
 def _run_config(msg: Message) -> tuple[str, dict]:
     if P.CONFIG_RECORD not in msg.content.config_records:
         raise ConfigError("message carries no config record")
@@ -169,15 +184,14 @@ def train_reply_metrics(num_examples: int, metrics: dict, node_config) -> Metric
     (``model_training_weight``: one rounded count, no relations) passes the audit exactly when the
     weight is 0 or at least the minimum cell count, which is checked here without the LP."""
     from optima_common.errors import DisclosureError
-    from optima_common.eval_release import released_weight, weight_base
+    from optima_common.eval_release import released_weight
 
-    min_cell = site_min_cell(node_config)
-    configured = node_config.get("fedavg-weight-base")
-    base = weight_base(min_cell, int(configured) if configured is not None else None)
+    policy = site_policy(node_config)
+    min_cell, base = policy[POLICY_MIN_CELL], policy[POLICY_WEIGHT_BASE]
     weight = released_weight(int(num_examples), base)
     if 0 < weight < min_cell:
         raise DisclosureError(f"train reply refused: FedAvg weight {weight} is under the minimum cell count {min_cell}")
-    return _metrics(weight, metrics)
+    return _metrics(weight, metrics, policy)
 
 
 def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> MetricRecord:
@@ -205,14 +219,15 @@ def evaluate_reply_metrics(num_examples: int, metrics: dict, node_config) -> Met
         problems = check_reply(reply_table(dict(record), n_classes=sizes), min_cell)
     if problems:
         raise DisclosureError(f"evaluate reply refused by the disclosure audit: {problems[0]}")
-    return record
+    return _metrics(n, released, site_policy(node_config))
 
 
-def _metrics(num_examples: int, metrics: dict) -> MetricRecord:
-    """Only scalar numbers go back (aggregates), plus num-examples."""
+def _metrics(num_examples: int, metrics: dict, policy: dict[str, int] | None = None) -> MetricRecord:
+    """Only scalar numbers go back (aggregates), plus num-examples and the site's policy."""
     clean = {k: float(v) for k, v in metrics.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     clean["num-examples"] = int(num_examples)
+    clean.update({k: int(v) for k, v in (policy or {}).items()})
     return MetricRecord(clean)
 
 

@@ -86,6 +86,22 @@ def site_noise(update: dict[str, np.ndarray], keys: list[str], *, clip: float, z
     return out
 
 
+def hold_for_test(node_config) -> None:
+    """A test hook for dropout tests over a real network: with node config
+    ``test-hold-secagg-fit`` (a marker file's path), the site writes the marker when it enters the
+    SecAgg+ fit stage (after the key exchange) and waits ``test-hold-seconds`` (default 120)
+    before training, so a test can kill its SuperNode mid-round. Unset in every real deployment."""
+    marker = node_config.get("test-hold-secagg-fit")
+    if not marker:
+        return
+    import os
+    import time
+    from pathlib import Path
+
+    Path(str(marker)).write_text(str(os.getpid()), encoding="utf-8")
+    time.sleep(float(node_config.get("test-hold-seconds", 120)))
+
+
 def handle_train_any(msg: Message, context: Context) -> Message:
     """The site's train handler: SecAgg+ stage 2 (legacy FitIns, from secaggplus_mod) or a plain round."""
     if is_secagg_fit(msg):
@@ -136,6 +152,7 @@ def handle_secagg_fit(msg: Message, context: Context) -> Message:
     if [a.shape for a in arrays] != [tuple(v.shape) for v in state.values()]:
         raise ConfigError(f"the coordinator's {task} weights do not fit this site's model (shapes differ)")
     n_sites, threshold = protocol_sizes(context)
+    hold_for_test(context.node_config)
     z, clip = config.get(DP_NOISE), config.get(DP_CLIP)
     charged = dict(config)
     if z is not None:  # the weakest noise this round can end with: threshold survivors of n_sites

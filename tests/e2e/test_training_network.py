@@ -117,6 +117,49 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
     assert left_running(str(tmp_path / "network")) == []
 
 
+def _restart(network, spec, wait: float = 240.0) -> None:
+    """Start a killed site's SuperNode again until it is activated ("SuperNode ID" in its log).
+    The SuperLink refuses to activate a node with the same key while the dead one still counts as
+    online (up to 2 heartbeat intervals); the SuperNode then exits (code 305): kill what it left
+    (its SuperExec) and try again."""
+    log = network.workdir / "logs" / f"supernode-{spec.site}.log"
+    deadline = time.monotonic() + wait
+    while True:
+        offset = log.stat().st_size
+        proc = network.start_node(spec)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if b"SuperNode ID" in log.read_bytes()[offset:]:
+                return
+            time.sleep(0.5)
+        network.kill_node(spec.site)
+        assert time.monotonic() < deadline, f"{spec.site}'s SuperNode was not activated again within {wait:g} s"
+        time.sleep(5.0)
+
+
+def _local_update(data_dir, config):
+    """(start weights, one site's SecAgg+ update) as site_agent.training.secagg computes them."""
+    import copy
+
+    from site_agent.training.federated import bn_from_wire, bn_to_wire, get_task
+    from site_agent.training.loop import seed_everything
+
+    adapter = get_task("pathology")
+    seed_everything(0)
+    start = {k: v.detach().clone() for k, v in bn_to_wire(adapter.init_model({**config, "init": True})).state_dict().items()}
+    seed_everything(0)
+    model = adapter.init_model(config)
+    model.load_state_dict(start)
+    bn_from_wire(model)
+    frozen = copy.deepcopy(model)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    adapter.local_train(model, data_dir, config, frozen)
+    local = bn_to_wire(model).state_dict()
+    floats = [k for k, v in start.items() if v.is_floating_point()]
+    return ({k: start[k].numpy().astype(np.float64) for k in floats},
+            {k: local[k].detach().numpy().astype(np.float64) - start[k].numpy().astype(np.float64) for k in floats})
+
+
 def _serverapps(workdir) -> list[int]:
     """The flwr-serverapp processes of this network (the coordinator's ServerApp runs)."""
     from pathlib import Path
@@ -192,3 +235,82 @@ def test_coordinator_killed_mid_training_resumes_at_the_next_round(tmp_path):
     fresh = weights_sha256(load_checkpoint(out / "global_round_1.npz"))
     assert after[0]["start_sha256"] != fresh and all(r["replies"] == 2 for r in after)
     assert left_running(str(tmp_path / "network")) == []
+
+
+def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(tmp_path):
+    """Three SuperNodes, SecAgg+ on. ``kx_east`` holds in the SecAgg+ fit stage (node config
+    ``test-hold-secagg-fit``: it writes a marker after the key exchange, then waits); the test
+    then SIGKILLs its SuperNode and the ClientApp it started (the whole process group). A quorum
+    of 3 aborts ("secure aggregation aborted", no global model); after the site is restarted and
+    killed again in the next run's fit stage, a quorum of 2 completes with the two survivors and
+    names the dead site as failed; the new global model is the start plus the mean of the two
+    survivors' updates, recomputed in the test. Small round timeout: the dead site costs it twice (collect and
+    evaluate)."""
+    import resource
+    from concurrent.futures import ThreadPoolExecutor
+
+    t_wall, ru = time.perf_counter(), (resource.getrusage(resource.RUSAGE_SELF),
+                                       resource.getrusage(resource.RUSAGE_CHILDREN))
+    marker = tmp_path / "east-in-fit"
+    nodes = []
+    for i, site in enumerate(("kx_north", "kx_south", "kx_east")):
+        data = tmp_path / site
+        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
+                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
+                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
+        assert proc.returncode == 0, proc.stderr
+        extra = {"image-root-pathology": str(data)}
+        if site == "kx_east":
+            extra.update({"test-hold-secagg-fit": str(marker), "test-hold-seconds": "150"})
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    request = {"task": "pathology", "rounds": 1, "min_replies": 3, "round_timeout": 60, "node_wait": 60,
+               "secagg": True,
+               "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
+                              "batch_size": 8, "device": "cpu", "lr": 1e-3}}
+
+    def run_and_kill(network, job):
+        marker.unlink(missing_ok=True)
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(network.run, "train", job, timeout=600)
+            deadline = time.monotonic() + 400
+            while not marker.exists() and not future.done() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            held = marker.exists()
+            if held:  # mid-round, after the key exchange: the SuperNode and its ClientApp die
+                network.kill_node("kx_east")
+            return held, future.result()
+
+    with LocalNetwork(tmp_path / "network", nodes) as network:
+        held_3, aborted = run_and_kill(network, {**request, "out": str(tmp_path / "abort")})
+        _restart(network, nodes[2])  # same key, same node id, once the SuperLink has seen the old one die
+        held_2, done = run_and_kill(network, {**request, "min_replies": 2, "out": str(tmp_path / "complete")})
+    assert held_3 and held_2, "kx_east never reached the SecAgg+ fit stage"
+    assert not aborted["ok"] and "secure aggregation aborted" in aborted["error"], aborted
+    assert not (tmp_path / "abort" / "global_round_1.npz").exists()
+    assert done["ok"], done
+    rnd = done["summary"]["rounds"][0]
+    assert done["summary"]["secure_aggregation"] and rnd["replies"] == 2 and rnd["eval_replies"] == 2
+    dead = [f for f in rnd["failed"] if "dropped out of the SecAgg+ round" in f]
+    assert len(dead) == 1, rnd["failed"]
+    node = dead[0].split(":")[0]  # "node N": its evaluation failed too
+    assert all(f.startswith(f"{node}:") for f in rnd["failed"]) and len(rnd["failed"]) == 2, rnd["failed"]
+    assert rnd["refused"] == []  # the survivors' replies pass the coordinator's re-audit
+    # the global update is the mean of the two survivors' updates, recomputed here as each site
+    # computes it (same seeded model, data and run config); SecAgg+ quantizes to ~4e-6
+    from coordinator.flower.training import load_checkpoint
+
+    config = {**request["run_config"], "fedprox_mu": 0.0, "secagg-range": 8.0, "task": "pathology", "round": 1}
+    start, updates = zip(*(_local_update(tmp_path / site, config) for site in ("kx_north", "kx_south")))
+    got = load_checkpoint(tmp_path / "complete" / "global_round_1.npz")
+    moved = worst = alone = 0.0
+    for k, upd in updates[0].items():
+        mean = start[0][k] + (upd + updates[1][k]) / 2
+        worst = max(worst, float(np.abs(got[k] - mean).max()))
+        moved = max(moved, float(np.abs(got[k] - start[0][k]).max()))
+        alone = max(alone, float(np.abs(got[k] - (start[0][k] + upd)).max()))
+    assert worst < 2e-4 and moved > 50 * 2e-4 and alone > 10 * 2e-4, (worst, moved, alone)
+    assert left_running(str(tmp_path / "network")) == []
+    after = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, ru))
+    print(f"\nkilled-supernode test: wall {time.perf_counter() - t_wall:.0f} s, "
+          f"CPU (this process + reaped children) {cpu:.0f} s")
