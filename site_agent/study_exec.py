@@ -33,7 +33,6 @@ from pathlib import Path
 import pandas as pd
 
 from optima_common import bundle
-from optima_common import disclosure as shared_disclosure
 from optima_common.errors import ConfigError
 from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult, bind_frames

@@ -74,9 +74,8 @@ def test_rounded_release_is_compared_as_its_interval_not_its_value(tmp_path):
     """Released 100 for 98..102 (nearest 5); the true count moves 101 -> 102: the old comparison of
     exact 102 with 100 withheld it (a change of 2 'seen'), though a reader of two rounded releases
     (100, 100) learns nothing; an exact release of 103 after 100 (98..102) says 1..5 came: open."""
-    from tests.test_governance_release_history import _sex_table
-
     from optima_common.disclosure.rounding import round_counts
+    from tests.test_governance_release_history import _sex_table
 
     history = ReleaseHistory(tmp_path)
     exact1 = _sex_table(51, 50)

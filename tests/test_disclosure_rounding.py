@@ -8,8 +8,8 @@ the rounding's preimage as bounds), not the production audit.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from benchmarks.attacker import narrowed
 from optima_common.disclosure import check_release, protect

@@ -79,7 +79,9 @@ def _train_grid(tmp_path, base=None):
 def test_released_weight_by_hand():
     assert [released_weight(n, 10) for n in (0, 1, 4, 5, 14, 15, 23, 47, 995)] == [0, 10, 10, 10, 10, 20, 20, 50, 1000]
     assert released_weight(23, 25) == 25 and released_weight(38, 25) == 50
-    from optima_common.disclosure.rounding import rounded  # the project's nearest_<b> rounding agrees
+    from optima_common.disclosure.rounding import (
+        rounded,  # the project's nearest_<b> rounding agrees
+    )
 
     assert all(released_weight(n, b) == int(rounded(float(n), b)) for n in range(0, 300) for b in (5, 10, 25))
 
