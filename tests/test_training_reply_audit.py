@@ -191,3 +191,32 @@ def test_secagg_round_refuses_a_tampered_sites_clear_replies(tmp_path):
     for k, v in load_checkpoint(tmp_path / "o" / s.final_checkpoint).items():
         np.testing.assert_allclose(v, start[k].numpy() + np.mean([VALUE[n] - start[k].numpy() for n in VALUE], 0),
                                    atol=1e-4)
+
+
+def test_cli_min_cell_floor_reaches_the_request_and_refusals_are_summarised(tmp_path):
+    """``coordinator train --min-cell-floor N`` sets the request's floor (default: the network's 5;
+    below 2 is a one-line option error), and the closing line counts the refused replies."""
+    from coordinator.cli.main import build_parser
+    from coordinator.cli.training import describe, request_from_args
+    from coordinator.flower.training import RoundRecord, TrainingSummary
+    from optima_common.errors import TrainingError
+
+    parse = build_parser().parse_args
+    assert request_from_args(parse(["train", "pathology", "--out", str(tmp_path)])).min_cell_floor == 5
+    assert request_from_args(parse(["train", "pathology", "--out", str(tmp_path),
+                                    "--min-cell-floor", "11"])).min_cell_floor == 11
+    with pytest.raises(TrainingError, match="min_cell_floor"):
+        request_from_args(parse(["train", "pathology", "--out", str(tmp_path), "--min-cell-floor", "1"]))
+
+    def record(r, refused):
+        return RoundRecord(round=r, replies=2, failed=[], num_examples=20, train_metrics={}, eval_replies=2,
+                           eval_metrics={"accuracy": 0.5}, checkpoint=f"global_round_{r}.npz", seconds=1.0,
+                           refused=refused)
+
+    summary = TrainingSummary(task="pathology", nodes=[1, 2, 3], final_checkpoint="global_round_2.npz",
+                              rounds=[record(1, ["node 3: refused at the coordinator: x"]),
+                                      record(2, ["node 3: refused at the coordinator: y",
+                                                 "node 2: refused at the coordinator: z"])])
+    assert "3 replies refused at the coordinator" in describe(summary, tmp_path)
+    summary.rounds = [record(1, [])]
+    assert "refused" not in describe(summary, tmp_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from coordinator.flower.reply_audit import DEFAULT_FLOOR
 from coordinator.flower.training import TASKS, DPConfig, TrainingSummary, TrainRequest
 from optima_common.errors import TrainingError
 
@@ -33,6 +34,9 @@ def add_train_parser(subparsers) -> None:
                         "updates; DP clipping and noise move to the sites")
     p.add_argument("--secagg-range", type=float, default=8.0,
                    help="SecAgg+ clipping range: every update value must lie within +-this")
+    p.add_argument("--min-cell-floor", type=int, default=DEFAULT_FLOOR,
+                   help="the network's floor for the minimum cell count each site's reply states; "
+                        "a reply stating less (or none) is not pooled")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (round k+1)")
     p.add_argument("--epochs", type=int, default=1, help="local epochs per round at each site")
     p.add_argument("--batch-size", type=int, default=32)
@@ -60,7 +64,8 @@ def request_from_args(args) -> TrainRequest:
         return TrainRequest(task=args.task, rounds=args.rounds, min_replies=args.min_replies,
                             round_timeout=args.round_timeout, node_wait=args.node_wait, out=Path(args.out).resolve(),
                             fedprox_mu=args.fedprox_mu, dp=dp, resume=args.resume, run_config=run_config,
-                            secagg=args.secagg, secagg_range=args.secagg_range)
+                            secagg=args.secagg, secagg_range=args.secagg_range,
+                            min_cell_floor=args.min_cell_floor)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TrainingError(f"bad training option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -86,6 +91,9 @@ def describe(summary: TrainingSummary, out: Path) -> str:
     eps = f"; epsilon {summary.epsilon:.2f} at delta {summary.dp.delta:g}" if summary.epsilon is not None else ""
     if summary.secure_aggregation:
         eps += "; secure aggregation (SecAgg+)"
+    refused = sum(len(r.refused) for r in summary.rounds)
+    if refused:
+        eps += f"; {refused} replies refused at the coordinator (listed per round in the history)"
     return (f"{len(summary.rounds)} rounds of federated {summary.task} training over {len(summary.nodes)} sites; "
             f"last round {last.replies} replies, evaluation: {metrics or 'none'}{eps}; "
             f"global model {Path(out) / summary.final_checkpoint}"
