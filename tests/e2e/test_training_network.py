@@ -31,16 +31,23 @@ def left_running(text: str, wait: float = 20.0) -> list[int]:
     return found
 
 
-def test_two_sites_two_rounds_over_flower(tmp_path):
+def pathology_nodes(tmp_path, sites, extra: dict | None = None) -> list[NodeSpec]:
+    """One synthetic pathology site (10 slides) per name, seeds 1, 2, ...; a node needs only its
+    data folder for training, plus the node config ``extra[site]`` where given."""
     nodes = []
-    for i, site in enumerate(("path_north", "path_south")):
+    for i, site in enumerate(sites):
         data = tmp_path / site
         proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
                                str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
                                "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
         assert proc.returncode == 0, proc.stderr
-        cfg = tmp_path / f"{site}.toml"  # the node only needs its data folder for training
-        nodes.append(NodeSpec(site, cfg, {"image-root-pathology": str(data)}))
+        config = {"image-root-pathology": str(data), **(extra or {}).get(site, {})}
+        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", config))
+    return nodes
+
+
+def test_two_sites_two_rounds_over_flower(tmp_path):
+    nodes = pathology_nodes(tmp_path, ("path_north", "path_south"))
     request = {"task": "pathology", "rounds": 2, "min_replies": 2, "round_timeout": 300,
                "out": str(tmp_path / "training"),
                "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 3,
@@ -66,17 +73,8 @@ def test_secagg_rounds_with_a_site_dropping_out_complete_or_abort_as_configured(
     """Three SuperNodes; Flower's SecAgg+ workflow and mod over the real SuperLink. The third
     site has a privacy budget that one round cannot fit, so it refuses in SecAgg+ stage 2, after the
     key exchange: a quorum of 2 completes with the survivors' mean, a quorum of 3 aborts."""
-    nodes = []
-    for i, site in enumerate(("sa_north", "sa_south", "sa_east")):
-        data = tmp_path / site
-        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
-                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
-                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
-        assert proc.returncode == 0, proc.stderr
-        extra = {"image-root-pathology": str(data)}
-        if site == "sa_east":
-            extra.update({"state-dir": str(tmp_path / "east-state"), "privacy-epsilon-budget": "1.0"})
-        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    nodes = pathology_nodes(tmp_path, ("sa_north", "sa_south", "sa_east"),
+                            {"sa_east": {"state-dir": str(tmp_path / "east-state"), "privacy-epsilon-budget": "1.0"}})
     request = {"task": "pathology", "rounds": 1, "min_replies": 2, "round_timeout": 300, "secagg": True,
                "out": str(tmp_path / "complete"),
                "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
@@ -186,14 +184,7 @@ def test_coordinator_killed_mid_training_resumes_at_the_next_round(tmp_path):
 
     from coordinator.flower.training import load_checkpoint, weights_sha256
 
-    nodes = []
-    for i, site in enumerate(("kill_north", "kill_south")):
-        data = tmp_path / site
-        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
-                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
-                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
-        assert proc.returncode == 0, proc.stderr
-        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", {"image-root-pathology": str(data)}))
+    nodes = pathology_nodes(tmp_path, ("kill_north", "kill_south"))
     out = tmp_path / "training"
     args = [sys.executable, "-m", "coordinator", "train", "pathology", "--out", str(out), "--rounds", "3",
             "--min-replies", "2", "--round-timeout", "300", "--node-wait", "60", "--backbone", "tiny",
@@ -252,17 +243,8 @@ def test_secagg_supernode_sigkilled_mid_round_completes_or_aborts_as_configured(
     t_wall, ru = time.perf_counter(), (resource.getrusage(resource.RUSAGE_SELF),
                                        resource.getrusage(resource.RUSAGE_CHILDREN))
     marker = tmp_path / "east-in-fit"
-    nodes = []
-    for i, site in enumerate(("kx_north", "kx_south", "kx_east")):
-        data = tmp_path / site
-        proc = subprocess.run([sys.executable, "-m", "site_agent", "images", "synth", "pathology", "--out",
-                               str(data), "--site", site, "--seed", str(i + 1), "--slides", "10", "--width", "1024",
-                               "--height", "768"], capture_output=True, text=True, cwd=REPO, check=False)
-        assert proc.returncode == 0, proc.stderr
-        extra = {"image-root-pathology": str(data)}
-        if site == "kx_east":
-            extra.update({"test-hold-secagg-fit": str(marker), "test-hold-seconds": "150"})
-        nodes.append(NodeSpec(site, tmp_path / f"{site}.toml", extra))
+    nodes = pathology_nodes(tmp_path, ("kx_north", "kx_south", "kx_east"),
+                            {"kx_east": {"test-hold-secagg-fit": str(marker), "test-hold-seconds": "150"}})
     request = {"task": "pathology", "rounds": 1, "min_replies": 3, "round_timeout": 60, "node_wait": 60,
                "secagg": True,
                "run_config": {"backbone": "tiny", "epochs": 1, "input_size": 32, "max_steps_per_epoch": 2,
