@@ -192,12 +192,14 @@ FROM g"""
 
 
 def feature_frame(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> pd.DataFrame:
-    """One row of aggregates per cohort of ``cohort_ids`` (column ``cid``): the TEMP tables, the query, clean-up."""
+    """One row of aggregates per cohort of ``cohort_ids`` (column ``cid``): the TEMP tables, the query, clean-up.
+
+    No clean-up after a failed query (on PostgreSQL the aborted transaction would refuse it
+    and hide the error): the TEMP tables go with the connection, or at the next run's DROP."""
     _execute(ctx, _temp_tables_sql(ctx, cohort_ids))
-    try:
-        return ctx.cdm.query_df(_feature_sql(ctx))
-    finally:
-        _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
+    df = ctx.cdm.query_df(_feature_sql(ctx))
+    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
+    return df
 
 
 def _execute(ctx: DiagnosticContext, statements: list[str]) -> None:
