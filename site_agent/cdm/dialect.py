@@ -44,6 +44,19 @@ def quantile(dialect: str, expr: str, p: float) -> str:
     return f"percentile_cont({p}) WITHIN GROUP (ORDER BY CAST({expr} AS DOUBLE PRECISION))"
 
 
+def percentiles(expr: str, ps: tuple[float, ...], *, discrete: bool = False) -> str:
+    """All quantiles ``ps`` of ``expr`` in one ordered-set aggregate: an array (1-based on both backends).
+
+    ``percentile_cont`` is type 7 (linear interpolation), ``percentile_disc`` the smallest value
+    whose cumulative share reaches p (an observed value, e.g. a date); NULLs are ignored. One
+    sort of the group's rows gives every quantile, where one aggregate per quantile sorts them
+    once each. Same syntax on both backends (DuckDB maps it to ``quantile_cont``/``quantile_disc``
+    with a list), and the same values as the one-quantile form (tests/test_dialect_percentiles.py).
+    """
+    fn = "PERCENTILE_DISC" if discrete else "PERCENTILE_CONT"
+    return f"{fn}(ARRAY[{', '.join(repr(float(p)) for p in ps)}]) WITHIN GROUP (ORDER BY {expr})"
+
+
 def index_and_analyze(dialect: str, table: str, index_columns: tuple[str, ...] = ()) -> list[str]:
     """Statements giving a freshly filled table (TEMP or in the write schema) an index and planner statistics.
 
