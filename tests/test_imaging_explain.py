@@ -72,6 +72,7 @@ def test_resnet18_gradcam_points_at_the_lesion_on_held_out_images(tmp_path, monk
     old = pointing_game(model, held_out, truth, cfg)
     assert trained["n"] == len(held_out) >= 30 and 0.25 < trained["chance"] < 0.5
     assert (trained["cam_layer"], old["cam_layer"]) == ("layer3 (4x4)", "layer4 (2x2)")
+    assert sum(p["n"] for p in trained["by_predicted"].values()) == trained["n"]
     assert trained["pointing_game"] >= trained["chance"] + 0.25, trained
     assert trained["pointing_game"] >= untrained["pointing_game"] + 0.2, (trained, untrained)
     assert old["pointing_game"] < old["chance"], old

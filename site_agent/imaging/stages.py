@@ -168,22 +168,27 @@ def pointing_game(model: TwoStage, rois: list[Roi], true_boxes: list[tuple], cfg
     """Grad-CAM's pointing game: the share of images whose heat maximum (for the predicted class,
     mapped back onto the whole mammogram) falls inside the true lesion box; ``chance`` is the
     share a heat maximum placed uniformly at random in the classified window would reach;
-    ``cam_layer`` the block the maps come from and its map side at the ROI size."""
+    ``cam_layer`` the block the maps come from and its map side at the ROI size;
+    ``by_predicted`` the same per predicted class (a benign call's evidence need not be the lesion)."""
     from site_agent.training.models import gradcam_target
 
-    hits, chance = [], []
+    rows = []  # (hit, chance, predicted class)
     for roi, (x0, y0, x1, y1) in zip(rois, true_boxes):
-        _, heat, _ = gradcam_on_mammogram(model, roi, stage, cfg)
+        _, heat, pred = gradcam_on_mammogram(model, roi, stage, cfg)
         if not np.isfinite(heat).any():
             continue
         y, x = np.unravel_index(np.nanargmax(heat), heat.shape)
-        hits.append(x0 <= x <= x1 and y0 <= y <= y1)
         window = np.isfinite(heat)
         inside = window[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1].sum()
-        chance.append(float(inside / window.sum()))
+        rows.append((x0 <= x <= x1 and y0 <= y <= y1, float(inside / window.sum()), pred))
+
+    def summary(part):
+        return {"pointing_game": float(np.mean([r[0] for r in part])) if part else None, "n": len(part),
+                "chance": float(np.mean([r[1] for r in part])) if part else None}
+
     name, _, side = gradcam_target(_stage(model, stage), cfg.roi_size)
-    return {"pointing_game": float(np.mean(hits)) if hits else None, "n": len(hits),
-            "chance": float(np.mean(chance)) if chance else None, "cam_layer": f"{name} ({side}x{side})"}
+    return {**summary(rows), "cam_layer": f"{name} ({side}x{side})",
+            "by_predicted": {c: summary([r for r in rows if r[2] == k]) for k, c in enumerate(CLASSES[stage])}}
 
 
 def _crop_window(box, context: float = 1.6, min_side: float = 24.0) -> tuple[int, int, int]:
