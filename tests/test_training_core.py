@@ -160,7 +160,7 @@ def test_gradcam_matches_pytorch_grad_cam(backbone):
     model = build_classifier(backbone, 3).eval()
     x = torch.rand(2, 3, 64, 64)
     ours = gradcam(model, x, [1, 2])
-    with GradCAM(model=model, target_layers=[gradcam_layer(model)]) as cam:
+    with GradCAM(model=model, target_layers=[gradcam_layer(model, x.shape[-2:])]) as cam:
         theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
     assert ours.shape == theirs.shape == (2, 64, 64)
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.95

@@ -146,33 +146,49 @@ def gradcam_on_mammogram(model: TwoStage, roi: Roi, stage: int, cfg) -> tuple[np
     x = torch.from_numpy(crop[None, None]).to(device)
     with torch.no_grad():
         pred = int(net.eval()(x).argmax(1).item())
-    heat = gradcam(net, x, [pred])[0]
-    a, b, s = _crop_window(roi.box, roi.context)
+    heat = gradcam(net, x, [pred])[0]  # its layer: fine enough for this input size (MIN_CAM_CELLS)
+    return img, heat_on_image(heat, roi.box, roi.context, img.shape), pred
+
+
+def heat_on_image(heat: np.ndarray, box, context: float, shape: tuple[int, int]) -> np.ndarray:
+    """A ROI crop's heatmap put back on the whole image: resized to the crop window that
+    :func:`~site_agent.imaging.preprocess.crop_roi` cut for ``box`` and ``context``, NaN outside
+    the window (and the window's part beyond the image dropped)."""
+    a, b, s = _crop_window(box, context)
     big = cv2.resize(heat.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
-    full = np.full_like(img, np.nan)  # NaN outside the crop window: nothing drawn there
-    h, w = img.shape
+    full = np.full(shape, np.nan, np.float32)  # NaN outside the crop window: nothing drawn there
+    h, w = shape
     sx0, sy0, sx1, sy1 = max(a, 0), max(b, 0), min(a + s, w), min(b + s, h)
     if sx1 > sx0 and sy1 > sy0:
         full[sy0:sy1, sx0:sx1] = big[sy0 - b: sy1 - b, sx0 - a: sx1 - a]
-    return img, full, pred
+    return full
 
 
 def pointing_game(model: TwoStage, rois: list[Roi], true_boxes: list[tuple], cfg, stage: int = 1) -> dict:
     """Grad-CAM's pointing game: the share of images whose heat maximum (for the predicted class,
     mapped back onto the whole mammogram) falls inside the true lesion box; ``chance`` is the
-    share a heat maximum placed uniformly at random in the classified window would reach."""
-    hits, chance = [], []
+    share a heat maximum placed uniformly at random in the classified window would reach;
+    ``cam_layer`` the block the maps come from and its map side at the ROI size;
+    ``by_predicted`` the same per predicted class (a benign call's evidence need not be the lesion)."""
+    from site_agent.training.models import gradcam_target
+
+    rows = []  # (hit, chance, predicted class)
     for roi, (x0, y0, x1, y1) in zip(rois, true_boxes):
-        _, heat, _ = gradcam_on_mammogram(model, roi, stage, cfg)
+        _, heat, pred = gradcam_on_mammogram(model, roi, stage, cfg)
         if not np.isfinite(heat).any():
             continue
         y, x = np.unravel_index(np.nanargmax(heat), heat.shape)
-        hits.append(x0 <= x <= x1 and y0 <= y <= y1)
         window = np.isfinite(heat)
         inside = window[int(max(y0, 0)):int(y1) + 1, int(max(x0, 0)):int(x1) + 1].sum()
-        chance.append(float(inside / window.sum()))
-    return {"pointing_game": float(np.mean(hits)) if hits else None, "n": len(hits),
-            "chance": float(np.mean(chance)) if chance else None}
+        rows.append((x0 <= x <= x1 and y0 <= y <= y1, float(inside / window.sum()), pred))
+
+    def summary(part):
+        return {"pointing_game": float(np.mean([r[0] for r in part])) if part else None, "n": len(part),
+                "chance": float(np.mean([r[1] for r in part])) if part else None}
+
+    name, _, side = gradcam_target(_stage(model, stage), cfg.roi_size)
+    return {**summary(rows), "cam_layer": f"{name} ({side}x{side})",
+            "by_predicted": {c: summary([r for r in rows if r[2] == k]) for k, c in enumerate(CLASSES[stage])}}
 
 
 def _crop_window(box, context: float = 1.6, min_side: float = 24.0) -> tuple[int, int, int]:

@@ -19,8 +19,9 @@ from site_agent.training.models import gradcam_layer
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, target_classes=None, *, layer: nn.Module | None = None) -> np.ndarray:
-    """Heatmaps (N, H, W) in [0, 1] at the input size; ``target_classes`` default: the predicted."""
-    layer = layer or gradcam_layer(model)
+    """Heatmaps (N, H, W) in [0, 1] at the input size; ``target_classes`` default: the predicted.
+    ``layer`` default: the deepest block with a map of at least 4x4 cells at this input size."""
+    layer = layer or gradcam_layer(model, tuple(images.shape[-2:]))
     acts, grads = {}, {}
     h1 = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
     h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.__setitem__("g", go[0]))
