@@ -141,12 +141,6 @@ def years_sql(first: str, last: str) -> str:
             f"make_date(CAST(g AS INTEGER), 12, 31) AS yend FROM generate_series({first}, {last}) AS t(g))")
 
 
-def _strata_values(strata: tuple[Stratum, ...]) -> str:
-    rows = sorted({(s.stratum_id, s.min_age, s.max_age, s.prior_days) for s in strata})
-    vals = ", ".join(f"({a}, {b}, {c}, {d})" for a, b, c, d in rows)
-    return f"(VALUES {vals}) AS s(stratum_id, min_age, max_age, prior_days)"
-
-
 def _to_date(v) -> dt.date:
     return v if isinstance(v, dt.date) and not isinstance(v, dt.datetime) else pd.Timestamp(v).date()
 
@@ -187,7 +181,6 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     c4 = (f"{c3} AND {add_years(dia, 'dob', str(min_age))} <= {e0} "
           f"AND {add_years(dia, 'dob', str(max_age))} >= {s0}")
     c5 = f"{c4} AND op_start <= {e0} AND op_end >= {s0}"
-    entry, exit_, c6, c7, c8 = _stratum_steps(dia, s0, e0, "s.min_age", "s.max_age", "s.prior_days")
     op_cte = f"WITH base AS ({person}), op AS (SELECT * FROM base WHERE {c5})"
     # attrition: per person first (records meeting each step, a flag per step), then sums; counting
     # distinct persons as COUNT(DISTINCT CASE ...) made PostgreSQL sort every step's rows
@@ -208,26 +201,56 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
         steps = _stratum_steps(dia, s0, e0, str(int(lo)), str(int(hi)), str(int(prior)),
                                age_start=f"op.age_{int(lo)}", age_end=f"op.age_{int(hi) + 1} - 1")[2:]
         ps_cols += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{6 + i}_{sid}" for i, c in enumerate(steps)]
+    # MATERIALIZED: inlined, PostgreSQL evaluated the age dates (make_interval) inside each of the 24
+    # aggregates that read them (9 of the 28 s the attrition took at 1M persons; docs/performance.md)
+    opa = f"opa AS MATERIALIZED (SELECT op.*, {ages} FROM op)"
     ps = (f"ps AS MATERIALIZED (SELECT op.sex, op.person_id, {', '.join(ps_cols)} "
-          f"FROM (SELECT op.*, {ages} FROM op) op GROUP BY op.sex, op.person_id)")
+          f"FROM opa op GROUP BY op.sex, op.person_id)")
+    # the denominator rows: one SELECT per stratum, its bounds written in (crossed with a strata
+    # table, the age dates were computed per person and stratum, several times each); persons with
+    # one observation period have no previous interval, so only the others go through the LAG
+    # window (sorting all 4.6M rows at 1M persons was a third of the statement)
+    multi = (f"op.person_id IN (SELECT person_id FROM {cs}.observation_period GROUP BY person_id "
+             f"HAVING COUNT(*) > 1)")
+    opd = (f"op1 AS MATERIALIZED (SELECT * FROM opa op WHERE NOT ({multi})), "
+           f"opm AS MATERIALIZED (SELECT * FROM opa op WHERE {multi})")
+
+    def iv(src: str) -> str:
+        return " UNION ALL ".join(
+            f"SELECT {sid} AS stratum_id, op.person_id, op.sex, {en} AS entry_date, {ex} AS exit_date "
+            f"FROM {src} op WHERE {en} <= {ex}"
+            for sid, lo, hi, prior in kinds
+            for en, ex in [_stratum_steps(dia, s0, e0, str(int(lo)), str(int(hi)), str(int(prior)),
+                                          age_start=f"op.age_{int(lo)}", age_end=f"op.age_{int(hi) + 1} - 1")[:2]])
+
+    # each table read once: one aggregate over pp and one (with and without sex) over ps, turned into
+    # rows afterwards (a statement per reason and stratum read the 1M-row ps 24 times: 10 of the 21 s
+    # the attrition took at 1M persons on PostgreSQL; docs/performance.md)
+    ppt = ("ppt AS MATERIALIZED (SELECT "
+           + ", ".join(f"SUM(r{i}) AS rec{i}, SUM(CASE WHEN r{i} > 0 THEN 1 ELSE 0 END) AS sub{i}" for i in range(1, 6))
+           + " FROM pp)")
+    pst = ("pst AS MATERIALIZED (SELECT sex, "
+           + ", ".join(f"SUM(r{i}_{sid}) AS rec{i}_{sid}, SUM(CASE WHEN r{i}_{sid} > 0 THEN 1 ELSE 0 END) AS sub{i}_{sid}"
+                       for sid, *_ in kinds for i in range(6, 9))
+           + " FROM ps GROUP BY GROUPING SETS ((), (sex)))")  # sex is never NULL in ps: NULL = all
     common = " UNION ALL ".join(
         f"SELECT CAST(NULL AS INTEGER) AS stratum_id, CAST(NULL AS VARCHAR(6)) AS sex, {i} AS reason_id, "
-        f"SUM(r{i}) AS records, SUM(CASE WHEN r{i} > 0 THEN 1 ELSE 0 END) AS subjects FROM pp"
+        f"rec{i} AS records, sub{i} AS subjects FROM ppt"
         for i in range(1, 6))
     per_stratum = " UNION ALL ".join(
-        f"SELECT {sid} AS stratum_id, sex, {i} AS reason_id, SUM(r{i}_{sid}) AS records, "
-        f"SUM(CASE WHEN r{i}_{sid} > 0 THEN 1 ELSE 0 END) AS subjects "
-        f"FROM ps GROUP BY GROUPING SETS ((), (sex))"
+        f"SELECT {sid} AS stratum_id, sex, {i} AS reason_id, rec{i}_{sid} AS records, sub{i}_{sid} AS subjects FROM pst"
         for sid, *_ in kinds for i in range(6, 9))
     statements = [
         f"""CREATE TEMP TABLE IF NOT EXISTS {den.table} AS
-        {op_cte},
-        iv AS (SELECT s.stratum_id, op.person_id, op.sex, {entry} AS entry_date, {exit_} AS exit_date
-               FROM op CROSS JOIN {_strata_values(strata)})
+        {op_cte}, {opa}, {opd}, ivm AS ({iv('opm')})
+        SELECT stratum_id, person_id, sex, entry_date, exit_date, CAST(NULL AS DATE) AS prev_exit
+        FROM ({iv('op1')}) iv1
+        UNION ALL
         SELECT stratum_id, person_id, sex, entry_date, exit_date,
                LAG(exit_date) OVER (PARTITION BY stratum_id, person_id ORDER BY entry_date) AS prev_exit
-        FROM iv WHERE entry_date <= exit_date""",
-        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte}, {pp}, {ps} {common} UNION ALL {per_stratum}",
+        FROM ivm""",
+        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte}, {pp}, {opa}, {ps}, {ppt}, {pst} {common} "
+        f"UNION ALL {per_stratum}",
     ]
     if ("denominator_analyzed", den.table) not in cdm.memo:  # planner statistics, once per connection
         statements += index_and_analyze(dia, den.table) + index_and_analyze(dia, den.attrition_table)

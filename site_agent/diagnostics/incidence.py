@@ -82,30 +82,41 @@ def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[in
     """
     y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
     ids = ", ".join(str(int(i)) for i in cohort_ids)
-    cols = "cid, stratum_id, sex, entry_date, end_date, prev_exit, has_out, w"
+    # the years (PostgreSQL's EXTRACT is numeric: costly) are computed once per row here, not in
+    # the grouping keys and again in the aggregates; ``is_late``: the person's previous interval in
+    # the stratum ended in the entry year or later, ``is_first``: there was none
+    cols = "cid, stratum_id, sex, entry_date, end_date, ey, xy, is_late, is_first, has_out, w"
+    late = (f"CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {_year_of('entry_date')} "
+            f"THEN 1 ELSE 0 END")
+    first = "CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END"
     if mode == "delta":
-        d = f"""o AS (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out
-               FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids}) GROUP BY cohort_definition_id, subject_id),
-    j AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.entry_date, dn.exit_date, dn.prev_exit, o.first_out
+        d = f"""o AS (SELECT cid, person_id, first_out, {_year_of('first_out')} AS oy
+               FROM (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out
+                     FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})
+                     GROUP BY cohort_definition_id, subject_id) t),
+    j AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.entry_date, dn.exit_date, o.first_out, o.oy,
+                 {_year_of('dn.entry_date')} AS ey, {_year_of('dn.exit_date')} AS xy,
+                 {late.replace('prev_exit', 'dn.prev_exit').replace('entry_date', 'dn.entry_date')} AS is_late,
+                 {first.replace('prev_exit', 'dn.prev_exit')} AS is_first
           FROM {den.table} dn JOIN o ON o.person_id = dn.person_id WHERE o.first_out <= dn.exit_date),
     d ({cols}) AS (
-          SELECT cid, stratum_id, sex, entry_date, exit_date, prev_exit, 0, -1 FROM j
+          SELECT cid, stratum_id, sex, entry_date, exit_date, ey, xy, is_late, is_first, 0, -1 FROM j
           UNION ALL
-          SELECT cid, stratum_id, sex, entry_date, first_out, prev_exit, 1, 1 FROM j WHERE first_out >= entry_date)"""
+          SELECT cid, stratum_id, sex, entry_date, first_out, ey, oy, is_late, is_first, 1, 1 FROM j WHERE first_out >= entry_date)"""
     else:  # base
-        d = f"d ({cols}) AS (SELECT 0, stratum_id, sex, entry_date, exit_date, prev_exit, 0, 1 FROM {den.table})"
+        d = (f"d ({cols}) AS (SELECT 0, stratum_id, sex, entry_date, exit_date, {_year_of('entry_date')}, "
+             f"{_year_of('exit_date')}, {late}, {first}, 0, 1 FROM {den.table})")
     ep = "DATE '1970-01-01'"
     return f"""
     WITH {d},
-    g AS (SELECT cid, stratum_id, sex, {_year_of('entry_date')} AS ey, {_year_of('end_date')} AS xy,
+    g AS (SELECT cid, stratum_id, sex, ey, xy,
                  SUM(w) AS n,
-                 SUM(CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {_year_of('entry_date')}
-                          THEN w ELSE 0 END) AS n_late,
-                 SUM(CASE WHEN prev_exit IS NULL THEN w ELSE 0 END) AS n_first,
+                 SUM(w * is_late) AS n_late,
+                 SUM(w * is_first) AS n_first,
                  SUM(w * (entry_date - {ep})) AS s_entry,
                  SUM(w * (end_date - {ep})) AS s_end,
                  SUM(w * has_out) AS k
-          FROM d GROUP BY cid, stratum_id, sex, {_year_of('entry_date')}, {_year_of('end_date')}),
+          FROM d GROUP BY cid, stratum_id, sex, ey, xy),
     gy AS (SELECT g.*, y.yr, y.ystart - {ep} AS ys, y.yend - {ep} AS ye
            FROM g JOIN {y} y ON y.yr >= g.ey AND y.yr <= g.xy)
     SELECT cid, stratum_id, sex, yr,

@@ -123,32 +123,37 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     SELECT 'span_records', stratum_id, sex, NULL, v_records FROM tot
     UNION ALL
     SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
-    # (a, b) is unique within a partition (DISTINCT), so both windows see the rows in the same order
+    # (a, b) is unique within a partition (DISTINCT), so both windows see the rows in the same order;
+    # kind is 0 (period) / 1 (point) until the end (sorting a text column in each of the three sorts
+    # cost more than the integers), and each year is computed once per pair, in ``c`` (PostgreSQL's
+    # EXTRACT is numeric and was recomputed in the filter and in the DISTINCT's keys)
     part = "PARTITION BY cid, kind, stratum_id, person_id ORDER BY a, b"
     outs = f"""
-    WITH c AS MATERIALIZED (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id,
-                      GREATEST(dn.entry_date, oc.cohort_start_date) AS ls,
-                      LEAST(dn.exit_date, oc.cohort_end_date) AS le
-               FROM {den.table} dn JOIN {ctx.cohort_table} oc
-                 ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
-                AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date),
+    WITH c AS MATERIALIZED (SELECT cid, stratum_id, sex, person_id,
+                      GREATEST({_year_of('ls')}, {first}) AS a_period,
+                      GREATEST({_year_of('ls - 1')} + 1, {first}) AS a_point, LEAST({_year_of('le')}, {last}) AS b
+               FROM (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id,
+                            GREATEST(dn.entry_date, oc.cohort_start_date) AS ls,
+                            LEAST(dn.exit_date, oc.cohort_end_date) AS le
+                     FROM {den.table} dn JOIN {ctx.cohort_table} oc
+                       ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
+                      AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date) p),
     r AS (SELECT DISTINCT * FROM (
-            SELECT cid, 'period' AS kind, stratum_id, sex, person_id,
-                   GREATEST({_year_of('ls')}, {first}) AS a, LEAST({_year_of('le')}, {last}) AS b FROM c
+            SELECT cid, 0 AS kind, stratum_id, sex, person_id, a_period AS a, b FROM c WHERE a_period <= b
             UNION ALL
-            SELECT cid, 'point', stratum_id, sex, person_id,
-                   GREATEST({_year_of('ls - 1')} + 1, {first}), LEAST({_year_of('le')}, {last}) FROM c) u
-          WHERE a <= b),
+            SELECT cid, 1, stratum_id, sex, person_id, a_point, b FROM c WHERE a_point <= b) u),
     m AS (SELECT r.*, MAX(b) OVER ({part} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pmax FROM r),
     isl AS (SELECT m.*, SUM(CASE WHEN pmax IS NULL OR a > pmax THEN 1 ELSE 0 END)
                           OVER ({part} ROWS UNBOUNDED PRECEDING) AS island FROM m),
     merged AS (SELECT cid, kind, stratum_id, sex, MIN(a) AS a, MAX(b) AS b
                FROM isl GROUP BY cid, kind, stratum_id, sex, person_id, island),
-    g AS (SELECT cid, kind, stratum_id, sex, a, b, COUNT(*) AS n FROM merged GROUP BY cid, kind, stratum_id, sex, a, b)
-    SELECT cid, kind, stratum_id, sex, yr, CAST(SUM(n) AS BIGINT) AS v
-    FROM g JOIN {y} y ON y.yr >= g.a AND y.yr <= g.b GROUP BY {ogs}
+    g AS (SELECT cid, kind, stratum_id, sex, a, b, COUNT(*) AS n FROM merged GROUP BY cid, kind, stratum_id, sex, a, b),
+    gyr AS (SELECT cid, kind, stratum_id, sex, yr, CAST(SUM(n) AS BIGINT) AS v
+            FROM g JOIN {y} y ON y.yr >= g.a AND y.yr <= g.b GROUP BY {ogs})
+    SELECT cid, CASE kind WHEN 0 THEN 'period' ELSE 'point' END AS kind, stratum_id, sex, yr, v FROM gyr
     UNION ALL
-    SELECT cid, 'period', stratum_id, sex, NULL, COUNT(DISTINCT person_id) FROM c GROUP BY {ogs_all}"""
+    SELECT cid, 'period', stratum_id, sex, NULL, COUNT(*)
+    FROM (SELECT DISTINCT cid, stratum_id, sex, person_id FROM c) dp GROUP BY {ogs_all}"""
     return dens, outs
 
 
