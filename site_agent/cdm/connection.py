@@ -109,6 +109,15 @@ class CdmConnection:
             cur.close()
         return None if row is None else row[0]
 
+    def execute_all(self, statements: Sequence[str]) -> None:
+        """Run statements on the shared connection, one after another, outside any explicit
+        transaction (TEMP tables, indexes, ANALYZE), each under the statement deadline."""
+        cur = self.connection().connection.cursor()
+        try:
+            _Script(cur, self.deadline).execute_all(statements)
+        finally:
+            cur.close()
+
     @contextmanager
     def transaction(self) -> Iterator[_Script]:
         """One transaction on the shared connection; rolled back on any error."""

@@ -196,19 +196,10 @@ def feature_frame(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> pd.Dat
 
     No clean-up after a failed query (on PostgreSQL the aborted transaction would refuse it
     and hide the error): the TEMP tables go with the connection, or at the next run's DROP."""
-    _execute(ctx, _temp_tables_sql(ctx, cohort_ids))
+    ctx.cdm.execute_all(_temp_tables_sql(ctx, cohort_ids))
     df = ctx.cdm.query_df(_feature_sql(ctx))
-    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
+    ctx.cdm.execute_all([f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
     return df
-
-
-def _execute(ctx: DiagnosticContext, statements: list[str]) -> None:
-    cur = ctx.cdm.connection().connection.cursor()
-    try:
-        for st in statements:
-            cur.execute(st)
-    finally:
-        cur.close()
 
 
 def _rows_from_aggregates(r: dict[str, Any], cdm_name: str, cohort_name: str) -> list[dict]:

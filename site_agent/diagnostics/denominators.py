@@ -255,12 +255,7 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     if ("denominator_analyzed", den.table) not in cdm.memo:  # planner statistics, once per connection
         statements += index_and_analyze(dia, den.table) + index_and_analyze(dia, den.attrition_table)
         cdm.memo[("denominator_analyzed", den.table)] = True
-    cur = cdm.connection().connection.cursor()
-    try:
-        for st in statements:
-            cur.execute(st)
-    finally:
-        cur.close()
+    cdm.execute_all(statements)
     return den
 
 

@@ -140,19 +140,10 @@ def lsc_frame(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> pd.DataFra
 
     One statement per event table (each joins its table to the spans), for every cohort of
     ``cohort_ids`` at once: each table is read once per run."""
-    _execute(ctx, _spans_sql(ctx, cohort_ids))
+    ctx.cdm.execute_all(_spans_sql(ctx, cohort_ids))
     frames = [ctx.cdm.query_df(_table_sql(ctx, t)) for t in EVENT_TABLES]
-    _execute(ctx, [f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
+    ctx.cdm.execute_all([f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES])
     return pd.concat(frames, ignore_index=True)
-
-
-def _execute(ctx: DiagnosticContext, statements: list[str]) -> None:
-    cur = ctx.cdm.connection().connection.cursor()
-    try:
-        for st in statements:
-            cur.execute(st)
-    finally:
-        cur.close()
 
 
 def summarise_large_scale_characteristics(ctx: DiagnosticContext,
