@@ -2,86 +2,27 @@
 
     python benchmarks/bench_characteristics.py --url cdm.duckdb --out chars.csv
     python benchmarks/bench_characteristics.py --url postgresql+psycopg2://… --schema cdm --out chars_pg.csv \\
-        --pg-root DIR [--explain-ms 500]
+        --pg-root DIR [--explain-ms 500] [--repeat N]
 
-Builds the lung study's cohorts if they are stale, then runs ``summarise_characteristics``
-for each of them (the first call runs the one statement for all cohorts; the others read its
-memo, as in a diagnostics run) and writes the released rows of all cohorts, in order, to
-``--out``: a reference to compare byte for byte before and after a rewrite, or across
-backends (the file holds aggregates only). Prints the wall seconds, the agent's CPU seconds
-(DuckDB runs in-process), the peak RSS and, with ``--pg-root`` (a cluster of
-``benchmarks/pg_private.py``), the PostgreSQL server's CPU seconds. ``--explain-ms`` turns on
+Runs ``summarise_characteristics`` for each lung cohort (the first call runs the one statement
+for all cohorts; the others read its memo, as in a diagnostics run) and writes the released
+rows of all cohorts, in order, to ``--out``: a reference to compare byte for byte before and
+after a rewrite, or across backends (the file holds aggregates only). ``--explain-ms`` turns on
 auto_explain (ANALYZE) for this session: the plans of slower statements go to the cluster's
-log (TEMP-table statements included).
+log (TEMP-table statements included). Harness and printed figures: ``lung_bench.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import sys
-import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+import pandas as pd
+from lung_bench import run
 
 
-def cpu() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
+def compute(ctx, defs) -> pd.DataFrame:
+    from site_agent.diagnostics.characteristics import summarise_characteristics
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--url", required=True, help="DuckDB file or PostgreSQL URL")
-    ap.add_argument("--schema", help="CDM schema (PostgreSQL)")
-    ap.add_argument("--write-schema", help="where the cohorts are built (default: the agent's)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--pg-root", help="private cluster folder, to read the server's CPU")
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--explain-ms", type=int, default=-1, help="auto_explain statements slower than this (PostgreSQL)")
-    args = ap.parse_args()
-    import pandas as pd
-
-    from site_agent.cdm import connect_cdm
-    from site_agent.cdm.fingerprint import cdm_fingerprint
-    from site_agent.cohorts import build_cohorts, collect_definitions
-    from site_agent.cohorts.build import ensure_results_tables
-    from site_agent.cohorts.state import stale_cohorts
-    from site_agent.diagnostics import characteristics
-    from site_agent.diagnostics.base import DiagnosticContext
-
-    server = None
-    if args.pg_root:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from pg_private import running_cluster
-
-        server = running_cluster(Path(args.pg_root)).server_cpu_seconds
-    defs = collect_definitions([REPO / "cohort_definitions" / "lung"])
-    with connect_cdm(args.url, cdm_schema=args.schema, write_schema=args.write_schema) as cdm:
-        ensure_results_tables(cdm)
-        stale = stale_cohorts(cdm, defs, cdm_fingerprint(cdm))
-        if stale:
-            build_cohorts(cdm, stale)
-        if args.explain_ms >= 0 and cdm.dialect == "postgresql":
-            cur = cdm.connection().connection.cursor()
-            for s in (f"SET auto_explain.log_min_duration = {args.explain_ms}", "SET auto_explain.log_analyze = on",
-                      "SET auto_explain.log_buffers = on", "SET auto_explain.log_nested_statements = on"):
-                cur.execute(s)
-            cur.close()
-        runs = []
-        for _ in range(args.repeat):
-            ctx = DiagnosticContext(cdm=cdm, cdm_name="ref", cohorts=tuple(defs))  # a fresh memo each time
-            t, c, s = time.perf_counter(), cpu(), server() if server else 0.0
-            frames = [characteristics.summarise_characteristics(ctx, (d,)).data for d in defs]
-            runs.append({"wall_s": round(time.perf_counter() - t, 2), "agent_cpu_s": round(cpu() - c, 2),
-                         "server_cpu_s": round(server() - s, 2) if server else None})
-    df = pd.concat(frames, ignore_index=True)
-    df.to_csv(args.out, index=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": len(df), "runs": runs, "peak_rss_mb": round(peak)}))
+    return pd.concat([summarise_characteristics(ctx, (d,)).data for d in defs], ignore_index=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, compute)
