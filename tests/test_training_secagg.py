@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from coordinator.flower.inprocess import InProcessGrid
-from coordinator.flower.secagg import run_secagg_training, secagg_threshold
+from coordinator.flower.secagg import dropout_lines, run_secagg_training, secagg_threshold
 from coordinator.flower.training import DPConfig, TrainingError, load_checkpoint
 from site_agent.training.federated import handle_evaluate, register_task
 from site_agent.training.secagg import handle_train_any, secagg_when_asked
@@ -189,3 +189,18 @@ def test_a_dead_site_costs_only_the_timeout(tmp_path):
                             round_timeout=1.0)
     assert time.monotonic() - t0 < 20 and s.rounds[0].replies == 2
     assert np.allclose(load_checkpoint(tmp_path / "o" / "global_round_1.npz")["0.weight"], 1.5, atol=1e-4)
+
+
+def test_every_site_without_a_masked_update_is_named_whatever_the_workflow_reports():
+    """A killed site sends nothing, or the SuperLink answers for it with an unnamed "Node
+    Unavailable" error once its heartbeats stop (timing decides which; a CI run saw the second):
+    both ways the round's failures name the site."""
+    unavailable = "Error(code=5, reason='Error: Node Unavailable')"
+    silent = dropout_lines([7], [])
+    answered_for = dropout_lines([7], [unavailable, unavailable])
+    assert silent == ["node 7: sent no masked update (dropped out of the SecAgg+ round)"]
+    assert answered_for == [f"{silent[0]}: {unavailable}"]  # listed twice by the workflow, once here
+    two = dropout_lines([7, 9], [unavailable])
+    assert two[:2] == [silent[0], "node 9: sent no masked update (dropped out of the SecAgg+ round)"]
+    assert two[2:] == [unavailable]
+    assert dropout_lines([], ["odd failure"]) == ["odd failure"]

@@ -73,6 +73,18 @@ def secagg_threshold(n_sites: int, min_replies: int) -> int:
     return max(min_replies, 2, n_sites // 2 + 1)
 
 
+def dropout_lines(missing: list, failures) -> list[str]:
+    """One line per site asked for a masked update that sent none. The workflow's failures do not
+    name their node: a site that died sends nothing, or the SuperLink answers for it ("Node
+    Unavailable") once it has missed its heartbeats, which of the two depends on timing. With one
+    such site its failures are its own and are appended to its line; otherwise they follow."""
+    details = list(dict.fromkeys(str(f)[:300] for f in failures))  # the workflow lists a failure twice
+    lines = [f"node {n}: sent no masked update (dropped out of the SecAgg+ round)" for n in missing]
+    if len(lines) == 1 and details:
+        return [f"{lines[0]}: {'; '.join(details)}"]
+    return lines + details
+
+
 class UpdateStrategy(Strategy):
     """Starts from the site's model; each round sends the global weights with the run config to
     every connected site and adds the securely summed mean update to the global weights."""
@@ -123,11 +135,9 @@ class UpdateStrategy(Strategy):
                 continue
             m = without_policy(m)
             metrics.append((int(m.pop("num-examples", 0)), m))
-        failed = list(dict.fromkeys(str(f)[:300] for f in failures))  # the workflow lists a failure twice
         answered = {getattr(proxy, "node_id", proxy.cid) for proxy, _ in results}
         missing = [n for n in self.asked.get(rnd, []) if n not in answered]
-        if len(missing) > len(failed):  # a site that died sends no error: name the sites without an update
-            failed += [f"node {n}: sent no masked update (dropped out of the SecAgg+ round)" for n in missing]
+        failed = dropout_lines(missing, failures)
         self.done[rnd] = {"survivors": len(results), "failed": failed,
                           "metrics": metrics, "refused": refused}
         return self._params(), {}
