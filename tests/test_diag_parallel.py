@@ -164,3 +164,12 @@ def test_connections_option_is_checked(monkeypatch):
     assert parallel.default_connections(Pg()) == 3
     Pg.dialect = "duckdb"
     assert parallel.default_connections(Pg()) == 1
+
+
+def test_groups_keep_plan_order_heaviest_family_first():
+    diags = {d.name: d for d in registry()}
+    plan = [parallel.Unit(i, diags[name], ()) for i, name in enumerate(
+        ["omop_snapshot", "cohort_count", "cohort_timing", "incidence", "summarise_characteristics",
+         "prevalence", "incidence", "cohort_count"], start=1)]
+    groups = parallel.groups_of(plan)
+    assert [[u.index for u in g] for g in groups] == [[4, 6, 7], [5], [1], [2, 3, 8]]

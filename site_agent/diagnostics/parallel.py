@@ -43,7 +43,8 @@ FAMILY = {
     "orphan_code_use": "orphans", "unmapped_codes": "orphans",
     "omop_snapshot": "database", "observation_period": "database",
 }
-#: relative cost of a family's group (PostgreSQL at 1M persons, docs/performance.md): heaviest first
+#: relative cost of a family's group (PostgreSQL at 1M persons, docs/performance.md): heaviest first.
+#: Per family, not per unit: most of a family's work is its set-based queries for all cohorts at once
 WEIGHT = {"population": 5, "characteristics": 4, "large_scale": 4, "codelists": 3, "orphans": 2,
           "cohort_summary": 1, "database": 1}
 _MODULE_FAMILY = {"characteristics": "characteristics", "large_scale": "large_scale"}
@@ -88,11 +89,11 @@ class Unit:
 
 
 def groups_of(units: Sequence[Unit]) -> list[list[Unit]]:
-    """One group per family, units in plan order; heaviest group (weight x units) first."""
+    """One group per family, units in plan order; heaviest family first (ties: plan order)."""
     by: dict[str, list[Unit]] = {}
     for u in units:
         by.setdefault(family(u.diag), []).append(u)
-    return sorted(by.values(), key=lambda g: -WEIGHT.get(family(g[0].diag), 1) * len(g))
+    return sorted(by.values(), key=lambda g: -WEIGHT.get(family(g[0].diag), 1))
 
 
 def run_units(cdm: CdmConnection, ctx: DiagnosticContext, units: Sequence[Unit], connections: int,
