@@ -159,6 +159,8 @@ def cmd_diagnostics(args) -> int:
 
     if args.min_cell_count < 0:
         raise ConfigError("--min-cell-count must be 0 or more")
+    if args.pg_connections is not None and args.pg_connections < 1:
+        raise ConfigError("--pg-connections must be 1 or more")
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}", hint="--out must be a file path in an existing folder")
