@@ -173,3 +173,34 @@ def test_groups_keep_plan_order_heaviest_family_first():
          "prevalence", "incidence", "cohort_count"], start=1)]
     groups = parallel.groups_of(plan)
     assert [[u.index for u in g] for g in groups] == [[4, 6, 7], [5], [1], [2, 3, 8]]
+
+
+@pytest.mark.postgres
+def test_server_refusing_more_connections_runs_on_the_one(pg_url, synth_pg_schema, tmp_path):
+    """A role allowed one connection: the worker connection is refused, the suite runs on the caller's."""
+    from sqlalchemy.engine import make_url
+
+    admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with admin.begin() as c:
+        c.execute(sa.text("DROP SCHEMA IF EXISTS results_one CASCADE"))  # a rerun against OPTIMA_TEST_PG_URL
+        c.execute(sa.text("DROP SCHEMA IF EXISTS results_one_ref CASCADE"))
+        c.execute(sa.text("DROP ROLE IF EXISTS optima_one"))
+        c.execute(sa.text("CREATE ROLE optima_one LOGIN CONNECTION LIMIT 1"))
+        c.execute(sa.text("CREATE SCHEMA results_one AUTHORIZATION optima_one"))
+        c.execute(sa.text(f"GRANT USAGE ON SCHEMA {synth_pg_schema} TO optima_one"))
+        c.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {synth_pg_schema} TO optima_one"))
+    admin.dispose()
+    url = make_url(pg_url).set(username="optima_one").render_as_string(hide_password=False)
+    definitions = collect_definitions([DEFINITIONS / "lung"])[:2]
+    lines: list[str] = []
+    suite = [*database.DIAGNOSTICS, *characteristics.DIAGNOSTICS]
+    with connect_cdm(url, cdm_schema=synth_pg_schema, write_schema="results_one") as cdm:
+        one = run_diagnostics(cdm, definitions, out=tmp_path / "one.csv", connections=3, diagnostics=suite,
+                              progress=lines.append)
+    assert one.computed == 2 + len(definitions)
+    assert any("too many connections" in m and "own connection" in m for m in lines), lines
+    assert not any("PostgreSQL connections" in m for m in lines)
+    with connect_cdm(pg_url, cdm_schema=synth_pg_schema, write_schema="results_one_ref") as cdm:
+        run_diagnostics(cdm, definitions, out=tmp_path / "ref.csv", connections=1, diagnostics=suite,
+                        progress=lambda m: None)
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from optima_common.errors import ConfigError
+from optima_common.errors import CdmConnectionError, ConfigError
 from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection, connect_cdm
 from site_agent.cohorts.definitions import CohortDefinition
@@ -97,9 +97,12 @@ def groups_of(units: Sequence[Unit]) -> list[list[Unit]]:
 
 
 def run_units(cdm: CdmConnection, ctx: DiagnosticContext, units: Sequence[Unit], connections: int,
-              done: Callable[[Unit, SummarisedResult, float], None]) -> None:
-    """Compute ``units`` on ``connections`` new connections; ``done(unit, result, seconds)`` is
-    called on this thread as each finishes (in completion order). Raises the first worker error."""
+              done: Callable[[Unit, SummarisedResult, float], None], say: Callable[[str], None]) -> None:
+    """Compute ``units`` on up to ``connections`` new connections; ``done(unit, result, seconds)``
+    is called on this thread as each finishes (in completion order). Raises the first worker error.
+
+    A server that refuses more connections (``max_connections``, a role's ``CONNECTION LIMIT``)
+    gets fewer workers; refusing every one, none: the caller then computes what is left itself."""
     groups = groups_of(units)
     todo: queue.Queue = queue.Queue()
     for g in groups:
@@ -130,7 +133,14 @@ def run_units(cdm: CdmConnection, ctx: DiagnosticContext, units: Sequence[Unit],
 
     try:
         for _ in range(min(connections, len(groups))):
-            workers.append(open_like(cdm))
+            try:
+                workers.append(open_like(cdm))
+            except CdmConnectionError as exc:
+                say(f"{exc}: computing on {len(workers)} connection(s)" if workers
+                    else f"{exc}: computing on the command's own connection")
+                break
+        if workers:
+            say(f"computing {len(units)} units on {len(workers)} PostgreSQL connections")
         for i, conn in enumerate(workers):
             t = threading.Thread(target=work, args=(conn,), name=f"diagnostics-{i + 1}", daemon=True)
             threads.append(t)

@@ -155,8 +155,7 @@ def run_diagnostics(
             fresh[u.index] = (res.data, res.settings)
             progress(f"[{u.index}/{len(plan)}] {label}: {seconds:.1f}s")
 
-        progress(f"computing {len(todo)} units on {min(connections, n_groups)} PostgreSQL connections")
-        parallel.run_units(cdm, ctx, todo, connections, done)
+        parallel.run_units(cdm, ctx, todo, connections, done, progress)  # what it could not: below
     for i, ((diag, unit), key) in enumerate(zip(plan, keys), start=1):
         label = _label(diag, unit)
         if key in have:
