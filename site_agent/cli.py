@@ -159,6 +159,8 @@ def cmd_diagnostics(args) -> int:
 
     if args.min_cell_count < 0:
         raise ConfigError("--min-cell-count must be 0 or more")
+    if args.pg_connections is not None and args.pg_connections < 1:
+        raise ConfigError("--pg-connections must be 1 or more")
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"cannot write {out}", hint="--out must be a file path in an existing folder")
@@ -166,7 +168,7 @@ def cmd_diagnostics(args) -> int:
     progress = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     with _open_cdm(args) as cdm:
         summary = run_diagnostics(cdm, definitions, out=out, min_cell_count=args.min_cell_count,
-                                  cdm_name=args.cdm_name, progress=progress)
+                                  cdm_name=args.cdm_name, progress=progress, connections=args.pg_connections)
     if args.html:
         names = sorted(set(summary.result.data["cdm_name"].dropna()))
         write_html(summary.result, args.html, title=f"Cohort diagnostics: {', '.join(names)}",
@@ -339,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cdm-name", help="name of this database in the results (default: cdm_source abbreviation)")
     p.add_argument("--html", help="also write an HTML view of what would be released")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--pg-connections", type=int, metavar="N",
+                   help="PostgreSQL: compute independent diagnostics on N connections at once (default: "
+                        "OPTIMA_PG_CONNECTIONS, else 2 on a machine with 2 or more cores); ignored on DuckDB")
     p.set_defaults(func=cmd_diagnostics)
 
     p = sub.add_parser("run-study", help="run a network study spec at this site (aggregates only)")

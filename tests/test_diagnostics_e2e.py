@@ -60,9 +60,12 @@ def test_diagnostics_cli_acceptance(target, tmp_path, eunomia_duckdb, synth_site
 def test_diagnostics_cli_postgres(pg_url, eunomia_pg_schema, tmp_path):
     out = tmp_path / "pg.csv"
     p = agent("diagnostics", "--cdm", pg_url, "--cdm-schema", eunomia_pg_schema, "--write-schema", "diag_e2e",
-              "--definitions", str(GIB), "--out", str(out), "--min-cell-count", "10", "-q")
+              "--definitions", str(GIB), "--out", str(out), "--min-cell-count", "10", "-q", "--pg-connections", "3")
     assert p.returncode == 0, p.stderr
     check_release(out, 10)
+    p = agent("diagnostics", "--cdm", pg_url, "--cdm-schema", eunomia_pg_schema, "--write-schema", "diag_e2e",
+              "--definitions", str(GIB), "--out", str(tmp_path / "x.csv"), "--pg-connections", "0")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--pg-connections" in p.stderr, p.stderr
 
 
 def test_diagnostics_bad_out(tmp_path, eunomia_duckdb):

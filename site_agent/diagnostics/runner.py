@@ -26,7 +26,7 @@ from site_agent.cohorts import build_cohorts
 from site_agent.cohorts.build import ensure_results_tables
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.state import stale_cohorts
-from site_agent.diagnostics import cache, release_cache
+from site_agent.diagnostics import cache, parallel, release_cache
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
 from site_agent.disclosure import release_control, withhold_nested_cohorts
 
@@ -103,8 +103,17 @@ def run_diagnostics(
     cdm_name: str | None = None,
     diagnostics: list[Diagnostic] | None = None,
     progress: Callable[[str], None] | None = None,
+    connections: int | None = None,
 ) -> RunSummary:
+    """``connections``: PostgreSQL connections computing units at once (:mod:`.parallel`; default
+    ``OPTIMA_PG_CONNECTIONS`` or min(2, cores)); DuckDB always runs the units one after another."""
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
+    if cdm.dialect != "postgresql":
+        connections = 1
+    elif connections is None:
+        connections = parallel.default_connections(cdm)
+    else:
+        connections = parallel.check_connections(connections)
     validate_cdm(cdm)
     ensure_results_tables(cdm)
     cache.ensure_tables(cdm)
@@ -136,11 +145,26 @@ def run_diagnostics(
             empty = SummarisedResult.from_records(
                 [], [settings_row(i, rt, package_name=diag.package_name) for i, rt in enumerate(diag.result_types, 1)])
             results.append((empty.data, empty.settings))
+    fresh: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}  # plan index -> computed on a worker
+    todo = [parallel.Unit(i, d, u) for i, ((d, u), key) in enumerate(zip(plan, keys), start=1) if key not in have]
+    n_groups = len(parallel.groups_of(todo)) if connections > 1 else 1
+    if n_groups > 1:  # families that share no memoised work: on several PostgreSQL connections at once
+        def done(u: parallel.Unit, res: SummarisedResult, seconds: float) -> None:
+            label = _label(u.diag, u.unit)
+            cache.store(cdm, keys[u.index - 1], u.diag.name, label, res)
+            fresh[u.index] = (res.data, res.settings)
+            progress(f"[{u.index}/{len(plan)}] {label}: {seconds:.1f}s")
+
+        parallel.run_units(cdm, ctx, todo, connections, done, progress)  # what it could not: below
     for i, ((diag, unit), key) in enumerate(zip(plan, keys), start=1):
-        label = f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
+        label = _label(diag, unit)
         if key in have:
             results.append(cache.load(cdm, key))
             reused += 1
+            continue
+        if i in fresh:
+            results.append(fresh.pop(i))
+            computed += 1
             continue
         started = time.perf_counter()
         res = diag.run(ctx, unit)
@@ -159,6 +183,10 @@ def run_diagnostics(
     if out is not None:
         write_atomic(out, text.encode("utf-8"))
     return RunSummary(computed, reused, len(stale), out, released, secondary)
+
+
+def _label(diag: Diagnostic, unit: tuple[CohortDefinition, ...]) -> str:
+    return f"{diag.name}" + (f" [{' x '.join(c.cohort_name for c in unit)}]" if unit else "")
 
 
 def _say_withheld(progress: Callable[[str], None], withheld: Iterable[str], min_cell_count: int) -> None:
