@@ -15,7 +15,11 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from coordinator.flower.inprocess import InProcessGrid
-from coordinator.flower.secagg import dropout_lines, run_secagg_training, secagg_threshold
+from coordinator.flower.secagg import (
+    dropout_lines,
+    run_secagg_training,
+    secagg_threshold,
+)
 from coordinator.flower.training import DPConfig, TrainingError, load_checkpoint
 from site_agent.training.federated import handle_evaluate, register_task
 from site_agent.training.secagg import handle_train_any, secagg_when_asked
