@@ -155,14 +155,14 @@ def test_connections_option_is_checked(monkeypatch):
         parallel.check_connections(0)
     monkeypatch.setenv("OPTIMA_PG_CONNECTIONS", "zero")
 
-    class Pg:
-        dialect = "postgresql"
+    class Pg:  # what default_connections reads of a CdmConnection
+        is_server = True
 
     with pytest.raises(ConfigError, match="OPTIMA_PG_CONNECTIONS"):
         parallel.default_connections(Pg())
     monkeypatch.setenv("OPTIMA_PG_CONNECTIONS", "3")
     assert parallel.default_connections(Pg()) == 3
-    Pg.dialect = "duckdb"
+    Pg.is_server = False  # DuckDB
     assert parallel.default_connections(Pg()) == 1
 
 

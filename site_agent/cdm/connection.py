@@ -82,6 +82,12 @@ class CdmConnection:
     def display_url(self) -> str:
         return safe_url(self.url)
 
+    @property
+    def is_server(self) -> bool:
+        """A database server that runs each connection's statements on their own core
+        (PostgreSQL), as opposed to DuckDB's one multi-threaded in-process engine."""
+        return self.dialect == "postgresql"
+
     def connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self.engine.connect()

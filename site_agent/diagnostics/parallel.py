@@ -61,7 +61,7 @@ def family(diag: Diagnostic) -> str:
 def default_connections(cdm: CdmConnection) -> int:
     """1 on DuckDB (one in-process engine, multi-threaded already); on PostgreSQL
     ``OPTIMA_PG_CONNECTIONS`` or min(2, cores of this machine)."""
-    if cdm.dialect != "postgresql":
+    if not cdm.is_server:
         return 1
     env = os.environ.get("OPTIMA_PG_CONNECTIONS")
     if env:

@@ -108,7 +108,7 @@ def run_diagnostics(
     """``connections``: PostgreSQL connections computing units at once (:mod:`.parallel`; default
     ``OPTIMA_PG_CONNECTIONS`` or min(2, cores)); DuckDB always runs the units one after another."""
     progress = progress or (lambda msg: print(msg, file=sys.stderr))
-    if cdm.dialect != "postgresql":
+    if not cdm.is_server:
         connections = 1
     elif connections is None:
         connections = parallel.default_connections(cdm)
