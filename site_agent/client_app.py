@@ -51,18 +51,24 @@ def query_collect(msg: Message, context: Context) -> Message:
 
 @app.query(P.COX_ACTION)
 def query_cox(msg: Message, context: Context) -> Message:
-    """Federated Cox: this stratum's log likelihood, score and information at ``beta`` (empty: columns)."""
+    """Federated Cox: this stratum's log likelihood, score and information at ``beta``.
+
+    An empty ``beta`` is the fit's first request: the design's columns and, in the same reply,
+    the answer at beta = 0 (one answer of the budget), so the fit starts one round earlier. A
+    refusal of that answer (e.g. too few events) still names the columns."""
     site = site_for(context)
     request = msg.content[P.COX_RECORD]
     manifest_id, beta = str(request[P.MANIFEST_ID]), [float(b) for b in request[P.BETA]]
+    design: dict = {}
     try:
         if not beta:
-            return reply(msg, site.name, P.DONE, **{P.COLUMNS: list(site.cox_columns(manifest_id))})
+            design[P.COLUMNS] = list(site.cox_columns(manifest_id))
+            beta = [0.0] * len(design[P.COLUMNS])
         loglik, score, info = site.cox(manifest_id, beta)
     except CoxRefusal as exc:
-        return reply(msg, site.name, P.REFUSED, str(exc))
-    return reply(msg, site.name, P.DONE, **{P.LOGLIK: float(loglik), P.SCORE: [float(v) for v in score],
-                                            P.INFO: [float(v) for v in np.ravel(info)]})
+        return reply(msg, site.name, P.REFUSED, str(exc), **design)
+    return reply(msg, site.name, P.DONE, **design, **{P.LOGLIK: float(loglik), P.SCORE: [float(v) for v in score],
+                                                      P.INFO: [float(v) for v in np.ravel(info)]})
 
 
 @app.train(mods=[secagg_when_asked])  # SecAgg+ rounds go through Flower's secaggplus_mod

@@ -92,10 +92,23 @@ def _released_study_manifest(config: SiteConfig, manifest_id: str, released: Pat
     return manifest
 
 
+def _spec_sha256(manifest: StudyManifest) -> str:
+    return str((manifest.parameters.get("sclc_study") or {}).get("spec_sha256", ""))
+
+
+def keep_study_design(config: SiteConfig, manifest: StudyManifest, data: SiteCoxData, cox) -> None:
+    """Keep the design of this manifest's Cox fit when the study runs (the patients it released;
+    ``cox``: the spec's Cox section, for its limits), so the fit's first request costs what the
+    others do. Every request still checks the manifest, its release and the spec's approval."""
+    write_cox_cache(cox_cache_path(config.state_dir, manifest.manifest_id), data, cox.max_iterations,
+                    cox.min_events, spec_sha256=_spec_sha256(manifest))
+
+
 def _guard(config: SiteConfig, manifest: StudyManifest) -> tuple[CoxGuard, str]:
-    """The guard over this manifest's design. Only the first request reads the spec and the CDM
-    (the heavy imports included); later ones, each in a fresh ClientApp process, read the cache."""
-    sha = str((manifest.parameters.get("sclc_study") or {}).get("spec_sha256", ""))
+    """The guard over this manifest's design, from the cache the study run (or the first request)
+    wrote; without one it is built from the spec and the CDM (the heavy imports included). Each
+    request runs in a fresh ClientApp process."""
+    sha = _spec_sha256(manifest)
     spec_path = approved_study_spec(config, sha)  # still an approved spec, on every request
     cache = cox_cache_path(config.state_dir, manifest.manifest_id)
     cached = read_cox_cache(cache, sha)

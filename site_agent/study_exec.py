@@ -96,7 +96,11 @@ def run_analyses(cdm: CdmConnection, decision: Decision, config: SiteConfig, cdm
         runs.append(run_diagnostics(cdm, definitions, out=None, min_cell_count=minimum, cdm_name=cdm_name,
                                     diagnostics=cohort_summary.DIAGNOSTICS[:2], progress=quiet))
     if "sclc_study" in decision.analyses:
-        runs.append(_run_sclc(cdm, spec_path, cdm_name, minimum))
+        from site_agent.cox_service import keep_study_design
+
+        run, cox_spec = _run_sclc(cdm, spec_path, cdm_name, minimum)
+        runs.append(run)
+        keep_study_design(config, decision.manifest, run.cox_design, cox_spec)
     if "genomics_profile" in decision.analyses:
         runs.append(_run_genomics(config, cdm, cdm_name, minimum))
     if "nlp_metastasis" in decision.analyses:  # radiology-report NLP (needs the nlp extra)
@@ -117,8 +121,9 @@ def _run_sclc(cdm: CdmConnection, spec_path: Path | None, cdm_name: str, minimum
 
     assert spec_path is not None  # preflight found the approved spec
     study = load_study(spec_path)
-    with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # plots stay at the site, then go
-        return run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum)
+    with tempfile.TemporaryDirectory(prefix="optima-study-") as tmp:  # only the released tables are used
+        return (run_study(cdm, study, Path(tmp), cdm_name=cdm_name, site_min_cell_count=minimum, plots=False),
+                study.spec.cox)
 
 
 def _run_genomics(config: SiteConfig, cdm: CdmConnection, cdm_name: str, minimum: int):

@@ -6,6 +6,7 @@ tests/e2e (LocalNetwork starts them with the same flags)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -99,3 +100,19 @@ def test_systemd_unit_verifies(unit, tmp_path):
     if "--node-config" in argv:  # the value reaches Flower as TOML: site-config="..."
         value = argv[argv.index("--node-config") + 1]
         assert re.fullmatch(r'site-config="[^"]+"', value), value
+
+
+def test_flower_telemetry_is_off_everywhere_we_start_flower():
+    """Flower posts usage events (with the host's platform details) to its servers by default; no
+    process of a site or the coordinator may: every unit, the image, and the processes
+    LocalNetwork and `flwr run` start (checked as Flower itself reads the setting)."""
+    from coordinator.flower.network import flower_env
+
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        assert "Environment=FLWR_TELEMETRY_ENABLED=0" in unit.read_text().splitlines(), unit.name
+    env_lines = [ln for ln in (DEPLOY / "Dockerfile").read_text().splitlines() if ln.startswith("ENV ")]
+    assert any("FLWR_TELEMETRY_ENABLED=0" in ln.split() for ln in env_lines)
+    env = flower_env({**os.environ, "FLWR_TELEMETRY_ENABLED": "1"})  # an operator's own setting loses
+    seen = subprocess.run([sys.executable, "-c", "from flwr.supercore import telemetry as t; "
+                           "print(t.FLWR_TELEMETRY_ENABLED)"], env=env, capture_output=True, text=True)
+    assert seen.stdout.strip() == "0", seen.stderr[-300:]

@@ -151,6 +151,31 @@ def test_federated_equals_independent_breslow_with_ties():
     assert np.abs(pooled - fit.coef).max() > 1e-3
 
 
+def test_convergence_costs_no_round_beyond_the_estimate():
+    """Every evaluation is a round of messages to every site: the fit stops on the Newton step
+    computed from the answers it has, so the estimate is the last point the sites were asked
+    about and its variance comes from their answers there; nothing is asked after it."""
+    datas = [to_data(df) for df in site_frames(ties=True)]
+    asked: list[np.ndarray] = []
+
+    def site(b, d):
+        if d is datas[0]:
+            asked.append(b.copy())
+        return site_score_information(d, b)
+
+    fit = fit_federated_cox([lambda b, d=d: site(b, d) for d in datas], 5, names=datas[0].columns)
+    assert fit.converged and len(asked) == fit.evaluations
+    np.testing.assert_array_equal(asked[-1], fit.coef)
+    info = sum(site_score_information(d, fit.coef)[2] for d in datas)
+    np.testing.assert_allclose(fit.covariance, np.linalg.inv(info), rtol=1e-12)
+    # at that point the pooled score is zero to within the Newton step's tolerance
+    score = sum(site_score_information(d, fit.coef)[1] for d in datas)
+    assert np.abs(np.linalg.solve(info, score)).max() <= 1e-9 * (1 + np.abs(fit.coef).max())
+    # and it is the independent fit's optimum
+    coef, _ = reference_fit([(d.X, d.time, d.event) for d in datas], 5)
+    np.testing.assert_allclose(fit.coef, coef, atol=1e-8)
+
+
 def test_federated_equals_lifelines_without_ties():
     from lifelines import CoxPHFitter
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from flwr.clientapp import ClientApp
 
 from coordinator.demo.sites import DemoSite
 from coordinator.flower.cox_rounds import cox_section, fit_network_cox
 from coordinator.flower.inprocess import InProcessGrid
 from coordinator.flower.study import send_study
 from coordinator.store import ResultsStore
+from optima_common import protocol as P
 from optima_common.errors import CoordinatorError
 from site_agent import client_app as site_app
 from site_agent.analyses.cox import site_score_information
@@ -72,6 +76,44 @@ def test_network_cox_equals_the_in_process_fit(net, tmp_path):
     events = [e for e in AuditLog(net.configs["cox_north"].parent / "state" / "audit.jsonl").entries()
               if e["event"] == "cox_answered" and e["manifest_id"] == manifest.manifest_id]
     assert len(events) == fit.evaluations and events[-1]["detail"]["answers"] == fit.evaluations
+    # one round per evaluation: the design request carries each site's answer at beta = 0
+    for node in grid.get_node_ids():
+        asked = [m for m in grid.sent if m.metadata.message_type == P.QUERY_COX and m.metadata.dst_node_id == node]
+        assert len(asked) == fit.evaluations and list(asked[0].content[P.COX_RECORD][P.BETA]) == []
+
+
+def legacy_cox_agent() -> ClientApp:
+    """An agent of the release before: it answers the design request with its columns only."""
+    legacy = ClientApp()
+
+    @legacy.query(P.COX_ACTION)
+    def cox(msg, context):
+        request = msg.content[P.COX_RECORD]
+        if list(request[P.BETA]):
+            return site_app.query_cox(msg, context)
+        site = site_app.site_for(context)
+        return site_app.reply(msg, site.name, P.DONE,
+                              **{P.COLUMNS: list(site.cox_columns(str(request[P.MANIFEST_ID])))})
+
+    return legacy
+
+
+def test_sites_of_the_release_before_get_beta_zero_asked_separately(net, tmp_path):
+    """A network upgrades site by site: a site that names only its columns in the first round is
+    asked at beta = 0 in a round of its own, and the fit is the same."""
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+               reply_timeout=300)
+    new, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    nodes = sorted(net.node_configs())
+    old = InProcessGrid(legacy_cox_agent(), net.node_configs())
+    fit, notes = fit_network_cox(old, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    assert fit is not None and fit.converged, notes
+    np.testing.assert_allclose(fit.coef, new.coef, rtol=0, atol=0, equal_nan=True)
+    assert fit.evaluations == new.evaluations
+    per_node = [sum(m.metadata.dst_node_id == n for m in old.sent) for n in nodes]
+    assert per_node == [fit.evaluations + 1] * len(nodes)  # the extra round: beta = 0 on its own
 
 
 def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
@@ -103,26 +145,40 @@ def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
 
 
 def test_site_answers_later_evaluations_from_its_design_cache(net, tmp_path):
-    """The first Cox request of a manifest builds the design from the CDM; later ones need no CDM."""
+    """The study run keeps the design of the manifest's Cox fit (its own patients), so no Cox
+    request needs the CDM; a site without the kept design (released by an earlier version)
+    builds it from the CDM at the first request."""
     from site_agent.cox_service import cox_cache_path, read_cox_cache
 
     manifest = net.manifest(analyses=("sclc_study",))
     grid = InProcessGrid(site_app.app, net.node_configs())
     send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
                reply_timeout=300)
-    first, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
-    assert first is not None and first.converged
-    for site in ("cox_north", "cox_south"):
+    sha = manifest.parameters["sclc_study"]["spec_sha256"]
+    for site in ("cox_north", "cox_south"):  # kept by the study run, before any Cox request
         config = load_config(net.configs[site])
         cache = cox_cache_path(config.state_dir, manifest.manifest_id)
         assert cache.stat().st_mode & 0o077 == 0  # owner-only: person-level data
-        sha = manifest.parameters["sclc_study"]["spec_sha256"]
         assert read_cox_cache(cache, "another spec") is None  # a design is reused only for its own spec
         (cached, max_iterations, min_events), fresh = read_cox_cache(cache, sha), site_data(net, site)
         assert (max_iterations, min_events) == (30, 5)  # the test spec's limits, kept beside the design
         np.testing.assert_array_equal(cached.X, fresh.X)
         np.testing.assert_array_equal(cached.time, fresh.time)
         assert cached.columns == fresh.columns
+    south = cox_cache_path(load_config(net.configs["cox_south"]).state_dir, manifest.manifest_id)
+    south.unlink()  # as if released before designs were kept: the first request rebuilds it
+    first, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    assert first is not None and first.converged
+    np.testing.assert_array_equal(read_cox_cache(south, sha)[0].X, site_data(net, "cox_south").X)
+    # an answer from the cache, as a fresh ClientApp process gives it per message, imports no
+    # cohort, dataframe or database code (a second or more per message before they were lazy)
+    probe = ("import sys; from site_agent.service import Site; s = Site.from_file(sys.argv[1]); "
+             "s.cox(sys.argv[2], [0.0] * len(s.cox_columns(sys.argv[2]))); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'circe', 'pandas', 'duckdb', 'psycopg', "
+             "'sqlalchemy', 'sklearn', 'torch', 'scipy', 'matplotlib'}))")
+    heavy = subprocess.run([sys.executable, "-c", probe, str(net.configs["cox_north"]), manifest.manifest_id],
+                           capture_output=True, text=True, cwd=REPO)
+    assert heavy.returncode == 0 and heavy.stdout.strip() == "[]", heavy.stdout + heavy.stderr[-500:]
     # with every site's CDM out of reach, a second fit of the same manifest gives the same answer
     cdms = {s: load_config(net.configs[s]).cdm.url.removeprefix("duckdb:///") for s in ("cox_north", "cox_south")}
     moved = {s: shutil.move(p, p + ".away") for s, p in cdms.items()}

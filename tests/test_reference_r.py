@@ -169,6 +169,7 @@ def test_level_without_events_is_reported_diverging_like_coxph():
     ref = coxph_reference(df, covs, control="eps = 1e-9")
     assert any("coefficient may be infinite" in w and "3" in w for w in ref["warnings"])
     assert fit.diverging == ("noevent",) and not fit.converged
+    assert fit.aliased == ()  # a diverging column is not also called aliased (R's coef is finite-but-huge, not NA)
     assert np.isnan(fit.coef[2]) and np.isnan(fit.hr[2])
     assert any("noevent" in m and "diverges" in m for m in fit.messages)
     for i in (0, 1, 3):
@@ -218,7 +219,7 @@ def test_a_runaway_column_leaves_the_others_fitted():
         datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
     sites = [lambda b, d=d: site_score_information(d, b) for d in datas]
     fit = fit_federated_cox(sites, 3, names=datas[0].columns, max_abs_beta=0.05)  # trt's first step passes it
-    assert fit.diverging == ("trt",)
+    assert fit.diverging == ("trt",) and fit.aliased == ()  # held, not aliased
     est = ~np.isnan(fit.coef)
     assert est.any() and np.all(fit.coef[est] != 0.0)
     held = np.where(est, fit.coef, 0.0)

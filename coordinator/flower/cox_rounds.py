@@ -17,6 +17,7 @@ import pandas as pd
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from coordinator.flower.exchange import send_and_receive
 from coordinator.pooling.cox import CoxFit, fit_federated_cox
 from optima_common import protocol as P
 from optima_common.errors import CoordinatorError
@@ -30,7 +31,7 @@ def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], time
     msgs = [Message(RecordDict({P.COX_RECORD: ConfigRecord({P.MANIFEST_ID: manifest_id, P.BETA: beta})}), dst_node_id=n,
                     message_type=P.QUERY_COX, group_id=f"cox-{manifest_id}") for n in nodes]
     out = []
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
+    for reply in send_and_receive(grid, msgs, timeout=timeout):
         if reply.has_error():
             if errors is not None:
                 errors[reply.metadata.src_node_id] = str(reply.error.reason or f"error code {reply.error.code}")
@@ -42,18 +43,25 @@ def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], time
 
 def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeout: float = 300.0
                     ) -> tuple[CoxFit | None, list[str]]:
-    """The fit (or None when fewer than one site can take part) and notes on who took part."""
+    """The fit (or None when fewer than one site can take part) and notes on who took part.
+
+    Rounds: the design request (columns, and each site's answer at beta = 0), then one per
+    further evaluation of the Newton-Raphson fit."""
     notes: list[str] = []
     nodes = sorted(grid.get_node_ids())
+    # the first round asks for the design's columns; a site answers at beta = 0 in the same reply
     described = [r for r in _ask(grid, nodes, manifest_id, [], timeout)
-                 if r["status"] == "done" and r["site"] in done_sites]
+                 if r["site"] in done_sites and P.COLUMNS in r]
     if not described:
         return None, ["no site answered the Cox design request"]
-    columns = tuple(described[0]["columns"])
-    if any(tuple(r["columns"]) != columns for r in described):
+    columns = tuple(described[0][P.COLUMNS])
+    if any(tuple(r[P.COLUMNS]) != columns for r in described):
         raise CoordinatorError("sites disagree on the Cox design columns; their study specs differ")
     by_node = {r["node"]: r["site"] for r in described}
-    first = _ask(grid, sorted(by_node), manifest_id, [0.0] * len(columns), timeout)
+    first = [r for r in described if r["status"] != "done" or P.LOGLIK in r]
+    older = sorted(r["node"] for r in described if r["status"] == "done" and P.LOGLIK not in r)
+    if older:  # an agent that answers the design request with its columns alone: ask it at beta = 0
+        first += _ask(grid, older, manifest_id, [0.0] * len(columns), timeout)
     for r in first:
         if r["status"] != "done":
             notes.append(f"{r['site']}: left out of the Cox model ({r['reason']})")

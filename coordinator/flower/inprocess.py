@@ -28,6 +28,8 @@ SERVER_NODE_ID = 0
 class InProcessGrid(Grid):
     """``node_configs``: node id -> node config (what ``--node-config`` gives a SuperNode)."""
 
+    answers_without_polling = True  # its send_and_receive waits on the handlers themselves
+
     def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping], *, run_id: int = 1,
                  run_config: Mapping | None = None, dead: Iterable[int] = (), unavailable: Iterable[int] = ()):
         TaskIdentity.run_id = run_id

@@ -77,7 +77,7 @@ class LocalNetwork:
         env["FLWR_HOME"] = str(self.workdir / home)
         env.setdefault("MPLCONFIGDIR", str(self.workdir / "mpl"))
         env["PYTHONUNBUFFERED"] = "1"
-        return with_venv_path(env)
+        return flower_env(env)
 
     def _spawn(self, name: str, cmd: list[str], home: str) -> subprocess.Popen:
         logs = self.workdir / "logs"
@@ -169,10 +169,16 @@ class LocalNetwork:
         raise NetworkError(f"the SuperLink did not listen on 127.0.0.1:{self.port} within {timeout:g} s")
 
 
-def with_venv_path(env: dict[str, str]) -> dict[str, str]:
-    """Flower starts its helpers (flower-superexec, flwr-clientapp) from PATH: put ours first."""
+def flower_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of every Flower process we start.
+
+    Flower starts its helpers (flower-superexec, flwr-clientapp) from PATH: ours go first.
+    Flower's telemetry is off: by default every Flower process posts events (with the host's
+    platform details) to Flower's servers, and each ClientApp process waits up to 4 s for that
+    post at exit - on a site's network without a route out, that wait is in every message round.
+    """
     here = str(Path(sys.executable).parent)
-    return {**env, "PATH": os.pathsep.join([here, env.get("PATH", "")])}
+    return {**env, "PATH": os.pathsep.join([here, env.get("PATH", "")]), "FLWR_TELEMETRY_ENABLED": "0"}
 
 
 def flwr_run(mode: str, job: dict, *, workdir: Path, env: dict[str, str] | None = None,
@@ -197,7 +203,7 @@ def flwr_run(mode: str, job: dict, *, workdir: Path, env: dict[str, str] | None 
     logs.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run([_bin("flwr"), "run", str(app), federation, "--run-config", str(run_config),
-                               "--stream"], env=with_venv_path(dict(env or os.environ)), cwd=workdir, timeout=timeout, capture_output=True, text=True)
+                               "--stream"], env=flower_env(dict(env or os.environ)), cwd=workdir, timeout=timeout, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         raise NetworkError(f"the {mode} run did not finish within {timeout:g} s (logs in {logs})") from None
     (logs / f"run-{mode}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")

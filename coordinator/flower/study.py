@@ -29,6 +29,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from pydantic import BaseModel
 
+from coordinator.flower.exchange import send_and_receive
 from coordinator.store.repository import FINAL_STATUSES
 from coordinator.trust.manifest import build_manifest, verify_bundle_file
 from optima_common import protocol as P
@@ -156,7 +157,7 @@ def _ask(grid: Grid, nodes: list[int], kind: str, manifest: StudyManifest, timeo
         record = ConfigRecord({P.MANIFEST_ID: manifest.manifest_id})
     else:
         record = ConfigRecord({P.JSON: render(manifest).decode("utf-8")})
-    return list(grid.send_and_receive(_messages(nodes, kind, record, manifest.manifest_id), timeout=timeout))
+    return send_and_receive(grid, _messages(nodes, kind, record, manifest.manifest_id), timeout=timeout)
 
 
 def _reply_site(reply: Message) -> tuple[str, str] | None:

@@ -44,6 +44,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.flower.exchange import send_and_receive
 from coordinator.flower.pooled_eval import (  # noqa: F401 - metrics_from_confusion is part of this module's API
     _pooled_metrics,
     _weighted_metrics,
@@ -250,7 +251,7 @@ def _round_content(record: ArrayRecord, task: str, run_config: dict, rnd: int, n
 def _send(grid, nodes, content_for, message_type: str, timeout: float, group: str) -> tuple[list[Message], list[str]]:
     msgs = [Message(content=content_for(node), dst_node_id=node, message_type=message_type, group_id=group)
             for node in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    replies = send_and_receive(grid, msgs, timeout=timeout)
     # the SuperLink answers for an unavailable node itself (its own id as the source): name the
     # node a reply is for by the message it replies to
     dst = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id}

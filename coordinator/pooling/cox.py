@@ -24,7 +24,8 @@ NA estimates and a message, and the others' variance is taken with them held fix
 
 Deviations from ``coxph.fit``: convergence is on the Newton step (max |step| <= tol *
 (1 + max |beta|)) rather than on the relative log-likelihood change, so the estimate is
-accurate to ``tol`` and not only the log-likelihood; no ``iter.max`` warning object, the
+accurate to ``tol`` and not only the log-likelihood; that step is computed from the pooled
+answers at the current estimate, so convergence costs no extra round of the sites; no ``iter.max`` warning object, the
 ``converged`` flag says it. Every evaluation, step halvings included, costs one answer
 from each site's budget (reported as ``evaluations``).
 """
@@ -157,7 +158,8 @@ def fit_federated_cox(
     Starts at beta = 0. Aliased columns (see :func:`aliased_columns`) are left out and
     reported NA. Each iteration solves I(beta) step = U(beta); if the log partial
     likelihood at beta + step is lower, the step is halved (up to 30 times). Converged when
-    max |step| <= tol * (1 + max |beta|). A coefficient that would pass ``max_abs_beta`` runs
+    the step at the current beta is small: max |step| <= tol * (1 + max |beta|); the current
+    beta is then the estimate (not evaluated again). A coefficient that would pass ``max_abs_beta`` runs
     away (monotone likelihood): it is held at ``HELD_FRACTION`` of the bound on its side, the
     others are fitted given it, and it is reported NA in ``diverging``. A coefficient whose
     step has not converged when the log-likelihood has stops the fit the same way. Standard errors from the inverse pooled information of
@@ -173,7 +175,8 @@ def fit_federated_cox(
     beta = np.zeros(p)
     loglik, score, info = _pooled(sites, beta, p)
     loglik_null = loglik
-    free = ~aliased_columns(info)
+    aliased = aliased_columns(info)
+    free = ~aliased
     if not free.any():
         raise ValueError("no covariate carries information (no events, or every column constant)")
     diverging = np.zeros(p, dtype=bool)
@@ -195,7 +198,11 @@ def fit_federated_cox(
             loglik, score, info = _pooled(sites, beta, p)
             evaluations += 1
             continue
-        small = float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max()))
+        if float(np.abs(step).max()) <= tol * (1.0 + float(np.abs(beta).max())):
+            # the Newton step at this evaluated beta is below tol: beta is the estimate, and its
+            # information (already pooled) gives the variance; no further round of the sites
+            converged = True
+            break
         for _ in range(MAX_HALVINGS + 1):
             cand = beta + step
             c_ll, c_score, c_info = _pooled(sites, cand, p)
@@ -208,9 +215,6 @@ def fit_federated_cox(
             break  # no ascent along the Newton direction: cannot improve further
         ll_converged = abs(1.0 - loglik / c_ll) <= LOGLIK_EPS if c_ll != 0 else abs(loglik) <= LOGLIK_EPS
         beta, loglik, score, info = cand, c_ll, c_score, c_info
-        if small:
-            converged = True
-            break
         if ll_converged:
             nxt = np.zeros(p)
             try:
@@ -219,7 +223,7 @@ def fit_federated_cox(
                 nxt[free] = np.inf
             infs = free & (np.abs(nxt) > LOGLIK_EPS) & (np.abs(nxt) > TOLER_INF * np.abs(beta))
             if infs.any():
-                diverging = infs
+                diverging |= infs
                 break
     est = free & ~diverging
     cov = np.full((p, p), np.nan)
@@ -237,6 +241,6 @@ def fit_federated_cox(
         z=z, p_value=2.0 * stats.norm.sf(np.abs(z)),
         loglik=loglik, loglik_null=loglik_null, iterations=iterations,
         evaluations=evaluations, converged=converged and not diverging.any(),
-        aliased=tuple(n for n, f in zip(names, free) if not f),
+        aliased=tuple(n for n, a in zip(names, aliased) if a),
         diverging=tuple(n for n, dv in zip(names, diverging) if dv),
     )

@@ -52,6 +52,7 @@ class StudyRun:
     min_cell_count: int
     result: SummarisedResult
     secondary: pd.DataFrame | None = None  # secondary suppressions and the relation behind each
+    cox_design: SiteCoxData | None = None  # person-level, site-internal: kept for the network's Cox fit
 
 
 def sequence_of(pathway: str, lines: int = SEQUENCE_LINES) -> str:
@@ -146,7 +147,9 @@ def study_attrition(cdm: CdmConnection, study: LoadedStudy, cdm_name: str, kept:
 
 
 def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name: str | None = None,
-              site_min_cell_count: int = DEFAULT_SITE_MIN_CELL_COUNT) -> StudyRun:
+              site_min_cell_count: int = DEFAULT_SITE_MIN_CELL_COUNT, plots: bool = True) -> StudyRun:
+    """The study's released tables in ``out_dir`` (``results.csv``) and, with ``plots``, its figures
+    there (for the site's own eyes; a manifest's run makes none, as nothing but the bundle leaves)."""
     minimum = max(study.spec.min_cell_count, site_min_cell_count)
     validate_cdm(cdm)
     cdm_name = cdm_name or default_cdm_name(cdm)
@@ -155,11 +158,12 @@ def run_study(cdm: CdmConnection, study: LoadedStudy, out_dir: Path, *, cdm_name
     released = protection.result
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     results_csv = released.to_csv(out_dir / "results.csv")
-    plots = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
-             plot_pathways(released, out_dir / "treatment_pathways.png"),
-             plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum))
+    figures = (plot_km(_visible_curves(released), out_dir / "km_by_sequence.png"),
+               plot_pathways(released, out_dir / "treatment_pathways.png"),
+               plot_horizon_table(released, out_dir / "outcome_horizons.png", minimum)) if plots else ()
     log.info("study %s at %s: %d patients", study.spec.study_id, cdm_name, len(patients))
-    return StudyRun(out_dir, results_csv, plots, len(patients), minimum, released, protection.secondary_frame())
+    return StudyRun(out_dir, results_csv, figures, len(patients), minimum, released, protection.secondary_frame(),
+                    site_cox_data(study, patients))
 
 
 def study_tables(cdm: CdmConnection, study: LoadedStudy, cdm_name: str, minimum: int
