@@ -25,13 +25,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from coordinator.store import DEFAULT_STORE, ResultsStore, StoreError
-from coordinator.trust.manifest import verify_bundle_file
+from coordinator.store.site_tables import SiteTableRow, put_site_table
+from coordinator.trust.manifest import verify_bundle_checked
 from optima_common.bundle import (
     ResultBundle,
     StudyManifest,
     read_bundle,
     read_manifest,
-    render,
 )
 from optima_common.errors import CoordinatorError
 
@@ -86,13 +86,16 @@ def ingest_bundle_files(paths: list[str | Path], store: ResultsStore, trust_dir:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_verify, p, trust_dir, m) for p, m in zip(paths, manifests)]
             done = [f.result() for f in futures]  # the first refusal in the order given is raised
-    return [_store(p, b, sha, m, store) for p, (b, sha), m in zip(paths, done, manifests)]
+    return [_store(p, b, sha, kept, m, store) for p, (b, sha, kept), m in zip(paths, done, manifests)]
 
 
-def _verify(path: Path, trust_dir: str | Path, manifest: StudyManifest) -> tuple[ResultBundle, str]:
-    """``verify_bundle_file``, and the sha256 of the verified bundle's signed bytes (computed in the worker)."""
-    bundle = verify_bundle_file(path, trust_dir, manifest=manifest)
-    return bundle, hashlib.sha256(render(bundle)).hexdigest()
+def _verify(path: Path, trust_dir: str | Path, manifest: StudyManifest) -> tuple[ResultBundle, str, SiteTableRow | None]:
+    """``verify_bundle_file``, the sha256 of the verified bundle's signed bytes, and the table the
+    disclosure re-check read, ready to keep (:mod:`coordinator.pooling.site_tables`); all in the worker."""
+    from coordinator.pooling.site_tables import encode
+
+    bundle, sha256, table = verify_bundle_checked(path, trust_dir, manifest=manifest)
+    return bundle, sha256, None if table is None else encode(table, sha256)
 
 
 _MANIFEST_ID = re.compile(rb'"manifest_id"\s*:\s*"([A-Za-z0-9_.-]{1,80})"')
@@ -116,15 +119,17 @@ def _stored_manifest(path: Path, store: ResultsStore) -> StudyManifest:
     return store.manifest(manifest_id)
 
 
-def _store(path: Path, bundle: ResultBundle, sha256: str, manifest: StudyManifest, store: ResultsStore
-           ) -> tuple[ResultBundle, bool]:
+def _store(path: Path, bundle: ResultBundle, sha256: str, kept: SiteTableRow | None, manifest: StudyManifest,
+           store: ResultsStore) -> tuple[ResultBundle, bool]:
     """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest`` (``sha256``: of its
-    signed bytes); mark the site done."""
+    signed bytes) and the table its re-check read (``kept``, bound to ``sha256``); mark the site done."""
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != sha256:  # verified from the same bytes; a file swapped in between: refused
         raise StoreError(f"{path} changed while it was being ingested; try again")
     store.add_manifest(manifest)
     added = store.add_bundle(bundle, raw)
+    if kept is not None:
+        put_site_table(store, bundle.manifest_id, bundle.site, kept)
     if added:
         store.set_site_status(bundle.manifest_id, bundle.site, "done", "ingested from a bundle file")
     return bundle, added
