@@ -54,8 +54,11 @@ def test_the_kept_table_is_the_table_read_from_the_signed_text_and_bound_to_the_
     kept = T.kept_tables(store, mid)
     for b, f in zip(bundles, files, strict=True):
         assert rows[(mid, b.site)].bundle_sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
-        assert _same(kept[b.site], SummarisedResult.from_csv_text(b.results_csv))
-    pooled = pooled_result(store, mid)  # from the kept tables
+        assert _same(kept[b.site].table, SummarisedResult.from_csv_text(b.results_csv))
+        assert kept[b.site].bundle == b.model_copy(update={"results_csv": ""})  # the header: all but the text
+    bundles_in, tables = T.pooling_input(store, mid)
+    assert bundles_in == [k.bundle for k in kept.values()] and set(tables) == {"site_a", "site_b"}
+    pooled = pooled_result(store, mid)  # from the kept tables, no bundle read in full
     fresh = network_result(bundles)  # every table read from its text
     assert pooled.result.to_csv_text() == fresh.result.to_csv_text() and _same(pooled.result, fresh.result)
 
@@ -79,9 +82,14 @@ def test_an_edited_stale_or_damaged_kept_table_is_not_used(ingested):
     _edit(store, mid, "site_a", data=row.data[:-7] + b"garbage")
     assert "site_a" not in T.kept_tables(store, mid)
     # stale: a consistent row, but read from another bundle than the one stored for the site
-    other = T.encode(truth, "0" * 64)
+    other = T.encode(bundles[0], truth, "0" * 64)
     put_site_table(store, mid, "site_a", other)
     assert "site_a" not in T.kept_tables(store, mid)
+    # another site's header under this site's row (digest and bundle digest as for site_a)
+    b_head = T.encode(bundles[1], truth, row.bundle_sha256)
+    put_site_table(store, mid, "site_a", b_head)
+    assert "site_a" not in T.kept_tables(store, mid)
+    assert T.pooling_input(store, mid)[0] == sorted(bundles, key=lambda b: b.site)  # read in full
     # another reader's row
     put_site_table(store, mid, "site_a", row._replace(reader="f" * 64))
     assert "site_a" not in T.kept_tables(store, mid)
@@ -91,14 +99,16 @@ def test_an_edited_stale_or_damaged_kept_table_is_not_used(ingested):
     assert not (pooled.result.data["estimate_value"] == "999").any()
     # the untouched row is used again once restored
     put_site_table(store, mid, "site_a", row)
-    assert _same(T.kept_tables(store, mid)["site_a"], truth)
+    assert _same(T.kept_tables(store, mid)["site_a"].table, truth)
 
 
 def test_decode_checks_the_digest_over_every_part():
-    r = SummarisedResult.from_csv_text(bundle_doc(sign_manifest(manifest_doc(), COORD)).results_csv)
-    row = T.encode(r, "a" * 64)
-    assert _same(T.decode(row, "a" * 64), r)
+    b = bundle_doc(sign_manifest(manifest_doc(), COORD))
+    r = SummarisedResult.from_csv_text(b.results_csv)
+    row = T.encode(b, r, "a" * 64)
+    assert _same(T.decode(row, "a" * 64).table, r) and T.decode(row, "a" * 64).bundle.site == b.site
     assert T.decode(row, "b" * 64) is None
+    assert T.decode(row._replace(header=row.header.replace("site_a", "site_b")), "a" * 64) is None
     for field in ("data", "settings"):
         assert T.decode(row._replace(**{field: getattr(row, field) + b"x"}), "a" * 64) is None
     swapped = row._replace(data=row.settings, settings=row.data)

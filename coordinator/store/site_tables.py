@@ -19,6 +19,7 @@ class SiteTableRow(NamedTuple):
     bundle_sha256: str
     reader: str
     digest: str
+    header: str
     data: bytes
     settings: bytes
 
@@ -29,8 +30,8 @@ def put_site_table(store: ResultsStore, manifest_id: str, site: str, row: SiteTa
     with store.engine.begin() as conn:
         conn.execute(delete(t).where(t.c.manifest_id == manifest_id, t.c.site == site))
         conn.execute(insert(t).values(manifest_id=manifest_id, site=site, bundle_sha256=row.bundle_sha256,
-                                      reader=row.reader, digest=row.digest, data=row.data, settings=row.settings,
-                                      created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+                                      reader=row.reader, digest=row.digest, header=row.header, data=row.data,
+                                      settings=row.settings, created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
 
 
 def get_site_tables(store: ResultsStore, keys: list[tuple[str, str]]) -> dict[tuple[str, str], SiteTableRow]:
@@ -39,6 +40,6 @@ def get_site_tables(store: ResultsStore, keys: list[tuple[str, str]]) -> dict[tu
         return {}
     t = site_tables
     with store.engine.connect() as conn:
-        rows = conn.execute(select(t.c.manifest_id, t.c.site, t.c.bundle_sha256, t.c.reader, t.c.digest, t.c.data,
-                                   t.c.settings).where(tuple_(t.c.manifest_id, t.c.site).in_(keys))).all()
-    return {(r[0], r[1]): SiteTableRow(r[2], r[3], r[4], bytes(r[5]), bytes(r[6])) for r in rows}
+        rows = conn.execute(select(t.c.manifest_id, t.c.site, t.c.bundle_sha256, t.c.reader, t.c.digest, t.c.header,
+                                   t.c.data, t.c.settings).where(tuple_(t.c.manifest_id, t.c.site).in_(keys))).all()
+    return {(r[0], r[1]): SiteTableRow(r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])) for r in rows}

@@ -127,8 +127,9 @@ site_tables = Table(
     Column("site", String(200), primary_key=True),
     Column("bundle_sha256", String(64), nullable=False),  # the signed bundle it was read from
     Column("reader", String(64), nullable=False),  # hash of the reader's code and the format
-    Column("digest", String(64), nullable=False),  # sha256 over the two above and both Parquet blobs
+    Column("digest", String(64), nullable=False),  # sha256 over the two above, the header and both Parquet blobs
     Column("created_at", DateTime, nullable=False),
+    Column("header", Text, nullable=False),  # JSON: the bundle but its table (site, provenance, suppression, ...)
     Column("data", LargeBinary, nullable=False),  # Parquet (zstd) of the table's data
     Column("settings", LargeBinary, nullable=False),  # Parquet of its settings
 )

@@ -109,10 +109,11 @@ def verify_bundle_file(
 
 
 class Checked(NamedTuple):
-    """A verified bundle, the sha256 of its signed bytes, and its table as the disclosure re-check read
-    it (None if this process had re-checked the same table before and did not read it again)."""
+    """A verified bundle, its signed bytes and their sha256, and its table as the disclosure re-check
+    read it (None if this process had re-checked the same table before and did not read it again)."""
 
     bundle: ResultBundle
+    raw: bytes
     sha256: str
     table: SummarisedResult | None
 
@@ -146,7 +147,7 @@ def verify_bundle_checked(path: str | Path, trust_dir: str | Path, *, manifest: 
         if bundle.suppression.min_cell_count < manifest.min_cell_count:
             raise BundleError(f"{path}: bundle min_cell_count {bundle.suppression.min_cell_count} is below the "
                               f"manifest's {manifest.min_cell_count}; refused")
-    return Checked(bundle, hashlib.sha256(raw).hexdigest(), table)
+    return Checked(bundle, raw, hashlib.sha256(raw).hexdigest(), table)
 
 
 def _recheck_tables(path: str | Path, bundle: ResultBundle) -> SummarisedResult | None:

@@ -1,7 +1,8 @@
 """v6: each stored bundle's table is kept as read at ingest, so pooling does not read the CSV text again.
 
 One row per (manifest, site): the sha256 of the signed bundle it was read from, the reader it
-was read by, a digest over both and the data, and the table (Parquet, see
+was read by, the bundle's header (all but its table), a digest over all of these and the data,
+and the table (Parquet, see
 :mod:`coordinator.pooling.site_tables`). A row that does not match the stored bundle, the
 reader or its digest is not used (the table is read from the bundle's signed text);
 dropping the table loses nothing.
@@ -28,6 +29,7 @@ def upgrade() -> None:
         sa.Column("reader", sa.String(64), nullable=False),
         sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("header", sa.Text, nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),
         sa.Column("settings", sa.LargeBinary, nullable=False),
     )
