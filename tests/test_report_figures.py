@@ -39,3 +39,20 @@ def test_a_worker_draws_the_same_png_and_every_placeholder_is_filled():
 def test_one_worker_draws_in_place():
     with deferred(1) as d:
         assert d is None and plots.km_png(*_figures()[2][1]) == plots.km_png(*_figures()[2][1])
+
+
+
+def test_a_figure_whose_worker_died_is_drawn_in_place():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    name, args = _figures()[0]
+    inline = plots.forest_png(*args)
+    with deferred(2) as d:
+        token = plots.forest_png(*args)
+        future, call = d.futures[token]
+        assert future.result() == inline
+        broken = Future()
+        broken.set_exception(BrokenProcessPool("a worker was killed"))
+        d.futures[token] = (broken, call)
+        assert d.fill(f"<img src={token}>") == f"<img src={inline}>"

@@ -21,6 +21,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 _ACTIVE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar("deferred_figures", default=None)
 
@@ -39,21 +40,32 @@ class Deferred:
         self.workers = workers
         self.nonce = secrets.token_hex(8)
         self.pool: ProcessPoolExecutor | None = None
-        self.futures: dict[str, Future] = {}
+        self.futures: dict[str, tuple[Future, tuple[str, tuple, dict]]] = {}
 
     def submit(self, name: str, args: tuple, kwargs: dict) -> str:
         """Start drawing ``plots.<name>(*args, **kwargs)`` in a worker; its placeholder."""
         if self.pool is None:  # spawn: a worker shares nothing with a report process (threads, open store)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         token = f"optima-figure-{self.nonce}-{len(self.futures)}"
-        self.futures[token] = self.pool.submit(_draw, name, args, kwargs)
+        self.futures[token] = (self.pool.submit(_draw, name, args, kwargs), (name, args, kwargs))
         return token
 
     def fill(self, page: str) -> str:
         """``page`` with every placeholder replaced by its figure (waits for the drawing)."""
         if not self.futures:
             return page
-        return re.sub(f"optima-figure-{self.nonce}-[0-9]+", lambda m: self.futures[m.group(0)].result(), page)
+        return re.sub(f"optima-figure-{self.nonce}-[0-9]+", lambda m: self._result(m.group(0)), page)
+
+    def _result(self, token: str) -> str:
+        future, call = self.futures[token]
+        try:
+            return future.result()
+        except BrokenProcessPool:  # a worker died (killed, out of memory): draw it here instead
+            here = _ACTIVE.set(None)
+            try:
+                return _draw(*call)
+            finally:
+                _ACTIVE.reset(here)
 
     def close(self) -> None:
         if self.pool is not None:
