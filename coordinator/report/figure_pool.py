@@ -1,8 +1,9 @@
 """Report figures drawn by worker processes while the rest of the page is built.
 
 A 20-site report draws ~50 figures (matplotlib, ~25 CPU s in one process). Inside
-:func:`deferred`, the figure functions of :mod:`coordinator.report.plots` hand their drawing to a
-pool of spawned processes and return a placeholder; :meth:`Deferred.fill` puts each figure's
+:func:`deferred` (which sets ``plots.DEFER``), the figure functions of
+:mod:`coordinator.report.plots` hand their drawing to a pool of spawned processes and return a
+placeholder; :meth:`Deferred.fill` puts each figure's
 base64 PNG in its place once the page's HTML is built. A worker calls the same function with
 the same arguments, in a fresh process with matplotlib's defaults (Agg), so each PNG is the
 one the report process would have drawn (``tests/test_report_figures.py`` compares them).
@@ -14,7 +15,6 @@ Outside :func:`deferred` (and with one worker) figures are drawn where they are 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import multiprocessing
 import os
 import re
@@ -23,14 +23,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-_ACTIVE: contextvars.ContextVar[Deferred | None] = contextvars.ContextVar("deferred_figures", default=None)
+from coordinator.report import plots
 
 
-def _draw(name: str, args: tuple, kwargs: dict) -> str:
+def _draw(name: str, args: tuple) -> str:
     """In a worker: the figure function ``name`` of :mod:`coordinator.report.plots`, drawn here."""
-    from coordinator.report import plots
-
-    return getattr(plots, name)(*args, **kwargs)
+    return getattr(plots, name)(*args)
 
 
 class Deferred:
@@ -40,14 +38,14 @@ class Deferred:
         self.workers = workers
         self.nonce = secrets.token_hex(8)
         self.pool: ProcessPoolExecutor | None = None
-        self.futures: dict[str, tuple[Future, tuple[str, tuple, dict]]] = {}
+        self.futures: dict[str, tuple[Future, tuple[str, tuple]]] = {}
 
-    def submit(self, name: str, args: tuple, kwargs: dict) -> str:
-        """Start drawing ``plots.<name>(*args, **kwargs)`` in a worker; its placeholder."""
+    def submit(self, name: str, args: tuple) -> str:
+        """Start drawing ``plots.<name>(*args)`` in a worker; its placeholder."""
         if self.pool is None:  # spawn: a worker shares nothing with a report process (threads, open store)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         token = f"optima-figure-{self.nonce}-{len(self.futures)}"
-        self.futures[token] = (self.pool.submit(_draw, name, args, kwargs), (name, args, kwargs))
+        self.futures[token] = (self.pool.submit(_draw, name, args), (name, args))
         return token
 
     def fill(self, page: str) -> str:
@@ -61,11 +59,11 @@ class Deferred:
         try:
             return future.result()
         except BrokenProcessPool:  # a worker died (killed, out of memory): draw it here instead
-            here = _ACTIVE.set(None)
+            here = plots.DEFER.set(None)
             try:
                 return _draw(*call)
             finally:
-                _ACTIVE.reset(here)
+                plots.DEFER.reset(here)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -91,15 +89,10 @@ def deferred(workers: int | None = None) -> Iterator[Deferred | None]:
         yield None
         return
     d = Deferred(workers)
-    reset = _ACTIVE.set(d)
+    reset = plots.DEFER.set(d.submit)
     try:
         yield d
     finally:
-        _ACTIVE.reset(reset)
+        plots.DEFER.reset(reset)
         d.close()
 
-
-def maybe_defer(name: str, args: tuple, kwargs: dict | None = None) -> str | None:
-    """The placeholder of a deferred figure, or None when figures are drawn in place."""
-    d = _ACTIVE.get()
-    return None if d is None else d.submit(name, args, kwargs or {})

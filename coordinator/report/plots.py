@@ -6,11 +6,21 @@ import base64
 import io
 import os
 import tempfile
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
-from coordinator.report.figure_pool import maybe_defer
-
 os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "optima-mpl"))
+
+#: set by :func:`coordinator.report.figure_pool.deferred`: hands a figure (function name, arguments) to a
+#: worker process and returns its placeholder; unset, figures are drawn where they are asked for
+DEFER: ContextVar[Callable[[str, tuple], str] | None] = ContextVar("optima_defer_figures", default=None)
+
+
+def maybe_defer(name: str, args: tuple) -> str | None:
+    """The placeholder of figure ``name(*args)`` if figures are being deferred, else None."""
+    submit = DEFER.get()
+    return None if submit is None else submit(name, args)
 
 
 def _png(fig) -> str:
