@@ -287,6 +287,11 @@ def _gunzip(raw: bytes, path: Path, label: str) -> bytes:
 
 
 def _read_doc(path: str | Path, model: type[D]) -> D:
+    return _read_doc_raw(path, model)[0]
+
+
+def _read_doc_raw(path: str | Path, model: type[D]) -> tuple[D, bytes]:
+    """The document and its canonical bytes (the file's, gunzipped if it was compressed)."""
     path = Path(path)
     kind = _KINDS[model]
     label = _LABEL[kind]
@@ -317,7 +322,7 @@ def _read_doc(path: str | Path, model: type[D]) -> D:
     if render(doc) != raw:
         raise BundleError(f"{path}: {label} file is not byte-identical to its canonical form "
                           "(edited or reformatted after writing); refused")
-    return doc
+    return doc, raw
 
 
 def write_bundle(bundle: ResultBundle, path: str | Path) -> Path:
@@ -331,6 +336,11 @@ def read_bundle(path: str | Path) -> ResultBundle:
     Parsing is not trusting: call :func:`verify` next.
     """
     return _read_doc(path, ResultBundle)
+
+
+def read_bundle_raw(path: str | Path) -> tuple[ResultBundle, bytes]:
+    """:func:`read_bundle`, and the bundle's canonical bytes (``render(bundle)``, which the file holds)."""
+    return _read_doc_raw(path, ResultBundle)
 
 
 def write_manifest(manifest: StudyManifest, path: str | Path) -> Path:

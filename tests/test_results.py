@@ -111,3 +111,36 @@ def test_settings_without_rows_round_trip(tmp_path):
                                               "package_name": "optima-federated", "package_version": "0.1.0"}])
     back = SummarisedResult.from_csv(res.to_csv(tmp_path / "empty.csv"))
     assert list(back.settings["result_type"]) == ["orphan_code_use"] and len(back.data) == 0
+
+
+def _csv_by_hand(r: SummarisedResult) -> bytes:
+    """An independent write.csv: every string quoted with ``"`` doubled, NA bare, result_id bare."""
+    def cell(col, v):
+        if col == "result_id":
+            return str(int(v))
+        return "NA" if v is None or (isinstance(v, float) and v != v) else '"' + str(v).replace('"', '""') + '"'
+    long = r.to_long()
+    lines = [",".join(f'"{c}"' for c in RESULT_COLUMNS)]
+    lines += [",".join(cell(c, v) for c, v in zip(RESULT_COLUMNS, row, strict=True))
+              for row in long[list(RESULT_COLUMNS)].itertuples(index=False)]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def test_csv_bytes_arrow_writer_equals_the_text_writer_and_a_hand_written_csv():
+    r = SummarisedResult.from_records(
+        [rec(), rec(variable_name="Sex", variable_level='Ma"le', estimate_value=None),
+         rec(variable_name="a,b", variable_level="line\nbreak", estimate_value=""),
+         rec(variable_name="ünïcode — ≥", variable_level="NA", estimate_value='"'),
+         rec(cdm_name="site_b", variable_name="x", variable_level=None, estimate_value="3")],
+        [SET | {"blank": "", "note": 'say "hi"'}])
+    text = r.to_csv_text().encode("utf-8")
+    assert r.to_csv_bytes() == text == _csv_by_hand(r)
+    assert b'"Ma""le","count","integer",NA' in text and b'"NA"' in text and b',"",' in text  # NA bare, "NA" quoted
+    empty = SummarisedResult.empty()
+    assert empty.to_csv_bytes() == empty.to_csv_text().encode("utf-8")
+
+
+def test_csv_bytes_falls_back_for_text_arrow_cannot_take():
+    r = SummarisedResult.from_records([rec(variable_level="bad \ud800 surrogate")], [SET])
+    with pytest.raises(UnicodeEncodeError):  # as the text writer's encoding always did
+        r.to_csv_bytes()

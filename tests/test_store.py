@@ -165,7 +165,7 @@ def test_bundles_are_stored_compressed_and_old_rows_are_compressed_by_0004(store
                      {"id": manifest.manifest_id, "sha": hashlib.sha256(raw_a).hexdigest(),
                       "t": T0.replace(tzinfo=None), "raw": raw_a})
     with ResultsStore.open(store_url) as store:  # opening upgrades to the newest (0004 compresses)
-        assert store.revision == migrate.HEAD == "0005"
+        assert store.revision == migrate.HEAD == "0006"
         assert store.add_bundle(bundle_b, raw_b)
         assert not store.add_bundle(bundle_b, raw_b)  # the same bytes again: recognised by their sha256
         got = store.bundles_raw(manifest.manifest_id)
@@ -187,3 +187,17 @@ def test_bundles_are_stored_compressed_and_old_rows_are_compressed_by_0004(store
         back = [bytes(r) for r in conn.execute(sa.text("SELECT raw FROM bundles ORDER BY site")).scalars()]
     engine.dispose()
     assert back == [raw_a, raw_b]
+
+
+def test_packed_bytes_given_by_the_caller_must_unpack_to_the_raw_bundle(store_url):
+    from coordinator.store.packing import pack
+
+    manifest, bundle_a, raw_a = signed_pair()
+    _, bundle_b, raw_b = signed_pair("site_b", SITE_B, manifest)
+    with ResultsStore.open(store_url) as store:
+        store.add_manifest(manifest)
+        with pytest.raises(StoreError, match="packed bytes"):
+            store.add_bundle(bundle_a, raw_a, packed=pack(raw_b))
+        assert not store.answered_sites(manifest.manifest_id)
+        assert store.add_bundle(bundle_a, raw_a, packed=pack(raw_a))
+        assert store.bundles_raw(manifest.manifest_id) == [(bundle_a, raw_a)]

@@ -23,15 +23,17 @@ import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from coordinator.store import DEFAULT_STORE, ResultsStore, StoreError
-from coordinator.trust.manifest import verify_bundle_file
+from coordinator.store.packing import pack
+from coordinator.store.site_tables import SiteTableRow, put_site_table
+from coordinator.trust.manifest import verify_bundle_checked
 from optima_common.bundle import (
     ResultBundle,
     StudyManifest,
     read_bundle,
     read_manifest,
-    render,
 )
 from optima_common.errors import CoordinatorError
 
@@ -86,13 +88,22 @@ def ingest_bundle_files(paths: list[str | Path], store: ResultsStore, trust_dir:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_verify, p, trust_dir, m) for p, m in zip(paths, manifests)]
             done = [f.result() for f in futures]  # the first refusal in the order given is raised
-    return [_store(p, b, sha, m, store) for p, (b, sha), m in zip(paths, done, manifests)]
+    return [_store(p, v, m, store) for p, v, m in zip(paths, done, manifests, strict=True)]
 
 
-def _verify(path: Path, trust_dir: str | Path, manifest: StudyManifest) -> tuple[ResultBundle, str]:
-    """``verify_bundle_file``, and the sha256 of the verified bundle's signed bytes (computed in the worker)."""
-    bundle = verify_bundle_file(path, trust_dir, manifest=manifest)
-    return bundle, hashlib.sha256(render(bundle)).hexdigest()
+class _Verified(NamedTuple):
+    bundle: ResultBundle
+    sha256: str  # of the verified bundle's signed bytes
+    packed: bytes  # those bytes as the store keeps them
+    kept: SiteTableRow | None  # the table the disclosure re-check read (coordinator.pooling.site_tables)
+
+
+def _verify(path: Path, trust_dir: str | Path, manifest: StudyManifest) -> _Verified:
+    """``verify_bundle_file``, and what storing the bundle needs, computed in the worker."""
+    from coordinator.pooling.site_tables import encode
+
+    bundle, raw, sha256, table = verify_bundle_checked(path, trust_dir, manifest=manifest)
+    return _Verified(bundle, sha256, pack(raw), None if table is None else encode(bundle, table, sha256))
 
 
 _MANIFEST_ID = re.compile(rb'"manifest_id"\s*:\s*"([A-Za-z0-9_.-]{1,80})"')
@@ -116,15 +127,17 @@ def _stored_manifest(path: Path, store: ResultsStore) -> StudyManifest:
     return store.manifest(manifest_id)
 
 
-def _store(path: Path, bundle: ResultBundle, sha256: str, manifest: StudyManifest, store: ResultsStore
-           ) -> tuple[ResultBundle, bool]:
-    """Store a bundle ``verify_bundle_file`` returned for ``path`` against ``manifest`` (``sha256``: of its
-    signed bytes); mark the site done."""
+def _store(path: Path, v: _Verified, manifest: StudyManifest, store: ResultsStore) -> tuple[ResultBundle, bool]:
+    """Store a bundle verified from ``path`` against ``manifest`` and the table its re-check read (bound to
+    the bundle's sha256); mark the site done."""
     raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != sha256:  # verified from the same bytes; a file swapped in between: refused
+    if hashlib.sha256(raw).hexdigest() != v.sha256:  # verified from the same bytes; a file swapped in between: refused
         raise StoreError(f"{path} changed while it was being ingested; try again")
     store.add_manifest(manifest)
-    added = store.add_bundle(bundle, raw)
+    bundle = v.bundle
+    added = store.add_bundle(bundle, raw, packed=v.packed)
+    if v.kept is not None:
+        put_site_table(store, bundle.manifest_id, bundle.site, v.kept)
     if added:
         store.set_site_status(bundle.manifest_id, bundle.site, "done", "ingested from a bundle file")
     return bundle, added

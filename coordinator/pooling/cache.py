@@ -25,8 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from coordinator.pooling.results import NetworkResult, SiteInfo, network_result
+from coordinator.pooling.site_tables import pooling_input
 from coordinator.store import ResultsStore, StoreError
-from coordinator.store.ops import study_bundles, study_digests
+from coordinator.store.ops import study_digests
 from coordinator.store.pooled import PooledRow, get_pooled, put_pooled
 from optima_common.bundle import Provenance, SuppressionRecord
 from optima_common.results import SummarisedResult
@@ -95,6 +96,7 @@ def pooled_result(store: ResultsStore, manifest_id: str) -> NetworkResult:
     row = get_pooled(store, manifest_id, key)
     if row is not None:
         return decode(row)
-    net = network_result(study_bundles(store, manifest_id))
+    bundles, tables = pooling_input(store, manifest_id)  # the tables as read at ingest, where kept
+    net = network_result(bundles, tables=tables)
     put_pooled(store, manifest_id, key, encode(net))
     return net

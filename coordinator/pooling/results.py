@@ -22,7 +22,7 @@ of what the sites released and can never reveal a suppressed site cell:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,8 +240,12 @@ def _site_names(bundles: Sequence[ResultBundle], results: list[SummarisedResult]
     return out
 
 
-def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED_NAME) -> NetworkResult:
-    """Bind the sites' results and append the pooled rows (see the module doc)."""
+def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED_NAME,
+                   tables: Mapping[str, SummarisedResult] | None = None) -> NetworkResult:
+    """Bind the sites' results and append the pooled rows (see the module doc).
+
+    ``tables``: site -> that site's bundle's table as already read (:mod:`.site_tables`); the
+    other bundles' tables are read from their text."""
     if not bundles:
         raise ValueError("no site bundles to pool")
     bundles = sorted(bundles, key=lambda b: b.site)
@@ -251,7 +255,7 @@ def network_result(bundles: Sequence[ResultBundle], *, pooled_name: str = POOLED
     kept, parsed = [], []
     for b in bundles:
         try:
-            parsed.append(parse_bundle(b))
+            parsed.append(tables[b.site] if tables and b.site in tables else parse_bundle(b))
             kept.append(b)
         except ValueError as exc:  # a verified bundle whose table is not a summarised_result
             notes.append(f"site {b.site}: results not readable as a summarised_result ({exc}); left out")

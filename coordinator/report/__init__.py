@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from coordinator.pooling.cache import pooled_result
 from coordinator.pooling.results import NetworkResult
 from coordinator.report import diagrams as D
 from coordinator.report import sections as S
+from coordinator.report.figure_pool import deferred
 from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
 from coordinator.store import ResultsStore, StoreError
@@ -57,22 +59,49 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model). ``net``: the
     manifest's pooled result if the caller holds it (else the one kept in the store, pooled once).
+    The figures are drawn by worker processes (:mod:`.figure_pool`) while this process builds the
+    page, and the CSV is written and compressed in a thread while the last figures are drawn.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreError(f"--out {out_dir} exists and is not a folder")
-    page, csv_bytes = render_report(store, manifest_id, extra_sections=extra_sections, net=net)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = write_atomic(out_dir / "results.csv", csv_bytes)
-    # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
-    gz_path = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=6, mtime=0))
+    with deferred() as figures:
+        page, csv_bytes = _render(store, manifest_id, extra_sections=extra_sections, net=net)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path | BaseException] = {}
+        writer = threading.Thread(target=_write_csv, args=(out_dir, csv_bytes, written), daemon=True)
+        writer.start()  # zlib works without the GIL: the compression runs beside the figures' wait
+        try:
+            page = figures.fill(page) if figures else page
+        finally:
+            writer.join()
+    for value in written.values():
+        if isinstance(value, BaseException):
+            raise value
     html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
-    return ReportPaths(html=html_path, csv=csv_path, csv_gz=gz_path)
+    return ReportPaths(html=html_path, csv=written["csv"], csv_gz=written["gz"])
+
+
+def _write_csv(out_dir: Path, csv_bytes: bytes, written: dict) -> None:
+    try:
+        written["csv"] = write_atomic(out_dir / "results.csv", csv_bytes)
+        # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
+        written["gz"] = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=6, mtime=0))
+    except BaseException as exc:  # raised again by the caller
+        written["error"] = exc
 
 
 def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = (),
                   net: NetworkResult | None = None) -> tuple[str, bytes]:
     """(the page, the network CSV) for one manifest, from the store; nothing written."""
+    with deferred() as figures:
+        page, csv_bytes = _render(store, manifest_id, extra_sections=extra_sections, net=net)
+        return (figures.fill(page) if figures else page), csv_bytes
+
+
+def _render(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...],
+            net: NetworkResult | None) -> tuple[str, bytes]:
+    """The page (figures may still be placeholders: see :mod:`.figure_pool`) and the network CSV."""
     from coordinator.pooling.versions import (
         changes_section,  # versions pools through network_results too
     )
@@ -83,7 +112,6 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
         net = net or pooled_result(store, manifest_id)
     except ValueError as exc:
         raise StoreError(f"cannot pool manifest {manifest_id}: {str(exc).splitlines()[0]}") from None
-    csv_bytes = net.result.to_csv_text().encode("utf-8")
     view = S.View(net)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     answered = sum(s.has_bundle for s in statuses)
@@ -116,4 +144,5 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
         ("lower-bounds", "Lower bounds", S.lower_bounds_section(view)),
         ("changes", "Changes", changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else ""),
     ]
-    return page_html(f"{manifest.study_id} network report", header, panels), csv_bytes
+    page = page_html(f"{manifest.study_id} network report", header, panels)
+    return page, net.result.to_csv_bytes()  # built while the figures are drawn

@@ -6,9 +6,21 @@ import base64
 import io
 import os
 import tempfile
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "optima-mpl"))
+
+#: set by :func:`coordinator.report.figure_pool.deferred`: hands a figure (function name, arguments) to a
+#: worker process and returns its placeholder; unset, figures are drawn where they are asked for
+DEFER: ContextVar[Callable[[str, tuple], str] | None] = ContextVar("optima_defer_figures", default=None)
+
+
+def maybe_defer(name: str, args: tuple) -> str | None:
+    """The placeholder of figure ``name(*args)`` if figures are being deferred, else None."""
+    submit = DEFER.get()
+    return None if submit is None else submit(name, args)
 
 
 def _png(fig) -> str:
@@ -31,6 +43,8 @@ def _png(fig) -> str:
 def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: list[tuple[str, float, float, float]],
                xlabel: str, log: bool = True) -> str:
     """Forest plot: one line per site (estimate, lower, upper), pooled estimates as diamonds."""
+    if (token := maybe_defer("forest_png", (title, rows, pooled, xlabel, log))) is not None:
+        return token
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +76,8 @@ def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: 
 def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
            at_risk: dict[str, list[tuple[float, str]]]) -> str:
     """Step KM curves with CI bands and an at-risk table under the axis, as a base64 PNG."""
+    if (token := maybe_defer("km_png", (title, curves, at_risk))) is not None:
+        return token
     return _png(km_figure(title, curves, at_risk))
 
 
@@ -112,16 +128,18 @@ def km_figure(title: str, curves: dict[str, tuple[list[float], list[float], list
 
 def rate_panels_png(w, by: str, title: str) -> str:
     """Small multiples: one panel per outcome, rate by year with a 95% CI band per line
-    (``by``: "all" one line, "sex" a line per sex, "age group" a line per age group)."""
+    (``by``: "all" one line, "sex" a line per sex, "age group" a line per age group); "" without any."""
+    w = w.dropna(subset=["est"])
+    outcomes = sorted(w["outcome"].unique())
+    if not outcomes:
+        return ""
+    if (token := maybe_defer("rate_panels_png", (w, by, title))) is not None:
+        return token
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    w = w.dropna(subset=["est"])
-    outcomes = sorted(w["outcome"].unique())
-    if not outcomes:
-        return ""
     cols = min(4, len(outcomes))
     rows = -(-len(outcomes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.4 * rows + 0.5), squeeze=False)

@@ -9,7 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-HEAD = "0005"
+HEAD = "0006"
 SCRIPTS = Path(__file__).resolve().parent / "migrations"
 
 

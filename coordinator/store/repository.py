@@ -260,11 +260,14 @@ class ResultsStore:
         return [s for s in targets if s not in done]
 
     # ---------- bundles ----------
-    def add_bundle(self, bundle: ResultBundle, raw: bytes, *, at: dt.datetime | None = None) -> bool:
+    def add_bundle(self, bundle: ResultBundle, raw: bytes, *, at: dt.datetime | None = None,
+                   packed: bytes | None = None) -> bool:
         """Store a *verified* bundle with its raw signed bytes; False if exactly these bytes are stored.
 
         A different bundle from the same site for the same manifest is refused (StoreError),
         as are raw bytes that are not this bundle and a bundle for a manifest not in the store.
+        ``packed``: ``pack(raw)`` computed elsewhere (the ingest's verifying worker); checked to
+        unpack to ``raw``.
         """
         try:
             parsed = ResultBundle.model_validate_json(raw)
@@ -273,6 +276,10 @@ class ResultsStore:
                 from None
         if parsed != bundle:
             raise StoreError(f"raw bytes given for the bundle of site {bundle.site!r} are a different bundle")
+        if packed is None:
+            packed = pack(raw)
+        elif unpack(packed) != raw:
+            raise StoreError(f"the packed bytes given for the bundle of site {bundle.site!r} are not its raw bytes")
         sha = hashlib.sha256(raw).hexdigest()
         with self.engine.begin() as conn:
             self._require_manifest(conn, bundle.manifest_id)
@@ -290,7 +297,7 @@ class ResultsStore:
                                  "its late answer is not stored")
             conn.execute(insert(bundles).values(
                 manifest_id=bundle.manifest_id, site=bundle.site, sha256=sha, cdm_name=bundle.provenance.cdm_name,
-                created_at=_db_time(bundle.created_at), received_at=_db_time(at or _now()), raw=pack(raw)))
+                created_at=_db_time(bundle.created_at), received_at=_db_time(at or _now()), raw=packed))
         return True
 
     def bundles(self, manifest_id: str) -> list[ResultBundle]:

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables of the results store at the newest migration (``0005``: pooled results kept).
+"""SQLAlchemy Core tables of the results store at the newest migration (``0006``: site tables kept).
 
 Times are stored as naive UTC (``DateTime`` without zone works alike on SQLite and PostgreSQL)
 and handed out as aware UTC datetimes by the repository. The migrations in
@@ -117,5 +117,19 @@ pooled_results = Table(
     Column("created_at", DateTime, nullable=False),
     Column("meta", Text, nullable=False),  # JSON: pooled name, sites, notes
     Column("data", LargeBinary, nullable=False),  # Parquet (zstd) of the result's data
+    Column("settings", LargeBinary, nullable=False),  # Parquet of its settings
+)
+
+# ---- 0006: each stored bundle's table as read at ingest (coordinator/pooling/site_tables.py) ----
+site_tables = Table(
+    "site_tables", metadata,
+    Column("manifest_id", String(64), ForeignKey("manifests.manifest_id"), primary_key=True),
+    Column("site", String(200), primary_key=True),
+    Column("bundle_sha256", String(64), nullable=False),  # the signed bundle it was read from
+    Column("reader", String(64), nullable=False),  # hash of the reader's code and the format
+    Column("digest", String(64), nullable=False),  # sha256 over the two above, the header and both Parquet blobs
+    Column("created_at", DateTime, nullable=False),
+    Column("header", Text, nullable=False),  # JSON: the bundle but its table (site, provenance, suppression, ...)
+    Column("data", LargeBinary, nullable=False),  # Parquet (zstd) of the table's data
     Column("settings", LargeBinary, nullable=False),  # Parquet of its settings
 )

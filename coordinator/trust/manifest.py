@@ -9,11 +9,12 @@ window is ``[now, now + valid_for]`` in UTC.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
@@ -24,12 +25,15 @@ from optima_common.bundle import (
     StudyManifest,
     load_trust_dir,
     manifest_sha256,
-    read_bundle,
+    read_bundle_raw,
     sign,
     verify,
 )
 
-__all__ = ["build_manifest", "sign_manifest", "verify_bundle_file"]
+if TYPE_CHECKING:  # pandas is imported only when a table is re-checked
+    from optima_common.results import SummarisedResult
+
+__all__ = ["Checked", "build_manifest", "sign_manifest", "verify_bundle_checked", "verify_bundle_file"]
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -101,12 +105,28 @@ def verify_bundle_file(
     ``coordinator sites add`` must also meet its recorded minimum cell count; without
     ``manifest``, an archived key of an offboarded site verifies bundles made before removal.
     """
+    return verify_bundle_checked(path, trust_dir, manifest=manifest, allow_small_cells=allow_small_cells).bundle
+
+
+class Checked(NamedTuple):
+    """A verified bundle, its signed bytes and their sha256, and its table as the disclosure re-check
+    read it (None if this process had re-checked the same table before and did not read it again)."""
+
+    bundle: ResultBundle
+    raw: bytes
+    sha256: str
+    table: SummarisedResult | None
+
+
+def verify_bundle_checked(path: str | Path, trust_dir: str | Path, *, manifest: StudyManifest | None = None,
+                          allow_small_cells: bool = False) -> Checked:
+    """:func:`verify_bundle_file` (every check the same), keeping what it computed on the way."""
     from coordinator.trust.site_registry import (
         archived_keys_for,
         check_expected_min_cell,
     )
 
-    bundle = read_bundle(path)
+    bundle, raw = read_bundle_raw(path)  # raw: the canonical bytes, checked equal to render(bundle)
     trusted = load_trust_dir(trust_dir)
     if manifest is None:  # a file check: keys of offboarded sites still verify what they signed before
         trusted = {**archived_keys_for(trust_dir, bundle), **trusted}
@@ -115,7 +135,7 @@ def verify_bundle_file(
     if signer != bundle.site:
         raise BundleError(f"{path}: bundle claims site {bundle.site!r} but is signed by key {signer!r}; refused")
     check_expected_min_cell(trust_dir, bundle)  # the minimum the site was onboarded with (coordinator sites add)
-    _recheck_tables(path, bundle)
+    table = _recheck_tables(path, bundle)
     if manifest is not None:
         if bundle.manifest_id != manifest.manifest_id:
             raise BundleError(f"{path}: bundle answers manifest {bundle.manifest_id}, not {manifest.manifest_id}")
@@ -127,16 +147,16 @@ def verify_bundle_file(
         if bundle.suppression.min_cell_count < manifest.min_cell_count:
             raise BundleError(f"{path}: bundle min_cell_count {bundle.suppression.min_cell_count} is below the "
                               f"manifest's {manifest.min_cell_count}; refused")
-    return bundle
+    return Checked(bundle, raw, hashlib.sha256(raw).hexdigest(), table)
 
 
-def _recheck_tables(path: str | Path, bundle: ResultBundle) -> None:
+def _recheck_tables(path: str | Path, bundle: ResultBundle) -> SummarisedResult | None:
     """The same audit the site ran before signing: no count 1..min-1, every withheld count stays
     unnarrowable under the declared relations, no estimate derived from a withheld count."""
     from optima_common.disclosure import audit_bundle_table
     from optima_common.errors import DisclosureError, ResultFormatError
 
     try:
-        audit_bundle_table(bundle.results_csv, bundle.suppression.min_cell_count, f"{path}")
+        return audit_bundle_table(bundle.results_csv, bundle.suppression.min_cell_count, f"{path}")
     except (DisclosureError, ResultFormatError) as exc:
         raise BundleError(str(exc).splitlines()[0]) from None

@@ -157,19 +157,22 @@ def check_release(result: SummarisedResult, min_cell_count: int) -> list[str]:
 _PASSED: dict[tuple[str, int], bool] = {}  # (sha256 of a table, minimum) that passed, this process only
 
 
-def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> None:
-    """Coordinator: refuse (one-line :class:`DisclosureError`) a bundle table that fails :func:`check_release`.
+def audit_bundle_table(results_csv: str, min_cell_count: int, where: str) -> SummarisedResult | None:
+    """Coordinator: refuse (one-line :class:`DisclosureError`) a bundle table that fails :func:`check_release`;
+    return the table as read (the same reader as from a file), which passed.
 
     A table that passed once in this process (same bytes, same minimum) is not audited again
-    (``verify`` then ``ingest`` of one bundle); the memory never leaves the process."""
+    (``verify`` then ``ingest`` of one bundle; then None is returned); the memory never leaves the
+    process."""
     import hashlib
 
     memo = (hashlib.sha256(results_csv.encode("utf-8")).hexdigest(), int(min_cell_count))
     if memo in _PASSED:
-        return
+        return None
 
     table = SummarisedResult.from_csv_text(results_csv, source=where)  # the same reader as from a file
     problems = check_release(table, min_cell_count)
     if problems:
         raise DisclosureError(f"{where}: refused by the disclosure audit: {problems[0]}")
     _PASSED[memo] = True
+    return table
