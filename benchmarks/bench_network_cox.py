@@ -11,9 +11,10 @@ lung-cancer registries (synthetic, profile ``lung-registry``, the demo network's
 
 Prints: the whole ``flwr run`` (study + Cox fit), the Cox fit alone (``cox_seconds`` in the
 ServerApp's outcome: every round of messages, from the design request to convergence), the
-number of evaluations and seconds per round, and each site's own cost per answer from its
-audit log (``site_ms``, wall time inside the answer): the design request (the first round) builds
-the per-manifest design matrix from the CDM, every answer reads it from the site's cache. Each
+number of evaluations (one round each: the design request carries each site's answer at
+beta = 0) and seconds per round, and each site's own cost per answer from its audit log
+(``site_ms``, wall time inside the answer): every answer reads the design matrix the study run
+kept in the site's state folder. Each
 message also starts a fresh ClientApp process at each site (Flower's process isolation), whose
 start is not in ``site_ms``. CPU seconds are those of the whole deployment
 (the processes this script started and reaped), the load-independent figure on a shared machine.
@@ -122,8 +123,8 @@ def main() -> int:
     print("\n".join(f"  {n}" for n in outcome.get("cox_notes", [])))
     print(f"network start (SuperLink + 3 SuperNodes)   {t_up - t0:7.1f} s wall")
     print(f"flwr run: study + Cox fit, end to end       {t_run - t_up:7.1f} s wall")
-    print(f"  of it the Cox fit (all rounds)            {cox_s:7.1f} s wall, {evaluations} evaluations "
-          f"(+2 design/first rounds), {cox_s / max(evaluations + 1, 1):.2f} s per round")
+    print(f"  of it the Cox fit (all rounds)            {cox_s:7.1f} s wall, {evaluations} evaluations in "
+          f"{evaluations} rounds (the design request carries beta = 0), {cox_s / max(evaluations, 1):.2f} s per round")
     print(f"everything from start to stop               {t_run - t0:7.1f} s wall, {cpu:.1f} s CPU (all processes "
           f"reaped), load {load0:.1f} -> {os.getloadavg()[0]:.1f}")
     for s in SITES:
@@ -131,8 +132,7 @@ def main() -> int:
         if ms:
             rest = ms[1:] or [float("nan")]
             print(f"site {s:<22} answers {len(ms):3d}: first {ms[0]:8.1f} ms, then median "
-                  f"{statistics.median(rest):6.1f} ms, max {max(rest):6.1f} ms (the design-request round "
-                  f"built the cached design)")
+                  f"{statistics.median(rest):6.1f} ms, max {max(rest):6.1f} ms (the study run kept the design)")
     if args.keep:
         print(f"kept {root}")
     else:
