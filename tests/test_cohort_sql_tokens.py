@@ -6,10 +6,11 @@ import random
 from pathlib import Path
 
 import pytest
-from circe.sqlrender import translator
+from circe.sqlrender import split_sql, translate, translator
 from circe.sqlrender.tokenizer import tokenize_sql as circe_tokenize
 
 from site_agent.cohorts import collect_definitions
+from site_agent.cohorts import sql as sql_module
 from site_agent.cohorts.sql import cohort_sql, tokenize_ascii
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,10 +28,16 @@ def test_tokens_equal_circepy_on_tricky_and_random_text():
 
 @pytest.mark.parametrize("dialect", ["duckdb", "postgresql"])
 def test_cohort_sql_equals_circepy_translation(dialect, monkeypatch):
-    defs = collect_definitions([REPO / "cohort_definitions" / "lung"])
+    """Our statements (fast tokenizer, one statement at a time) equal circepy as shipped
+    translating each cohort's whole script, for every cohort of the catalogs."""
+    defs = collect_definitions([REPO / "cohort_definitions" / "lung"]) + \
+        collect_definitions([REPO / "cohort_definitions" / "breast"])
     kw = dict(dialect=dialect, cdm_schema="cdm", vocab_schema="vocab", write_schema="results")
     fast = [cohort_sql(d, **kw) for d in defs]
     assert getattr(translator.tokenize_sql, "optima_fast", False)
     monkeypatch.setattr(translator, "tokenize_sql", circe_tokenize)  # circepy as shipped
+    monkeypatch.setattr(sql_module, "translate_statements", lambda text, target: [  # the whole script at once
+        s for s in split_sql(translate(text, target)) if s.strip()])
     slow = [cohort_sql(d, **kw) for d in defs]
     assert fast == slow and sum(len(s) for s in fast) > 10 * len(defs)
+    assert len(defs) >= 12 and max(sum(map(len, s)) for s in fast) > 20_000  # the big stage I-II script is in

@@ -90,6 +90,23 @@ def _speed_up_translator() -> None:
 _speed_up_translator()
 
 
+def translate_statements(sql: str, dialect: str) -> list[str]:
+    """The non-empty statements of SqlRender's ``translate(sql, dialect)``, translated one by one.
+
+    SqlRender's search never lets a match run over a ``;`` outside brackets and quotes (the
+    translator's "not allowed to span multiple SQL statements"), and ``split_sql`` splits there,
+    so each statement becomes alone what it becomes in the whole script. Translating the whole
+    script re-tokenizes all of it after every replacement; a statement at a time re-tokenizes
+    one statement (the stage I-II SCLC cohort, 27 kB of SQL: 1.30 -> 0.35 s).
+    ``tests/test_cohort_sql_tokens.py`` compares the result with circepy translating each
+    catalog cohort's whole script, for both dialects."""
+    out: list[str] = []
+    for statement in split_sql(sql):
+        if statement.strip():
+            out += [s for s in split_sql(translate(statement + ";", dialect)) if s.strip()]
+    return out
+
+
 def cohort_sql(
     definition: CohortDefinition,
     *,
@@ -113,11 +130,9 @@ def cohort_sql(
     opts.cohort_id = definition.cohort_definition_id
     opts.generate_stats = generate_stats
     try:
-        ohdsi_sql = build_cohort_query(expression, opts)
-        translated = translate(render(ohdsi_sql), DIALECTS[dialect])
+        statements = translate_statements(render(build_cohort_query(expression, opts)), DIALECTS[dialect])
     except Exception as exc:
         raise CohortDefinitionError(f"{definition.path}: cannot translate to {dialect} SQL: {exc}") from None
-    statements = [s for s in split_sql(translated) if s.strip()]
     if generate_stats and not definition.inclusion_rule_names:
         statements = _with_qualifying_stats(statements, write_schema, definition.cohort_definition_id)
     return statements
