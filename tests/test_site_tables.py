@@ -76,7 +76,7 @@ def test_an_edited_stale_or_damaged_kept_table_is_not_used(ingested):
     # edited: other numbers in the Parquet, digest left as it was
     forged = truth.data.assign(estimate_value=truth.data["estimate_value"].where(
         truth.data["estimate_value"].isna(), "999"))
-    _edit(store, mid, "site_a", data=T._parquet(forged))
+    _edit(store, mid, "site_a", data=T.to_parquet(forged))
     assert "site_a" not in T.kept_tables(store, mid) and "site_b" in T.kept_tables(store, mid)
     # damaged bytes
     _edit(store, mid, "site_a", data=row.data[:-7] + b"garbage")

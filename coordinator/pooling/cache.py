@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from coordinator.pooling.parquet import from_parquet, to_parquet
 from coordinator.pooling.results import NetworkResult, SiteInfo, network_result
 from coordinator.pooling.site_tables import pooling_input
 from coordinator.store import ResultsStore, StoreError
@@ -52,32 +50,17 @@ def pool_key(digests: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    return buf.getvalue()
-
-
-def _frame(blob: bytes) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(blob)).to_pandas()
-
-
 def encode(net: NetworkResult) -> PooledRow:
     meta = {"pooled_name": net.pooled_name, "notes": net.notes,
             "sites": [{"site": s.site, "cdm_name": s.cdm_name, "provenance": s.provenance.model_dump(mode="json"),
                        "suppression": s.suppression.model_dump(mode="json")} for s in net.sites]}
-    return PooledRow(json.dumps(meta), _parquet(net.result.data), _parquet(net.result.settings))
+    return PooledRow(json.dumps(meta), to_parquet(net.result.data), to_parquet(net.result.settings))
 
 
 def decode(row: PooledRow) -> NetworkResult:
     meta = json.loads(row.meta)
     result = object.__new__(SummarisedResult)  # kept exactly as network_result validated it: not validated again
-    result.data, result.settings = _frame(row.data), _frame(row.settings)
+    result.data, result.settings = from_parquet(row.data), from_parquet(row.settings)
     sites = [SiteInfo(s["site"], s["cdm_name"], Provenance.model_validate(s["provenance"]),
                       SuppressionRecord.model_validate(s["suppression"])) for s in meta["sites"]]
     return NetworkResult(result, sites, meta["pooled_name"], list(meta["notes"]))

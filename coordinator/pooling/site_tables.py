@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import NamedTuple
 
-import pandas as pd
-
+from coordinator.pooling.parquet import from_parquet, to_parquet
 from coordinator.store import ResultsStore
 from coordinator.store.ops import study_bundles, study_digests, study_sources
 from coordinator.store.site_tables import SiteTableRow, get_site_tables
@@ -59,25 +57,10 @@ def _digest(bundle_sha256: str, reader: str, header: str, data: bytes, settings:
     return h.hexdigest()
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    return buf.getvalue()
-
-
-def _frame(blob: bytes) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(blob)).to_pandas()
-
-
 def encode(bundle: ResultBundle, table: SummarisedResult, bundle_sha256: str) -> SiteTableRow:
     """The row to keep for ``table``, read from ``bundle`` whose signed bytes have ``bundle_sha256``."""
     header = json.dumps(bundle.model_dump(mode="json", exclude={"results_csv"}), sort_keys=True)
-    data, settings = _parquet(table.data), _parquet(table.settings)
+    data, settings = to_parquet(table.data), to_parquet(table.settings)
     reader = reader_hash()
     return SiteTableRow(bundle_sha256, reader, _digest(bundle_sha256, reader, header, data, settings), header, data,
                         settings)
@@ -97,7 +80,7 @@ def decode(row: SiteTableRow, bundle_sha256: str) -> Kept | None:
             row.digest != _digest(row.bundle_sha256, row.reader, row.header, row.data, row.settings):
         return None
     try:
-        data, settings = _frame(row.data), _frame(row.settings)
+        data, settings = from_parquet(row.data), from_parquet(row.settings)
         header = ResultBundle.model_validate({**json.loads(row.header), "results_csv": ""})
     except Exception:  # noqa: BLE001 - unreadable: read the text instead
         return None

@@ -14,6 +14,7 @@ from coordinator.pooling.cache import pooled_result
 from coordinator.pooling.results import NetworkResult
 from coordinator.report import diagrams as D
 from coordinator.report import sections as S
+from coordinator.report import survival_sections
 from coordinator.report.figure_pool import deferred
 from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
@@ -136,8 +137,8 @@ def _render(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str,
         ("incidence", "Incidence", S.rates_section(view, "incidence")),
         ("prevalence", "Prevalence", S.rates_section(view, "prevalence")),
         ("pathways", "Treatment pathways", D.after_title(S.pathways_section(view), D.pathways_diagram(view))),
-        ("outcomes", "Outcomes at horizons", S.horizons_section(view)),
-        ("survival", "Survival", S.km_section(view)),
+        ("outcomes", "Outcomes at horizons", survival_sections.horizons_section(view)),
+        ("survival", "Survival", survival_sections.km_section(view)),
         ("genomics", "Genomics", genomics_section(view)),
         ("nlp", "NLP metastasis", nlp_section(view)),
         *[(f"extra{i + 1}", S.title_of(x, "More"), x) for i, x in enumerate(extra_sections)],
