@@ -11,8 +11,8 @@ lung-cancer registries (synthetic, profile ``lung-registry``, the demo network's
 
 Prints: the whole ``flwr run`` (study + Cox fit), the Cox fit alone (``cox_seconds`` in the
 ServerApp's outcome: every round of messages, from the design request to convergence), the
-number of evaluations (one round each: the design request carries each site's answer at
-beta = 0) and seconds per round, and each site's own cost per answer from its audit log
+number of evaluations and rounds (the answer at beta = 0 comes with each site's study release,
+so the fit's rounds are one fewer than its evaluations) and seconds per round, and each site's own cost per answer from its audit log
 (``site_ms``, wall time inside the answer): every answer reads the design matrix the study run
 kept in the site's state folder. Each
 message also starts a fresh ClientApp process at each site (Flower's process isolation), whose
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -123,8 +124,11 @@ def main() -> int:
     print("\n".join(f"  {n}" for n in outcome.get("cox_notes", [])))
     print(f"network start (SuperLink + 3 SuperNodes)   {t_up - t0:7.1f} s wall")
     print(f"flwr run: study + Cox fit, end to end       {t_run - t_up:7.1f} s wall")
+    found = [re.search(r"(\d+) round\(s\) of messages", n) for n in outcome.get("cox_notes", [])]
+    rounds = next((int(m.group(1)) for m in found if m), evaluations)
+    print(f"  the study round (ServerApp's send to last reply judged) {float(outcome.get('study_seconds', 'nan')):7.1f} s wall")
     print(f"  of it the Cox fit (all rounds)            {cox_s:7.1f} s wall, {evaluations} evaluations in "
-          f"{evaluations} rounds (the design request carries beta = 0), {cox_s / max(evaluations, 1):.2f} s per round")
+          f"{rounds} rounds (the first answer came with the study's release), {cox_s / max(rounds, 1):.2f} s per round")
     print(f"everything from start to stop               {t_run - t0:7.1f} s wall, {cpu:.1f} s CPU (all processes "
           f"reaped), load {load0:.1f} -> {os.getloadavg()[0]:.1f}")
     for s in SITES:

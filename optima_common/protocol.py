@@ -48,6 +48,9 @@ COLUMNS: Final = "columns"
 LOGLIK: Final = "loglik"
 SCORE: Final = "score"
 INFO: Final = "info"
+COX_FIRST: Final = "cox_first"  # in a query/collect request: answer the Cox design request with the released study
+COX_STATUS: Final = "cox_status"  # in that reply: the Cox answer's own status and reason
+COX_REASON: Final = "cox_reason"
 
 # the analyses a manifest may name and a site may allow (site.toml allowed_analyses)
 ANALYSES: Final = ("cohort_counts", "diagnostics", "sclc_study", "genomics_profile", "nlp_metastasis")

@@ -4,10 +4,16 @@ A SuperNode started with ``--node-config 'site-config="/etc/optima/site.toml"'``
 app for every message the coordinator's ServerApp sends (names in :mod:`optima_common.protocol`):
 ``query`` (a signed manifest), ``query.collect`` (ask again), ``query.cox`` (one Cox
 evaluation), ``train``/``evaluate`` (federated image training). Every query reply is the
-record ``reply`` with ``site``, ``status``, ``reason`` and, when done, ``bundle``.
+record ``reply`` with ``site``, ``status``, ``reason`` and, when done, ``bundle``. A ``query`` or
+``query.collect`` with ``cox_first`` set (the ServerApp fits the study's Cox model next) also gets,
+once the bundle is released, the answer to the Cox fit's first request (the design's columns and
+the answer at beta = 0, or a refusal) in the same reply: ``cox_status``, ``cox_reason`` and the
+fields of a ``query.cox`` reply.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -40,13 +46,48 @@ def reply(msg: Message, site: str, status: str, reason: str = "", bundle_text: s
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     site = site_for(context)
-    return reply(msg, site.name, *site.answer_manifest(str(msg.content[P.MANIFEST_RECORD][P.JSON])))
+    record = msg.content[P.MANIFEST_RECORD]
+    text = str(record[P.JSON])
+    status, reason, bundle_text = site.answer_manifest(text)
+    return reply(msg, site.name, status, reason, bundle_text,
+                 **_cox_first(site, record, status, lambda: json.loads(text)[P.MANIFEST_ID]))
 
 
 @app.query(P.COLLECT_ACTION)
 def query_collect(msg: Message, context: Context) -> Message:
     site = site_for(context)
-    return reply(msg, site.name, *site.collect(str(msg.content[P.COLLECT_RECORD][P.MANIFEST_ID])))
+    record = msg.content[P.COLLECT_RECORD]
+    manifest_id = str(record[P.MANIFEST_ID])
+    status, reason, bundle_text = site.collect(manifest_id)
+    return reply(msg, site.name, status, reason, bundle_text, **_cox_first(site, record, status, lambda: manifest_id))
+
+
+def _cox_first(site: Site, request: ConfigRecord, status: str, manifest_id) -> dict:
+    """The Cox fit's first request answered with a released study, when the coordinator asks for it
+    (``cox_first`` in the request): saves the fit a round. Its outcome is in ``cox_status``/``cox_reason``."""
+    if status != P.DONE or not bool(request.get(P.COX_FIRST, False)):
+        return {}
+    try:
+        mid = str(manifest_id())
+    except (ValueError, KeyError, TypeError):
+        return {}
+    cox_status, cox_reason, fields = _cox_design_answer(site, mid)
+    return {P.COX_STATUS: cox_status, P.COX_REASON: cox_reason[:MAX_STR], **fields}
+
+
+def _cox_design_answer(site: Site, manifest_id: str, beta: list[float] | None = None) -> tuple[str, str, dict]:
+    """(status, reason, fields) of one Cox answer; without ``beta``, the design's columns and the
+    answer at beta = 0 (one answer of the budget). A refusal still names the columns when known."""
+    fields: dict = {}
+    try:
+        if not beta:
+            fields[P.COLUMNS] = list(site.cox_columns(manifest_id))
+            beta = [0.0] * len(fields[P.COLUMNS])
+        loglik, score, info = site.cox(manifest_id, beta)
+    except CoxRefusal as exc:
+        return P.REFUSED, str(exc), fields
+    return P.DONE, "", {**fields, P.LOGLIK: float(loglik), P.SCORE: [float(v) for v in score],
+                        P.INFO: [float(v) for v in np.ravel(info)]}
 
 
 @app.query(P.COX_ACTION)
@@ -58,17 +99,9 @@ def query_cox(msg: Message, context: Context) -> Message:
     refusal of that answer (e.g. too few events) still names the columns."""
     site = site_for(context)
     request = msg.content[P.COX_RECORD]
-    manifest_id, beta = str(request[P.MANIFEST_ID]), [float(b) for b in request[P.BETA]]
-    design: dict = {}
-    try:
-        if not beta:
-            design[P.COLUMNS] = list(site.cox_columns(manifest_id))
-            beta = [0.0] * len(design[P.COLUMNS])
-        loglik, score, info = site.cox(manifest_id, beta)
-    except CoxRefusal as exc:
-        return reply(msg, site.name, P.REFUSED, str(exc), **design)
-    return reply(msg, site.name, P.DONE, **design, **{P.LOGLIK: float(loglik), P.SCORE: [float(v) for v in score],
-                                                      P.INFO: [float(v) for v in np.ravel(info)]})
+    status, reason, fields = _cox_design_answer(site, str(request[P.MANIFEST_ID]),
+                                                [float(b) for b in request[P.BETA]])
+    return reply(msg, site.name, status, reason, **fields)
 
 
 @app.train(mods=[secagg_when_asked])  # SecAgg+ rounds go through Flower's secaggplus_mod

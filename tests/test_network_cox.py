@@ -121,7 +121,9 @@ def test_cox_requests_are_budgeted_and_need_a_released_study(net, tmp_path):
     grid = InProcessGrid(site_app.app, net.node_configs())
     # not yet accepted or released here: every site refuses, nothing is fitted
     fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=60)
-    assert fit is None and notes == ["no site answered the Cox design request"]
+    assert fit is None and notes[-1] == "no site answered the Cox design request"
+    assert sorted(n.split(":")[0] for n in notes[:-1]) == ["cox_north", "cox_south"]  # each site's reason
+    assert all("was not accepted and released at this site" in n for n in notes[:-1]), notes
     send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
                reply_timeout=300)
     used, stopped = 0, ""
@@ -189,3 +191,53 @@ def test_site_answers_later_evaluations_from_its_design_cache(net, tmp_path):
             shutil.move(p, cdms[s])
     assert second is not None, notes
     np.testing.assert_allclose(second.coef, first.coef, rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_first_cox_answer_comes_with_the_release(net, tmp_path):
+    """With ``cox_first`` the study round also carries each site's answer at beta = 0: the fit
+    asks one round less, spends the same budget and finds the same model. A site whose study
+    reply has no such answer (an agent of the release before) gets the design request itself."""
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    first: dict[int, dict] = {}
+    outcome = send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+                         reply_timeout=300, cox_first=first)
+    assert outcome.done == 2 and sorted(first) == sorted(grid.get_node_ids())
+    assert all(r["status"] == P.DONE and len(r[P.SCORE]) == len(r[P.COLUMNS]) for r in first.values())
+    datas = {s: site_data(net, s) for s in ("cox_north", "cox_south")}
+    for r in first.values():  # the plain sums at beta = 0 of that site's own patients
+        d = datas[r["site"]]
+        assert r[P.LOGLIK] == pytest.approx(site_score_information(d, np.zeros(d.p))[0], rel=1e-12)
+    fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120, first=first)
+    assert fit is not None and fit.converged, notes
+    again, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    np.testing.assert_allclose(fit.coef, again.coef, rtol=0, atol=0, equal_nan=True)
+    assert fit.evaluations == again.evaluations
+    cox_asked = [m for m in grid.sent if m.metadata.message_type == P.QUERY_COX]
+    assert len(cox_asked) == 2 * (fit.evaluations - 1) + 2 * again.evaluations  # no design round for the first fit
+    events = [e for e in AuditLog(net.configs["cox_north"].parent / "state" / "audit.jsonl").entries()
+              if e["event"] == "cox_answered" and e["manifest_id"] == manifest.manifest_id]
+    assert len(events) == fit.evaluations + again.evaluations  # the answer with the release was budgeted
+    # one site's release came without the answer: only that site's node gets the design request
+    north = next(n for n, r in first.items() if r["site"] == "cox_north")
+    partial = {n: r for n, r in first.items() if n != north}
+    grid.sent.clear()
+    mixed, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120,
+                                   first=partial)
+    assert mixed is not None, notes
+    design = [m.metadata.dst_node_id for m in grid.sent
+              if m.metadata.message_type == P.QUERY_COX and list(m.content[P.COX_RECORD][P.BETA]) == []]
+    assert design == [north]
+    np.testing.assert_allclose(mixed.coef, fit.coef, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_study_without_the_cox_request_spends_no_cox_budget(net, tmp_path):
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+               reply_timeout=300)
+    replies = [m for m in grid.sent if m.metadata.message_type == P.QUERY]
+    assert replies and all(P.COX_FIRST not in m.content[P.MANIFEST_RECORD] for m in replies)
+    events = [e for e in AuditLog(net.configs["cox_north"].parent / "state" / "audit.jsonl").entries()
+              if e["event"].startswith("cox_") and e["manifest_id"] == manifest.manifest_id]
+    assert events == []

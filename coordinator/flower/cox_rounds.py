@@ -1,7 +1,8 @@
 """The study's site-stratified Cox model fitted over Flower (``query.cox`` messages).
 
 Newton-Raphson runs here (:func:`coordinator.pooling.cox.fit_federated_cox`); each evaluation is one
-round of messages to the participating sites, whose answers are summed (a stratified model's
+round of messages to the participating sites (the first, at beta = 0, comes with the sites' study
+releases when the study round asked for it), whose answers are summed (a stratified model's
 log likelihood, score and information are sums over strata). Participants are the sites that
 released the study's bundle and answer the design's columns; a site that refuses the first
 evaluation (fewer events than the spec's minimum) is left out with a note; a site that drops
@@ -41,42 +42,55 @@ def _ask(grid: Grid, nodes: list[int], manifest_id: str, beta: list[float], time
     return out
 
 
-def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeout: float = 300.0
-                    ) -> tuple[CoxFit | None, list[str]]:
+def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeout: float = 300.0,
+                    first: dict[int, dict] | None = None) -> tuple[CoxFit | None, list[str]]:
     """The fit (or None when fewer than one site can take part) and notes on who took part.
 
-    Rounds: the design request (columns, and each site's answer at beta = 0), then one per
-    further evaluation of the Newton-Raphson fit."""
+    ``first``: the sites' answers to the design request that came with their releases, by
+    Flower node (:func:`coordinator.flower.study.send_study`). Rounds: the design request
+    (columns, and each site's answer at beta = 0) for the sites not in ``first`` (none when
+    every site answered with its release), then one per further evaluation of the
+    Newton-Raphson fit."""
     notes: list[str] = []
-    nodes = sorted(grid.get_node_ids())
-    # the first round asks for the design's columns; a site answers at beta = 0 in the same reply
-    described = [r for r in _ask(grid, nodes, manifest_id, [], timeout)
-                 if r["site"] in done_sites and P.COLUMNS in r]
+    rounds = 0  # rounds of query.cox messages this fit sent
+    given = {n: r for n, r in (first or {}).items() if r["site"] in done_sites}
+    answered = [r for r in given.values() if P.COLUMNS in r]
+    if not given or done_sites - {r["site"] for r in given.values()}:
+        # the design request, to every node not answered yet (a node's site is known only from its reply)
+        rest = sorted(n for n in grid.get_node_ids() if n not in given)
+        rounds += 1
+        answered += [r for r in _ask(grid, rest, manifest_id, [], timeout)
+                     if r["site"] in done_sites and r["site"] not in {a["site"] for a in answered}]
+    described = [r for r in answered if P.COLUMNS in r]
+    notes += [f"{r['site']}: left out of the Cox model ({r['reason']})" for r in answered if P.COLUMNS not in r]
     if not described:
-        return None, ["no site answered the Cox design request"]
+        return None, [*notes, "no site answered the Cox design request"]
     columns = tuple(described[0][P.COLUMNS])
     if any(tuple(r[P.COLUMNS]) != columns for r in described):
         raise CoordinatorError("sites disagree on the Cox design columns; their study specs differ")
     by_node = {r["node"]: r["site"] for r in described}
-    first = [r for r in described if r["status"] != "done" or P.LOGLIK in r]
+    first_answers = [r for r in described if r["status"] != "done" or P.LOGLIK in r]
     older = sorted(r["node"] for r in described if r["status"] == "done" and P.LOGLIK not in r)
     if older:  # an agent that answers the design request with its columns alone: ask it at beta = 0
-        first += _ask(grid, older, manifest_id, [0.0] * len(columns), timeout)
-    for r in first:
+        rounds += 1
+        first_answers += _ask(grid, older, manifest_id, [0.0] * len(columns), timeout)
+    for r in first_answers:
         if r["status"] != "done":
             notes.append(f"{r['site']}: left out of the Cox model ({r['reason']})")
-    members = sorted(r["node"] for r in first if r["status"] == "done")
-    missing = set(by_node) - {r["node"] for r in first}
+    members = sorted(r["node"] for r in first_answers if r["status"] == "done")
+    missing = set(by_node) - {r["node"] for r in first_answers}
     notes += [f"{by_node[n]}: no answer to the first Cox evaluation" for n in sorted(missing)]
     if not members:
         return None, notes
-    cache = {tuple(np.zeros(len(columns))): _summed([r for r in first if r["status"] == "done"], len(columns))}
+    cache = {tuple(np.zeros(len(columns))): _summed([r for r in first_answers if r["status"] == "done"], len(columns))}
 
     def network(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        nonlocal rounds
         key = tuple(float(b) for b in beta)
         if key in cache:  # beta = 0 was asked already, with the participants' budget
             return cache.pop(key)
         errors: dict[int, str] = {}
+        rounds += 1
         answers = _ask(grid, members, manifest_id, list(key), timeout, errors)
         ok = [r for r in answers if r["status"] == "done"]
         if len(ok) != len(members):
@@ -90,7 +104,7 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
     except ValueError as exc:  # e.g. a singular information matrix at the estimate
         return None, [*notes, f"Cox model not estimated: {exc}"]
     notes.append(f"Cox model over {len(members)} site(s): {', '.join(sorted(by_node[n] for n in members))}; "
-                 f"{fit.evaluations} evaluations, converged: {fit.converged}")
+                 f"{fit.evaluations} evaluations in {rounds} round(s) of messages, converged: {fit.converged}")
     notes += fit.messages
     return fit, notes
 

@@ -40,17 +40,21 @@ def run_study_job(grid: Grid, job: StudyJob, *, collect_only: bool = False) -> d
 
     manifest = read_manifest(job.manifest)
     store = ResultsStore.open(job.store)
+    with_cox = job.cox and "sclc_study" in manifest.analyses
+    cox_first: dict[int, dict] | None = {} if with_cox else None  # the fit's first answers, with the releases
+    started = time.perf_counter()
     outcome = send_study(grid, manifest, store=store, trust_dir=job.trust, reply_timeout=job.reply_timeout,
-                         node_wait=job.node_wait, bundles_dir=job.out / "bundles", collect_only=collect_only)
-    doc = {"ok": outcome.complete, "outcome": outcome.model_dump()}
+                         node_wait=job.node_wait, bundles_dir=job.out / "bundles", collect_only=collect_only,
+                         cox_first=cox_first)
+    doc = {"ok": outcome.complete, "outcome": outcome.model_dump(), "study_seconds": round(time.perf_counter() - started, 3)}
     require_complete(outcome)
     sections: tuple[str, ...] = ()
-    if job.cox and "sclc_study" in manifest.analyses:
+    if with_cox:
         from coordinator.flower.cox_rounds import cox_section, fit_network_cox
 
         done = {s.site for s in outcome.sites if s.status == "done"}
         started = time.perf_counter()
-        fit, notes = fit_network_cox(grid, manifest.manifest_id, done, timeout=job.cox_timeout)
+        fit, notes = fit_network_cox(grid, manifest.manifest_id, done, timeout=job.cox_timeout, first=cox_first)
         doc["cox_seconds"] = round(time.perf_counter() - started, 3)  # the fit's rounds of messages, end to end
         doc["cox_evaluations"] = fit.evaluations if fit is not None else 0
         sections = (cox_section(fit, notes),)

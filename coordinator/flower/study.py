@@ -150,14 +150,28 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     return SiteOutcome(site=site, status="done")
 
 
-def _ask(grid: Grid, nodes: list[int], kind: str, manifest: StudyManifest, timeout: float) -> list[Message]:
+def _ask(grid: Grid, nodes: list[int], kind: str, manifest: StudyManifest, timeout: float,
+         cox_first: bool = False) -> list[Message]:
     if not nodes:
         return []
     if kind == P.COLLECT_RECORD:
         record = ConfigRecord({P.MANIFEST_ID: manifest.manifest_id})
     else:
         record = ConfigRecord({P.JSON: render(manifest).decode("utf-8")})
+    if cox_first:
+        record[P.COX_FIRST] = True
     return send_and_receive(grid, _messages(nodes, kind, record, manifest.manifest_id), timeout=timeout)
+
+
+def _cox_part(reply: Message) -> dict[int, dict]:
+    """The Cox answer a site put in its study reply, shaped like a ``query.cox`` reply; {} without one."""
+    r = reply.content[P.REPLY_RECORD]
+    if P.COX_STATUS not in r:
+        return {}
+    part = {"node": reply.metadata.src_node_id, P.SITE: str(r[P.SITE]), P.STATUS: str(r[P.COX_STATUS]),
+            P.REASON: str(r.get(P.COX_REASON, ""))}
+    part.update({k: r[k] for k in (P.COLUMNS, P.LOGLIK, P.SCORE, P.INFO) if k in r})
+    return {reply.metadata.src_node_id: part}
 
 
 def _reply_site(reply: Message) -> tuple[str, str] | None:
@@ -168,8 +182,14 @@ def _reply_site(reply: Message) -> tuple[str, str] | None:
 
 
 def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | Path, reply_timeout: float,
-               node_wait: float = 30.0, bundles_dir: Path | None = None, collect_only: bool = False) -> StudyOutcome:
+               node_wait: float = 30.0, bundles_dir: Path | None = None, collect_only: bool = False,
+               cox_first: dict[int, dict] | None = None) -> StudyOutcome:
     """Send (or, with ``collect_only``, ask again for) a signed manifest; judge and record every answer.
+
+    ``cox_first`` (a dict to fill): the sites are also asked for the Cox fit's first answer with
+    their release (``cox_first`` in the request); the answers of the sites whose bundle was
+    accepted go into the dict by Flower node, as :func:`coordinator.flower.cox_rounds.fit_network_cox`
+    takes them. A site whose reply has none (an older agent) is asked by the fit itself.
 
     Resuming (a manifest already sent, e.g. after a coordinator restart): sites with a final
     answer in the store (done, refused, rejected, cancelled) are not asked again where their
@@ -195,14 +215,15 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
     for site in manifest.target_sites:
         if site not in final:
             store.set_site_status(mid, site, "sent")
-    replies = _ask(grid, ask, P.COLLECT_RECORD if resume else P.MANIFEST_RECORD, manifest, reply_timeout)
+    with_cox = cox_first is not None
+    replies = _ask(grid, ask, P.COLLECT_RECORD if resume else P.MANIFEST_RECORD, manifest, reply_timeout, with_cox)
     if resume and not collect_only:  # sites that never received the manifest get it now
         first: list[int] = []
         for reply in replies:
             who = _reply_site(reply)
             if who and who[0] in never_sent and who[1] == "unknown":
                 first.append(reply.metadata.src_node_id)
-        replies += _ask(grid, first, P.MANIFEST_RECORD, manifest, reply_timeout)
+        replies += _ask(grid, first, P.MANIFEST_RECORD, manifest, reply_timeout, with_cox)
     outcomes: dict[str, SiteOutcome] = {}
     errors = {reply.metadata.src_node_id: str(reply.error.reason or f"error code {reply.error.code}")
               for reply in replies if reply.has_error()}
@@ -215,6 +236,8 @@ def send_study(grid: Grid, manifest: StudyManifest, *, store, trust_dir: str | P
         outcome = _judge(reply, manifest, trust_dir, store, bundles_dir)
         if outcome is not None and (outcome.site not in outcomes or outcome.status == "done"):
             outcomes[outcome.site] = outcome
+        if with_cox and outcome is not None and outcome.status == "done":
+            cox_first.update(_cox_part(reply))
     for site in manifest.target_sites:
         if site in final:
             old = final[site]
