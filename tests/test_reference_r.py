@@ -209,6 +209,35 @@ def test_diverging_coefficient_never_asks_sites_beyond_their_bound():
         assert fit.se[i] == pytest.approx(ref["se"][i], rel=1e-3)
 
 
+def test_a_held_column_and_the_others_next_step_cost_one_evaluation():
+    """When a column would pass the sites' bound, the next point asked both holds it and moves
+    the other columns by their Newton step from the answers in hand (no round at the held point
+    alone); the others still end where their pooled score vanishes given the held column."""
+    df = _veteran_sites()
+    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
+    datas = []
+    for _, g in df.groupby("site", sort=True):
+        X, names = design_matrix(g, ["trt", "karno", "noevent", "age"], {})
+        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    asked: list[np.ndarray] = []
+
+    def site(b, d):
+        if d is datas[0]:
+            asked.append(b.copy())
+        return site_score_information(d, b)
+
+    fit = fit_federated_cox([lambda b, d=d: site(b, d) for d in datas], 4, names=datas[0].columns, max_abs_beta=5.0)
+    assert fit.diverging == ("noevent",) and len(asked) == fit.evaluations
+    others = [0, 1, 3]
+    held = [i for i, b in enumerate(asked) if abs(b[2]) == 0.75 * 5.0]
+    assert held and held[0] > 0, asked
+    assert np.all(asked[held[0]][others] != asked[held[0] - 1][others])  # moved in the same evaluation
+    last = asked[-1]
+    assert np.allclose(np.where(np.isnan(fit.coef), last, fit.coef), last, rtol=0, atol=0)  # the estimate was asked
+    score = sum(site_score_information(d, last)[1] for d in datas)
+    assert np.abs(score[others]).max() < 1e-6 * len(df)
+
+
 def test_a_runaway_column_leaves_the_others_fitted():
     """A column whose first Newton step passes the sites' bound is held and reported diverging;
     the other columns are fitted given it (their pooled score is zero at the estimate), not left at 0."""

@@ -161,7 +161,8 @@ def fit_federated_cox(
     the step at the current beta is small: max |step| <= tol * (1 + max |beta|); the current
     beta is then the estimate (not evaluated again). A coefficient that would pass ``max_abs_beta`` runs
     away (monotone likelihood): it is held at ``HELD_FRACTION`` of the bound on its side, the
-    others are fitted given it, and it is reported NA in ``diverging``. A coefficient whose
+    others take their Newton step in the same evaluation and are then fitted given it, and it is
+    reported NA in ``diverging``. A coefficient whose
     step has not converged when the log-likelihood has stops the fit the same way. Standard errors from the inverse pooled information of
     the estimable columns at the estimate; 95% Wald intervals exp(coef -/+ 1.96 se).
     """
@@ -195,6 +196,15 @@ def fit_federated_cox(
             beta[runaway] = np.sign(step[runaway]) * HELD_FRACTION * max_abs_beta
             if not free.any():
                 break
+            # one evaluation for both moves: the held columns at their value and the others' Newton
+            # step from the answers in hand (the held columns' move left out of it). Damped Newton
+            # goes on from that point (the problem given the held columns is concave), so only the
+            # number of rounds changes (docs/performance.md). A step that would pass the sites'
+            # bound is not taken: the held point alone is asked.
+            moved = beta.copy()
+            moved[free] += _newton_step(score[free], info[np.ix_(free, free)])
+            if np.all(np.abs(moved) <= max_abs_beta):
+                beta = moved
             loglik, score, info = _pooled(sites, beta, p)
             evaluations += 1
             continue
