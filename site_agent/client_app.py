@@ -14,18 +14,20 @@ fields of a ``query.cox`` reply.
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from optima_common import protocol as P
-from optima_common.errors import CoxRefusal, OptimaError
+from optima_common.errors import CoxRefusal, OptimaError, PolicyRefusal
 from site_agent.audit import MAX_STR
-from site_agent.service import Site
+from site_agent.service import Site, failure_line
 from site_agent.training.secagg import secagg_when_asked
 
 app = ClientApp()
+log = logging.getLogger(__name__)
 
 
 def site_for(context: Context) -> Site:
@@ -71,11 +73,15 @@ def _cox_first(site: Site, request: ConfigRecord, status: str, manifest_id) -> d
         mid = str(manifest_id())
     except (ValueError, KeyError, TypeError):
         return {}
-    cox_status, cox_reason, fields = _cox_design_answer(site, mid)
+    try:
+        cox_status, cox_reason, fields = _cox_answer(site, mid)
+    except Exception as exc:  # noqa: BLE001 - the released bundle must still reach the coordinator
+        log.exception("the Cox answer sent with manifest %s failed", mid)
+        cox_status, cox_reason, fields = P.FAILED, failure_line(exc), {}
     return {P.COX_STATUS: cox_status, P.COX_REASON: cox_reason[:MAX_STR], **fields}
 
 
-def _cox_design_answer(site: Site, manifest_id: str, beta: list[float] | None = None) -> tuple[str, str, dict]:
+def _cox_answer(site: Site, manifest_id: str, beta: list[float] | None = None) -> tuple[str, str, dict]:
     """(status, reason, fields) of one Cox answer; without ``beta``, the design's columns and the
     answer at beta = 0 (one answer of the budget). A refusal still names the columns when known."""
     fields: dict = {}
@@ -84,7 +90,7 @@ def _cox_design_answer(site: Site, manifest_id: str, beta: list[float] | None = 
             fields[P.COLUMNS] = list(site.cox_columns(manifest_id))
             beta = [0.0] * len(fields[P.COLUMNS])
         loglik, score, info = site.cox(manifest_id, beta)
-    except CoxRefusal as exc:
+    except (CoxRefusal, PolicyRefusal) as exc:
         return P.REFUSED, str(exc), fields
     return P.DONE, "", {**fields, P.LOGLIK: float(loglik), P.SCORE: [float(v) for v in score],
                         P.INFO: [float(v) for v in np.ravel(info)]}
@@ -99,7 +105,7 @@ def query_cox(msg: Message, context: Context) -> Message:
     refusal of that answer (e.g. too few events) still names the columns."""
     site = site_for(context)
     request = msg.content[P.COX_RECORD]
-    status, reason, fields = _cox_design_answer(site, str(request[P.MANIFEST_ID]),
+    status, reason, fields = _cox_answer(site, str(request[P.MANIFEST_ID]),
                                                 [float(b) for b in request[P.BETA]])
     return reply(msg, site.name, status, reason, **fields)
 

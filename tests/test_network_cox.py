@@ -241,3 +241,25 @@ def test_a_study_without_the_cox_request_spends_no_cox_budget(net, tmp_path):
     events = [e for e in AuditLog(net.configs["cox_north"].parent / "state" / "audit.jsonl").entries()
               if e["event"].startswith("cox_") and e["manifest_id"] == manifest.manifest_id]
     assert events == []
+
+
+def test_a_failing_cox_answer_does_not_cost_the_release(net, tmp_path, monkeypatch):
+    """The Cox answer rides on the study reply: if it fails at a site (here: the design cannot be
+    read), the bundle still arrives and the fit says why the site is left out."""
+    from site_agent.service import Site
+
+    def broken(self, manifest_id):
+        raise OSError("design file unreadable")
+
+    monkeypatch.setattr(Site, "cox_columns", broken)
+    manifest = net.manifest(analyses=("sclc_study",))
+    grid = InProcessGrid(site_app.app, net.node_configs())
+    first: dict[int, dict] = {}
+    outcome = send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+                         reply_timeout=300, cox_first=first)
+    assert outcome.done == 2
+    assert sorted(r[P.STATUS] for r in first.values()) == [P.FAILED, P.FAILED]
+    fit, notes = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=60, first=first)
+    # the reason as the site words failures: the kind of error, its details kept in the site's log
+    assert fit is None and sum("OSError (details in the site's log)" in n for n in notes) == 2, notes
+    assert not [m for m in grid.sent if m.metadata.message_type == P.QUERY_COX]  # nothing asked again
