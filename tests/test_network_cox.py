@@ -263,3 +263,18 @@ def test_a_failing_cox_answer_does_not_cost_the_release(net, tmp_path, monkeypat
     # the reason as the site words failures: the kind of error, its details kept in the site's log
     assert fit is None and sum("OSError (details in the site's log)" in n for n in notes) == 2, notes
     assert not [m for m in grid.sent if m.metadata.message_type == P.QUERY_COX]  # nothing asked again
+
+
+def test_a_site_answering_from_two_nodes_counts_once(net, tmp_path):
+    """A site whose SuperNode runs twice (two Flower nodes, one site) answers the design request
+    twice; its stratum enters the sums once, so the fit is the one of two nodes."""
+    manifest = net.manifest(analyses=("sclc_study",))
+    configs = net.node_configs()
+    grid = InProcessGrid(site_app.app, configs)
+    send_study(grid, manifest, store=ResultsStore.open(tmp_path / "s.sqlite3"), trust_dir=net.trust,
+               reply_timeout=300)
+    once, _ = fit_network_cox(grid, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    doubled = InProcessGrid(site_app.app, {**configs, max(configs) + 1: configs[min(configs)]})
+    fit, notes = fit_network_cox(doubled, manifest.manifest_id, {"cox_north", "cox_south"}, timeout=120)
+    assert fit is not None and any("more than one Flower node" in n for n in notes), notes
+    np.testing.assert_allclose(fit.coef, once.coef, rtol=0, atol=0, equal_nan=True)

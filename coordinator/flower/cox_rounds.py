@@ -59,8 +59,10 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
         # the design request, to every node not answered yet (a node's site is known only from its reply)
         rest = sorted(n for n in grid.get_node_ids() if n not in given)
         rounds += 1
-        answered += [r for r in _ask(grid, rest, manifest_id, [], timeout)
-                     if r["site"] in done_sites and r["site"] not in {a["site"] for a in answered}]
+        answered += [r for r in _ask(grid, rest, manifest_id, [], timeout) if r["site"] in done_sites]
+    answered, twice = _one_per_site(answered)
+    notes += [f"{site}: answered from more than one Flower node; only the first node's answers are used"
+              for site in twice]
     described = [r for r in answered if P.COLUMNS in r]
     notes += [f"{r['site']}: left out of the Cox model ({r['reason']})" for r in answered if P.COLUMNS not in r]
     if not described:
@@ -107,6 +109,19 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
                  f"{fit.evaluations} evaluations in {rounds} round(s) of messages, converged: {fit.converged}")
     notes += fit.messages
     return fit, notes
+
+
+def _one_per_site(replies: list[dict]) -> tuple[list[dict], list[str]]:
+    """The first reply of each site (a site whose SuperNode runs twice must not count twice in
+    the sums), and the sites that answered more than once."""
+    kept: dict[str, dict] = {}
+    twice: list[str] = []
+    for r in replies:
+        if r["site"] in kept:
+            twice.append(r["site"])
+        else:
+            kept[r["site"]] = r
+    return list(kept.values()), sorted(set(twice))
 
 
 def _why_missing(members: list[int], answers: list[dict], errors: dict[int, str], by_node: dict[int, str],
