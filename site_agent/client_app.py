@@ -51,8 +51,8 @@ def query(msg: Message, context: Context) -> Message:
     record = msg.content[P.MANIFEST_RECORD]
     text = str(record[P.JSON])
     status, reason, bundle_text = site.answer_manifest(text)
-    return reply(msg, site.name, status, reason, bundle_text,
-                 **_cox_first(site, record, status, lambda: json.loads(text)[P.MANIFEST_ID]))
+    manifest_id = str(json.loads(text)[P.MANIFEST_ID]) if status == P.DONE else ""  # done: a valid manifest
+    return reply(msg, site.name, status, reason, bundle_text, **_cox_first(site, record, status, manifest_id))
 
 
 @app.query(P.COLLECT_ACTION)
@@ -61,22 +61,18 @@ def query_collect(msg: Message, context: Context) -> Message:
     record = msg.content[P.COLLECT_RECORD]
     manifest_id = str(record[P.MANIFEST_ID])
     status, reason, bundle_text = site.collect(manifest_id)
-    return reply(msg, site.name, status, reason, bundle_text, **_cox_first(site, record, status, lambda: manifest_id))
+    return reply(msg, site.name, status, reason, bundle_text, **_cox_first(site, record, status, manifest_id))
 
 
-def _cox_first(site: Site, request: ConfigRecord, status: str, manifest_id) -> dict:
+def _cox_first(site: Site, request: ConfigRecord, status: str, manifest_id: str) -> dict:
     """The Cox fit's first request answered with a released study, when the coordinator asks for it
     (``cox_first`` in the request): saves the fit a round. Its outcome is in ``cox_status``/``cox_reason``."""
     if status != P.DONE or not bool(request.get(P.COX_FIRST, False)):
         return {}
     try:
-        mid = str(manifest_id())
-    except (ValueError, KeyError, TypeError):
-        return {}
-    try:
-        cox_status, cox_reason, fields = _cox_answer(site, mid)
+        cox_status, cox_reason, fields = _cox_answer(site, manifest_id)
     except Exception as exc:  # any failure: the released bundle must still reach the coordinator
-        log.exception("the Cox answer sent with manifest %s failed", mid)
+        log.exception("the Cox answer sent with manifest %s failed", manifest_id)
         cox_status, cox_reason, fields = P.FAILED, failure_line(exc), {}
     return {P.COX_STATUS: cox_status, P.COX_REASON: cox_reason[:MAX_STR], **fields}
 

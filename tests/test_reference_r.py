@@ -91,12 +91,25 @@ def test_released_survival_on_the_study_grid_is_within_001_of_exact_km(name):
     assert checked >= 2
 
 
-def _federated_fit(df: pd.DataFrame, covariates: list[str], levels: dict | None = None):
-    """Each site its own stratum: the sites answer (loglik, score, information), the coordinator sums."""
+def _site_datas(df: pd.DataFrame, covariates: list[str], levels: dict | None = None) -> list[SiteCoxData]:
+    """Each site's design (its own stratum), in site order."""
     datas = []
     for _, g in df.groupby("site", sort=True):
         X, names = design_matrix(g, covariates, levels or {})
         datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    return datas
+
+
+def _veteran_with_noevent() -> pd.DataFrame:
+    """The veteran sites plus a covariate that is 1 only for censored treated patients (monotone likelihood)."""
+    df = _veteran_sites()
+    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
+    return df
+
+
+def _federated_fit(df: pd.DataFrame, covariates: list[str], levels: dict | None = None):
+    """Each site its own stratum: the sites answer (loglik, score, information), the coordinator sums."""
+    datas = _site_datas(df, covariates, levels)
     sites = [lambda b, d=d: site_score_information(d, b) for d in datas]
     return fit_federated_cox(sites, datas[0].p, names=datas[0].columns, max_abs_beta=COX_MAX_ABS_BETA)
 
@@ -162,8 +175,7 @@ def test_level_without_events_is_reported_diverging_like_coxph():
     """A covariate that is 1 only for censored patients: its coefficient goes to -infinity.
     R warns "Loglik converged before variable 3; coefficient may be infinite"; the others
     agree with R's fit to within what the finite stopping point moves them."""
-    df = _veteran_sites()
-    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
+    df = _veteran_with_noevent()
     covs = ["trt", "karno", "noevent", "age"]
     fit = _federated_fit(df, covs)
     ref = coxph_reference(df, covs, control="eps = 1e-9")
@@ -180,12 +192,8 @@ def test_level_without_events_is_reported_diverging_like_coxph():
 def test_diverging_coefficient_never_asks_sites_beyond_their_bound():
     """The fit stops before a coefficient passes the sites' |beta| bound (they would refuse, and
     over the network the fit would end as a lost site): the column is reported diverging."""
-    df = _veteran_sites()
-    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
-    datas = []
-    for _, g in df.groupby("site", sort=True):
-        X, names = design_matrix(g, ["trt", "karno", "noevent", "age"], {})
-        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    df = _veteran_with_noevent()
+    datas = _site_datas(df, ["trt", "karno", "noevent", "age"])
     asked: list[float] = []
 
     def site(b, d):
@@ -213,12 +221,8 @@ def test_a_held_column_and_the_others_next_step_cost_one_evaluation():
     """When a column would pass the sites' bound, the next point asked both holds it and moves
     the other columns by their Newton step from the answers in hand (no round at the held point
     alone); the others still end where their pooled score vanishes given the held column."""
-    df = _veteran_sites()
-    df["noevent"] = ((df["event"] == 0) & (df["trt"] == 1)).astype(int)
-    datas = []
-    for _, g in df.groupby("site", sort=True):
-        X, names = design_matrix(g, ["trt", "karno", "noevent", "age"], {})
-        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    df = _veteran_with_noevent()
+    datas = _site_datas(df, ["trt", "karno", "noevent", "age"])
     asked: list[np.ndarray] = []
 
     def site(b, d):
@@ -242,10 +246,7 @@ def test_a_runaway_column_leaves_the_others_fitted():
     """A column whose first Newton step passes the sites' bound is held and reported diverging;
     the other columns are fitted given it (their pooled score is zero at the estimate), not left at 0."""
     df = _veteran_sites()
-    datas = []
-    for _, g in df.groupby("site", sort=True):
-        X, names = design_matrix(g, ["trt", "karno", "age"], {})
-        datas.append(SiteCoxData(X=X, time=g["time"].to_numpy(), event=g["event"].to_numpy(), columns=tuple(names)))
+    datas = _site_datas(df, ["trt", "karno", "age"])
     sites = [lambda b, d=d: site_score_information(d, b) for d in datas]
     fit = fit_federated_cox(sites, 3, names=datas[0].columns, max_abs_beta=0.05)  # trt's first step passes it
     assert fit.diverging == ("trt",) and fit.aliased == ()  # held, not aliased

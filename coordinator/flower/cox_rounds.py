@@ -55,7 +55,7 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
     rounds = 0  # rounds of query.cox messages this fit sent
     given = {n: r for n, r in (first or {}).items() if r["site"] in done_sites}
     answered = list(given.values())
-    if not given or done_sites - {r["site"] for r in given.values()}:
+    if done_sites - {r["site"] for r in given.values()}:
         # the design request, to every node not answered yet (a node's site is known only from its reply)
         rest = sorted(n for n in grid.get_node_ids() if n not in given)
         rounds += 1
