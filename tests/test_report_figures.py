@@ -56,3 +56,44 @@ def test_a_figure_whose_worker_died_is_drawn_in_place():
         broken.set_exception(BrokenProcessPool("a worker was killed"))
         d.futures[token] = (broken, call)
         assert d.fill(f"<img src={token}>") == f"<img src={inline}>"
+
+
+def _forest_one_call_per_site(title, rows, pooled, xlabel, log=True):
+    """The forest plot drawn the straightforward way (one errorbar call per site), as a reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows) + len(pooled)
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * n + 1.1))
+    for i, (_label, est, lo, hi) in enumerate(rows + pooled):
+        y = n - 1 - i
+        if i < len(rows):
+            ax.errorbar(est, y, xerr=[[est - lo], [hi - est]], fmt="s", color="#2b6ca3", capsize=3)
+        else:
+            ax.fill([lo, est, hi, est], [y, y + 0.3, y, y - 0.3], color="#b4412b")
+    ax.set_yticks([n - 1 - i for i in range(n)], [r[0] for r in rows + pooled])
+    if log and all(r[2] > 0 for r in rows + pooled):
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return plots._png(fig)
+
+
+def test_the_forest_plot_draws_every_site_in_one_call_with_the_same_pixels():
+    import random
+
+    rng = random.Random(7)
+    pooled = [("pooled (sum)", 1.3, 1.0, 1.7), ("random effects, I²=12%", 1.35, 0.9, 1.8)]
+    for k in (1, 2, 20):
+        rows = [(f"site_{i:02d}", e, e * rng.uniform(0.4, 0.9), e * rng.uniform(1.1, 2.0))
+                for i in range(k) for e in [rng.uniform(0.5, 3.0)]]
+        for log in (False, True):
+            assert plots.forest_png("t", rows, pooled, "hazard ratio", log) == \
+                _forest_one_call_per_site("t", rows, pooled, "hazard ratio", log), (k, log)

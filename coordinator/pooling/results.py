@@ -127,16 +127,20 @@ def pooling_view(data: pd.DataFrame) -> pd.DataFrame:
     if not dated.any():
         return data
     rows, codes = rows[dated], codes[dated]
-    start = pd.Series(np.array([p[0] for p in parts], dtype=object)[codes])
-    end = pd.Series(np.array([p[1] if len(p) > 1 else "" for p in parts], dtype=object)[codes])
-    interval = pd.Series(np.array([p[-1] for p in parts], dtype=object)[codes])
+    # The groups are made of distinct (result, name, level) triples: a min or max over those is the
+    # one over every row, and there are a few thousand of them instead of a million rows.
+    rid_codes = pd.factorize(data["result_id"].to_numpy()[rows])[0].astype(np.int64)
+    name_codes = pd.factorize(data["additional_name"].to_numpy()[rows])[0]
+    n_lv, n_nm = len(levels), int(name_codes.max()) + 1
+    triples, inverse = np.unique((rid_codes * n_nm + name_codes) * n_lv + codes, return_inverse=True)
+    lv = triples % n_lv
+    start, end, interval = (pd.Series(np.array([p[k] if len(p) == 3 else "" for p in parts], dtype=object)[lv]) for k in (0, 1, 2))
     bucket = pd.Series(np.where(interval == "years", start.str[:4], "all"))
-    keys = [pd.Series(data["result_id"].to_numpy()[rows]), pd.Series(data["additional_name"].to_numpy()[rows]),
-            interval, bucket]
+    keys = [pd.Series(triples // n_lv), interval, bucket]  # (result, name), interval, calendar year
     first = start.groupby(keys).transform("min")
     last = end.groupby(keys).transform("max")
     level = data["additional_level"].to_numpy().copy()
-    level[rows] = (first + " &&& " + last + " &&& " + interval).to_numpy()
+    level[rows] = (first + " &&& " + last + " &&& " + interval).to_numpy()[inverse]
     out = data.copy(deep=False)  # the other columns shared, read-only
     out["additional_level"] = level
     return out
