@@ -49,7 +49,6 @@ def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     import numpy as np
 
     n = len(rows) + len(pooled)
