@@ -144,6 +144,19 @@ def _derive_names(data: pd.DataFrame, col: str) -> pd.Series:
     return pd.Series({k: SEP.join(v) for k, v in out.items()}, dtype=object)
 
 
+def _arrow_columns(frame: pd.DataFrame):
+    """The result columns of ``frame`` as an Arrow table (``result_id`` int64, the rest text as
+    dictionary columns: each distinct value converted once, a column repeats a few thousand values
+    over millions of rows). Raises ``ArrowException`` for a value that is not text."""
+    import pyarrow as pa
+
+    arrays = [pa.array(frame["result_id"].to_numpy(dtype="int64"), type=pa.int64())]
+    for col in RESULT_COLUMNS[1:]:
+        codes, uniques = pd.factorize(frame[col].to_numpy(), use_na_sentinel=True)
+        arrays.append(pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(uniques, type=pa.string())))
+    return pa.Table.from_arrays(arrays, names=list(RESULT_COLUMNS))
+
+
 class SummarisedResult:
     """A validated ``summarised_result``: ``data`` (13 columns) + ``settings``.
 
@@ -287,6 +300,10 @@ class SummarisedResult:
     # ---------- CSV ----------
     def to_long(self) -> pd.DataFrame:
         """Data rows followed by settings rows, as ``exportSummarisedResult`` lays them out."""
+        return pd.concat([self.data, self._settings_rows()], ignore_index=True)
+
+    def _settings_rows(self) -> pd.DataFrame:
+        """The settings as long rows (the tail of :meth:`to_long`)."""
         s = self.settings.melt(id_vars="result_id", var_name="estimate_name", value_name="estimate_value")
         s["_order"] = s["estimate_name"].map({c: i for i, c in enumerate(self.settings.columns)})
         s = s[s["estimate_value"].notna()].sort_values(["result_id", "_order"], kind="mergesort")
@@ -297,7 +314,7 @@ class SummarisedResult:
                      variable_name="settings", variable_level=None, estimate_type="character",
                      additional_name=OVERALL, additional_level=OVERALL)
         s["cdm_name"] = _str_col(s["cdm_name"])
-        return pd.concat([self.data, s[list(RESULT_COLUMNS)]], ignore_index=True)
+        return s[list(RESULT_COLUMNS)]
 
     def to_csv_text(self) -> str:
         """The omopgenerics CSV layout as text (settings as extra long rows; NA for missing)."""
@@ -321,7 +338,8 @@ class SummarisedResult:
         import pyarrow.csv as pa_csv
 
         try:
-            table = pa.Table.from_pandas(self.to_long()[list(RESULT_COLUMNS)], preserve_index=False)
+            parts = [p for p in (self.data, self._settings_rows()) if len(p)] or [self.data]
+            table = pa.concat_tables([_arrow_columns(p) for p in parts])
             out = io.BytesIO()
             pa_csv.write_csv(table, out, pa_csv.WriteOptions(null_string="NA", quoting_style="needed",
                                                               batch_size=1 << 16))

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from pydantic import BaseModel
 
 from coordinator.flower.exchange import send_and_receive
+from coordinator.store import packing
 from coordinator.store.repository import FINAL_STATUSES
 from coordinator.trust.manifest import build_manifest, verify_bundle_file
 from optima_common import protocol as P
@@ -146,7 +147,7 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
         return SiteOutcome(site=site, status="cancelled" if "cancelled" in str(exc) else "failed", reason=str(exc))
     if bundles_dir is not None:
         # gzip-compressed copy (~40x smaller); read_bundle and `coordinator verify` read it as is
-        write_atomic(bundles_dir / f"{site}.bundle", gzip.compress(data, compresslevel=6, mtime=0))
+        write_atomic(bundles_dir / f"{site}.bundle", gzip.compress(data, compresslevel=packing.LEVEL, mtime=0))
     return SiteOutcome(site=site, status="done")
 
 

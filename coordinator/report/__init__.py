@@ -18,7 +18,7 @@ from coordinator.report import survival_sections
 from coordinator.report.figure_pool import deferred
 from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
-from coordinator.store import ResultsStore, StoreError
+from coordinator.store import ResultsStore, StoreError, packing
 from coordinator.store.ops import runs
 from optima_common.fileio import write_atomic
 
@@ -87,7 +87,7 @@ def _write_csv(out_dir: Path, csv_bytes: bytes, written: dict) -> None:
     try:
         written["csv"] = write_atomic(out_dir / "results.csv", csv_bytes)
         # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
-        written["gz"] = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=6, mtime=0))
+        written["gz"] = write_atomic(out_dir / "results.csv.gz", gzip.compress(csv_bytes, compresslevel=packing.LEVEL, mtime=0))
     except BaseException as exc:  # raised again by the caller
         written["error"] = exc
 

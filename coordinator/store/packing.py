@@ -9,11 +9,15 @@ from __future__ import annotations
 import gzip
 
 MAGIC = b"\x1f\x8b"
+#: zlib level for what the coordinator compresses (stored bundles, the network CSV's .gz): level 3 is
+#: ~3x faster than 6 on these texts (a 35 MB bundle 0.26 -> 0.07 s, a 727 MB network CSV 5.2 -> 1.9 s)
+#: for ~30% more bytes (0.76 -> 1.01 MB; 16.7 -> 21.8 MB)
+LEVEL = 3
 
 
 def pack(raw: bytes) -> bytes:
     """The bytes to store (gzip, fixed mtime so equal bundles store equal bytes)."""
-    return raw if raw[:2] == MAGIC else gzip.compress(raw, compresslevel=6, mtime=0)
+    return raw if raw[:2] == MAGIC else gzip.compress(raw, compresslevel=LEVEL, mtime=0)
 
 
 def unpack(stored: bytes) -> bytes:

@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from coordinator.store import ResultsStore, StoreError
+from coordinator.store import ResultsStore, StoreError, packing
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^/m/([A-Za-z0-9_.-]{1,80})(/results\.csv(\.gz)?)?/?$")
@@ -79,7 +79,7 @@ class Pages:
         _, csv_bytes = self.study(manifest_id)
         with self._lock:
             if manifest_id not in self._gz:
-                self._gz[manifest_id] = gzip.compress(csv_bytes, 6, mtime=0)
+                self._gz[manifest_id] = gzip.compress(csv_bytes, packing.LEVEL, mtime=0)
             return self._gz[manifest_id]
 
     def clear(self) -> None:
