@@ -135,7 +135,7 @@ def _store(path: Path, v: _Verified, manifest: StudyManifest, store: ResultsStor
         raise StoreError(f"{path} changed while it was being ingested; try again")
     store.add_manifest(manifest)
     bundle = v.bundle
-    added = store.add_bundle(bundle, raw, packed=v.packed)
+    added = store.add_bundle(bundle, raw, packed=v.packed, verified_sha256=v.sha256)  # parsed and packed by the worker
     if v.kept is not None:
         put_site_table(store, bundle.manifest_id, bundle.site, v.kept)
     if added:

@@ -261,26 +261,30 @@ class ResultsStore:
 
     # ---------- bundles ----------
     def add_bundle(self, bundle: ResultBundle, raw: bytes, *, at: dt.datetime | None = None,
-                   packed: bytes | None = None) -> bool:
+                   packed: bytes | None = None, verified_sha256: str | None = None) -> bool:
         """Store a *verified* bundle with its raw signed bytes; False if exactly these bytes are stored.
 
         A different bundle from the same site for the same manifest is refused (StoreError),
         as are raw bytes that are not this bundle and a bundle for a manifest not in the store.
         ``packed``: ``pack(raw)`` computed elsewhere (the ingest's verifying worker); checked to
-        unpack to ``raw``.
+        unpack to ``raw``. ``verified_sha256``: the digest of the bytes the verifier parsed
+        ``bundle`` from and packed (the ingest's worker); when ``raw`` has it, ``raw`` is not
+        parsed and ``packed`` not unpacked again (~0.2 s for a 35 MB bundle).
         """
-        try:
-            parsed = ResultBundle.model_validate_json(raw)
-        except ValidationError:
-            raise StoreError(f"raw bytes given for the bundle of site {bundle.site!r} are not a result bundle") \
-                from None
-        if parsed != bundle:
-            raise StoreError(f"raw bytes given for the bundle of site {bundle.site!r} are a different bundle")
+        sha = hashlib.sha256(raw).hexdigest()
+        if sha != verified_sha256:
+            try:
+                parsed = ResultBundle.model_validate_json(raw)
+            except ValidationError:
+                raise StoreError(f"raw bytes given for the bundle of site {bundle.site!r} are not a result bundle") \
+                    from None
+            if parsed != bundle:
+                raise StoreError(f"raw bytes given for the bundle of site {bundle.site!r} are a different bundle")
+            if packed is not None and unpack(packed) != raw:
+                raise StoreError(f"the packed bytes given for the bundle of site {bundle.site!r} are not its raw "
+                                 "bytes")
         if packed is None:
             packed = pack(raw)
-        elif unpack(packed) != raw:
-            raise StoreError(f"the packed bytes given for the bundle of site {bundle.site!r} are not its raw bytes")
-        sha = hashlib.sha256(raw).hexdigest()
         with self.engine.begin() as conn:
             self._require_manifest(conn, bundle.manifest_id)
             old = conn.execute(select(bundles.c.sha256).where(bundles.c.manifest_id == bundle.manifest_id,
