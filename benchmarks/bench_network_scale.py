@@ -17,7 +17,8 @@ before each step; the workers' peak beside it), and the sizes of the store, the 
 
 ``--keep`` keeps the work folder (under ``$TMPDIR``); ``--reuse FOLDER`` then runs the coordinator
 side again over its signed bundles (every bundle fully verified, into a fresh store) without
-generating and signing the sites again.
+generating and signing the sites again; ``--repeat N`` runs that N times and prints each step's
+median (one run's figures vary by up to ~15% on a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import datetime as dt
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -183,16 +185,32 @@ def main() -> None:
                     help="processes verifying bundles at once (coordinator ingest --workers)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--reuse", help="the folder a --keep run left: its signed bundles, trust folder and manifest")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --reuse: run it this many times (a fresh store each time) and print each step's "
+                    "median; one run's figures vary by up to ~15%% on a shared 2-core machine")
     ap.add_argument("--verify-sample", type=int, default=0,
                     help="with --reuse: fully verify (disclosure re-check included) only this many bundles, timed "
                     "one by one, and store the rest after their signature check alone (the figure then says so); "
                     "default: every bundle through the coordinator's ingest, --workers processes")
     args = ap.parse_args()
     if args.reuse:
-        if not Path(args.reuse, "bundles").is_dir() or args.workers < 1 or args.verify_sample < 0:
+        if not Path(args.reuse, "bundles").is_dir() or args.workers < 1 or args.verify_sample < 0 or args.repeat < 1:
             raise SystemExit(f"--reuse {args.reuse}: not a folder a --keep run left (no bundles/), or a bad "
-                             "--workers/--verify-sample")
-        return reuse(Path(args.reuse), args.verify_sample, args.workers)
+                             "--workers/--verify-sample/--repeat")
+        runs = []
+        for _ in range(args.repeat):
+            RESULTS.clear()
+            reuse(Path(args.reuse), args.verify_sample, args.workers)
+            runs.append(dict(RESULTS))
+        if args.repeat > 1:
+            print(f"medians over {args.repeat} runs:")
+            for name in runs[0]:
+                wall, cpu = (statistics.median(r[name][k] for r in runs) for k in (0, 1))
+                print(f"  {name:<40} {wall:8.1f} s wall {cpu:8.1f} s CPU")
+            total = [sum(v[0] for k, v in r.items() if k.startswith(("verify", "store", "pool", "report"))) for r in runs]
+            print(f"  ingest + pooling + report: median {statistics.median(total):.1f} s wall "
+                  f"(runs: {', '.join(f'{t:.1f}' for t in total)})")
+        return None
     if not 1 <= args.real <= args.sites or args.persons < 500 or args.workers < 1:
         raise SystemExit("need 1 <= --real <= --sites, --persons >= 500 and --workers >= 1")
     root = Path(tempfile.mkdtemp(prefix="bench-net-scale-"))

@@ -153,7 +153,8 @@ def _arrow_columns(frame: pd.DataFrame):
     arrays = [pa.array(frame["result_id"].to_numpy(dtype="int64"), type=pa.int64())]
     for col in RESULT_COLUMNS[1:]:
         codes, uniques = pd.factorize(frame[col].to_numpy(), use_na_sentinel=True)
-        arrays.append(pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(uniques, type=pa.string())))
+        arrays.append(pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
+                                                     pa.array(uniques, type=pa.string())))
     return pa.Table.from_arrays(arrays, names=list(RESULT_COLUMNS))
 
 

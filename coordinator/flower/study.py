@@ -146,7 +146,7 @@ def _judge(reply: Message, manifest: StudyManifest, trust_dir: Path, store, bund
     except StoreError as exc:  # e.g. the study was cancelled for this site while we waited
         return SiteOutcome(site=site, status="cancelled" if "cancelled" in str(exc) else "failed", reason=str(exc))
     if bundles_dir is not None:
-        # gzip-compressed copy (~40x smaller); read_bundle and `coordinator verify` read it as is
+        # gzip-compressed copy (~35x smaller); read_bundle and `coordinator verify` read it as is
         write_atomic(bundles_dir / f"{site}.bundle", gzip.compress(data, compresslevel=packing.LEVEL, mtime=0))
     return SiteOutcome(site=site, status="done")
 

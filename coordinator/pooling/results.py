@@ -134,7 +134,8 @@ def pooling_view(data: pd.DataFrame) -> pd.DataFrame:
     n_lv, n_nm = len(levels), int(name_codes.max()) + 1
     triples, inverse = np.unique((rid_codes * n_nm + name_codes) * n_lv + codes, return_inverse=True)
     lv = triples % n_lv
-    start, end, interval = (pd.Series(np.array([p[k] if len(p) == 3 else "" for p in parts], dtype=object)[lv]) for k in (0, 1, 2))
+    start, end, interval = (pd.Series(np.array([p[k] if len(p) == 3 else "" for p in parts], dtype=object)[lv])
+                            for k in (0, 1, 2))
     bucket = pd.Series(np.where(interval == "years", start.str[:4], "all"))
     keys = [pd.Series(triples // n_lv), interval, bucket]  # (result, name), interval, calendar year
     first = start.groupby(keys).transform("min")
