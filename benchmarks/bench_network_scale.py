@@ -18,7 +18,8 @@ before each step; the workers' peak beside it), and the sizes of the store, the 
 ``--keep`` keeps the work folder (under ``$TMPDIR``); ``--reuse FOLDER`` then runs the coordinator
 side again over its signed bundles (every bundle fully verified, into a fresh store) without
 generating and signing the sites again; ``--repeat N`` runs that N times and prints each step's
-median (one run's figures vary by up to ~15% on a shared 2-core machine).
+median (one run's figures vary by up to ~15% on a shared 2-core machine; the peak RSS of a run after
+the first includes what the earlier runs left in this process).
 """
 
 from __future__ import annotations
