@@ -59,7 +59,8 @@ def test_a_figure_whose_worker_died_is_drawn_in_place():
 
 
 def _forest_one_call_per_site(title, rows, pooled, xlabel, log=True):
-    """The forest plot drawn the straightforward way (one errorbar call per site), as a reference."""
+    """The forest plot's points drawn the straightforward way (one errorbar call per site), as a
+    reference; its labels, scale and title by the report's own ``forest_axes``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,16 +74,7 @@ def _forest_one_call_per_site(title, rows, pooled, xlabel, log=True):
             ax.errorbar(est, y, xerr=[[est - lo], [hi - est]], fmt="s", color="#2b6ca3", capsize=3)
         else:
             ax.fill([lo, est, hi, est], [y, y + 0.3, y, y - 0.3], color="#b4412b")
-    ax.set_yticks([n - 1 - i for i in range(n)], [r[0] for r in rows + pooled])
-    if log and all(r[2] > 0 for r in rows + pooled):
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
+    plots.forest_axes(ax, title, rows, pooled, xlabel, log)
     return plots._png(fig)
 
 

@@ -204,13 +204,19 @@ def test_packed_bytes_given_by_the_caller_must_unpack_to_the_raw_bundle(store_ur
         assert store.bundles_raw(manifest.manifest_id) == [(bundle_a, raw_a)]
 
 
-def test_a_bundle_vouched_for_by_its_verifier_skips_only_the_second_parse(store_url):
+def test_a_bundle_vouched_for_by_its_verifier_skips_only_the_second_parse(store_url, monkeypatch):
     """``verified_sha256`` spares the checks only for the very bytes it names: another digest (a
     file that changed after verification) still gets the full checks and is refused."""
+    from coordinator.store import repository
     from coordinator.store.packing import pack
 
     manifest, bundle_a, raw_a = signed_pair()
     _, bundle_b, raw_b = signed_pair("site_b", SITE_B, manifest)
+    checks: list[str] = []
+    monkeypatch.setattr(repository, "unpack", lambda b, f=repository.unpack: checks.append("unpack") or f(b))
+    parse = repository.ResultBundle.model_validate_json
+    monkeypatch.setattr(repository.ResultBundle, "model_validate_json",
+                        lambda raw: checks.append("parse") or parse(raw))
     with ResultsStore.open(store_url) as store:
         store.add_manifest(manifest)
         with pytest.raises(StoreError, match="different bundle"):  # the digest of other bytes: checked in full
@@ -218,6 +224,9 @@ def test_a_bundle_vouched_for_by_its_verifier_skips_only_the_second_parse(store_
         with pytest.raises(StoreError, match="packed bytes"):
             store.add_bundle(bundle_a, raw_a, packed=pack(raw_b), verified_sha256="0" * 64)
         assert not store.answered_sites(manifest.manifest_id)
+        assert checks == ["parse", "parse", "unpack"]
+        checks.clear()
         assert store.add_bundle(bundle_a, raw_a, packed=pack(raw_a), verified_sha256=hashlib.sha256(raw_a).hexdigest())
+        assert checks == []  # the bytes the verifier parsed and packed: neither parsed nor unpacked again
         assert store.add_bundle(bundle_b, raw_b, verified_sha256=hashlib.sha256(raw_b).hexdigest())  # packed here
         assert store.bundles_raw(manifest.manifest_id) == [(bundle_a, raw_a), (bundle_b, raw_b)]

@@ -59,7 +59,14 @@ def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: 
         ax.errorbar(est, ys[:len(rows)], xerr=[est - lo, hi - est], fmt="s", color="#2b6ca3", capsize=3)
     for (_label, est_, lo_, hi_), y in zip(pooled, ys[len(rows):], strict=True):
         ax.fill([lo_, est_, hi_, est_], [y, y + 0.3, y, y - 0.3], color="#b4412b")
-    ax.set_yticks(ys, [r[0] for r in rows + pooled])
+    forest_axes(ax, title, rows, pooled, xlabel, log)
+    return _png(fig)
+
+
+def forest_axes(ax, title: str, rows: list, pooled: list, xlabel: str, log: bool) -> None:
+    """The forest plot's labels, axis scale, title and grid (after its points are drawn)."""
+    n = len(rows) + len(pooled)
+    ax.set_yticks([n - 1 - i for i in range(n)], [r[0] for r in rows + pooled])
     if log and all(r[2] > 0 for r in rows + pooled):
         from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -69,7 +76,6 @@ def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: 
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
 
 
 def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],

@@ -15,9 +15,14 @@ MAGIC = b"\x1f\x8b"
 LEVEL = 3
 
 
+def compress(data: bytes) -> bytes:
+    """``data`` gzip-compressed at :data:`LEVEL`, with a fixed mtime (equal inputs, equal bytes)."""
+    return gzip.compress(data, compresslevel=LEVEL, mtime=0)
+
+
 def pack(raw: bytes) -> bytes:
-    """The bytes to store (gzip, fixed mtime so equal bundles store equal bytes)."""
-    return raw if raw[:2] == MAGIC else gzip.compress(raw, compresslevel=LEVEL, mtime=0)
+    """The bytes to store: gzip-compressed unless they already are."""
+    return raw if raw[:2] == MAGIC else compress(raw)
 
 
 def unpack(stored: bytes) -> bytes:

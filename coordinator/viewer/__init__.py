@@ -15,7 +15,6 @@ Routes: ``/`` (the stored studies), ``/m/<manifest id>`` (a study's page),
 
 from __future__ import annotations
 
-import gzip
 import html
 import logging
 import re
@@ -79,7 +78,7 @@ class Pages:
         _, csv_bytes = self.study(manifest_id)
         with self._lock:
             if manifest_id not in self._gz:
-                self._gz[manifest_id] = gzip.compress(csv_bytes, packing.LEVEL, mtime=0)
+                self._gz[manifest_id] = packing.compress(csv_bytes)
             return self._gz[manifest_id]
 
     def clear(self) -> None:
