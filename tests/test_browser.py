@@ -87,6 +87,15 @@ def check_page(d) -> None:
     tabs[names.index("Attrition")].click()
     svg = d.find_element(By.CSS_SELECTOR, "#attrition div.diagram svg")
     assert svg.is_displayed() and svg.find_elements(By.CSS_SELECTOR, "rect.box")
+    # forest plots and yearly rates are SVG text in the page: laid out at their size, every point inside
+    tabs[names.index("Incidence")].click()
+    figs = d.find_elements(By.CSS_SELECTOR, "#incidence figure > svg")
+    assert figs and all(f.is_displayed() and f.size["width"] > 300 and f.size["height"] > 80 for f in figs)
+    for f in figs:
+        box = f.rect
+        for mark in f.find_elements(By.CSS_SELECTOR, "g.site rect, circle"):
+            r = mark.rect
+            assert box["x"] <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1, (box, r)
     tabs[names.index("Survival")].click()
     assert d.find_element(By.ID, "survival").is_displayed()
     assert errors(d) == []

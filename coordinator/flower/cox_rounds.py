@@ -156,17 +156,17 @@ def cox_section(fit: CoxFit | None, notes: list[str]) -> str:
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     if fit is None:
         return f"<h2>Hazard ratios (site-stratified Cox)</h2><p>Not estimated.</p><ul>{items}</ul>"
-    from coordinator.report.plots import forest_png
+    from coordinator.report.svg_plots import forest_svg
 
     df: pd.DataFrame = fit.to_frame()
     table = df.to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="not estimable", border=0)
     est = df.dropna(subset=["hr", "hr_lower", "hr_upper"])
     forest = ""
     if len(est):
-        png = forest_png("Hazard ratios of death (95% CI), network", [
+        svg = forest_svg("Hazard ratios of death (95% CI), network", [
             (t, h, lo, hi) for t, h, lo, hi in est[["term", "hr", "hr_lower", "hr_upper"]].itertuples(index=False)],
             [], "hazard ratio (log scale)", log=True)
-        forest = f'<figure><img alt="Cox forest plot" src="data:image/png;base64,{png}"></figure>'
+        forest = f"<figure>{svg}</figure>"
     return (f"<h2>Hazard ratios (site-stratified Cox, Breslow ties)</h2>{table}{forest}"
             f"<p>Likelihood ratio chi-square {fit.lr_statistic:.2f}. Not estimable: a level no site has, or one "
             f"whose coefficient runs to infinity (its few patients all die first).</p><ul>{items}</ul>")

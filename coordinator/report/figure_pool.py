@@ -1,6 +1,7 @@
 """Report figures drawn by worker processes while the rest of the page is built.
 
-A 20-site report draws ~50 figures (matplotlib, ~25 CPU s in one process). Inside
+A report with survival results draws a Kaplan-Meier figure per cohort and outcome (matplotlib,
+~0.5 CPU s each; forest plots and yearly rates are SVG text and cost nothing). Inside
 :func:`deferred` (which sets ``plots.DEFER``), the figure functions of
 :mod:`coordinator.report.plots` hand their drawing to a pool of spawned processes and return a
 placeholder; :meth:`Deferred.fill` puts each figure's

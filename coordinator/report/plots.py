@@ -1,4 +1,6 @@
-"""Report figures as embedded PNG (matplotlib Agg, imported only when a report is written)."""
+"""Report figures as embedded PNG (matplotlib Agg, imported only when a report is written): the
+Kaplan-Meier curves with their at-risk tables. Forest plots and yearly rates are SVG text
+(:mod:`coordinator.report.svg_plots`)."""
 
 from __future__ import annotations
 
@@ -38,44 +40,6 @@ def _png(fig) -> str:
         out = io.BytesIO()
         small.save(out, format="PNG", optimize=True)
     return base64.b64encode(out.getvalue()).decode("ascii")
-
-
-def forest_png(title: str, rows: list[tuple[str, float, float, float]], pooled: list[tuple[str, float, float, float]],
-               xlabel: str, log: bool = True) -> str:
-    """Forest plot: one line per site (estimate, lower, upper), pooled estimates as diamonds."""
-    if (token := maybe_defer("forest_png", (title, rows, pooled, xlabel, log))) is not None:
-        return token
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(rows) + len(pooled)
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * n + 1.1))
-    ys = [n - 1 - i for i in range(n)]
-    if rows:  # one call for every site: the same pixels as one call per site (rows never overlap), far fewer artists
-        est, lo, hi = (np.array([r[k] for r in rows], dtype=float) for k in (1, 2, 3))
-        ax.errorbar(est, ys[:len(rows)], xerr=[est - lo, hi - est], fmt="s", color="#2b6ca3", capsize=3)
-    for (_label, est_, lo_, hi_), y in zip(pooled, ys[len(rows):], strict=True):
-        ax.fill([lo_, est_, hi_, est_], [y, y + 0.3, y, y - 0.3], color="#b4412b")
-    forest_axes(ax, title, rows, pooled, xlabel, log)
-    return _png(fig)
-
-
-def forest_axes(ax, title: str, rows: list, pooled: list, xlabel: str, log: bool) -> None:
-    """The forest plot's labels, axis scale, title and grid (after its points are drawn)."""
-    n = len(rows) + len(pooled)
-    ax.set_yticks([n - 1 - i for i in range(n)], [r[0] for r in rows + pooled])
-    if log and all(r[2] > 0 for r in rows + pooled):
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
 
 
 def km_png(title: str, curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
@@ -129,41 +93,3 @@ def km_figure(title: str, curves: dict[str, tuple[list[float], list[float], list
     tab.set_title("number at risk (pooled)", fontsize=7, loc="left")
     ax.set_xlabel("days")
     return fig
-
-
-def rate_panels_png(w, by: str, title: str) -> str:
-    """Small multiples: one panel per outcome, rate by year with a 95% CI band per line
-    (``by``: "all" one line, "sex" a line per sex, "age group" a line per age group); "" without any."""
-    w = w.dropna(subset=["est"])
-    outcomes = sorted(w["outcome"].unique())
-    if not outcomes:
-        return ""
-    if (token := maybe_defer("rate_panels_png", (w, by, title))) is not None:
-        return token
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, len(outcomes))
-    rows = -(-len(outcomes) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.4 * rows + 0.5), squeeze=False)
-    line_key = {"all": None, "sex": "sex", "age group": "age"}[by]
-    for ax, outcome in zip(axes.flat, outcomes):
-        g = w[w["outcome"] == outcome]
-        groups = [("network", g)] if line_key is None else list(g.groupby(line_key, sort=True))
-        for label, gg in groups:
-            gg = gg.sort_values("year")
-            line, = ax.plot(gg["year"], gg["est"], marker="o", ms=2.5, lw=1.2, label=str(label))
-            if {"lo", "hi"} <= set(gg.columns):
-                ax.fill_between(gg["year"], gg["lo"], gg["hi"], alpha=0.15, color=line.get_color())
-        ax.set_title(outcome, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if line_key is not None:
-            ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(outcomes):]:
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _png(fig)

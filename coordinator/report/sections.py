@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from coordinator.pooling.results import NetworkResult
-from coordinator.report.plots import forest_png
+from coordinator.report.svg_plots import forest_svg, rate_panels_svg
 from coordinator.store import SiteStatus
 from optima_common.results import SUPPRESSED
 
@@ -277,8 +277,8 @@ def rates_section(v: View, kind: str) -> str:
         rows.append(cells)
         if len(site_pts) >= 2 and r[0] is not None:
             pooled_pts = [("pooled (sum)", *p), (f"random effects, I²={i2:.0f}%", *r)]
-            png = forest_png(f"{group} ({kind}, overall period)", site_pts, pooled_pts, title, log=False)
-            figs.append(f'<figure><img alt="forest plot {esc(group)}" src="data:image/png;base64,{png}"></figure>')
+            figs.append(f'<figure>{forest_svg(f"{group} ({kind}, overall period)", site_pts, pooled_pts, title, log=False)}'
+                        "</figure>")
     header = ["outcome — population", *sites, "pooled (95% CI)", "random effects (95% CI)", "I²", "note"]
     return (f"<h2>{title} (overall period, both sexes, all ages)</h2>"
             + table(header, rows, name=kind) + yearly_figures(v, kind)
@@ -287,8 +287,6 @@ def rates_section(v: View, kind: str) -> str:
 
 def yearly_figures(v: View, kind: str) -> str:
     """Pooled rate by calendar year with 95% CIs, one panel per outcome; and by age group and sex."""
-    from coordinator.report.plots import rate_panels_png
-
     est = "incidence_100000_pys" if kind == "incidence" else "prevalence"
     s = v.s[(v.s["result_type"] == kind)]
     if s.empty or "denominator_age_group" not in s.columns:
@@ -312,10 +310,10 @@ def yearly_figures(v: View, kind: str) -> str:
     out = []
     for by, sel in (("all", (w["age"] == "0 to 150") & (w["sex"] == "Both")), ("sex", w["age"] == "0 to 150"),
                     ("age group", w["sex"] == "Both")):
-        png = rate_panels_png(w[sel], by, f"pooled {kind} by year ({unit}), by {by}" if by != "all" else
+        svg = rate_panels_svg(w[sel], by, f"pooled {kind} by year ({unit}), by {by}" if by != "all" else
                               f"pooled {kind} by year ({unit}), 95% CI")
-        if png:
-            out.append(f'<figure><img alt="{kind} by year by {by}" src="data:image/png;base64,{png}"></figure>')
+        if svg:
+            out.append(f"<figure>{svg}</figure>")
     return "<h3>By calendar year (network, no prior-observation requirement)</h3>" + "".join(out)
 
 
