@@ -25,8 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import json
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -159,8 +161,33 @@ _KINDS: dict[type[BaseModel], str] = {StudyManifest: "study_manifest", ResultBun
 _LABEL = {"study_manifest": "study manifest", "result_bundle": "result bundle"}
 
 
+#: a string field this long (a bundle's ``results_csv``, tens of MB) is escaped once and spliced into
+#: each JSON form of its document (the file's indented one, the signature's compact one)
+SPLICE_MIN = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _escaped(text: str) -> str:
+    """``text`` as a JSON string literal (json's own escaping); the last one is kept, since reading
+    a bundle writes its JSON twice (the file check, then the signature check)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _json_bytes(obj: object, **kw: object) -> bytes:
+    """``json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kw)`` as UTF-8.
+
+    A document's ``results_csv`` of :data:`SPLICE_MIN` characters or more is dumped as a random
+    token and its escaped text put in the token's place: the same characters, since json
+    escapes a string the same way wherever it stands (``tests/test_bundle.py`` compares)."""
     try:
+        big = obj.get("results_csv") if isinstance(obj, dict) else None
+        if isinstance(big, str) and len(big) >= SPLICE_MIN:
+            token = json.dumps(f"optima-splice-{secrets.token_hex(16)}")
+            small = json.dumps({**obj, "results_csv": json.loads(token)}, sort_keys=True, ensure_ascii=False,
+                               allow_nan=False, **kw)
+            if small.count(token) == 1:
+                head, tail = small.split(token)
+                return (head + _escaped(big) + tail).encode("utf-8")
         return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kw).encode("utf-8")
     except (ValueError, TypeError) as exc:  # NaN/inf, lone surrogates, odd objects
         raise BundleError(f"document cannot be serialised canonically: {exc}") from None

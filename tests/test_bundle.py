@@ -369,3 +369,34 @@ def test_gzip_compressed_bundle_reads_the_same(tmp_path):
     (tmp_path / "broken.bundle").write_bytes(gzip.compress(plain.read_bytes())[:40])
     with pytest.raises(BundleError, match="damaged gzip"):
         read_bundle(tmp_path / "broken.bundle")
+
+
+def test_a_large_results_table_is_written_as_json_writes_it(site_key, tmp_path):
+    """A results_csv of SPLICE_MIN characters or more is escaped once and spliced into both JSON
+    forms; each form equals the standard library's json.dumps of the whole document, and the
+    bundle still signs, writes, reads and verifies (and a one-byte change still fails)."""
+    from optima_common import bundle as B
+
+    rng = random.Random(3)
+    alphabet = ['"', "\\", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "é", "²", "≥", "😀", "\u2028", "a", ",", " ",
+                '"optima-splice-0"', "optima-splice-"]
+    text = "".join(rng.choice(alphabet) for _ in range(B.SPLICE_MIN // 3)) + "x" * B.SPLICE_MIN
+    doc = bundle_doc(sign_manifest(manifest_doc(), Ed25519PrivateKey.generate())).model_copy(
+        update={"results_csv": text})
+    data = doc.model_dump(mode="json")
+    plain = dict(sort_keys=True, ensure_ascii=False, allow_nan=False)
+    assert B.render(doc) == json.dumps(data, indent=2, **plain).encode("utf-8") + b"\n"
+    data.pop("signature")
+    assert B.canonical_bytes(doc) == json.dumps(data, separators=(",", ":"), **plain).encode("utf-8")
+    signed_doc = sign(doc, site_key)
+    path = B.write_bundle(signed_doc, tmp_path / "big.bundle")
+    back = B.read_bundle(path)
+    assert back == signed_doc
+    verify(back, trust(site_key))
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"xxxx") + 1] = ord("y")  # inside the spliced text
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="bad signature"):
+        verify(B.read_bundle(path), trust(site_key))
+    with pytest.raises(BundleError, match="cannot be serialised canonically"):  # a lone surrogate, as before
+        B.render(doc.model_copy(update={"results_csv": text + "\ud800"}))

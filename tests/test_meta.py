@@ -85,6 +85,28 @@ def test_wilson_ci_textbook_and_score_test_inversion():
     assert all(np.isnan(wilson_ci(0, 0)))
 
 
+def test_rate_and_proportion_intervals_work_over_arrays():
+    """The pooling computes every key's interval in one call; each element is the exact Garwood
+    interval (gamma quantiles) or the Wilson score interval (score statistic = 1.96 at the ends),
+    with NaN where the denominator is 0 or missing."""
+    k = np.array([0, 1, 14, 338, 5, 3])
+    py = np.array([120.0, 70.9, 234.812, 27011.488, 0.0, np.nan])
+    rate, lo, hi = poisson_rate_ci(k, py)
+    ok = np.array([True, True, True, True, False, False])
+    assert np.isnan(rate[~ok]).all() and np.isnan(lo[~ok]).all() and np.isnan(hi[~ok]).all()
+    np.testing.assert_allclose(rate[ok], k[ok] / py[ok] * 1e5, rtol=1e-12)
+    np.testing.assert_allclose(lo[ok], np.where(k[ok] > 0, stats.gamma.ppf(0.025, np.maximum(k[ok], 1)), 0) / py[ok] * 1e5,
+                               rtol=1e-9)
+    np.testing.assert_allclose(hi[ok], stats.gamma.ppf(0.975, k[ok] + 1) / py[ok] * 1e5, rtol=1e-9)
+    x, n = np.array([81, 0, 7, 40, 3]), np.array([263, 143, 7, 1000, 0])
+    p, wl, wh = wilson_ci(x, n)
+    assert np.isnan([p[4], wl[4], wh[4]]).all() and wl[1] == 0 and wh[2] == 1
+    for i in (0, 3):
+        for bound in (wl[i], wh[i]):
+            z = (x[i] / n[i] - bound) / math.sqrt(bound * (1 - bound) / n[i])
+            assert abs(z) == pytest.approx(stats.norm.ppf(0.975), rel=1e-9)
+
+
 def test_grouped_dersimonian_laird_equals_the_scalar_one():
     import pandas as pd
 

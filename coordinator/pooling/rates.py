@@ -106,7 +106,7 @@ def _pool_kind(data: pd.DataFrame, ids: list[int], kind: str, cdm: str) -> pd.Da
     keys = keys.join(sums).reset_index()
     e, t = ok[num].to_numpy(float), ok[den].to_numpy(float)
     if kind == "incidence":
-        est = [poisson_rate_ci(a, b) if np.isfinite(b) else (np.nan,) * 3 for a, b in zip(keys[num], keys[den])]
+        est = poisson_rate_ci(keys[num].to_numpy(float), keys[den].to_numpy(float))
         prefix = "incidence_100000_pys"
         ec = np.where(e > 0, e, 0.5)
         meta_in = ok[RATE_KEY].assign(y=np.log(ec / t), v=1.0 / ec)
@@ -114,7 +114,7 @@ def _pool_kind(data: pd.DataFrame, ids: list[int], kind: str, cdm: str) -> pd.Da
         def back(x):
             return np.exp(x) * 1e5
     else:
-        est = [wilson_ci(a, b) if np.isfinite(b) else (np.nan,) * 3 for a, b in zip(keys[num], keys[den])]
+        est = wilson_ci(keys[num].to_numpy(float), keys[den].to_numpy(float))
         prefix = "prevalence"
         zero = (e == 0) | (e == t)
         a, b = np.where(zero, e + 0.5, e), np.where(zero, t - e + 0.5, t - e)
@@ -122,7 +122,7 @@ def _pool_kind(data: pd.DataFrame, ids: list[int], kind: str, cdm: str) -> pd.Da
 
         def back(x):
             return 1 / (1 + np.exp(-x))
-    keys[["est", "lo", "hi"]] = np.array(est, dtype=float).reshape(-1, 3) if len(est) else np.empty((0, 3))
+    keys["est"], keys["lo"], keys["hi"] = est
     rows = [_long(keys, [(prefix, "est", "numeric"), (f"{prefix}_95CI_lower", "lo", "numeric"),
                          (f"{prefix}_95CI_upper", "hi", "numeric")], cdm),
             _long(keys[keys["excluded"] > 0], [("excluded_sites", "excluded", "integer")], cdm)]

@@ -211,26 +211,37 @@ def pooled_summary(km: pd.DataFrame, horizons: Sequence[int] = DEFAULT_HORIZONS)
 
 # ---------- rates, proportions, meta-analysis ----------
 
-def poisson_rate_ci(events: float, person_years: float, *, per: float = 100_000.0,
-                    level: float = 0.95) -> tuple[float, float, float]:
-    """Rate per ``per`` person-years with the exact (Garwood) Poisson CI, as IncidencePrevalence."""
-    if person_years <= 0:
-        return (float("nan"),) * 3
+def poisson_rate_ci(events, person_years, *, per: float = 100_000.0, level: float = 0.95):
+    """Rate per ``per`` person-years with the exact (Garwood) Poisson CI, as IncidencePrevalence:
+    (rate, lower, upper), element-wise over arrays (floats for scalars); NaN where the
+    person-years are not above 0."""
+    e, t = np.broadcast_arrays(np.asarray(events, dtype=float), np.asarray(person_years, dtype=float))
     a = (1 - level) / 2
-    lower = chi2.ppf(a, 2 * events) / 2 if events > 0 else 0.0
-    upper = chi2.ppf(1 - a, 2 * (events + 1)) / 2
-    return events / person_years * per, lower / person_years * per, upper / person_years * per
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = t > 0
+        lower = np.where(e > 0, chi2.ppf(a, 2 * e) / 2, 0.0)
+        upper = chi2.ppf(1 - a, 2 * (e + 1)) / 2
+        out = tuple(np.where(ok, x / t * per, np.nan) for x in (e, lower, upper))
+    return _scalars(out, events, person_years)
 
 
-def wilson_ci(x: float, n: float, *, level: float = 0.95) -> tuple[float, float, float]:
-    """Proportion x/n with the Wilson score interval."""
-    if n <= 0:
-        return (float("nan"),) * 3
+def wilson_ci(x, n, *, level: float = 0.95):
+    """Proportion x/n with the Wilson score interval: (p, lower, upper), element-wise over arrays
+    (floats for scalars); NaN where n is not above 0."""
+    k, m = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(n, dtype=float))
     z = NormalDist().inv_cdf(1 - (1 - level) / 2)
-    p = x / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, 0.0 if x <= 0 else max(0.0, centre - half), 1.0 if x >= n else min(1.0, centre + half)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / m
+        centre = (p + z * z / (2 * m)) / (1 + z * z / m)
+        half = z * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+        lo = np.where(k <= 0, 0.0, np.maximum(0.0, centre - half))
+        hi = np.where(k >= m, 1.0, np.minimum(1.0, centre + half))
+        out = tuple(np.where(m > 0, v, np.nan) for v in (p, lo, hi))
+    return _scalars(out, x, n)
+
+
+def _scalars(out: tuple, *inputs):
+    return tuple(float(v) for v in out) if all(np.ndim(i) == 0 for i in inputs) else out
 
 
 @dataclass(frozen=True)
