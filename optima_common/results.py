@@ -225,6 +225,8 @@ class SummarisedResult:
         if s["result_id"].duplicated().any():
             raise ResultFormatError("settings hold more than one row for a result_id")
         for col, name_col in (("group", "group_name"), ("strata", "strata_name"), ("additional", "additional_name")):
+            if col in s.columns and s[col].notna().all():
+                continue  # every row says it: nothing to derive (a pass over millions of data rows saved)
             derived = s["result_id"].map(_derive_names(data, name_col)).astype(object)
             derived = derived.where(derived.notna(), "")
             s[col] = s[col].where(s[col].notna(), derived) if col in s.columns else derived

@@ -1,4 +1,4 @@
-"""The network report: one offline HTML file (no external JS/CSS, PNG plots embedded) + the network CSV."""
+"""The network report: one offline HTML file (no external JS/CSS; SVG and PNG figures embedded) + the network CSV."""
 
 from __future__ import annotations
 

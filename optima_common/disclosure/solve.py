@@ -8,8 +8,12 @@ variable gets the ends of its exact LP interval that the caller asks for (``need
 
 * components with one relation (most of them) are settled by interval arithmetic, vectorised
   over all such components at once; it is exact for one equality over a box;
-* components with several relations go to HiGHS (``highspy``): one model per component, one
-  solve per asked end, only the objective changes between solves.
+* components with several relations go to HiGHS (``highspy``). With a ``certify`` rule, feasible
+  points that settle most targets come first, from one LP holding all such components side by
+  side (a block-diagonal model: each solve optimises every block at once; a component that
+  contradicts its data is found by one elastic solve and left to its own model); then one model
+  per component for the ends still needed, one solve per asked end, only the objective changing
+  between solves.
 
 Integrality is used where it is cheap: bounds are rounded inwards to integers (every count is
 an integer). An attacker with an integer solver can in rare cases do better than these LP
@@ -93,6 +97,7 @@ def intervals(rel: np.ndarray, var: np.ndarray, coef: np.ndarray, n_rel: int, lb
     order = np.argsort(tc, kind="mergesort")
     mr, mv, mc, tc = r[multi][order], v[multi][order], c[multi][order], tc[order]
     bounds_ = np.flatnonzero(np.diff(tc)) + 1
+    comps: list[Component] = []
     for idx in np.split(np.arange(len(tc)), bounds_):
         cv = mv[idx]
         vars_ = np.unique(cv)
@@ -112,15 +117,32 @@ def intervals(rel: np.ndarray, var: np.ndarray, coef: np.ndarray, n_rel: int, lb
                 else:
                     lo[targets], hi[targets] = res
                 continue
+        comps.append(Component(cr, cv, cc, rels, vars_, targets, sig))
+    found = _joint_witnesses(comps, rhs, lb, ub, certify, out, witness_cap) if certify is not None else {}
+    for i, comp in enumerate(comps):
         out.lp_components += 1
-        res = _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, certify, witness_cap)
+        res = _lp(comp.cr, comp.cv, comp.cc, comp.rels, comp.vars_, rhs, lb, ub, comp.targets, need_lo, need_hi, out,
+                  certify, witness_cap, found.get(i))
         if cache is not None:
-            cache[sig] = res
+            cache[comp.sig] = res
         if res is None:
-            out.infeasible.extend(targets.tolist())
+            out.infeasible.extend(comp.targets.tolist())
         else:
-            lo[targets], hi[targets] = res
+            lo[comp.targets], hi[comp.targets] = res
     return out
+
+
+@dataclass
+class Component:
+    """One connected component with several relations: its terms, relations, variables and targets."""
+
+    cr: np.ndarray
+    cv: np.ndarray
+    cc: np.ndarray
+    rels: np.ndarray
+    vars_: np.ndarray
+    targets: np.ndarray
+    sig: tuple | None
 
 
 def _single_relations(r, v, a, rhs, lb, ub, want, lo, hi, out) -> None:
@@ -173,7 +195,17 @@ WITNESS_ROUNDS = 3
 WITNESS_CAP = 1e7  # targets are capped here in the witness solves only (no unbounded sums)
 
 
-def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, certify=None, witness_cap=None):
+def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, certify=None, witness_cap=None,
+        found=None):
+    """The component's intervals: witness points first (``found``: the ones :func:`_joint_witnesses`
+    gave it, else its own), then an exact solve per end still needed."""
+    los = np.full(len(targets), np.nan)
+    his = np.full(len(targets), np.nan)
+    if found is not None:
+        todo, wl_, wh = found
+        los[~todo], his[~todo] = wl_[~todo], wh[~todo]
+        if not todo.any():
+            return _ceil(los), _floor(his)
     ri = np.searchsorted(rels, cr)
     vi = np.searchsorted(vars_, cv)
     A = sparse.csr_matrix((cc, (ri, vi)), shape=(len(rels), len(vars_)))
@@ -185,13 +217,12 @@ def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, ce
     b = rhs[rels].astype(float)
     h.addRows(len(rels), b, b, A.nnz, A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32),
               A.data.astype(float))
-    los = np.full(len(targets), np.nan)
-    his = np.full(len(targets), np.nan)
     Status = highspy.HighsModelStatus
     cols = np.searchsorted(vars_, targets).astype(np.int32)
-    todo = np.ones(len(targets), dtype=bool)
-    wl_ = np.full(len(targets), np.inf)
-    if certify is not None and len(targets) > 2:
+    if found is None:
+        todo = np.ones(len(targets), dtype=bool)
+        wl_ = np.full(len(targets), np.inf)
+    if found is None and certify is not None and len(targets) > 2:
         todo, wl, wh = _witnesses(h, cols, col_ub, certify, targets, out, witness_cap)
         if todo is None:
             return None
@@ -226,17 +257,98 @@ def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, ce
     return _ceil(los), _floor(his)
 
 
-def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None):
+def _joint_witnesses(comps: list[Component], rhs, lb, ub, certify, out, low_cap) -> dict[int, tuple]:
+    """Witness points of many components from one LP: their blocks side by side (no relation
+    links two), so maximising or minimising the sum of all their open targets optimises each
+    block's own sum at once, and a block's part of the solution is a feasible point of that
+    component. {component index: (still to solve exactly, inner lo, inner hi)}; {} when fewer
+    than two components want witnesses, or when one of them contradicts its data (each is then
+    solved on its own, which finds it)."""
+    chosen = [i for i, c in enumerate(comps) if len(c.targets) > 2]
+    if len(chosen) < 2:
+        return {}
+    h, col_ub = _joint_model([comps[i] for i in chosen], rhs, lb, ub)
+    h.run()
+    out.lp_solves += 1
+    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        # some components contradict their data (a scaled or rounded table can): find them with
+        # one elastic solve, leave them to their own solve (which reports them), join the rest
+        bad = _infeasible_blocks([comps[i] for i in chosen], rhs, lb, ub, out)
+        chosen = [i for k, i in enumerate(chosen) if k not in bad]
+        if len(chosen) < 2:
+            return {}
+        h, col_ub = _joint_model([comps[i] for i in chosen], rhs, lb, ub)
+    parts = [comps[i] for i in chosen]
+    col_off = np.cumsum([0] + [len(c.vars_) for c in parts])
+    tcols = np.concatenate([col_off[k] + np.searchsorted(c.vars_, c.targets) for k, c in enumerate(parts)])
+    block = np.repeat(np.arange(len(parts)), [len(c.targets) for c in parts])
+    todo, wl, wh = _witnesses(h, tcols.astype(np.int32), col_ub, certify, np.concatenate([c.targets for c in parts]),
+                              out, low_cap, block=block)
+    if todo is None:  # never after the elastic check; each component on its own then
+        return {}
+    return {i: (todo[block == k], wl[block == k], wh[block == k]) for k, i in enumerate(chosen)}
+
+
+def _joint_matrix(parts: list[Component]) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """The components' relations as one block-diagonal matrix; its variables and relations."""
+    col_off = np.cumsum([0] + [len(c.vars_) for c in parts])
+    row_off = np.cumsum([0] + [len(c.rels) for c in parts])
+    rows = np.concatenate([row_off[k] + np.searchsorted(c.rels, c.cr) for k, c in enumerate(parts)])
+    cols = np.concatenate([col_off[k] + np.searchsorted(c.vars_, c.cv) for k, c in enumerate(parts)])
+    A = sparse.csr_matrix((np.concatenate([c.cc for c in parts]), (rows, cols)), shape=(row_off[-1], col_off[-1]))
+    return A, np.concatenate([c.vars_ for c in parts]), np.concatenate([c.rels for c in parts])
+
+
+def _joint_model(parts: list[Component], rhs, lb, ub) -> tuple[highspy.Highs, np.ndarray]:
+    """A HiGHS model of the components side by side (zero objective); and its column upper bounds."""
+    A, all_vars, all_rels = _joint_matrix(parts)
+    h = _quiet_highs()
+    col_ub = np.where(np.isfinite(ub[all_vars]), ub[all_vars], highspy.kHighsInf).astype(float)
+    h.addVars(len(all_vars), lb[all_vars].astype(float), col_ub)
+    b = rhs[all_rels].astype(float)
+    h.addRows(len(b), b, b, A.nnz, A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32), A.data.astype(float))
+    return h, col_ub
+
+
+def _infeasible_blocks(parts: list[Component], rhs, lb, ub, out) -> set[int]:
+    """The blocks that cannot meet their relations: each relation gets two slack columns
+    (``A x + s+ - s- = b``, slacks >= 0) and the sum of slacks is minimised; since no relation
+    links two blocks, a block's slacks sum to more than 0 exactly when it is infeasible."""
+    A, all_vars, all_rels = _joint_matrix(parts)
+    n_rows = A.shape[0]
+    eye = sparse.identity(n_rows, format="csr")
+    E = sparse.hstack([A, eye, -eye], format="csc")
+    h = _quiet_highs()
+    x_ub = np.where(np.isfinite(ub[all_vars]), ub[all_vars], highspy.kHighsInf).astype(float)
+    h.addVars(E.shape[1], np.concatenate([lb[all_vars].astype(float), np.zeros(2 * n_rows)]),
+              np.concatenate([x_ub, np.full(2 * n_rows, highspy.kHighsInf)]))
+    slack = np.arange(len(all_vars), E.shape[1], dtype=np.int32)
+    h.changeColsCost(len(slack), slack, np.ones(len(slack)))
+    E = E.tocsr()
+    b = rhs[all_rels].astype(float)
+    h.addRows(n_rows, b, b, E.nnz, E.indptr[:-1].astype(np.int32), E.indices.astype(np.int32), E.data.astype(float))
+    h.run()
+    out.lp_solves += 1
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return set(range(len(parts)))  # no answer: every component on its own
+    s_val = np.asarray(h.getSolution().col_value)[len(all_vars):]
+    per_row = s_val[:n_rows] + s_val[n_rows:]
+    row_block = np.repeat(np.arange(len(parts)), [len(c.rels) for c in parts])
+    return set(np.flatnonzero(np.bincount(row_block, weights=per_row, minlength=len(parts)) > 1e-6).tolist())
+
+
+def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None, block=None):
     """Feasible points that settle many targets at once: maximise, then minimise, the sum of the
     targets not yet certified (targets capped at :data:`WITNESS_CAP` so that the sum stays
     bounded); each point's values bound every target's interval from the inside.
-    Returns (still to solve exactly, inner lo, inner hi), or (None, ...) if infeasible."""
+    Returns (still to solve exactly, inner lo, inner hi), or (None, ...) if infeasible.
+    ``block``: the component of each target when ``h`` holds several (see :func:`_joint_witnesses`)."""
     col_lb = np.asarray(h.getLp().col_lower_, dtype=float)[cols]
     wl = np.full(len(cols), np.inf)
     wh = np.full(len(cols), -np.inf)
     todo = np.ones(len(cols), dtype=bool)
     done, wl, wh = _witness_rounds(h, cols, col_lb, np.minimum(col_ub[cols], WITNESS_CAP), certify, targets, out,
-                                   todo, wl, wh, final=True)
+                                   todo, wl, wh, final=True, block=block)
     if done is None:
         h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
         return None, wl, wh
@@ -245,14 +357,15 @@ def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None):
         # a vertex raises few variables to a far cap; a near cap raises every one it can at once
         # (infeasible under the near cap proves nothing: the points found so far stand)
         capped = np.where(todo, np.maximum(np.minimum(col_ub[cols], low_cap), col_lb), np.minimum(col_ub[cols], WITNESS_CAP))
-        done, wl2, wh2 = _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, final=False)
+        done, wl2, wh2 = _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, final=False,
+                                         block=block)
         if done is not None:
             todo, wl, wh = done, wl2, wh2
     h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
     return todo, _ceil(wl), _floor(wh)
 
 
-def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, *, final):
+def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, *, final, block=None):
     Status = highspy.HighsModelStatus
     h.changeColsBounds(len(cols), cols, col_lb, capped)
     todo, wl, wh = todo.copy(), wl.copy(), wh.copy()
@@ -278,11 +391,17 @@ def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh
             if x is None:
                 continue
             wl, wh = np.minimum(wl, x), np.maximum(wh, x)
-            if final and sense == MAX and best <= 1e-6:
-                # the largest sum is 0: every one of them is pinned to 0 (exactly [0, 0])
-                pinned = sel & (col_lb <= 0)
-                wl[pinned], wh[pinned] = 0.0, 0.0
-                todo &= ~(pinned & np.asarray(certify(targets, wl, wh, exact=True), dtype=bool))
+            if final and sense == MAX:
+                # a largest sum of 0: every one of them is pinned to 0 (exactly [0, 0]); with several
+                # blocks, each block's own sum
+                if block is None:
+                    zero_sum = np.full(len(cols), best <= 1e-6)
+                else:
+                    zero_sum = (np.bincount(block[sel], weights=x[sel], minlength=block.max() + 1) <= 1e-6)[block]
+                pinned = sel & (col_lb <= 0) & zero_sum
+                if pinned.any():
+                    wl[pinned], wh[pinned] = 0.0, 0.0
+                    todo &= ~(pinned & np.asarray(certify(targets, wl, wh, exact=True), dtype=bool))
             todo &= ~np.asarray(certify(targets, _ceil(wl), _floor(wh)), dtype=bool)
         if not todo.any():
             break
