@@ -78,6 +78,13 @@ def test_report_command(stored, tmp_path):
         p = run(*args)
         assert p.returncode != 0 and p.stderr.count("\n") == 1 and words in p.stderr, p.stderr
     assert not (tmp_path / "x").exists()
+    # the CSV is written by a thread beside the page: its failure still stops the command, one line,
+    # and no report.html is left claiming a CSV that is not there
+    blocked = tmp_path / "blocked"
+    (blocked / "results.csv").mkdir(parents=True)
+    p = run(manifest.study_id, "--store", str(path), "--out", str(blocked))
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "cannot write the report" in p.stderr, p.stderr
+    assert not (blocked / "report.html").exists()
 
 
 def test_no_bundles_no_report(tmp_path):

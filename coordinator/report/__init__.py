@@ -59,36 +59,26 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model). ``net``: the
     manifest's pooled result if the caller holds it (else the one kept in the store, pooled once).
-    The figures are drawn by worker processes (:mod:`.figure_pool`) while this process builds the
-    page, and the CSV is written and compressed in a thread while the last figures are drawn.
+    The network CSV is written and compressed by a thread while this process builds the page
+    (Arrow's CSV writer and zlib release the GIL), and Kaplan-Meier figures are drawn by worker
+    processes (:mod:`.figure_pool`) meanwhile.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreError(f"--out {out_dir} exists and is not a folder")
-    with deferred() as figures:
-        page, csv_bytes = _render(store, manifest_id, extra_sections=extra_sections, net=net)
+    written: dict[str, Path] = {}
+
+    def write_csv(csv_bytes: bytes) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        written: dict[str, Path | BaseException] = {}
-        writer = threading.Thread(target=_write_csv, args=(out_dir, csv_bytes, written), daemon=True)
-        writer.start()  # zlib works without the GIL: the compression runs beside the figures' wait
-        try:
-            page = figures.fill(page) if figures else page
-        finally:
-            writer.join()
-    for value in written.values():
-        if isinstance(value, BaseException):
-            raise value
-    html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
-    return ReportPaths(html=html_path, csv=written["csv"], csv_gz=written["gz"])
-
-
-def _write_csv(out_dir: Path, csv_bytes: bytes, written: dict) -> None:
-    try:
         written["csv"] = write_atomic(out_dir / "results.csv", csv_bytes)
         # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
         written["gz"] = write_atomic(out_dir / "results.csv.gz", packing.compress(csv_bytes))
-    except BaseException as exc:  # raised again by the caller
-        written["error"] = exc
+
+    with deferred() as figures:
+        page, _ = _render(store, manifest_id, extra_sections=extra_sections, net=net, csv_sink=write_csv)
+        page = figures.fill(page) if figures else page
+    html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
+    return ReportPaths(html=html_path, csv=written["csv"], csv_gz=written["gz"])
 
 
 def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = (),
@@ -99,19 +89,60 @@ def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tupl
         return (figures.fill(page) if figures else page), csv_bytes
 
 
-def _render(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...],
-            net: NetworkResult | None) -> tuple[str, bytes]:
-    """The page (figures may still be placeholders: see :mod:`.figure_pool`) and the network CSV."""
-    from coordinator.pooling.versions import (
-        changes_section,  # versions pools through network_results too
-    )
+class _Background(threading.Thread):
+    """``work()`` in a thread; :meth:`result` joins it and returns its value or raises its error."""
 
+    def __init__(self, work):
+        super().__init__(daemon=True)
+        self.work, self.value, self.error = work, None, None
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as exc:  # raised again by result()
+            self.error = exc
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _render(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...],
+            net: NetworkResult | None, csv_sink=None) -> tuple[str, bytes]:
+    """The page (figures may still be placeholders: see :mod:`.figure_pool`) and the network CSV,
+    built (and handed to ``csv_sink``) by a thread while the page is built."""
     manifest = store.manifest(manifest_id)
     statuses = store.site_statuses(manifest_id)
     try:  # pooled once and kept in the store (with the answers to re-sends of this manifest)
         net = net or pooled_result(store, manifest_id)
     except ValueError as exc:
         raise StoreError(f"cannot pool manifest {manifest_id}: {str(exc).splitlines()[0]}") from None
+
+    write = net.result.csv_bytes_later()  # the Python part here; Arrow's writer and zlib in the thread
+
+    def csv_work() -> bytes:
+        csv_bytes = write()
+        if csv_sink is not None:
+            csv_sink(csv_bytes)
+        return csv_bytes
+    csv_job = _Background(csv_work)
+    csv_job.start()
+    try:
+        page = _page(store, manifest, statuses, net, extra_sections)
+    except BaseException:
+        csv_job.join()  # the page's error is the one raised
+        raise
+    return page, csv_job.result()
+
+
+def _page(store: ResultsStore, manifest, statuses, net: NetworkResult, extra_sections: tuple[str, ...]) -> str:
+    from coordinator.pooling.versions import (
+        changes_section,  # versions pools through network_results too
+    )
+
+    manifest_id = manifest.manifest_id
     view = S.View(net)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     answered = sum(s.has_bundle for s in statuses)
@@ -144,5 +175,4 @@ def _render(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str,
         ("lower-bounds", "Lower bounds", S.lower_bounds_section(view)),
         ("changes", "Changes", changes_section(store, manifest.study_id) if runs(store, manifest.study_id) else ""),
     ]
-    page = page_html(f"{manifest.study_id} network report", header, panels)
-    return page, net.result.to_csv_bytes()  # built while the figures are drawn
+    return page_html(f"{manifest.study_id} network report", header, panels)
