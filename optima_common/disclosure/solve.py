@@ -222,8 +222,8 @@ def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, ce
     if found is None:
         todo = np.ones(len(targets), dtype=bool)
         wl_ = np.full(len(targets), np.inf)
-    if found is None and certify is not None and len(targets) > 2:
-        todo, wl, wh = _witnesses(h, cols, col_ub, certify, targets, out, witness_cap)
+    if certify is not None and todo.sum() > 2:  # more witness rounds here, on this component alone
+        todo, wl, wh = _witnesses(h, cols, col_ub, certify, targets, out, witness_cap, start=found)
         if todo is None:
             return None
         los[~todo], his[~todo] = wl[~todo], wh[~todo]
@@ -282,8 +282,10 @@ def _joint_witnesses(comps: list[Component], rhs, lb, ub, certify, out, low_cap)
     col_off = np.cumsum([0] + [len(c.vars_) for c in parts])
     tcols = np.concatenate([col_off[k] + np.searchsorted(c.vars_, c.targets) for k, c in enumerate(parts)])
     block = np.repeat(np.arange(len(parts)), [len(c.targets) for c in parts])
+    # one round per phase: it settles most targets; the few left go on, on their own component's
+    # model, cheaper than re-solving every block
     todo, wl, wh = _witnesses(h, tcols.astype(np.int32), col_ub, certify, np.concatenate([c.targets for c in parts]),
-                              out, low_cap, block=block)
+                              out, low_cap, block=block, rounds=1)
     if todo is None:  # never after the elastic check; each component on its own then
         return {}
     return {i: (todo[block == k], wl[block == k], wh[block == k]) for k, i in enumerate(chosen)}
@@ -337,18 +339,24 @@ def _infeasible_blocks(parts: list[Component], rhs, lb, ub, out) -> set[int]:
     return set(np.flatnonzero(np.bincount(row_block, weights=per_row, minlength=len(parts)) > 1e-6).tolist())
 
 
-def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None, block=None):
+def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None, block=None, rounds=None, start=None):
     """Feasible points that settle many targets at once: maximise, then minimise, the sum of the
     targets not yet certified (targets capped at :data:`WITNESS_CAP` so that the sum stays
     bounded); each point's values bound every target's interval from the inside.
     Returns (still to solve exactly, inner lo, inner hi), or (None, ...) if infeasible.
-    ``block``: the component of each target when ``h`` holds several (see :func:`_joint_witnesses`)."""
+    ``block``: the component of each target when ``h`` holds several (see :func:`_joint_witnesses`);
+    ``rounds``: at most this many rounds per phase (default :data:`WITNESS_ROUNDS`); ``start``:
+    (open, inner lo, inner hi) found before (a joint model's), to go on from."""
     col_lb = np.asarray(h.getLp().col_lower_, dtype=float)[cols]
-    wl = np.full(len(cols), np.inf)
-    wh = np.full(len(cols), -np.inf)
-    todo = np.ones(len(cols), dtype=bool)
+    if start is None:
+        wl = np.full(len(cols), np.inf)
+        wh = np.full(len(cols), -np.inf)
+        todo = np.ones(len(cols), dtype=bool)
+    else:
+        todo, wl, wh = (np.array(x, dtype=dt) for x, dt in zip(start, (bool, float, float), strict=True))
+    rounds = WITNESS_ROUNDS if rounds is None else rounds
     done, wl, wh = _witness_rounds(h, cols, col_lb, np.minimum(col_ub[cols], WITNESS_CAP), certify, targets, out,
-                                   todo, wl, wh, final=True, block=block)
+                                   todo, wl, wh, final=True, block=block, rounds=rounds)
     if done is None:
         h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
         return None, wl, wh
@@ -358,19 +366,20 @@ def _witnesses(h, cols, col_ub, certify, targets, out, low_cap=None, block=None)
         # (infeasible under the near cap proves nothing: the points found so far stand)
         capped = np.where(todo, np.maximum(np.minimum(col_ub[cols], low_cap), col_lb), np.minimum(col_ub[cols], WITNESS_CAP))
         done, wl2, wh2 = _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, final=False,
-                                         block=block)
+                                         block=block, rounds=rounds)
         if done is not None:
             todo, wl, wh = done, wl2, wh2
     h.changeColsBounds(len(cols), cols, col_lb, col_ub[cols])
     return todo, _ceil(wl), _floor(wh)
 
 
-def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, *, final, block=None):
+def _witness_rounds(h, cols, col_lb, capped, certify, targets, out, todo, wl, wh, *, final, block=None,
+                    rounds=WITNESS_ROUNDS):
     Status = highspy.HighsModelStatus
     h.changeColsBounds(len(cols), cols, col_lb, capped)
     todo, wl, wh = todo.copy(), wl.copy(), wh.copy()
     MAX, MIN = highspy.ObjSense.kMaximize, highspy.ObjSense.kMinimize
-    for _ in range(WITNESS_ROUNDS):
+    for _ in range(rounds):
         # all open targets up, the ones still at 0 up on their own (a largest sum of 0 pins them
         # all to 0), then all open targets down
         for sense, which in ((MAX, None), (MAX, "zero"), (MIN, None)):
