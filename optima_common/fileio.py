@@ -15,20 +15,39 @@ M = TypeVar("M")
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> Path:
     """Write ``data`` to a temp file next to ``path`` (``mode``), fsync, then rename it over."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Staged(path, data, mode=mode).commit()
+
+
+class Staged:
+    """``data`` written and fsynced to a temp file next to ``path``; :meth:`commit` renames it over
+    ``path``, :meth:`discard` removes it. Lets slow writes run early (e.g. in a thread) and the
+    files appear only once everything they belong with is ready."""
+
+    def __init__(self, path: str | os.PathLike, data: bytes, *, mode: int = 0o644):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> Path:
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
 
 
 def read_document(path: str | os.PathLike, *, fmt: str, what: str, error: type[Exception]) -> Any:

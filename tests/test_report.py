@@ -7,6 +7,7 @@ import gzip
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -85,6 +86,28 @@ def test_report_command(stored, tmp_path):
     p = run(manifest.study_id, "--store", str(path), "--out", str(blocked))
     assert p.returncode != 0 and p.stderr.count("\n") == 1 and "cannot write the report" in p.stderr, p.stderr
     assert not (blocked / "report.html").exists()
+
+
+def test_a_page_that_fails_leaves_the_folder_as_it_was(stored, tmp_path, monkeypatch):
+    """The CSV is made and staged by a thread beside the page; when the page fails, nothing takes
+    a name: an earlier report stays whole, a new folder is not left behind, no temp file remains."""
+    import coordinator.report as R
+
+    path, manifest = stored
+    old = tmp_path / "old"
+    with ResultsStore.open(path) as store:
+        write_report(store, manifest.manifest_id, old)
+        before = {p.name: p.read_bytes() for p in old.iterdir()}
+
+        def broken(*a, **k):
+            time.sleep(0.5)  # the thread has staged the CSV by now (or is doing so)
+            raise RuntimeError("a section failed")
+        monkeypatch.setattr(R, "_page", broken)
+        for out in (old, tmp_path / "new"):
+            with pytest.raises(RuntimeError, match="a section failed"):
+                write_report(store, manifest.manifest_id, out)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert not (tmp_path / "new").exists()
 
 
 def test_no_bundles_no_report(tmp_path):

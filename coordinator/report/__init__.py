@@ -19,7 +19,7 @@ from coordinator.report.genomics import genomics_section
 from coordinator.report.nlp_section import nlp_section
 from coordinator.store import ResultsStore, StoreError, packing
 from coordinator.store.ops import runs
-from optima_common.fileio import write_atomic
+from optima_common.fileio import Staged, write_atomic
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -59,26 +59,35 @@ def write_report(store: ResultsStore, manifest_id: str, out_dir: Path, *, extra_
 
     ``extra_sections``: HTML sections computed elsewhere (e.g. the network's Cox model). ``net``: the
     manifest's pooled result if the caller holds it (else the one kept in the store, pooled once).
-    The network CSV is written and compressed by a thread while this process builds the page
-    (Arrow's CSV writer and zlib release the GIL), and Kaplan-Meier figures are drawn by worker
-    processes (:mod:`.figure_pool`) meanwhile.
+    The network CSV is made, compressed and staged (written to temp files) by a thread while this
+    process builds the page (Arrow's CSV writer, zlib and the writes release the GIL), and
+    Kaplan-Meier figures are drawn by worker processes (:mod:`.figure_pool`) meanwhile; the files
+    take their names only once the page is built, so a failure leaves the folder as it was.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreError(f"--out {out_dir} exists and is not a folder")
-    written: dict[str, Path] = {}
+    existed = out_dir.exists()
+    staged: list[Staged] = []
 
-    def write_csv(csv_bytes: bytes) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written["csv"] = write_atomic(out_dir / "results.csv", csv_bytes)
+    def stage(csv_bytes: bytes) -> None:
+        staged.append(Staged(out_dir / "results.csv", csv_bytes))
         # the same CSV compressed (~10x smaller): R's readr/omopgenerics and pandas read .csv.gz as is
-        written["gz"] = write_atomic(out_dir / "results.csv.gz", packing.compress(csv_bytes))
+        staged.append(Staged(out_dir / "results.csv.gz", packing.compress(csv_bytes)))
 
-    with deferred() as figures:
-        page, _ = _render(store, manifest_id, extra_sections=extra_sections, net=net, csv_sink=write_csv)
-        page = figures.fill(page) if figures else page
+    try:
+        with deferred() as figures:
+            page, _ = _render(store, manifest_id, extra_sections=extra_sections, net=net, csv_sink=stage)
+            page = figures.fill(page) if figures else page
+        csv_path, gz_path = (s.commit() for s in staged)
+    except BaseException:
+        for s in staged:
+            s.discard()
+        if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     html_path = write_atomic(out_dir / "report.html", page.encode("utf-8"))
-    return ReportPaths(html=html_path, csv=written["csv"], csv_gz=written["gz"])
+    return ReportPaths(html=html_path, csv=csv_path, csv_gz=gz_path)
 
 
 def render_report(store: ResultsStore, manifest_id: str, *, extra_sections: tuple[str, ...] = (),
