@@ -42,6 +42,10 @@ def _x_ticks(root, cls="xtick"):
     return [float(t.get("x") if cls == "xtick" else t.get("y")) for t in ts], [t.text for t in ts]
 
 
+def root_sites(root):
+    return [g for g in root.iter("g") if g.get("class") == "site"]
+
+
 def _close(got: float, want: float, per_px: float, log: bool) -> bool:
     """Equal to within half a pixel (coordinates are written to 0.1 px)."""
     if log:
@@ -112,6 +116,11 @@ def test_text_from_sites_stays_text_and_non_finite_rows_are_labelled_not_drawn()
     drawn = sorted(int(g.get("data-row")) for g in root.iter("g") if g.get("class") == "site")
     assert drawn == [0, 3]
     assert "inf" not in svg.lower().replace("infinite", "") and "nan" not in svg.replace(">nan<", "")
+    import numpy as np
+
+    numpy_row = _tree(forest_svg("t", [("np", np.int64(2), np.float32(1.0), np.float64(3.0)), ("none", None, 1.0, 2.0)],
+                                 [], "x", log=False))
+    assert [int(g.get("data-row")) for g in root_sites(numpy_row)] == [0]  # numpy numbers drawn, None not
     nothing = _tree(forest_svg("t", [("a", float("nan"), 1.0, 2.0)], [], "x"))  # nothing to draw: still a figure
     assert [t.text for t in nothing.iter("text") if t.get("class") == "ylabel"] == ["a"]
 

@@ -38,7 +38,11 @@ def _v(x: float) -> str:
 
 
 def _finite(*xs) -> bool:
-    return all(x is not None and isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+    """Every value a finite number (numpy scalars included; None and text are not)."""
+    try:
+        return all(not isinstance(x, str) and math.isfinite(float(x)) for x in xs)
+    except (TypeError, ValueError):
+        return False
 
 
 class Axis:
