@@ -206,17 +206,7 @@ def _lp(cr, cv, cc, rels, vars_, rhs, lb, ub, targets, need_lo, need_hi, out, ce
         los[~todo], his[~todo] = wl_[~todo], wh[~todo]
         if not todo.any():
             return _ceil(los), _floor(his)
-    ri = np.searchsorted(rels, cr)
-    vi = np.searchsorted(vars_, cv)
-    A = sparse.csr_matrix((cc, (ri, vi)), shape=(len(rels), len(vars_)))
-    h = _quiet_highs()
-    inf = highspy.kHighsInf
-    n = len(vars_)
-    col_ub = np.where(np.isfinite(ub[vars_]), ub[vars_], inf).astype(float)
-    h.addVars(n, lb[vars_].astype(float), col_ub)
-    b = rhs[rels].astype(float)
-    h.addRows(len(rels), b, b, A.nnz, A.indptr[:-1].astype(np.int32), A.indices.astype(np.int32),
-              A.data.astype(float))
+    h, col_ub = _joint_model([Component(cr, cv, cc, rels, vars_, targets, None)], rhs, lb, ub)  # one block
     Status = highspy.HighsModelStatus
     cols = np.searchsorted(vars_, targets).astype(np.int32)
     if found is None:
