@@ -91,11 +91,14 @@ def check_page(d) -> None:
     tabs[names.index("Incidence")].click()
     figs = d.find_elements(By.CSS_SELECTOR, "#incidence figure > svg")
     assert figs and all(f.is_displayed() and f.size["width"] > 300 and f.size["height"] > 80 for f in figs)
+    marks = 0
     for f in figs:
         box = f.rect
         for mark in f.find_elements(By.CSS_SELECTOR, "g.site rect, circle"):
+            marks += 1
             r = mark.rect
             assert box["x"] <= r["x"] and r["x"] + r["width"] <= box["x"] + box["width"] + 1, (box, r)
+    assert marks, "no point drawn in any incidence figure"
     tabs[names.index("Survival")].click()
     assert d.find_element(By.ID, "survival").is_displayed()
     assert errors(d) == []

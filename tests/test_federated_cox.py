@@ -137,7 +137,11 @@ def test_federated_equals_independent_breslow_with_ties():
     frames = site_frames(ties=True)
     datas = [to_data(df) for df in frames]
     fit = federated(datas)
-    assert fit.converged and fit.iterations < 15
+    assert fit.converged and fit.iterations < 15 and fit.convergence == "converged"
+    # stopped early, the same data read as not converged, in words
+    early = fit_federated_cox([lambda b, d=d: site_score_information(d, b) for d in datas], 5, max_iter=2)
+    assert not early.converged and not early.estimates_converged
+    assert early.convergence == "did not converge after 2 iteration(s): treat its estimates with caution"
     coef, se = reference_fit([(d.X, d.time, d.event) for d in datas], 5)
     np.testing.assert_allclose(fit.coef, coef, atol=1e-6)
     np.testing.assert_allclose(fit.se, se, atol=1e-5)

@@ -181,6 +181,9 @@ def test_level_without_events_is_reported_diverging_like_coxph():
     ref = coxph_reference(df, covs, control="eps = 1e-9")
     assert any("coefficient may be infinite" in w and "3" in w for w in ref["warnings"])
     assert fit.diverging == ("noevent",) and not fit.converged
+    # the others did converge, and the note a reader sees says so rather than "converged: False"
+    assert fit.estimates_converged and fit.convergence.startswith("the estimated coefficients converged")
+    assert "noevent diverges" in fit.convergence
     assert fit.aliased == ()  # a diverging column is not also called aliased (R's coef is finite-but-huge, not NA)
     assert np.isnan(fit.coef[2]) and np.isnan(fit.hr[2])
     assert any("noevent" in m and "diverges" in m for m in fit.messages)

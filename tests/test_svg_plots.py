@@ -139,6 +139,18 @@ def test_linear_ticks_are_one_two_five_steps_inside_the_range(lo, hi, want):
 def test_log_ticks_are_decades_or_one_two_five_within_few_decades():
     assert [label for _, label in ticks(0.05, 300.0, log=True)] == ["0.1", "1", "10", "100"]
     assert [label for _, label in ticks(0.3, 4.0, log=True)] == ["0.5", "1", "2"]
+    # too narrow for three of those (a hazard ratio up to 1.69 would end unlabelled past 1)
+    assert [label for _, label in ticks(0.3, 1.69, log=True)] == ["0.5", "1.0", "1.5"]
+    assert [label for _, label in ticks(0.95, 1.05, log=True)] == ["0.95", "1.00", "1.05"]
+
+
+def test_narrow_log_axis_is_labelled_to_its_end_and_places_points_by_log():
+    root = _tree(forest_svg("t", [("a", 1.2, 0.8, 1.6)], [("pooled", 1.1, 0.7, 1.5)], "hazard ratio"))
+    px, labels = _x_ticks(root)
+    assert len(px) >= 3 and _num(labels[-1]) > 1.0
+    inv = _inverse(px, labels, True)
+    rect = root_sites(root)[0].find("rect")
+    assert inv(float(rect.get("x")) + 4) == pytest.approx(1.2, rel=0.01)
 
 
 def _rates() -> pd.DataFrame:
@@ -173,3 +185,21 @@ def test_rate_panels_draw_each_year_where_its_rate_is():
                 assert abs(year_of(float(c.get("cx"))) - r["year"]) < 0.01
                 assert abs(rate_of(float(c.get("cy"))) - r["est"]) <= 0.5 * per_px
     assert rate_panels_svg(w[w["est"].isna()], "all", "x") == ""
+
+
+def test_rate_panels_keep_one_colour_per_line_and_one_legend_above_the_panels():
+    """A panel missing a group ("Female" has no relapse rows) draws "Male" in Male's colour, and
+    the legend names each colour once, above every panel's plotting area."""
+    w = _rates()
+    w = w[~((w["outcome"] == "relapse <b>") & (w["sex"] == "Female"))]
+    root = _tree(rate_panels_svg(w, "sex", "by sex"))
+    legend = {g.get("data-label"): g.find("line").get("stroke") for g in root.iter("g") if g.get("class") == "legend"}
+    assert list(legend) == ["Female", "Male"] and len(set(legend.values())) == 2
+    axis_tops = [min(float(ln.get("y1")), float(ln.get("y2"))) for p in root.iter("g") if p.get("class") == "panel"
+                 for ln in p.findall("line") if ln.get("class") == "axis" and ln.get("x1") == ln.get("x2")]
+    assert axis_tops and max(float(g.find("text").get("y")) for g in root.iter("g")
+                             if g.get("class") == "legend") < min(axis_tops)
+    for g in root.iter("g"):
+        if g.get("class") == "line":
+            assert g.get("stroke") == legend[g.get("data-label")]
+    assert not [g for g in _tree(rate_panels_svg(w, "all", "all")).iter("g") if g.get("class") == "legend"]

@@ -106,7 +106,7 @@ def fit_network_cox(grid: Grid, manifest_id: str, done_sites: set[str], *, timeo
     except ValueError as exc:  # e.g. a singular information matrix at the estimate
         return None, [*notes, f"Cox model not estimated: {exc}"]
     notes.append(f"Cox model over {len(members)} site(s): {', '.join(sorted(by_node[n] for n in members))}; "
-                 f"{fit.evaluations} evaluations in {rounds} round(s) of messages, converged: {fit.converged}")
+                 f"{fit.evaluations} evaluations in {rounds} round(s) of messages; {fit.convergence}")
     notes += fit.messages
     return fit, notes
 

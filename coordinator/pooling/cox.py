@@ -69,6 +69,19 @@ class CoxFit:
     converged: bool
     aliased: tuple[str, ...] = ()
     diverging: tuple[str, ...] = ()
+    #: the fit stopped at its convergence rule for the estimated coefficients; ``converged`` also
+    #: asks that none diverges (as coxph's warning would)
+    estimates_converged: bool = False
+
+    @property
+    def convergence(self) -> str:
+        """A reader's sentence on how the fit ended."""
+        if self.converged:
+            return "converged"
+        if self.estimates_converged and self.diverging:
+            return (f"the estimated coefficients converged; {', '.join(self.diverging)} diverge"
+                    f"{'s' if len(self.diverging) == 1 else ''} (not estimable, see below)")
+        return f"did not converge after {self.iterations} iteration(s): treat its estimates with caution"
 
     @property
     def messages(self) -> list[str]:
@@ -234,6 +247,7 @@ def fit_federated_cox(
             infs = free & (np.abs(nxt) > LOGLIK_EPS) & (np.abs(nxt) > TOLER_INF * np.abs(beta))
             if infs.any():
                 diverging |= infs
+                converged = True  # the log-likelihood has converged; the others are at their estimate
                 break
     est = free & ~diverging
     cov = np.full((p, p), np.nan)
@@ -250,7 +264,7 @@ def fit_federated_cox(
         hr_lower=np.exp(beta - Z_975 * se), hr_upper=np.exp(beta + Z_975 * se),
         z=z, p_value=2.0 * stats.norm.sf(np.abs(z)),
         loglik=loglik, loglik_null=loglik_null, iterations=iterations,
-        evaluations=evaluations, converged=converged and not diverging.any(),
+        evaluations=evaluations, converged=converged and not diverging.any(), estimates_converged=converged,
         aliased=tuple(n for n, a in zip(names, aliased) if a),
         diverging=tuple(n for n, dv in zip(names, diverging) if dv),
     )

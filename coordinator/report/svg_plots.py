@@ -72,12 +72,14 @@ def padded(lo: float, hi: float, log: bool = False) -> tuple[float, float]:
 
 def ticks(lo: float, hi: float, log: bool = False, target: int = 5) -> list[tuple[float, str]]:
     """(value, label) of the ticks inside [lo, hi]: 1-2-5 steps, or decades (with 2s and 5s when
-    fewer than three decades show) on a log axis."""
+    fewer than three decades show) on a log axis; a log axis too narrow for three of those gets
+    1-2-5 steps too (placed by log), so the axis is labelled to its end."""
     if log:
         out = [10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
         if sum(lo <= t <= hi for t in out) < 3:
             out = sorted(t * m for t in out for m in (1, 2, 5))
-        return [(t, f"{t:g}") for t in out if lo <= t <= hi]
+        kept = [(t, f"{t:g}") for t in out if lo <= t <= hi]
+        return kept if len(kept) >= 3 else ticks(lo, hi, target=target)
     raw = (hi - lo) / target
     k = math.floor(math.log10(raw))
     step = min((m * 10.0 ** k for m in (1, 2, 5, 10) if m * 10.0 ** k >= raw), default=10.0 ** (k + 1))
@@ -151,10 +153,15 @@ def rate_panels_svg(w: pd.DataFrame, by: str, title: str) -> str:
     if not outcomes:
         return ""
     line_key = {"all": None, "sex": "sex", "age group": "age"}[by]
+    # one colour per line label across all panels, and one legend above them (inside a panel it
+    # covered the lines)
+    labels = [] if line_key is None else sorted(w[line_key].unique())
+    colour_of = {label: PALETTE[j % len(PALETTE)] for j, label in enumerate(labels)}
     cols = min(4, len(outcomes))
-    pw, ph, top = 250, 190, 26
+    pw, ph, top = 250, 190, 26 if line_key is None else 44
     width, height = pw * cols, top + ph * -(-len(outcomes) // cols)
-    body = [f'<text x="{_n(width / 2)}" y="16" text-anchor="middle" font-size="12">{_e(title)}</text>']
+    body = [f'<text x="{_n(width / 2)}" y="16" text-anchor="middle" font-size="12">{_e(title)}</text>',
+            *_legend(colour_of, width)]
     for k, outcome in enumerate(outcomes):
         g = w[w["outcome"] == outcome]
         ox, oy = pw * (k % cols), top + ph * (k // cols)
@@ -173,9 +180,9 @@ def rate_panels_svg(w: pd.DataFrame, by: str, title: str) -> str:
                         f'text-anchor="end" font-size="9">{_e(label)}</text>')
         body.extend(_year_ticks(xa, ya, g))
         groups = [("network", g)] if line_key is None else list(g.groupby(line_key, sort=True))
-        for j, (label, gg) in enumerate(groups):
+        for label, gg in groups:
             gg = gg.sort_values("year")
-            colour = PALETTE[j % len(PALETTE)]
+            colour = colour_of.get(label, PALETTE[0])
             band = [(yr, a, b) for yr, a, b in zip(gg["year"], gg.get("lo", []), gg.get("hi", []), strict=False)
                     if _finite(a, b)]
             if band:
@@ -190,11 +197,23 @@ def rate_panels_svg(w: pd.DataFrame, by: str, title: str) -> str:
                 body.append(f'<circle data-year="{int(row.year)}" cx="{_n(xa(row.year))}" cy="{_n(ya(row.est))}" r="2.5">'
                             f"<title>{_e(label)} {int(row.year)}: {_v(row.est)}{ci}</title></circle>")
             body.append("</g>")
-            if line_key is not None:
-                body.append(f'<text x="{_n(xa.p0 + 6)}" y="{_n(ya.p1 + 10 * j + 8)}" font-size="8" fill="{colour}">'
-                            f"{_e(label)}</text>")
         body.append("</g>")
     return _svg(width, height, title, body)
+
+
+def _legend(colour_of: dict[str, str], width: float) -> list[str]:
+    """One row under the title: a short line and the label per colour, centred (none for one line)."""
+    if not colour_of:
+        return []
+    widths = [26 + 6 * len(str(label)) for label in colour_of]
+    x = max(4.0, (width - sum(widths)) / 2)
+    out = []
+    for (label, colour), w in zip(colour_of.items(), widths, strict=True):
+        out.append(f'<g class="legend" data-label="{_e(label)}"><line x1="{_n(x)}" x2="{_n(x + 14)}" y1="32" y2="32" '
+                   f'stroke="{colour}" stroke-width="2"/><text x="{_n(x + 18)}" y="35.5" font-size="10">'
+                   f"{_e(label)}</text></g>")
+        x += w
+    return out
 
 
 def _year_ticks(xa: Axis, ya: Axis, g: pd.DataFrame) -> list[str]:
