@@ -204,3 +204,80 @@ def test_server_refusing_more_connections_runs_on_the_one(pg_url, synth_pg_schem
         run_diagnostics(cdm, definitions, out=tmp_path / "ref.csv", connections=1, diagnostics=suite,
                         progress=lambda m: None)
     assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+_COHORT_TABLES = ("cohort", "cohort_inclusion", "cohort_inclusion_result", "cohort_inclusion_stats",
+                  "cohort_summary_stats", "cohort_censor_stats", "optima_cohort_state")
+
+
+def _tables(cdm) -> dict[str, list[tuple]]:
+    """Every row of the cohort tables, sorted (the order rows were written in does not matter)."""
+    return {t: sorted(map(tuple, cdm.query_df(f"SELECT * FROM {cdm.write_schema}.{t}").astype(str).values.tolist()))
+            for t in _COHORT_TABLES}
+
+
+@pytest.mark.postgres
+def test_cohorts_built_on_several_connections_equal_a_sequential_build(pg_url, synth_pg_schema, monkeypatch):
+    """The lung cohorts built on 3 connections: the same rows in every cohort table as built on 1
+    (cohorts, inclusion rules, attrition statistics, build state), and really built on other backends."""
+    from site_agent.cohorts import build
+
+    definitions = collect_definitions([DEFINITIONS / "lung"])
+    seen: list[tuple[int, int, float, float]] = []
+    one_build = build._build_one
+
+    def traced(cdm, definition, statements, fingerprint):
+        pid, start = int(cdm.scalar("SELECT pg_backend_pid()")), time.monotonic()
+        try:
+            return one_build(cdm, definition, statements, fingerprint)
+        finally:
+            seen.append((definition.cohort_definition_id, pid, start, time.monotonic()))
+
+    monkeypatch.setattr(build, "_build_one", traced)
+    tables = {}
+    for n in (1, 3):
+        seen.clear()
+        with connect_cdm(pg_url, cdm_schema=synth_pg_schema, write_schema=f"results_cb{n}") as cdm:
+            main_pid = int(cdm.scalar("SELECT pg_backend_pid()"))
+            counts = build.build_cohorts(cdm, definitions, connections=n)
+            tables[n] = _tables(cdm)
+        assert sorted(c for c, *_ in seen) == sorted(d.cohort_definition_id for d in definitions)
+        pids = {pid for _, pid, _, _ in seen}
+        if n == 1:
+            assert pids == {main_pid}
+        else:
+            assert len(pids) == 3 and main_pid not in pids
+            assert [(a, b) for a in seen for b in seen if a[1] != b[1] and a[2] < b[3] and b[2] < a[3]], \
+                "no two cohorts of different connections were built at the same time"
+        assert [c.cohort_name for c in counts] == [d.cohort_name for d in definitions]
+    assert tables[1]["cohort"] and tables[1]["cohort_inclusion_stats"]
+    for t in _COHORT_TABLES:
+        assert tables[1][t] == tables[3][t], t
+
+
+@pytest.mark.postgres
+def test_failing_cohort_on_a_worker_keeps_every_cohort_whole(pg_url, synth_pg_schema, monkeypatch):
+    """One cohort's SQL fails half-way on a worker: one line naming it, every worker connection closed,
+    the failed cohort keeps the rows it had (its transaction rolled back), no other cohort is half-built."""
+    from optima_common.errors import CohortBuildError
+    from site_agent.cohorts import build
+
+    definitions = collect_definitions([DEFINITIONS / "lung"])
+    victim = definitions[3]
+    with connect_cdm(pg_url, cdm_schema=synth_pg_schema, write_schema="results_cbfail") as cdm:
+        build.build_cohorts(cdm, definitions, connections=1)
+        before = _tables(cdm)
+        real_sql = build.cohort_sql
+
+        def broken_sql(d, **kw):  # the victim's cohort rows are deleted and rebuilt, then the SQL fails
+            sql = real_sql(d, **kw)
+            return [*sql, f"SELECT no_such_column FROM {synth_pg_schema}.person"] if d is victim else sql
+
+        monkeypatch.setattr(build, "cohort_sql", broken_sql)
+        baseline = _client_backends(pg_url)
+        with pytest.raises(CohortBuildError, match=f"cohort {victim.cohort_definition_id} \\({victim.cohort_name}"):
+            build.build_cohorts(cdm, definitions, connections=3)
+        assert _client_backends(pg_url, wait_for=baseline) == baseline
+        after = _tables(cdm)
+    for t in _COHORT_TABLES:  # finished cohorts were rebuilt to the same rows; the others rolled back
+        assert after[t] == before[t], t

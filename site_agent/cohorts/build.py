@@ -13,6 +13,11 @@ from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.ddl import results_ddl
 from site_agent.cdm.dialect import index_and_analyze
 from site_agent.cdm.fingerprint import cdm_fingerprint
+from site_agent.cdm.pool import (
+    check_connections,
+    default_connections,
+    run_on_connections,
+)
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.cohorts.sql import cohort_sql
 from site_agent.cohorts.state import state_statements
@@ -43,12 +48,20 @@ def ensure_results_tables(cdm: CdmConnection) -> None:
         ) from None
 
 
-def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> list[CohortCount]:
+def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition],
+                  connections: int | None = None) -> list[CohortCount]:
     """Build every definition into ``<write_schema>.cohort``; returns counts in the given order.
 
     All SQL is generated before anything runs, so a bad definition fails the whole run
     before the database is touched. Each cohort is replaced inside its own transaction:
     if its SQL fails, the cohort keeps its previous rows (or none) and nothing partial stays.
+
+    On PostgreSQL the cohorts are built on ``connections`` connections at once (default
+    ``OPTIMA_PG_CONNECTIONS`` or min(2, cores); :mod:`site_agent.cdm.pool`): each cohort's SQL
+    keeps to its session's TEMP tables and to its own ``cohort_definition_id`` in the shared
+    tables, so builds of different cohorts do not meet. A failing cohort stops the others: their
+    running builds are cancelled and rolled back, and those finished stay built, as in a
+    sequential run.
     """
     validate_cdm(cdm)
     plans = [
@@ -58,29 +71,44 @@ def build_cohorts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> li
     ]
     ensure_results_tables(cdm)
     fingerprint = cdm_fingerprint(cdm)
+    n = default_connections(cdm) if connections is None else check_connections(connections)
+    built: set[int] = set()
+    if cdm.is_server and n > 1 and len(plans) > 1:
+        run_on_connections(
+            cdm, plans, n, setup=lambda conn: conn,
+            work=lambda conn, plan, worker: worker.emit(_build_one(conn, *plan, fingerprint)),
+            deliver=built.add, say=log.info, what=f"building {len(plans)} cohorts")
+    for definition, statements in plans:  # all of them on DuckDB; none after a parallel build
+        if definition.cohort_definition_id not in built:
+            _build_one(cdm, definition, statements, fingerprint)
     ws = cdm.write_schema
-    for definition, statements in plans:
-        started = time.perf_counter()
-        cid = definition.cohort_definition_id
-        try:
-            with cdm.transaction() as script:
-                script.execute_all(statements)
-                script.execute(f"DELETE FROM {ws}.cohort_inclusion WHERE cohort_definition_id = {cid}")
-                for seq, name in enumerate(definition.inclusion_rule_names):
-                    script.execute(
-                        f"INSERT INTO {ws}.cohort_inclusion (cohort_definition_id, rule_sequence, name, description) "
-                        f"VALUES ({cid}, {seq}, {_sql_text(name)}, NULL)"
-                    )
-                script.execute_all(state_statements(ws, definition, fingerprint))
-        except Exception as exc:
-            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-            raise CohortBuildError(
-                f"cohort {cid} ({definition.cohort_name}, {definition.path.name}) failed on {cdm.display_url}: {first}"
-            ) from None
-        log.info("built cohort %s (%s) in %.2fs", cid, definition.cohort_name, time.perf_counter() - started)
     with cdm.transaction() as script:  # PostgreSQL: index + fresh statistics for the diagnostics' cohort lookups
         script.execute_all(index_and_analyze(cdm.dialect, f"{ws}.cohort", ("cohort_definition_id", "subject_id")))
     return cohort_counts(cdm, definitions)
+
+
+def _build_one(cdm: CdmConnection, definition: CohortDefinition, statements: list[str], fingerprint: str) -> int:
+    """Replace one cohort (rows, inclusion rules, build state) in one transaction; its id."""
+    started = time.perf_counter()
+    cid = definition.cohort_definition_id
+    ws = cdm.write_schema
+    try:
+        with cdm.transaction() as script:
+            script.execute_all(statements)
+            script.execute(f"DELETE FROM {ws}.cohort_inclusion WHERE cohort_definition_id = {cid}")
+            for seq, name in enumerate(definition.inclusion_rule_names):
+                script.execute(
+                    f"INSERT INTO {ws}.cohort_inclusion (cohort_definition_id, rule_sequence, name, description) "
+                    f"VALUES ({cid}, {seq}, {_sql_text(name)}, NULL)"
+                )
+            script.execute_all(state_statements(ws, definition, fingerprint))
+    except Exception as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise CohortBuildError(
+            f"cohort {cid} ({definition.cohort_name}, {definition.path.name}) failed on {cdm.display_url}: {first}"
+        ) from None
+    log.info("built cohort %s (%s) in %.2fs", cid, definition.cohort_name, time.perf_counter() - started)
+    return cid
 
 
 def cohort_counts(cdm: CdmConnection, definitions: list[CohortDefinition]) -> list[CohortCount]:

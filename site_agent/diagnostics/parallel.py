@@ -21,16 +21,18 @@ joined, every worker connection closed, and the error raised as it was raised in
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from optima_common.errors import CdmConnectionError, ConfigError
 from optima_common.results import SummarisedResult
-from site_agent.cdm.connection import CdmConnection, connect_cdm
+from site_agent.cdm.connection import CdmConnection
+from site_agent.cdm.pool import (  # noqa: F401 - check_connections, default_connections: the runner's
+    Worker,
+    check_connections,
+    default_connections,
+    run_on_connections,
+)
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
 
@@ -58,29 +60,6 @@ def family(diag: Diagnostic) -> str:
     return _MODULE_FAMILY.get(module, diag.name)
 
 
-def default_connections(cdm: CdmConnection) -> int:
-    """1 on DuckDB (one in-process engine, multi-threaded already); on PostgreSQL
-    ``OPTIMA_PG_CONNECTIONS`` or min(2, cores of this machine)."""
-    if not cdm.is_server:
-        return 1
-    env = os.environ.get("OPTIMA_PG_CONNECTIONS")
-    if env:
-        return check_connections(int(env) if env.strip().isdigit() else -1, "OPTIMA_PG_CONNECTIONS")
-    return min(2, os.cpu_count() or 1)
-
-
-def check_connections(n: int, what: str = "connections") -> int:
-    if n < 1:
-        raise ConfigError(f"{what} must be a whole number of 1 or more")
-    return n
-
-
-def open_like(cdm: CdmConnection) -> CdmConnection:
-    """Another connection to the same database, schemas and statement timeout."""
-    return connect_cdm(cdm.url, cdm_schema=cdm.cdm_schema, write_schema=cdm.write_schema,
-                       vocab_schema=cdm.vocab_schema, statement_timeout_seconds=cdm.statement_timeout)
-
-
 @dataclass(frozen=True)
 class Unit:
     index: int  # position in the plan
@@ -101,78 +80,17 @@ def run_units(cdm: CdmConnection, ctx: DiagnosticContext, units: Sequence[Unit],
     """Compute ``units`` on up to ``connections`` new connections; ``done(unit, result, seconds)``
     is called on this thread as each finishes (in completion order). Raises the first worker error.
 
-    A server that refuses more connections (``max_connections``, a role's ``CONNECTION LIMIT``)
-    gets fewer workers; refusing every one, none: the caller then computes what is left itself."""
-    groups = groups_of(units)
-    todo: queue.Queue = queue.Queue()
-    for g in groups:
-        todo.put(g)
-    results: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    workers: list[CdmConnection] = []
-    threads: list[threading.Thread] = []
+    A server that refuses more connections gets fewer workers; refusing every one, none: the
+    caller then computes what is left itself (:func:`site_agent.cdm.pool.run_on_connections`)."""
 
-    def work(conn: CdmConnection) -> None:
-        wctx = DiagnosticContext(cdm=conn, cdm_name=ctx.cdm_name, cohorts=ctx.cohorts)
-        try:
-            while not stop.is_set():
-                try:
-                    group = todo.get_nowait()
-                except queue.Empty:
-                    return
-                for u in group:
-                    if stop.is_set():
-                        return
-                    started = time.perf_counter()
-                    res = u.diag.run(wctx, u.unit)
-                    results.put((u, res, time.perf_counter() - started))
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            results.put(exc)
-        finally:
-            results.put(None)  # this worker has ended
+    def work(wctx: DiagnosticContext, group: list[Unit], worker: Worker) -> None:
+        for u in group:
+            if worker.stopped:
+                return
+            started = time.perf_counter()
+            res = u.diag.run(wctx, u.unit)
+            worker.emit((u, res, time.perf_counter() - started))
 
-    try:
-        for _ in range(min(connections, len(groups))):
-            try:
-                workers.append(open_like(cdm))
-            except CdmConnectionError as exc:
-                say(f"{exc}: computing on {len(workers)} connection(s)" if workers
-                    else f"{exc}: computing on the command's own connection")
-                break
-        if workers:
-            say(f"computing {len(units)} units on {len(workers)} PostgreSQL connections")
-        for i, conn in enumerate(workers):
-            t = threading.Thread(target=work, args=(conn,), name=f"diagnostics-{i + 1}", daemon=True)
-            threads.append(t)
-            t.start()
-        running = len(threads)
-        while running:
-            item = results.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                done(*item)
-    except BaseException:
-        stop.set()
-        for conn in workers:
-            _cancel(conn)
-        raise
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        for conn in workers:
-            conn.close()
-
-
-def _cancel(conn: CdmConnection) -> None:
-    """Cancel the statement a worker's connection is running, if any (psycopg2 allows it from
-    another thread); the worker then raises, which is ignored as the run has failed already."""
-    raw = getattr(getattr(conn._conn, "connection", None), "dbapi_connection", None)
-    if raw is not None and hasattr(raw, "cancel"):
-        try:
-            raw.cancel()
-        except Exception:  # noqa: BLE001 - the connection may be closing; join() still waits for it
-            pass
+    run_on_connections(cdm, groups_of(units), connections,
+                       setup=lambda conn: DiagnosticContext(cdm=conn, cdm_name=ctx.cdm_name, cohorts=ctx.cohorts),
+                       work=work, deliver=lambda item: done(*item), say=say, what=f"computing {len(units)} units")

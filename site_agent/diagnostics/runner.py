@@ -121,7 +121,7 @@ def run_diagnostics(
     stale = stale_cohorts(cdm, definitions, fingerprint)
     if stale:
         progress(f"building {len(stale)} cohort(s): {', '.join(d.cohort_name for d in stale)}")
-        build_cohorts(cdm, stale)
+        build_cohorts(cdm, stale, connections)
     ctx = DiagnosticContext(cdm=cdm, cdm_name=cdm_name or default_cdm_name(cdm), cohorts=tuple(definitions))
     diagnostics = registry() if diagnostics is None else diagnostics
     plan = [(d, u) for d in diagnostics for u in units_of(d, definitions)]
