@@ -42,6 +42,9 @@ from site_agent.diagnostics.denominators import (
 )
 
 ADDITIONAL = "prevalence_start_date &&& prevalence_end_date &&& analysis_interval"
+#: complete years up to this many: outcome years as bit masks (one BIGINT per person; 62 keeps clear of the sign
+#: bit); more years: ranges merged into islands by window functions (the same counts, slower)
+MASK_YEARS = 62
 COMPLETE_REASON = "Not observed during the complete database interval"
 PREVALENCE_PARAMS: dict = {
     "age_groups": [[0, 150], [0, 17], [18, 64], [65, 150]], "sexes": ["Both", "Male", "Female"],
@@ -82,9 +85,10 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     counted per (stratum, sex, ``lb``, point start, end year) and that small table is joined
     with the years. An outcome pair (denominator row x overlapping cohort entry) covers the
     years [year(ls), year(le)] of its overlap [ls, le] for the period and [year(ls - 1) + 1,
-    year(le)] for the point; a person's distinct ranges per (cohort, stratum) are merged into
-    disjoint ones (gaps and islands) before they are counted the same way, so each person
-    counts once per year.
+    year(le)] for the point; a person's ranges per (cohort, stratum) become one bit mask of the
+    years they cover (:func:`_outcomes_by_mask`; with more than ``MASK_YEARS`` complete years,
+    they are merged into disjoint ranges, gaps and islands, and counted like the denominator), so
+    each person counts once per year.
     """
     first, last = complete_years(den)
     y = years_sql(str(first), str(last))
@@ -123,12 +127,7 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     SELECT 'span_records', stratum_id, sex, NULL, v_records FROM tot
     UNION ALL
     SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
-    # (a, b) is unique within a partition (DISTINCT), so both windows see the rows in the same order;
-    # kind is 0 (period) / 1 (point) until the end (sorting a text column in each of the three sorts
-    # cost more than the integers), and each year is computed once per pair, in ``c`` (PostgreSQL's
-    # EXTRACT is numeric and was recomputed in the filter and in the DISTINCT's keys)
-    part = "PARTITION BY cid, kind, stratum_id, person_id ORDER BY a, b"
-    outs = f"""
+    c = f"""
     WITH c AS MATERIALIZED (SELECT cid, stratum_id, sex, person_id,
                       GREATEST({_year_of('ls')}, {first}) AS a_period,
                       GREATEST({_year_of('ls - 1')} + 1, {first}) AS a_point, LEAST({_year_of('le')}, {last}) AS b
@@ -137,7 +136,15 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
                             LEAST(dn.exit_date, oc.cohort_end_date) AS le
                      FROM {den.table} dn JOIN {ctx.cohort_table} oc
                        ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
-                      AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date) p),
+                      AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date) p)"""
+    if first <= last and last - first + 1 <= MASK_YEARS:
+        return dens, c + _outcomes_by_mask(y, first, ogs, ogs_all)
+    # (a, b) is unique within a partition (DISTINCT), so both windows see the rows in the same order;
+    # kind is 0 (period) / 1 (point) until the end (sorting a text column in each of the three sorts
+    # cost more than the integers), and each year is computed once per pair, in ``c`` (PostgreSQL's
+    # EXTRACT is numeric and was recomputed in the filter and in the DISTINCT's keys)
+    part = "PARTITION BY cid, kind, stratum_id, person_id ORDER BY a, b"
+    outs = c + f""",
     r AS (SELECT DISTINCT * FROM (
             SELECT cid, 0 AS kind, stratum_id, sex, person_id, a_period AS a, b FROM c WHERE a_period <= b
             UNION ALL
@@ -155,6 +162,30 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     SELECT cid, 'period', stratum_id, sex, NULL, COUNT(*)
     FROM (SELECT DISTINCT cid, stratum_id, sex, person_id FROM c) dp GROUP BY {ogs_all}"""
     return dens, outs
+
+
+def _outcomes_by_mask(years: str, first: int, ogs: str, ogs_all: str) -> str:
+    """The outcome query's rest when the complete years fit in a BIGINT: per (cohort, stratum,
+    person) the years its ranges cover are one bit mask (bit ``y - first``; ``BIT_OR`` of each
+    range's bits), so overlapping and repeated entries count once per year without sorting them
+    into islands; persons are then counted per distinct mask, and a year per mask bit set."""
+    def bits(a: str) -> str:
+        return (f"CASE WHEN {a} <= b THEN ((CAST(1 AS BIGINT) << (b - {a} + 1)) - 1) << ({a} - {first}) "
+                "ELSE CAST(0 AS BIGINT) END")
+
+    return f""",
+    pm AS (SELECT cid, stratum_id, sex, person_id, BIT_OR({bits('a_period')}) AS m_period,
+                  BIT_OR({bits('a_point')}) AS m_point
+           FROM c GROUP BY cid, stratum_id, sex, person_id),
+    gm AS MATERIALIZED (SELECT cid, stratum_id, sex, m_period, m_point, COUNT(*) AS n
+                        FROM pm GROUP BY cid, stratum_id, sex, m_period, m_point),
+    gyr AS (SELECT cid, kind, stratum_id, sex, yr, CAST(SUM(n) AS BIGINT) AS v
+            FROM (SELECT cid, 0 AS kind, stratum_id, sex, m_period AS m, n FROM gm
+                  UNION ALL SELECT cid, 1, stratum_id, sex, m_point, n FROM gm) g
+            JOIN {years} y ON ((g.m >> (y.yr - {first})) & CAST(1 AS BIGINT)) = 1 GROUP BY {ogs})
+    SELECT cid, CASE kind WHEN 0 THEN 'period' ELSE 'point' END AS kind, stratum_id, sex, yr, v FROM gyr
+    UNION ALL
+    SELECT cid, 'period', stratum_id, sex, NULL, CAST(SUM(n) AS BIGINT) FROM gm GROUP BY {ogs_all}"""
 
 
 def _collect(df: pd.DataFrame) -> dict[tuple, int]:
