@@ -161,19 +161,30 @@ def code_use_counts(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict
     tables = present_tables(ctx)
     if not codelists or not tables:
         return pd.DataFrame()
-    counts = "COUNT(*) AS record_count, COUNT(DISTINCT person_id) AS person_count"
+    # persons in two steps: the records per (codelist, concept keys, year, person) once, then each level
+    # sums them per person and counts the rows: hash aggregates only (COUNT(DISTINCT person_id) made
+    # PostgreSQL sort all the records once per level; docs/performance.md)
+    keys = f"{_CONCEPT_KEYS}, year" if by_year else _CONCEPT_KEYS
+    pc = (f"pc AS MATERIALIZED (SELECT codelist_id, {keys}, person_id, COUNT(*) AS n FROM recs "
+          f"GROUP BY codelist_id, {keys}, person_id)")
+    counts = "CAST(SUM(n) AS BIGINT) AS record_count, COUNT(*) AS person_count"
     no_year = "CAST(NULL AS INTEGER) AS year"
-    aggs = [f"SELECT codelist_id, 'overall' AS level, {no_year}, {_NO_CONCEPT}, {counts} FROM recs "
-            "GROUP BY codelist_id",
-            f"SELECT codelist_id, 'concept' AS level, {no_year}, {_CONCEPT_KEYS}, {counts} FROM recs "
-            f"GROUP BY codelist_id, {_CONCEPT_KEYS}"]
+
+    def per_person(by: str) -> str:  # one row per person of each group of ``by``
+        return f"(SELECT {by}, person_id, SUM(n) AS n FROM pc GROUP BY {by}, person_id) p"
+
+    concept = (f"SELECT codelist_id, 'concept' AS level, {no_year}, {_CONCEPT_KEYS}, {counts} FROM "
+               + (per_person(f"codelist_id, {_CONCEPT_KEYS}") if by_year else "pc")
+               + f" GROUP BY codelist_id, {_CONCEPT_KEYS}")
+    aggs = [f"SELECT codelist_id, 'overall' AS level, {no_year}, {_NO_CONCEPT}, {counts} "
+            f"FROM {per_person('codelist_id')} GROUP BY codelist_id", concept]
     if by_year:
-        aggs += [f"SELECT codelist_id, 'overall' AS level, year, {_NO_CONCEPT}, {counts} FROM recs "
-                 "GROUP BY codelist_id, year",
-                 f"SELECT codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM recs "
+        aggs += [f"SELECT codelist_id, 'overall' AS level, year, {_NO_CONCEPT}, {counts} "
+                 f"FROM {per_person('codelist_id, year')} GROUP BY codelist_id, year",
+                 f"SELECT codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM pc "
                  f"GROUP BY codelist_id, year, {_CONCEPT_KEYS}"]
     v = ctx.vocab_schema
-    sql = (f"WITH {codelist_ctes(ctx, codelists)},\n{_records_sql(ctx, tables, entry_of)},\n"
+    sql = (f"WITH {codelist_ctes(ctx, codelists)},\n{_records_sql(ctx, tables, entry_of)},\n{pc},\n"
            f"agg AS ({' UNION ALL '.join(aggs)})\n"
            "SELECT a.*, sc.concept_name AS concept_name, so.concept_name AS source_concept_name, "
            "ty.concept_name AS type_concept_name FROM agg a "

@@ -196,16 +196,19 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     # (the date of reaching each age bound computed once per row, not once per condition)
     bounds = sorted({int(lo) for _, lo, _, _ in kinds} | {int(hi) + 1 for _, _, hi, _ in kinds})
     ages = ", ".join(f"{add_years(dia, 'op.dob', str(b))} AS age_{b}" for b in bounds)
-    ps_cols = []
+    flags = {}
     for sid, lo, hi, prior in kinds:
         steps = _stratum_steps(dia, s0, e0, str(int(lo)), str(int(hi)), str(int(prior)),
                                age_start=f"op.age_{int(lo)}", age_end=f"op.age_{int(hi) + 1} - 1")[2:]
-        ps_cols += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{6 + i}_{sid}" for i, c in enumerate(steps)]
+        flags.update({f"r{6 + i}_{sid}": f"CASE WHEN {c} THEN 1 ELSE 0 END" for i, c in enumerate(steps)})
     # MATERIALIZED: inlined, PostgreSQL evaluated the age dates (make_interval) inside each of the 24
     # aggregates that read them (9 of the 28 s the attrition took at 1M persons; docs/performance.md)
     opa = f"opa AS MATERIALIZED (SELECT op.*, {ages} FROM op)"
-    ps = (f"ps AS MATERIALIZED (SELECT op.sex, op.person_id, {', '.join(ps_cols)} "
-          f"FROM opa op GROUP BY op.sex, op.person_id)")
+    # a person with one observation period is one row already: only the others are summed per person
+    # (grouping all 1M persons, then sorting them for the totals, was two thirds of the attrition)
+    ps = (f"ps AS MATERIALIZED (SELECT op.sex, {', '.join(f'{e} AS {n}' for n, e in flags.items())} FROM op1 op "
+          f"UNION ALL SELECT op.sex, {', '.join(f'SUM({e}) AS {n}' for n, e in flags.items())} "
+          f"FROM opm op GROUP BY op.sex, op.person_id)")
     # the denominator rows: one SELECT per stratum, its bounds written in (crossed with a strata
     # table, the age dates were computed per person and stratum, several times each); persons with
     # one observation period have no previous interval, so only the others go through the LAG
@@ -229,10 +232,13 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     ppt = ("ppt AS MATERIALIZED (SELECT "
            + ", ".join(f"SUM(r{i}) AS rec{i}, SUM(CASE WHEN r{i} > 0 THEN 1 ELSE 0 END) AS sub{i}" for i in range(1, 6))
            + " FROM pp)")
-    pst = ("pst AS MATERIALIZED (SELECT sex, "
-           + ", ".join(f"SUM(r{i}_{sid}) AS rec{i}_{sid}, SUM(CASE WHEN r{i}_{sid} > 0 THEN 1 ELSE 0 END) AS sub{i}_{sid}"
-                       for sid, *_ in kinds for i in range(6, 9))
-           + " FROM ps GROUP BY GROUPING SETS ((), (sex)))")  # sex is never NULL in ps: NULL = all
+    sums = [(f"rec{i}_{sid}", f"sub{i}_{sid}", f"r{i}_{sid}") for sid, *_ in kinds for i in range(6, 9)]
+    # per sex (a hash aggregate of two groups), then all = the sum of the sexes: sex is never NULL in ps,
+    # so NULL stands for all (GROUPING SETS ((), (sex)) sorted the 1M rows)
+    pst = ("pss AS MATERIALIZED (SELECT sex, "
+           + ", ".join(f"SUM({r}) AS {rec}, SUM(CASE WHEN {r} > 0 THEN 1 ELSE 0 END) AS {sub}" for rec, sub, r in sums)
+           + " FROM ps GROUP BY sex), pst AS (SELECT * FROM pss UNION ALL SELECT CAST(NULL AS VARCHAR(6)), "
+           + ", ".join(f"SUM({rec}), SUM({sub})" for rec, sub, _ in sums) + " FROM pss)")
     common = " UNION ALL ".join(
         f"SELECT CAST(NULL AS INTEGER) AS stratum_id, CAST(NULL AS VARCHAR(6)) AS sex, {i} AS reason_id, "
         f"rec{i} AS records, sub{i} AS subjects FROM ppt"
@@ -249,7 +255,7 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
         SELECT stratum_id, person_id, sex, entry_date, exit_date,
                LAG(exit_date) OVER (PARTITION BY stratum_id, person_id ORDER BY entry_date) AS prev_exit
         FROM ivm""",
-        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte}, {pp}, {opa}, {ps}, {ppt}, {pst} {common} "
+        f"CREATE TEMP TABLE IF NOT EXISTS {den.attrition_table} AS {op_cte}, {pp}, {opa}, {opd}, {ps}, {ppt}, {pst} {common} "
         f"UNION ALL {per_stratum}",
     ]
     if ("denominator_analyzed", den.table) not in cdm.memo:  # planner statistics, once per connection
