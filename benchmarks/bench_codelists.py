@@ -1,11 +1,12 @@
-"""Codelist diagnostics alone (``code_use`` and ``cohort_code_use``): their released rows for every
-lung cohort and the CPU they cost.
+"""Codelist diagnostics alone (``code_use``, ``cohort_code_use``, ``orphan_code_use``, ``unmapped_codes``):
+their released rows for every lung cohort and the CPU they cost.
 
     python benchmarks/bench_codelists.py --url cdm.duckdb --out codelists.csv
     python benchmarks/bench_codelists.py --url postgresql+psycopg2://… --schema cdm --out codelists_pg.csv \\
         --pg-root DIR [--explain-ms 500] [--repeat N]
 
-Runs both diagnostics for each lung cohort, as a diagnostics run does, and writes the rows of all
+Runs the four diagnostics for each lung cohort, as a diagnostics run does (one context: the
+orphans' concept counts are shared by the cohorts, as in a run), and writes the rows of all
 cohorts, in order, to ``--out`` (aggregates only): a reference to compare byte for byte before
 and after a rewrite, or across backends. Harness and printed figures: ``lung_bench.py``.
 """
@@ -18,8 +19,10 @@ from lung_bench import run
 
 def compute(ctx, defs) -> pd.DataFrame:
     from site_agent.diagnostics.codelists import run_code_use, run_cohort_code_use
+    from site_agent.diagnostics.orphans import run_orphan_codes, run_unmapped_codes
 
-    parts = [f(ctx, (d,)).data for d in defs for f in (run_code_use, run_cohort_code_use)]
+    parts = [f(ctx, (d,)).data for f in (run_code_use, run_cohort_code_use, run_orphan_codes, run_unmapped_codes)
+             for d in defs]
     return pd.concat(parts, ignore_index=True)
 
 
