@@ -51,6 +51,7 @@ from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
 from site_agent.diagnostics.codelists import (
     GROUP_NAME,
+    DomainTable,
     codelist_ctes,
     cohort_codelists,
     present_tables,
@@ -113,11 +114,14 @@ def orphan_counts(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict]]
     return orphans.merge(concept_usage(ctx, tables, set(orphans["concept_id"])), on="concept_id")  # used ones only
 
 
-def concept_usage(ctx: DiagnosticContext, tables: list, concept_ids: set[int]) -> pd.DataFrame:
+def concept_usage(ctx: DiagnosticContext, tables: list[DomainTable], concept_ids: set[int]) -> pd.DataFrame:
     """(concept_id, record_count, person_count) of the given concepts that have records in their
-    standard concept column of any domain table; persons distinct over all tables. Counted once per
-    run (``ctx.memo``): the cohorts of a study share most codelists, so their orphans are mostly the
-    same concepts, and each count is a pass over the event tables (4 s a cohort at 1M persons)."""
+    standard concept column of any domain table; persons distinct over all tables.
+
+    The ids are written into the SQL, so each table is read through its concept index (as
+    ``IN (SELECT concept_id FROM orphan)`` PostgreSQL read every row of the seven tables: 4 s a
+    cohort at 1M persons), and each concept is counted once per run (``ctx.memo``): the cohorts
+    of a study share most codelists, so their orphans are mostly the same concepts."""
     memo: dict[int, tuple[int, int]] = ctx.memo.setdefault(("concept_usage", ctx.cdm_schema), {})
     missing = sorted(int(c) for c in concept_ids if int(c) not in memo)
     if missing:
