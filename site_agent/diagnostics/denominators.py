@@ -181,14 +181,21 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     c4 = (f"{c3} AND {add_years(dia, 'dob', str(min_age))} <= {e0} "
           f"AND {add_years(dia, 'dob', str(max_age))} >= {s0}")
     c5 = f"{c4} AND op_start <= {e0} AND op_end >= {s0}"
-    op_cte = f"WITH base AS ({person}), op AS (SELECT * FROM base WHERE {c5})"
+    # persons with more than one observation period (the others are one row of ``base``)
+    op_cte = (f"WITH base AS ({person}), op AS (SELECT * FROM base WHERE {c5}), "
+              f"mp AS MATERIALIZED (SELECT person_id FROM {cs}.observation_period GROUP BY person_id "
+              f"HAVING COUNT(*) > 1)")
     # attrition: per person first (records meeting each step, a flag per step), then sums; counting
     # distinct persons as COUNT(DISTINCT CASE ...) made PostgreSQL sort every step's rows
     # (8 sorts of the person x period x stratum rows; docs/performance.md)
     steps_common = ["1 = 1", c2, c3, c4, c5]
-    pp = ("pp AS MATERIALIZED (SELECT person_id, "
+    # one-row persons need no grouping: their flags are their sums (grouping all 1M persons was a third
+    # of the attrition at 1M on PostgreSQL)
+    pp = ("pp AS MATERIALIZED (SELECT "
+          + ", ".join(f"CASE WHEN {c} THEN 1 ELSE 0 END AS r{i + 1}" for i, c in enumerate(steps_common))
+          + " FROM base b WHERE NOT EXISTS (SELECT 1 FROM mp WHERE mp.person_id = b.person_id) UNION ALL SELECT "
           + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{i + 1}" for i, c in enumerate(steps_common))
-          + " FROM base GROUP BY person_id)")
+          + " FROM base b WHERE EXISTS (SELECT 1 FROM mp WHERE mp.person_id = b.person_id) GROUP BY b.person_id)")
     # the per-stratum steps per person too: one row per person with a column per (stratum, step), the
     # stratum's ages and prior days written in, instead of one row per (stratum, person) (8 times the rows
     # to group: 11 of the 15 CPU s the denominator cost at 1M persons on DuckDB)
@@ -213,8 +220,7 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
     # table, the age dates were computed per person and stratum, several times each); persons with
     # one observation period have no previous interval, so only the others go through the LAG
     # window (sorting all 4.6M rows at 1M persons was a third of the statement)
-    multi = (f"op.person_id IN (SELECT person_id FROM {cs}.observation_period GROUP BY person_id "
-             f"HAVING COUNT(*) > 1)")
+    multi = "EXISTS (SELECT 1 FROM mp WHERE mp.person_id = op.person_id)"
     opd = (f"op1 AS MATERIALIZED (SELECT * FROM opa op WHERE NOT ({multi})), "
            f"opm AS MATERIALIZED (SELECT * FROM opa op WHERE {multi})")
 
