@@ -203,3 +203,22 @@ def test_rate_panels_keep_one_colour_per_line_and_one_legend_above_the_panels():
         if g.get("class") == "line":
             assert g.get("stroke") == legend[g.get("data-label")]
     assert not [g for g in _tree(rate_panels_svg(w, "all", "all")).iter("g") if g.get("class") == "legend"]
+
+
+def test_rate_panel_legend_wraps_inside_a_narrow_figure():
+    """One outcome (one 250-px panel) and six age groups: the legend wraps into rows, every entry
+    inside the figure and above the plotting area."""
+    ages = ["0 to 150", "0 to 17", "18 to 39", "40 to 64", "65 to 79", "80 to 150"]
+    w = pd.DataFrame([{"outcome": "death", "sex": "Both", "age": a, "year": y, "est": 10.0 + i + y - 2015,
+                       "lo": 5.0, "hi": 40.0} for i, a in enumerate(ages) for y in range(2015, 2020)])
+    root = _tree(rate_panels_svg(w, "age group", "by age"))
+    width = float(root.get("width"))
+    entries = [g for g in root.iter("g") if g.get("class") == "legend"]
+    assert [g.get("data-label") for g in entries] == sorted(ages)
+    ys = {float(g.find("line").get("y1")) for g in entries}
+    assert len(ys) > 1  # wrapped
+    for g in entries:
+        x0, label = float(g.find("line").get("x1")), g.get("data-label")
+        assert x0 >= 0 and float(g.find("text").get("x")) + 6 * len(label) <= width
+    top = min(float(ln.get("y1")) for ln in root.iter("line") if ln.get("class") == "axis" and ln.get("x1") == ln.get("x2"))
+    assert max(ys) + 4 < top

@@ -155,13 +155,14 @@ def rate_panels_svg(w: pd.DataFrame, by: str, title: str) -> str:
     line_key = {"all": None, "sex": "sex", "age group": "age"}[by]
     # one colour per line label across all panels, and one legend above them (inside a panel it
     # covered the lines)
-    labels = [] if line_key is None else sorted(w[line_key].unique())
+    labels = [] if line_key is None else sorted(w[line_key].dropna().unique(), key=str)
     colour_of = {label: PALETTE[j % len(PALETTE)] for j, label in enumerate(labels)}
     cols = min(4, len(outcomes))
-    pw, ph, top = 250, 190, 26 if line_key is None else 44
-    width, height = pw * cols, top + ph * -(-len(outcomes) // cols)
-    body = [f'<text x="{_n(width / 2)}" y="16" text-anchor="middle" font-size="12">{_e(title)}</text>',
-            *_legend(colour_of, width)]
+    pw, ph = 250, 190
+    width = pw * cols
+    legend, top = _legend(colour_of, width)
+    height = top + ph * -(-len(outcomes) // cols)
+    body = [f'<text x="{_n(width / 2)}" y="16" text-anchor="middle" font-size="12">{_e(title)}</text>', *legend]
     for k, outcome in enumerate(outcomes):
         g = w[w["outcome"] == outcome]
         ox, oy = pw * (k % cols), top + ph * (k // cols)
@@ -201,19 +202,24 @@ def rate_panels_svg(w: pd.DataFrame, by: str, title: str) -> str:
     return _svg(width, height, title, body)
 
 
-def _legend(colour_of: dict[str, str], width: float) -> list[str]:
-    """One row under the title: a short line and the label per colour, centred (none for one line)."""
-    if not colour_of:
-        return []
-    widths = [26 + 6 * len(str(label)) for label in colour_of]
-    x = max(4.0, (width - sum(widths)) / 2)
+def _legend(colour_of: dict[str, str], width: float) -> tuple[list[str], float]:
+    """Rows under the title, each centred: a short line and the label per colour, wrapped to the
+    figure's width (none for one line); and where the panels start below them."""
+    rows: list[list[tuple[str, str, float]]] = []
+    for label, colour in colour_of.items():
+        w = 26 + 6 * len(str(label))
+        if not rows or sum(x[2] for x in rows[-1]) + w > width - 8:
+            rows.append([])
+        rows[-1].append((label, colour, w))
     out = []
-    for (label, colour), w in zip(colour_of.items(), widths, strict=True):
-        out.append(f'<g class="legend" data-label="{_e(label)}"><line x1="{_n(x)}" x2="{_n(x + 14)}" y1="32" y2="32" '
-                   f'stroke="{colour}" stroke-width="2"/><text x="{_n(x + 18)}" y="35.5" font-size="10">'
-                   f"{_e(label)}</text></g>")
-        x += w
-    return out
+    for r, row in enumerate(rows):
+        x, y = max(4.0, (width - sum(w for *_, w in row)) / 2), 32 + 14 * r
+        for label, colour, w in row:
+            out.append(f'<g class="legend" data-label="{_e(label)}"><line x1="{_n(x)}" x2="{_n(x + 14)}" '
+                       f'y1="{_n(y)}" y2="{_n(y)}" stroke="{colour}" stroke-width="2"/>'
+                       f'<text x="{_n(x + 18)}" y="{_n(y + 3.5)}" font-size="10">{_e(label)}</text></g>')
+            x += w
+    return out, 26 + 14 * len(rows) + (4 if rows else 0)
 
 
 def _year_ticks(xa: Axis, ya: Axis, g: pd.DataFrame) -> list[str]:
