@@ -14,7 +14,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from site_agent.cdm import connect_cdm
+from site_agent.cdm import connect_cdm, pool
 from site_agent.cohorts import collect_definitions
 from site_agent.diagnostics import characteristics, database, parallel
 from site_agent.diagnostics.base import Diagnostic
@@ -152,18 +152,18 @@ def test_connections_option_is_checked(monkeypatch):
     from optima_common.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        parallel.check_connections(0)
+        pool.check_connections(0)
     monkeypatch.setenv("OPTIMA_PG_CONNECTIONS", "zero")
 
     class Pg:  # what default_connections reads of a CdmConnection
         is_server = True
 
     with pytest.raises(ConfigError, match="OPTIMA_PG_CONNECTIONS"):
-        parallel.default_connections(Pg())
+        pool.default_connections(Pg())
     monkeypatch.setenv("OPTIMA_PG_CONNECTIONS", "3")
-    assert parallel.default_connections(Pg()) == 3
+    assert pool.default_connections(Pg()) == 3
     Pg.is_server = False  # DuckDB
-    assert parallel.default_connections(Pg()) == 1
+    assert pool.default_connections(Pg()) == 1
 
 
 def test_groups_keep_plan_order_heaviest_family_first():

@@ -27,12 +27,7 @@ from dataclasses import dataclass
 
 from optima_common.results import SummarisedResult
 from site_agent.cdm.connection import CdmConnection
-from site_agent.cdm.pool import (  # noqa: F401 - check_connections, default_connections: the runner's
-    Worker,
-    check_connections,
-    default_connections,
-    run_on_connections,
-)
+from site_agent.cdm.pool import Worker, run_on_connections
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from optima_common.fileio import write_atomic
 from optima_common.results import SummarisedResult, bind_frames
+from site_agent.cdm import pool
 from site_agent.cdm.check import validate_cdm
 from site_agent.cdm.connection import CdmConnection
 from site_agent.cdm.fingerprint import cdm_fingerprint
@@ -111,9 +112,9 @@ def run_diagnostics(
     if not cdm.is_server:
         connections = 1
     elif connections is None:
-        connections = parallel.default_connections(cdm)
+        connections = pool.default_connections(cdm)
     else:
-        connections = parallel.check_connections(connections)
+        connections = pool.check_connections(connections)
     validate_cdm(cdm)
     ensure_results_tables(cdm)
     cache.ensure_tables(cdm)
