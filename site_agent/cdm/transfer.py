@@ -2,23 +2,33 @@
 
 Used to stand up a PostgreSQL CDM from a synthetic or Eunomia DuckDB file, e.g. for the
 integration tests and for sites that want to try the agent on PostgreSQL.
+
+The rows stream from DuckDB to PostgreSQL's ``COPY … FROM STDIN`` in Arrow batches written as
+CSV in memory (``CsvStream``): nothing is staged on disk, so copying a CDM needs disk only for
+the database itself, and the agent's memory holds one batch at a time.
 """
 
 from __future__ import annotations
 
-import tempfile
+import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 
-from optima_common.errors import CdmConnectionError, ConfigError
+from optima_common.errors import CdmConnectionError, CdmValidationError, ConfigError
 from site_agent.cdm.connection import check_identifier, safe_url
 from site_agent.cdm.ddl import cdm_ddl
 from site_agent.cdm.indexes import add_keys_and_indexes
+
+#: rows per Arrow batch streamed from DuckDB into ``COPY`` (a few tens of MB of CSV at a time)
+BATCH_ROWS = 200_000
 
 #: for the index builds after the load (transaction-local; the server's default is 64MB, which
 #: sends the sort of a 20M-row index to disk)
@@ -64,7 +74,7 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
     warnings: list[str] = []
     seconds: dict[str, float] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="optima-copy-") as tmp, pg, pg.cursor() as cur:
+        with pg, pg.cursor() as cur:
             cur.execute(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             cur.execute(f"CREATE SCHEMA {schema}")
@@ -84,12 +94,15 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
                     continue
                 quoted = ", ".join(f'"{c}"' for c in cols)
                 t0 = time.perf_counter()
-                csv_path = Path(tmp) / f"{table}.csv"
-                duck.execute(f"COPY (SELECT {quoted} FROM main.\"{table}\") TO '{csv_path}' (FORMAT csv, HEADER false)")
-                with open(csv_path, encoding="utf-8") as fh:
-                    cur.copy_expert(f"COPY {schema}.\"{table}\" ({quoted}) FROM STDIN WITH (FORMAT csv, FREEZE)", fh)
+                batches = duck.execute(f'SELECT {quoted} FROM main."{table}"').to_arrow_reader(BATCH_ROWS)
+                try:
+                    cur.copy_expert(f"COPY {schema}.\"{table}\" ({quoted}) FROM STDIN WITH (FORMAT csv, FREEZE)",
+                                    CsvStream(batches), size=1 << 20)
+                except psycopg2.DataError as exc:
+                    raise CdmValidationError(
+                        f"PostgreSQL refused a row of {table} in {src}: {str(exc).strip().splitlines()[0]}; "
+                        f"nothing was changed in schema {schema}: fix the source row or its column type") from None
                 counts[table] = cur.rowcount
-                csv_path.unlink()
                 if counts[table]:
                     seconds[f"copy {table}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -104,6 +117,40 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
         duck.close()
         pg.close()
     return CopyReport(rows=counts, warnings=warnings, seconds=seconds)
+
+
+class CsvStream(io.RawIOBase):
+    """A read-only file over Arrow record batches, as headerless CSV that PostgreSQL's ``COPY``
+    reads: NULL as an empty field, an empty string as ``""``, timestamps as ISO text.
+
+    ``read(n)`` hands out at most ``n`` bytes; a batch is formatted only when the previous one
+    has been read, so memory stays at one batch whatever the table's size.
+    """
+
+    def __init__(self, batches: pa.RecordBatchReader | Iterator[pa.RecordBatch]):
+        self._batches = iter(batches)
+        self._buf = memoryview(b"")
+        self._options = pacsv.WriteOptions(include_header=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        for batch in self._batches:
+            if batch.num_rows:
+                sink = io.BytesIO()
+                pacsv.write_csv(batch, sink, write_options=self._options)
+                self._buf = memoryview(sink.getvalue())
+                return True
+        return False
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buf and not self._fill():
+            return b""
+        if size is None or size < 0:
+            size = len(self._buf)
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out.tobytes()
 
 
 def _pg_columns(cur, schema: str, table: str) -> list[str]:
