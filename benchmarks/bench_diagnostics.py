@@ -22,7 +22,10 @@ it is copied into the work folder first, so its own file stays without cohorts o
 every run starts from scratch. ``--pg-root DIR --pg-schema S`` runs on a cluster kept under
 DIR (``benchmarks/pg_private.py start``) whose schema S already holds the same CDM: no copy;
 the suites write into a new write schema each time (dropped first), so they still start from
-scratch. ``--concurrent`` runs the DuckDB and the PostgreSQL suites at the same time (wall
+scratch. ``--postgres-only`` (with ``--pg-root``/``--pg-schema``, no ``--cdm``) runs only the
+PostgreSQL suite, for a CDM too large to keep beside its DuckDB file on one disk (10M persons:
+~59 GB in PostgreSQL): run the DuckDB suite first with ``--cdm``, then this; the ratio is
+then the quotient of the two runs' figures, taken on the same machine. ``--concurrent`` runs the DuckDB and the PostgreSQL suites at the same time (wall
 times then inflate each other; the CPU seconds and the ratio do not). Besides wall seconds it prints CPU seconds (the agent's, and
 the PostgreSQL server's from /proc), the load-independent figure on a shared machine.
 ``OPTIMA_DUCKDB_MEMORY_LIMIT`` etc. apply as at a site. A 10M-person site needs about
@@ -117,11 +120,18 @@ def main() -> None:
     ap.add_argument("--pg-root", help="a running cluster of benchmarks/pg_private.py (with --pg-schema: no copy)")
     ap.add_argument("--pg-schema", help="the schema of --pg-root that already holds the CDM of --cdm")
     ap.add_argument("--concurrent", action="store_true", help="run the DuckDB and PostgreSQL suites at the same time")
+    ap.add_argument("--postgres-only", action="store_true",
+                    help="with --pg-root/--pg-schema: only the PostgreSQL suite (no --cdm, no DuckDB copy); for a "
+                         "CDM too large to keep beside its DuckDB file, whose DuckDB suite ran before on this machine")
     args = ap.parse_args()
-    if bool(args.pg_root) != bool(args.pg_schema) or (args.pg_root and (args.pg or not args.cdm)):
-        raise SystemExit("--pg-root needs --pg-schema and --cdm, and no --pg")
+    if bool(args.pg_root) != bool(args.pg_schema) or (args.pg_root and (args.pg or not (args.cdm or args.postgres_only))):
+        raise SystemExit("--pg-root needs --pg-schema and --cdm (or --postgres-only), and no --pg")
+    if args.postgres_only and not args.pg_root:
+        raise SystemExit("--postgres-only needs --pg-root and --pg-schema")
     sizes = [int(s) for s in args.sizes.split(",")] + ([10_000_000] if args.with_10m else [])
-    if args.cdm:
+    if args.postgres_only:
+        sizes = []  # counted in the kept schema once the cluster is found
+    elif args.cdm:
         if not Path(args.cdm).is_file():
             raise SystemExit(f"--cdm: no DuckDB file at {args.cdm}")
         import duckdb
@@ -143,6 +153,11 @@ def main() -> None:
 
             cluster = running_cluster(Path(args.pg_root))
             args.pg, args.server_cpu = cluster.url, cluster.server_cpu_seconds
+            if args.postgres_only:
+                from site_agent.cdm import connect_cdm
+
+                with connect_cdm(args.pg, cdm_schema=args.pg_schema) as cdm:
+                    sizes = [int(cdm.query_df(f"SELECT count(*) AS n FROM {cdm.cdm_schema}.person")["n"][0])]
         run_sizes(args, sizes, work)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
@@ -155,18 +170,20 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
           f"{'agent_cpu_s':>11} {'pg_cpu_s':>8} {'cpu_ratio':>9} {'rerun_cpu_s':>11} {'rerun_pg_cpu_s':>14} "
           f"{'rerun_rss_mb':>12} {'copy_pg_cpu_s':>13}", flush=True)
     for n in sizes:
-        need = n * BYTES_PER_PERSON * 1.5
+        need = 0 if args.postgres_only else n * BYTES_PER_PERSON * 1.5
         free = shutil.disk_usage(work).free
         if free < need:
             print(f"{n:>10} skipped: needs ~{need / 1e9:.1f} GB free in {work}, {free / 1e9:.1f} GB available")
             continue
         path = work / f"bench_{n}.duckdb"
-        if args.cdm:
+        if args.postgres_only:
+            gen = {"seconds": 0.0}
+        elif args.cdm:
             shutil.copyfile(args.cdm, path)
             gen = {"seconds": 0.0}
         else:
             gen = child(["generate", str(path), str(n)])
-        targets = [("duckdb", str(path), "-", 0.0)]
+        targets = [] if args.postgres_only else [("duckdb", str(path), "-", 0.0)]
         copy_pg_cpu = 0.0
         write_schema = None
         if args.pg and args.pg_schema:  # a kept cluster that holds the CDM: a fresh write schema, no copy
@@ -221,7 +238,7 @@ def run_sizes(args, sizes: list[int], work: Path) -> None:
                   f"{rerun['peak_rss_mb']:>12.0f} {copy_pg_cpu if backend == 'postgres' else 0.0:>13.1f}", flush=True)
         if write_schema:
             print(f"{n:>10} PostgreSQL write schema of this run: {write_schema}", flush=True)
-        if args.pg:
+        if args.pg and not args.postgres_only:
             same = _same_result(work / f"res_{n}_duckdb.csv", work / f"res_{n}_postgres.csv")
             print(f"{n:>10} DuckDB and PostgreSQL results identical: {same}", flush=True)
         path.unlink(missing_ok=True)

@@ -78,11 +78,14 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _options(port: int, sock: Path, log_min_duration_ms: int, shared_buffers: str, explain_ms: int) -> str:
+def _options(port: int, sock: Path, log_min_duration_ms: int, shared_buffers: str, explain_ms: int,
+             wal_minimal: bool = False) -> str:
     opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
             f"-c shared_buffers={shared_buffers} -c log_min_duration_statement={log_min_duration_ms} "
             "-c max_wal_size=4GB -c shared_preload_libraries=pg_stat_statements,auto_explain "
             "-c pg_stat_statements.track=all -c pg_stat_statements.max=10000")
+    if wal_minimal:  # for loading a CDM only: `cdm copy` creates its tables in its transaction, so no WAL for them
+        opts += " -c wal_level=minimal -c max_wal_senders=0"
     if explain_ms >= 0:  # auto_explain: the plan of every statement slower than explain_ms, with ANALYZE and BUFFERS
         opts += (f" -c auto_explain.log_min_duration={explain_ms}"
                  " -c auto_explain.log_analyze=on -c auto_explain.log_buffers=on -c auto_explain.log_nested_statements=on")
@@ -90,12 +93,15 @@ def _options(port: int, sock: Path, log_min_duration_ms: int, shared_buffers: st
 
 
 def start_cluster(root: Path, *, log_min_duration_ms: int = -1, shared_buffers: str = "1GB",
-                  explain_ms: int = -1) -> PrivateCluster:
+                  explain_ms: int = -1, wal_minimal: bool = False) -> PrivateCluster:
     """initdb (unless ``root/data`` exists) and start a cluster under ``root``; its port is kept in ``root/port``.
 
     ``pg_stat_statements`` and ``auto_explain`` are preloaded (off until asked: ``explain_ms``, or
     ``ALTER DATABASE … SET auto_explain.log_min_duration``), so a kept cluster can be profiled
-    without a restart."""
+    without a restart. ``wal_minimal`` (``wal_level=minimal``) is for loading a large CDM: the
+    rows of tables created in the loading transaction are then not written to the WAL as well,
+    which at 10M persons saves tens of GB of writes and the WAL's disk; restart without it
+    (a server's usual ``replica``) before measuring the suite."""
     binary = pg_bin()
     root = Path(root)
     data, sock = root / "data", root / "sock"
@@ -112,7 +118,7 @@ def start_cluster(root: Path, *, log_min_duration_ms: int = -1, shared_buffers: 
     cluster = PrivateCluster(root, port)
     if fresh:
         _run([str(binary / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
-    opts = _options(port, sock, log_min_duration_ms, shared_buffers, explain_ms)
+    opts = _options(port, sock, log_min_duration_ms, shared_buffers, explain_ms, wal_minimal)
     _run([str(binary / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(cluster.log_path), "-w", "start"])
     return cluster
 
@@ -152,9 +158,11 @@ def main() -> None:
     ap.add_argument("action", choices=["start", "stop", "url"])
     ap.add_argument("root")
     ap.add_argument("--log-min-duration-ms", type=int, default=-1)
+    ap.add_argument("--wal-minimal", action="store_true", help="wal_level=minimal, for loading a CDM (not for measuring)")
     args = ap.parse_args()
     if args.action == "start":
-        print(start_cluster(Path(args.root), log_min_duration_ms=args.log_min_duration_ms).url)
+        print(start_cluster(Path(args.root), log_min_duration_ms=args.log_min_duration_ms,
+                            wal_minimal=args.wal_minimal).url)
     elif args.action == "stop":
         stop_cluster(Path(args.root))
     else:

@@ -1,5 +1,6 @@
-"""`cdm copy` streams rows from DuckDB into PostgreSQL unchanged, stages nothing on disk,
-and leaves the target as it was when a row is refused."""
+"""CDM values are carried unchanged: a DuckDB CDM keeps the specification's float fields as
+doubles, and `cdm copy` streams rows into PostgreSQL without changing them, stages nothing on
+disk, and leaves the target as it was when a row is refused."""
 
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ def _source(path) -> None:
         con.executemany("INSERT INTO note (note_id, person_id, note_date, note_datetime, note_title, note_text, "
                         "note_type_concept_id, note_class_concept_id, encoding_concept_id, language_concept_id) "
                         "VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0)", NOTES)
-        # a source may hold value_as_number as DOUBLE (our DuckDB DDL gives DECIMAL(18,3))
-        con.execute("ALTER TABLE measurement ALTER value_as_number TYPE DOUBLE")
         con.executemany("INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, "
                         "measurement_date, measurement_type_concept_id, value_as_number) "
                         "VALUES (?, ?, 0, DATE '2020-01-01', 0, ?)", VALUES)
@@ -98,6 +97,21 @@ def test_a_refused_row_leaves_the_previous_schema_whole(pg_url, tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "person" in proc.stderr and "Traceback" not in proc.stderr
     assert _pg(pg_url, "SELECT note_id, note_text FROM kept_copy.note ORDER BY note_id") == before
+
+
+def test_duckdb_cdm_holds_the_float_fields_as_doubles(tmp_path):
+    src = tmp_path / "floats.duckdb"
+    _source(src)
+    with duckdb.connect(str(src), read_only=True) as con:
+        stored = con.execute("SELECT value_as_number FROM measurement ORDER BY measurement_id").fetchall()
+        types = dict(con.execute("SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+                                 "WHERE column_name IN ('value_as_number', 'range_low', 'quantity', 'latitude')"
+                                 ).fetchall())
+    assert stored == [(v,) for _, _, v in VALUES]  # 1e-7 and 1/3 exactly, not rounded to 3 decimals
+    floats = ["measurement.value_as_number", "measurement.range_low", "observation.value_as_number",
+              "drug_exposure.quantity", "location.latitude"]  # float in the CDM v5.4 specification
+    assert {c: types[c] for c in floats} == dict.fromkeys(floats, "DOUBLE")
+    assert types["procedure_occurrence.quantity"] == "INTEGER"  # integer there: left alone
 
 
 def test_stream_hands_out_at_most_the_asked_bytes_and_formats_one_batch_at_a_time():

