@@ -14,7 +14,7 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
-from optima_common.errors import OptimaError
+from optima_common.errors import CdmValidationError
 from site_agent.cdm.ddl import cdm_ddl
 from site_agent.cdm.transfer import CsvStream, _pg_dsn, copy_duckdb_to_postgres
 from tests.conftest import REPO
@@ -75,8 +75,18 @@ def test_copy_carries_awkward_values_unchanged_and_stages_no_file(pg_url, tmp_pa
     assert all(v is None or float(d) == v for (_, _, v), (_, _, d) in zip(VALUES, values))
 
 
+# rows PostgreSQL refuses: a birth year its INTEGER column cannot hold, a NULL in a NOT NULL column
+REFUSED = {
+    "out of range": ["ALTER TABLE person ALTER year_of_birth TYPE BIGINT",
+                     "UPDATE person SET year_of_birth = 99999999999 WHERE person_id = 2"],
+    "null": ["ALTER TABLE person ALTER gender_concept_id DROP NOT NULL",
+             "UPDATE person SET gender_concept_id = NULL WHERE person_id = 2"],
+}
+
+
 @pytest.mark.postgres
-def test_a_refused_row_leaves_the_previous_schema_whole(pg_url, tmp_path):
+@pytest.mark.parametrize("refused", sorted(REFUSED))
+def test_a_refused_row_leaves_the_previous_schema_whole(pg_url, tmp_path, refused):
     src = tmp_path / "good.duckdb"
     _source(src)
     copy_duckdb_to_postgres(src, pg_url, "kept_copy")
@@ -84,10 +94,10 @@ def test_a_refused_row_leaves_the_previous_schema_whole(pg_url, tmp_path):
 
     bad = tmp_path / "bad.duckdb"
     _source(bad)
-    with duckdb.connect(str(bad)) as con:  # a birth year PostgreSQL's INTEGER column cannot hold
-        con.execute("ALTER TABLE person ALTER year_of_birth TYPE BIGINT")
-        con.execute("UPDATE person SET year_of_birth = 99999999999 WHERE person_id = 2")
-    with pytest.raises((OptimaError, psycopg2.Error)):
+    with duckdb.connect(str(bad)) as con:
+        for stmt in REFUSED[refused]:
+            con.execute(stmt)
+    with pytest.raises(CdmValidationError, match="refused a row of person"):
         copy_duckdb_to_postgres(bad, pg_url, "kept_copy")
     assert _pg(pg_url, "SELECT note_id, note_text FROM kept_copy.note ORDER BY note_id") == before
     assert _pg(pg_url, "SELECT count(*) FROM kept_copy.person") == [(2,)]

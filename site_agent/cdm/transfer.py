@@ -102,7 +102,7 @@ def copy_duckdb_to_postgres(src: str | Path, pg_url: str, schema: str, *, cdm_ve
                 try:
                     cur.copy_expert(f"COPY {schema}.\"{table}\" ({quoted}) FROM STDIN WITH (FORMAT csv, FREEZE)",
                                     CsvStream(batches), size=1 << 20)
-                except psycopg2.DataError as exc:
+                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:  # a value out of range, a NULL…
                     raise CdmValidationError(
                         f"PostgreSQL refused a row of {table} in {src}: {str(exc).strip().splitlines()[0]}; "
                         f"nothing was changed in schema {schema}: fix the source row or its column type") from None
