@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import tempfile
 from decimal import Decimal
 
 import duckdb
@@ -58,7 +59,6 @@ def test_copy_carries_awkward_values_unchanged_and_stages_no_file(pg_url, tmp_pa
     staging = tmp_path / "tmp"
     staging.mkdir()
     monkeypatch.setenv("TMPDIR", str(staging))
-    import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)
 
     report = copy_duckdb_to_postgres(src, pg_url, "awkward_copy")
