@@ -215,6 +215,29 @@ def test_tiny_prevalence_by_hand(tiny):
     assert (int(r["denominator_count"]), int(r["outcome_count"])) == (6, 4)
 
 
+def test_one_run_summarises_observation_periods_once_and_a_new_run_sees_a_changed_cdm(tiny, monkeypatch):
+    """The summary naming the denominator is read once per run (it was read once per cohort unit:
+    20 times a suite); the memo lives in the run's context, so a later run on the same connection
+    still sees the CDM as it is then."""
+    seen: list[str] = []
+    real = tiny.query_df
+    monkeypatch.setattr(tiny, "query_df", lambda sql, *a, **k: (seen.append(sql), real(sql, *a, **k))[1])
+    ctx = _ctx(tiny)
+    shared = [d.run(ctx, (o,)) for d in (INC, PREV) for o in (_outcome(), _outcome(9, "noise"))]
+    summaries = [q for q in seen if "MIN(observation_period_start_date)" in q]
+    assert len(summaries) == 1
+    alone = [d.run(_ctx(tiny), (o,)) for d in (INC, PREV) for o in (_outcome(), _outcome(9, "noise"))]
+    for a, b in zip(shared, alone):
+        pd.testing.assert_frame_equal(a.data, b.data)
+    # a ninth person observed into 2013: a new run's incidence has 2013 rows, the first run's had none
+    tiny.execute_all(["INSERT INTO main.person (person_id, gender_concept_id, year_of_birth, race_concept_id,"
+                      " ethnicity_concept_id) VALUES (9, 8507, 1980, 0, 0)",
+                      "INSERT INTO main.observation_period VALUES (99, 9, DATE '2012-01-01', DATE '2013-06-30', 32880)"])
+    later = estimates(INC.run(_ctx(tiny), (_outcome(),)), "incidence")
+    assert not (estimates(shared[0], "incidence")["start"] == "2013-01-01").any()
+    assert int(pick(later, start="2013-01-01")["denominator_count"]) == 1
+
+
 def test_tiny_all_strata_match_pandas(tiny):
     person = tiny.query_df("SELECT * FROM main.person")
     op = tiny.query_df("SELECT * FROM main.observation_period")

@@ -145,13 +145,28 @@ def _to_date(v) -> dt.date:
     return v if isinstance(v, dt.date) and not isinstance(v, dt.datetime) else pd.Timestamp(v).date()
 
 
-def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denominator:
-    """Build (once per connection and parameter set) the denominator and its attrition."""
+def ensure_denominator(cdm: CdmConnection, params: dict | None = None, run_memo: dict | None = None) -> Denominator:
+    """Build (once per connection and parameter set) the denominator and its attrition.
+
+    ``run_memo``: the run's memo on this connection (``DiagnosticContext.memo``). With it, the
+    observation-period summary that names the tables and the ``Denominator`` itself are worked
+    out once per run and parameter set, not once per cohort unit (at 10M persons the summary
+    alone cost 47 server s over 20 units; docs/performance.md). Without it (a unit run alone),
+    everything is checked again: the CDM may have changed since the last call."""
     params = {**DEFAULT_PARAMS, **(params or {})}
     cs, dia = cdm.cdm_schema, cdm.dialect
-    fp = cdm.query_df(
-        f"SELECT MIN(observation_period_start_date) AS s, MAX(observation_period_end_date) AS e, "
-        f"COUNT(*) AS n_op, (SELECT COUNT(*) FROM {cs}.person) AS n_p FROM {cs}.observation_period").iloc[0]
+    den_key = ("denominator", cs, json.dumps(params, sort_keys=True, default=str))
+    if run_memo is not None and den_key in run_memo:
+        return run_memo[den_key]
+    fp_key = ("observation_period_summary", cs)
+    if run_memo is not None and fp_key in run_memo:
+        fp = run_memo[fp_key]
+    else:
+        fp = cdm.query_df(
+            f"SELECT MIN(observation_period_start_date) AS s, MAX(observation_period_end_date) AS e, "
+            f"COUNT(*) AS n_op, (SELECT COUNT(*) FROM {cs}.person) AS n_p FROM {cs}.observation_period").iloc[0]
+        if run_memo is not None:
+            run_memo[fp_key] = fp
     if fp["s"] is None or pd.isna(fp["s"]):
         start = end = dt.date(1970, 1, 1)
     else:
@@ -268,6 +283,8 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None) -> Denomi
         statements += index_and_analyze(dia, den.table) + index_and_analyze(dia, den.attrition_table)
         cdm.memo[("denominator_analyzed", den.table)] = True
     cdm.execute_all(statements)
+    if run_memo is not None:
+        run_memo[den_key] = den
     return den
 
 

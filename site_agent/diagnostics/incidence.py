@@ -177,7 +177,7 @@ def _year(d) -> int:
 def run_incidence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``incidence`` + ``incidence_attrition`` for one outcome cohort (result ids 1-24, 25-48)."""
     (cohort,) = unit
-    den = ensure_denominator(ctx.cdm, INCIDENCE_PARAMS)
+    den = ensure_denominator(ctx.cdm, INCIDENCE_PARAMS, ctx.memo)
     counts = incidence_counts(ctx, den, cohort.cohort_definition_id)
     rows: dict[tuple, tuple[int, int, int, int, int]] = {
         (int(sid), sex, None if yr == -1 else int(yr)): tuple(int(v) for v in vals)

@@ -200,7 +200,8 @@ def _collect(df: pd.DataFrame) -> dict[tuple, int]:
 def run_prevalence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``prevalence`` + ``prevalence_attrition``: ids 1-24 point, 25-48 period, then attrition."""
     (cohort,) = unit
-    den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")})
+    den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")},
+                             ctx.memo)
     ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort.cohort_definition_id}))
     dens_sql, outs_sql = prevalence_sql(ctx, den, ids)
     memo_key = ("prevalence_denominators", den.table)  # outcome-independent: once per connection
