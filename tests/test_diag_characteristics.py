@@ -226,6 +226,47 @@ def test_empty_cohort_gives_zero_counts_and_all_settings(lung):
         "summarise_characteristics", "summarise_large_scale_characteristics"]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "postgresql"])
+def test_entries_of_absent_persons_outside_observation_and_in_a_second_period(lung, lung_pg, pg_url,
+                                                                            synth_pg_schema, backend):
+    """Hand-built entries: a subject with no ``person`` row, an entry before its person's only
+    observation period, and one entry in each of a person's two periods. The subjects' person rows
+    and periods are read into tables of their own before they meet the entries (session 16):
+    each entry must still find the period holding its date, and none where there is none."""
+    url, cdm_schema, write = ((lung["path"], "main", "results") if backend == "duckdb"
+                              else (pg_url, synth_pg_schema, "results_diag_char_pg"))
+    ghost = dataclasses.replace(lung["defs"]["sclc"], cohort_definition_id=998, cohort_name="hand_built")
+    with connect_cdm(url, cdm_schema=cdm_schema, write_schema=write) as cdm:
+        q = cdm.query_df
+        two = q(f"SELECT person_id, MIN(observation_period_start_date) AS a1, MIN(observation_period_end_date) AS b1, "
+                f"MAX(observation_period_start_date) AS a2, MAX(observation_period_end_date) AS b2 "
+                f"FROM {cdm_schema}.observation_period GROUP BY person_id HAVING COUNT(*) = 2 "
+                f"ORDER BY person_id LIMIT 1").iloc[0]
+        one = q(f"SELECT person_id, MIN(observation_period_start_date) AS a FROM {cdm_schema}.observation_period "
+                f"GROUP BY person_id HAVING COUNT(*) = 1 ORDER BY person_id LIMIT 1").iloc[0]
+        absent = int(q(f"SELECT MAX(person_id) + 1000 AS x FROM {cdm_schema}.person").iloc[0]["x"])
+        a1, b1, a2, b2 = (pd.Timestamp(two[k]).date() for k in ("a1", "b1", "a2", "b2"))
+        a = pd.Timestamp(one["a"]).date()
+        day = pd.Timedelta(days=1)
+        entries = [(int(two["person_id"]), a1 + 10 * day), (int(two["person_id"]), a2 + 20 * day),
+                   (int(one["person_id"]), a - 5 * day), (absent, a)]
+        values = ", ".join(f"(998, {s}, DATE '{d}', DATE '{d}')" for s, d in entries)
+        cdm.execute_all([f"INSERT INTO {write}.cohort (cohort_definition_id, subject_id, cohort_start_date, "
+                         f"cohort_end_date) VALUES {values}"])
+        try:
+            ctx = DiagnosticContext(cdm=cdm, cdm_name="site_a", cohorts=(ghost,))
+            r = characteristics.feature_frame(ctx, (998,)).iloc[0]
+        finally:
+            cdm.execute_all([f"DELETE FROM {write}.cohort WHERE cohort_definition_id = 998"])
+    assert (int(r["n_records"]), int(r["n_subjects"])) == (4, 3)
+    assert (int(r["prior_obs_min"]), int(r["prior_obs_max"])) == (10, 20)  # the entry outside observation has none
+    futures = sorted([(b1 - (a1 + 10 * day)).days, (b2 - (a2 + 20 * day)).days])
+    assert (int(r["future_obs_min"]), int(r["future_obs_max"])) == tuple(futures)
+    assert int(r["sex_none"]) >= 1  # the absent person: no sex, no age
+    assert int(r["sex_female"]) + int(r["sex_male"]) + int(r["sex_none"]) == 4
+    assert int(r["ag0_0_17"]) + int(r["ag0_18_64"]) + int(r["ag0_65_150"]) == 3
+
+
 # ---------------------------------------------------------------- Eunomia, both backends
 def test_eunomia_gi_bleed_both_backends(eunomia_cdm):
     url, schema, write = eunomia_cdm

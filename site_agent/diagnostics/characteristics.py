@@ -83,10 +83,13 @@ def pct(count: int, denominator: int) -> str | None:
     return None if denominator == 0 else fmt_value(100.0 * count / denominator)
 
 
-#: TEMP tables (per connection) of one run: the cohort entries, and per subject the span of their visit windows
+#: TEMP tables (per connection) of one run: the cohort entries; per subject the span of their visit
+#: windows; the subjects' person rows and observation periods
 ENTRIES_TABLE = "optima_char_entries"
 ENVELOPES_TABLE = "optima_char_envelopes"
-TEMP_TABLES = (ENVELOPES_TABLE, ENTRIES_TABLE)
+SUBJECTS_TABLE = "optima_char_subjects"
+PERIODS_TABLE = "optima_char_periods"
+TEMP_TABLES = (PERIODS_TABLE, SUBJECTS_TABLE, ENVELOPES_TABLE, ENTRIES_TABLE)
 
 
 def _temp_tables_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> list[str]:
@@ -96,17 +99,30 @@ def _temp_tables_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> lis
     entries, so the visits are read once against it (137k subjects at 1M persons) before
     they meet the entries: joined straight to the 1M entries, PostgreSQL hashed all 15.2M
     visits and built 14.9M (entry, visit) pairs before the window filter (docs/performance.md).
-    Both tables are ``ANALYZE``d on PostgreSQL (as a CTE the planner guesses their size)."""
+    The subjects' ``person`` rows and observation periods are read once per subject too, into
+    two tables without an index, which the entries then meet by hash. Joined straight to the
+    entries, PostgreSQL at 10M persons looked up ``person`` and ``observation_period`` through
+    their indexes once per entry (10M entries of 1.36M subjects; the period lookup's cache was
+    keyed on the entry date as well, so 9.0M lookups), reading pages at random: 96 of the
+    statement's 256 s under ``EXPLAIN ANALYZE``; the family took 155.5 s before and 136.3 s
+    after, warm (docs/performance.md, session 16).
+    The tables are ``ANALYZE``d on PostgreSQL (as a CTE the planner guesses their size)."""
     ids = ", ".join(str(int(i)) for i in cohort_ids)
     lo, hi = VISIT_WINDOW
-    dia = ctx.cdm.dialect
+    dia, cdm = ctx.cdm.dialect, ctx.cdm_schema
     return [*(f"DROP TABLE IF EXISTS {t}" for t in TEMP_TABLES),
             f"CREATE TEMP TABLE {ENTRIES_TABLE} AS SELECT ROW_NUMBER() OVER () AS rid, cohort_definition_id AS cid, "
             f"subject_id, cohort_start_date AS s, cohort_end_date AS e FROM {ctx.cohort_table} "
             f"WHERE cohort_definition_id IN ({ids})",
             f"CREATE TEMP TABLE {ENVELOPES_TABLE} AS SELECT subject_id, MIN(s) + ({lo}) AS a, MAX(s) + ({hi}) AS b "
             f"FROM {ENTRIES_TABLE} GROUP BY subject_id",
-            *index_and_analyze(dia, ENTRIES_TABLE), *index_and_analyze(dia, ENVELOPES_TABLE)]
+            *index_and_analyze(dia, ENTRIES_TABLE), *index_and_analyze(dia, ENVELOPES_TABLE),
+            f"CREATE TEMP TABLE {SUBJECTS_TABLE} AS SELECT p.person_id, p.gender_concept_id, p.year_of_birth, "
+            f"p.month_of_birth, p.day_of_birth FROM {ENVELOPES_TABLE} en JOIN {cdm}.person p ON p.person_id = en.subject_id",
+            f"CREATE TEMP TABLE {PERIODS_TABLE} AS SELECT op.person_id, op.observation_period_start_date AS op_start, "
+            f"op.observation_period_end_date AS op_end "
+            f"FROM {ENVELOPES_TABLE} en JOIN {cdm}.observation_period op ON op.person_id = en.subject_id",
+            *index_and_analyze(dia, SUBJECTS_TABLE), *index_and_analyze(dia, PERIODS_TABLE)]
 
 
 def _feature_sql(ctx: DiagnosticContext) -> str:
@@ -172,14 +188,13 @@ f AS MATERIALIZED (
     CASE p.gender_concept_id WHEN 8532 THEN 'Female' WHEN 8507 THEN 'Male' ELSE 'None' END AS sex,
     CAST(EXTRACT(YEAR FROM c.s) AS INTEGER) - p.year_of_birth
       - CASE WHEN {m} < {mob} OR ({m} = {mob} AND {d} < {dob}) THEN 1 ELSE 0 END AS age,
-    c.s - op.observation_period_start_date AS prior_obs,
-    op.observation_period_end_date - c.s AS future_obs,
+    c.s - op.op_start AS prior_obs,
+    op.op_end - c.s AS future_obs,
     c.e - c.s + 1 AS days_in_cohort,
     COALESCE(vis.n, 0) AS visits
   FROM {ENTRIES_TABLE} c
-  LEFT JOIN {cdm}.person p ON p.person_id = c.subject_id
-  LEFT JOIN {cdm}.observation_period op ON op.person_id = c.subject_id
-   AND c.s >= op.observation_period_start_date AND c.s <= op.observation_period_end_date
+  LEFT JOIN {SUBJECTS_TABLE} p ON p.person_id = c.subject_id
+  LEFT JOIN {PERIODS_TABLE} op ON op.person_id = c.subject_id AND c.s >= op.op_start AND c.s <= op.op_end
   LEFT JOIN vis ON vis.rid = c.rid
 ),
 g AS (
