@@ -104,8 +104,8 @@ def _temp_tables_sql(ctx: DiagnosticContext, cohort_ids: tuple[int, ...]) -> lis
     entries, PostgreSQL at 10M persons looked up ``person`` and ``observation_period`` through
     their indexes once per entry (10M entries of 1.36M subjects; the period lookup's cache was
     keyed on the entry date as well, so 9.0M lookups), reading pages at random: 96 of the
-    statement's 256 s under ``EXPLAIN ANALYZE``; the family took 155.5 s before and 136.3 s
-    after, warm (docs/performance.md, session 16).
+    statement's 256 s under ``EXPLAIN ANALYZE``; the family took 183.6 s before and 142.7 s
+    after with a cold cache, 155.5 and 136.3 s warm (docs/performance.md, session 16).
     The tables are ``ANALYZE``d on PostgreSQL (as a CTE the planner guesses their size)."""
     ids = ", ".join(str(int(i)) for i in cohort_ids)
     lo, hi = VISIT_WINDOW
