@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_diagnostics import REPO  # noqa: E402
-from pg_private import running_cluster  # noqa: E402
+from pg_private import running_cluster, statements  # noqa: E402
 
 SUBSET_TABLES = ("person", "observation_period", "visit_occurrence", "measurement", "concept", "cdm_source")
 SCRATCH = "bench_families"
@@ -112,25 +112,6 @@ def load(args) -> None:
         pg.close()
 
 
-def statements(url: str, reset: bool, top: int = 0) -> list[tuple[float, int, str]]:
-    import psycopg2
-
-    from site_agent.cdm.transfer import _pg_dsn
-
-    con = psycopg2.connect(**_pg_dsn(url))
-    try:
-        with con, con.cursor() as cur:
-            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            if reset:
-                cur.execute("SELECT pg_stat_statements_reset()")
-                return []
-            cur.execute("SELECT total_exec_time / 1000, calls, regexp_replace(query, '\\s+', ' ', 'g') "
-                        "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s", (top,))
-            return [(float(s), int(n), str(q)) for s, n, q in cur.fetchall()]
-    finally:
-        con.close()
-
-
 def run(args) -> None:
     from site_agent.cdm import connect_cdm
     from site_agent.diagnostics import characteristics, large_scale, population
@@ -175,7 +156,7 @@ def run(args) -> None:
     print(f"wall {time.perf_counter() - t:.1f} s, server CPU {cluster.server_cpu_seconds() - cpu0:.1f} s "
           f"({len(groups)} connection(s), {' | '.join('+'.join(g) for g in groups)})")
     print(f"{'server_s':>9} {'calls':>5}  statement")
-    for seconds, calls, query in statements(cluster.url, reset=False, top=args.top):
+    for seconds, calls, query in statements(cluster.url, top=args.top):
         print(f"{seconds:>9.1f} {calls:>5}  {query[:110]}")
 
 

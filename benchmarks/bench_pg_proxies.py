@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_diagnostics import REPO, child  # noqa: E402
-from pg_private import running_cluster  # noqa: E402
+from pg_private import running_cluster, statements  # noqa: E402
 
 V1 = Path("/sys/fs/cgroup/memory")
 V2 = Path("/sys/fs/cgroup")
@@ -104,19 +104,7 @@ def server_pids(root: Path) -> list[int]:
 
 
 def statement_seconds(url: str, reset: bool) -> float:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    try:
-        with engine.begin() as c:
-            c.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
-            if reset:
-                c.execute(text("SELECT pg_stat_statements_reset()"))
-                return 0.0
-            return float(c.execute(text("SELECT COALESCE(SUM(total_exec_time), 0) / 1000 FROM pg_stat_statements"))
-                         .scalar())
-    finally:
-        engine.dispose()
+    return sum(sec for sec, _, _ in statements(url, reset=reset))
 
 
 def suite(args, root: Path) -> None:

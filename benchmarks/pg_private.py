@@ -131,6 +131,26 @@ def running_cluster(root: Path) -> PrivateCluster:
     return PrivateCluster(root, int((root / "port").read_text()))
 
 
+def statements(url: str, *, reset: bool = False, top: int | None = None) -> list[tuple[float, int, str]]:
+    """(server seconds, calls, query) from ``pg_stat_statements`` (preloaded by this module's
+    clusters), slowest first; ``top`` limits the list. ``reset`` empties the view instead."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            if reset:
+                c.execute(text("SELECT pg_stat_statements_reset()"))
+                return []
+            rows = c.execute(text("SELECT total_exec_time / 1000, calls, regexp_replace(query, '\\s+', ' ', 'g') "
+                                  "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT :n"),
+                             {"n": top}).all()
+            return [(float(sec), int(n), str(q)) for sec, n, q in rows]
+    finally:
+        engine.dispose()
+
+
 def stop_cluster(root: Path) -> None:
     _run([str(pg_bin() / "pg_ctl"), "-D", str(Path(root) / "data"), "-m", "fast", "stop"])
 
