@@ -6,6 +6,7 @@
     python benchmarks/bench_pg_families.py load --subset sub_10m.duckdb --pg-root /tmp/pg-sub --pg-schema cdm
     python benchmarks/bench_pg_families.py run --pg-root /tmp/pg-sub --pg-schema cdm char+lsc pop
     python benchmarks/bench_pg_families.py run … --explain-ms 4000 char     # plans over 4 s into the server log
+    python benchmarks/bench_pg_families.py subset … --tables person,observation_period,cdm_source   # pop only
 
 A whole 10M-person CDM takes 44 minutes to copy into PostgreSQL and 58 GB of disk. The statements
 that grew most from 1M to 10M (docs/performance.md, sessions 14 and 16) read only ``person``,
@@ -53,6 +54,10 @@ def subset(args) -> None:
     from site_agent.cohorts import build_cohorts
     from site_agent.cohorts.build import ensure_results_tables
 
+    tables = args.tables.split(",")
+    bad = [t for t in tables if not t.isidentifier()]
+    if bad:
+        raise SystemExit(f"not table names: {bad}: give --tables as a comma-separated list, e.g. person,observation_period")
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"{out} exists: choose another --out or remove it")
@@ -65,7 +70,7 @@ def subset(args) -> None:
     con = duckdb.connect(str(out))
     try:
         con.execute(f"ATTACH '{Path(args.cdm).resolve()}' AS src")
-        for table in SUBSET_TABLES:
+        for table in tables:
             con.execute(f"CREATE TABLE {table} AS SELECT * FROM src.main.{table}")
             print(f"  {table}: {con.execute(f'SELECT COUNT(*) FROM {table}').fetchone()[0]:,} rows", flush=True)
         con.execute(f"CREATE TABLE cohort_rows AS SELECT {COHORT_COLUMNS} FROM src.{SCRATCH}.cohort")
@@ -167,6 +172,9 @@ def main() -> None:
     s = sub.add_parser("subset", help="cohorts on the DuckDB CDM, then the tables they need into a new file")
     s.add_argument("--cdm", required=True, help="a DuckDB CDM (bench_synth.py --keep)")
     s.add_argument("--out", required=True, help="the subset file to write (must not exist)")
+    s.add_argument("--tables", default=",".join(SUBSET_TABLES),
+                   help=f"CDM tables to copy (default {','.join(SUBSET_TABLES)}; the population family "
+                        "needs only person,observation_period,cdm_source)")
     s = sub.add_parser("load", help="copy the subset into a private cluster")
     s.add_argument("--subset", required=True)
     for p in (s, sub.add_parser("run", help="run families of the suite, one connection per group")):

@@ -32,6 +32,16 @@ def add_years(dialect: str, date: str, years: str) -> str:
     return f"CAST({date} + make_interval(years => CAST({years} AS INTEGER)) AS DATE)"
 
 
+def year_of(dialect: str, date: str) -> str:
+    """The calendar year of a DATE expression as an INTEGER.
+
+    PostgreSQL's ``EXTRACT`` returns ``numeric`` (since version 14), which cost 0.3 us a row against
+    0.13 for ``date_part`` (a double) on 4.4M dates (docs/performance.md); DuckDB's is an integer."""
+    if dialect == DUCKDB:
+        return f"CAST(EXTRACT(YEAR FROM {date}) AS INTEGER)"
+    return f"CAST(date_part('year', {date}) AS INTEGER)"
+
+
 def double(dialect: str) -> str:
     """The 8-byte floating point type name."""
     return "DOUBLE" if dialect == DUCKDB else "DOUBLE PRECISION"

@@ -27,10 +27,13 @@ as in IncidencePrevalence v1; rows are only emitted for intervals with person ti
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 from scipy.stats import chi2
 
 from optima_common.results import SummarisedResult
+from site_agent.cdm.dialect import year_of
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
@@ -41,6 +44,7 @@ from site_agent.diagnostics.denominators import (
     ensure_denominator,
     estimate_rows,
     num,
+    subject_rows,
     years_sql,
 )
 
@@ -55,11 +59,8 @@ def poisson_ci(k: int, py: float) -> tuple[float, float]:
     return lo / py * 1e5, hi / py * 1e5
 
 
-def _year_of(col: str) -> str:
-    return f"CAST(EXTRACT(YEAR FROM {col}) AS INTEGER)"
-
-
-def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...], mode: str = "delta") -> str:
+def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...], mode: str = "delta",
+                  subjects: str | None = None) -> str:
     """Per (outcome cohort, stratum, sex | Both, year | overall): persons, person-days and first events.
 
     Every aggregate is a sum over denominator rows, so the result over all rows equals
@@ -68,7 +69,8 @@ def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[in
     them, plus the same rows with washout and censoring at the first outcome. Rows whose first
     outcome comes after their exit contribute the same to both and are left out. ``delta``
     touches only the outcome persons' rows and answers every cohort of ``cohort_ids`` at once
-    (grouped by ``cid``).
+    (grouped by ``cid``); ``subjects``: the table of the outcome persons' denominator rows
+    (:func:`~site_agent.diagnostics.denominators.subject_rows`), read instead of the whole denominator.
 
     No row is expanded into one row per calendar year. A row's contribution to year ``y``
     depends only on its entry year ``ey``, its end year ``xy`` and (in ``ey`` and ``xy``) its
@@ -81,31 +83,32 @@ def incidence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[in
     event in ``xy``.
     """
     y = years_sql(f"{_year(den.study_start)}", f"{_year(den.study_end)}")
+    yo = partial(year_of, den.dialect)
     ids = ", ".join(str(int(i)) for i in cohort_ids)
     # the years (PostgreSQL's EXTRACT is numeric: costly) are computed once per row here, not in
     # the grouping keys and again in the aggregates; ``is_late``: the person's previous interval in
     # the stratum ended in the entry year or later, ``is_first``: there was none
     cols = "cid, stratum_id, sex, entry_date, end_date, ey, xy, is_late, is_first, has_out, w"
-    late = (f"CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {_year_of('entry_date')} "
+    late = (f"CASE WHEN prev_exit IS NOT NULL AND {yo('prev_exit')} >= {yo('entry_date')} "
             f"THEN 1 ELSE 0 END")
     first = "CASE WHEN prev_exit IS NULL THEN 1 ELSE 0 END"
     if mode == "delta":
-        d = f"""o AS (SELECT cid, person_id, first_out, {_year_of('first_out')} AS oy
+        d = f"""o AS (SELECT cid, person_id, first_out, {yo('first_out')} AS oy
                FROM (SELECT cohort_definition_id AS cid, subject_id AS person_id, MIN(cohort_start_date) AS first_out
                      FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})
                      GROUP BY cohort_definition_id, subject_id) t),
     j AS (SELECT o.cid, dn.stratum_id, dn.sex, dn.entry_date, dn.exit_date, o.first_out, o.oy,
-                 {_year_of('dn.entry_date')} AS ey, {_year_of('dn.exit_date')} AS xy,
+                 {yo('dn.entry_date')} AS ey, {yo('dn.exit_date')} AS xy,
                  {late.replace('prev_exit', 'dn.prev_exit').replace('entry_date', 'dn.entry_date')} AS is_late,
                  {first.replace('prev_exit', 'dn.prev_exit')} AS is_first
-          FROM {den.table} dn JOIN o ON o.person_id = dn.person_id WHERE o.first_out <= dn.exit_date),
+          FROM {subjects or den.table} dn JOIN o ON o.person_id = dn.person_id WHERE o.first_out <= dn.exit_date),
     d ({cols}) AS (
           SELECT cid, stratum_id, sex, entry_date, exit_date, ey, xy, is_late, is_first, 0, -1 FROM j
           UNION ALL
           SELECT cid, stratum_id, sex, entry_date, first_out, ey, oy, is_late, is_first, 1, 1 FROM j WHERE first_out >= entry_date)"""
     else:  # base
-        d = (f"d ({cols}) AS (SELECT 0, stratum_id, sex, entry_date, exit_date, {_year_of('entry_date')}, "
-             f"{_year_of('exit_date')}, {late}, {first}, 0, 1 FROM {den.table})")
+        d = (f"d ({cols}) AS (SELECT 0, stratum_id, sex, entry_date, exit_date, {yo('entry_date')}, "
+             f"{yo('exit_date')}, {late}, {first}, 0, 1 FROM {den.table})")
     ep = "DATE '1970-01-01'"
     return f"""
     WITH {d},
@@ -166,7 +169,8 @@ def incidence_counts(ctx: DiagnosticContext, den: Denominator, cohort_id: int) -
     ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort_id}))
     run_key = ("incidence_delta", den.table, ids)
     if run_key not in ctx.memo:
-        ctx.memo[run_key] = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "delta")))
+        subjects = subject_rows(ctx.cdm, den, ctx.cohort_table, ids, ctx.memo)
+        ctx.memo[run_key] = _keyed(ctx.cdm.query_df(incidence_sql(ctx, den, ids, "delta", subjects)))
     return base.add(_one(ctx.memo[run_key], cohort_id), fill_value=0).astype("int64")
 
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from functools import partial
 
 import pandas as pd
 from scipy.stats import norm
 
 from optima_common.results import SummarisedResult
+from site_agent.cdm.dialect import year_of
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import DiagnosticContext, settings_row
 from site_agent.diagnostics.denominators import (
@@ -38,6 +40,7 @@ from site_agent.diagnostics.denominators import (
     ensure_denominator,
     estimate_rows,
     num,
+    subject_rows,
     years_sql,
 )
 
@@ -69,14 +72,13 @@ def complete_years(den: Denominator) -> tuple[int, int]:
     return first, last
 
 
-def _year_of(col: str) -> str:
-    return f"CAST(EXTRACT(YEAR FROM {col}) AS INTEGER)"
-
-
-def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...]) -> tuple[str, str]:
+def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[int, ...],
+                   subjects: str | None = None) -> tuple[str, str]:
     """Two queries: denominators (kind, stratum_id, sex, yr, value) and outcomes (cid, kind, ...).
 
-    The outcome query answers every cohort of ``cohort_ids`` at once (grouped by ``cid``).
+    The outcome query answers every cohort of ``cohort_ids`` at once (grouped by ``cid``);
+    ``subjects``: the table of those cohorts' persons' denominator rows
+    (:func:`~site_agent.diagnostics.denominators.subject_rows`), read instead of the whole denominator.
 
     Nothing is expanded into one row per calendar year. A denominator row counts in the
     period of year ``y`` for ``y`` in [``lb``, end year] (``lb``: its entry year, or the year
@@ -92,6 +94,7 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     """
     first, last = complete_years(den)
     y = years_sql(str(first), str(last))
+    yo = partial(year_of, den.dialect)
     span_s, span_e = dt.date(first, 1, 1) if first <= last else None, dt.date(last, 12, 31) if first <= last else None
     gs = "GROUPING SETS ((stratum_id, sex, yr), (stratum_id, yr))"
     gs_all = "GROUPING SETS ((stratum_id, sex), (stratum_id))"
@@ -100,13 +103,13 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     ids = ", ".join(str(int(i)) for i in cohort_ids)
     span_cond = (f"entry_date <= {date_lit(span_e)} AND exit_date >= {date_lit(span_s)}" if span_s else "1 = 0")
     span_first = (f"prev_exit IS NULL OR prev_exit < {date_lit(span_s)}" if span_s else "1 = 0")
-    ey = _year_of("entry_date")
+    ey = yo("entry_date")
     dens = f"""
     WITH g AS (SELECT stratum_id, sex, lb, pl, xy, COUNT(*) AS n
                FROM (SELECT stratum_id, sex,
-                            {ey} + CASE WHEN prev_exit IS NOT NULL AND {_year_of('prev_exit')} >= {ey}
+                            {ey} + CASE WHEN prev_exit IS NOT NULL AND {yo('prev_exit')} >= {ey}
                                         THEN 1 ELSE 0 END AS lb,
-                            {_year_of('entry_date - 1')} + 1 AS pl, {_year_of('exit_date')} AS xy
+                            {yo('entry_date - 1')} + 1 AS pl, {yo('exit_date')} AS xy
                      FROM {den.table}) r
                GROUP BY stratum_id, sex, lb, pl, xy),
     agg AS MATERIALIZED (SELECT stratum_id, sex, yr,
@@ -129,12 +132,12 @@ def prevalence_sql(ctx: DiagnosticContext, den: Denominator, cohort_ids: tuple[i
     SELECT 'span_subjects', stratum_id, sex, NULL, v_subjects FROM tot"""
     c = f"""
     WITH c AS MATERIALIZED (SELECT cid, stratum_id, sex, person_id,
-                      GREATEST({_year_of('ls')}, {first}) AS a_period,
-                      GREATEST({_year_of('ls - 1')} + 1, {first}) AS a_point, LEAST({_year_of('le')}, {last}) AS b
+                      GREATEST({yo('ls')}, {first}) AS a_period,
+                      GREATEST({yo('ls - 1')} + 1, {first}) AS a_point, LEAST({yo('le')}, {last}) AS b
                FROM (SELECT oc.cohort_definition_id AS cid, dn.stratum_id, dn.sex, dn.person_id,
                             GREATEST(dn.entry_date, oc.cohort_start_date) AS ls,
                             LEAST(dn.exit_date, oc.cohort_end_date) AS le
-                     FROM {den.table} dn JOIN {ctx.cohort_table} oc
+                     FROM {subjects or den.table} dn JOIN {ctx.cohort_table} oc
                        ON oc.subject_id = dn.person_id AND oc.cohort_definition_id IN ({ids})
                       AND oc.cohort_start_date <= dn.exit_date AND oc.cohort_end_date >= dn.entry_date) p)"""
     if first <= last and last - first + 1 <= MASK_YEARS:
@@ -203,12 +206,13 @@ def run_prevalence(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -
     den = ensure_denominator(ctx.cdm, {k: v for k, v in PREVALENCE_PARAMS.items() if k not in ("types", "time_point")},
                              ctx.memo)
     ids = tuple(sorted({c.cohort_definition_id for c in ctx.cohorts} | {cohort.cohort_definition_id}))
-    dens_sql, outs_sql = prevalence_sql(ctx, den, ids)
+    run_key = ("prevalence_outcomes", den.table, ids)  # every cohort of the run in one query, once per run
+    subjects = None if run_key in ctx.memo else subject_rows(ctx.cdm, den, ctx.cohort_table, ids, ctx.memo)
+    dens_sql, outs_sql = prevalence_sql(ctx, den, ids, subjects)
     memo_key = ("prevalence_denominators", den.table)  # outcome-independent: once per connection
     if memo_key not in ctx.cdm.memo:
         ctx.cdm.memo[memo_key] = _collect(ctx.cdm.query_df(dens_sql))
     n = ctx.cdm.memo[memo_key]
-    run_key = ("prevalence_outcomes", den.table, ids)  # every cohort of the run in one query, once per run
     if run_key not in ctx.memo:
         ctx.memo[run_key] = ctx.cdm.query_df(outs_sql)
     outs = ctx.memo[run_key]
