@@ -238,6 +238,34 @@ def test_one_run_summarises_observation_periods_once_and_a_new_run_sees_a_change
     assert int(pick(later, start="2013-01-01")["denominator_count"]) == 1
 
 
+def test_outcome_persons_rows_made_once_per_run_and_again_after_the_cohort_changed(tiny, monkeypatch):
+    """The outcome statements read the cohort persons' denominator rows from a TEMP table made once
+    per run (for incidence and prevalence together); a later run on the same connection, after
+    the cohort table changed, makes it again and counts the new entry."""
+    made: list[str] = []
+    real = tiny.execute_all
+    monkeypatch.setattr(tiny, "execute_all", lambda stmts, *a, **k: (
+        made.extend(s for s in stmts if s.startswith("CREATE TEMP TABLE optima_denominator_subjects")),
+        real(stmts, *a, **k))[1])
+    ctx = _ctx(tiny)
+    before_inc = estimates(INC.run(ctx, (_outcome(),)), "incidence")
+    before_prev = estimates(PREV.run(ctx, (_outcome(),)), "prevalence")
+    assert len(made) == 1
+    # person 2 (female, observed 1 July 2010 - 30 June 2012) was only in the noise cohort 9
+    r = pick(before_prev, start="2011-01-01", kind="period")
+    assert (int(r["denominator_count"]), int(r["outcome_count"])) == (5, 2)
+    tiny.execute_all(["INSERT INTO results.cohort VALUES (5, 2, DATE '2011-02-01', DATE '2011-02-10')"])
+    ctx = _ctx(tiny)
+    after_prev = estimates(PREV.run(ctx, (_outcome(),)), "prevalence")
+    after_inc = estimates(INC.run(ctx, (_outcome(),)), "incidence")
+    assert len(made) == 2
+    r = pick(after_prev, start="2011-01-01", kind="period")
+    assert (int(r["denominator_count"]), int(r["outcome_count"])) == (5, 3)
+    for sex in ("Both", "Female"):
+        k0 = int(pick(before_inc, sex=sex, start="2011-01-01")["outcome_count"])
+        assert int(pick(after_inc, sex=sex, start="2011-01-01")["outcome_count"]) == k0 + 1
+
+
 def test_tiny_all_strata_match_pandas(tiny):
     person = tiny.query_df("SELECT * FROM main.person")
     op = tiny.query_df("SELECT * FROM main.observation_period")

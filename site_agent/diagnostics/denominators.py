@@ -206,7 +206,9 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None, run_memo:
     steps_common = ["1 = 1", c2, c3, c4, c5]
     # one-row persons need no grouping: their flags are their sums (with the same split below: 43.0 ->
     # ~42 server CPU s for incidence + prevalence at 1M on PostgreSQL; docs/performance.md)
-    pp = ("pp AS MATERIALIZED (SELECT "
+    # pp and ps are read once each, so they are not MATERIALIZED: PostgreSQL streams them into their
+    # aggregates instead of writing them out (1M rows of 24 flags: 200 MB of temporary file at 1M persons)
+    pp = ("pp AS (SELECT "
           + ", ".join(f"CASE WHEN {c} THEN 1 ELSE 0 END AS r{i + 1}" for i, c in enumerate(steps_common))
           + " FROM base b WHERE NOT EXISTS (SELECT 1 FROM mp WHERE mp.person_id = b.person_id) UNION ALL SELECT "
           + ", ".join(f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS r{i + 1}" for i, c in enumerate(steps_common))
@@ -228,7 +230,7 @@ def ensure_denominator(cdm: CdmConnection, params: dict | None = None, run_memo:
     opa = f"opa AS MATERIALIZED (SELECT op.*, {ages} FROM op)"
     # a person with one observation period is one row already: only the others are summed per person
     # (only the ~10% of persons with several periods are grouped)
-    ps = (f"ps AS MATERIALIZED (SELECT op.sex, {', '.join(f'{e} AS {n}' for n, e in flags.items())} FROM op1 op "
+    ps = (f"ps AS (SELECT op.sex, {', '.join(f'{e} AS {n}' for n, e in flags.items())} FROM op1 op "
           f"UNION ALL SELECT op.sex, {', '.join(f'SUM({e}) AS {n}' for n, e in flags.items())} "
           f"FROM opm op GROUP BY op.sex, op.person_id)")
     # the denominator rows: one SELECT per stratum, its bounds written in (crossed with a strata
