@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from optima_common.results import RESULT_COLUMNS, SummarisedResult
-from site_agent.cdm.dialect import index_and_analyze, percentiles
+from site_agent.cdm.dialect import date_field, index_and_analyze, percentiles
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import (
     Diagnostic,
@@ -146,7 +146,7 @@ def _feature_sql(ctx: DiagnosticContext) -> str:
     cdm = ctx.cdm_schema
     lo, hi = VISIT_WINDOW
     mob, dob = "COALESCE(p.month_of_birth, 1)", "COALESCE(p.day_of_birth, 1)"
-    m, d = "EXTRACT(MONTH FROM c.s)", "EXTRACT(DAY FROM c.s)"
+    m, d = date_field(ctx.cdm.dialect, "month", "c.s"), date_field(ctx.cdm.dialect, "day", "c.s")
     ps = tuple(q for _, q in QUANTILES)
     aggs = ["COUNT(*) AS n_records", "COUNT(DISTINCT subject_id) AS n_subjects"]
     outer = ["cid", "n_records", "n_subjects"]
@@ -186,7 +186,7 @@ vis AS (
 f AS MATERIALIZED (
   SELECT c.rid, c.cid, c.subject_id, c.s, c.e,
     CASE p.gender_concept_id WHEN 8532 THEN 'Female' WHEN 8507 THEN 'Male' ELSE 'None' END AS sex,
-    CAST(EXTRACT(YEAR FROM c.s) AS INTEGER) - p.year_of_birth
+    {date_field(ctx.cdm.dialect, "year", "c.s")} - p.year_of_birth
       - CASE WHEN {m} < {mob} OR ({m} = {mob} AND {d} < {dob}) THEN 1 ELSE 0 END AS age,
     c.s - op.op_start AS prior_obs,
     op.op_end - c.s AS future_obs,

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from optima_common.results import SEP, SummarisedResult
+from site_agent.cdm.dialect import year_of
 from site_agent.cohorts.concept_sets import resolve_concept_set_sql
 from site_agent.cohorts.definitions import CohortDefinition
 from site_agent.diagnostics.base import Diagnostic, DiagnosticContext, settings_row
@@ -139,7 +140,7 @@ def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], entry_of: in
             f"t.{t.col('source_concept_id')} AS source_concept_id, "
             f"COALESCE(CAST(t.{t.col('source_value')} AS VARCHAR), 'NA') AS source_value, "
             f"t.{t.col('type_concept_id')} AS type_concept_id, '{t.domain}' AS domain_id, "
-            f"'{t.table}' AS table_name, CAST(EXTRACT(YEAR FROM {date}) AS INTEGER) AS year "
+            f"'{t.table}' AS table_name, {year_of(ctx.cdm.dialect, date)} AS year "
             f"FROM {ctx.cdm_schema}.{t.table} t JOIN cl ON cl.concept_id = t.{t.col('concept_id')} "
             f"AND cl.domain_lc = '{t.domain}'{entry}")
     return "recs AS (" + " UNION ALL ".join(selects) + ")"
