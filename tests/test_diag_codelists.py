@@ -231,6 +231,26 @@ def test_cohort_code_use_matches_pandas(site):
     assert int(overall["estimate_value"].iloc[0]) == n_entries > 0
 
 
+def test_code_use_one_statement_per_run_same_rows_as_each_cohort_alone(site, monkeypatch):
+    """The three cohorts' code use (and entry code use) come from one statement per run that reads the
+    clinical tables; each cohort's rows equal those of a run holding that cohort alone."""
+    cdm, ctx, defs, _ = site
+    seen: list[str] = []
+    real = cdm.query_df
+    monkeypatch.setattr(cdm, "query_df", lambda sql, *a, **k: (seen.append(sql), real(sql, *a, **k))[1])
+    run = DiagnosticContext(cdm, "synth", ctx.cohorts)  # a fresh run (empty memo)
+    together = {(f.__name__, n): f(run, (defs[n],)).data for f in (codelists.run_code_use,
+                                                                  codelists.run_cohort_code_use) for n in COHORTS}
+    reads = [q for q in seen if "condition_occurrence" in q]
+    assert len(reads) == 2, len(reads)  # code use and entry code use: once each for the three cohorts
+    for (fname, n), data in together.items():
+        alone = getattr(codelists, fname)(DiagnosticContext(cdm, "synth", (defs[n],)), (defs[n],)).data
+        key = list(data.columns)
+        assert len(data) > 0
+        pd.testing.assert_frame_equal(data.sort_values(key).reset_index(drop=True),
+                                      alone.sort_values(key).reset_index(drop=True))
+
+
 def _expected_orphans(t: dict, ids: set[int]) -> dict[int, tuple[set[str], int, int]]:
     concept, ca, cr, syn = t["concept"], t["concept_ancestor"], t["concept_relationship"], t["concept_synonym"]
     rel: dict[int, set[str]] = defaultdict(set)

@@ -88,12 +88,20 @@ def cohort_codelists(cohort: CohortDefinition) -> list[tuple[str, list[dict]]]:
 def codelist_ctes(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict]]]) -> str:
     """CTEs ``codelist(codelist_id, concept_id)`` and ``cl(codelist_id, concept_id, domain_id,
     domain_lc)`` (no leading WITH); ``codelist_id`` indexes ``codelists``."""
-    parts = [f"SELECT {i} AS codelist_id, q.concept_id FROM ({resolve_concept_set_sql(ctx, items)}) q"
-             for i, (_, items) in enumerate(codelists)]
+    return _codelist_ctes(ctx, [(None, codelists)])
+
+
+def _codelist_ctes(ctx: DiagnosticContext, cohorts: list[tuple[int | None, list[tuple[str, list[dict]]]]]) -> str:
+    """:func:`codelist_ctes` of several cohorts' codelists, (cohort id, codelists) each; with cohort ids
+    (not ``None``) both CTEs start with a ``cid`` column and ``codelist_id`` indexes that cohort's list."""
+    with_cid = cohorts[0][0] is not None
+    parts = [f"SELECT {f'{int(cid)} AS cid, ' if with_cid else ''}{i} AS codelist_id, q.concept_id "
+             f"FROM ({resolve_concept_set_sql(ctx, items)}) q"
+             for cid, codelists in cohorts for i, (_, items) in enumerate(codelists)]
     v = ctx.vocab_schema
     return (f"codelist AS ({' UNION ALL '.join(parts)}),\n"
-            f"cl AS (SELECT l.codelist_id, l.concept_id, c.domain_id, lower(c.domain_id) AS domain_lc "
-            f"FROM codelist l JOIN {v}.concept c ON c.concept_id = l.concept_id)")
+            f"cl AS (SELECT {'l.cid, ' if with_cid else ''}l.codelist_id, l.concept_id, c.domain_id, "
+            f"lower(c.domain_id) AS domain_lc FROM codelist l JOIN {v}.concept c ON c.concept_id = l.concept_id)")
 
 
 def present_tables(ctx: DiagnosticContext) -> list[DomainTable]:
@@ -124,25 +132,27 @@ def settings_for(result_type: str, *, strata: str, additional: str, **extra: Any
 
 
 # ---------------------------------------------------------------- code use
-def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], entry_of: int | None) -> str:
-    """CTE ``recs``: one row per (codelist, record) of a codelist concept in its domain table;
-    with ``entry_of`` only records on a cohort start date of that cohort's subjects."""
+def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], cohort_ids: list[int], entry: bool) -> str:
+    """CTE ``recs``: one row per (cohort, codelist, record) of a codelist concept in its domain table;
+    with ``entry`` only records on a cohort start date of that cohort's subjects."""
     selects = []
+    ids = ", ".join(str(int(i)) for i in cohort_ids)
     for t in tables:
         date = f"t.{t.date_col}"
-        entry = ""
-        if entry_of is not None:
-            entry = (f" JOIN (SELECT DISTINCT subject_id, cohort_start_date FROM {ctx.cohort_table} "
-                     f"WHERE cohort_definition_id = {int(entry_of)}) e "
-                     f"ON e.subject_id = t.person_id AND e.cohort_start_date = CAST({date} AS DATE)")
+        join_entry = ""
+        if entry:
+            join_entry = (f" JOIN (SELECT DISTINCT cohort_definition_id AS cid, subject_id, cohort_start_date "
+                          f"FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})) e "
+                          f"ON e.cid = cl.cid AND e.subject_id = t.person_id "
+                          f"AND e.cohort_start_date = CAST({date} AS DATE)")
         selects.append(
-            f"SELECT cl.codelist_id, t.person_id, t.{t.col('concept_id')} AS concept_id, "
+            f"SELECT cl.cid, cl.codelist_id, t.person_id, t.{t.col('concept_id')} AS concept_id, "
             f"t.{t.col('source_concept_id')} AS source_concept_id, "
             f"COALESCE(CAST(t.{t.col('source_value')} AS VARCHAR), 'NA') AS source_value, "
             f"t.{t.col('type_concept_id')} AS type_concept_id, '{t.domain}' AS domain_id, "
             f"'{t.table}' AS table_name, {year_of(ctx.cdm.dialect, date)} AS year "
             f"FROM {ctx.cdm_schema}.{t.table} t JOIN cl ON cl.concept_id = t.{t.col('concept_id')} "
-            f"AND cl.domain_lc = '{t.domain}'{entry}")
+            f"AND cl.domain_lc = '{t.domain}'{join_entry}")
     return "recs AS (" + " UNION ALL ".join(selects) + ")"
 
 
@@ -152,40 +162,47 @@ _NO_CONCEPT = ("CAST(NULL AS INTEGER) AS concept_id, CAST(NULL AS INTEGER) AS so
                "CAST(NULL AS VARCHAR) AS domain_id, CAST(NULL AS VARCHAR) AS table_name")
 
 
-def code_use_counts(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict]]], *,
-                    by_year: bool, entry_of: int | None = None) -> pd.DataFrame:
-    """Record and person counts per codelist: total and per concept (and per year).
+def code_use_counts(ctx: DiagnosticContext, cohorts: list[tuple[int, list[tuple[str, list[dict]]]]], *,
+                    by_year: bool, entry: bool = False) -> pd.DataFrame:
+    """Record and person counts per (cohort, codelist): total and per concept (and per year).
 
-    Columns: codelist_id, level ('overall'|'concept'), year (None when not by year), the
+    ``cohorts``: (cohort id, its codelists) pairs, all answered by one statement that reads each
+    domain table once (one statement per cohort read the clinical tables once per cohort; at 10M
+    persons they no longer stay in memory between cohorts; docs/performance.md, session 18).
+    ``entry``: only records on a cohort start date of that cohort's subjects.
+
+    Columns: cid, codelist_id, level ('overall'|'concept'), year (None when not by year), the
     concept keys, their names, record_count, person_count.
     """
     tables = present_tables(ctx)
-    if not codelists or not tables:
+    cohorts = [(int(cid), cls) for cid, cls in cohorts if cls]
+    if not cohorts or not tables:
         return pd.DataFrame()
-    # persons in two steps: the records per (codelist, concept keys, year, person) once, then each level
-    # sums them per person and counts the rows: hash aggregates only (COUNT(DISTINCT person_id) made
-    # PostgreSQL sort all the records once per level; docs/performance.md)
+    # persons in two steps: the records per (cohort, codelist, concept keys, year, person) once, then each
+    # level sums them per person and counts the rows: hash aggregates only (COUNT(DISTINCT person_id)
+    # made PostgreSQL sort all the records once per level; docs/performance.md)
     keys = f"{_CONCEPT_KEYS}, year" if by_year else _CONCEPT_KEYS
-    pc = (f"pc AS MATERIALIZED (SELECT codelist_id, {keys}, person_id, COUNT(*) AS n FROM recs "
-          f"GROUP BY codelist_id, {keys}, person_id)")
+    pc = (f"pc AS MATERIALIZED (SELECT cid, codelist_id, {keys}, person_id, COUNT(*) AS n FROM recs "
+          f"GROUP BY cid, codelist_id, {keys}, person_id)")
     counts = "CAST(SUM(n) AS BIGINT) AS record_count, COUNT(*) AS person_count"
     no_year = "CAST(NULL AS INTEGER) AS year"
 
     def per_person(by: str) -> str:  # one row per person of each group of ``by``
         return f"(SELECT {by}, person_id, SUM(n) AS n FROM pc GROUP BY {by}, person_id) p"
 
-    concept = (f"SELECT codelist_id, 'concept' AS level, {no_year}, {_CONCEPT_KEYS}, {counts} FROM "
-               + (per_person(f"codelist_id, {_CONCEPT_KEYS}") if by_year else "pc")
-               + f" GROUP BY codelist_id, {_CONCEPT_KEYS}")
-    aggs = [f"SELECT codelist_id, 'overall' AS level, {no_year}, {_NO_CONCEPT}, {counts} "
-            f"FROM {per_person('codelist_id')} GROUP BY codelist_id", concept]
+    concept = (f"SELECT cid, codelist_id, 'concept' AS level, {no_year}, {_CONCEPT_KEYS}, {counts} FROM "
+               + (per_person(f"cid, codelist_id, {_CONCEPT_KEYS}") if by_year else "pc")
+               + f" GROUP BY cid, codelist_id, {_CONCEPT_KEYS}")
+    aggs = [f"SELECT cid, codelist_id, 'overall' AS level, {no_year}, {_NO_CONCEPT}, {counts} "
+            f"FROM {per_person('cid, codelist_id')} GROUP BY cid, codelist_id", concept]
     if by_year:
-        aggs += [f"SELECT codelist_id, 'overall' AS level, year, {_NO_CONCEPT}, {counts} "
-                 f"FROM {per_person('codelist_id, year')} GROUP BY codelist_id, year",
-                 f"SELECT codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM pc "
-                 f"GROUP BY codelist_id, year, {_CONCEPT_KEYS}"]
+        aggs += [f"SELECT cid, codelist_id, 'overall' AS level, year, {_NO_CONCEPT}, {counts} "
+                 f"FROM {per_person('cid, codelist_id, year')} GROUP BY cid, codelist_id, year",
+                 f"SELECT cid, codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM pc "
+                 f"GROUP BY cid, codelist_id, year, {_CONCEPT_KEYS}"]
     v = ctx.vocab_schema
-    sql = (f"WITH {codelist_ctes(ctx, codelists)},\n{_records_sql(ctx, tables, entry_of)},\n{pc},\n"
+    ids = [cid for cid, _ in cohorts]
+    sql = (f"WITH {_codelist_ctes(ctx, cohorts)},\n{_records_sql(ctx, tables, ids, entry)},\n{pc},\n"
            f"agg AS ({' UNION ALL '.join(aggs)})\n"
            "SELECT a.*, sc.concept_name AS concept_name, so.concept_name AS source_concept_name, "
            "ty.concept_name AS type_concept_name FROM agg a "
@@ -197,7 +214,7 @@ def code_use_counts(ctx: DiagnosticContext, codelists: list[tuple[str, list[dict
 
 def code_use_records(df: pd.DataFrame, cdm_name: str, cohort_name: str,
                      codelists: list[tuple[str, list[dict]]]) -> list[dict]:
-    """Rows in the ``summariseCodeUse`` layout from :func:`code_use_counts` output."""
+    """Rows in the ``summariseCodeUse`` layout from one cohort's rows of :func:`code_use_counts`."""
     records: list[dict] = []
     for row in df.itertuples(index=False):  # aggregates only: one row per codelist/concept/year
         base = {"result_id": 1, "cdm_name": cdm_name, "group_name": GROUP_NAME,
@@ -218,12 +235,24 @@ def code_use_records(df: pd.DataFrame, cdm_name: str, cohort_name: str,
     return records
 
 
+def _cohort_counts(ctx: DiagnosticContext, cohort: CohortDefinition, *, by_year: bool, entry: bool) -> pd.DataFrame:
+    """This cohort's rows of :func:`code_use_counts` over every cohort of the run, computed once per run
+    (``ctx.memo``) and kept for the run's other cohorts."""
+    run = sorted({c.cohort_definition_id: c for c in (*ctx.cohorts, cohort)}.values(),
+                 key=lambda c: c.cohort_definition_id)
+    key = ("code_use", by_year, entry, tuple(c.cohort_definition_id for c in run))
+    if key not in ctx.memo:
+        ctx.memo[key] = code_use_counts(ctx, [(c.cohort_definition_id, cohort_codelists(c)) for c in run],
+                                        by_year=by_year, entry=entry)
+    df = ctx.memo[key]
+    return df[pd.to_numeric(df["cid"]) == cohort.cohort_definition_id] if len(df) else df
+
+
 def run_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``summariseCodeUse()`` of the cohort's concept sets, overall and by year."""
     (cohort,) = unit
-    codelists = cohort_codelists(cohort)
-    df = code_use_counts(ctx, codelists, by_year=True)
-    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, codelists)
+    df = _cohort_counts(ctx, cohort, by_year=True, entry=False)
+    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, cohort_codelists(cohort))
     settings = settings_for(CODE_USE, strata="year", additional=CODE_USE_ADDITIONAL,
                             date_range_start="none", date_range_end="none")
     return SummarisedResult.from_records(records, settings)
@@ -232,9 +261,8 @@ def run_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> 
 def run_cohort_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``summariseCohortCodeUse(timing = "entry")``: codes on the cohort start date."""
     (cohort,) = unit
-    codelists = cohort_codelists(cohort)
-    df = code_use_counts(ctx, codelists, by_year=False, entry_of=cohort.cohort_definition_id)
-    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, codelists)
+    df = _cohort_counts(ctx, cohort, by_year=False, entry=True)
+    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, cohort_codelists(cohort))
     settings = settings_for(COHORT_CODE_USE, strata="", additional=CODE_USE_ADDITIONAL, timing="entry")
     return SummarisedResult.from_records(records, settings)
 
