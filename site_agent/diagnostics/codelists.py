@@ -132,19 +132,18 @@ def settings_for(result_type: str, *, strata: str, additional: str, **extra: Any
 
 
 # ---------------------------------------------------------------- code use
-def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], cohort_ids: list[int], entry: bool) -> str:
+def _records_sql(ctx: DiagnosticContext, tables: list[DomainTable], entry_of: int | None) -> str:
     """CTE ``recs``: one row per (cohort, codelist, record) of a codelist concept in its domain table;
-    with ``entry`` only records on a cohort start date of that cohort's subjects."""
+    with ``entry_of`` (the one cohort of the statement) only records on a cohort start date of that
+    cohort's subjects."""
     selects = []
-    ids = ", ".join(str(int(i)) for i in cohort_ids)
     for t in tables:
         date = f"t.{t.date_col}"
         join_entry = ""
-        if entry:
-            join_entry = (f" JOIN (SELECT DISTINCT cohort_definition_id AS cid, subject_id, cohort_start_date "
-                          f"FROM {ctx.cohort_table} WHERE cohort_definition_id IN ({ids})) e "
-                          f"ON e.cid = cl.cid AND e.subject_id = t.person_id "
-                          f"AND e.cohort_start_date = CAST({date} AS DATE)")
+        if entry_of is not None:
+            join_entry = (f" JOIN (SELECT DISTINCT subject_id, cohort_start_date FROM {ctx.cohort_table} "
+                          f"WHERE cohort_definition_id = {int(entry_of)}) e "
+                          f"ON e.subject_id = t.person_id AND e.cohort_start_date = CAST({date} AS DATE)")
         selects.append(
             f"SELECT cl.cid, cl.codelist_id, t.person_id, t.{t.col('concept_id')} AS concept_id, "
             f"t.{t.col('source_concept_id')} AS source_concept_id, "
@@ -163,13 +162,16 @@ _NO_CONCEPT = ("CAST(NULL AS INTEGER) AS concept_id, CAST(NULL AS INTEGER) AS so
 
 
 def code_use_counts(ctx: DiagnosticContext, cohorts: list[tuple[int, list[tuple[str, list[dict]]]]], *,
-                    by_year: bool, entry: bool = False) -> pd.DataFrame:
+                    by_year: bool, entry_of: int | None = None) -> pd.DataFrame:
     """Record and person counts per (cohort, codelist): total and per concept (and per year).
 
     ``cohorts``: (cohort id, its codelists) pairs, all answered by one statement that reads each
     domain table once (one statement per cohort read the clinical tables once per cohort; at 10M
     persons they no longer stay in memory between cohorts; docs/performance.md, session 18).
-    ``entry``: only records on a cohort start date of that cohort's subjects.
+    ``entry_of``: only records on a cohort start date of that cohort's subjects, which must then be the
+    only cohort of ``cohorts``. One statement for every cohort's entries joined each cohort's entries to
+    its codelists before the clinical tables, and PostgreSQL then looked up a person's records once per
+    (entry, codelist concept): 599 s at 10M persons (docs/performance.md, session 18).
 
     Columns: cid, codelist_id, level ('overall'|'concept'), year (None when not by year), the
     concept keys, their names, record_count, person_count.
@@ -178,6 +180,8 @@ def code_use_counts(ctx: DiagnosticContext, cohorts: list[tuple[int, list[tuple[
     cohorts = [(int(cid), cls) for cid, cls in cohorts if cls]
     if not cohorts or not tables:
         return pd.DataFrame()
+    if entry_of is not None and [cid for cid, _ in cohorts] != [int(entry_of)]:
+        raise ValueError("entry code use answers one cohort per statement")
     # persons in two steps: the records per (cohort, codelist, concept keys, year, person) once, then each
     # level sums them per person and counts the rows: hash aggregates only (COUNT(DISTINCT person_id)
     # made PostgreSQL sort all the records once per level; docs/performance.md)
@@ -201,8 +205,7 @@ def code_use_counts(ctx: DiagnosticContext, cohorts: list[tuple[int, list[tuple[
                  f"SELECT cid, codelist_id, 'concept' AS level, year, {_CONCEPT_KEYS}, {counts} FROM pc "
                  f"GROUP BY cid, codelist_id, year, {_CONCEPT_KEYS}"]
     v = ctx.vocab_schema
-    ids = [cid for cid, _ in cohorts]
-    sql = (f"WITH {_codelist_ctes(ctx, cohorts)},\n{_records_sql(ctx, tables, ids, entry)},\n{pc},\n"
+    sql = (f"WITH {_codelist_ctes(ctx, cohorts)},\n{_records_sql(ctx, tables, entry_of)},\n{pc},\n"
            f"agg AS ({' UNION ALL '.join(aggs)})\n"
            "SELECT a.*, sc.concept_name AS concept_name, so.concept_name AS source_concept_name, "
            "ty.concept_name AS type_concept_name FROM agg a "
@@ -235,15 +238,15 @@ def code_use_records(df: pd.DataFrame, cdm_name: str, cohort_name: str,
     return records
 
 
-def _cohort_counts(ctx: DiagnosticContext, cohort: CohortDefinition, *, by_year: bool, entry: bool) -> pd.DataFrame:
-    """This cohort's rows of :func:`code_use_counts` over every cohort of the run, computed once per run
-    (``ctx.memo``) and kept for the run's other cohorts."""
+def _code_use_of(ctx: DiagnosticContext, cohort: CohortDefinition) -> pd.DataFrame:
+    """This cohort's rows of :func:`code_use_counts` by year over every cohort of the run, computed once
+    per run (``ctx.memo``) and kept for the run's other cohorts."""
     run = sorted({c.cohort_definition_id: c for c in (*ctx.cohorts, cohort)}.values(),
                  key=lambda c: c.cohort_definition_id)
-    key = ("code_use", by_year, entry, tuple(c.cohort_definition_id for c in run))
+    key = ("code_use", tuple(c.cohort_definition_id for c in run))
     if key not in ctx.memo:
         ctx.memo[key] = code_use_counts(ctx, [(c.cohort_definition_id, cohort_codelists(c)) for c in run],
-                                        by_year=by_year, entry=entry)
+                                        by_year=True)
     df = ctx.memo[key]
     return df[pd.to_numeric(df["cid"]) == cohort.cohort_definition_id] if len(df) else df
 
@@ -251,7 +254,7 @@ def _cohort_counts(ctx: DiagnosticContext, cohort: CohortDefinition, *, by_year:
 def run_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``summariseCodeUse()`` of the cohort's concept sets, overall and by year."""
     (cohort,) = unit
-    df = _cohort_counts(ctx, cohort, by_year=True, entry=False)
+    df = _code_use_of(ctx, cohort)
     records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, cohort_codelists(cohort))
     settings = settings_for(CODE_USE, strata="year", additional=CODE_USE_ADDITIONAL,
                             date_range_start="none", date_range_end="none")
@@ -261,8 +264,10 @@ def run_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> 
 def run_cohort_code_use(ctx: DiagnosticContext, unit: tuple[CohortDefinition, ...]) -> SummarisedResult:
     """``summariseCohortCodeUse(timing = "entry")``: codes on the cohort start date."""
     (cohort,) = unit
-    df = _cohort_counts(ctx, cohort, by_year=False, entry=True)
-    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, cohort_codelists(cohort))
+    codelists = cohort_codelists(cohort)
+    df = code_use_counts(ctx, [(cohort.cohort_definition_id, codelists)], by_year=False,
+                         entry_of=cohort.cohort_definition_id)
+    records = code_use_records(df, ctx.cdm_name, cohort.cohort_name, codelists)
     settings = settings_for(COHORT_CODE_USE, strata="", additional=CODE_USE_ADDITIONAL, timing="entry")
     return SummarisedResult.from_records(records, settings)
 
