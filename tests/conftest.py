@@ -58,6 +58,18 @@ def eunomia_pg_schema(pg_url, eunomia_duckdb) -> str:
 
 
 @pytest.fixture(params=["duckdb", "postgresql"])
+def empty_db(request, tmp_path) -> tuple[str, str]:
+    """(url, schema) of an empty database on each backend: a new DuckDB file, or the test cluster."""
+    if request.param == "duckdb":
+        import duckdb
+
+        url = str(tmp_path / "empty.duckdb")
+        duckdb.connect(url).close()
+        return url, "main"
+    return request.getfixturevalue("pg_url"), "public"
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
 def eunomia_cdm(request, tmp_path):
     """(url, cdm_schema, write_schema) of Eunomia on each backend; DuckDB gets a fresh copy."""
     import shutil

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import duckdb
 import pytest
 
 from site_agent.cdm import connect_cdm
@@ -18,13 +17,9 @@ DATES: list[date | None] = [
 ]
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
-def cdm(request, tmp_path):
-    if request.param == "duckdb":
-        url, schema = str(tmp_path / "d.duckdb"), "main"
-        duckdb.connect(url).close()
-    else:
-        url, schema = request.getfixturevalue("pg_url"), "public"
+@pytest.fixture
+def cdm(empty_db):
+    url, schema = empty_db
     write = "date_field_test"
     with connect_cdm(url, cdm_schema=schema, write_schema=write) as conn:
         with conn.transaction() as script:

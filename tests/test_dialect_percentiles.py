@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -31,14 +30,10 @@ def _rows() -> list[tuple[int, int | None]]:
     return [(g, x) for g, xs in {**GROUPS, 6: big}.items() for x in xs]
 
 
-@pytest.fixture(params=["duckdb", "postgresql"])
-def table(request, tmp_path):
+@pytest.fixture
+def table(empty_db):
     rows = _rows()
-    if request.param == "duckdb":
-        url, schema = str(tmp_path / "p.duckdb"), "main"
-        duckdb.connect(url).close()
-    else:
-        url, schema = request.getfixturevalue("pg_url"), "public"
+    url, schema = empty_db
     write = "pct_test"
     with connect_cdm(url, cdm_schema=schema, write_schema=write) as cdm:
         with cdm.transaction() as script:
