@@ -20,7 +20,9 @@ def _plan(cdm, sql: str) -> str:
     return "\n".join(r[0] for r in cdm.connection().exec_driver_sql(f"EXPLAIN {sql}").fetchall())
 
 
-def test_session_settings_and_no_jit_by_default(pg_url):
+def test_session_settings_and_no_jit_by_default(pg_url, monkeypatch):
+    for name in ("OPTIMA_PG_WORK_MEM", "OPTIMA_PG_TEMP_BUFFERS", "OPTIMA_PG_JIT"):
+        monkeypatch.delenv(name, raising=False)  # the defaults, whatever the caller's environment holds
     with connect_cdm(pg_url, cdm_schema="public") as cdm:
         assert cdm.scalar("SHOW work_mem") == "256MB"
         assert cdm.scalar("SHOW temp_buffers") == "256MB"
