@@ -172,6 +172,7 @@ class SummarisedResult:
         self.data = self._normalise_data(data)
         self.settings = self._normalise_settings(settings, self.data)
         self._validate()
+        self._validate_settings()
 
     # ---------- construction ----------
     @classmethod
@@ -240,7 +241,7 @@ class SummarisedResult:
         return s.sort_values("result_id", kind="mergesort").reset_index(drop=True)
 
     def _validate(self) -> None:
-        d, s = self.data, self.settings
+        d = self.data
         for col in RESULT_COLUMNS[1:]:
             if col not in _NULLABLE and d[col].isna().any():
                 raise ResultFormatError(f"column {col!r} has missing values")
@@ -260,6 +261,9 @@ class SummarisedResult:
             raise ResultFormatError(
                 f"duplicate estimate ({int(dup.sum())} rows), e.g. result_id {row['result_id']} "
                 f"{row['variable_name']!r}/{row['variable_level']!r}/{row['estimate_name']!r}")
+
+    def _validate_settings(self) -> None:
+        d, s = self.data, self.settings
         for col in ("result_type", "package_name", "package_version"):
             if s[col].isna().any():
                 raise ResultFormatError(f"settings column {col!r} has missing values")
@@ -290,6 +294,26 @@ class SummarisedResult:
     def with_data(self, data: pd.DataFrame, settings: pd.DataFrame | None = None) -> SummarisedResult:
         """A new validated result with replaced data (and settings)."""
         return SummarisedResult(data, self.settings if settings is None else settings)
+
+    def with_suppressed(self, mask, settings: pd.DataFrame | None = None) -> SummarisedResult:
+        """The same rows with the estimates where ``mask`` (one bool per row, in row order) is true
+        withheld as ``"-"``; ``settings`` replaces the settings (normalised and checked as usual).
+
+        The result equals ``with_data`` of the same frame. Only ``estimate_value`` changes, which is
+        neither in the sort key nor in any check of the data, so the rows are not normalised and
+        checked again (0.3-0.4 s each time for the 126k rows of a 1M-person release)."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (len(self.data),):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({len(self.data)},)")
+        data = self.data.copy()
+        values = data["estimate_value"].to_numpy(dtype=object, copy=True)
+        values[mask] = SUPPRESSED
+        data["estimate_value"] = values
+        out = object.__new__(SummarisedResult)
+        out.data = data
+        out.settings = self.settings if settings is None else self._normalise_settings(settings, data)
+        out._validate_settings()
+        return out
 
     @classmethod
     def bind(cls, *results: SummarisedResult) -> SummarisedResult:

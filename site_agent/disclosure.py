@@ -65,9 +65,7 @@ def withhold_nested_cohorts(result: SummarisedResult, min_cell_count: int) -> tu
     if not withheld:
         return result, []
     hit = [bool(_cohorts_in_group(n, lv) & withheld) for n, lv in zip(d["group_name"], d["group_level"])]
-    data = d.copy()
-    data.loc[hit, "estimate_value"] = SUPPRESSED
-    return result.with_data(data), sorted(withheld)
+    return result.with_suppressed(hit), sorted(withheld)
 
 
 def blank_linked(result: SummarisedResult) -> SummarisedResult:
@@ -200,10 +198,9 @@ def nested_from_facts(facts: shared.SiteFacts, min_cell_count: int) -> set[str]:
 def withhold_cohorts(result: SummarisedResult, names: set[str]) -> SummarisedResult:
     if not names:
         return result
-    d = result.data.copy()
+    d = result.data
     hit = [bool(_cohorts_in_group(n, lv) & names) for n, lv in zip(d["group_name"], d["group_level"])]
-    d.loc[hit, "estimate_value"] = SUPPRESSED
-    return result.with_data(d)
+    return result.with_suppressed(hit)
 
 
 def release_control(raw: SummarisedResult, min_cell_count: int, *, facts: shared.SiteFacts | None = None,

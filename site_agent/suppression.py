@@ -47,12 +47,13 @@ import numpy as np
 import pandas as pd
 
 from optima_common.disclosure.frame import (  # the cell keys both the suppression and the audit use
-    _NA,
     CELL_KEY,
     GROUP_COUNT_ESTIMATES,
     GROUP_COUNT_VARIABLES,
     GROUP_KEY,
 )
+from optima_common.disclosure.frame import key as _key
+from optima_common.disclosure.frame import norm_variable as _norm_variable
 from optima_common.results import OVERALL, SEP, SUPPRESSED, SummarisedResult
 
 FamilyBuilder = Callable[[pd.DataFrame, pd.Series, Collection[str]], pd.DataFrame]
@@ -61,16 +62,6 @@ FamilyBuilder = Callable[[pd.DataFrame, pd.Series, Collection[str]], pd.DataFram
 def is_count_estimate(name: str) -> bool:
     """omopgenerics' rule: the estimate name contains "count" (we ignore case)."""
     return "count" in name.lower()
-
-
-def _norm_variable(s: pd.Series) -> pd.Series:
-    return s.fillna("").str.lower().str.replace("_", " ", regex=False).str.strip()
-
-
-def _key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
-    """One string per row identifying the given columns (NA-safe, vectorised)."""
-    parts = [df[c].astype(str) if c == "result_id" else df[c].fillna(_NA).astype(str) for c in cols]
-    return parts[0].str.cat(parts[1:], sep="\x1f")
 
 
 def _join(parts: pd.DataFrame) -> pd.Series:
@@ -174,13 +165,13 @@ def suppress(result: SummarisedResult, min_cell_count: int = 5, *,
     """Return a suppressed copy of ``result`` (rules (a)-(f) in the module docstring)."""
     if isinstance(min_cell_count, bool) or int(min_cell_count) != min_cell_count or min_cell_count < 0:
         raise ValueError(f"min_cell_count must be a non-negative integer, got {min_cell_count!r}")
-    data = result.data.copy()
+    data = result.data
     settings = result.settings.copy()
     prev = pd.to_numeric(settings["min_cell_count"], errors="coerce").fillna(0).astype("int64")
     threshold = prev.clip(lower=int(min_cell_count))
     settings["min_cell_count"] = threshold.astype(str).astype(object)
     if int(min_cell_count) < 2 or data.empty:
-        return SummarisedResult(data, settings)
+        return result.with_suppressed(np.zeros(len(data), dtype=bool), settings)
 
     value = data["estimate_value"]
     num = pd.to_numeric(value, errors="coerce").to_numpy(dtype=float)
@@ -207,6 +198,4 @@ def suppress(result: SummarisedResult, min_cell_count: int = 5, *,
         if np.array_equal(s2, sup):
             break
         sup = s2
-    mask = sup | blanked(sup)
-    data.loc[mask, "estimate_value"] = SUPPRESSED
-    return SummarisedResult(data, settings)
+    return result.with_suppressed(sup | blanked(sup), settings)

@@ -144,3 +144,21 @@ def test_csv_bytes_falls_back_for_text_arrow_cannot_take():
     r = SummarisedResult.from_records([rec(variable_level="bad \ud800 surrogate")], [SET])
     with pytest.raises(UnicodeEncodeError):  # as the text writer's encoding always did
         r.to_csv_bytes()
+
+
+def test_with_suppressed_equals_the_validated_path_and_still_checks_settings():
+    """``with_suppressed`` skips re-normalising the rows; it must give what ``with_data`` gives for
+    the same frame (values, order, settings), leave its input alone, and still refuse bad settings."""
+    r = sample()
+    before = r.data.copy()
+    for mask in ([True, False, False, True], [False] * 4, [True] * 4, [False, True, True, False]):
+        d = r.data.copy()
+        d.loc[mask, "estimate_value"] = "-"
+        assert r.with_suppressed(mask) == r.with_data(d)
+        new_set = r.settings.assign(min_cell_count="5")
+        assert r.with_suppressed(mask, new_set) == r.with_data(d, new_set)
+    assert r.data.equals(before)
+    with pytest.raises(ValueError, match="shape"):
+        r.with_suppressed([True, False])
+    with pytest.raises(ResultFormatError, match="no settings row"):
+        r.with_suppressed([False] * 4, r.settings.assign(result_id=2))

@@ -103,10 +103,8 @@ def protect(raw: SummarisedResult, primary: SummarisedResult, min_cell_count: in
     sup, reasons = A.secondary_suppression(p, sup0, min_cell_count, anchors=anchors, rounding=rounding, stats=stats)
     derived = D.derived_mask(f, sup, built.cohorts)
     mask = sup | derived
-    data = primary.data.copy()
-    newly = mask & (data["estimate_value"] != SUPPRESSED).to_numpy()
-    data.loc[mask, "estimate_value"] = SUPPRESSED
-    out = primary.with_data(data)
+    newly = mask & (primary.data["estimate_value"] != SUPPRESSED).to_numpy()
+    out = primary.with_suppressed(mask)
     return Protection(out, reasons, int((derived & newly).sum()), time.perf_counter() - started, stats)
 
 
