@@ -36,17 +36,17 @@ import io
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, TypeAdapter, field_validator
+from pydantic import TypeAdapter
 
 from optima_common.errors import ResultFormatError
 from optima_common.fileio import write_atomic
+from optima_common.result_records import OVERALL, ResultRecord, ResultSettings
 
 SEP = " &&& "
-OVERALL = "overall"
 SUPPRESSED = "-"
 RESULT_COLUMNS: tuple[str, ...] = (
     "result_id", "cdm_name", "group_name", "group_level", "strata_name",
@@ -65,52 +65,6 @@ ESTIMATE_KEY = tuple(c for c in RESULT_COLUMNS if c not in ("estimate_value", "e
 _NULLABLE = ("variable_level", "estimate_value")
 _SORT_KEY = ["result_id", "cdm_name", "group_name", "group_level", "strata_name", "strata_level",
              "additional_name", "additional_level", "variable_name", "variable_level", "estimate_name"]
-
-EstimateType = Literal["integer", "numeric", "percentage", "proportion", "character", "logical", "date"]
-
-
-class ResultRecord(BaseModel):
-    """One row of the long table, for building results from Python records."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    result_id: int = 1
-    cdm_name: str
-    group_name: str = OVERALL
-    group_level: str = OVERALL
-    strata_name: str = OVERALL
-    strata_level: str = OVERALL
-    variable_name: str
-    variable_level: str | None = None
-    estimate_name: str
-    estimate_type: EstimateType
-    estimate_value: str | None
-    additional_name: str = OVERALL
-    additional_level: str = OVERALL
-
-    @field_validator("estimate_value", mode="before")
-    @classmethod
-    def _as_text(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, str) else str(v)
-
-
-class ResultSettings(BaseModel):
-    """One settings row; extra settings are allowed and kept as strings."""
-
-    model_config = ConfigDict(extra="allow")
-    result_id: int
-    result_type: str
-    package_name: str
-    package_version: str
-    group: str | None = None
-    strata: str | None = None
-    additional: str | None = None
-    min_cell_count: str = "0"
-
-    @field_validator("min_cell_count", mode="before")
-    @classmethod
-    def _mcc_text(cls, v: Any) -> Any:
-        return str(int(v)) if isinstance(v, int | float) and not isinstance(v, bool) else v
-
 
 def _str_col(s: pd.Series) -> pd.Series:
     """Strings with missing values as None in an object column (pandas 2 and 3 alike)."""
