@@ -49,7 +49,8 @@ PRIMITIVES: dict[str, tuple[str, str]] = {
     "group_person": ("an aggregate per person (envelopes, denominators)",
                      "SELECT count(*), sum(n) FROM (SELECT person_id, count(*) AS n "
                      "FROM {s}.condition_occurrence GROUP BY person_id) g"),
-    "join_subjects": ("events of the cohorts' subjects (a join to 14% of persons; PostgreSQL reads its person_id index only)",
+    "join_subjects": ("events of the cohorts' subjects (a join to 14% of persons; "
+                      "PostgreSQL reads its person_id index only)",
                       "SELECT count(*) FROM {s}.measurement m JOIN floor_subjects f ON f.person_id = m.person_id"),
     "join_distinct": ("distinct (concept, subject) of those events (large-scale characteristics)",
                       "SELECT count(*) FROM (SELECT DISTINCT m.measurement_concept_id, m.person_id "
