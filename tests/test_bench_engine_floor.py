@@ -30,7 +30,7 @@ def test_every_primitive_timed_on_both_engines_one_core_and_all(eunomia_duckdb, 
     assert [(r[0], r[1]) for r in rows] == [(n, c) for c in ("1", "all") for n in PRIMITIVES]
     for r in rows:
         duck_s, pg_s, ratio = float(r[2]), float(r[4]), float(r[6])
-        assert duck_s >= 0 and pg_s > 0 and ratio > 0
+        assert duck_s >= 0 and pg_s > 0 and ratio >= 0  # a ratio under 0.05 prints as 0.0
         if duck_s >= 0.05:  # printed to 3 decimals: the quotient of small ones is not the printed ratio
             assert ratio == pytest.approx(pg_s / duck_s, rel=0.05, abs=0.1)
 
