@@ -9,11 +9,11 @@ subjects followed by a ``DISTINCT`` (large-scale characteristics, code use), and
 window function per person (characteristics, cohort eras). This script times each of those
 on the same CDM in both databases, through the agent's own connections (``connect_cdm``: its
 session settings, DuckDB's memory limit), one core each (DuckDB ``threads = 1``, PostgreSQL
-``max_parallel_workers_per_gather = 0``), then with each engine's defaults (DuckDB: one thread
-per core; PostgreSQL: up to 2 parallel workers). It prints the best of ``--repeat`` wall
-times, the CPU seconds (DuckDB: this process; PostgreSQL: the server backend, read from
-/proc: with ``--pg-root`` the whole private cluster's, parallel workers included; with ``--pg``
-the backend's alone, when the server runs on this machine) and the PostgreSQL/DuckDB ratios.
+``max_parallel_workers_per_gather = 0``), then with the session's own setting (DuckDB: one
+thread per core; PostgreSQL: the server's parallel workers). It prints the best of ``--repeat``
+wall times, the CPU seconds (DuckDB: this process; PostgreSQL: the whole private cluster's,
+parallel workers included, with ``--pg-root`` only: a server elsewhere shows ``-``) and the
+PostgreSQL/DuckDB ratios.
 
 It answers a question the suite's own timings cannot: how much of the PostgreSQL/DuckDB
 ratio is the engines' cost for the same work, which no rewrite of the suite's SQL changes.
@@ -25,11 +25,12 @@ every 7th person (about 14% of persons; the lung suite's cohorts hold 137k of 1M
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,34 +70,21 @@ SUBJECTS_SQL = "CREATE TEMP TABLE floor_subjects AS SELECT person_id FROM {s}.pe
 
 
 class Engine:
-    """One open CDM and how to read the CPU seconds its queries cost."""
+    """One open CDM (a ``CdmConnection``) and how to read the CPU seconds its queries cost."""
 
-    def __init__(self, url: str, schema: str | None, server_cpu=None):
-        from site_agent.cdm import connect_cdm
-
-        self.server_cpu = server_cpu  # the whole server's CPU seconds (parallel workers too), when known
-        self.cdm = connect_cdm(url, cdm_schema=schema)
-        self.cdm.__enter__()
-        self.schema = self.cdm.cdm_schema
-        self.server_pid: int | None = None
-        if self.cdm.is_server:
-            pid = int(self.cdm.scalar("SELECT pg_backend_pid()"))
-            self.server_pid = pid if Path(f"/proc/{pid}/stat").exists() else None
-        self.cdm.execute_all([SUBJECTS_SQL.format(s=self.schema)]
-                             + (["ANALYZE floor_subjects"] if self.cdm.is_server else []))
+    def __init__(self, cdm, server_cpu: Callable[[], float] | None = None):
+        self.cdm = cdm
+        self.schema = cdm.cdm_schema
+        self.server_cpu = server_cpu  # PostgreSQL: the whole server's CPU seconds (parallel workers too)
+        cdm.execute_all([SUBJECTS_SQL.format(s=self.schema)] + (["ANALYZE floor_subjects"] if cdm.is_server else []))
         # the setting that bounds the cores of one query, as the agent's session has it
-        self.cores_setting = "max_parallel_workers_per_gather" if self.cdm.is_server else "threads"
-        self.cores_default = self.cdm.scalar(f"SELECT current_setting('{self.cores_setting}')")
+        self.cores_setting = "max_parallel_workers_per_gather" if cdm.is_server else "threads"
+        self.cores_default = cdm.scalar(f"SELECT current_setting('{self.cores_setting}')")
 
     def cpu(self) -> float | None:
         if not self.cdm.is_server:
             return time.process_time()
-        if self.server_cpu is not None:
-            return self.server_cpu()
-        if self.server_pid is None:
-            return None
-        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self.server_cpu is None else self.server_cpu()
 
     def one_core(self, on: bool) -> None:
         """One core per query (PostgreSQL: no parallel workers; DuckDB: one thread), or the session's default."""
@@ -116,8 +104,14 @@ class Engine:
         assert best is not None
         return best
 
-    def close(self) -> None:
-        self.cdm.__exit__(None, None, None)
+
+def _open(stack: ExitStack, url: str, schema: str | None, what: str):
+    from site_agent.cdm import connect_cdm
+
+    try:
+        return stack.enter_context(connect_cdm(url, cdm_schema=schema))
+    except OptimaError as exc:
+        raise SystemExit(f"cannot open the {what} CDM: {exc}") from None
 
 
 def _fmt(x: float | None) -> str:
@@ -149,37 +143,25 @@ def main() -> None:
 
         cluster = running_cluster(Path(args.pg_root))
         url, server_cpu = cluster.url, cluster.server_cpu_seconds
-    with tempfile.TemporaryDirectory(prefix="optima-floor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="optima-floor-") as tmp, ExitStack() as stack:
         copy = Path(tmp) / src.name
         shutil.copyfile(src, copy)
-        try:
-            duck = Engine(str(copy), None)
-        except OptimaError as exc:
-            raise SystemExit(f"cannot open the DuckDB CDM: {exc}") from None
-        try:
-            pg = Engine(url, args.pg_schema, server_cpu)
-        except OptimaError as exc:
-            duck.close()
-            raise SystemExit(f"cannot open the PostgreSQL CDM: {exc}") from None
-        try:
-            print(f"{'primitive':>14} {'cores':>5} {'duckdb_s':>8} {'duck_cpu':>8} {'pg_s':>7} {'pg_cpu':>7} "
-                  f"{'pg/duck':>7} {'cpu_ratio':>9}  what")
-            for one in (True, False):
-                duck.one_core(one)
-                pg.one_core(one)
-                for name in names:
-                    what, sql = PRIMITIVES[name]
-                    dw, dc, drow = duck.time(sql, args.repeat)
-                    pw, pc, prow = pg.time(sql, args.repeat)
-                    if [float(x) for x in drow] != [float(x) for x in prow]:
-                        raise SystemExit(f"{name}: the engines disagree ({drow} against {prow}): not the same CDM?")
-                    ratio_cpu = None if dc is None or pc is None or dc <= 0 else pc / dc  # CPU clocks tick in 10 ms
-                    print(f"{name:>14} {'1' if one else 'all':>5} {dw:>8.3f} {_fmt(dc):>8} {pw:>7.3f} {_fmt(pc):>7} "
-                          f"{pw / dw:>7.1f} {'-' if ratio_cpu is None else f'{ratio_cpu:.1f}':>9}  {what}", flush=True)
-        finally:
-            duck.close()
-            pg.close()
-
+        duck = Engine(_open(stack, str(copy), None, "DuckDB"))
+        pg = Engine(_open(stack, url, args.pg_schema, "PostgreSQL"), server_cpu)
+        print(f"{'primitive':>14} {'cores':>5} {'duckdb_s':>8} {'duck_cpu':>8} {'pg_s':>7} {'pg_cpu':>7} "
+              f"{'pg/duck':>7} {'cpu_ratio':>9}  what")
+        for one in (True, False):
+            duck.one_core(one)
+            pg.one_core(one)
+            for name in names:
+                what, sql = PRIMITIVES[name]
+                dw, dc, drow = duck.time(sql, args.repeat)
+                pw, pc, prow = pg.time(sql, args.repeat)
+                if [float(x) for x in drow] != [float(x) for x in prow]:
+                    raise SystemExit(f"{name}: the engines disagree ({drow} against {prow}): not the same CDM?")
+                ratio_cpu = None if dc is None or pc is None or dc <= 0 else pc / dc  # CPU clocks tick in 10 ms
+                print(f"{name:>14} {'1' if one else 'all':>5} {dw:>8.3f} {_fmt(dc):>8} {pw:>7.3f} {_fmt(pc):>7} "
+                      f"{pw / dw:>7.1f} {'-' if ratio_cpu is None else f'{ratio_cpu:.1f}':>9}  {what}", flush=True)
 
 if __name__ == "__main__":
     main()
